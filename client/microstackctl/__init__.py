@@ -1,0 +1,1 @@
+"""microstackctl: the command line of microstackd."""

@@ -1,0 +1,93 @@
+"""The CLI's client of its local daemon, over the Unix socket.
+
+gRPC failures become ``CommandError`` with an operator-facing message and
+the documented exit code (docs/cli.md): 1 error, 3 unreachable, 4 rejected
+credentials.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+from microstack_api.v1 import cluster_pb2 as pb
+from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
+
+DEFAULT_SOCKET = "/run/microstackd/microstackd.sock"
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_REJECTED = 4
+
+
+class CommandError(Exception):
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+def socket_path(explicit: str | None) -> Path:
+    return Path(explicit or os.environ.get("MICROSTACK_SOCKET") or DEFAULT_SOCKET)
+
+
+class Api:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if not path.exists():
+            raise CommandError(
+                f"no microstackd socket at {path}: is microstackd running? "
+                "(start it, or point --socket / MICROSTACK_SOCKET at its socket)",
+                EXIT_UNREACHABLE,
+            )
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise CommandError(
+                f"permission denied on {path}: run as root or as a member of the "
+                "'microstack' group",
+                EXIT_REJECTED,
+            )
+        self._channel = grpc.insecure_channel(f"unix:{path}")
+        self.stub = pb_grpc.AdminServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def error(self, exc: grpc.RpcError) -> CommandError:
+        code = exc.code()
+        details = str(exc.details() or code.name)
+        if code is grpc.StatusCode.UNAVAILABLE and "unix:" in details:
+            return CommandError(
+                f"cannot reach microstackd at {self.path}: is it running? ({details})",
+                EXIT_UNREACHABLE,
+            )
+        if code is grpc.StatusCode.UNAVAILABLE:
+            return CommandError(details, EXIT_UNREACHABLE)
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return CommandError(details, EXIT_REJECTED)
+        return CommandError(details, EXIT_ERROR)
+
+    def status(self) -> pb.StatusResponse:
+        try:
+            return self.stub.Status(pb.StatusRequest(), timeout=30)  # type: ignore[no-any-return]
+        except grpc.RpcError as exc:
+            raise self.error(exc) from exc
+
+    def init(self, password: str, address: str) -> Iterator[pb.Event]:
+        request = pb.InitRequest(role=pb.ROLE_CONTROL, password=password, address=address)
+        try:
+            for response in self.stub.Init(request):
+                yield response.event
+        except grpc.RpcError as exc:
+            raise self.error(exc) from exc
+
+    def join(self, control: str, password: str, address: str) -> Iterator[pb.Event]:
+        request = pb.JoinRequest(control=control, password=password, address=address)
+        try:
+            for response in self.stub.Join(request):
+                yield response.event
+        except grpc.RpcError as exc:
+            raise self.error(exc) from exc

@@ -1,0 +1,203 @@
+"""Output: live progress of event streams, status tables, JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from rich.console import Console
+from rich.table import Table
+
+from microstack_api.v1 import cluster_pb2 as pb
+
+STATE_NAMES = {
+    pb.STEP_STATE_PENDING: "pending",
+    pb.STEP_STATE_RUNNING: "running",
+    pb.STEP_STATE_DONE: "done",
+    pb.STEP_STATE_FAILED: "failed",
+    pb.STEP_STATE_SKIPPED: "skipped",
+    pb.STEP_STATE_WAITING: "waiting",
+}
+ROLE_NAMES = {pb.ROLE_UNSPECIFIED: "", pb.ROLE_CONTROL: "control", pb.ROLE_COMPUTE: "compute"}
+_MARKS = {
+    "running": ("…", "cyan"),
+    "waiting": ("⏳", "yellow"),
+    "done": ("✓", "green"),
+    "skipped": ("–", "dim"),
+    "failed": ("✗", "bold red"),
+    "pending": (" ", ""),
+}
+
+
+def iso(ts: Timestamp) -> str | None:
+    if not ts.seconds and not ts.nanos:
+        return None
+    return ts.ToDatetime(tzinfo=UTC).isoformat(timespec="seconds")
+
+
+def event_dict(event: pb.Event) -> dict[str, Any]:
+    return {
+        "node": event.node,
+        "seq": event.seq,
+        "step": event.step,
+        "state": STATE_NAMES.get(event.state, "unknown"),
+        "message": event.message,
+        "percent": event.percent,
+        "time": iso(event.time),
+        "final": event.final,
+    }
+
+
+class Progress:
+    """Shows a stream of events as it arrives; remembers the last one."""
+
+    def __init__(self, fmt: str, console: Console | None = None) -> None:
+        self.fmt = fmt
+        self.console = console or Console(highlight=False)
+        self.last: pb.Event | None = None
+        self._status: Any = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop_spinner()
+
+    def _stop_spinner(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    def show(self, event: pb.Event) -> None:
+        self.last = event
+        if self.fmt == "json":
+            print(json.dumps(event_dict(event)), flush=True)
+            return
+        state = STATE_NAMES.get(event.state, "unknown")
+        mark, style = _MARKS.get(state, ("?", ""))
+        line = (
+            f"[{style}]{mark}[/] {event.step:<15} {event.message}"
+            if style
+            else (f"{mark} {event.step:<15} {event.message}")
+        )
+        if state in ("running", "waiting") and self.console.is_terminal:
+            text = f"{event.step}: {event.message}"
+            if self._status is None:
+                self._status = self.console.status(text)
+                self._status.start()
+            else:
+                self._status.update(text)
+            return
+        self._stop_spinner()
+        self.console.print(line, markup=True, soft_wrap=True)
+
+    def run(self, events: Iterable[pb.Event]) -> pb.Event | None:
+        for event in events:
+            self.show(event)
+        self._stop_spinner()
+        return self.last
+
+
+def status_dict(status: pb.StatusResponse) -> dict[str, Any]:
+    cluster: dict[str, Any] = {}
+    if status.HasField("cluster"):
+        c = status.cluster
+        cluster = {
+            "id": c.id,
+            "control_name": c.control_name,
+            "control_address": c.control_address,
+            "bootstrap_port": c.bootstrap_port,
+            "cluster_port": c.cluster_port,
+            "ca_fingerprint": c.ca_fingerprint,
+            "ca_expires": iso(c.ca_expires),
+        }
+    return {
+        "cluster": cluster,
+        "local": {"name": status.local_node, "role": ROLE_NAMES.get(status.local_role, "")},
+        "nodes": [
+            {
+                "name": n.name,
+                "role": ROLE_NAMES.get(n.role, ""),
+                "address": n.address,
+                "state": n.state,
+                "message": n.message,
+                "cert_serial": n.cert_serial,
+                "cert_expires": iso(n.cert_expires),
+                "joined": iso(n.joined),
+                "last_seen": iso(n.last_seen),
+                "services": [
+                    {"name": s.name, "state": s.state, "message": s.message} for s in n.services
+                ],
+            }
+            for n in status.nodes
+        ],
+    }
+
+
+_STATE_STYLE = {
+    "active": "green",
+    "failed": "bold red",
+    "enrolling": "cyan",
+    "pending": "yellow",
+    "removed": "dim",
+    "unreachable": "bold yellow",
+}
+
+
+def _ago(ts: Timestamp) -> str:
+    if not ts.seconds:
+        return "-"
+    delta = datetime.now(UTC) - ts.ToDatetime(tzinfo=UTC)
+    secs = int(delta.total_seconds())
+    if secs < 60:
+        return f"{max(secs, 0)}s ago"
+    if secs < 3600:
+        return f"{secs // 60}m ago"
+    return f"{secs // 3600}h ago"
+
+
+def print_status(status: pb.StatusResponse, console: Console | None = None) -> None:
+    console = console or Console(highlight=False)
+    if not status.HasField("cluster"):
+        console.print(
+            f"{status.local_node}: not part of a cluster. Run `microstackctl init` to create one "
+            "or `microstackctl join CONTROL` to join one."
+        )
+        return
+    c = status.cluster
+    console.print(f"cluster   {c.id}")
+    console.print(
+        f"control   {c.control_name} at {c.control_address} "
+        f"(bootstrap port {c.bootstrap_port}, cluster port {c.cluster_port})"
+    )
+    expires = iso(c.ca_expires) or "-"
+    console.print(f"CA        {c.ca_fingerprint[:32]}…  expires {expires[:10]}")
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("NAME", "ROLE", "ADDRESS", "STATE", "SERVICES", "LAST SEEN", "CERT EXPIRES"):
+        table.add_column(column)
+    for n in status.nodes:
+        running = sum(1 for s in n.services if s.state == "running")
+        services = f"{running}/{len(n.services)}" if n.services else "-"
+        style = _STATE_STYLE.get(n.state, "")
+        state = f"[{style}]{n.state}[/]" if style else n.state
+        if n.state == "failed" and n.message:
+            state += f" ({n.message})"
+        table.add_row(
+            n.name,
+            ROLE_NAMES.get(n.role, ""),
+            n.address,
+            state,
+            services,
+            _ago(n.last_seen),
+            (iso(n.cert_expires) or "-")[:10],
+        )
+    console.print(table)
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write("\n")

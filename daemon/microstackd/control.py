@@ -1,0 +1,364 @@
+"""The control node's side of the cluster: create it, admit nodes through
+the password bootstrap, run their enrolment, answer for its state.
+
+No gRPC here: the servicers in ``rpc/`` translate requests into these calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from microstackd import enrolment, errors, security, validate
+from microstackd.config import DaemonConfig
+from microstackd.model import Access, ClusterRecord, NodeRecord, NodeState, Role
+from microstackd.ratelimit import FailureLimiter
+from microstackd.runner import Runner, StepAction, StepContext
+from microstackd.store import Store
+
+log = logging.getLogger(__name__)
+
+CA_KEY = "tls/ca.key"
+CA_CERT = "tls/ca.crt"
+NODE_KEY = "tls/node.key"
+NODE_CERT = "tls/node.crt"
+VERIFIER = "verifier.json"
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    certificate_pem: bytes
+    ca_certificate_pem: bytes
+    control_name: str
+    cluster_port: int
+    confirmation: bytes
+
+
+class BootstrapSession:
+    """One joiner's bootstrap in progress on the control."""
+
+    def __init__(
+        self, hello: security.Hello, exchange: security.ControlExchange, source: str
+    ) -> None:
+        self.hello = hello
+        self.exchange = exchange
+        self.source = source
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Control:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        store: Store,
+        runner: Runner,
+        bootstrap_fingerprint: str,
+        on_member: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._runner = runner
+        self._bootstrap_fingerprint = bootstrap_fingerprint
+        self._on_member = on_member
+        self._limiter = FailureLimiter(config.bootstrap_backoff, config.bootstrap_backoff_max)
+        self._ca: security.CertificateAuthority | None = None
+        self._verifier: tuple[bytes, security.KdfParams] | None = None
+
+    # ------------------------------------------------------------ init --
+
+    def init(self, password: str, address: str) -> int:
+        """Start (or resume) creating the cluster; return the seq to follow from."""
+        password = validate.password(password)
+        address = validate.ip_address(address, "control address")
+        name = self._config.node_name
+        cluster = self._store.cluster()
+        if cluster is not None:
+            me = self._store.node(name)
+            if cluster.role is not Role.CONTROL:
+                raise errors.AlreadyInitialised(
+                    f"this node is already a compute node of cluster {cluster.cluster_id} "
+                    f"(control {cluster.control_name} at {cluster.control_address})"
+                )
+            if me is not None and me.state is NodeState.ACTIVE:
+                raise errors.AlreadyInitialised(
+                    f"this node is already the control node of cluster {cluster.cluster_id}; "
+                    "nothing was changed"
+                )
+        if self._runner.running(name):
+            raise errors.AlreadyInitialised("an init is already running on this node")
+        after = self._store.last_seq(name)
+        actions: Mapping[str, StepAction] = {
+            enrolment.CREATE_CLUSTER: lambda ctx: self._create_cluster(ctx, password, address),
+            enrolment.DONE: self._control_done,
+        }
+        self._runner.ensure_running(name, enrolment.CONTROL_PLAN, actions)
+        return after
+
+    async def _create_cluster(self, ctx: StepContext, password: str, address: str) -> str:
+        now = _now()
+        cluster_id = secrets.token_hex(8)
+        kdf = security.new_kdf_params()
+        await ctx.progress("deriving the password verifier (scrypt)", 10)
+        verifier = await asyncio.to_thread(security.derive_verifier, password, kdf)
+        ca = security.create_ca(cluster_id, now)
+        key = security.generate_key()
+        cert = security.issue_certificate(
+            ca,
+            key.public_key(),
+            node_name=self._config.node_name,
+            role=Role.CONTROL.value,
+            address=address,
+            hostname=self._config.hostname,
+            now=now,
+        )
+        await ctx.progress("writing the cluster CA and this node's certificate", 60)
+        store = self._store
+        store.write_secret(CA_KEY, security.key_to_pem(ca.key))
+        store.write_secret(CA_CERT, security.cert_to_pem(ca.cert))
+        store.write_secret(NODE_KEY, security.key_to_pem(key))
+        store.write_secret(NODE_CERT, security.cert_to_pem(cert))
+        store.write_secret(VERIFIER, _verifier_json(verifier, kdf))
+        identity = security.identity_of(cert)
+        store.put_node(
+            NodeRecord(
+                name=self._config.node_name,
+                role=Role.CONTROL,
+                address=address,
+                hostname=self._config.hostname,
+                state=NodeState.ENROLLING,
+                message="",
+                cert_serial=format(identity.serial, "x"),
+                cert_not_after=identity.not_after.timestamp(),
+                joined=time.time(),
+            )
+        )
+        # The commit point: from here on this node is the control of a cluster.
+        store.set_cluster(
+            ClusterRecord(
+                cluster_id=cluster_id,
+                role=Role.CONTROL,
+                control_name=self._config.node_name,
+                control_address=address,
+                bootstrap_port=self._config.listen_port,
+                cluster_port=self._config.cluster_port,
+                ca_fingerprint=security.fingerprint(ca.cert),
+                ca_not_after=ca.cert.not_valid_after_utc.timestamp(),
+            )
+        )
+        self._ca, self._verifier = ca, (verifier, kdf)
+        await self._on_member()
+        return (
+            f"cluster {cluster_id} created; CA fingerprint "
+            f"{security.fingerprint(ca.cert)[:16]}…, listening for joins on "
+            f"{validate.format_host_port(address, self._config.listen_port)}"
+        )
+
+    # ------------------------------------------------------- bootstrap --
+
+    def _cluster(self) -> ClusterRecord:
+        cluster = self._store.cluster()
+        if cluster is None or cluster.role is not Role.CONTROL:
+            raise errors.NotControl(
+                "this node is not the control node of a cluster (run `microstackctl init "
+                "--role control` on it first)"
+            )
+        return cluster
+
+    def _load_secrets(self) -> tuple[security.CertificateAuthority, bytes, security.KdfParams]:
+        if self._ca is None or self._verifier is None:
+            key, cert, blob = (
+                self._store.read_file(CA_KEY),
+                self._store.read_file(CA_CERT),
+                self._store.read_file(VERIFIER),
+            )
+            if key is None or cert is None or blob is None:
+                raise errors.StorageError("the cluster CA or password verifier is missing")
+            self._ca = security.CertificateAuthority(
+                key=security.load_key(key), cert=security.load_cert(cert)
+            )
+            self._verifier = _load_verifier(blob)
+        return self._ca, *self._verifier
+
+    def begin_bootstrap(
+        self, hello: security.Hello, source: str
+    ) -> tuple[BootstrapSession, str, security.KdfParams, bytes]:
+        cluster = self._cluster()
+        wait = self._limiter.retry_after(source, time.monotonic())
+        if wait > 0:
+            log.warning("bootstrap refused source=%s reason=rate-limited wait=%.1fs", source, wait)
+            raise errors.TooManyAttempts(
+                f"too many failed attempts from {source}: try again in {wait:.0f} s"
+            )
+        validate.node_name(hello.node_name, "node name")
+        validate.ip_address(hello.address, "node address")
+        validate.hostname(hello.hostname, "hostname")
+        if hello.version != 1:
+            raise errors.BootstrapProtocolError(
+                f"bootstrap protocol version {hello.version} is not supported "
+                "(this control speaks 1)"
+            )
+        self._check_name_free(hello.node_name)
+        _ca, verifier, kdf = self._load_secrets()
+        exchange = security.ControlExchange(
+            verifier, cluster.cluster_id, kdf, hello, self._bootstrap_fingerprint
+        )
+        return (
+            BootstrapSession(hello, exchange, source),
+            cluster.cluster_id,
+            kdf,
+            exchange.challenge(),
+        )
+
+    def _check_name_free(self, name: str) -> NodeRecord | None:
+        existing = self._store.node(name)
+        if existing is None or existing.state in (NodeState.REMOVED, NodeState.PENDING):
+            return existing
+        raise errors.NameTaken(
+            f"a node named {name!r} is already in the cluster ({existing.state.value}, "
+            f"address {existing.address}); remove it first or join under another name"
+        )
+
+    def finish_bootstrap(
+        self, session: BootstrapSession, pake_message: bytes, csr_pem: bytes, confirmation: bytes
+    ) -> BootstrapResult:
+        cluster = self._cluster()
+        hello = session.hello
+        try:
+            session.exchange.check_response(pake_message, csr_pem, confirmation)
+        except errors.WrongPassword:
+            delay = self._limiter.failed(session.source, time.monotonic())
+            log.warning(
+                "bootstrap failed source=%s node=%s reason=wrong-password lockout=%.1fs",
+                session.source,
+                hello.node_name,
+                delay,
+            )
+            raise errors.WrongPassword("the control node rejected the cluster password") from None
+        self._limiter.succeeded(session.source)
+        existing = self._check_name_free(hello.node_name)  # again: another join may have won
+        ca, _verifier, _kdf = self._load_secrets()
+        cert = security.sign_csr(
+            ca,
+            csr_pem,
+            node_name=hello.node_name,
+            role=Role.COMPUTE.value,
+            address=hello.address,
+            hostname=hello.hostname,
+            now=_now(),
+        )
+        identity = security.identity_of(cert)
+        self._store.put_node(
+            NodeRecord(
+                name=hello.node_name,
+                role=Role.COMPUTE,
+                address=hello.address,
+                hostname=hello.hostname,
+                state=NodeState.PENDING,
+                message="certificate issued",
+                cert_serial=format(identity.serial, "x"),
+                cert_not_after=identity.not_after.timestamp(),
+                joined=time.time(),
+            ),
+            replaces_serial=existing.cert_serial if existing else None,
+        )
+        log.info(
+            "bootstrap succeeded source=%s node=%s serial=%x",
+            session.source,
+            hello.node_name,
+            identity.serial,
+        )
+        cert_pem = security.cert_to_pem(cert)
+        ca_pem = security.cert_to_pem(ca.cert)
+        return BootstrapResult(
+            certificate_pem=cert_pem,
+            ca_certificate_pem=ca_pem,
+            control_name=cluster.control_name,
+            cluster_port=cluster.cluster_port,
+            confirmation=session.exchange.result_confirmation(
+                cert_pem, ca_pem, cluster.control_name, cluster.cluster_port
+            ),
+        )
+
+    # ---------------------------------------------------------- enrol --
+
+    def enrol(self, identity: security.Identity) -> int:
+        """Start or resume the caller's enrolment; return the seq to follow from."""
+        node = self._store.node(identity.name)
+        assert node is not None  # authorise() admitted only known nodes
+        after = self._store.last_seq(node.name)
+        self._runner.ensure_running(node.name, enrolment.COMPUTE_PLAN, self._compute_actions())
+        return after
+
+    def _compute_actions(self) -> Mapping[str, StepAction]:
+        return {enrolment.ADMIT: self._admit, enrolment.DONE: self._compute_done}
+
+    async def _compute_done(self, ctx: StepContext) -> str:
+        return f"{ctx.node} is an active compute node of cluster {self._cluster().cluster_id}"
+
+    async def _control_done(self, ctx: StepContext) -> str:
+        cluster = self._cluster()
+        where = validate.format_host_port(cluster.control_address, cluster.bootstrap_port)
+        return (
+            f"{ctx.node} is the control node of cluster {cluster.cluster_id}; "
+            f"computes join with `microstackctl join {where}`"
+        )
+
+    async def _admit(self, ctx: StepContext) -> str:
+        node = self._store.node(ctx.node)
+        if node is None:
+            raise errors.NotFound(f"node {ctx.node} is no longer in the cluster")
+        self._store.set_node_state(node.name, NodeState.ENROLLING)
+        return (
+            f"{node.name} admitted: compute node at {node.address}, "
+            f"certificate serial {node.cert_serial[:16]}"
+        )
+
+    # --------------------------------------------------------- status --
+
+    def status(self) -> tuple[ClusterRecord, list[NodeRecord]]:
+        return self._cluster(), self._store.nodes()
+
+    def authorise(self, identity: security.Identity, access: Access) -> None:
+        serial = format(identity.serial, "x")
+        if self._store.is_revoked(serial):
+            raise errors.PermissionDenied(
+                f"certificate {serial[:16]} of {identity.name} is revoked"
+            )
+        node = self._store.node(identity.name)
+        if node is None or node.cert_serial != serial or node.state is NodeState.REMOVED:
+            raise errors.PermissionDenied(
+                f"{identity.name} (certificate {serial[:16]}) is not a member of this cluster"
+            )
+        if access is Access.CONTROL:
+            raise errors.PermissionDenied("only the control node may make this call")
+        self._store.touch_node(node.name, time.time())
+
+
+def _verifier_json(verifier: bytes, kdf: security.KdfParams) -> bytes:
+    return json.dumps(
+        {
+            "kdf": "scrypt",
+            "salt": kdf.salt.hex(),
+            "log2_n": kdf.log2_n,
+            "r": kdf.r,
+            "p": kdf.p,
+            "verifier": verifier.hex(),
+        }
+    ).encode()
+
+
+def _load_verifier(blob: bytes) -> tuple[bytes, security.KdfParams]:
+    data = json.loads(blob)
+    kdf = security.KdfParams(
+        salt=bytes.fromhex(data["salt"]), log2_n=data["log2_n"], r=data["r"], p=data["p"]
+    )
+    return bytes.fromhex(data["verifier"]), kdf

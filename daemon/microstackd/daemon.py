@@ -1,0 +1,168 @@
+"""Wiring and lifetime: the store, the domain objects and the three servers.
+
+    Unix socket  AdminService                  (Channel.LOCAL)
+    --listen     BootstrapService, TLS only    (Channel.BOOTSTRAP)
+    cluster port ClusterService, mutual TLS    (Channel.CLUSTER; once a member)
+
+grpc's Python server cannot ask for a client certificate on some calls and
+not others (DESIGN.md, measured), hence two TCP ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from datetime import UTC, datetime
+
+import grpc
+from grpc import aio
+
+from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
+from microstackd import errors, security, validate
+from microstackd.config import DaemonConfig
+from microstackd.control import CA_CERT, NODE_CERT, NODE_KEY, Control
+from microstackd.events import EventBus
+from microstackd.member import Member
+from microstackd.model import Access, Role
+from microstackd.rpc import servicers
+from microstackd.rpc.auth import AuthInterceptor, Channel
+from microstackd.rpc.options import SERVER_OPTIONS
+from microstackd.runner import Runner
+from microstackd.store import Store
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP_KEY = "tls/bootstrap.key"
+BOOTSTRAP_CERT = "tls/bootstrap.crt"
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.store = Store(config.state_dir)
+        self.bus = EventBus(self.store)
+        self.runner = Runner(self.store, self.bus)
+        self._bootstrap_key, self._bootstrap_cert = self._bootstrap_identity()
+        fingerprint = security.fingerprint(self._bootstrap_cert)
+        self.control = Control(
+            config, self.store, self.runner, fingerprint, self.start_cluster_server
+        )
+        self.member = Member(config, self.store, self.start_cluster_server)
+        self._local: aio.Server | None = None
+        self._bootstrap: aio.Server | None = None
+        self._cluster: aio.Server | None = None
+
+    def _bootstrap_identity(self) -> tuple[bytes, bytes]:
+        """The bootstrap port's self-signed key pair, made once per node."""
+        key_pem = self.store.read_file(BOOTSTRAP_KEY)
+        cert_pem = self.store.read_file(BOOTSTRAP_CERT)
+        if key_pem is None or cert_pem is None:
+            key = security.generate_key()
+            cert = security.self_signed_bootstrap_certificate(key, datetime.now(UTC))
+            key_pem, cert_pem = security.key_to_pem(key), security.cert_to_pem(cert)
+            self.store.write_secret(BOOTSTRAP_KEY, key_pem)
+            self.store.write_secret(BOOTSTRAP_CERT, cert_pem)
+        return key_pem, cert_pem
+
+    # ----------------------------------------------------------- start --
+
+    async def start(self) -> None:
+        await self._start_local()
+        await self._start_bootstrap()
+        if self.store.cluster() is not None:
+            await self.start_cluster_server()
+        log.info(
+            "ready node=%s listen=%s cluster_port=%d socket=%s",
+            self.config.node_name,
+            validate.format_host_port(self.config.listen_host, self.config.listen_port),
+            self.config.cluster_port,
+            self.config.socket,
+        )
+
+    async def _start_local(self) -> None:
+        path = self.config.socket
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        server = aio.server(interceptors=[AuthInterceptor(Channel.LOCAL)], options=SERVER_OPTIONS)
+        pb_grpc.add_AdminServiceServicer_to_server(servicers.AdminServicer(self), server)
+        self._bind(server, f"unix:{path}", None, f"the socket {path}")
+        await server.start()
+        os.chmod(path, 0o660)
+        self._local = server
+
+    async def _start_bootstrap(self) -> None:
+        server = aio.server(
+            interceptors=[AuthInterceptor(Channel.BOOTSTRAP)], options=SERVER_OPTIONS
+        )
+        pb_grpc.add_BootstrapServiceServicer_to_server(servicers.BootstrapServicer(self), server)
+        credentials = grpc.ssl_server_credentials([(self._bootstrap_key, self._bootstrap_cert)])
+        address = validate.format_host_port(self.config.listen_host, self.config.listen_port)
+        self._bind(server, address, credentials, f"the bootstrap port {address}")
+        await server.start()
+        self._bootstrap = server
+
+    async def start_cluster_server(self) -> None:
+        """Serve the mTLS port; called at start-up and once this node joins."""
+        if self._cluster is not None:
+            return
+        key, cert, ca = (self.store.read_file(n) for n in (NODE_KEY, NODE_CERT, CA_CERT))
+        if key is None or cert is None or ca is None:
+            raise errors.StorageError("this node's cluster key or certificates are missing")
+        server = aio.server(
+            interceptors=[AuthInterceptor(Channel.CLUSTER, self)], options=SERVER_OPTIONS
+        )
+        pb_grpc.add_ClusterServiceServicer_to_server(servicers.ClusterServicer(self), server)
+        credentials = grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=True
+        )
+        address = validate.format_host_port(self.config.listen_host, self.config.cluster_port)
+        self._bind(server, address, credentials, f"the cluster port {address}")
+        await server.start()
+        self._cluster = server
+
+    @staticmethod
+    def _bind(
+        server: aio.Server,
+        address: str,
+        credentials: grpc.ServerCredentials | None,
+        what: str,
+    ) -> None:
+        try:
+            if credentials is None:
+                server.add_insecure_port(address)
+            else:
+                server.add_secure_port(address, credentials)
+        except RuntimeError as exc:
+            raise errors.MicrostackError(
+                f"cannot listen on {what}: address in use or not on this host ({exc})"
+            ) from exc
+
+    # ------------------------------------------------------------ auth --
+
+    def authorise(self, identity: security.Identity, access: Access) -> None:
+        cluster = self.store.cluster()
+        if cluster is None:
+            raise errors.PermissionDenied("this node is in no cluster")
+        if cluster.role is Role.CONTROL:
+            self.control.authorise(identity, access)
+            return
+        if identity.role != Role.CONTROL.value or identity.name != cluster.control_name:
+            raise errors.PermissionDenied(
+                f"{identity.name} is not the control node of this node's cluster"
+            )
+
+    # ------------------------------------------------------------ stop --
+
+    async def stop(self, grace: float = 5.0) -> None:
+        for server in (self._bootstrap, self._cluster, self._local):
+            if server is not None:
+                await server.stop(grace)
+        with contextlib.suppress(FileNotFoundError):
+            self.config.socket.unlink()
+        self.store.close()
+
+    async def wait(self) -> None:
+        assert self._local is not None
+        await self._local.wait_for_termination()

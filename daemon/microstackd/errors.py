@@ -1,0 +1,110 @@
+"""Operator-facing errors.
+
+Every failure a person can cause or fix has its own class; the class docstring
+is the text the operator sees when no more specific message is given. Errors
+say whose side broke the rules: ``Local…`` for this node, ``Peer…`` for the
+other side. The RPC layer maps each class to one gRPC status code
+(``microstackd.rpc.status``); nothing below it knows about gRPC.
+"""
+
+from __future__ import annotations
+
+
+class MicrostackError(Exception):
+    """microstackd failed."""
+
+    #: The gRPC status code name this error maps to (see rpc/status.py).
+    code = "INTERNAL"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or self.__class__.__name__).strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class InvalidArgument(MicrostackError):
+    """A request field is malformed."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class WrongPassword(MicrostackError):
+    """The control node rejected the cluster password."""
+
+    code = "UNAUTHENTICATED"
+
+
+class PeerAuthenticationFailed(MicrostackError):
+    """The control node could not prove it knows the cluster password: wrong
+    password, or a machine in the middle. Nothing was sent that depends on
+    the password."""
+
+    code = "UNAUTHENTICATED"
+
+
+class BootstrapProtocolError(MicrostackError):
+    """The peer broke the bootstrap protocol."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class TooManyAttempts(MicrostackError):
+    """Too many failed attempts from this address; wait and try again."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class AlreadyInitialised(MicrostackError):
+    """This node is already part of a cluster."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class NotInitialised(MicrostackError):
+    """This node is not part of a cluster yet: run `microstackctl init`."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class NotControl(MicrostackError):
+    """This node is not the control node of a cluster."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class NameTaken(MicrostackError):
+    """A node with this name is already in the cluster."""
+
+    code = "ALREADY_EXISTS"
+
+
+class PermissionDenied(MicrostackError):
+    """The caller may not make this call."""
+
+    code = "PERMISSION_DENIED"
+
+
+class NotFound(MicrostackError):
+    """No such node."""
+
+    code = "NOT_FOUND"
+
+
+class ControlUnreachable(MicrostackError):
+    """The control node cannot be reached."""
+
+    code = "UNAVAILABLE"
+
+
+class StorageError(MicrostackError):
+    """The state directory could not be written (is the disk full?)."""
+
+    code = "INTERNAL"
+
+
+class EnrolmentFailed(MicrostackError):
+    """The enrolment failed."""
+
+    code = "ABORTED"

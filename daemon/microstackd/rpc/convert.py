@@ -1,0 +1,114 @@
+"""Model records to and from protobuf messages."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from microstack_api.v1 import cluster_pb2 as pb
+from microstackd.model import (
+    ClusterRecord,
+    EventRecord,
+    NodeRecord,
+    NodeState,
+    Role,
+    ServiceRecord,
+    StepState,
+)
+
+ROLE_TO_PB = {
+    Role.NONE: pb.ROLE_UNSPECIFIED,
+    Role.CONTROL: pb.ROLE_CONTROL,
+    Role.COMPUTE: pb.ROLE_COMPUTE,
+}
+ROLE_FROM_PB = {v: k for k, v in ROLE_TO_PB.items()}
+STATE_TO_PB = {
+    StepState.PENDING: pb.STEP_STATE_PENDING,
+    StepState.RUNNING: pb.STEP_STATE_RUNNING,
+    StepState.DONE: pb.STEP_STATE_DONE,
+    StepState.FAILED: pb.STEP_STATE_FAILED,
+    StepState.SKIPPED: pb.STEP_STATE_SKIPPED,
+    StepState.WAITING: pb.STEP_STATE_WAITING,
+}
+STATE_FROM_PB = {v: k for k, v in STATE_TO_PB.items()}
+
+
+def timestamp(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    if seconds:
+        ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def seconds(ts: Timestamp) -> float:
+    return ts.ToNanoseconds() / 1e9
+
+
+def event_to_pb(event: EventRecord) -> pb.Event:
+    return pb.Event(
+        node=event.node,
+        seq=event.seq,
+        step=event.step,
+        state=STATE_TO_PB[event.state],
+        message=event.message,
+        percent=event.percent,
+        time=timestamp(event.time),
+        final=event.final,
+    )
+
+
+def event_from_pb(event: pb.Event) -> EventRecord:
+    return EventRecord(
+        node=event.node,
+        seq=event.seq,
+        step=event.step,
+        state=STATE_FROM_PB.get(event.state, StepState.PENDING),
+        message=event.message,
+        percent=event.percent,
+        time=seconds(event.time),
+        final=event.final,
+    )
+
+
+def node_to_pb(node: NodeRecord) -> pb.Node:
+    return pb.Node(
+        name=node.name,
+        role=ROLE_TO_PB[node.role],
+        address=node.address,
+        state=node.state.value,
+        message=node.message,
+        cert_serial=node.cert_serial,
+        cert_expires=timestamp(node.cert_not_after),
+        joined=timestamp(node.joined),
+        services=[
+            pb.ServiceStatus(name=s.name, state=s.state, message=s.message) for s in node.services
+        ],
+        last_seen=timestamp(node.last_seen),
+    )
+
+
+def node_from_pb(node: pb.Node) -> NodeRecord:
+    return NodeRecord(
+        name=node.name,
+        role=ROLE_FROM_PB.get(node.role, Role.NONE),
+        address=node.address,
+        hostname="",
+        state=NodeState(node.state),
+        message=node.message,
+        cert_serial=node.cert_serial,
+        cert_not_after=seconds(node.cert_expires),
+        joined=seconds(node.joined),
+        last_seen=seconds(node.last_seen),
+        services=tuple(ServiceRecord(s.name, s.state, s.message) for s in node.services),
+    )
+
+
+def cluster_to_pb(cluster: ClusterRecord) -> pb.ClusterInfo:
+    return pb.ClusterInfo(
+        id=cluster.cluster_id,
+        control_name=cluster.control_name,
+        control_address=cluster.control_address,
+        bootstrap_port=cluster.bootstrap_port,
+        cluster_port=cluster.cluster_port,
+        ca_fingerprint=cluster.ca_fingerprint,
+        ca_expires=timestamp(cluster.ca_not_after),
+    )

@@ -1,0 +1,156 @@
+"""Thin adapters from RPCs to the domain modules. No identity checks here
+(rpc/auth.py did them) and no error mapping (rpc/auth.py does it)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from microstack_api.v1 import cluster_pb2 as pb
+from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
+from microstackd import errors, security
+from microstackd.model import Role
+from microstackd.rpc import convert
+from microstackd.rpc.auth import CALLER
+
+if TYPE_CHECKING:
+    from microstackd.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+Context: TypeAlias = Any  # grpc.aio.ServicerContext; grpc ships no types
+
+
+def _caller() -> security.Identity:
+    identity = CALLER.get()
+    if identity is None:  # the access table guarantees a caller here
+        raise errors.PermissionDenied("no verified caller")
+    return identity
+
+
+def _source(context: Context) -> str:
+    """The caller's IP address from gRPC's peer string (ipv4:1.2.3.4:5, ipv6:[::1]:5)."""
+    peer = str(context.peer())
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6" and rest.startswith("["):
+        return rest[1 : rest.index("]")]
+    return rest.rpartition(":")[0] or peer
+
+
+class AdminServicer(pb_grpc.AdminServiceServicer):
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    async def Init(
+        self, request: pb.InitRequest, context: Context
+    ) -> AsyncIterator[pb.InitResponse]:
+        if request.role != pb.ROLE_CONTROL:
+            raise errors.InvalidArgument(
+                "init creates a cluster with this node as its control node (role control); "
+                "a compute node joins with `microstackctl join`"
+            )
+        control = self._daemon.control
+        node = self._daemon.config.node_name
+        after = control.init(request.password, request.address)
+        async for event in self._daemon.bus.follow(node, after):
+            yield pb.InitResponse(event=convert.event_to_pb(event))
+
+    async def Join(
+        self, request: pb.JoinRequest, context: Context
+    ) -> AsyncIterator[pb.JoinResponse]:
+        async for event in self._daemon.member.join(
+            request.control, request.password, request.address
+        ):
+            yield pb.JoinResponse(event=convert.event_to_pb(event))
+
+    async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusResponse:
+        daemon = self._daemon
+        cluster = daemon.store.cluster()
+        response = pb.StatusResponse(
+            local_node=daemon.config.node_name,
+            local_role=convert.ROLE_TO_PB[cluster.role if cluster else Role.NONE],
+        )
+        if cluster is None:
+            return response
+        if cluster.role is Role.CONTROL:
+            record, nodes = daemon.control.status()
+            response.cluster.CopyFrom(convert.cluster_to_pb(record))
+        else:
+            info, nodes = await daemon.member.status()
+            response.cluster.CopyFrom(info)
+        response.nodes.extend(convert.node_to_pb(n) for n in nodes)
+        return response
+
+
+class BootstrapServicer(pb_grpc.BootstrapServiceServicer):
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    async def Exchange(
+        self, request_iterator: AsyncIterator[pb.ExchangeRequest], context: Context
+    ) -> AsyncIterator[pb.ExchangeResponse]:
+        requests = aiter(request_iterator)
+        first = await _next(requests, "hello")
+        if first.WhichOneof("body") != "hello":
+            raise errors.BootstrapProtocolError("the bootstrap must start with hello")
+        h = first.hello
+        hello = security.Hello(
+            node_name=h.node_name, address=h.address, hostname=h.hostname, version=h.version
+        )
+        control = self._daemon.control
+        session, cluster_id, kdf, pake = control.begin_bootstrap(hello, _source(context))
+        yield pb.ExchangeResponse(
+            challenge=pb.BootstrapChallenge(
+                cluster_id=cluster_id,
+                kdf=pb.KdfParams(name="scrypt", salt=kdf.salt, log2_n=kdf.log2_n, r=kdf.r, p=kdf.p),
+                pake_message=pake,
+            )
+        )
+        second = await _next(requests, "response")
+        if second.WhichOneof("body") != "response":
+            raise errors.BootstrapProtocolError("expected the PAKE response after the challenge")
+        r = second.response
+        result = control.finish_bootstrap(session, r.pake_message, r.csr_pem, r.confirmation)
+        yield pb.ExchangeResponse(
+            result=pb.BootstrapResult(
+                certificate_pem=result.certificate_pem,
+                ca_certificate_pem=result.ca_certificate_pem,
+                control_name=result.control_name,
+                cluster_port=result.cluster_port,
+                confirmation=result.confirmation,
+            )
+        )
+
+
+async def _next(requests: AsyncIterator[pb.ExchangeRequest], what: str) -> pb.ExchangeRequest:
+    try:
+        return await asyncio.wait_for(anext(requests), timeout=30)
+    except StopAsyncIteration:
+        raise errors.BootstrapProtocolError(
+            f"the joiner closed the stream before its {what}"
+        ) from None
+    except TimeoutError:
+        raise errors.BootstrapProtocolError(f"no {what} from the joiner within 30 s") from None
+
+
+class ClusterServicer(pb_grpc.ClusterServiceServicer):
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    async def Enrol(
+        self, request: pb.EnrolRequest, context: Context
+    ) -> AsyncIterator[pb.EnrolResponse]:
+        identity = _caller()
+        after = self._daemon.control.enrol(identity)
+        async for event in self._daemon.bus.follow(identity.name, after):
+            yield pb.EnrolResponse(event=convert.event_to_pb(event))
+
+    async def GetClusterStatus(
+        self, request: pb.GetClusterStatusRequest, context: Context
+    ) -> pb.GetClusterStatusResponse:
+        cluster, nodes = self._daemon.control.status()
+        return pb.GetClusterStatusResponse(
+            cluster=convert.cluster_to_pb(cluster), nodes=[convert.node_to_pb(n) for n in nodes]
+        )

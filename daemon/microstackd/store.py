@@ -1,0 +1,390 @@
+"""Durable state: one SQLite database and a few key files under the state dir.
+
+Rules:
+
+1. Every write is committed (WAL, ``synchronous=FULL``) before the caller
+   reports it to anyone: an event a client has seen is on disk.
+2. Key and certificate files are written atomically (temporary file, fsync,
+   rename, fsync of the directory) with mode 0600, so a crash leaves either
+   the old file or the new one, never half of one.
+3. The schema changes only through ``MIGRATIONS``, applied in order and
+   recorded in ``PRAGMA user_version``.
+
+No gRPC here; errors are ``microstackd.errors`` classes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from microstackd import errors
+from microstackd.model import (
+    ClusterRecord,
+    EventRecord,
+    NodeRecord,
+    NodeState,
+    Role,
+    ServiceRecord,
+    StepState,
+)
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the spine
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE nodes (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        address TEXT NOT NULL,
+        hostname TEXT NOT NULL,
+        state TEXT NOT NULL,
+        message TEXT NOT NULL DEFAULT '',
+        cert_serial TEXT NOT NULL,
+        cert_not_after REAL NOT NULL,
+        joined REAL NOT NULL,
+        last_seen REAL NOT NULL DEFAULT 0
+    );
+    CREATE TABLE steps (
+        node TEXT NOT NULL,
+        step TEXT NOT NULL,
+        state TEXT NOT NULL,
+        message TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (node, step)
+    );
+    CREATE TABLE events (
+        node TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        step TEXT NOT NULL,
+        state TEXT NOT NULL,
+        message TEXT NOT NULL,
+        percent INTEGER NOT NULL,
+        time REAL NOT NULL,
+        final INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (node, seq)
+    );
+    CREATE TABLE revoked (serial TEXT PRIMARY KEY, node TEXT NOT NULL, time REAL NOT NULL);
+    """,
+    # 2: services as last reported by each node's agent
+    """
+    CREATE TABLE services (
+        node TEXT NOT NULL,
+        name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        message TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (node, name)
+    );
+    """,
+)
+
+DB_NAME = "microstackd.db"
+
+
+def write_private_file(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Atomically replace ``path`` with ``data`` (temp file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _storage_error(path, exc) from exc
+
+
+def _storage_error(path: Path, exc: BaseException) -> errors.StorageError:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return errors.StorageError(f"cannot write {path}: the disk is full; nothing was changed")
+    return errors.StorageError(f"cannot write {path}: {exc}")
+
+
+class Store:
+    """The node's database. One instance per daemon, used from one thread."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.path = state_dir / DB_NAME
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            os.chmod(self.path, 0o600)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except (OSError, sqlite3.Error) as exc:
+            raise _storage_error(state_dir / DB_NAME, exc) from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self.transaction():
+                for statement in filter(str.strip, script.split(";")):
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {number}")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic, durable unit of work."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if "disk" in str(exc) or "full" in str(exc):
+                raise errors.StorageError(
+                    f"cannot write {self.path}: the disk is full; nothing was changed"
+                ) from exc
+            raise
+
+    # ------------------------------------------------------------ meta --
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, values: dict[str, str]) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                values.items(),
+            )
+
+    def cluster(self) -> ClusterRecord | None:
+        """The cluster this node belongs to, once its membership is complete."""
+        rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if "cluster_id" not in rows:
+            return None
+        return ClusterRecord(
+            cluster_id=rows["cluster_id"],
+            role=Role(rows["role"]),
+            control_name=rows["control_name"],
+            control_address=rows["control_address"],
+            bootstrap_port=int(rows["bootstrap_port"]),
+            cluster_port=int(rows["cluster_port"]),
+            ca_fingerprint=rows["ca_fingerprint"],
+            ca_not_after=float(rows["ca_not_after"]),
+        )
+
+    def set_cluster(self, cluster: ClusterRecord) -> None:
+        self.set_meta(
+            {
+                "cluster_id": cluster.cluster_id,
+                "role": cluster.role.value,
+                "control_name": cluster.control_name,
+                "control_address": cluster.control_address,
+                "bootstrap_port": str(cluster.bootstrap_port),
+                "cluster_port": str(cluster.cluster_port),
+                "ca_fingerprint": cluster.ca_fingerprint,
+                "ca_not_after": repr(cluster.ca_not_after),
+            }
+        )
+
+    # ----------------------------------------------------------- nodes --
+
+    _NODE_COLUMNS = (
+        "name, role, address, hostname, state, message, cert_serial, cert_not_after, "
+        "joined, last_seen"
+    )
+
+    def _node(self, row: tuple[object, ...]) -> NodeRecord:
+        name = str(row[0])
+        services = tuple(
+            ServiceRecord(str(n), str(s), str(m))
+            for n, s, m in self._db.execute(
+                "SELECT name, state, message FROM services WHERE node = ? ORDER BY name", (name,)
+            )
+        )
+        return NodeRecord(
+            name=name,
+            role=Role(str(row[1])),
+            address=str(row[2]),
+            hostname=str(row[3]),
+            state=NodeState(str(row[4])),
+            message=str(row[5]),
+            cert_serial=str(row[6]),
+            cert_not_after=float(row[7]),  # type: ignore[arg-type]
+            joined=float(row[8]),  # type: ignore[arg-type]
+            last_seen=float(row[9]),  # type: ignore[arg-type]
+            services=services,
+        )
+
+    def node(self, name: str) -> NodeRecord | None:
+        row = self._db.execute(
+            f"SELECT {self._NODE_COLUMNS} FROM nodes WHERE name = ?", (name,)
+        ).fetchone()
+        return None if row is None else self._node(row)
+
+    def nodes(self) -> list[NodeRecord]:
+        rows = self._db.execute(
+            f"SELECT {self._NODE_COLUMNS} FROM nodes ORDER BY role = 'control' DESC, joined, name"
+        ).fetchall()
+        return [self._node(row) for row in rows]
+
+    def node_by_serial(self, serial: str) -> NodeRecord | None:
+        row = self._db.execute(
+            f"SELECT {self._NODE_COLUMNS} FROM nodes WHERE cert_serial = ?", (serial,)
+        ).fetchone()
+        return None if row is None else self._node(row)
+
+    def put_node(self, node: NodeRecord, *, replaces_serial: str | None = None) -> None:
+        """Insert or replace a node; a replaced certificate serial is revoked."""
+        with self.transaction() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO nodes ({self._NODE_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    node.name,
+                    node.role.value,
+                    node.address,
+                    node.hostname,
+                    node.state.value,
+                    node.message,
+                    node.cert_serial,
+                    node.cert_not_after,
+                    node.joined,
+                    node.last_seen,
+                ),
+            )
+            if replaces_serial:
+                db.execute(
+                    "INSERT OR IGNORE INTO revoked (serial, node, time) VALUES (?, ?, ?)",
+                    (replaces_serial, node.name, node.joined),
+                )
+                db.execute("DELETE FROM steps WHERE node = ?", (node.name,))
+
+    def set_node_state(self, name: str, state: NodeState, message: str = "") -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE nodes SET state = ?, message = ? WHERE name = ?",
+                (state.value, message, name),
+            )
+
+    def touch_node(self, name: str, when: float) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE nodes SET last_seen = ? WHERE name = ?", (when, name))
+
+    def set_services(self, node: str, services: list[ServiceRecord]) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM services WHERE node = ?", (node,))
+            db.executemany(
+                "INSERT INTO services (node, name, state, message) VALUES (?, ?, ?, ?)",
+                [(node, s.name, s.state, s.message) for s in services],
+            )
+
+    def is_revoked(self, serial: str) -> bool:
+        return (
+            self._db.execute("SELECT 1 FROM revoked WHERE serial = ?", (serial,)).fetchone()
+            is not None
+        )
+
+    # ---------------------------------------------------- steps, events --
+
+    def step_states(self, node: str) -> dict[str, StepState]:
+        return {
+            str(step): StepState(str(state))
+            for step, state in self._db.execute(
+                "SELECT step, state FROM steps WHERE node = ?", (node,)
+            )
+        }
+
+    def record(self, event: EventRecord) -> EventRecord:
+        """Persist a step change and its event in one transaction; return it
+        with its sequence number."""
+        with self.transaction() as db:
+            (last,) = db.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE node = ?", (event.node,)
+            ).fetchone()
+            seq = int(last) + 1
+            db.execute(
+                "INSERT INTO steps (node, step, state, message) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(node, step) DO UPDATE SET state = excluded.state, "
+                "message = excluded.message",
+                (event.node, event.step, event.state.value, event.message),
+            )
+            db.execute(
+                "INSERT INTO events (node, seq, step, state, message, percent, time, final) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.node,
+                    seq,
+                    event.step,
+                    event.state.value,
+                    event.message,
+                    event.percent,
+                    event.time,
+                    int(event.final),
+                ),
+            )
+        return EventRecord(
+            node=event.node,
+            seq=seq,
+            step=event.step,
+            state=event.state,
+            message=event.message,
+            percent=event.percent,
+            time=event.time,
+            final=event.final,
+        )
+
+    def events(self, node: str, after_seq: int = 0) -> list[EventRecord]:
+        return [
+            EventRecord(
+                node=node,
+                seq=int(seq),
+                step=str(step),
+                state=StepState(str(state)),
+                message=str(message),
+                percent=int(percent),
+                time=float(time),
+                final=bool(final),
+            )
+            for seq, step, state, message, percent, time, final in self._db.execute(
+                "SELECT seq, step, state, message, percent, time, final FROM events "
+                "WHERE node = ? AND seq > ? ORDER BY seq",
+                (node, after_seq),
+            )
+        ]
+
+    def last_seq(self, node: str) -> int:
+        (last,) = self._db.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE node = ?", (node,)
+        ).fetchone()
+        return int(last)
+
+    # ------------------------------------------------------------ files --
+
+    def write_secret(self, name: str, data: bytes) -> Path:
+        path = self.state_dir / name
+        write_private_file(path, data)
+        return path
+
+    def read_file(self, name: str) -> bytes | None:
+        path = self.state_dir / name
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None

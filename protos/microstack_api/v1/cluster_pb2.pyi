@@ -1,0 +1,257 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLE_UNSPECIFIED: _ClassVar[Role]
+    ROLE_CONTROL: _ClassVar[Role]
+    ROLE_COMPUTE: _ClassVar[Role]
+
+class StepState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STEP_STATE_UNSPECIFIED: _ClassVar[StepState]
+    STEP_STATE_PENDING: _ClassVar[StepState]
+    STEP_STATE_RUNNING: _ClassVar[StepState]
+    STEP_STATE_DONE: _ClassVar[StepState]
+    STEP_STATE_FAILED: _ClassVar[StepState]
+    STEP_STATE_SKIPPED: _ClassVar[StepState]
+    STEP_STATE_WAITING: _ClassVar[StepState]
+ROLE_UNSPECIFIED: Role
+ROLE_CONTROL: Role
+ROLE_COMPUTE: Role
+STEP_STATE_UNSPECIFIED: StepState
+STEP_STATE_PENDING: StepState
+STEP_STATE_RUNNING: StepState
+STEP_STATE_DONE: StepState
+STEP_STATE_FAILED: StepState
+STEP_STATE_SKIPPED: StepState
+STEP_STATE_WAITING: StepState
+
+class Event(_message.Message):
+    __slots__ = ("node", "seq", "step", "state", "message", "percent", "time", "final")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    seq: int
+    step: str
+    state: StepState
+    message: str
+    percent: int
+    time: _timestamp_pb2.Timestamp
+    final: bool
+    def __init__(self, node: _Optional[str] = ..., seq: _Optional[int] = ..., step: _Optional[str] = ..., state: _Optional[_Union[StepState, str]] = ..., message: _Optional[str] = ..., percent: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., final: _Optional[bool] = ...) -> None: ...
+
+class InitRequest(_message.Message):
+    __slots__ = ("role", "password", "address")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    role: Role
+    password: str
+    address: str
+    def __init__(self, role: _Optional[_Union[Role, str]] = ..., password: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+
+class JoinRequest(_message.Message):
+    __slots__ = ("control", "password", "address", "timeout_seconds")
+    CONTROL_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    control: str
+    password: str
+    address: str
+    timeout_seconds: int
+    def __init__(self, control: _Optional[str] = ..., password: _Optional[str] = ..., address: _Optional[str] = ..., timeout_seconds: _Optional[int] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ServiceStatus(_message.Message):
+    __slots__ = ("name", "state", "message")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    state: str
+    message: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Node(_message.Message):
+    __slots__ = ("name", "role", "address", "state", "message", "cert_serial", "cert_expires", "joined", "services", "last_seen")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CERT_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    CERT_EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    JOINED_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: Role
+    address: str
+    state: str
+    message: str
+    cert_serial: str
+    cert_expires: _timestamp_pb2.Timestamp
+    joined: _timestamp_pb2.Timestamp
+    services: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
+    last_seen: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., cert_serial: _Optional[str] = ..., cert_expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., joined: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ClusterInfo(_message.Message):
+    __slots__ = ("id", "control_name", "control_address", "bootstrap_port", "cluster_port", "ca_fingerprint", "ca_expires")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_PORT_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_PORT_FIELD_NUMBER: _ClassVar[int]
+    CA_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    CA_EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    control_name: str
+    control_address: str
+    bootstrap_port: int
+    cluster_port: int
+    ca_fingerprint: str
+    ca_expires: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., control_name: _Optional[str] = ..., control_address: _Optional[str] = ..., bootstrap_port: _Optional[int] = ..., cluster_port: _Optional[int] = ..., ca_fingerprint: _Optional[str] = ..., ca_expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("cluster", "nodes", "local_node", "local_role")
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_NODE_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_ROLE_FIELD_NUMBER: _ClassVar[int]
+    cluster: ClusterInfo
+    nodes: _containers.RepeatedCompositeFieldContainer[Node]
+    local_node: str
+    local_role: Role
+    def __init__(self, cluster: _Optional[_Union[ClusterInfo, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., local_node: _Optional[str] = ..., local_role: _Optional[_Union[Role, str]] = ...) -> None: ...
+
+class InitResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: Event
+    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ...) -> None: ...
+
+class JoinResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: Event
+    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ...) -> None: ...
+
+class KdfParams(_message.Message):
+    __slots__ = ("name", "salt", "log2_n", "r", "p")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    LOG2_N_FIELD_NUMBER: _ClassVar[int]
+    R_FIELD_NUMBER: _ClassVar[int]
+    P_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    salt: bytes
+    log2_n: int
+    r: int
+    p: int
+    def __init__(self, name: _Optional[str] = ..., salt: _Optional[bytes] = ..., log2_n: _Optional[int] = ..., r: _Optional[int] = ..., p: _Optional[int] = ...) -> None: ...
+
+class BootstrapHello(_message.Message):
+    __slots__ = ("version", "node_name", "address", "hostname")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    node_name: str
+    address: str
+    hostname: str
+    def __init__(self, version: _Optional[int] = ..., node_name: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ...) -> None: ...
+
+class BootstrapChallenge(_message.Message):
+    __slots__ = ("cluster_id", "kdf", "pake_message")
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    KDF_FIELD_NUMBER: _ClassVar[int]
+    PAKE_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    cluster_id: str
+    kdf: KdfParams
+    pake_message: bytes
+    def __init__(self, cluster_id: _Optional[str] = ..., kdf: _Optional[_Union[KdfParams, _Mapping]] = ..., pake_message: _Optional[bytes] = ...) -> None: ...
+
+class BootstrapResponse(_message.Message):
+    __slots__ = ("pake_message", "csr_pem", "confirmation")
+    PAKE_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMATION_FIELD_NUMBER: _ClassVar[int]
+    pake_message: bytes
+    csr_pem: bytes
+    confirmation: bytes
+    def __init__(self, pake_message: _Optional[bytes] = ..., csr_pem: _Optional[bytes] = ..., confirmation: _Optional[bytes] = ...) -> None: ...
+
+class BootstrapResult(_message.Message):
+    __slots__ = ("certificate_pem", "ca_certificate_pem", "control_name", "cluster_port", "confirmation")
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_NAME_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_PORT_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMATION_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: bytes
+    ca_certificate_pem: bytes
+    control_name: str
+    cluster_port: int
+    confirmation: bytes
+    def __init__(self, certificate_pem: _Optional[bytes] = ..., ca_certificate_pem: _Optional[bytes] = ..., control_name: _Optional[str] = ..., cluster_port: _Optional[int] = ..., confirmation: _Optional[bytes] = ...) -> None: ...
+
+class ExchangeRequest(_message.Message):
+    __slots__ = ("hello", "response")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    hello: BootstrapHello
+    response: BootstrapResponse
+    def __init__(self, hello: _Optional[_Union[BootstrapHello, _Mapping]] = ..., response: _Optional[_Union[BootstrapResponse, _Mapping]] = ...) -> None: ...
+
+class ExchangeResponse(_message.Message):
+    __slots__ = ("challenge", "result")
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    challenge: BootstrapChallenge
+    result: BootstrapResult
+    def __init__(self, challenge: _Optional[_Union[BootstrapChallenge, _Mapping]] = ..., result: _Optional[_Union[BootstrapResult, _Mapping]] = ...) -> None: ...
+
+class EnrolRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EnrolResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: Event
+    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ...) -> None: ...
+
+class GetClusterStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetClusterStatusResponse(_message.Message):
+    __slots__ = ("cluster", "nodes")
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    cluster: ClusterInfo
+    nodes: _containers.RepeatedCompositeFieldContainer[Node]
+    def __init__(self, cluster: _Optional[_Union[ClusterInfo, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...

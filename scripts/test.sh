@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, types, the fast suites, then the end-to-end
+# suites (real daemons in network namespaces). Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+echo "== ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+echo "== mypy"
+.venv/bin/mypy
+echo "== unit and integration tests"
+.venv/bin/python -m pytest -p no:cacheprovider -m "not e2e and not openstack" tests/unit tests/integration
+echo "== end-to-end tests"
+.venv/bin/python -m pytest -p no:cacheprovider -m "e2e and not openstack" tests/e2e

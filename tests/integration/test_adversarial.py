@@ -1,0 +1,378 @@
+"""Attacks on a real control daemon over the network: a man in the middle,
+foreign and revoked certificates, calls on the wrong port, malformed and
+replayed bootstrap messages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import ssl
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc import aio
+
+from microstack_api.v1 import cluster_pb2 as pb
+from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
+from microstackd import errors, security
+from microstackd.rpc import peer
+from tests.integration.harness import Node
+
+PASSWORD = "correct horse battery staple"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _bootstrap(
+    node: Node, name: str, password: str = PASSWORD, via: tuple[str, int] | None = None
+) -> tuple[bytes, bytes, bytes]:
+    """Run the joiner's half of the bootstrap; return (key, cert, ca) PEMs."""
+    host, port = via or (node.address, node.port)
+    cert_pem = await peer.fetch_bootstrap_certificate(host, port)
+    hello = security.Hello(node_name=name, address="127.0.0.99", hostname=name)
+    key = security.generate_key()
+    async with peer.BootstrapCall(host, port, cert_pem) as call:
+        challenge = await call.hello(hello)
+        verifier = security.derive_verifier(password, challenge.kdf)
+        exchange = security.JoinerExchange(
+            verifier,
+            challenge.cluster_id,
+            challenge.kdf,
+            hello,
+            security.fingerprint(cert_pem),
+            challenge.pake_message,
+        )
+        csr = security.make_csr(key, name)
+        result = await call.respond(*_response(exchange, csr))
+        exchange.check_result(
+            result.certificate_pem,
+            result.ca_certificate_pem,
+            result.control_name,
+            result.cluster_port,
+            result.confirmation,
+        )
+    return security.key_to_pem(key), result.certificate_pem, result.ca_certificate_pem
+
+
+def _response(exchange: security.JoinerExchange, csr: bytes) -> tuple[bytes, bytes, bytes]:
+    message, confirmation = exchange.response(csr)
+    return message, csr, confirmation
+
+
+def _cluster_stub(
+    node: Node, key: bytes, cert: bytes, ca: bytes
+) -> tuple[aio.Channel, pb_grpc.ClusterServiceStub]:
+    creds = peer.MemberCredentials(key_pem=key, cert_pem=cert, ca_pem=ca)
+    channel = peer.member_channel(node.address, node.port + 1, creds, "ctl")
+    return channel, pb_grpc.ClusterServiceStub(channel)
+
+
+async def _status_code(node: Node, key: bytes, cert: bytes, ca: bytes) -> grpc.StatusCode:
+    channel, stub = _cluster_stub(node, key, cert, ca)
+    try:
+        await stub.GetClusterStatus(pb.GetClusterStatusRequest(), timeout=5)
+        return grpc.StatusCode.OK
+    except aio.AioRpcError as exc:
+        return exc.code()
+    finally:
+        await channel.close()
+
+
+class TlsInterceptor:
+    """A machine in the middle: terminates the joiner's TLS with its own
+    certificate and relays every byte, in both directions, to the control."""
+
+    def __init__(self, target: tuple[str, int], workdir: Path) -> None:
+        self.target = target
+        key = security.generate_key()
+        cert = security.self_signed_bootstrap_certificate(key, _now())
+        (workdir / "mitm.key").write_bytes(security.key_to_pem(key))
+        (workdir / "mitm.crt").write_bytes(security.cert_to_pem(cert))
+        self.server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.server_ctx.load_cert_chain(workdir / "mitm.crt", workdir / "mitm.key")
+        self.server_ctx.set_alpn_protocols(["h2"])
+        self.client_ctx = ssl.create_default_context()
+        self.client_ctx.check_hostname = False
+        self.client_ctx.verify_mode = ssl.CERT_NONE
+        self.client_ctx.set_alpn_protocols(["h2"])
+        self.relayed = 0
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            while data := await reader.read(65536):
+                self.relayed += len(data)
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        up_reader, up_writer = await asyncio.open_connection(*self.target, ssl=self.client_ctx)
+        self._writers.append(up_writer)
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[tuple[str, int]]:
+        server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.server_ctx)
+        try:
+            yield server.sockets[0].getsockname()[:2]
+        finally:
+            server.close()
+            for writer in self._writers:
+                writer.close()
+                with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
+                    await asyncio.wait_for(writer.wait_closed(), 2)
+            await server.wait_closed()
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_man_in_the_middle_relaying_faithfully_fails(control: Node, tmp_path: Path) -> None:
+    mitm = TlsInterceptor((control.address, control.port), tmp_path)
+
+    async def attempt() -> None:
+        async with mitm.running() as (host, port):
+            with pytest.raises(errors.WrongPassword):
+                await _bootstrap(control, "victim", via=(host, port))
+
+    asyncio.run(attempt())
+    gc.collect()  # the relay's half-closed TLS transports are this test's, not the next one's
+    assert mitm.relayed > 0, "the interceptor never carried the exchange"
+    assert "victim" not in {n["name"] for n in control.status()["nodes"]}  # type: ignore[attr-defined]
+    assert "reason=wrong-password" in control.log.read_text()
+
+
+def test_a_certificate_from_another_ca_is_refused(control: Node) -> None:
+    foreign = security.create_ca("elsewhere", _now())
+    key = security.generate_key()
+    cert = security.issue_certificate(
+        foreign,
+        key.public_key(),
+        node_name="node-9",
+        role="compute",
+        address="127.0.0.9",
+        hostname="node-9",
+        now=_now(),
+    )
+    ca_pem = (control.state_dir / "tls" / "ca.crt").read_bytes()
+    code = asyncio.run(
+        _status_code(control, security.key_to_pem(key), security.cert_to_pem(cert), ca_pem)
+    )
+    assert code is grpc.StatusCode.UNAVAILABLE  # the TLS handshake itself fails
+
+
+def test_a_cluster_certificate_for_an_unknown_node_is_refused(control: Node) -> None:
+    """Signed by the cluster CA (say, a stolen CA key was used once) but never admitted."""
+    tls = control.state_dir / "tls"
+    ca = security.CertificateAuthority(
+        key=security.load_key((tls / "ca.key").read_bytes()),
+        cert=security.load_cert((tls / "ca.crt").read_bytes()),
+    )
+    key = security.generate_key()
+    cert = security.issue_certificate(
+        ca,
+        key.public_key(),
+        node_name="ghost",
+        role="compute",
+        address="127.0.0.9",
+        hostname="ghost",
+        now=_now(),
+    )
+    code = asyncio.run(
+        _status_code(
+            control,
+            security.key_to_pem(key),
+            security.cert_to_pem(cert),
+            security.cert_to_pem(ca.cert),
+        )
+    )
+    assert code is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_replaced_certificate_is_revoked(control: Node) -> None:
+    async def bootstrap_twice() -> tuple[tuple[bytes, bytes, bytes], tuple[bytes, bytes, bytes]]:
+        old = await _bootstrap(control, "node-7")
+        new = await _bootstrap(control, "node-7")  # still pending: a retry replaces it
+        return old, new
+
+    old, new = asyncio.run(bootstrap_twice())
+    assert asyncio.run(_status_code(control, *old)) is grpc.StatusCode.PERMISSION_DENIED
+    assert asyncio.run(_status_code(control, *new)) is grpc.StatusCode.OK
+    assert "is revoked" in control.log.read_text()
+    control.stop()
+    control.start()  # revocation lives in the store: still refused after a restart
+    assert asyncio.run(_status_code(control, *old)) is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_methods_are_served_only_on_their_channel(control: Node) -> None:
+    async def calls() -> list[grpc.StatusCode]:
+        cert_pem = await peer.fetch_bootstrap_certificate(control.address, control.port)
+        creds = grpc.ssl_channel_credentials(root_certificates=cert_pem)
+        options = [("grpc.ssl_target_name_override", security.BOOTSTRAP_SERVER_NAME)]
+        codes = []
+        async with aio.secure_channel(control.endpoint, creds, options=options) as channel:
+            for call in (
+                pb_grpc.AdminServiceStub(channel).Status(pb.StatusRequest(), timeout=5),
+                pb_grpc.ClusterServiceStub(channel).GetClusterStatus(
+                    pb.GetClusterStatusRequest(), timeout=5
+                ),
+            ):
+                try:
+                    await call
+                    codes.append(grpc.StatusCode.OK)
+                except aio.AioRpcError as exc:
+                    codes.append(exc.code())
+        return codes
+
+    assert asyncio.run(calls()) == [grpc.StatusCode.UNIMPLEMENTED] * 2
+
+
+async def _raw_exchange(
+    node: Node, requests: list[pb.ExchangeRequest]
+) -> tuple[grpc.StatusCode, str]:
+    cert_pem = await peer.fetch_bootstrap_certificate(node.address, node.port)
+    creds = grpc.ssl_channel_credentials(root_certificates=cert_pem)
+    options = [("grpc.ssl_target_name_override", security.BOOTSTRAP_SERVER_NAME)]
+    async with aio.secure_channel(node.endpoint, creds, options=options) as channel:
+        call = pb_grpc.BootstrapServiceStub(channel).Exchange(timeout=10)
+        try:
+            for request in requests:
+                await call.write(request)
+                await call.read()
+            await call.done_writing()
+            await call.read()
+        except aio.AioRpcError as exc:
+            return exc.code(), exc.details() or ""
+        return await call.code(), await call.details() or ""
+
+
+HELLO = pb.ExchangeRequest(
+    hello=pb.BootstrapHello(version=1, node_name="node-5", address="127.0.0.5", hostname="node-5")
+)
+
+
+@pytest.mark.parametrize(
+    ("requests", "code", "text"),
+    [
+        (
+            [pb.ExchangeRequest(response=pb.BootstrapResponse())],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "must start with hello",
+        ),
+        (
+            [
+                pb.ExchangeRequest(
+                    hello=pb.BootstrapHello(
+                        version=1, node_name="Bad_Name", address="127.0.0.5", hostname="x"
+                    )
+                )
+            ],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "node name",
+        ),
+        (
+            [
+                pb.ExchangeRequest(
+                    hello=pb.BootstrapHello(
+                        version=1, node_name="n", address="nowhere", hostname="n"
+                    )
+                )
+            ],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "node address",
+        ),
+        (
+            [
+                pb.ExchangeRequest(
+                    hello=pb.BootstrapHello(
+                        version=9, node_name="n", address="127.0.0.5", hostname="n"
+                    )
+                )
+            ],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "version 9",
+        ),
+        ([HELLO, HELLO], grpc.StatusCode.INVALID_ARGUMENT, "PAKE response"),
+        (
+            [
+                HELLO,
+                pb.ExchangeRequest(
+                    response=pb.BootstrapResponse(
+                        pake_message=b"\x00" * 33, csr_pem=b"junk", confirmation=b"\x00" * 32
+                    )
+                ),
+            ],
+            None,
+            "",
+        ),
+        (
+            [
+                HELLO,
+                pb.ExchangeRequest(
+                    response=pb.BootstrapResponse(
+                        pake_message=b"A" + b"\x01" * 5000, csr_pem=b"x" * 5_000_000
+                    )
+                ),
+            ],
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "",
+        ),
+    ],
+)
+def test_malformed_bootstrap_messages_are_refused(
+    control: Node, requests: list[pb.ExchangeRequest], code: grpc.StatusCode | None, text: str
+) -> None:
+    got, details = asyncio.run(_raw_exchange(control, requests))
+    if code is None:  # garbage PAKE material: refused, whichever check catches it first
+        assert got in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED)
+    else:
+        assert got is code, details
+        assert text in details
+    assert control.status()["cluster"]  # the daemon is still serving
+
+
+def test_a_replayed_bootstrap_response_is_refused(control: Node) -> None:
+    """Record a successful joiner's response, then replay it in a new session."""
+
+    async def scenario() -> tuple[grpc.StatusCode, str]:
+        cert_pem = await peer.fetch_bootstrap_certificate(control.address, control.port)
+        hello = security.Hello(node_name="node-3", address="127.0.0.3", hostname="node-3")
+        key = security.generate_key()
+        async with peer.BootstrapCall(control.address, control.port, cert_pem) as call:
+            challenge = await call.hello(hello)
+            exchange = security.JoinerExchange(
+                security.derive_verifier(PASSWORD, challenge.kdf),
+                challenge.cluster_id,
+                challenge.kdf,
+                hello,
+                security.fingerprint(cert_pem),
+                challenge.pake_message,
+            )
+            recorded = _response(exchange, security.make_csr(key, "node-3"))
+            await call.respond(*recorded)
+        replay = pb.ExchangeRequest(
+            response=pb.BootstrapResponse(
+                pake_message=recorded[0], csr_pem=recorded[1], confirmation=recorded[2]
+            )
+        )
+        return await _raw_exchange(
+            control,
+            [
+                pb.ExchangeRequest(
+                    hello=pb.BootstrapHello(
+                        version=1, node_name="node-3", address="127.0.0.3", hostname="node-3"
+                    )
+                ),
+                replay,
+            ],
+        )
+
+    code, details = asyncio.run(scenario())
+    assert code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.ALREADY_EXISTS), details

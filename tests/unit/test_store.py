@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from microstackd import errors
+from microstackd.model import EventRecord, NodeRecord, NodeState, Role, StepState
+from microstackd.store import Store, write_private_file
+
+
+def _node(name="node-1", serial="aa", state=NodeState.PENDING):
+    return NodeRecord(
+        name=name,
+        role=Role.COMPUTE,
+        address="10.0.0.2",
+        hostname=name,
+        state=state,
+        message="",
+        cert_serial=serial,
+        cert_not_after=1.0,
+        joined=1.0,
+    )
+
+
+def _event(step="admit", state=StepState.RUNNING, final=False):
+    return EventRecord(
+        node="node-1", seq=0, step=step, state=state, message="m", percent=0, time=1.0, final=final
+    )
+
+
+def test_database_and_secrets_are_private(tmp_path):
+    store = Store(tmp_path / "state")
+    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
+    path = store.write_secret("tls/node.key", b"secret")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert store.read_file("tls/node.key") == b"secret"
+    assert store.read_file("missing") is None
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+    write_private_file(tmp_path / "f", b"one")
+    write_private_file(tmp_path / "f", b"two")
+    assert (tmp_path / "f").read_bytes() == b"two"
+    assert os.listdir(tmp_path) == ["f"]
+
+
+def test_events_get_increasing_sequence_numbers_and_update_steps(tmp_path):
+    store = Store(tmp_path)
+    first = store.record(_event())
+    second = store.record(_event(state=StepState.DONE, final=True))
+    assert (first.seq, second.seq) == (1, 2)
+    assert store.step_states("node-1") == {"admit": StepState.DONE}
+    assert [e.seq for e in store.events("node-1", after_seq=1)] == [2]
+    assert store.events("node-1")[-1].final
+    assert store.last_seq("node-1") == 2
+
+
+def test_state_survives_reopening_and_migrations_run_once(tmp_path):
+    store = Store(tmp_path)
+    store.put_node(_node())
+    store.record(_event())
+    store.close()
+    again = Store(tmp_path)
+    assert again.node("node-1") == _node()
+    assert again.last_seq("node-1") == 1
+
+
+def test_replacing_a_certificate_revokes_the_old_serial_and_clears_steps(tmp_path):
+    store = Store(tmp_path)
+    store.put_node(_node(serial="aa"))
+    store.record(_event(state=StepState.FAILED))
+    store.put_node(_node(serial="bb"), replaces_serial="aa")
+    assert store.is_revoked("aa") and not store.is_revoked("bb")
+    assert store.node_by_serial("bb") is not None
+    assert store.step_states("node-1") == {}
+
+
+def test_control_is_listed_first(tmp_path):
+    store = Store(tmp_path)
+    store.put_node(_node("b-node"))
+    control = NodeRecord(
+        name="z-ctl",
+        role=Role.CONTROL,
+        address="10.0.0.1",
+        hostname="z",
+        state=NodeState.ACTIVE,
+        message="",
+        cert_serial="cc",
+        cert_not_after=1.0,
+        joined=2.0,
+    )
+    store.put_node(control)
+    assert [n.name for n in store.nodes()] == ["z-ctl", "b-node"]
+
+
+def test_unwritable_state_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(errors.StorageError, match="cannot write"):
+        Store(blocker / "state")
