@@ -234,15 +234,22 @@ class Control:
         hello = session.hello
         try:
             session.exchange.check_response(pake_message, csr_pem, confirmation)
-        except errors.WrongPassword:
+        except (errors.WrongPassword, errors.BootstrapProtocolError) as exc:
+            # Malformed PAKE material counts as a guess too (security.py, rule 6).
+            wrong = isinstance(exc, errors.WrongPassword)
             delay = self._limiter.failed(session.source, time.monotonic())
             log.warning(
-                "bootstrap failed source=%s node=%s reason=wrong-password lockout=%.1fs",
+                "bootstrap failed source=%s node=%s reason=%s lockout=%.1fs",
                 session.source,
                 hello.node_name,
+                "wrong-password" if wrong else "protocol-error",
                 delay,
             )
-            raise errors.WrongPassword("the control node rejected the cluster password") from None
+            if wrong:
+                raise errors.WrongPassword(
+                    "the control node rejected the cluster password"
+                ) from None
+            raise
         self._limiter.succeeded(session.source)
         existing = self._check_name_free(hello.node_name)  # again: another join may have won
         ca, _verifier, _kdf = self._load_secrets()
