@@ -206,7 +206,8 @@ class Control:
                 f"bootstrap protocol version {hello.version} is not supported "
                 "(this control speaks 1)"
             )
-        self._check_name_free(hello.node_name)
+        # Whether the name is taken is told only after the password is proven:
+        # the bootstrap port must not list the cluster's nodes to strangers.
         _ca, verifier, kdf = self._load_secrets()
         exchange = security.ControlExchange(
             verifier, cluster.cluster_id, kdf, hello, self._bootstrap_fingerprint
@@ -251,7 +252,7 @@ class Control:
                 ) from None
             raise
         self._limiter.succeeded(session.source)
-        existing = self._check_name_free(hello.node_name)  # again: another join may have won
+        existing = self._check_name_free(hello.node_name)
         ca, _verifier, _kdf = self._load_secrets()
         cert = security.sign_csr(
             ca,

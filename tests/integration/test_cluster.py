@@ -265,3 +265,27 @@ def test_state_survives_a_restart(
     compute.start()
     assert control.status() == before | {"nodes": control.status()["nodes"]}
     assert _nodes(compute.status())["node-1"]["state"] == "active"
+
+
+def test_the_bootstrap_port_does_not_list_nodes_to_strangers(
+    control: Node, make_node: Callable[..., Node], password_file: Path, tmp_path: Path
+) -> None:
+    """A taken name is only revealed to a joiner that proved the password."""
+    first = make_node("node-1")
+    first.ctl(
+        "join", control.endpoint, "--password-file", str(password_file), "--address", first.address
+    )
+    stranger = make_node("node-1")
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("guess\n")
+    result = stranger.ctl(
+        "join",
+        control.endpoint,
+        "--password-file",
+        str(wrong),
+        "--address",
+        stranger.address,
+        check=False,
+    )
+    assert result.returncode == EXIT_REJECTED
+    assert "node-1" not in result.stderr and first.address not in result.stderr
