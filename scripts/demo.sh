@@ -35,7 +35,8 @@ trap cleanup EXIT
 
 start() {  # name address
     "$BIN/microstackd" --state-dir "$DIR/$1" --socket "$DIR/$1.sock" \
-        --listen "$2:$PORT" --node-name "$1" >"$DIR/$1.log" 2>&1 &
+        --listen "$2:$PORT" --node-name "$1" \
+        --service-manager process --config-root "$DIR/$1/etc" >"$DIR/$1.log" 2>&1 &
     echo $! >> "$DIR/pids"
     for _ in $(seq 100); do [ -S "$DIR/$1.sock" ] && return 0; sleep 0.1; done
     echo "demo: $1 did not start; its log:" >&2; cat "$DIR/$1.log" >&2; exit 1

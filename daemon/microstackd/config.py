@@ -9,6 +9,11 @@ from pathlib import Path
 DEFAULT_STATE_DIR = Path("/var/lib/microstackd")
 DEFAULT_SOCKET = Path("/run/microstackd/microstackd.sock")
 DEFAULT_LISTEN = "0.0.0.0:10002"
+#: Where the MicroStack snap keeps its service configuration.
+DEFAULT_CONFIG_ROOT = Path("/var/snap/microstack/common/etc")
+#: The daemon's own config file; read when present.
+DEFAULT_CONFIG_FILE = Path("/etc/microstackd/microstackd.yaml")
+SERVICE_MANAGERS = ("auto", "systemd", "snap", "process")
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,19 @@ class DaemonConfig:
     bootstrap_backoff_max: float = 60.0
     #: Default time a join waits for an unreachable control, seconds.
     join_timeout: float = 600.0
+    #: How role services are run: systemd, snap, process (or auto).
+    service_manager: str = "auto"
+    #: Where role configuration files are rendered.
+    config_root: Path = DEFAULT_CONFIG_ROOT
+    #: The environment holding the OpenStack executables (bin/nova-compute, ...);
+    #: None: role services run as configuration-checking stand-ins.
+    openstack_prefix: Path | None = None
+    #: The control's cluster configuration (control.yaml); default under the state dir.
+    control_config: Path | None = None
+
+    @property
+    def control_config_path(self) -> Path:
+        return self.control_config or self.state_dir / "control.yaml"
 
 
 def default_node_name() -> str:

@@ -7,6 +7,7 @@ No gRPC here: the servicers in ``rpc/`` translate requests into these calls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -15,19 +16,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from microstackd import enrolment, errors, security, validate
+from microstackd import control_config, credentials, enrolment, errors, security, validate
 from microstackd.config import DaemonConfig
+from microstackd.credentials import CA_CERT, CA_KEY, NODE_CERT, NODE_KEY
 from microstackd.model import Access, ClusterRecord, NodeRecord, NodeState, Role
 from microstackd.ratelimit import FailureLimiter
-from microstackd.runner import Runner, StepAction, StepContext
+from microstackd.rpc import peer
+from microstackd.runner import Runner, Skipped, StepAction, StepContext
 from microstackd.store import Store
 
 log = logging.getLogger(__name__)
 
-CA_KEY = "tls/ca.key"
-CA_CERT = "tls/ca.crt"
-NODE_KEY = "tls/node.key"
-NODE_CERT = "tls/node.crt"
 VERIFIER = "verifier.json"
 
 
@@ -44,11 +43,16 @@ class BootstrapSession:
     """One joiner's bootstrap in progress on the control."""
 
     def __init__(
-        self, hello: security.Hello, exchange: security.ControlExchange, source: str
+        self,
+        hello: security.Hello,
+        exchange: security.ControlExchange,
+        source: str,
+        agent_port: int,
     ) -> None:
         self.hello = hello
         self.exchange = exchange
         self.source = source
+        self.agent_port = agent_port
 
 
 def _now() -> datetime:
@@ -121,6 +125,7 @@ class Control:
             now=now,
         )
         await ctx.progress("writing the cluster CA and this node's certificate", 60)
+        control_config.ensure(self._config.control_config_path, address)
         store = self._store
         store.write_secret(CA_KEY, security.key_to_pem(ca.key))
         store.write_secret(CA_CERT, security.cert_to_pem(ca.cert))
@@ -189,7 +194,7 @@ class Control:
         return self._ca, *self._verifier
 
     def begin_bootstrap(
-        self, hello: security.Hello, source: str
+        self, hello: security.Hello, source: str, agent_port: int = 0
     ) -> tuple[BootstrapSession, str, security.KdfParams, bytes]:
         cluster = self._cluster()
         wait = self._limiter.retry_after(source, time.monotonic())
@@ -213,7 +218,7 @@ class Control:
             verifier, cluster.cluster_id, kdf, hello, self._bootstrap_fingerprint
         )
         return (
-            BootstrapSession(hello, exchange, source),
+            BootstrapSession(hello, exchange, source, agent_port),
             cluster.cluster_id,
             kdf,
             exchange.challenge(),
@@ -275,6 +280,7 @@ class Control:
                 cert_serial=format(identity.serial, "x"),
                 cert_not_after=identity.not_after.timestamp(),
                 joined=time.time(),
+                agent_port=session.agent_port,
             ),
             replaces_serial=existing.cert_serial if existing else None,
         )
@@ -307,7 +313,54 @@ class Control:
         return after
 
     def _compute_actions(self) -> Mapping[str, StepAction]:
-        return {enrolment.ADMIT: self._admit, enrolment.DONE: self._compute_done}
+        return {
+            enrolment.ADMIT: self._admit,
+            enrolment.ISSUE_CONFIG: self._issue_config,
+            enrolment.CONFIGURE_NODE: self._configure_node,
+            enrolment.DONE: self._compute_done,
+        }
+
+    def _node(self, name: str) -> NodeRecord:
+        node = self._store.node(name)
+        if node is None or node.state is NodeState.REMOVED:
+            raise errors.NotFound(f"node {name} is no longer in the cluster")
+        return node
+
+    def load_control_config(self) -> control_config.ControlConfig:
+        cluster = self._cluster()
+        return control_config.ensure(self._config.control_config_path, cluster.control_address)
+
+    async def _issue_config(self, ctx: StepContext) -> str:
+        node = self._node(ctx.node)
+        config = self.load_control_config()
+        settings = control_config.issue_compute_settings(config, node)
+        return f"{len(settings)} settings for {node.name}: {config.public_summary()}"
+
+    async def _configure_node(self, ctx: StepContext) -> str | Skipped:
+        node = self._node(ctx.node)
+        if not node.agent_port:
+            # A joiner that announced no agent port (a bare API client, the
+            # benchmarks' simulated nodes) has no services to configure.
+            return Skipped(f"{node.name} runs no agent: no services to configure")
+        settings = control_config.issue_compute_settings(self.load_control_config(), node)
+        client = peer.AgentClient(node, credentials.load(self._store))
+        summary = ""
+        try:
+            async for step in client.apply_role("compute", settings):
+                if step.final:
+                    self._store.set_services(node.name, list(step.services))
+                    summary = step.message
+                else:
+                    await ctx.progress(f"{step.step}: {step.message}", step.percent)
+        except errors.MicrostackError:
+            with contextlib.suppress(errors.MicrostackError):
+                self._store.set_services(node.name, await client.services())
+            raise
+        finally:
+            await client.close()
+        if not summary:
+            raise errors.EnrolmentFailed(f"the agent of {node.name} ended without a result")
+        return summary
 
     async def _compute_done(self, ctx: StepContext) -> str:
         return f"{ctx.node} is an active compute node of cluster {self._cluster().cluster_id}"

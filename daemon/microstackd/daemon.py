@@ -19,12 +19,15 @@ import grpc
 from grpc import aio
 
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
-from microstackd import errors, security, validate
+from microstackd import credentials, errors, security, validate
+from microstackd.agent import Agent
 from microstackd.config import DaemonConfig
-from microstackd.control import CA_CERT, NODE_CERT, NODE_KEY, Control
+from microstackd.control import Control
+from microstackd.credentials import BOOTSTRAP_CERT, BOOTSTRAP_KEY
 from microstackd.events import EventBus
 from microstackd.member import Member
 from microstackd.model import Access, Role
+from microstackd.node.services import make_manager
 from microstackd.rpc import servicers
 from microstackd.rpc.auth import AuthInterceptor, Channel
 from microstackd.rpc.options import SERVER_OPTIONS
@@ -32,9 +35,6 @@ from microstackd.runner import Runner
 from microstackd.store import Store
 
 log = logging.getLogger(__name__)
-
-BOOTSTRAP_KEY = "tls/bootstrap.key"
-BOOTSTRAP_CERT = "tls/bootstrap.crt"
 
 
 class Daemon:
@@ -49,6 +49,8 @@ class Daemon:
             config, self.store, self.runner, fingerprint, self.start_cluster_server
         )
         self.member = Member(config, self.store, self.start_cluster_server)
+        self.services = make_manager(config.service_manager, log_dir=config.state_dir / "logs")
+        self.agent = Agent(config, self.store, self.services)
         self._local: aio.Server | None = None
         self._bootstrap: aio.Server | None = None
         self._cluster: aio.Server | None = None
@@ -72,12 +74,14 @@ class Daemon:
         await self._start_bootstrap()
         if self.store.cluster() is not None:
             await self.start_cluster_server()
+        await self.agent.resume()
         log.info(
-            "ready node=%s listen=%s cluster_port=%d socket=%s",
+            "ready node=%s listen=%s cluster_port=%d socket=%s services=%s",
             self.config.node_name,
             validate.format_host_port(self.config.listen_host, self.config.listen_port),
             self.config.cluster_port,
             self.config.socket,
+            self.services.kind,
         )
 
     async def _start_local(self) -> None:
@@ -97,9 +101,9 @@ class Daemon:
             interceptors=[AuthInterceptor(Channel.BOOTSTRAP)], options=SERVER_OPTIONS
         )
         pb_grpc.add_BootstrapServiceServicer_to_server(servicers.BootstrapServicer(self), server)
-        credentials = grpc.ssl_server_credentials([(self._bootstrap_key, self._bootstrap_cert)])
+        tls = grpc.ssl_server_credentials([(self._bootstrap_key, self._bootstrap_cert)])
         address = validate.format_host_port(self.config.listen_host, self.config.listen_port)
-        self._bind(server, address, credentials, f"the bootstrap port {address}")
+        self._bind(server, address, tls, f"the bootstrap port {address}")
         await server.start()
         self._bootstrap = server
 
@@ -107,18 +111,19 @@ class Daemon:
         """Serve the mTLS port; called at start-up and once this node joins."""
         if self._cluster is not None:
             return
-        key, cert, ca = (self.store.read_file(n) for n in (NODE_KEY, NODE_CERT, CA_CERT))
-        if key is None or cert is None or ca is None:
-            raise errors.StorageError("this node's cluster key or certificates are missing")
+        creds = credentials.load(self.store)
         server = aio.server(
             interceptors=[AuthInterceptor(Channel.CLUSTER, self)], options=SERVER_OPTIONS
         )
         pb_grpc.add_ClusterServiceServicer_to_server(servicers.ClusterServicer(self), server)
-        credentials = grpc.ssl_server_credentials(
-            [(key, cert)], root_certificates=ca, require_client_auth=True
+        pb_grpc.add_AgentServiceServicer_to_server(servicers.AgentServicer(self), server)
+        tls = grpc.ssl_server_credentials(
+            [(creds.key_pem, creds.cert_pem)],
+            root_certificates=creds.ca_pem,
+            require_client_auth=True,
         )
         address = validate.format_host_port(self.config.listen_host, self.config.cluster_port)
-        self._bind(server, address, credentials, f"the cluster port {address}")
+        self._bind(server, address, tls, f"the cluster port {address}")
         await server.start()
         self._cluster = server
 
@@ -148,6 +153,8 @@ class Daemon:
         if cluster.role is Role.CONTROL:
             self.control.authorise(identity, access)
             return
+        if access is not Access.CONTROL:
+            raise errors.PermissionDenied("a compute node serves only its control node")
         if identity.role != Role.CONTROL.value or identity.name != cluster.control_name:
             raise errors.PermissionDenied(
                 f"{identity.name} is not the control node of this node's cluster"
@@ -159,6 +166,7 @@ class Daemon:
         for server in (self._bootstrap, self._cluster, self._local):
             if server is not None:
                 await server.stop(grace)
+        await self.services.close()
         with contextlib.suppress(FileNotFoundError):
             self.config.socket.unlink()
         self.store.close()

@@ -108,3 +108,21 @@ class EnrolmentFailed(MicrostackError):
     """The enrolment failed."""
 
     code = "ABORTED"
+
+
+class ServiceFailed(MicrostackError):
+    """A service of this node failed to start or stop."""
+
+    code = "ABORTED"
+
+
+class ConfigError(MicrostackError):
+    """A role's configuration could not be rendered or written."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class NodeUnreachable(MicrostackError):
+    """A member node cannot be reached."""
+
+    code = "UNAVAILABLE"

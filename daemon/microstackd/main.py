@@ -13,9 +13,12 @@ from pathlib import Path
 
 from microstackd import __version__, errors, validate
 from microstackd.config import (
+    DEFAULT_CONFIG_FILE,
+    DEFAULT_CONFIG_ROOT,
     DEFAULT_LISTEN,
     DEFAULT_SOCKET,
     DEFAULT_STATE_DIR,
+    SERVICE_MANAGERS,
     DaemonConfig,
     default_node_name,
 )
@@ -86,10 +89,96 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--node-name", default="", help="this node's name (default: the hostname)")
     parser.add_argument("--hostname", default="", help="hostname put in this node's certificate")
     parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+        "--service-manager",
+        choices=SERVICE_MANAGERS,
+        default=None,
+        help="how role services run: systemd, snap, process, or auto "
+        "(systemd if it is PID 1, snap inside the snap, else process)",
     )
+    parser.add_argument(
+        "--config-root",
+        type=Path,
+        default=None,
+        help=f"where role configuration is rendered (default {DEFAULT_CONFIG_ROOT})",
+    )
+    parser.add_argument(
+        "--openstack-prefix",
+        type=Path,
+        default=None,
+        help="environment holding the OpenStack executables (bin/nova-compute, ...); "
+        "without it role services run as configuration-checking stand-ins",
+    )
+    parser.add_argument(
+        "--control-config",
+        type=Path,
+        default=None,
+        help="the control's cluster configuration (default STATE_DIR/control.yaml)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"daemon config file (YAML; default {DEFAULT_CONFIG_FILE} if present); "
+        "flags override it",
+    )
+    parser.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     parser.add_argument("--version", action="version", version=f"microstackd {__version__}")
     return parser.parse_args(argv)
+
+
+#: Keys of the daemon config file, each the name of a flag without "--".
+FILE_KEYS = (
+    "state_dir",
+    "socket",
+    "listen",
+    "cluster_port",
+    "node_name",
+    "hostname",
+    "service_manager",
+    "config_root",
+    "openstack_prefix",
+    "control_config",
+    "log_level",
+)
+_PATH_KEYS = {"state_dir", "socket", "config_root", "openstack_prefix", "control_config"}
+
+
+def load_config_file(path: Path | None) -> dict[str, object]:
+    """The daemon config file's settings (empty when the default file is absent)."""
+    import yaml
+
+    explicit = path is not None
+    path = path or DEFAULT_CONFIG_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        if explicit:
+            raise errors.InvalidArgument(f"--config {path}: no such file") from None
+        return {}
+    except OSError as exc:
+        raise errors.InvalidArgument(f"cannot read the config file {path}: {exc}") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise errors.InvalidArgument(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise errors.InvalidArgument(f"config file {path} must be a YAML mapping")
+    unknown = sorted(set(data) - set(FILE_KEYS))
+    if unknown:
+        raise errors.InvalidArgument(
+            f"config file {path}: unknown keys {', '.join(unknown)} (known: {', '.join(FILE_KEYS)})"
+        )
+    return {k: Path(v) if k in _PATH_KEYS and v is not None else v for k, v in data.items()}
+
+
+def merge(args: argparse.Namespace, settings: dict[str, object]) -> argparse.Namespace:
+    """Flags given on the command line win over the config file, which wins over defaults."""
+    defaults = parse_args([])
+    merged = vars(args).copy()
+    for key, value in settings.items():
+        if merged.get(key) == getattr(defaults, key):
+            merged[key] = value
+    return argparse.Namespace(**merged)
 
 
 def build_config(args: argparse.Namespace) -> DaemonConfig:
@@ -105,16 +194,26 @@ def build_config(args: argparse.Namespace) -> DaemonConfig:
     cluster_port = args.cluster_port or port + 1
     if not 0 < cluster_port < 65536 or cluster_port == port:
         raise errors.InvalidArgument(f"--cluster-port {cluster_port} is not usable")
+    prefix = args.openstack_prefix
+    if prefix is not None and not (prefix / "bin").is_dir():
+        raise errors.InvalidArgument(
+            f"--openstack-prefix {prefix}: no bin/ directory there (create the environment with "
+            "openstack/install-env.sh, or leave the flag out to run stand-ins)"
+        )
     name = validate.node_name(args.node_name or default_node_name(), "--node-name")
     hostname = validate.hostname(args.hostname or name, "--hostname")
     return DaemonConfig(
-        state_dir=args.state_dir,
-        socket=args.socket,
+        state_dir=args.state_dir.absolute(),
+        socket=args.socket.absolute(),
         listen_host=host,
         listen_port=port,
         cluster_port=cluster_port,
         node_name=name,
         hostname=hostname,
+        service_manager=args.service_manager or "auto",
+        config_root=(args.config_root or DEFAULT_CONFIG_ROOT).absolute(),
+        openstack_prefix=prefix.absolute() if prefix else None,
+        control_config=args.control_config.absolute() if args.control_config else None,
     )
 
 
@@ -140,9 +239,14 @@ async def serve(config: DaemonConfig) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    try:
+        args = merge(args, load_config_file(args.config))
+    except errors.MicrostackError as exc:
+        print(f"microstackd: error: {exc.message}", file=sys.stderr)
+        sys.exit(2)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter(timestamps="JOURNAL_STREAM" not in os.environ))
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    logging.basicConfig(level=str(args.log_level or "info").upper(), handlers=[handler])
     try:
         config = build_config(args)
         asyncio.run(serve(config))

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 from microstack_api.v1 import cluster_pb2 as pb
-from microstackd import errors, security, validate
+from microstackd import credentials, errors, security, validate
 from microstackd.config import DaemonConfig
-from microstackd.control import CA_CERT, NODE_CERT, NODE_KEY
+from microstackd.credentials import CA_CERT, NODE_CERT, NODE_KEY
 from microstackd.model import ClusterRecord, EventRecord, NodeRecord, Role, StepState
 from microstackd.rpc import peer
 from microstackd.store import Store
@@ -48,12 +48,6 @@ class Member:
             percent=percent,
             time=time.time(),
         )
-
-    def credentials(self) -> peer.MemberCredentials:
-        key, cert, ca = (self._store.read_file(n) for n in (NODE_KEY, NODE_CERT, CA_CERT))
-        if key is None or cert is None or ca is None:
-            raise errors.NotInitialised("this node's cluster certificate is missing")
-        return peer.MemberCredentials(key_pem=key, cert_pem=cert, ca_pem=ca)
 
     async def join(self, control: str, password: str, address: str) -> AsyncIterator[EventRecord]:
         host, port = validate.host_port(control, "control address")
@@ -111,7 +105,7 @@ class Member:
         hello = security.Hello(node_name=name, address=address, hostname=self._config.hostname)
         key = security.generate_key()
         async with peer.BootstrapCall(host, port, cert_pem) as call:
-            challenge = await call.hello(hello)
+            challenge = await call.hello(hello, self._config.cluster_port)
             verifier = await asyncio.to_thread(security.derive_verifier, password, challenge.kdf)
             exchange = security.JoinerExchange(
                 verifier, challenge.cluster_id, challenge.kdf, hello, seen, challenge.pake_message
@@ -156,7 +150,7 @@ class Member:
     async def _enrol(self) -> AsyncIterator[EventRecord]:
         cluster = self._store.cluster()
         assert cluster is not None
-        client = peer.ControlClient(cluster, self.credentials())
+        client = peer.ControlClient(cluster, credentials.load(self._store))
         try:
             async for event in client.enrol():
                 if event.final:
@@ -170,7 +164,7 @@ class Member:
         cluster = self._store.cluster()
         if cluster is None:
             raise errors.NotInitialised()
-        client = peer.ControlClient(cluster, self.credentials())
+        client = peer.ControlClient(cluster, credentials.load(self._store))
         try:
             info, nodes = await client.status()
         finally:

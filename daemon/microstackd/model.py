@@ -76,6 +76,8 @@ class NodeRecord:
     cert_not_after: float
     joined: float
     last_seen: float = 0.0
+    #: The node's mTLS port, where its agent listens (0: unknown).
+    agent_port: int = 0
     services: tuple[ServiceRecord, ...] = field(default_factory=tuple)
 
 

@@ -80,15 +80,22 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (node, name)
     );
     """,
+    # 3: where each node's agent listens
+    """
+    ALTER TABLE nodes ADD COLUMN agent_port INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 DB_NAME = "microstackd.db"
 
 
-def write_private_file(path: Path, data: bytes, mode: int = 0o600) -> None:
+def write_private_file(path: Path, data: bytes, mode: int = 0o600, dir_mode: int = 0o700) -> None:
     """Atomically replace ``path`` with ``data`` (temp file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=dir_mode)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise _storage_error(path, exc) from exc
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
@@ -207,7 +214,7 @@ class Store:
 
     _NODE_COLUMNS = (
         "name, role, address, hostname, state, message, cert_serial, cert_not_after, "
-        "joined, last_seen"
+        "joined, last_seen, agent_port"
     )
 
     def _node(self, row: tuple[object, ...]) -> NodeRecord:
@@ -229,6 +236,7 @@ class Store:
             cert_not_after=float(row[7]),  # type: ignore[arg-type]
             joined=float(row[8]),  # type: ignore[arg-type]
             last_seen=float(row[9]),  # type: ignore[arg-type]
+            agent_port=int(row[10]),  # type: ignore[call-overload]
             services=services,
         )
 
@@ -255,7 +263,7 @@ class Store:
         with self.transaction() as db:
             db.execute(
                 f"INSERT OR REPLACE INTO nodes ({self._NODE_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     node.name,
                     node.role.value,
@@ -267,6 +275,7 @@ class Store:
                     node.cert_not_after,
                     node.joined,
                     node.last_seen,
+                    node.agent_port,
                 ),
             )
             if replaces_serial:

@@ -339,6 +339,8 @@ class Host:
             "--socket", str(self.socket),
             "--listen", f"{self.address}:{listen_port}",
             "--node-name", node_name,
+            "--service-manager", "process",
+            "--config-root", str(self.workdir / "etc"),
             *extra_args,
         ]  # fmt: skip
         self._log_file.write(f"### {' '.join(argv)}\n".encode())

@@ -19,6 +19,7 @@ from grpc import aio
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
 from microstackd import errors, security
+from microstackd.credentials import NodeCredentials
 from microstackd.rpc import peer
 from tests.integration.harness import Node
 
@@ -68,7 +69,7 @@ def _response(exchange: security.JoinerExchange, csr: bytes) -> tuple[bytes, byt
 def _cluster_stub(
     node: Node, key: bytes, cert: bytes, ca: bytes
 ) -> tuple[aio.Channel, pb_grpc.ClusterServiceStub]:
-    creds = peer.MemberCredentials(key_pem=key, cert_pem=cert, ca_pem=ca)
+    creds = NodeCredentials(key_pem=key, cert_pem=cert, ca_pem=ca)
     channel = peer.member_channel(node.address, node.port + 1, creds, "ctl")
     return channel, pb_grpc.ClusterServiceStub(channel)
 

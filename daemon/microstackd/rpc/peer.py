@@ -16,7 +16,8 @@ from grpc import aio
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
 from microstackd import errors, security, validate
-from microstackd.model import ClusterRecord, EventRecord, NodeRecord
+from microstackd.credentials import NodeCredentials
+from microstackd.model import ClusterRecord, EventRecord, NodeRecord, ServiceRecord, StepState
 from microstackd.rpc import convert
 from microstackd.rpc.options import CHANNEL_OPTIONS
 
@@ -82,7 +83,7 @@ class BootstrapCall:
 
     async def __aexit__(self, *exc: object) -> None:
         self._call.cancel()
-        await self._channel.close()
+        await self._channel.close(None)
 
     async def _read(self) -> pb.ExchangeResponse:
         try:
@@ -102,7 +103,7 @@ class BootstrapCall:
         except aio.AioRpcError as exc:
             raise error_from_rpc(exc, self._where) from exc
 
-    async def hello(self, hello: security.Hello) -> Challenge:
+    async def hello(self, hello: security.Hello, cluster_port: int = 0) -> Challenge:
         await self._write(
             pb.ExchangeRequest(
                 hello=pb.BootstrapHello(
@@ -110,6 +111,7 @@ class BootstrapCall:
                     node_name=hello.node_name,
                     address=hello.address,
                     hostname=hello.hostname,
+                    cluster_port=cluster_port,
                 )
             )
         )
@@ -140,14 +142,7 @@ class BootstrapCall:
         return response.result
 
 
-@dataclass(frozen=True)
-class MemberCredentials:
-    key_pem: bytes
-    cert_pem: bytes
-    ca_pem: bytes
-
-
-def member_channel(host: str, port: int, creds: MemberCredentials, server_name: str) -> aio.Channel:
+def member_channel(host: str, port: int, creds: NodeCredentials, server_name: str) -> aio.Channel:
     """An mTLS channel to a member named ``server_name``, pinned to the cluster CA."""
     credentials = grpc.ssl_channel_credentials(
         root_certificates=creds.ca_pem,
@@ -164,7 +159,7 @@ def member_channel(host: str, port: int, creds: MemberCredentials, server_name: 
 class ControlClient:
     """Cluster calls from a member to its control node."""
 
-    def __init__(self, cluster: ClusterRecord, creds: MemberCredentials) -> None:
+    def __init__(self, cluster: ClusterRecord, creds: NodeCredentials) -> None:
         self._where = validate.format_host_port(cluster.control_address, cluster.cluster_port)
         self._channel = member_channel(
             cluster.control_address, cluster.cluster_port, creds, cluster.control_name
@@ -172,7 +167,7 @@ class ControlClient:
         self._stub = pb_grpc.ClusterServiceStub(self._channel)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)
 
     async def enrol(self) -> AsyncIterator[EventRecord]:
         try:
@@ -189,3 +184,63 @@ class ControlClient:
         except aio.AioRpcError as exc:
             raise error_from_rpc(exc, self._where) from exc
         return response.cluster, [convert.node_from_pb(n) for n in response.nodes]
+
+
+@dataclass(frozen=True)
+class AgentProgress:
+    step: str
+    state: StepState
+    message: str
+    percent: int
+    services: tuple[ServiceRecord, ...]
+    final: bool
+
+
+class AgentClient:
+    """Control-to-node calls to a member's agent, with the control's identity."""
+
+    def __init__(self, node: NodeRecord, creds: NodeCredentials) -> None:
+        self._node = node.name
+        self._where = validate.format_host_port(node.address, node.agent_port)
+        self._channel = member_channel(node.address, node.agent_port, creds, node.name)
+        self._stub = pb_grpc.AgentServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    def _error(self, exc: aio.AioRpcError) -> errors.MicrostackError:
+        details = exc.details() or exc.code().name
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return errors.NodeUnreachable(
+                f"cannot reach the agent of {self._node} at {self._where}: {details}"
+            )
+        return errors.EnrolmentFailed(f"{self._node}: {details}")
+
+    async def apply_role(self, role: str, settings: dict[str, str]) -> AsyncIterator[AgentProgress]:
+        request = pb.ApplyRoleRequest(role=role, settings=settings)
+        try:
+            async for r in self._stub.ApplyRole(request):
+                yield AgentProgress(
+                    step=r.step,
+                    state=convert.STATE_FROM_PB.get(r.state, StepState.PENDING),
+                    message=r.message,
+                    percent=r.percent,
+                    services=tuple(ServiceRecord(s.name, s.state, s.message) for s in r.services),
+                    final=r.final,
+                )
+        except aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+
+    async def services(self, timeout: float = 10.0) -> list[ServiceRecord]:
+        try:
+            r = await self._stub.GetServices(pb.GetServicesRequest(), timeout=timeout)
+        except aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+        return [ServiceRecord(s.name, s.state, s.message) for s in r.services]
+
+    async def stop_role(self, timeout: float = 60.0) -> list[ServiceRecord]:
+        try:
+            r = await self._stub.StopRole(pb.StopRoleRequest(), timeout=timeout)
+        except aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+        return [ServiceRecord(s.name, s.state, s.message) for s in r.services]

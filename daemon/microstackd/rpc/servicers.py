@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
 from microstackd import errors, security
 from microstackd.model import Role
+from microstackd.node.services import ServiceStatus
 from microstackd.rpc import convert
 from microstackd.rpc.auth import CALLER
 
@@ -100,7 +101,11 @@ class BootstrapServicer(pb_grpc.BootstrapServiceServicer):
             node_name=h.node_name, address=h.address, hostname=h.hostname, version=h.version
         )
         control = self._daemon.control
-        session, cluster_id, kdf, pake = control.begin_bootstrap(hello, _source(context))
+        if not 0 <= h.cluster_port < 65536:
+            raise errors.InvalidArgument(f"cluster port {h.cluster_port} is not a TCP port")
+        session, cluster_id, kdf, pake = control.begin_bootstrap(
+            hello, _source(context), h.cluster_port
+        )
         yield pb.ExchangeResponse(
             challenge=pb.BootstrapChallenge(
                 cluster_id=cluster_id,
@@ -154,3 +159,35 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
         return pb.GetClusterStatusResponse(
             cluster=convert.cluster_to_pb(cluster), nodes=[convert.node_to_pb(n) for n in nodes]
         )
+
+
+def _services_pb(services: Iterable[ServiceStatus]) -> list[pb.ServiceStatus]:
+    return [pb.ServiceStatus(name=s.name, state=s.state, message=s.message) for s in services]
+
+
+class AgentServicer(pb_grpc.AgentServiceServicer):
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    async def ApplyRole(
+        self, request: pb.ApplyRoleRequest, context: Context
+    ) -> AsyncIterator[pb.ApplyRoleResponse]:
+        log.info("applying role role=%s caller=%s", request.role, _caller().name)
+        async for step in self._daemon.agent.apply_role(request.role, dict(request.settings)):
+            yield pb.ApplyRoleResponse(
+                step=step.step,
+                state=convert.STATE_TO_PB[step.state],
+                message=step.message,
+                percent=step.percent,
+                services=_services_pb(step.services),
+                final=step.final,
+            )
+
+    async def GetServices(
+        self, request: pb.GetServicesRequest, context: Context
+    ) -> pb.GetServicesResponse:
+        return pb.GetServicesResponse(services=_services_pb(await self._daemon.agent.services()))
+
+    async def StopRole(self, request: pb.StopRoleRequest, context: Context) -> pb.StopRoleResponse:
+        log.info("stopping role caller=%s", _caller().name)
+        return pb.StopRoleResponse(services=_services_pb(await self._daemon.agent.stop_role()))

@@ -25,17 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmicrostack_api/v1/cluster.proto\x12\x15microstack.cluster.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x01\n\x05\x45vent\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0c\n\x04step\x18\x03 \x01(\t\x12/\n\x05state\x18\x04 \x01(\x0e\x32 .microstack.cluster.v1.StepState\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x0f\n\x07percent\x18\x06 \x01(\r\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x66inal\x18\x08 \x01(\x08\"[\n\x0bInitRequest\x12)\n\x04role\x18\x01 \x01(\x0e\x32\x1b.microstack.cluster.v1.Role\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"Z\n\x0bJoinRequest\x12\x0f\n\x07\x63ontrol\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x04 \x01(\r\"\x0f\n\rStatusRequest\"=\n\rServiceStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xca\x02\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x04role\x18\x02 \x01(\x0e\x32\x1b.microstack.cluster.v1.Role\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x13\n\x0b\x63\x65rt_serial\x18\x06 \x01(\t\x12\x30\n\x0c\x63\x65rt_expires\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06joined\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x08services\x18\t \x03(\x0b\x32$.microstack.cluster.v1.ServiceStatus\x12-\n\tlast_seen\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbe\x01\n\x0b\x43lusterInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontrol_name\x18\x02 \x01(\t\x12\x17\n\x0f\x63ontrol_address\x18\x03 \x01(\t\x12\x16\n\x0e\x62ootstrap_port\x18\x04 \x01(\r\x12\x14\n\x0c\x63luster_port\x18\x05 \x01(\r\x12\x16\n\x0e\x63\x61_fingerprint\x18\x06 \x01(\t\x12.\n\nca_expires\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb6\x01\n\x0eStatusResponse\x12\x33\n\x07\x63luster\x18\x01 \x01(\x0b\x32\".microstack.cluster.v1.ClusterInfo\x12*\n\x05nodes\x18\x02 \x03(\x0b\x32\x1b.microstack.cluster.v1.Node\x12\x12\n\nlocal_node\x18\x03 \x01(\t\x12/\n\nlocal_role\x18\x04 \x01(\x0e\x32\x1b.microstack.cluster.v1.Role\";\n\x0cInitResponse\x12+\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.microstack.cluster.v1.Event\";\n\x0cJoinResponse\x12+\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.microstack.cluster.v1.Event\"M\n\tKdfParams\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04salt\x18\x02 \x01(\x0c\x12\x0e\n\x06log2_n\x18\x03 \x01(\r\x12\t\n\x01r\x18\x04 \x01(\r\x12\t\n\x01p\x18\x05 \x01(\r\"W\n\x0e\x42ootstrapHello\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x11\n\tnode_name\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\"m\n\x12\x42ootstrapChallenge\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12-\n\x03kdf\x18\x02 \x01(\x0b\x32 .microstack.cluster.v1.KdfParams\x12\x14\n\x0cpake_message\x18\x03 \x01(\x0c\"P\n\x11\x42ootstrapResponse\x12\x14\n\x0cpake_message\x18\x01 \x01(\x0c\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63onfirmation\x18\x03 \x01(\x0c\"\x88\x01\n\x0f\x42ootstrapResult\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontrol_name\x18\x03 \x01(\t\x12\x14\n\x0c\x63luster_port\x18\x04 \x01(\r\x12\x14\n\x0c\x63onfirmation\x18\x05 \x01(\x0c\"\x8f\x01\n\x0f\x45xchangeRequest\x12\x36\n\x05hello\x18\x01 \x01(\x0b\x32%.microstack.cluster.v1.BootstrapHelloH\x00\x12<\n\x08response\x18\x02 \x01(\x0b\x32(.microstack.cluster.v1.BootstrapResponseH\x00\x42\x06\n\x04\x62ody\"\x94\x01\n\x10\x45xchangeResponse\x12>\n\tchallenge\x18\x01 \x01(\x0b\x32).microstack.cluster.v1.BootstrapChallengeH\x00\x12\x38\n\x06result\x18\x02 \x01(\x0b\x32&.microstack.cluster.v1.BootstrapResultH\x00\x42\x06\n\x04\x62ody\"\x0e\n\x0c\x45nrolRequest\"<\n\rEnrolResponse\x12+\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.microstack.cluster.v1.Event\"\x19\n\x17GetClusterStatusRequest\"{\n\x18GetClusterStatusResponse\x12\x33\n\x07\x63luster\x18\x01 \x01(\x0b\x32\".microstack.cluster.v1.ClusterInfo\x12*\n\x05nodes\x18\x02 \x03(\x0b\x32\x1b.microstack.cluster.v1.Node*@\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x10\n\x0cROLE_CONTROL\x10\x01\x12\x10\n\x0cROLE_COMPUTE\x10\x02*\xb3\x01\n\tStepState\x12\x1a\n\x16STEP_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12STEP_STATE_PENDING\x10\x01\x12\x16\n\x12STEP_STATE_RUNNING\x10\x02\x12\x13\n\x0fSTEP_STATE_DONE\x10\x03\x12\x15\n\x11STEP_STATE_FAILED\x10\x04\x12\x16\n\x12STEP_STATE_SKIPPED\x10\x05\x12\x16\n\x12STEP_STATE_WAITING\x10\x06\x32\x8b\x02\n\x0c\x41\x64minService\x12Q\n\x04Init\x12\".microstack.cluster.v1.InitRequest\x1a#.microstack.cluster.v1.InitResponse0\x01\x12Q\n\x04Join\x12\".microstack.cluster.v1.JoinRequest\x1a#.microstack.cluster.v1.JoinResponse0\x01\x12U\n\x06Status\x12$.microstack.cluster.v1.StatusRequest\x1a%.microstack.cluster.v1.StatusResponse2s\n\x10\x42ootstrapService\x12_\n\x08\x45xchange\x12&.microstack.cluster.v1.ExchangeRequest\x1a\'.microstack.cluster.v1.ExchangeResponse(\x01\x30\x01\x32\xdb\x01\n\x0e\x43lusterService\x12T\n\x05\x45nrol\x12#.microstack.cluster.v1.EnrolRequest\x1a$.microstack.cluster.v1.EnrolResponse0\x01\x12s\n\x10GetClusterStatus\x12..microstack.cluster.v1.GetClusterStatusRequest\x1a/.microstack.cluster.v1.GetClusterStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmicrostack_api/v1/cluster.proto\x12\x15microstack.cluster.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x01\n\x05\x45vent\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0c\n\x04step\x18\x03 \x01(\t\x12/\n\x05state\x18\x04 \x01(\x0e\x32 .microstack.cluster.v1.StepState\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x0f\n\x07percent\x18\x06 \x01(\r\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x66inal\x18\x08 \x01(\x08\"[\n\x0bInitRequest\x12)\n\x04role\x18\x01 \x01(\x0e\x32\x1b.microstack.cluster.v1.Role\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"Z\n\x0bJoinRequest\x12\x0f\n\x07\x63ontrol\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x04 \x01(\r\"\x0f\n\rStatusRequest\"=\n\rServiceStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xca\x02\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x04role\x18\x02 \x01(\x0e\x32\x1b.microstack.cluster.v1.Role\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x13\n\x0b\x63\x65rt_serial\x18\x06 \x01(\t\x12\x30\n\x0c\x63\x65rt_expires\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06joined\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x08services\x18\t \x03(\x0b\x32$.microstack.cluster.v1.ServiceStatus\x12-\n\tlast_seen\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbe\x01\n\x0b\x43lusterInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontrol_name\x18\x02 \x01(\t\x12\x17\n\x0f\x63ontrol_address\x18\x03 \x01(\t\x12\x16\n\x0e\x62ootstrap_port\x18\x04 \x01(\r\x12\x14\n\x0c\x63luster_port\x18\x05 \x01(\r\x12\x16\n\x0e\x63\x61_fingerprint\x18\x06 \x01(\t\x12.\n\nca_expires\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb6\x01\n\x0eStatusResponse\x12\x33\n\x07\x63luster\x18\x01 \x01(\x0b\x32\".microstack.cluster.v1.ClusterInfo\x12*\n\x05nodes\x18\x02 \x03(\x0b\x32\x1b.microstack.cluster.v1.Node\x12\x12\n\nlocal_node\x18\x03 \x01(\t\x12/\n\nlocal_role\x18\x04 \x01(\x0e\x32\x1b.microstack.cluster.v1.Role\";\n\x0cInitResponse\x12+\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.microstack.cluster.v1.Event\";\n\x0cJoinResponse\x12+\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.microstack.cluster.v1.Event\"M\n\tKdfParams\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04salt\x18\x02 \x01(\x0c\x12\x0e\n\x06log2_n\x18\x03 \x01(\r\x12\t\n\x01r\x18\x04 \x01(\r\x12\t\n\x01p\x18\x05 \x01(\r\"m\n\x0e\x42ootstrapHello\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x11\n\tnode_name\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x14\n\x0c\x63luster_port\x18\x05 \x01(\r\"m\n\x12\x42ootstrapChallenge\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12-\n\x03kdf\x18\x02 \x01(\x0b\x32 .microstack.cluster.v1.KdfParams\x12\x14\n\x0cpake_message\x18\x03 \x01(\x0c\"P\n\x11\x42ootstrapResponse\x12\x14\n\x0cpake_message\x18\x01 \x01(\x0c\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63onfirmation\x18\x03 \x01(\x0c\"\x88\x01\n\x0f\x42ootstrapResult\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontrol_name\x18\x03 \x01(\t\x12\x14\n\x0c\x63luster_port\x18\x04 \x01(\r\x12\x14\n\x0c\x63onfirmation\x18\x05 \x01(\x0c\"\x8f\x01\n\x0f\x45xchangeRequest\x12\x36\n\x05hello\x18\x01 \x01(\x0b\x32%.microstack.cluster.v1.BootstrapHelloH\x00\x12<\n\x08response\x18\x02 \x01(\x0b\x32(.microstack.cluster.v1.BootstrapResponseH\x00\x42\x06\n\x04\x62ody\"\x94\x01\n\x10\x45xchangeResponse\x12>\n\tchallenge\x18\x01 \x01(\x0b\x32).microstack.cluster.v1.BootstrapChallengeH\x00\x12\x38\n\x06result\x18\x02 \x01(\x0b\x32&.microstack.cluster.v1.BootstrapResultH\x00\x42\x06\n\x04\x62ody\"\x0e\n\x0c\x45nrolRequest\"<\n\rEnrolResponse\x12+\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.microstack.cluster.v1.Event\"\x19\n\x17GetClusterStatusRequest\"{\n\x18GetClusterStatusResponse\x12\x33\n\x07\x63luster\x18\x01 \x01(\x0b\x32\".microstack.cluster.v1.ClusterInfo\x12*\n\x05nodes\x18\x02 \x03(\x0b\x32\x1b.microstack.cluster.v1.Node\"\x9a\x01\n\x10\x41pplyRoleRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12G\n\x08settings\x18\x02 \x03(\x0b\x32\x35.microstack.cluster.v1.ApplyRoleRequest.SettingsEntry\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbb\x01\n\x11\x41pplyRoleResponse\x12\x0c\n\x04step\x18\x01 \x01(\t\x12/\n\x05state\x18\x02 \x01(\x0e\x32 .microstack.cluster.v1.StepState\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0f\n\x07percent\x18\x04 \x01(\r\x12\x36\n\x08services\x18\x05 \x03(\x0b\x32$.microstack.cluster.v1.ServiceStatus\x12\r\n\x05\x66inal\x18\x06 \x01(\x08\"\x14\n\x12GetServicesRequest\"M\n\x13GetServicesResponse\x12\x36\n\x08services\x18\x01 \x03(\x0b\x32$.microstack.cluster.v1.ServiceStatus\"\x11\n\x0fStopRoleRequest\"J\n\x10StopRoleResponse\x12\x36\n\x08services\x18\x01 \x03(\x0b\x32$.microstack.cluster.v1.ServiceStatus*@\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x10\n\x0cROLE_CONTROL\x10\x01\x12\x10\n\x0cROLE_COMPUTE\x10\x02*\xb3\x01\n\tStepState\x12\x1a\n\x16STEP_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12STEP_STATE_PENDING\x10\x01\x12\x16\n\x12STEP_STATE_RUNNING\x10\x02\x12\x13\n\x0fSTEP_STATE_DONE\x10\x03\x12\x15\n\x11STEP_STATE_FAILED\x10\x04\x12\x16\n\x12STEP_STATE_SKIPPED\x10\x05\x12\x16\n\x12STEP_STATE_WAITING\x10\x06\x32\x8b\x02\n\x0c\x41\x64minService\x12Q\n\x04Init\x12\".microstack.cluster.v1.InitRequest\x1a#.microstack.cluster.v1.InitResponse0\x01\x12Q\n\x04Join\x12\".microstack.cluster.v1.JoinRequest\x1a#.microstack.cluster.v1.JoinResponse0\x01\x12U\n\x06Status\x12$.microstack.cluster.v1.StatusRequest\x1a%.microstack.cluster.v1.StatusResponse2s\n\x10\x42ootstrapService\x12_\n\x08\x45xchange\x12&.microstack.cluster.v1.ExchangeRequest\x1a\'.microstack.cluster.v1.ExchangeResponse(\x01\x30\x01\x32\xdb\x01\n\x0e\x43lusterService\x12T\n\x05\x45nrol\x12#.microstack.cluster.v1.EnrolRequest\x1a$.microstack.cluster.v1.EnrolResponse0\x01\x12s\n\x10GetClusterStatus\x12..microstack.cluster.v1.GetClusterStatusRequest\x1a/.microstack.cluster.v1.GetClusterStatusResponse2\xb3\x02\n\x0c\x41gentService\x12`\n\tApplyRole\x12\'.microstack.cluster.v1.ApplyRoleRequest\x1a(.microstack.cluster.v1.ApplyRoleResponse0\x01\x12\x64\n\x0bGetServices\x12).microstack.cluster.v1.GetServicesRequest\x1a*.microstack.cluster.v1.GetServicesResponse\x12[\n\x08StopRole\x12&.microstack.cluster.v1.StopRoleRequest\x1a\'.microstack.cluster.v1.StopRoleResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'microstack_api.v1.cluster_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=2407
-  _globals['_ROLE']._serialized_end=2471
-  _globals['_STEPSTATE']._serialized_start=2474
-  _globals['_STEPSTATE']._serialized_end=2653
+  _globals['_APPLYROLEREQUEST_SETTINGSENTRY']._loaded_options = None
+  _globals['_APPLYROLEREQUEST_SETTINGSENTRY']._serialized_options = b'8\001'
+  _globals['_ROLE']._serialized_start=2972
+  _globals['_ROLE']._serialized_end=3036
+  _globals['_STEPSTATE']._serialized_start=3039
+  _globals['_STEPSTATE']._serialized_end=3218
   _globals['_EVENT']._serialized_start=92
   _globals['_EVENT']._serialized_end=280
   _globals['_INITREQUEST']._serialized_start=282
@@ -59,29 +61,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KDFPARAMS']._serialized_start=1380
   _globals['_KDFPARAMS']._serialized_end=1457
   _globals['_BOOTSTRAPHELLO']._serialized_start=1459
-  _globals['_BOOTSTRAPHELLO']._serialized_end=1546
-  _globals['_BOOTSTRAPCHALLENGE']._serialized_start=1548
-  _globals['_BOOTSTRAPCHALLENGE']._serialized_end=1657
-  _globals['_BOOTSTRAPRESPONSE']._serialized_start=1659
-  _globals['_BOOTSTRAPRESPONSE']._serialized_end=1739
-  _globals['_BOOTSTRAPRESULT']._serialized_start=1742
-  _globals['_BOOTSTRAPRESULT']._serialized_end=1878
-  _globals['_EXCHANGEREQUEST']._serialized_start=1881
-  _globals['_EXCHANGEREQUEST']._serialized_end=2024
-  _globals['_EXCHANGERESPONSE']._serialized_start=2027
-  _globals['_EXCHANGERESPONSE']._serialized_end=2175
-  _globals['_ENROLREQUEST']._serialized_start=2177
-  _globals['_ENROLREQUEST']._serialized_end=2191
-  _globals['_ENROLRESPONSE']._serialized_start=2193
-  _globals['_ENROLRESPONSE']._serialized_end=2253
-  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=2255
-  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=2280
-  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_start=2282
-  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_end=2405
-  _globals['_ADMINSERVICE']._serialized_start=2656
-  _globals['_ADMINSERVICE']._serialized_end=2923
-  _globals['_BOOTSTRAPSERVICE']._serialized_start=2925
-  _globals['_BOOTSTRAPSERVICE']._serialized_end=3040
-  _globals['_CLUSTERSERVICE']._serialized_start=3043
-  _globals['_CLUSTERSERVICE']._serialized_end=3262
+  _globals['_BOOTSTRAPHELLO']._serialized_end=1568
+  _globals['_BOOTSTRAPCHALLENGE']._serialized_start=1570
+  _globals['_BOOTSTRAPCHALLENGE']._serialized_end=1679
+  _globals['_BOOTSTRAPRESPONSE']._serialized_start=1681
+  _globals['_BOOTSTRAPRESPONSE']._serialized_end=1761
+  _globals['_BOOTSTRAPRESULT']._serialized_start=1764
+  _globals['_BOOTSTRAPRESULT']._serialized_end=1900
+  _globals['_EXCHANGEREQUEST']._serialized_start=1903
+  _globals['_EXCHANGEREQUEST']._serialized_end=2046
+  _globals['_EXCHANGERESPONSE']._serialized_start=2049
+  _globals['_EXCHANGERESPONSE']._serialized_end=2197
+  _globals['_ENROLREQUEST']._serialized_start=2199
+  _globals['_ENROLREQUEST']._serialized_end=2213
+  _globals['_ENROLRESPONSE']._serialized_start=2215
+  _globals['_ENROLRESPONSE']._serialized_end=2275
+  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=2277
+  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=2302
+  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_start=2304
+  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_end=2427
+  _globals['_APPLYROLEREQUEST']._serialized_start=2430
+  _globals['_APPLYROLEREQUEST']._serialized_end=2584
+  _globals['_APPLYROLEREQUEST_SETTINGSENTRY']._serialized_start=2537
+  _globals['_APPLYROLEREQUEST_SETTINGSENTRY']._serialized_end=2584
+  _globals['_APPLYROLERESPONSE']._serialized_start=2587
+  _globals['_APPLYROLERESPONSE']._serialized_end=2774
+  _globals['_GETSERVICESREQUEST']._serialized_start=2776
+  _globals['_GETSERVICESREQUEST']._serialized_end=2796
+  _globals['_GETSERVICESRESPONSE']._serialized_start=2798
+  _globals['_GETSERVICESRESPONSE']._serialized_end=2875
+  _globals['_STOPROLEREQUEST']._serialized_start=2877
+  _globals['_STOPROLEREQUEST']._serialized_end=2894
+  _globals['_STOPROLERESPONSE']._serialized_start=2896
+  _globals['_STOPROLERESPONSE']._serialized_end=2970
+  _globals['_ADMINSERVICE']._serialized_start=3221
+  _globals['_ADMINSERVICE']._serialized_end=3488
+  _globals['_BOOTSTRAPSERVICE']._serialized_start=3490
+  _globals['_BOOTSTRAPSERVICE']._serialized_end=3605
+  _globals['_CLUSTERSERVICE']._serialized_start=3608
+  _globals['_CLUSTERSERVICE']._serialized_end=3827
+  _globals['_AGENTSERVICE']._serialized_start=3830
+  _globals['_AGENTSERVICE']._serialized_end=4137
 # @@protoc_insertion_point(module_scope)

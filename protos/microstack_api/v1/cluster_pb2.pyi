@@ -173,16 +173,18 @@ class KdfParams(_message.Message):
     def __init__(self, name: _Optional[str] = ..., salt: _Optional[bytes] = ..., log2_n: _Optional[int] = ..., r: _Optional[int] = ..., p: _Optional[int] = ...) -> None: ...
 
 class BootstrapHello(_message.Message):
-    __slots__ = ("version", "node_name", "address", "hostname")
+    __slots__ = ("version", "node_name", "address", "hostname", "cluster_port")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_PORT_FIELD_NUMBER: _ClassVar[int]
     version: int
     node_name: str
     address: str
     hostname: str
-    def __init__(self, version: _Optional[int] = ..., node_name: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ...) -> None: ...
+    cluster_port: int
+    def __init__(self, version: _Optional[int] = ..., node_name: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., cluster_port: _Optional[int] = ...) -> None: ...
 
 class BootstrapChallenge(_message.Message):
     __slots__ = ("cluster_id", "kdf", "pake_message")
@@ -255,3 +257,54 @@ class GetClusterStatusResponse(_message.Message):
     cluster: ClusterInfo
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     def __init__(self, cluster: _Optional[_Union[ClusterInfo, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
+
+class ApplyRoleRequest(_message.Message):
+    __slots__ = ("role", "settings")
+    class SettingsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    settings: _containers.ScalarMap[str, str]
+    def __init__(self, role: _Optional[str] = ..., settings: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ApplyRoleResponse(_message.Message):
+    __slots__ = ("step", "state", "message", "percent", "services", "final")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    state: StepState
+    message: str
+    percent: int
+    services: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
+    final: bool
+    def __init__(self, step: _Optional[str] = ..., state: _Optional[_Union[StepState, str]] = ..., message: _Optional[str] = ..., percent: _Optional[int] = ..., services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., final: _Optional[bool] = ...) -> None: ...
+
+class GetServicesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetServicesResponse(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ...) -> None: ...
+
+class StopRoleRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StopRoleResponse(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ...) -> None: ...

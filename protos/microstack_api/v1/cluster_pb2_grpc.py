@@ -385,3 +385,168 @@ class ClusterService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AgentServiceStub:
+    """Control-to-node calls, on the node's mTLS port; only the control may call.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ApplyRole = channel.unary_stream(
+                '/microstack.cluster.v1.AgentService/ApplyRole',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.ApplyRoleRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.ApplyRoleResponse.FromString,
+                _registered_method=True)
+        self.GetServices = channel.unary_unary(
+                '/microstack.cluster.v1.AgentService/GetServices',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.GetServicesRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.GetServicesResponse.FromString,
+                _registered_method=True)
+        self.StopRole = channel.unary_unary(
+                '/microstack.cluster.v1.AgentService/StopRole',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.StopRoleRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.StopRoleResponse.FromString,
+                _registered_method=True)
+
+
+class AgentServiceServicer:
+    """Control-to-node calls, on the node's mTLS port; only the control may call.
+    """
+
+    def ApplyRole(self, request, context):
+        """Render the role's configuration and (re)start its services, streaming
+        each step.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetServices(self, request, context):
+        """The role services' current state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopRole(self, request, context):
+        """Stop the role's services.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AgentServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ApplyRole': grpc.unary_stream_rpc_method_handler(
+                    servicer.ApplyRole,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.ApplyRoleRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.ApplyRoleResponse.SerializeToString,
+            ),
+            'GetServices': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServices,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.GetServicesRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.GetServicesResponse.SerializeToString,
+            ),
+            'StopRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopRole,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.StopRoleRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.StopRoleResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'microstack.cluster.v1.AgentService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('microstack.cluster.v1.AgentService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AgentService:
+    """Control-to-node calls, on the node's mTLS port; only the control may call.
+    """
+
+    @staticmethod
+    def ApplyRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/microstack.cluster.v1.AgentService/ApplyRole',
+            microstack__api_dot_v1_dot_cluster__pb2.ApplyRoleRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.ApplyRoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/microstack.cluster.v1.AgentService/GetServices',
+            microstack__api_dot_v1_dot_cluster__pb2.GetServicesRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.GetServicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/microstack.cluster.v1.AgentService/StopRole',
+            microstack__api_dot_v1_dot_cluster__pb2.StopRoleRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.StopRoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -1,0 +1,1 @@
+"""How a node applies its role: configuration and the services it runs."""

@@ -1,0 +1,177 @@
+"""The control configures each compute through its agent: rendered files,
+services started by the process manager, failures reaching the joiner."""
+
+from __future__ import annotations
+
+import asyncio
+import configparser
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from grpc import aio
+
+from microstack_api.v1 import cluster_pb2 as pb
+from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
+from microstackd import credentials
+from microstackd.credentials import NodeCredentials
+from microstackd.node.roles import NOVA_COMPUTE_CONF, OVS_AGENT_INI
+from microstackd.rpc import peer
+from microstackd.store import Store
+from tests.integration.harness import Node
+
+
+def _join(compute: Node, control: Node, password_file: Path, check: bool = True):
+    return compute.ctl(
+        "join",
+        control.endpoint,
+        "--password-file",
+        str(password_file),
+        "--address",
+        compute.address,
+        check=check,
+    )
+
+
+def _services(control: Node, name: str) -> dict[str, str]:
+    node = next(n for n in control.status()["nodes"] if n["name"] == name)  # type: ignore[attr-defined]
+    return {s["name"]: s["state"] for s in node["services"]}
+
+
+def _standin_pids(root: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"microstackd.node.standin" in cmdline and str(root).encode() in b" ".join(cmdline):
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_join_configures_the_node_and_status_shows_its_services(
+    control: Node, make_node: Callable[..., Node], password_file: Path
+) -> None:
+    compute = make_node("node-1")
+    out = _join(compute, control, password_file).stdout
+    for text in (
+        "issue-config",
+        "render-config",
+        "service nova-compute",
+        "service neutron-openvswitch-agent",
+        "2/2 services running",
+    ):
+        assert text in out
+    nova = configparser.ConfigParser(interpolation=None)
+    nova.read(compute.root / "etc" / NOVA_COMPUTE_CONF)
+    assert nova["DEFAULT"]["host"] == "node-1" and nova["DEFAULT"]["my_ip"] == compute.address
+    assert oct(os.stat(compute.root / "etc" / NOVA_COMPUTE_CONF).st_mode & 0o777) == "0o640"
+    assert _services(control, "node-1") == {
+        "neutron-openvswitch-agent": "running",
+        "nova-compute": "running",
+    }
+    assert len(_standin_pids(compute.root)) == 2
+
+
+def test_secrets_stay_out_of_logs_and_status(
+    control: Node, make_node: Callable[..., Node], password_file: Path
+) -> None:
+    compute = make_node("node-1")
+    out = _join(compute, control, password_file).stdout
+    secrets = [
+        line.split("=", 1)[1].strip()
+        for line in (compute.root / "etc" / NOVA_COMPUTE_CONF).read_text().splitlines()
+        if line.startswith("password")
+    ]
+    assert secrets
+    shown = (
+        out
+        + control.ctl("status", "--format", "json").stdout
+        + control.log.read_text()
+        + compute.log.read_text()
+    )
+    for secret in secrets + [password_file.read_text().strip()]:
+        assert secret not in shown
+
+
+def test_a_failing_service_reaches_the_joiner_and_a_rejoin_resumes(
+    control: Node, make_node: Callable[..., Node], password_file: Path
+) -> None:
+    config = control.state_dir / "control.yaml"
+    original = config.read_text()
+    config.write_text(
+        original + "\n"
+        if "network:" not in original
+        else original.replace("tunnel_types: vxlan", "tunnel_types: ''")
+    )
+    compute = make_node("node-1")
+    result = _join(compute, control, password_file, check=False)
+    assert result.returncode == 1
+    assert "neutron-openvswitch-agent" in result.stderr and "exited with status 1" in result.stderr
+    assert "[agent] tunnel_types" in result.stderr  # the service's own last log line
+    node = next(n for n in control.status()["nodes"] if n["name"] == "node-1")  # type: ignore[attr-defined]
+    assert node["state"] == "failed" and "configure-node" in node["message"]
+    # Fix the configuration; the same join retries only what failed.
+    config.write_text(original)
+    out = _join(compute, control, password_file).stdout
+    assert "resuming the enrolment" in out
+    assert "admit" not in out.replace("admitting", "")  # admit is not redone
+    assert "2/2 services running" in out
+    assert _services(control, "node-1")["neutron-openvswitch-agent"] == "running"
+
+
+def test_only_the_control_may_call_an_agent(
+    control: Node, make_node: Callable[..., Node], password_file: Path
+) -> None:
+    first, second = make_node("node-1"), make_node("node-2")
+    _join(first, control, password_file)
+    _join(second, control, password_file)
+    # node-2's own, valid cluster certificate against node-1's agent.
+    creds = credentials.load(Store(second.state_dir))
+
+    async def call(creds: NodeCredentials) -> grpc.StatusCode:
+        channel = peer.member_channel(first.address, first.port + 1, creds, "node-1")
+        try:
+            await pb_grpc.AgentServiceStub(channel).GetServices(pb.GetServicesRequest(), timeout=5)
+            return grpc.StatusCode.OK
+        except aio.AioRpcError as exc:
+            return exc.code()
+        finally:
+            await channel.close(None)
+
+    assert asyncio.run(call(creds)) is grpc.StatusCode.PERMISSION_DENIED
+    control_creds = credentials.load(Store(control.state_dir))
+    assert asyncio.run(call(control_creds)) is grpc.StatusCode.OK
+    assert "permission denied" in first.log.read_text()
+
+
+def test_services_stop_with_the_daemon_and_return_with_it(
+    control: Node, make_node: Callable[..., Node], password_file: Path
+) -> None:
+    compute = make_node("node-1")
+    _join(compute, control, password_file)
+    before = _standin_pids(compute.root)
+    assert len(before) == 2
+    compute.stop(signal.SIGTERM)
+    assert _standin_pids(compute.root) == []
+    compute.start()
+    for _ in range(50):
+        if len(_standin_pids(compute.root)) == 2:
+            break
+        asyncio.run(asyncio.sleep(0.1))
+    after = _standin_pids(compute.root)
+    assert len(after) == 2 and not set(after) & set(before)
+
+
+def test_rendered_config_for_ovs_agent(
+    control: Node, make_node: Callable[..., Node], password_file: Path
+) -> None:
+    compute = make_node("node-1")
+    _join(compute, control, password_file)
+    ovs = configparser.ConfigParser(interpolation=None)
+    ovs.read(compute.root / "etc" / OVS_AGENT_INI)
+    assert ovs["ovs"]["local_ip"] == compute.address

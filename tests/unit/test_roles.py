@@ -1,0 +1,161 @@
+"""Role definitions and rendering: every template renders, parses as INI and
+carries the issued values; bad input fails with the path or key named."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from microstackd import control_config, errors
+from microstackd.model import NodeRecord, NodeState, Role
+from microstackd.node import render
+from microstackd.node.roles import COMPUTE, NEUTRON_CONF, NOVA_COMPUTE_CONF, OVS_AGENT_INI, ROLES
+from microstackd.node.standin import check
+
+NODE = NodeRecord(
+    name="node-1",
+    role=Role.COMPUTE,
+    address="10.0.0.2",
+    hostname="node-1",
+    state=NodeState.ENROLLING,
+    message="",
+    cert_serial="aa",
+    cert_not_after=0,
+    joined=0,
+)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> dict[str, str]:
+    config = control_config.ensure(tmp_path / "control.yaml", "10.0.0.1")
+    return control_config.issue_compute_settings(config, NODE) | {
+        "config_root": str(tmp_path / "etc"),
+        "state_path": str(tmp_path / "state"),
+        "openstack_prefix": "/opt/os",
+    }
+
+
+def _ini(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None)
+    assert parser.read(path), path
+    return parser
+
+
+def test_compute_role_renders_parseable_files_with_the_issued_values(tmp_path, settings):
+    root = tmp_path / "etc"
+    paths = render.render_role(COMPUTE, settings, root)
+    assert sorted(p.relative_to(root).as_posix() for p in paths) == sorted(
+        [NOVA_COMPUTE_CONF, NEUTRON_CONF, OVS_AGENT_INI]
+    )
+    nova = _ini(root / NOVA_COMPUTE_CONF)
+    assert nova["DEFAULT"]["host"] == "node-1"
+    assert nova["DEFAULT"]["my_ip"] == "10.0.0.2"
+    assert nova["DEFAULT"]["transport_url"].startswith("rabbit://openstack:")
+    assert nova["DEFAULT"]["transport_url"].endswith("@10.0.0.1:5672/")
+    assert nova["keystone_authtoken"]["auth_url"] == "http://10.0.0.1:5000/v3"
+    assert nova["keystone_authtoken"]["password"] == settings["nova_password"]
+    assert nova["placement"]["username"] == "placement"
+    assert nova["neutron"]["password"] == settings["neutron_password"]
+    assert nova["libvirt"]["virt_type"] == "kvm"
+    ovs = _ini(root / OVS_AGENT_INI)
+    assert ovs["ovs"]["local_ip"] == "10.0.0.2"
+    assert ovs["agent"]["tunnel_types"] == "vxlan"
+    assert _ini(root / NEUTRON_CONF)["DEFAULT"]["host"] == "node-1"
+    for path in paths:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+
+
+def test_every_role_template_renders(settings):
+    for role in ROLES.values():
+        for f in role.files:
+            configparser.ConfigParser(interpolation=None).read_string(
+                render.render_text(f.template, settings)
+            )
+
+
+def test_every_requirement_of_every_service_is_met_by_the_rendered_files(tmp_path, settings):
+    root = tmp_path / "etc"
+    render.render_role(COMPUTE, settings, root)
+    for service in COMPUTE.services:
+        assert check(root, list(service.requires)) == []
+
+
+def test_a_missing_setting_writes_nothing_and_names_the_keys(tmp_path, settings):
+    del settings["transport_url"], settings["host"]
+    with pytest.raises(errors.InvalidArgument, match="host, transport_url"):
+        render.render_role(COMPUTE, settings, tmp_path / "etc")
+    assert not (tmp_path / "etc").exists()
+
+
+def test_an_unwritable_config_root_names_the_path(tmp_path, settings):
+    blocker = tmp_path / "etc"
+    blocker.write_text("a file, not a directory")
+    with pytest.raises(errors.ConfigError, match=str(blocker)):
+        render.render_role(COMPUTE, settings, blocker)
+
+
+def test_template_errors_name_the_template():
+    with pytest.raises(errors.ConfigError, match="compute/nova-compute.conf needs setting"):
+        render.render_text("compute/nova-compute.conf", {})
+    with pytest.raises(errors.ConfigError, match="missing"):
+        render.render_text("compute/no-such-template.conf", {})
+
+
+def test_commands_expand(settings):
+    service = COMPUTE.services[0]
+    argv = render.expand(service.command, settings)
+    assert argv[0] == "/opt/os/bin/nova-compute" and argv[-1].endswith(NOVA_COMPUTE_CONF)
+
+
+def test_standin_reports_every_missing_key(tmp_path):
+    (tmp_path / "a.conf").write_text("[DEFAULT]\nhost = x\nempty =\n")
+    missing = check(
+        tmp_path,
+        ["a.conf:DEFAULT.host", "a.conf:DEFAULT.empty", "a.conf:ovs.local_ip", "b.conf:x.y"],
+    )
+    assert missing == [
+        f"{tmp_path / 'a.conf'}: [DEFAULT] empty",
+        f"{tmp_path / 'a.conf'}: [ovs] local_ip",
+        f"{tmp_path / 'b.conf'} (file missing or unreadable)",
+    ]
+
+
+def test_control_config_is_generated_once_and_kept(tmp_path):
+    path = tmp_path / "control.yaml"
+    first = control_config.ensure(path, "10.0.0.1")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    second = control_config.ensure(path, "10.9.9.9")
+    assert first == second  # secrets and addresses survive a reload
+    assert len(set(first.service_passwords.values())) == 3
+
+
+def test_control_config_keeps_operator_values_and_fills_the_rest(tmp_path):
+    path = tmp_path / "control.yaml"
+    path.write_text("region: east\nrabbitmq:\n  host: 10.0.0.50\n  password: hunter2\n")
+    config = control_config.ensure(path, "10.0.0.1")
+    assert (config.region, config.rabbitmq_host, config.rabbitmq_password) == (
+        "east",
+        "10.0.0.50",
+        "hunter2",
+    )
+    assert config.transport_url == "rabbit://openstack:hunter2@10.0.0.50:5672/"
+    assert "hunter2" not in config.public_summary()
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "rabbitmq: 3\n", "control_address: nope\n", "a: [\n"])
+def test_a_bad_control_config_is_a_clear_error(tmp_path, text):
+    path = tmp_path / "control.yaml"
+    path.write_text(text)
+    with pytest.raises(errors.InvalidArgument, match="control"):
+        control_config.ensure(path, "10.0.0.1")
+
+
+def test_redact_hides_every_secret(settings):
+    shown = control_config.redact(settings)
+    for key in control_config.SECRET_KEYS & settings.keys():
+        assert shown[key] == "<secret>"
+    assert shown["host"] == "node-1"
