@@ -57,6 +57,25 @@ def test_control_and_two_computes_form_a_cluster(cluster: Cluster) -> None:
         lines = result.stdout.lower().splitlines()
         assert any("admit" in line for line in lines), f"{name}: {output(result)}"
         assert any("done" in line for line in lines), f"{name}: {output(result)}"
+        assert any("service nova-compute" in line for line in lines), output(result)
+
+    # Each compute's agent really runs its role's processes, inside its namespace.
+    for node in status["nodes"]:
+        if node["role"] == "compute":
+            assert {s["name"]: s["state"] for s in node["services"]} == {
+                "nova-compute": "running",
+                "neutron-openvswitch-agent": "running",
+            }, node
+    for compute in computes:
+        pids = subprocess.run(
+            ["ip", "netns", "pids", compute.ns], capture_output=True, text=True, check=True
+        ).stdout.split()
+        services = [
+            pid
+            for pid in pids
+            if b"microstackd.node.standin" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert len(services) == 2, f"{compute.name}: service processes in its namespace: {pids}"
 
 
 def test_wrong_password_is_rejected_and_leaves_nothing_behind(
@@ -147,3 +166,26 @@ def test_joining_again_is_refused(cluster: Cluster, password_file: Path) -> None
     assert "already a member" in again.stderr, output(again)
     assert stable(control.status()) == stable(before)
     assert member.status()["local"] == {"name": member.name, "role": "compute"}
+
+
+def test_a_failing_service_reaches_the_joiners_cli(
+    network: Network, control: Host, password_file: Path
+) -> None:
+    """An empty tunnel setting in control.yaml: the agent's service exits 1
+    naming the key; the joiner sees it; fixed, a second join resumes."""
+    assert control.state_dir is not None
+    config = control.state_dir / "control.yaml"
+    original = config.read_text()
+    config.write_text(original.replace("tunnel_types: vxlan", "tunnel_types: ''"))
+    host = network.add_host("compute1")
+    host.start_daemon("compute1")
+    failed = join(host, control, password_file, check=False)
+    assert failed.returncode == EXIT_ERROR, output(failed)
+    assert "neutron-openvswitch-agent exited with status 1" in failed.stderr, output(failed)
+    assert "missing required setting" in failed.stderr, output(failed)
+    assert summary(control.status())["compute1"][2] == "failed"
+
+    config.write_text(original)
+    again = join(host, control, password_file)
+    assert "resuming the enrolment" in again.stdout, output(again)
+    assert summary(control.status())["compute1"] == ("compute", host.address, "active")
