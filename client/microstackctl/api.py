@@ -84,10 +84,55 @@ class Api:
         except grpc.RpcError as exc:
             raise self.error(exc) from exc
 
-    def join(self, control: str, password: str, address: str) -> Iterator[pb.Event]:
-        request = pb.JoinRequest(control=control, password=password, address=address)
+    def join(
+        self, control: str, password: str, address: str, token: str = "", timeout: int = 0
+    ) -> Iterator[pb.Event]:
+        request = pb.JoinRequest(
+            control=control,
+            password=password,
+            address=address,
+            token=token,
+            timeout_seconds=timeout,
+        )
         try:
             for response in self.stub.Join(request):
                 yield response.event
+        except grpc.RpcError as exc:
+            raise self.error(exc) from exc
+
+    def watch(self, node: str, after_seq: int) -> Iterator[pb.Event]:
+        try:
+            for response in self.stub.Watch(pb.WatchRequest(node=node, after_seq=after_seq)):
+                yield response.event
+        except grpc.RpcError as exc:
+            raise self.error(exc) from exc
+
+    def remove(self, name: str, force: bool) -> pb.RemoveNodeResponse:
+        try:
+            return self.stub.RemoveNode(  # type: ignore[no-any-return]
+                pb.RemoveNodeRequest(name=name, force=force), timeout=120
+            )
+        except grpc.RpcError as exc:
+            raise self.error(exc) from exc
+
+    def create_token(self, name: str, ttl: int) -> pb.CreateTokenResponse:
+        try:
+            return self.stub.CreateToken(  # type: ignore[no-any-return]
+                pb.CreateTokenRequest(name=name, ttl_seconds=ttl), timeout=30
+            )
+        except grpc.RpcError as exc:
+            raise self.error(exc) from exc
+
+    def list_tokens(self) -> pb.ListTokensResponse:
+        try:
+            return self.stub.ListTokens(pb.ListTokensRequest(), timeout=30)  # type: ignore[no-any-return]
+        except grpc.RpcError as exc:
+            raise self.error(exc) from exc
+
+    def revoke_token(self, id_or_name: str) -> pb.RevokeTokenResponse:
+        try:
+            return self.stub.RevokeToken(  # type: ignore[no-any-return]
+                pb.RevokeTokenRequest(id_or_name=id_or_name), timeout=30
+            )
         except grpc.RpcError as exc:
             raise self.error(exc) from exc

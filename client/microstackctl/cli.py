@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -12,7 +13,14 @@ import click
 
 from microstack_api.v1 import cluster_pb2 as pb
 from microstackctl import render
-from microstackctl.api import EXIT_ERROR, EXIT_USAGE, Api, CommandError, socket_path
+from microstackctl.api import (
+    EXIT_ERROR,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    Api,
+    CommandError,
+    socket_path,
+)
 from microstackctl.netinfo import default_address
 
 FORMAT = click.option(
@@ -82,10 +90,54 @@ def stream(fmt: str, events: Iterator[pb.Event], what: str) -> None:
     """Show a stream of events; exit non-zero unless it ended done."""
     with render.Progress(fmt) as progress:
         last = progress.run(events)
+    finish(last, what)
+
+
+def finish(last: pb.Event | None, what: str) -> None:
     if last is None or not last.final:
         fail(f"the {what} stream ended before the {what} finished; run the command again to resume")
     if last.state != pb.STEP_STATE_DONE:
         fail(f"{what} failed at step {last.step}: {last.message}")
+
+
+def follow(
+    ctx: click.Context, fmt: str, first: Iterator[pb.Event], node: str, what: str, timeout: float
+) -> None:
+    """Show ``first``; if the local daemon goes away mid-stream, wait for it
+    and re-attach with Watch from the last event shown: nothing is shown twice."""
+    last_seq = 0
+    with render.Progress(fmt) as progress:
+        events = first
+        waited_since = 0.0
+        while True:
+            try:
+                for event in events:
+                    waited_since = 0.0
+                    if event.seq and event.seq <= last_seq:
+                        continue
+                    last_seq = max(last_seq, event.seq)
+                    progress.show(event)
+                    if event.final:
+                        break
+                break
+            except CommandError as exc:
+                if exc.exit_code != EXIT_UNREACHABLE or "microstackd" not in exc.message:
+                    raise
+                waited_since = waited_since or time.monotonic()
+                if time.monotonic() - waited_since > timeout:
+                    raise
+                if fmt != "json":
+                    progress.console.print(
+                        f"[yellow]… lost the local microstackd ({exc.message}); re-attaching[/]"
+                    )
+                time.sleep(1)
+                try:
+                    events = _api(ctx).watch(node, last_seq)
+                except CommandError:
+                    events = iter(())
+                    continue
+        last = progress.last
+    finish(last, what)
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -177,36 +229,153 @@ def init(
             if interactive
             else discovered
         )
-    stream(fmt, _api(ctx).join(control_address, password, address), "join")
+    follow(ctx, fmt, _api(ctx).join(control_address, password, address), "", "join", 600)
+
+
+TIMEOUT = click.option(
+    "--timeout",
+    type=click.IntRange(1, 86400),
+    default=600,
+    show_default=True,
+    help="seconds to wait for an unreachable or not yet initialised control node",
+)
 
 
 @main.command()
-@click.argument("control")
+@click.argument("control", required=False)
 @click.option(
     "--password-file", type=click.Path(path_type=Path), help="read the cluster password from a file"
 )
 @click.option("--password-stdin", is_flag=True, help="read the cluster password from stdin")
+@click.option("--token", help="a join token from `microstackctl add-node` (instead of a password)")
 @click.option("--address", help="this node's IP address (default: from the host's routes)")
+@TIMEOUT
 @FORMAT
 @click.pass_context
 @handle_errors
 def join(
     ctx: click.Context,
-    control: str,
+    control: str | None,
     password_file: Path | None,
     password_stdin: bool,
+    token: str | None,
     address: str | None,
+    timeout: int,
     fmt: str,
 ) -> None:
-    """Join the cluster whose control node is at CONTROL[:PORT]."""
-    password = read_password(password_file, password_stdin)
-    if password is None:
-        if not sys.stdin.isatty():
-            fail("no cluster password: pass --password-file F or --password-stdin", EXIT_USAGE)
-        password = click.prompt(
-            "Please enter a cluster password", hide_input=True, prompt_suffix=" > "
-        )
-    stream(fmt, _api(ctx).join(control, password, address or default_address()), "join")
+    """Join the cluster whose control node is at CONTROL[:PORT] (or the one a
+    --token names)."""
+    api = _api(ctx)
+    if token:
+        if password_file or password_stdin:
+            fail("use either --token or a password, not both", EXIT_USAGE)
+        events = api.join(control or "", "", address or default_address(), token, timeout)
+    else:
+        if not control:
+            fail("name the control node (CONTROL[:PORT]) or pass --token", EXIT_USAGE)
+        password = read_password(password_file, password_stdin)
+        if password is None:
+            if not sys.stdin.isatty():
+                fail("no cluster password: pass --password-file F or --password-stdin", EXIT_USAGE)
+            password = click.prompt(
+                "Please enter a cluster password", hide_input=True, prompt_suffix=" > "
+            )
+        events = api.join(control, password, address or default_address(), "", timeout)
+    follow(ctx, fmt, events, "", "join", timeout)
+
+
+@main.command()
+@click.argument("node", required=False, default="")
+@click.option(
+    "--after", type=click.IntRange(0), default=0, help="replay events after this sequence number"
+)
+@FORMAT
+@click.pass_context
+@handle_errors
+def watch(ctx: click.Context, node: str, after: int, fmt: str) -> None:
+    """Follow NODE's enrolment (this node by default): replay, then live."""
+    follow(ctx, fmt, _api(ctx).watch(node, after), node, "enrolment", 600)
+
+
+@main.command()
+@click.argument("node")
+@click.option("--force", is_flag=True, help="remove it even if its services cannot be stopped")
+@FORMAT
+@click.pass_context
+@handle_errors
+def remove(ctx: click.Context, node: str, force: bool, fmt: str) -> None:
+    """Remove NODE from the cluster (on the control): stop its services,
+    revoke its certificate."""
+    response = _api(ctx).remove(node, force)
+    if fmt == "json":
+        render.print_json({"node": render.node_dict(response.node), "message": response.message})
+    else:
+        click.echo(response.message)
+
+
+@main.command("add-node")
+@click.argument("name")
+@click.option(
+    "--ttl", default="1h", show_default=True, help="how long the token is valid (s, m, h, d)"
+)
+@FORMAT
+@click.pass_context
+@handle_errors
+def add_node(ctx: click.Context, name: str, ttl: str, fmt: str) -> None:
+    """Print a one-time join token for a node named NAME (on the control)."""
+    seconds = parse_ttl(ttl)
+    response = _api(ctx).create_token(name, seconds)
+    expires = render.iso(response.expires)
+    if fmt == "json":
+        render.print_json({"token": response.token, "expires": expires, "id": response.id})
+        return
+    click.echo(response.token)
+    click.echo(
+        f"One-time token for node {name!r}, valid until {expires}. On that node run:\n"
+        f"  microstackctl join --token <the token above>",
+        err=True,
+    )
+
+
+@main.group(invoke_without_command=True)
+@FORMAT
+@click.pass_context
+@handle_errors
+def tokens(ctx: click.Context, fmt: str) -> None:
+    """List join tokens (on the control); `tokens revoke ID|NAME` revokes one."""
+    if ctx.invoked_subcommand is not None:
+        return
+    response = _api(ctx).list_tokens()
+    if fmt == "json":
+        render.print_json({"tokens": [render.token_dict(t) for t in response.tokens]})
+    else:
+        render.print_tokens(response.tokens)
+
+
+@tokens.command("revoke")
+@click.argument("id_or_name")
+@FORMAT
+@click.pass_context
+@handle_errors
+def tokens_revoke(ctx: click.Context, id_or_name: str, fmt: str) -> None:
+    """Revoke the valid join token with this id, or for this node name."""
+    response = _api(ctx).revoke_token(id_or_name)
+    if fmt == "json":
+        render.print_json({"token": render.token_dict(response.token)})
+    else:
+        click.echo(f"token {response.token.id} for {response.token.name} revoked")
+
+
+def parse_ttl(text: str) -> int:
+    import re
+
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
+    if not match:
+        fail(f"--ttl {text!r}: use a number with s, m, h or d (e.g. 1h)", EXIT_USAGE)
+    seconds = int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    if not 0 < seconds <= 30 * 86400:
+        fail(f"--ttl {text!r}: must be between 1 s and 30 days", EXIT_USAGE)
+    return seconds
 
 
 @main.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from microstack_api.v1 import cluster_pb2 as pb
 
@@ -102,6 +104,46 @@ class Progress:
         return self.last
 
 
+def node_dict(n: pb.Node) -> dict[str, Any]:
+    return {
+        "name": n.name,
+        "role": ROLE_NAMES.get(n.role, ""),
+        "address": n.address,
+        "state": n.state,
+        "message": n.message,
+        "cert_serial": n.cert_serial,
+        "cert_expires": iso(n.cert_expires),
+        "joined": iso(n.joined),
+        "last_seen": iso(n.last_seen),
+        "services": [{"name": s.name, "state": s.state, "message": s.message} for s in n.services],
+    }
+
+
+def token_dict(t: pb.TokenInfo) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "name": t.name,
+        "state": t.state,
+        "created": iso(t.created),
+        "expires": iso(t.expires),
+    }
+
+
+def print_tokens(tokens: Iterable[pb.TokenInfo], console: Console | None = None) -> None:
+    console = console or _status_console()
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("ID", "NODE", "STATE", "CREATED", "EXPIRES"):
+        table.add_column(column)
+    rows = 0
+    for t in tokens:
+        table.add_row(t.id, t.name, t.state, iso(t.created) or "-", iso(t.expires) or "-")
+        rows += 1
+    if rows:
+        console.print(table)
+    else:
+        console.print("no join tokens; make one with `microstackctl add-node NAME`")
+
+
 def status_dict(status: pb.StatusResponse) -> dict[str, Any]:
     cluster: dict[str, Any] = {}
     if status.HasField("cluster"):
@@ -118,23 +160,7 @@ def status_dict(status: pb.StatusResponse) -> dict[str, Any]:
     return {
         "cluster": cluster,
         "local": {"name": status.local_node, "role": ROLE_NAMES.get(status.local_role, "")},
-        "nodes": [
-            {
-                "name": n.name,
-                "role": ROLE_NAMES.get(n.role, ""),
-                "address": n.address,
-                "state": n.state,
-                "message": n.message,
-                "cert_serial": n.cert_serial,
-                "cert_expires": iso(n.cert_expires),
-                "joined": iso(n.joined),
-                "last_seen": iso(n.last_seen),
-                "services": [
-                    {"name": s.name, "state": s.state, "message": s.message} for s in n.services
-                ],
-            }
-            for n in status.nodes
-        ],
+        "nodes": [node_dict(n) for n in status.nodes],
     }
 
 
@@ -160,42 +186,87 @@ def _ago(ts: Timestamp) -> str:
     return f"{secs // 3600}h ago"
 
 
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    if not lines:
+        return ""
+    return lines[0] + (" …" if len(lines) > 1 else "")
+
+
+#: Width for output that is not a terminal: nothing to fit, so no row is
+#: ever folded or cut (rich would otherwise assume 80 columns).
+_UNBOUNDED = 10_000
+
+
+def _status_console() -> Console:
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(highlight=False, width=_UNBOUNDED)
+    return console
+
+
 def print_status(status: pb.StatusResponse, console: Console | None = None) -> None:
-    console = console or Console(highlight=False)
+    """The cluster, then one row per node; why a node or service failed below.
+
+    Every value goes in a ``Text``, never through markup: node messages carry
+    service log lines, which may hold brackets. rich drops the styles where
+    the output is not a terminal (and where NO_COLOR is set).
+    """
+    console = console or _status_console()
     if not status.HasField("cluster"):
         console.print(
-            f"{status.local_node}: not part of a cluster. Run `microstackctl init` to create one "
-            "or `microstackctl join CONTROL` to join one."
+            Text(
+                f"{status.local_node}: not part of a cluster. Run `microstackctl init` to create "
+                "one or `microstackctl join CONTROL` to join one."
+            )
         )
         return
     c = status.cluster
-    console.print(f"cluster   {c.id}")
-    console.print(
-        f"control   {c.control_name} at {c.control_address} "
-        f"(bootstrap port {c.bootstrap_port}, cluster port {c.cluster_port})"
-    )
-    expires = iso(c.ca_expires) or "-"
-    console.print(f"CA        {c.ca_fingerprint[:32]}…  expires {expires[:10]}")
+    expires = (iso(c.ca_expires) or "-")[:10]
+    for label, value in (
+        ("cluster", c.id),
+        (
+            "control",
+            f"{c.control_name} at {c.control_address} "
+            f"(bootstrap port {c.bootstrap_port}, cluster port {c.cluster_port})",
+        ),
+        ("CA", f"expires {expires}, fingerprint {c.ca_fingerprint[:16]}…"),
+    ):
+        console.print(Text.assemble((f"{label:<9}", "bold"), value))
+    console.print()
+
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("NAME", "ROLE", "ADDRESS", "STATE", "SERVICES", "LAST SEEN", "CERT EXPIRES"):
-        table.add_column(column)
+    # On a narrow terminal only NAME folds; every other column stays whole.
+    table.add_column("NAME", overflow="fold")
+    for column in ("ROLE", "ADDRESS", "STATE", "SERVICES", "LAST SEEN", "CERT EXPIRES"):
+        table.add_column(column, no_wrap=True)
+    notes: list[Text] = []
     for n in status.nodes:
-        running = sum(1 for s in n.services if s.state == "running")
-        services = f"{running}/{len(n.services)}" if n.services else "-"
-        style = _STATE_STYLE.get(n.state, "")
-        state = f"[{style}]{n.state}[/]" if style else n.state
-        if n.state == "failed" and n.message:
-            state += f" ({n.message})"
+        up = sum(1 for s in n.services if s.state == "running")
+        services = Text(f"{up}/{len(n.services)}" if n.services else "-")
+        if up < len(n.services):
+            services.stylize("yellow")
         table.add_row(
-            n.name,
-            ROLE_NAMES.get(n.role, ""),
-            n.address,
-            state,
+            Text(n.name, style="bold" if n.name == status.local_node else ""),
+            Text(ROLE_NAMES.get(n.role, "")),
+            Text(n.address),
+            Text(n.state, style=_STATE_STYLE.get(n.state, "")),
             services,
-            _ago(n.last_seen),
-            (iso(n.cert_expires) or "-")[:10],
+            Text(_ago(n.last_seen)),
+            Text((iso(n.cert_expires) or "-")[:10]),
         )
+        if n.state == "failed" and n.message:
+            notes.append(Text.assemble((n.name, "bold"), ": ", _first_line(n.message)))
+        for s in n.services:
+            if s.state == "failed" and s.message:
+                notes.append(
+                    Text.assemble((f"{n.name} {s.name}", "bold"), ": ", _first_line(s.message))
+                )
     console.print(table)
+    if notes:
+        console.print()
+        for note in notes:
+            console.print(note)
 
 
 def print_json(data: Any) -> None:

@@ -39,6 +39,9 @@ class DaemonConfig:
     #: The environment holding the OpenStack executables (bin/nova-compute, ...);
     #: None: role services run as configuration-checking stand-ins.
     openstack_prefix: Path | None = None
+    #: A member not heard from for this long is shown unreachable (members
+    #: are asked to send a heartbeat every third of it), seconds.
+    unreachable_after: float = 30.0
     #: The control's cluster configuration (control.yaml); default under the state dir.
     control_config: Path | None = None
 

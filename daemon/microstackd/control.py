@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import secrets
@@ -16,10 +17,18 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from microstackd import control_config, credentials, enrolment, errors, security, validate
+from microstackd import control_config, credentials, enrolment, errors, security, tokens, validate
 from microstackd.config import DaemonConfig
 from microstackd.credentials import CA_CERT, CA_KEY, NODE_CERT, NODE_KEY
-from microstackd.model import Access, ClusterRecord, NodeRecord, NodeState, Role
+from microstackd.model import (
+    Access,
+    ClusterRecord,
+    NodeRecord,
+    NodeState,
+    Role,
+    ServiceRecord,
+    TokenRecord,
+)
 from microstackd.ratelimit import FailureLimiter
 from microstackd.rpc import peer
 from microstackd.runner import Runner, Skipped, StepAction, StepContext
@@ -28,6 +37,8 @@ from microstackd.store import Store
 log = logging.getLogger(__name__)
 
 VERIFIER = "verifier.json"
+#: Longest wait between two attempts to reach a node's agent, seconds.
+MAX_RETRY_DELAY = 10.0
 
 
 @dataclass(frozen=True)
@@ -48,11 +59,13 @@ class BootstrapSession:
         exchange: security.ControlExchange,
         source: str,
         agent_port: int,
+        token_id: str = "",
     ) -> None:
         self.hello = hello
         self.exchange = exchange
         self.source = source
         self.agent_port = agent_port
+        self.token_id = token_id
 
 
 def _now() -> datetime:
@@ -194,7 +207,7 @@ class Control:
         return self._ca, *self._verifier
 
     def begin_bootstrap(
-        self, hello: security.Hello, source: str, agent_port: int = 0
+        self, hello: security.Hello, source: str, agent_port: int = 0, token_id: str = ""
     ) -> tuple[BootstrapSession, str, security.KdfParams, bytes]:
         cluster = self._cluster()
         wait = self._limiter.retry_after(source, time.monotonic())
@@ -214,11 +227,13 @@ class Control:
         # Whether the name is taken is told only after the password is proven:
         # the bootstrap port must not list the cluster's nodes to strangers.
         _ca, verifier, kdf = self._load_secrets()
+        if token_id:
+            verifier = self._token_verifier(token_id, hello.node_name)
         exchange = security.ControlExchange(
             verifier, cluster.cluster_id, kdf, hello, self._bootstrap_fingerprint
         )
         return (
-            BootstrapSession(hello, exchange, source, agent_port),
+            BootstrapSession(hello, exchange, source, agent_port, token_id),
             cluster.cluster_id,
             kdf,
             exchange.challenge(),
@@ -251,6 +266,8 @@ class Control:
                 "wrong-password" if wrong else "protocol-error",
                 delay,
             )
+            if wrong and session.token_id:
+                raise errors.WrongPassword("the control node rejected the join token") from None
             if wrong:
                 raise errors.WrongPassword(
                     "the control node rejected the cluster password"
@@ -258,6 +275,10 @@ class Control:
             raise
         self._limiter.succeeded(session.source)
         existing = self._check_name_free(hello.node_name)
+        if session.token_id and not self._store.set_token_state(
+            session.token_id, "used", expect="valid"
+        ):
+            raise errors.TokenRejected("this join token was used or revoked while it was in use")
         ca, _verifier, _kdf = self._load_secrets()
         cert = security.sign_csr(
             ca,
@@ -302,13 +323,127 @@ class Control:
             ),
         )
 
+    # ---------------------------------------------------------- tokens --
+
+    def _token_verifier(self, token_id: str, name: str) -> bytes:
+        found = self._store.token(token_id)
+        if found is None:
+            raise errors.TokenRejected("this join token is unknown to the control node")
+        token, verifier = found
+        state = token.state_at(time.time())
+        if state != "valid":
+            raise errors.TokenRejected(
+                f"this join token is {state}; make a new one with "
+                f"`microstackctl add-node {token.name}` on the control node"
+            )
+        if token.name != name:
+            raise errors.TokenRejected(
+                f"this join token is for a node named {token.name!r}, not {name!r} "
+                "(start microstackd with --node-name to match, or make a token for this name)"
+            )
+        return verifier
+
+    def create_token(self, name: str, ttl: int) -> tuple[str, TokenRecord]:
+        cluster = self._cluster()
+        validate.node_name(name, "node name")
+        if not 0 < ttl <= tokens.MAX_TTL:
+            raise errors.InvalidArgument("ttl must be between 1 second and 30 days")
+        self._check_name_free(name)
+        now = time.time()
+        where = validate.format_host_port(cluster.control_address, cluster.bootstrap_port)
+        token = tokens.new(
+            name, (where,), self._bootstrap_fingerprint, cluster.ca_fingerprint, int(now + ttl)
+        )
+        record = TokenRecord(token.id, name, now, float(token.expires), "valid")
+        self._store.put_token(record, token.verifier)
+        log.info("join token created id=%s node=%s expires=%d", token.id, name, token.expires)
+        return tokens.encode(token), record
+
+    def list_tokens(self) -> list[TokenRecord]:
+        self._cluster()
+        return self._store.tokens()
+
+    def revoke_token(self, id_or_name: str) -> TokenRecord:
+        self._cluster()
+        now = time.time()
+        matches = [t for t in self._store.tokens() if id_or_name in (t.id, t.name)]
+        valid = [t for t in matches if t.state_at(now) == "valid"]
+        if not matches:
+            raise errors.NotFound(f"no join token with id or node name {id_or_name!r}")
+        if not valid:
+            raise errors.InvalidArgument(
+                f"no valid join token for {id_or_name!r} (it is {matches[0].state_at(now)})"
+            )
+        for token in valid:
+            self._store.set_token_state(token.id, "revoked")
+            log.info("join token revoked id=%s node=%s", token.id, token.name)
+        revoked = self._store.token(valid[0].id)
+        assert revoked is not None
+        return revoked[0]
+
+    # ---------------------------------------------------------- remove --
+
+    async def remove(self, name: str, force: bool) -> tuple[NodeRecord, str]:
+        cluster = self._cluster()
+        node = self._store.node(validate.node_name(name, "node name"))
+        if node is None:
+            raise errors.NotFound(f"no node named {name!r} in the cluster")
+        if node.role is Role.CONTROL or node.name == cluster.control_name:
+            raise errors.InvalidArgument("the control node cannot be removed from its own cluster")
+        if node.state is NodeState.REMOVED:
+            return node, f"{name} was already removed"
+        self._runner.cancel(node.name)
+        told = "it runs no agent"
+        if node.agent_port:
+            client = peer.AgentClient(node, credentials.load(self._store))
+            try:
+                stopped = await client.leave()
+                told = f"its services were stopped ({len(stopped)}) and it forgot the cluster"
+            except errors.NodeUnreachable as exc:
+                if not force:
+                    raise errors.NodeUnreachable(
+                        f"{exc.message}. Its services could not be stopped; remove it anyway "
+                        "with --force (they keep running until the node is back)"
+                    ) from exc
+                told = f"it could not be reached ({exc.message}); removed by force"
+            finally:
+                await client.close()
+        self._store.remove_node(node.name, node.cert_serial, time.time())
+        log.info("node removed node=%s serial=%s", node.name, node.cert_serial[:16])
+        removed = self._store.node(node.name)
+        assert removed is not None
+        return removed, f"{name} removed: certificate {node.cert_serial[:16]} revoked; {told}"
+
+    # ------------------------------------------------------- heartbeat --
+
+    def heartbeat(self, identity: security.Identity, services: list[ServiceRecord]) -> int:
+        self._store.touch_node(identity.name, time.time())
+        if services:
+            self._store.set_services(identity.name, services)
+        return self.heartbeat_interval
+
+    @property
+    def heartbeat_interval(self) -> int:
+        return max(1, int(self._config.unreachable_after / 3))
+
     # ---------------------------------------------------------- enrol --
 
-    def enrol(self, identity: security.Identity) -> int:
+    def resume_enrolments(self) -> None:
+        """After a restart: carry on every enrolment that was under way."""
+        if self._store.cluster() is None:
+            return
+        for node in self._store.nodes():
+            if node.role is Role.COMPUTE and node.state is NodeState.ENROLLING:
+                log.info("resuming enrolment node=%s", node.name)
+                self._runner.ensure_running(
+                    node.name, enrolment.COMPUTE_PLAN, self._compute_actions()
+                )
+
+    def enrol(self, identity: security.Identity, after_seq: int | None = None) -> int:
         """Start or resume the caller's enrolment; return the seq to follow from."""
         node = self._store.node(identity.name)
         assert node is not None  # authorise() admitted only known nodes
-        after = self._store.last_seq(node.name)
+        after = self._store.last_seq(node.name) if after_seq is None else after_seq
         self._runner.ensure_running(node.name, enrolment.COMPUTE_PLAN, self._compute_actions())
         return after
 
@@ -343,26 +478,42 @@ class Control:
             # benchmarks' simulated nodes) has no services to configure.
             return Skipped(f"{node.name} runs no agent: no services to configure")
         settings = control_config.issue_compute_settings(self.load_control_config(), node)
-        client = peer.AgentClient(node, credentials.load(self._store))
-        summary = ""
+        attempt, delay = 0, 1.0
+        while True:
+            client = peer.AgentClient(node, credentials.load(self._store))
+            try:
+                return await self._apply_compute_role(ctx, client, node, settings)
+            except errors.NodeUnreachable as exc:
+                # The node's daemon is down or cut off: wait for it, however long.
+                attempt += 1
+                await ctx.progress(
+                    f"waiting for the agent of {node.name} (attempt {attempt}): {exc.message}",
+                    waiting=True,
+                )
+            finally:
+                await client.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_DELAY)
+
+    async def _apply_compute_role(
+        self, ctx: StepContext, client: peer.AgentClient, node: NodeRecord, settings: dict[str, str]
+    ) -> str:
         try:
             async for step in client.apply_role("compute", settings):
                 if step.final:
                     self._store.set_services(node.name, list(step.services))
-                    summary = step.message
-                else:
-                    await ctx.progress(f"{step.step}: {step.message}", step.percent)
+                    return step.message
+                await ctx.progress(f"{step.step}: {step.message}", step.percent)
+        except errors.NodeUnreachable:
+            raise
         except errors.MicrostackError:
             with contextlib.suppress(errors.MicrostackError):
                 self._store.set_services(node.name, await client.services())
             raise
-        finally:
-            await client.close()
-        if not summary:
-            raise errors.EnrolmentFailed(f"the agent of {node.name} ended without a result")
-        return summary
+        raise errors.NodeUnreachable(f"the agent of {node.name} ended its stream without a result")
 
     async def _compute_done(self, ctx: StepContext) -> str:
+        self._store.touch_node(ctx.node, time.time())  # heartbeats take over from here
         return f"{ctx.node} is an active compute node of cluster {self._cluster().cluster_id}"
 
     async def _control_done(self, ctx: StepContext) -> str:
@@ -386,7 +537,17 @@ class Control:
     # --------------------------------------------------------- status --
 
     def status(self) -> tuple[ClusterRecord, list[NodeRecord]]:
-        return self._cluster(), self._store.nodes()
+        """The cluster and its nodes; an active member not heard from within
+        ``unreachable_after`` is shown ``unreachable``."""
+        cluster = self._cluster()
+        stale = time.time() - self._config.unreachable_after
+        nodes = [
+            dataclasses.replace(n, state=NodeState.UNREACHABLE)
+            if n.role is Role.COMPUTE and n.state is NodeState.ACTIVE and n.last_seen < stale
+            else n
+            for n in self._store.nodes()
+        ]
+        return cluster, nodes
 
     def authorise(self, identity: security.Identity, access: Access) -> None:
         serial = format(identity.serial, "x")
@@ -401,7 +562,6 @@ class Control:
             )
         if access is Access.CONTROL:
             raise errors.PermissionDenied("only the control node may make this call")
-        self._store.touch_node(node.name, time.time())
 
 
 def _verifier_json(verifier: bytes, kdf: security.KdfParams) -> bytes:

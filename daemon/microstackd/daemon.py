@@ -10,6 +10,7 @@ not others (DESIGN.md, measured), hence two TCP ports.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -26,8 +27,8 @@ from microstackd.control import Control
 from microstackd.credentials import BOOTSTRAP_CERT, BOOTSTRAP_KEY
 from microstackd.events import EventBus
 from microstackd.member import Member
-from microstackd.model import Access, Role
-from microstackd.node.services import make_manager
+from microstackd.model import Access, Role, ServiceRecord
+from microstackd.node.services import ServiceStatus, make_manager
 from microstackd.rpc import servicers
 from microstackd.rpc.auth import AuthInterceptor, Channel
 from microstackd.rpc.options import SERVER_OPTIONS
@@ -48,9 +49,9 @@ class Daemon:
         self.control = Control(
             config, self.store, self.runner, fingerprint, self.start_cluster_server
         )
-        self.member = Member(config, self.store, self.start_cluster_server)
         self.services = make_manager(config.service_manager, log_dir=config.state_dir / "logs")
         self.agent = Agent(config, self.store, self.services)
+        self.member = Member(config, self.store, self.start_cluster_server, self._service_records)
         self._local: aio.Server | None = None
         self._bootstrap: aio.Server | None = None
         self._cluster: aio.Server | None = None
@@ -75,6 +76,8 @@ class Daemon:
         if self.store.cluster() is not None:
             await self.start_cluster_server()
         await self.agent.resume()
+        self.control.resume_enrolments()
+        self.member.resume()
         log.info(
             "ready node=%s listen=%s cluster_port=%d socket=%s services=%s",
             self.config.node_name,
@@ -127,6 +130,21 @@ class Daemon:
         await server.start()
         self._cluster = server
 
+    async def _service_records(self) -> list[ServiceRecord]:
+        return [ServiceRecord(s.name, s.state, s.message) for s in await self.agent.services()]
+
+    async def leave(self) -> list[ServiceStatus]:
+        """This node was removed: stop its services, forget the cluster, and
+        close the mTLS port (after this call's answer is on its way)."""
+        stopped = await self.agent.stop_role()
+        await self.member.forget()
+        server, self._cluster = self._cluster, None
+        if server is not None:
+            asyncio.get_running_loop().call_later(
+                0.5, lambda: asyncio.ensure_future(server.stop(1.0))
+            )
+        return stopped
+
     @staticmethod
     def _bind(
         server: aio.Server,
@@ -166,6 +184,7 @@ class Daemon:
         for server in (self._bootstrap, self._cluster, self._local):
             if server is not None:
                 await server.stop(grace)
+        await self.member.stop_heartbeats()
         await self.services.close()
         with contextlib.suppress(FileNotFoundError):
             self.config.socket.unlink()

@@ -126,3 +126,9 @@ class NodeUnreachable(MicrostackError):
     """A member node cannot be reached."""
 
     code = "UNAVAILABLE"
+
+
+class TokenRejected(MicrostackError):
+    """The join token is not valid."""
+
+    code = "UNAUTHENTICATED"

@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from microstackd import __version__, errors, validate
+from microstackd import __version__, errors, notify, validate
 from microstackd.config import (
     DEFAULT_CONFIG_FILE,
     DEFAULT_CONFIG_ROOT,
@@ -222,6 +222,7 @@ async def serve(config: DaemonConfig) -> None:
 
     daemon = Daemon(config)
     await daemon.start()
+    notify.ready(f"node {config.node_name} listening")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -230,6 +231,7 @@ async def serve(config: DaemonConfig) -> None:
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
     log.info("stopping")
+    notify.stopping()
     await daemon.stop()
     for task in (waiter, stopper):
         task.cancel()

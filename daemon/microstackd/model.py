@@ -41,6 +41,8 @@ class NodeState(enum.StrEnum):
     ACTIVE = "active"
     FAILED = "failed"
     REMOVED = "removed"
+    #: Shown, never stored: an active member whose heartbeats stopped.
+    UNREACHABLE = "unreachable"
 
 
 @dataclass(frozen=True)
@@ -93,3 +95,18 @@ class ClusterRecord:
     cluster_port: int
     ca_fingerprint: str
     ca_not_after: float
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """A join token as the control keeps it (never the secret)."""
+
+    id: str
+    name: str
+    created: float
+    expires: float
+    #: "valid", "used" or "revoked" ("expired" is derived from ``expires``).
+    state: str
+
+    def state_at(self, now: float) -> str:
+        return "expired" if self.state == "valid" and now >= self.expires else self.state

@@ -62,6 +62,11 @@ class Runner:
         task = self._tasks.get(node)
         return task is not None and not task.done()
 
+    def cancel(self, node: str) -> None:
+        task = self._tasks.pop(node, None)
+        if task is not None:
+            task.cancel()
+
     def ensure_running(
         self, node: str, plan: tuple[str, ...], actions: Mapping[str, StepAction]
     ) -> None:

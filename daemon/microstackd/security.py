@@ -73,6 +73,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "PURPOSE_CONFIRM_CONTROL",
     "PURPOSE_CONFIRM_JOINER",
+    "PURPOSE_TOKEN_VERIFIER",
     "ROLES",
     "ROLE_COMPUTE",
     "ROLE_CONTROL",
@@ -113,6 +114,8 @@ ROLES = frozenset({ROLE_CONTROL, ROLE_COMPUTE})
 # One HKDF "info" per use of the SPAKE2 session key (rule 3).
 PURPOSE_CONFIRM_JOINER = b"microstackd/v1/bootstrap/confirm-joiner"
 PURPOSE_CONFIRM_CONTROL = b"microstackd/v1/bootstrap/confirm-control"
+#: The SPAKE2 password a join token's secret stands for (the secret itself is never stored).
+PURPOSE_TOKEN_VERIFIER = b"microstackd/v1/token/verifier"
 
 _TRANSCRIPT_LABEL = b"microstackd bootstrap transcript v1"
 _RESULT_LABEL = b"microstackd bootstrap result v1"

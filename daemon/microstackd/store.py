@@ -32,6 +32,7 @@ from microstackd.model import (
     Role,
     ServiceRecord,
     StepState,
+    TokenRecord,
 )
 
 MIGRATIONS: tuple[str, ...] = (
@@ -83,6 +84,18 @@ MIGRATIONS: tuple[str, ...] = (
     # 3: where each node's agent listens
     """
     ALTER TABLE nodes ADD COLUMN agent_port INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 4: one-time join tokens; only the SPAKE2 verifier derived from the
+    # secret is kept, never the secret
+    """
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        verifier BLOB NOT NULL,
+        created REAL NOT NULL,
+        expires REAL NOT NULL,
+        state TEXT NOT NULL
+    );
     """,
 )
 
@@ -309,6 +322,72 @@ class Store:
             self._db.execute("SELECT 1 FROM revoked WHERE serial = ?", (serial,)).fetchone()
             is not None
         )
+
+    # ----------------------------------------------------------- tokens --
+
+    def put_token(self, token: TokenRecord, verifier: bytes) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO tokens (id, name, verifier, created, expires, state) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (token.id, token.name, verifier, token.created, token.expires, token.state),
+            )
+
+    def tokens(self) -> list[TokenRecord]:
+        return [
+            TokenRecord(str(i), str(n), float(c), float(e), str(s))
+            for i, n, c, e, s in self._db.execute(
+                "SELECT id, name, created, expires, state FROM tokens ORDER BY created DESC"
+            )
+        ]
+
+    def token(self, token_id: str) -> tuple[TokenRecord, bytes] | None:
+        row = self._db.execute(
+            "SELECT id, name, created, expires, state, verifier FROM tokens WHERE id = ?",
+            (token_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return TokenRecord(
+            str(row[0]), str(row[1]), float(row[2]), float(row[3]), str(row[4])
+        ), bytes(row[5])
+
+    def set_token_state(self, token_id: str, state: str, *, expect: str | None = None) -> bool:
+        """Change a token's state; with ``expect``, only from that state (atomic)."""
+        with self.transaction() as db:
+            if expect is None:
+                cursor = db.execute("UPDATE tokens SET state = ? WHERE id = ?", (state, token_id))
+            else:
+                cursor = db.execute(
+                    "UPDATE tokens SET state = ? WHERE id = ? AND state = ?",
+                    (state, token_id, expect),
+                )
+        return cursor.rowcount == 1
+
+    def remove_node(self, name: str, serial: str, when: float) -> None:
+        """Mark a node removed and revoke its certificate, in one transaction."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE nodes SET state = ?, message = ? WHERE name = ?",
+                (NodeState.REMOVED.value, "removed", name),
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO revoked (serial, node, time) VALUES (?, ?, ?)",
+                (serial, name, when),
+            )
+            db.execute("DELETE FROM steps WHERE node = ?", (name,))
+            db.execute("DELETE FROM services WHERE node = ?", (name,))
+
+    def forget_cluster(self) -> None:
+        """A member that was removed forgets its cluster (keys are deleted by the caller)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM meta")
+            db.execute("DELETE FROM steps")
+            db.execute("DELETE FROM events")
+
+    def delete_file(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / name).unlink()
 
     # ---------------------------------------------------- steps, events --
 

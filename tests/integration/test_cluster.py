@@ -188,10 +188,13 @@ def test_unreachable_control(make_node: Callable[..., Node], password_file: Path
         str(password_file),
         "--address",
         compute.address,
+        "--timeout",
+        "2",
         check=False,
     )
     assert result.returncode == EXIT_UNREACHABLE
     assert "cannot reach the control node at 127.0.0.1:9" in result.stderr
+    assert "waiting for the control node at 127.0.0.1:9 (attempt 1)" in result.stdout
 
 
 def test_joining_a_node_that_is_not_a_control(
@@ -206,10 +209,13 @@ def test_joining_a_node_that_is_not_a_control(
         str(password_file),
         "--address",
         compute.address,
+        "--timeout",
+        "2",
         check=False,
     )
     assert result.returncode == EXIT_ERROR
     assert "not the control node of a cluster" in result.stderr
+    assert "gave up after waiting 2 s" in result.stderr
 
 
 def test_malformed_input_is_refused_with_the_field_named(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from microstack_api.v1 import cluster_pb2 as pb
@@ -13,6 +15,7 @@ from microstackd.model import (
     Role,
     ServiceRecord,
     StepState,
+    TokenRecord,
 )
 
 ROLE_TO_PB = {
@@ -99,6 +102,16 @@ def node_from_pb(node: pb.Node) -> NodeRecord:
         joined=seconds(node.joined),
         last_seen=seconds(node.last_seen),
         services=tuple(ServiceRecord(s.name, s.state, s.message) for s in node.services),
+    )
+
+
+def token_to_pb(token: TokenRecord) -> pb.TokenInfo:
+    return pb.TokenInfo(
+        id=token.id,
+        name=token.name,
+        state=token.state_at(time.time()),
+        created=timestamp(token.created),
+        expires=timestamp(token.expires),
     )
 
 

@@ -23,6 +23,7 @@ from microstackd.rpc.options import CHANNEL_OPTIONS
 
 _ERRORS: dict[grpc.StatusCode, type[errors.MicrostackError]] = {
     grpc.StatusCode.UNAUTHENTICATED: errors.WrongPassword,
+    grpc.StatusCode.ABORTED: errors.EnrolmentFailed,
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
     grpc.StatusCode.ALREADY_EXISTS: errors.NameTaken,
     grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
@@ -103,7 +104,9 @@ class BootstrapCall:
         except aio.AioRpcError as exc:
             raise error_from_rpc(exc, self._where) from exc
 
-    async def hello(self, hello: security.Hello, cluster_port: int = 0) -> Challenge:
+    async def hello(
+        self, hello: security.Hello, cluster_port: int = 0, token_id: str = ""
+    ) -> Challenge:
         await self._write(
             pb.ExchangeRequest(
                 hello=pb.BootstrapHello(
@@ -112,6 +115,7 @@ class BootstrapCall:
                     address=hello.address,
                     hostname=hello.hostname,
                     cluster_port=cluster_port,
+                    token_id=token_id,
                 )
             )
         )
@@ -169,12 +173,25 @@ class ControlClient:
     async def close(self) -> None:
         await self._channel.close(None)
 
-    async def enrol(self) -> AsyncIterator[EventRecord]:
+    async def enrol(self, after_seq: int | None = None) -> AsyncIterator[EventRecord]:
+        request = pb.EnrolRequest() if after_seq is None else pb.EnrolRequest(after_seq=after_seq)
         try:
-            async for response in self._stub.Enrol(pb.EnrolRequest()):
+            async for response in self._stub.Enrol(request):
                 yield convert.event_from_pb(response.event)
         except aio.AioRpcError as exc:
             raise error_from_rpc(exc, self._where) from exc
+
+    async def heartbeat(self, services: list[ServiceRecord], timeout: float = 10.0) -> int:
+        request = pb.HeartbeatRequest(
+            services=[
+                pb.ServiceStatus(name=s.name, state=s.state, message=s.message) for s in services
+            ]
+        )
+        try:
+            response = await self._stub.Heartbeat(request, timeout=timeout)
+        except aio.AioRpcError as exc:
+            raise error_from_rpc(exc, self._where) from exc
+        return int(response.interval_seconds)
 
     async def status(self, timeout: float = 10.0) -> tuple[pb.ClusterInfo, list[NodeRecord]]:
         try:
@@ -241,6 +258,13 @@ class AgentClient:
     async def stop_role(self, timeout: float = 60.0) -> list[ServiceRecord]:
         try:
             r = await self._stub.StopRole(pb.StopRoleRequest(), timeout=timeout)
+        except aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+        return [ServiceRecord(s.name, s.state, s.message) for s in r.services]
+
+    async def leave(self, timeout: float = 60.0) -> list[ServiceRecord]:
+        try:
+            r = await self._stub.Leave(pb.LeaveRequest(), timeout=timeout)
         except aio.AioRpcError as exc:
             raise self._error(exc) from exc
         return [ServiceRecord(s.name, s.state, s.message) for s in r.services]

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
-from microstackd import errors, security
-from microstackd.model import Role
+from microstackd import errors, security, validate
+from microstackd.model import EventRecord, Role, ServiceRecord
 from microstackd.node.services import ServiceStatus
 from microstackd.rpc import convert
 from microstackd.rpc.auth import CALLER
@@ -61,10 +61,65 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def Join(
         self, request: pb.JoinRequest, context: Context
     ) -> AsyncIterator[pb.JoinResponse]:
-        async for event in self._daemon.member.join(
-            request.control, request.password, request.address
-        ):
+        events = self._daemon.member.join(
+            request.control,
+            request.password,
+            request.address,
+            request.token,
+            float(request.timeout_seconds),
+        )
+        async for event in events:
             yield pb.JoinResponse(event=convert.event_to_pb(event))
+
+    async def Watch(
+        self, request: pb.WatchRequest, context: Context
+    ) -> AsyncIterator[pb.WatchResponse]:
+        daemon = self._daemon
+        cluster = daemon.store.cluster()
+        if cluster is None:
+            raise errors.NotInitialised()
+        node = request.node or daemon.config.node_name
+        validate.node_name(node, "node")
+        events: AsyncIterator[EventRecord]
+        if cluster.role is Role.CONTROL:
+            if daemon.store.node(node) is None:
+                raise errors.NotFound(f"no node named {node!r} in the cluster")
+            events = daemon.bus.follow(node, request.after_seq)
+        elif node != daemon.config.node_name:
+            raise errors.InvalidArgument(
+                f"a compute node can only watch itself; watch {node} on the control node"
+            )
+        else:
+            events = daemon.member.follow(request.after_seq)
+        async for event in events:
+            yield pb.WatchResponse(event=convert.event_to_pb(event))
+
+    async def RemoveNode(
+        self, request: pb.RemoveNodeRequest, context: Context
+    ) -> pb.RemoveNodeResponse:
+        node, message = await self._daemon.control.remove(request.name, request.force)
+        return pb.RemoveNodeResponse(node=convert.node_to_pb(node), message=message)
+
+    async def CreateToken(
+        self, request: pb.CreateTokenRequest, context: Context
+    ) -> pb.CreateTokenResponse:
+        text, record = self._daemon.control.create_token(request.name, request.ttl_seconds or 3600)
+        return pb.CreateTokenResponse(
+            token=text, expires=convert.timestamp(record.expires), id=record.id
+        )
+
+    async def ListTokens(
+        self, request: pb.ListTokensRequest, context: Context
+    ) -> pb.ListTokensResponse:
+        return pb.ListTokensResponse(
+            tokens=[convert.token_to_pb(t) for t in self._daemon.control.list_tokens()]
+        )
+
+    async def RevokeToken(
+        self, request: pb.RevokeTokenRequest, context: Context
+    ) -> pb.RevokeTokenResponse:
+        token = self._daemon.control.revoke_token(request.id_or_name)
+        return pb.RevokeTokenResponse(token=convert.token_to_pb(token))
 
     async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusResponse:
         daemon = self._daemon
@@ -104,7 +159,7 @@ class BootstrapServicer(pb_grpc.BootstrapServiceServicer):
         if not 0 <= h.cluster_port < 65536:
             raise errors.InvalidArgument(f"cluster port {h.cluster_port} is not a TCP port")
         session, cluster_id, kdf, pake = control.begin_bootstrap(
-            hello, _source(context), h.cluster_port
+            hello, _source(context), h.cluster_port, h.token_id
         )
         yield pb.ExchangeResponse(
             challenge=pb.BootstrapChallenge(
@@ -148,9 +203,17 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
         self, request: pb.EnrolRequest, context: Context
     ) -> AsyncIterator[pb.EnrolResponse]:
         identity = _caller()
-        after = self._daemon.control.enrol(identity)
+        after_seq = request.after_seq if request.HasField("after_seq") else None
+        after = self._daemon.control.enrol(identity, after_seq)
         async for event in self._daemon.bus.follow(identity.name, after):
             yield pb.EnrolResponse(event=convert.event_to_pb(event))
+
+    async def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: Context
+    ) -> pb.HeartbeatResponse:
+        services = [ServiceRecord(s.name, s.state, s.message) for s in request.services]
+        interval = self._daemon.control.heartbeat(_caller(), services)
+        return pb.HeartbeatResponse(interval_seconds=interval)
 
     async def GetClusterStatus(
         self, request: pb.GetClusterStatusRequest, context: Context
@@ -187,6 +250,11 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         self, request: pb.GetServicesRequest, context: Context
     ) -> pb.GetServicesResponse:
         return pb.GetServicesResponse(services=_services_pb(await self._daemon.agent.services()))
+
+    async def Leave(self, request: pb.LeaveRequest, context: Context) -> pb.LeaveResponse:
+        log.info("removed from the cluster; stopping services caller=%s", _caller().name)
+        services = await self._daemon.leave()
+        return pb.LeaveResponse(services=_services_pb(services))
 
     async def StopRole(self, request: pb.StopRoleRequest, context: Context) -> pb.StopRoleResponse:
         log.info("stopping role caller=%s", _caller().name)

@@ -67,16 +67,18 @@ class InitRequest(_message.Message):
     def __init__(self, role: _Optional[_Union[Role, str]] = ..., password: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("control", "password", "address", "timeout_seconds")
+    __slots__ = ("control", "password", "address", "timeout_seconds", "token")
     CONTROL_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     control: str
     password: str
     address: str
     timeout_seconds: int
-    def __init__(self, control: _Optional[str] = ..., password: _Optional[str] = ..., address: _Optional[str] = ..., timeout_seconds: _Optional[int] = ...) -> None: ...
+    token: str
+    def __init__(self, control: _Optional[str] = ..., password: _Optional[str] = ..., address: _Optional[str] = ..., timeout_seconds: _Optional[int] = ..., token: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
@@ -158,6 +160,90 @@ class JoinResponse(_message.Message):
     event: Event
     def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ...) -> None: ...
 
+class WatchRequest(_message.Message):
+    __slots__ = ("node", "after_seq")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    after_seq: int
+    def __init__(self, node: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
+
+class WatchResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: Event
+    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ...) -> None: ...
+
+class RemoveNodeRequest(_message.Message):
+    __slots__ = ("name", "force")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    force: bool
+    def __init__(self, name: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class RemoveNodeResponse(_message.Message):
+    __slots__ = ("node", "message")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    node: Node
+    message: str
+    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class CreateTokenRequest(_message.Message):
+    __slots__ = ("name", "ttl_seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    ttl_seconds: int
+    def __init__(self, name: _Optional[str] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class CreateTokenResponse(_message.Message):
+    __slots__ = ("token", "expires", "id")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    expires: _timestamp_pb2.Timestamp
+    id: str
+    def __init__(self, token: _Optional[str] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., id: _Optional[str] = ...) -> None: ...
+
+class TokenInfo(_message.Message):
+    __slots__ = ("id", "name", "state", "created", "expires")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    state: str
+    created: _timestamp_pb2.Timestamp
+    expires: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListTokensRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTokensResponse(_message.Message):
+    __slots__ = ("tokens",)
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[TokenInfo]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[TokenInfo, _Mapping]]] = ...) -> None: ...
+
+class RevokeTokenRequest(_message.Message):
+    __slots__ = ("id_or_name",)
+    ID_OR_NAME_FIELD_NUMBER: _ClassVar[int]
+    id_or_name: str
+    def __init__(self, id_or_name: _Optional[str] = ...) -> None: ...
+
+class RevokeTokenResponse(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: TokenInfo
+    def __init__(self, token: _Optional[_Union[TokenInfo, _Mapping]] = ...) -> None: ...
+
 class KdfParams(_message.Message):
     __slots__ = ("name", "salt", "log2_n", "r", "p")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -173,18 +259,20 @@ class KdfParams(_message.Message):
     def __init__(self, name: _Optional[str] = ..., salt: _Optional[bytes] = ..., log2_n: _Optional[int] = ..., r: _Optional[int] = ..., p: _Optional[int] = ...) -> None: ...
 
 class BootstrapHello(_message.Message):
-    __slots__ = ("version", "node_name", "address", "hostname", "cluster_port")
+    __slots__ = ("version", "node_name", "address", "hostname", "cluster_port", "token_id")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_PORT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     version: int
     node_name: str
     address: str
     hostname: str
     cluster_port: int
-    def __init__(self, version: _Optional[int] = ..., node_name: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., cluster_port: _Optional[int] = ...) -> None: ...
+    token_id: str
+    def __init__(self, version: _Optional[int] = ..., node_name: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., cluster_port: _Optional[int] = ..., token_id: _Optional[str] = ...) -> None: ...
 
 class BootstrapChallenge(_message.Message):
     __slots__ = ("cluster_id", "kdf", "pake_message")
@@ -237,8 +325,10 @@ class ExchangeResponse(_message.Message):
     def __init__(self, challenge: _Optional[_Union[BootstrapChallenge, _Mapping]] = ..., result: _Optional[_Union[BootstrapResult, _Mapping]] = ...) -> None: ...
 
 class EnrolRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("after_seq",)
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    after_seq: int
+    def __init__(self, after_seq: _Optional[int] = ...) -> None: ...
 
 class EnrolResponse(_message.Message):
     __slots__ = ("event",)
@@ -257,6 +347,18 @@ class GetClusterStatusResponse(_message.Message):
     cluster: ClusterInfo
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     def __init__(self, cluster: _Optional[_Union[ClusterInfo, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("interval_seconds",)
+    INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    interval_seconds: int
+    def __init__(self, interval_seconds: _Optional[int] = ...) -> None: ...
 
 class ApplyRoleRequest(_message.Message):
     __slots__ = ("role", "settings")
@@ -304,6 +406,16 @@ class StopRoleRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StopRoleResponse(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ...) -> None: ...
+
+class LeaveRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LeaveResponse(_message.Message):
     __slots__ = ("services",)
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[ServiceStatus]

@@ -50,6 +50,31 @@ class AdminServiceStub:
                 request_serializer=microstack__api_dot_v1_dot_cluster__pb2.StatusRequest.SerializeToString,
                 response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/microstack.cluster.v1.AdminService/Watch',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.WatchRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.WatchResponse.FromString,
+                _registered_method=True)
+        self.RemoveNode = channel.unary_unary(
+                '/microstack.cluster.v1.AdminService/RemoveNode',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.RemoveNodeRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RemoveNodeResponse.FromString,
+                _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/microstack.cluster.v1.AdminService/CreateToken',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/microstack.cluster.v1.AdminService/ListTokens',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/microstack.cluster.v1.AdminService/RevokeToken',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -78,6 +103,41 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """Replay then follow a node's events (a compute: its own, relayed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveNode(self, request, context):
+        """Remove a node: stop its services, revoke its certificate (control only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateToken(self, request, context):
+        """Make a one-time join token (control only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """List join tokens (control only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Revoke a join token (control only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +155,31 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.StatusRequest.FromString,
                     response_serializer=microstack__api_dot_v1_dot_cluster__pb2.StatusResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.WatchRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.WatchResponse.SerializeToString,
+            ),
+            'RemoveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNode,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RemoveNodeRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.RemoveNodeResponse.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.CreateTokenRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.ListTokensRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.RevokeTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +264,141 @@ class AdminService:
             '/microstack.cluster.v1.AdminService/Status',
             microstack__api_dot_v1_dot_cluster__pb2.StatusRequest.SerializeToString,
             microstack__api_dot_v1_dot_cluster__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/microstack.cluster.v1.AdminService/Watch',
+            microstack__api_dot_v1_dot_cluster__pb2.WatchRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.WatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/microstack.cluster.v1.AdminService/RemoveNode',
+            microstack__api_dot_v1_dot_cluster__pb2.RemoveNodeRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.RemoveNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/microstack.cluster.v1.AdminService/CreateToken',
+            microstack__api_dot_v1_dot_cluster__pb2.CreateTokenRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/microstack.cluster.v1.AdminService/ListTokens',
+            microstack__api_dot_v1_dot_cluster__pb2.ListTokensRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/microstack.cluster.v1.AdminService/RevokeToken',
+            microstack__api_dot_v1_dot_cluster__pb2.RevokeTokenRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.RevokeTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -287,6 +507,11 @@ class ClusterServiceStub:
                 request_serializer=microstack__api_dot_v1_dot_cluster__pb2.GetClusterStatusRequest.SerializeToString,
                 response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.GetClusterStatusResponse.FromString,
                 _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/microstack.cluster.v1.ClusterService/Heartbeat',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.HeartbeatResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServiceServicer:
@@ -307,6 +532,13 @@ class ClusterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Heartbeat(self, request, context):
+        """Record that the caller is alive, and its services' state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -319,6 +551,11 @@ def add_ClusterServiceServicer_to_server(servicer, server):
                     servicer.GetClusterStatus,
                     request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.GetClusterStatusRequest.FromString,
                     response_serializer=microstack__api_dot_v1_dot_cluster__pb2.GetClusterStatusResponse.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.HeartbeatRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.HeartbeatResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -386,6 +623,33 @@ class ClusterService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/microstack.cluster.v1.ClusterService/Heartbeat',
+            microstack__api_dot_v1_dot_cluster__pb2.HeartbeatRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class AgentServiceStub:
     """Control-to-node calls, on the node's mTLS port; only the control may call.
@@ -411,6 +675,11 @@ class AgentServiceStub:
                 '/microstack.cluster.v1.AgentService/StopRole',
                 request_serializer=microstack__api_dot_v1_dot_cluster__pb2.StopRoleRequest.SerializeToString,
                 response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.StopRoleResponse.FromString,
+                _registered_method=True)
+        self.Leave = channel.unary_unary(
+                '/microstack.cluster.v1.AgentService/Leave',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.LeaveRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.LeaveResponse.FromString,
                 _registered_method=True)
 
 
@@ -440,6 +709,13 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Leave(self, request, context):
+        """Stop the role's services and forget the cluster: this node was removed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -457,6 +733,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.StopRole,
                     request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.StopRoleRequest.FromString,
                     response_serializer=microstack__api_dot_v1_dot_cluster__pb2.StopRoleResponse.SerializeToString,
+            ),
+            'Leave': grpc.unary_unary_rpc_method_handler(
+                    servicer.Leave,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.LeaveRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.LeaveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -541,6 +822,33 @@ class AgentService:
             '/microstack.cluster.v1.AgentService/StopRole',
             microstack__api_dot_v1_dot_cluster__pb2.StopRoleRequest.SerializeToString,
             microstack__api_dot_v1_dot_cluster__pb2.StopRoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Leave(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/microstack.cluster.v1.AgentService/Leave',
+            microstack__api_dot_v1_dot_cluster__pb2.LeaveRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.LeaveResponse.FromString,
             options,
             channel_credentials,
             insecure,
