@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(iproute2 procps systemd)
+DEBIAN_PACKAGES=(iproute2 procps systemd nftables)
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
@@ -33,4 +33,18 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -c "import microstackd, microstackctl, microstack_api" \
         || { echo "setup: install failed" >&2; exit 1; }
     touch "$stamp"
+fi
+
+# The OpenStack end-to-end suite (pytest -m openstack) needs an OpenStack
+# environment: Debian's MariaDB, RabbitMQ and Open vSwitch plus a ~600 MB venv
+# of the pinned services. Its session fixture creates it on first use with
+# openstack/install-env.sh (idempotent) into MICROSTACK_OPENSTACK_PREFIX
+# (default /opt/microstack-openstack/venv), so a fresh CI machine needs
+# nothing here. Set MICROSTACK_OPENSTACK_SETUP=1 to create it now instead.
+if [ "${MICROSTACK_OPENSTACK_SETUP:-0}" = 1 ]; then
+    prefix=${MICROSTACK_OPENSTACK_PREFIX:-/opt/microstack-openstack/venv}
+    if [ ! -x "$prefix/bin/nova-compute" ]; then
+        echo "setup: creating the OpenStack environment in $prefix"
+        openstack/install-env.sh "$prefix"
+    fi
 fi

@@ -25,10 +25,14 @@ EXIT_REJECTED = 4
 
 
 class CommandError(Exception):
-    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+    def __init__(
+        self, message: str, exit_code: int = EXIT_ERROR, *, daemon_lost: bool = False
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.exit_code = exit_code
+        #: The local daemon went away (as opposed to an error it reported).
+        self.daemon_lost = daemon_lost
 
 
 def socket_path(explicit: str | None) -> Path:
@@ -43,6 +47,7 @@ class Api:
                 f"no microstackd socket at {path}: is microstackd running? "
                 "(start it, or point --socket / MICROSTACK_SOCKET at its socket)",
                 EXIT_UNREACHABLE,
+                daemon_lost=True,
             )
         if not os.access(path, os.R_OK | os.W_OK):
             raise CommandError(
@@ -59,10 +64,12 @@ class Api:
     def error(self, exc: grpc.RpcError) -> CommandError:
         code = exc.code()
         details = str(exc.details() or code.name)
-        if code is grpc.StatusCode.UNAVAILABLE and "unix:" in details:
+        metadata = dict(exc.trailing_metadata() or ())
+        if code is grpc.StatusCode.UNAVAILABLE and "microstackd-error" not in metadata:
             return CommandError(
-                f"cannot reach microstackd at {self.path}: is it running? ({details})",
+                f"lost microstackd at {self.path}: is it running? ({details})",
                 EXIT_UNREACHABLE,
+                daemon_lost=True,
             )
         if code is grpc.StatusCode.UNAVAILABLE:
             return CommandError(details, EXIT_UNREACHABLE)

@@ -15,7 +15,6 @@ from microstack_api.v1 import cluster_pb2 as pb
 from microstackctl import render
 from microstackctl.api import (
     EXIT_ERROR,
-    EXIT_UNREACHABLE,
     EXIT_USAGE,
     Api,
     CommandError,
@@ -106,13 +105,24 @@ def follow(
     """Show ``first``; if the local daemon goes away mid-stream, wait for it
     and re-attach with Watch from the last event shown: nothing is shown twice."""
     last_seq = 0
+    lost_since = 0.0
+
+    def reattach() -> Iterator[pb.Event]:
+        while True:
+            try:
+                yield from _api(ctx).watch(node, last_seq)
+                return
+            except CommandError as exc:
+                if not exc.daemon_lost or time.monotonic() - lost_since > timeout:
+                    raise
+            time.sleep(1)
+
     with render.Progress(fmt) as progress:
         events = first
-        waited_since = 0.0
         while True:
             try:
                 for event in events:
-                    waited_since = 0.0
+                    lost_since = 0.0
                     if event.seq and event.seq <= last_seq:
                         continue
                     last_seq = max(last_seq, event.seq)
@@ -121,21 +131,15 @@ def follow(
                         break
                 break
             except CommandError as exc:
-                if exc.exit_code != EXIT_UNREACHABLE or "microstackd" not in exc.message:
+                if not exc.daemon_lost or not last_seq:
                     raise
-                waited_since = waited_since or time.monotonic()
-                if time.monotonic() - waited_since > timeout:
-                    raise
+                lost_since = lost_since or time.monotonic()
                 if fmt != "json":
                     progress.console.print(
-                        f"[yellow]… lost the local microstackd ({exc.message}); re-attaching[/]"
+                        f"[yellow]… lost the local microstackd; re-attaching ({exc.message})[/]"
                     )
                 time.sleep(1)
-                try:
-                    events = _api(ctx).watch(node, last_seq)
-                except CommandError:
-                    events = iter(())
-                    continue
+                events = reattach()
         last = progress.last
     finish(last, what)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_STATE_DIR = Path("/var/lib/microstackd")
@@ -42,6 +42,8 @@ class DaemonConfig:
     #: A member not heard from for this long is shown unreachable (members
     #: are asked to send a heartbeat every third of it), seconds.
     unreachable_after: float = 30.0
+    #: Fault-injection aid for tests: seconds to pause before running a step.
+    step_delays: dict[str, float] = field(default_factory=dict)
     #: The control's cluster configuration (control.yaml); default under the state dir.
     control_config: Path | None = None
 

@@ -43,7 +43,7 @@ class Daemon:
         self.config = config
         self.store = Store(config.state_dir)
         self.bus = EventBus(self.store)
-        self.runner = Runner(self.store, self.bus)
+        self.runner = Runner(self.store, self.bus, step_delays=config.step_delays)
         self._bootstrap_key, self._bootstrap_cert = self._bootstrap_identity()
         fingerprint = security.fingerprint(self._bootstrap_cert)
         self.control = Control(

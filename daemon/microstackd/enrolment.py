@@ -35,7 +35,8 @@ CREATE_CLUSTER = "create-cluster"
 
 #: A compute node's enrolment, run by the control.
 COMPUTE_PLAN: tuple[str, ...] = (ADMIT, ISSUE_CONFIG, CONFIGURE_NODE, DONE)
-#: A control node's own initialisation, run by itself.
+#: A control node's own initialisation, run by itself; the control role's
+#: steps (``microstackd.plane``) come between these two.
 CONTROL_PLAN: tuple[str, ...] = (CREATE_CLUSTER, DONE)
 
 #: What each step is doing, for the operator watching it start.
@@ -126,10 +127,17 @@ Command = Record | Run | Finish
 class Enrolment:
     """One node's enrolment through ``plan``, resumed from ``states``."""
 
-    def __init__(self, plan: tuple[str, ...], states: Mapping[str, StepState]) -> None:
+    def __init__(
+        self,
+        plan: tuple[str, ...],
+        states: Mapping[str, StepState],
+        titles: Mapping[str, str] | None = None,
+    ) -> None:
         if not plan or plan[-1] != DONE:
             raise LocalProtocolError(f"a plan must end with {DONE!r}: {plan!r}")
         self.plan = plan
+        #: Titles of the plan's own steps (a role's), besides ``TITLES``.
+        self.titles: Mapping[str, str] = titles or {}
         self.states: dict[str, StepState] = {
             step: states.get(step, StepState.PENDING) for step in plan
         }
@@ -153,7 +161,8 @@ class Enrolment:
 
     def _start(self, step: str) -> list[Command]:
         self._move(step, StepState.RUNNING)
-        return [Record(step, StepState.RUNNING, TITLES.get(step, step)), Run(step)]
+        title = self.titles.get(step) or TITLES.get(step, step)
+        return [Record(step, StepState.RUNNING, title), Run(step)]
 
     def resume(self) -> list[Command]:
         """Where to go from the persisted states (a fresh start included)."""

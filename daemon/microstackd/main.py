@@ -121,6 +121,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"daemon config file (YAML; default {DEFAULT_CONFIG_FILE} if present); "
         "flags override it",
     )
+    parser.add_argument(
+        "--unreachable-after",
+        type=float,
+        default=None,
+        help="(control) show an active member unreachable after this many seconds without a "
+        "heartbeat (default 30; members beat every third of it)",
+    )
+    parser.add_argument(
+        "--bootstrap-backoff",
+        type=float,
+        default=None,
+        help="(control) lock-out after a source's third failed bootstrap, doubling per failure "
+        "(default 1 s)",
+    )
+    parser.add_argument(
+        "--bootstrap-backoff-max",
+        type=float,
+        default=None,
+        help="(control) longest lock-out of a source (default 60 s)",
+    )
+    parser.add_argument(
+        "--step-delay",
+        action="append",
+        default=[],
+        metavar="STEP=SECONDS",
+        help="fault-injection aid for tests: pause before running STEP (repeatable)",
+    )
     parser.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     parser.add_argument("--version", action="version", version=f"microstackd {__version__}")
     return parser.parse_args(argv)
@@ -139,6 +166,9 @@ FILE_KEYS = (
     "openstack_prefix",
     "control_config",
     "log_level",
+    "unreachable_after",
+    "bootstrap_backoff",
+    "bootstrap_backoff_max",
 )
 _PATH_KEYS = {"state_dir", "socket", "config_root", "openstack_prefix", "control_config"}
 
@@ -214,19 +244,45 @@ def build_config(args: argparse.Namespace) -> DaemonConfig:
         config_root=(args.config_root or DEFAULT_CONFIG_ROOT).absolute(),
         openstack_prefix=prefix.absolute() if prefix else None,
         control_config=args.control_config.absolute() if args.control_config else None,
+        unreachable_after=_positive(args.unreachable_after, 30.0, "--unreachable-after"),
+        bootstrap_backoff=_positive(args.bootstrap_backoff, 1.0, "--bootstrap-backoff"),
+        bootstrap_backoff_max=_positive(
+            args.bootstrap_backoff_max, 60.0, "--bootstrap-backoff-max"
+        ),
+        step_delays=_step_delays(args.step_delay),
     )
+
+
+def _positive(value: float | None, default: float, flag: str) -> float:
+    if value is None:
+        return default
+    if not 0 < value < 86400:
+        raise errors.InvalidArgument(f"{flag} {value}: must be a positive number of seconds")
+    return float(value)
+
+
+def _step_delays(items: list[str]) -> dict[str, float]:
+    delays: dict[str, float] = {}
+    for item in items:
+        step, _, seconds = item.partition("=")
+        try:
+            delays[step] = float(seconds)
+        except ValueError:
+            raise errors.InvalidArgument(f"--step-delay {item!r}: expected STEP=SECONDS") from None
+    return delays
 
 
 async def serve(config: DaemonConfig) -> None:
     from microstackd.daemon import Daemon  # grpc import after flag errors are shown
 
-    daemon = Daemon(config)
-    await daemon.start()
-    notify.ready(f"node {config.node_name} listening")
+    # Handlers first: a SIGTERM right after READY=1 must still stop cleanly.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    daemon = Daemon(config)
+    await daemon.start()
+    notify.ready(f"node {config.node_name} listening")
     waiter = asyncio.ensure_future(daemon.wait())
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)

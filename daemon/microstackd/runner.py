@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from microstackd import enrolment, errors
 from microstackd.enrolment import Command, Enrolment, Finish, Record, Run
 from microstackd.events import EventBus
-from microstackd.model import EventRecord
+from microstackd.model import EventRecord, NodeState, StepState
 from microstackd.store import Store
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,12 @@ class Runner:
         store: Store,
         bus: EventBus,
         clock: Callable[[], float] = time.time,
+        step_delays: Mapping[str, float] | None = None,
     ) -> None:
         self._store = store
         self._bus = bus
         self._clock = clock
+        self._step_delays = dict(step_delays or {})
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def running(self, node: str) -> bool:
@@ -68,19 +70,27 @@ class Runner:
             task.cancel()
 
     def ensure_running(
-        self, node: str, plan: tuple[str, ...], actions: Mapping[str, StepAction]
+        self,
+        node: str,
+        plan: tuple[str, ...],
+        actions: Mapping[str, StepAction],
+        titles: Mapping[str, str] | None = None,
     ) -> None:
         """Start (or resume) ``node``'s enrolment unless it is already running."""
         if self.running(node):
             return
-        task = asyncio.get_running_loop().create_task(self._run(node, plan, actions))
+        task = asyncio.get_running_loop().create_task(self._run(node, plan, actions, titles))
         self._tasks[node] = task
         task.add_done_callback(lambda _t: self._tasks.pop(node, None))
 
     async def _run(
-        self, node: str, plan: tuple[str, ...], actions: Mapping[str, StepAction]
+        self,
+        node: str,
+        plan: tuple[str, ...],
+        actions: Mapping[str, StepAction],
+        titles: Mapping[str, str] | None = None,
     ) -> None:
-        machine = Enrolment(plan, self._store.step_states(node))
+        machine = Enrolment(plan, self._store.step_states(node), titles)
         try:
             await self._execute(node, machine, machine.resume(), actions)
         except Exception:
@@ -99,6 +109,9 @@ class Runner:
             command = pending.pop(0)
             if isinstance(command, Record):
                 self.emit(node, command)
+                if command.state is StepState.WAITING:
+                    # What the enrolment waits for shows in status too.
+                    self._store.set_node_state(node, NodeState.ENROLLING, command.message)
             elif isinstance(command, Finish):
                 self._store.set_node_state(node, command.state, command.message)
             elif isinstance(command, Run):
@@ -109,6 +122,9 @@ class Runner:
         self, node: str, machine: Enrolment, step: str, actions: Mapping[str, StepAction]
     ) -> list[Command]:
         action = actions.get(step)
+        if step in self._step_delays:
+            log.warning("fault injection: pausing before step=%s node=%s", step, node)
+            await asyncio.sleep(self._step_delays[step])
         try:
             outcome: str | Skipped = (
                 "done" if action is None else await action(StepContext(self, node, step, machine))

@@ -77,7 +77,7 @@ def test_ready_once_listening_then_stopping_on_sigterm(
         )
     try:
         try:
-            ready = _messages(sock, b"READY=1", timeout=10)
+            ready = _messages(sock, b"READY=1", timeout=30)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n--- daemon log ---\n{log.read_text()}") from None
         assert not any(b"STOPPING=1" in m for m in ready)
@@ -89,7 +89,7 @@ def test_ready_once_listening_then_stopping_on_sigterm(
         assert proc.poll() is None
 
         proc.send_signal(signal.SIGTERM)
-        stopping = _messages(sock, b"STOPPING=1", timeout=10)
+        stopping = _messages(sock, b"STOPPING=1", timeout=30)
         assert not any(b"READY=1" in m.split(b"\n") for m in stopping)
         assert proc.wait(timeout=20) == 0, log.read_text()
     finally:

@@ -75,6 +75,9 @@ ACCESS: dict[str, Access] = {
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": Access.LOCAL,
 }
 
+#: Trailing metadata key naming the microstackd error class of a failed call.
+ERROR_METADATA = "microstackd-error"
+
 #: The verified identity of the caller on the mTLS port (None elsewhere).
 CALLER: contextvars.ContextVar[security.Identity | None] = contextvars.ContextVar(
     "caller", default=None
@@ -132,6 +135,9 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         async def fail(context: Any, exc: errors.MicrostackError) -> None:
             if isinstance(exc, errors.PermissionDenied):
                 log.warning("permission denied peer=%s reason=%s", context.peer(), exc.message)
+            # Which domain error it was, for clients that act on it (docs/api.md);
+            # its absence marks a transport failure.
+            context.set_trailing_metadata(((ERROR_METADATA, type(exc).__name__),))
             await context.abort(status_code(exc), exc.message)
 
         if handler.unary_unary is not None:

@@ -1,0 +1,338 @@
+"""Faults on loopback: daemons killed mid-enrolment, removal and revocation,
+join tokens, heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from microstackd import credentials
+from microstackd.store import Store
+from tests.integration.harness import BIN, Node
+from tests.integration.test_adversarial import _status_code
+
+EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REJECTED = 1, 2, 3, 4
+
+
+def _node(control: Node, name: str) -> dict[str, object]:
+    nodes = {n["name"]: n for n in control.status()["nodes"]}  # type: ignore[attr-defined]
+    return nodes[name]  # type: ignore[no-any-return]
+
+
+def _join(
+    compute: Node, control: Node, password_file: Path, *extra: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return compute.ctl(
+        "join",
+        control.endpoint,
+        "--password-file",
+        str(password_file),
+        "--address",
+        compute.address,
+        *extra,
+        check=check,
+    )
+
+
+def _join_in_background(compute: Node, control: Node, password_file: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            str(BIN / "microstackctl"),
+            "--socket",
+            str(compute.socket),
+            "join",
+            control.endpoint,
+            "--password-file",
+            str(password_file),
+            "--address",
+            compute.address,
+            "--format",
+            "json",
+            "--timeout",
+            "60",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(path: Path, text: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in path.read_text():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never appeared in {path}:\n{path.read_text()}")
+
+
+def _events(out: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def _assert_each_event_once(events: list[dict[str, object]]) -> None:
+    seqs = [e["seq"] for e in events if e["seq"]]
+    assert seqs == sorted(set(seqs)), f"events repeated or out of order: {seqs}"  # type: ignore[type-var]
+    assert events[-1]["final"] and events[-1]["state"] == "done", events[-1]
+
+
+# ---------------------------------------------------------------- resume --
+
+
+@pytest.mark.parametrize("step", ["admit", "issue-config", "configure-node", "done"])
+def test_control_killed_at_a_step_resumes_and_the_joiner_sees_each_event_once(
+    make_node: Callable[..., Node], password_file: Path, step: str
+) -> None:
+    control = make_node("ctl", "--step-delay", f"{step}=30")
+    control.ctl(
+        "init",
+        "--role",
+        "control",
+        "--address",
+        control.address,
+        "--password-file",
+        str(password_file),
+    )
+    compute = make_node("node-1")
+    join = _join_in_background(compute, control, password_file)
+    try:
+        _wait_for(control.log, f"pausing before' step={step} node=node-1")
+        control.stop(signal.SIGKILL)
+        control.extra = []  # back without the pause
+        control.start()
+        out, err = join.communicate(timeout=90)
+    finally:
+        join.kill()
+    assert join.returncode == 0, err
+    events = _events(out)
+    _assert_each_event_once(events)
+    assert any(e["state"] == "waiting" for e in events), "the re-attach was not shown"
+    node = _node(control, "node-1")
+    assert node["state"] == "active"
+    assert [n["name"] for n in control.status()["nodes"]].count("node-1") == 1  # type: ignore[attr-defined]
+
+
+def test_compute_killed_mid_enrolment_is_waited_for_and_the_cli_reattaches(
+    make_node: Callable[..., Node], password_file: Path
+) -> None:
+    control = make_node("ctl", "--step-delay", "configure-node=2")
+    control.ctl(
+        "init",
+        "--role",
+        "control",
+        "--address",
+        control.address,
+        "--password-file",
+        str(password_file),
+    )
+    compute = make_node("node-1")
+    join = _join_in_background(compute, control, password_file)
+    try:
+        _wait_for(control.log, "pausing before' step=configure-node node=node-1")
+        compute.stop(signal.SIGKILL)
+        # The control finds the agent gone and waits for it, however long.
+        deadline = time.monotonic() + 30
+        while "waiting for the agent" not in str(_node(control, "node-1")["message"]):
+            assert time.monotonic() < deadline, _node(control, "node-1")
+            time.sleep(0.2)
+        assert _node(control, "node-1")["state"] == "enrolling"
+        compute.start()
+        out, err = join.communicate(timeout=90)
+    finally:
+        join.kill()
+    assert join.returncode == 0, err + out
+    events = _events(out)
+    _assert_each_event_once(events)
+    assert any("waiting for the agent of node-1" in str(e["message"]) for e in events)
+    assert _node(control, "node-1")["state"] == "active"
+
+
+# ---------------------------------------------------------------- remove --
+
+
+def test_remove_revokes_and_the_node_can_join_again(
+    control: Node, make_node: Callable[..., Node], password_file: Path, tmp_path: Path
+) -> None:
+    compute = make_node("node-1")
+    _join(compute, control, password_file)
+    old_serial = _node(control, "node-1")["cert_serial"]
+    saved = credentials.load(Store(compute.state_dir))
+    out = control.ctl("remove", "node-1").stdout
+    assert "revoked" in out and "services were stopped" in out
+    assert _node(control, "node-1")["state"] == "removed"
+    assert compute.status()["cluster"] == {}  # the node forgot the cluster
+    refused = asyncio.run(_status_code(control, saved.key_pem, saved.cert_pem, saved.ca_pem))
+    assert refused is grpc.StatusCode.PERMISSION_DENIED
+    control.stop()
+    control.start()
+    refused = asyncio.run(_status_code(control, saved.key_pem, saved.cert_pem, saved.ca_pem))
+    assert refused is grpc.StatusCode.PERMISSION_DENIED
+    _join(compute, control, password_file)
+    node = _node(control, "node-1")
+    assert node["state"] == "active" and node["cert_serial"] != old_serial
+
+
+def test_removing_an_unreachable_node_needs_force(
+    control: Node, make_node: Callable[..., Node], password_file: Path
+) -> None:
+    compute = make_node("node-1")
+    _join(compute, control, password_file)
+    compute.stop()
+    result = control.ctl("remove", "node-1", check=False)
+    assert result.returncode == EXIT_UNREACHABLE
+    assert "--force" in result.stderr
+    assert _node(control, "node-1")["state"] == "active"
+    out = control.ctl("remove", "node-1", "--force").stdout
+    assert "removed by force" in out
+    # Back, it still believes it is a member; a join finds out it is not.
+    compute.start()
+    out = _join(compute, control, password_file).stdout
+    assert "is an active compute node" in out
+
+
+def test_remove_refuses_the_control_and_unknown_nodes(control: Node) -> None:
+    result = control.ctl("remove", "ctl", check=False)
+    assert result.returncode == EXIT_ERROR and "cannot be removed" in result.stderr
+    result = control.ctl("remove", "nobody", check=False)
+    assert result.returncode == EXIT_ERROR and "no node named 'nobody'" in result.stderr
+
+
+# ---------------------------------------------------------------- tokens --
+
+
+def _token(control: Node, name: str, ttl: str = "1h") -> str:
+    data = json.loads(control.ctl("add-node", name, "--ttl", ttl, "--format", "json").stdout)
+    assert set(data) >= {"token", "expires"}
+    return str(data["token"])
+
+
+def test_a_token_joins_once(control: Node, make_node: Callable[..., Node]) -> None:
+    token = _token(control, "node-1")
+    compute = make_node("node-1")
+    out = compute.ctl("join", "--token", token, "--address", compute.address).stdout
+    assert "proving the join token" in out
+    assert _node(control, "node-1")["state"] == "active"
+    listed = json.loads(control.ctl("tokens", "--format", "json").stdout)["tokens"]
+    assert [(t["name"], t["state"]) for t in listed] == [("node-1", "used")]
+    # Reused on a fresh node of the same name: refused.
+    again = make_node("node-1")
+    result = again.ctl("join", "--token", token, "--address", again.address, check=False)
+    assert result.returncode == EXIT_REJECTED and "used" in result.stderr
+
+
+def test_expired_revoked_and_misnamed_tokens_are_refused(
+    control: Node, make_node: Callable[..., Node]
+) -> None:
+    expired = _token(control, "node-1", "1s")
+    revoked = _token(control, "node-2")
+    control.ctl("tokens", "revoke", "node-2")
+    misnamed = _token(control, "node-3")
+    time.sleep(1.5)
+    n1, n2, other = make_node("node-1"), make_node("node-2"), make_node("node-9")
+    for node, token, code, text in [
+        (n1, expired, EXIT_REJECTED, "expired"),
+        (n2, revoked, EXIT_REJECTED, "revoked"),
+        (other, misnamed, EXIT_ERROR, "this join token is for a node named 'node-3'"),
+    ]:
+        result = node.ctl("join", "--token", token, "--address", node.address, check=False)
+        assert result.returncode == code, result.stderr
+        assert text in result.stderr
+    states = {
+        t["name"]: t["state"]
+        for t in json.loads(control.ctl("tokens", "--format", "json").stdout)["tokens"]
+    }
+    assert states == {"node-1": "expired", "node-2": "revoked", "node-3": "valid"}
+
+
+def test_a_token_pinned_to_another_control_is_not_used(
+    control: Node, make_node: Callable[..., Node], password_file: Path
+) -> None:
+    """A token names the control's certificate; an impostor at the address
+    it names never receives anything that depends on the secret."""
+    token = _token(control, "node-1")
+    impostor = make_node("impostor")
+    impostor.ctl(
+        "init",
+        "--role",
+        "control",
+        "--address",
+        impostor.address,
+        "--password-file",
+        str(password_file),
+    )
+    # Point the token at the impostor: same token, another control.
+    from microstackd import tokens as token_codec
+
+    decoded = token_codec.decode(token)
+    forged = token_codec.encode(
+        token_codec.JoinToken(**{**decoded.__dict__, "controls": (impostor.endpoint,)})
+    )
+    compute = make_node("node-1")
+    result = compute.ctl(
+        "join", "--token", forged, "--address", compute.address, "--timeout", "2", check=False
+    )
+    assert result.returncode == EXIT_REJECTED
+    assert "not the" in result.stderr and "the join token names" in result.stderr
+    assert "bootstrap" not in impostor.log.read_text().replace("bootstrap_port", "")
+
+
+def test_a_malformed_token_is_a_usage_error(make_node: Callable[..., Node]) -> None:
+    compute = make_node("node-1")
+    result = compute.ctl(
+        "join", "--token", "mst1.garbage", "--address", compute.address, check=False
+    )
+    assert result.returncode == EXIT_ERROR and "not a microstackd join token" in result.stderr
+
+
+# ------------------------------------------------------------ heartbeats --
+
+
+def test_a_silent_member_is_shown_unreachable_then_active_again(
+    make_node: Callable[..., Node], password_file: Path
+) -> None:
+    control = make_node("ctl", "--unreachable-after", "3")
+    control.ctl(
+        "init",
+        "--role",
+        "control",
+        "--address",
+        control.address,
+        "--password-file",
+        str(password_file),
+    )
+    compute = make_node("node-1")
+    _join(compute, control, password_file)
+    assert _node(control, "node-1")["state"] == "active"
+    assert compute.proc is not None
+    compute.proc.send_signal(signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 15
+        while _node(control, "node-1")["state"] != "unreachable":
+            assert time.monotonic() < deadline, "never shown unreachable"
+            time.sleep(0.5)
+    finally:
+        compute.proc.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + 15
+    while _node(control, "node-1")["state"] != "active":
+        assert time.monotonic() < deadline, "never active again"
+        time.sleep(0.5)
+
+
+def test_watch_replays_a_finished_enrolment(
+    control: Node, make_node: Callable[..., Node], password_file: Path
+) -> None:
+    compute = make_node("node-1")
+    _join(compute, control, password_file)
+    events = _events(control.ctl("watch", "node-1", "--format", "json").stdout)
+    _assert_each_event_once(events)
+    assert events[0]["seq"] == 1
+    later = _events(control.ctl("watch", "node-1", "--after", "3", "--format", "json").stdout)
+    assert later[0]["seq"] == 4
