@@ -10,6 +10,8 @@ echo "== ruff"
 .venv/bin/ruff format --check .
 echo "== mypy"
 .venv/bin/mypy
+echo "== buf lint (protos)"
+bash scripts/lint-protos.sh
 echo "== unit and integration tests"
 .venv/bin/python -m pytest -p no:cacheprovider -m "not e2e and not openstack" tests/unit tests/integration
 echo "== end-to-end tests"

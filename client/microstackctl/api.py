@@ -65,7 +65,8 @@ class Api:
         code = exc.code()
         details = str(exc.details() or code.name)
         metadata = dict(exc.trailing_metadata() or ())
-        if code is grpc.StatusCode.UNAVAILABLE and "microstackd-error" not in metadata:
+        error_class = metadata.get("microstackd-error")
+        if code is grpc.StatusCode.UNAVAILABLE and error_class in (None, "ShuttingDown"):
             return CommandError(
                 f"lost microstackd at {self.path}: is it running? ({details})",
                 EXIT_UNREACHABLE,

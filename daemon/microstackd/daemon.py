@@ -18,7 +18,11 @@ from datetime import UTC, datetime
 
 import grpc
 from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
 
+from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
 from microstackd import credentials, errors, security, validate
 from microstackd.agent import Agent
@@ -37,6 +41,13 @@ from microstackd.store import Store
 
 log = logging.getLogger(__name__)
 
+#: Services listed by server reflection on the local socket.
+REFLECTED_SERVICES = (
+    pb.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+)
+
 
 class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
@@ -46,12 +57,14 @@ class Daemon:
         self.runner = Runner(self.store, self.bus, step_delays=config.step_delays)
         self._bootstrap_key, self._bootstrap_cert = self._bootstrap_identity()
         fingerprint = security.fingerprint(self._bootstrap_cert)
+        self.services = make_manager(config.service_manager, log_dir=config.state_dir / "logs")
         self.control = Control(
             config, self.store, self.runner, fingerprint, self.start_cluster_server
         )
-        self.services = make_manager(config.service_manager, log_dir=config.state_dir / "logs")
         self.agent = Agent(config, self.store, self.services)
         self.member = Member(config, self.store, self.start_cluster_server, self._service_records)
+        #: gRPC health (grpc.health.v1) on every endpoint: SERVING once started.
+        self.health = health_aio.HealthServicer()
         self._local: aio.Server | None = None
         self._bootstrap: aio.Server | None = None
         self._cluster: aio.Server | None = None
@@ -78,6 +91,7 @@ class Daemon:
         await self.agent.resume()
         self.control.resume_enrolments()
         self.member.resume()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "ready node=%s listen=%s cluster_port=%d socket=%s services=%s",
             self.config.node_name,
@@ -94,6 +108,8 @@ class Daemon:
             path.unlink()
         server = aio.server(interceptors=[AuthInterceptor(Channel.LOCAL)], options=SERVER_OPTIONS)
         pb_grpc.add_AdminServiceServicer_to_server(servicers.AdminServicer(self), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(REFLECTED_SERVICES, server)
         self._bind(server, f"unix:{path}", None, f"the socket {path}")
         await server.start()
         os.chmod(path, 0o660)
@@ -104,6 +120,7 @@ class Daemon:
             interceptors=[AuthInterceptor(Channel.BOOTSTRAP)], options=SERVER_OPTIONS
         )
         pb_grpc.add_BootstrapServiceServicer_to_server(servicers.BootstrapServicer(self), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         tls = grpc.ssl_server_credentials([(self._bootstrap_key, self._bootstrap_cert)])
         address = validate.format_host_port(self.config.listen_host, self.config.listen_port)
         self._bind(server, address, tls, f"the bootstrap port {address}")
@@ -120,6 +137,7 @@ class Daemon:
         )
         pb_grpc.add_ClusterServiceServicer_to_server(servicers.ClusterServicer(self), server)
         pb_grpc.add_AgentServiceServicer_to_server(servicers.AgentServicer(self), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         tls = grpc.ssl_server_credentials(
             [(creds.key_pem, creds.cert_pem)],
             root_certificates=creds.ca_pem,
@@ -181,9 +199,13 @@ class Daemon:
     # ------------------------------------------------------------ stop --
 
     async def stop(self, grace: float = 5.0) -> None:
-        for server in (self._bootstrap, self._cluster, self._local):
-            if server is not None:
-                await server.stop(grace)
+        """Stop accepting calls, end live streams with a clear status, let
+        in-flight calls finish within ``grace`` s, then stop the services this
+        daemon runs and close the store."""
+        await self.health.enter_graceful_shutdown()
+        self.bus.shutdown()
+        servers = [s for s in (self._bootstrap, self._cluster, self._local) if s is not None]
+        await asyncio.gather(*(s.stop(grace) for s in servers))
         await self.member.stop_heartbeats()
         await self.services.close()
         with contextlib.suppress(FileNotFoundError):

@@ -132,3 +132,9 @@ class TokenRejected(MicrostackError):
     """The join token is not valid."""
 
     code = "UNAUTHENTICATED"
+
+
+class ShuttingDown(MicrostackError):
+    """microstackd is shutting down; re-attach once it is back (`microstackctl watch`)."""
+
+    code = "UNAVAILABLE"

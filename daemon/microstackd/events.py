@@ -11,6 +11,7 @@ import asyncio
 from collections import defaultdict
 from collections.abc import AsyncIterator
 
+from microstackd import errors
 from microstackd.model import EventRecord
 from microstackd.store import Store
 
@@ -18,15 +19,26 @@ from microstackd.store import Store
 class EventBus:
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._queues: defaultdict[str, set[asyncio.Queue[EventRecord]]] = defaultdict(set)
+        self._queues: defaultdict[str, set[asyncio.Queue[EventRecord | None]]] = defaultdict(set)
+        self._closed = False
 
     def publish(self, event: EventRecord) -> None:
         for queue in self._queues.get(event.node, ()):
             queue.put_nowait(event)
 
+    def shutdown(self) -> None:
+        """End every live stream with ``errors.ShuttingDown`` (a clear status
+        for the client, which re-attaches once the daemon is back)."""
+        self._closed = True
+        for queues in self._queues.values():
+            for queue in queues:
+                queue.put_nowait(None)
+
     async def follow(self, node: str, after_seq: int = 0) -> AsyncIterator[EventRecord]:
         """Every event of ``node`` after ``after_seq``, until a final one."""
-        queue: asyncio.Queue[EventRecord] = asyncio.Queue()
+        if self._closed:
+            raise errors.ShuttingDown()
+        queue: asyncio.Queue[EventRecord | None] = asyncio.Queue()
         self._queues[node].add(queue)
         try:
             last = after_seq
@@ -36,12 +48,14 @@ class EventBus:
                 if event.final:
                     return
             while True:
-                event = await queue.get()
-                if event.seq <= last:
+                live = await queue.get()
+                if live is None:
+                    raise errors.ShuttingDown()
+                if live.seq <= last:
                     continue
-                last = event.seq
-                yield event
-                if event.final:
+                last = live.seq
+                yield live
+                if live.final:
                     return
         finally:
             self._queues[node].discard(queue)

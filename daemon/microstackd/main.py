@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -272,7 +273,34 @@ def _step_delays(items: list[str]) -> dict[str, float]:
     return delays
 
 
-async def serve(config: DaemonConfig) -> None:
+def reload(args: argparse.Namespace, current: DaemonConfig) -> None:
+    """SIGHUP: re-read the config file. The log level applies at once; any
+    other change is named as needing a restart (sockets, ports, identity and
+    state cannot change under running calls)."""
+    notify.reloading()
+    try:
+        merged = merge(args, load_config_file(args.config))
+        fresh = build_config(merged)
+    except errors.MicrostackError as exc:
+        log.error("reload failed; keeping the running configuration error=%r", exc.message)
+        notify.ready("reload failed; running configuration kept")
+        return
+    level = str(merged.log_level or "info").upper()
+    logging.getLogger().setLevel(level)
+    changed = [
+        f.name
+        for f in dataclasses.fields(current)
+        if getattr(current, f.name) != getattr(fresh, f.name)
+    ]
+    log.info(
+        "configuration reloaded log_level=%s needs_restart=%s",
+        level.lower(),
+        ",".join(changed) or "none",
+    )
+    notify.ready("configuration reloaded")
+
+
+async def serve(config: DaemonConfig, args: argparse.Namespace | None = None) -> None:
     from microstackd.daemon import Daemon  # grpc import after flag errors are shown
 
     # Handlers first: a SIGTERM right after READY=1 must still stop cleanly.
@@ -280,6 +308,8 @@ async def serve(config: DaemonConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if args is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload, args, config)
     daemon = Daemon(config)
     await daemon.start()
     notify.ready(f"node {config.node_name} listening")
@@ -296,9 +326,9 @@ async def serve(config: DaemonConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    flags = parse_args(argv)
     try:
-        args = merge(args, load_config_file(args.config))
+        args = merge(flags, load_config_file(flags.config))
     except errors.MicrostackError as exc:
         print(f"microstackd: error: {exc.message}", file=sys.stderr)
         sys.exit(2)
@@ -307,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=str(args.log_level or "info").upper(), handlers=[handler])
     try:
         config = build_config(args)
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, flags))
     except errors.MicrostackError as exc:
         print(f"microstackd: error: {exc.message}", file=sys.stderr)
         sys.exit(1)

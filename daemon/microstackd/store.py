@@ -151,6 +151,9 @@ class Store:
             raise _storage_error(state_dir / DB_NAME, exc) from exc
 
     def close(self) -> None:
+        """Fold the WAL into the database file, then close."""
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
 
     def _migrate(self) -> None:
