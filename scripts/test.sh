@@ -16,3 +16,5 @@ echo "== unit and integration tests"
 .venv/bin/python -m pytest -p no:cacheprovider -m "not e2e and not openstack" tests/unit tests/integration
 echo "== end-to-end tests"
 .venv/bin/python -m pytest -p no:cacheprovider -m "e2e and not openstack" tests/e2e
+echo "== OpenStack end-to-end tests (a real control plane and computes in namespaces)"
+.venv/bin/python -m pytest -p no:cacheprovider -m openstack tests/e2e

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from microstackd import errors
 from microstackd.config import DaemonConfig
 from microstackd.model import StepState
-from microstackd.node import render
-from microstackd.node.roles import ROLES, RoleDefinition, RoleService
+from microstackd.node import render, steps
+from microstackd.node.roles import ROLES, SERVICE_PREFIX, RoleDefinition, RoleService
 from microstackd.node.services import ServiceManager, ServiceSpec, ServiceStatus
 from microstackd.store import Store
 
@@ -44,12 +44,14 @@ class Agent:
         self._lock = asyncio.Lock()
 
     def _values(self, settings: Mapping[str, str] = {}) -> dict[str, str]:
-        return {
-            **settings,
-            "config_root": str(self._config.config_root),
-            "state_path": str(self._config.state_dir / "services"),
-            "openstack_prefix": str(self._config.openstack_prefix or ""),
-        }
+        return {**settings, **steps.base_values(self._config)}
+
+    def _services_of(self, role: RoleDefinition) -> tuple[RoleService, ...]:
+        """The services this node runs for ``role``: without an OpenStack
+        environment, only those that have a configuration-checking stand-in."""
+        if self._config.openstack_prefix is None:
+            return tuple(s for s in role.services if not s.real_only)
+        return role.services
 
     def spec(self, service: RoleService) -> ServiceSpec:
         """How the ServiceManager runs ``service`` on this node."""
@@ -74,15 +76,7 @@ class Agent:
                 ready_pattern=STANDIN_READY,
                 start_timeout=30.0,
             )
-        return ServiceSpec(
-            name=service.name,
-            argv=render.expand(service.command, values),
-            unit=service.unit,
-            snap_service=service.snap_service,
-            ready_after=service.ready_after,
-            ready_pattern=service.ready_pattern,
-            start_timeout=service.start_timeout,
-        )
+        return steps.service_spec(service, values)
 
     def _role(self, name: str) -> RoleDefinition:
         role = ROLES.get(name)
@@ -98,7 +92,13 @@ class Agent:
             raise errors.AlreadyInitialised("this node's agent is already applying a role")
         async with self._lock:
             root = self._config.config_root
-            total = 1 + len(role.services)
+            real = self._config.openstack_prefix is not None
+            names = (
+                role.step_names()[1:]
+                if real
+                else tuple(SERVICE_PREFIX + s.name for s in self._services_of(role))
+            )
+            total = 1 + len(names)
             yield AgentStep(
                 "render-config", StepState.RUNNING, f"rendering {len(role.files)} files into {root}"
             )
@@ -115,22 +115,32 @@ class Agent:
                 if self._config.openstack_prefix is None
                 else ""
             )
-            for index, service in enumerate(role.services, start=2):
-                step = f"service {service.name}"
-                spec = self.spec(service)
+            values = self._values(settings)
+            for index, step in enumerate(names, start=2):
+                before, after = 100 * (index - 1) // total, 100 * index // total
+                if not step.startswith(SERVICE_PREFIX):
+                    bootstrap = role.bootstrap_step(step)
+                    yield AgentStep(step, StepState.RUNNING, bootstrap.title, before)
+                    message = await steps.run_bootstrap(
+                        bootstrap, values, self._config.state_dir / "logs", _no_progress
+                    )
+                    yield AgentStep(step, StepState.DONE, message, after)
+                    continue
+                service = role.service(step.removeprefix(SERVICE_PREFIX))
                 yield AgentStep(
                     step,
                     StepState.RUNNING,
                     f"starting {service.name} through {self.manager.kind}{standin}",
-                    100 * (index - 1) // total,
+                    before,
                 )
-                await self.manager.restart(spec)
-                status = await self.manager.wait_ready(spec)
+                if real:
+                    status = await steps.start_service(self.manager, service, values)
+                else:
+                    spec = self.spec(service)
+                    await self.manager.restart(spec)
+                    status = await self.manager.wait_ready(spec)
                 yield AgentStep(
-                    step,
-                    StepState.DONE,
-                    f"{service.name} is {status.state}{standin}",
-                    100 * index // total,
+                    step, StepState.DONE, f"{service.name} is {status.state}{standin}", after
                 )
             services = tuple(await self.services())
             up = sum(1 for s in services if s.state == "running")
@@ -151,13 +161,13 @@ class Agent:
         role = self.applied()
         if role is None:
             return []
-        return [await self.manager.status(self.spec(s)) for s in role.services]
+        return [await self.manager.status(self.spec(s)) for s in self._services_of(role)]
 
     async def stop_role(self) -> list[ServiceStatus]:
         role = self.applied()
         if role is None:
             return []
-        for service in role.services:
+        for service in reversed(self._services_of(role)):
             await self.manager.stop(self.spec(service))
         return await self.services()
 
@@ -167,8 +177,13 @@ class Agent:
         role = self.applied()
         if role is None or self.manager.kind != "process":
             return
-        for service in role.services:
+        for service in self._services_of(role):
             try:
+                steps.make_dirs(service.dirs, self._values())
                 await self.manager.restart(self.spec(service))
             except errors.MicrostackError as exc:
                 log.warning("service restart failed service=%s error=%r", service.name, exc.message)
+
+
+async def _no_progress(message: str) -> None:
+    """Bootstrap steps on a node report only their start and end."""

@@ -29,6 +29,7 @@ from microstackd.model import (
     ServiceRecord,
     TokenRecord,
 )
+from microstackd.plane import ControlPlane
 from microstackd.ratelimit import FailureLimiter
 from microstackd.rpc import peer
 from microstackd.runner import Runner, Skipped, StepAction, StepContext
@@ -80,8 +81,11 @@ class Control:
         runner: Runner,
         bootstrap_fingerprint: str,
         on_member: Callable[[], Awaitable[None]],
+        plane: ControlPlane | None = None,
     ) -> None:
         self._config = config
+        #: The control role (the OpenStack control plane), run as init's middle steps.
+        self._plane = plane
         self._store = store
         self._runner = runner
         self._bootstrap_fingerprint = bootstrap_fingerprint
@@ -113,11 +117,16 @@ class Control:
         if self._runner.running(name):
             raise errors.AlreadyInitialised("an init is already running on this node")
         after = self._store.last_seq(name)
-        actions: Mapping[str, StepAction] = {
+        actions: dict[str, StepAction] = {
             enrolment.CREATE_CLUSTER: lambda ctx: self._create_cluster(ctx, password, address),
             enrolment.DONE: self._control_done,
         }
-        self._runner.ensure_running(name, enrolment.CONTROL_PLAN, actions)
+        plan, titles = enrolment.CONTROL_PLAN, None
+        if self._plane is not None:
+            plan = (plan[0], *self._plane.plan(), *plan[1:])
+            actions.update(self._plane.actions(self.load_control_config))
+            titles = self._plane.titles()
+        self._runner.ensure_running(name, plan, actions, titles)
         return after
 
     async def _create_cluster(self, ctx: StepContext, password: str, address: str) -> str:

@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -30,9 +31,28 @@ SECRET_KEYS = frozenset(
         "neutron_password",
         "placement_password",
         "metadata_secret",
+        "glance_password",
+        "db_password",
+        "db_base_url",
+        "admin_password",
     }
 )
+#: Service users whose credentials computes receive.
 SERVICE_USERS = ("nova", "neutron", "placement")
+#: Every service user of the control plane.
+CONTROL_SERVICE_USERS = (*SERVICE_USERS, "glance")
+#: The control plane's ports besides Keystone's (keystone.url) and RabbitMQ's.
+DEFAULT_PORTS = {
+    "mariadb": 13306,
+    "epmd": 14369,
+    "rabbitmq_dist": 25672,
+    "glance": 9292,
+    "placement": 8778,
+    "nova": 8774,
+    "neutron": 9696,
+}
+#: The admin cloud's name in clouds.yaml.
+CLOUD_NAME = "microstack"
 
 
 @dataclass(frozen=True)
@@ -50,6 +70,12 @@ class ControlConfig:
     compute_driver: str
     tunnel_types: str
     ovn_sb_connection: str
+    #: The control plane's own secrets and ports (never issued to computes).
+    database_password: str = ""
+    admin_password: str = ""
+    ports: tuple[tuple[str, int], ...] = ()
+    #: Seconds between nova-scheduler's scans for new compute hosts.
+    discover_hosts_interval: int = 5
 
     @property
     def transport_url(self) -> str:
@@ -106,7 +132,7 @@ def ensure(path: Path, control_address: str) -> ControlConfig:
     rabbit.setdefault("user", "openstack")
     rabbit.setdefault("password", _secret())
     services = _section(data, "service_users")
-    for user in SERVICE_USERS:
+    for user in CONTROL_SERVICE_USERS:
         entry = services.setdefault(user, {})
         if not isinstance(entry, dict):
             raise errors.InvalidArgument(f"control config: service_users.{user} must be a mapping")
@@ -118,6 +144,12 @@ def ensure(path: Path, control_address: str) -> ControlConfig:
     network = _section(data, "network")
     network.setdefault("tunnel_types", "vxlan")
     network.setdefault("ovn_sb_connection", "")
+    _section(data, "database").setdefault("password", _secret())
+    _section(data, "admin").setdefault("password", _secret())
+    ports = _section(data, "ports")
+    for name, port in DEFAULT_PORTS.items():
+        ports.setdefault(name, port)
+    compute.setdefault("discover_hosts_interval", 5)
 
     if yaml.safe_dump(data, sort_keys=True) != before:
         header = (
@@ -144,13 +176,17 @@ def _parse(data: dict[str, Any], path: Path) -> ControlConfig:
             rabbitmq_user=str(rabbit["user"]),
             rabbitmq_password=str(rabbit["password"]),
             service_passwords={
-                user: str(data["service_users"][user]["password"]) for user in SERVICE_USERS
+                user: str(data["service_users"][user]["password"]) for user in CONTROL_SERVICE_USERS
             },
             metadata_secret=str(data["metadata_secret"]),
             virt_type=str(data["compute"]["virt_type"]),
             compute_driver=str(data["compute"]["compute_driver"]),
             tunnel_types=str(data["network"]["tunnel_types"]),
             ovn_sb_connection=str(data["network"]["ovn_sb_connection"] or ""),
+            database_password=str(data["database"]["password"]),
+            admin_password=str(data["admin"]["password"]),
+            ports=tuple((name, int(data["ports"][name])) for name in DEFAULT_PORTS),
+            discover_hosts_interval=int(data["compute"]["discover_hosts_interval"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise errors.InvalidArgument(
@@ -170,6 +206,9 @@ def issue_compute_settings(config: ControlConfig, node: NodeRecord) -> dict[str,
         "transport_url": config.transport_url,
         "virt_type": config.virt_type,
         "compute_driver": config.compute_driver,
+        # Only a real hypervisor sends vif-plugged events (not nova's fake drivers).
+        "vif_plugging_is_fatal": "false" if config.compute_driver.startswith("fake.") else "true",
+        "vif_plugging_timeout": "0" if config.compute_driver.startswith("fake.") else "300",
         "tunnel_types": config.tunnel_types,
         "ovn_sb_connection": config.ovn_sb_connection,
         "metadata_secret": config.metadata_secret,
@@ -178,6 +217,53 @@ def issue_compute_settings(config: ControlConfig, node: NodeRecord) -> dict[str,
         settings[f"{user}_username"] = user
         settings[f"{user}_password"] = config.service_passwords[user]
     return settings
+
+
+def control_settings(config: ControlConfig) -> dict[str, str]:
+    """The control role's settings (secrets included): what its templates and
+    commands are rendered with. Never logged, never shown."""
+    ports = dict(config.ports)
+    keystone = urlsplit(config.keystone_url)
+    settings = {
+        "control_address": config.control_address,
+        "region": config.region,
+        "keystone_url": config.keystone_url,
+        "keystone_port": str(keystone.port or 5000),
+        "transport_url": config.transport_url,
+        "rabbitmq_user": config.rabbitmq_user,
+        "rabbitmq_password": config.rabbitmq_password,
+        "rabbitmq_port": str(config.rabbitmq_port),
+        "rabbitmq_dist_port": str(ports["rabbitmq_dist"]),
+        "epmd_port": str(ports["epmd"]),
+        "db_port": str(ports["mariadb"]),
+        "db_password": config.database_password,
+        "db_base_url": (
+            f"mysql+pymysql://openstack:{config.database_password}@127.0.0.1:{ports['mariadb']}"
+        ),
+        "admin_password": config.admin_password,
+        "discover_hosts_interval": str(config.discover_hosts_interval),
+    }
+    for name in ("glance", "placement", "nova", "neutron"):
+        settings[f"{name}_port"] = str(ports[name])
+    for user in CONTROL_SERVICE_USERS:
+        settings[f"{user}_password"] = config.service_passwords[user]
+    return settings
+
+
+def record_cloud(path: Path, clouds_yaml: Path) -> None:
+    """Point control.yaml's ``cloud`` section at the admin clouds.yaml."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise errors.StorageError(f"cannot read the control config {path}: {exc}") from exc
+    wanted = {"clouds_yaml": str(clouds_yaml), "name": CLOUD_NAME}
+    if isinstance(data, dict) and data.get("cloud") != wanted:
+        data["cloud"] = wanted
+        header = (
+            "# microstackd control configuration (docs/control-config.md).\n"
+            "# Secrets below were generated at control init; keep this file private.\n"
+        )
+        write_private_file(path, (header + yaml.safe_dump(data, sort_keys=False)).encode())
 
 
 def redact(settings: dict[str, str]) -> dict[str, str]:

@@ -33,6 +33,7 @@ from microstackd.events import EventBus
 from microstackd.member import Member
 from microstackd.model import Access, Role, ServiceRecord
 from microstackd.node.services import ServiceStatus, make_manager
+from microstackd.plane import ControlPlane
 from microstackd.rpc import servicers
 from microstackd.rpc.auth import AuthInterceptor, Channel
 from microstackd.rpc.options import SERVER_OPTIONS
@@ -58,8 +59,9 @@ class Daemon:
         self._bootstrap_key, self._bootstrap_cert = self._bootstrap_identity()
         fingerprint = security.fingerprint(self._bootstrap_cert)
         self.services = make_manager(config.service_manager, log_dir=config.state_dir / "logs")
+        self.plane = ControlPlane(config, self.store, self.services)
         self.control = Control(
-            config, self.store, self.runner, fingerprint, self.start_cluster_server
+            config, self.store, self.runner, fingerprint, self.start_cluster_server, self.plane
         )
         self.agent = Agent(config, self.store, self.services)
         self.member = Member(config, self.store, self.start_cluster_server, self._service_records)
@@ -89,6 +91,7 @@ class Daemon:
         if self.store.cluster() is not None:
             await self.start_cluster_server()
         await self.agent.resume()
+        await self.plane.resume()
         self.control.resume_enrolments()
         self.member.resume()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -207,6 +210,7 @@ class Daemon:
         servers = [s for s in (self._bootstrap, self._cluster, self._local) if s is not None]
         await asyncio.gather(*(s.stop(grace) for s in servers))
         await self.member.stop_heartbeats()
+        await self.plane.close()
         await self.services.close()
         with contextlib.suppress(FileNotFoundError):
             self.config.socket.unlink()

@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from microstackd import __version__, errors, notify, validate
+from microstackd import __version__, errors, logcontext, notify, validate
 from microstackd.config import (
     DEFAULT_CONFIG_FILE,
     DEFAULT_CONFIG_ROOT,
@@ -44,6 +44,9 @@ class KeyValueFormatter(logging.Formatter):
         if text:
             parts.append(f"msg={text!r}" if " " in text or "=" in text else f"msg={text}")
         parts.extend(fields)
+        request_id = logcontext.REQUEST_ID.get()
+        if request_id:
+            parts.append(f"request={request_id}")
         if record.exc_info:
             parts.append("exc=" + repr(self.formatException(record.exc_info)))
         return " ".join(parts)

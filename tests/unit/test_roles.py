@@ -34,7 +34,11 @@ def settings(tmp_path: Path) -> dict[str, str]:
     config = control_config.ensure(tmp_path / "control.yaml", "10.0.0.1")
     return control_config.issue_compute_settings(config, NODE) | {
         "config_root": str(tmp_path / "etc"),
-        "state_path": str(tmp_path / "state"),
+        "state_dir": str(tmp_path / "state"),
+        "state_path": str(tmp_path / "state" / "services"),
+        "run_dir": str(tmp_path / "run"),
+        "log_dir": str(tmp_path / "state" / "logs"),
+        "helpers_dir": str(tmp_path / "helpers"),
         "openstack_prefix": "/opt/os",
     }
 
@@ -106,7 +110,7 @@ def test_template_errors_name_the_template():
 
 
 def test_commands_expand(settings):
-    service = COMPUTE.services[0]
+    service = COMPUTE.service("nova-compute")
     argv = render.expand(service.command, settings)
     assert argv[0] == "/opt/os/bin/nova-compute" and argv[-1].endswith(NOVA_COMPUTE_CONF)
 
@@ -130,7 +134,8 @@ def test_control_config_is_generated_once_and_kept(tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     second = control_config.ensure(path, "10.9.9.9")
     assert first == second  # secrets and addresses survive a reload
-    assert len(set(first.service_passwords.values())) == 3
+    assert len(set(first.service_passwords.values())) == 4
+    assert first.database_password and first.admin_password
 
 
 def test_control_config_keeps_operator_values_and_fills_the_rest(tmp_path):

@@ -35,21 +35,29 @@ def render_text(name: str, values: Mapping[str, str]) -> str:
 
 
 def render_role(role: RoleDefinition, values: Mapping[str, str], root: Path) -> list[Path]:
-    """Render every file of ``role``; return the paths written."""
+    """Render every file of ``role``; return the paths written. A file goes
+    under ``root`` (the config root) unless its ``root`` names another value."""
     missing = [key for key in role.settings if key not in values]
     if missing:
         raise errors.InvalidArgument(
             f"the {role.name} role needs settings the control did not issue: {', '.join(missing)}"
         )
-    rendered = [(root / f.path, render_text(f.template, values)) for f in role.files]
-    for path, text in rendered:
+    rendered = [
+        (
+            (root if f.root == "config_root" else Path(values[f.root])) / f.path,
+            render_text(f.template, values),
+            f.mode,
+        )
+        for f in role.files
+    ]
+    for path, text, mode in rendered:
         try:
-            write_private_file(path, text.encode(), mode=FILE_MODE, dir_mode=0o750)
+            write_private_file(path, text.encode(), mode=mode, dir_mode=0o750)
         except errors.StorageError as exc:
             raise errors.ConfigError(
                 f"cannot write {path} (config root {root}): {exc.message}"
             ) from exc
-    return [path for path, _ in rendered]
+    return [path for path, _, _ in rendered]
 
 
 def expand(command: tuple[str, ...], values: Mapping[str, str]) -> tuple[str, ...]:

@@ -78,6 +78,10 @@ class ServiceSpec:
     ready_pattern: str = ""
     #: How long ``wait_ready`` waits.
     start_timeout: float = 60.0
+    #: Process manager: also ready only once this answers: ``tcp://HOST:PORT``
+    #: (accepts a connection), ``unix:///PATH`` (a Unix socket accepts) or
+    #: ``http://HOST:PORT/PATH`` (any HTTP status below 500).
+    ready_check: str = ""
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -90,6 +94,11 @@ class ServiceSpec:
                     f"{self.name}: ready_pattern {self.ready_pattern!r} is not a valid "
                     f"regular expression: {exc}"
                 ) from exc
+        if self.ready_check and not self.ready_check.startswith(("tcp://", "unix://", "http://")):
+            raise errors.InvalidArgument(
+                f"{self.name}: ready_check {self.ready_check!r} must start with tcp://, "
+                "unix:// or http://"
+            )
         if self.ready_after < 0 or self.start_timeout <= 0:
             raise errors.InvalidArgument(
                 f"{self.name}: ready_after must be >= 0 and start_timeout > 0"
@@ -455,6 +464,8 @@ class _Child:
     scan_partial: bytes = b""
     pattern_seen: bool = False
     ready: bool = False
+    #: The spec's ready_check has answered (for this run).
+    probe_ok: bool = False
 
 
 @dataclass(eq=False)
@@ -532,6 +543,7 @@ class ProcessManager:
         svc = self._services.get(spec.name)
         if svc is None:
             return ServiceStatus(spec.name, STOPPED)
+        await self._probe(svc)
         return self._status(svc)
 
     async def wait_ready(self, spec: ServiceSpec) -> ServiceStatus:
@@ -544,6 +556,7 @@ class ProcessManager:
         while True:
             if svc.crashes != crashes:  # it exited and was already restarted
                 raise errors.ServiceFailed(svc.last_crash)
+            await self._probe(svc)
             status = self._status(svc)
             if status.state == RUNNING:
                 return status
@@ -603,8 +616,18 @@ class ProcessManager:
             return False
         if spec.ready_pattern and not self._pattern_seen(svc, child):
             return False
+        if spec.ready_check and not child.probe_ok:
+            return False
         child.ready = True
         return True
+
+    async def _probe(self, svc: _Service) -> None:
+        """Try the spec's ready_check once (at most 1 s) for a live child."""
+        child = svc.child
+        check = svc.spec.ready_check
+        if not check or child is None or child.probe_ok or child.proc.returncode is not None:
+            return
+        child.probe_ok = await probe(check)
 
     def _pattern_seen(self, svc: _Service, child: _Child) -> bool:
         if child.pattern_seen:
@@ -639,6 +662,8 @@ class ProcessManager:
         spec, child = svc.spec, svc.child
         if spec.ready_pattern and (child is None or not child.pattern_seen):
             reason = f"no line matching {spec.ready_pattern!r} in its log"
+        elif spec.ready_check and (child is None or not child.probe_ok):
+            reason = f"{spec.ready_check} did not answer"
         else:
             reason = f"it must stay up {spec.ready_after:g} s"
         lines = self._run_tail(svc, child) if child is not None else []
@@ -702,7 +727,8 @@ class ProcessManager:
         loop = asyncio.get_running_loop()
         svc.child = _Child(proc, loop.time(), start, scan_offset=start)
         try:
-            self._pid_path(spec.name).write_text(f"{proc.pid}\n")
+            # The start time tells this process from a later one with the same pid.
+            self._pid_path(spec.name).write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
         except OSError as exc:
             log.warning("cannot record the pid of %s: %s", spec.name, exc)
 
@@ -772,16 +798,46 @@ class ProcessManager:
     async def _reap_orphans(self, name: str) -> None:
         """Stop the children a killed daemon left running for this service."""
         try:
-            pgid = int(self._pid_path(name).read_text().strip())
-        except (OSError, ValueError):
+            fields = self._pid_path(name).read_text().split()
+            pgid = int(fields[0])
+        except (OSError, ValueError, IndexError):
             return
         marker = f"{SERVICE_MARKER}={self._marker(name)}".encode()
-        if pgid <= 1 or not any(marker in _environ(pid) for pid in _group_members(pgid)):
+        members = _group_members(pgid)
+        # Its leader started when recorded (setproctitle, as gunicorn uses it,
+        # overwrites a process's environment block), or a member bears our marker.
+        recorded = len(fields) > 1 and fields[1] != "0" and _start_time(pgid) == fields[1]
+        if pgid <= 1 or not (recorded or any(marker in _environ(pid) for pid in members)):
             return
         log.warning("stopping %s (process group %d) left running by a previous daemon", name, pgid)
         self._note(name, f"stopping {name} (process group {pgid}) left by a previous daemon")
         _killpg(pgid, signal.SIGTERM)
         await _end_group(pgid, asyncio.get_running_loop().time() + self._stop_grace)
+
+
+async def probe(check: str, timeout: float = 1.0) -> bool:
+    """Whether ``check`` (see ``ServiceSpec.ready_check``) answers now."""
+    scheme, _, rest = check.partition("://")
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            if scheme == "unix":
+                _reader, writer = await asyncio.open_unix_connection(rest)
+                return True
+            hostport, _, path = rest.partition("/")
+            host, _, port = hostport.rpartition(":")
+            reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+            if scheme == "tcp":
+                return True
+            writer.write(f"GET /{path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n".encode())
+            await writer.drain()
+            parts = (await reader.readline()).split()
+            return len(parts) >= 2 and parts[1].isdigit() and int(parts[1]) < 500
+    except (OSError, TimeoutError, ValueError):
+        return False
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def _size(path: Path) -> int | None:
@@ -853,6 +909,17 @@ def _group_members(pgid: int) -> list[int]:
         if len(fields) > 2 and fields[0] not in (b"Z", b"X") and fields[2] == str(pgid).encode():
             members.append(int(entry))
     return members
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (/proc/PID/stat), or "0"."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return "0"
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return fields[19].decode() if len(fields) > 19 else "0"
 
 
 def _environ(pid: int) -> list[bytes]:

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import grpc
 from grpc import aio
 
-from microstackd import errors, security
+from microstackd import errors, logcontext, security
 from microstackd.model import Access
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
 
     def _authenticate(self, context: Any, access: Access) -> None:
         PEER.set(context.peer())
+        logcontext.new_request_id()
         if access not in (Access.MEMBER, Access.CONTROL):
             CALLER.set(None)
             return

@@ -1,0 +1,210 @@
+"""The OpenStack roles as data: every template of every role renders and
+parses, every command expands with no secret on its command line, and the
+control's bootstrap steps resume from a recorded state without redoing
+what is done."""
+
+from __future__ import annotations
+
+import asyncio
+import configparser
+import string
+from pathlib import Path
+
+import pytest
+import yaml
+
+from microstackd import control_config, enrolment, errors
+from microstackd.config import DaemonConfig
+from microstackd.enrolment import Enrolment, Run
+from microstackd.model import NodeRecord, NodeState, Role, StepState
+from microstackd.node import render, steps
+from microstackd.node.roles import (
+    ALL_ROLES,
+    COMPUTE,
+    CONTROL,
+    SERVICE_PREFIX,
+    BootstrapStep,
+    RoleDefinition,
+)
+from microstackd.plane import NO_ENVIRONMENT, ControlPlane
+from microstackd.runner import Skipped
+
+NODE = NodeRecord(
+    name="node-1",
+    role=Role.COMPUTE,
+    address="10.0.0.2",
+    hostname="node-1",
+    state=NodeState.ENROLLING,
+    message="",
+    cert_serial="aa",
+    cert_not_after=0,
+    joined=0,
+)
+
+
+def _daemon_config(tmp_path: Path, prefix: Path | None = Path("/opt/os")) -> DaemonConfig:
+    return DaemonConfig(
+        state_dir=tmp_path / "state",
+        socket=tmp_path / "run" / "microstackd.sock",
+        listen_host="10.0.0.1",
+        listen_port=10002,
+        cluster_port=10003,
+        node_name="control",
+        hostname="control",
+        config_root=tmp_path / "etc",
+        openstack_prefix=prefix,
+    )
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> control_config.ControlConfig:
+    return control_config.ensure(tmp_path / "control.yaml", "10.0.0.1")
+
+
+def _values(tmp_path: Path, config: control_config.ControlConfig, role: RoleDefinition):
+    base = steps.base_values(_daemon_config(tmp_path))
+    if role is CONTROL:
+        return {**base, **control_config.control_settings(config)}
+    return {**base, **control_config.issue_compute_settings(config, NODE)}
+
+
+def _secrets(config: control_config.ControlConfig) -> set[str]:
+    return {
+        config.rabbitmq_password,
+        config.database_password,
+        config.admin_password,
+        *config.service_passwords.values(),
+    }
+
+
+@pytest.mark.parametrize("role", ALL_ROLES.values(), ids=list(ALL_ROLES))
+def test_every_template_renders_and_parses(tmp_path, config, role):
+    values = _values(tmp_path, config, role)
+    paths = render.render_role(role, values, tmp_path / "etc")
+    assert len(paths) == len(role.files)
+    for path, spec in zip(paths, role.files, strict=True):
+        text = path.read_text()
+        assert "${" not in text, path
+        assert oct(path.stat().st_mode & 0o777) == oct(spec.mode)
+        if path.suffix in (".conf", ".ini", ".cnf") and path.name != "rabbitmq.conf":
+            parser = configparser.ConfigParser(interpolation=None, allow_no_value=True)
+            parser.read_string(text)
+        elif path.name == "rabbitmq.conf":  # sysctl-like key = value lines
+            lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+            assert all(" = " in ln for ln in lines), text
+        elif path.suffix == ".yaml":
+            cloud = yaml.safe_load(text)["clouds"]["microstack"]
+            assert cloud["auth"]["password"] == config.admin_password
+            assert cloud["auth"]["auth_url"] == "http://10.0.0.1:5000/v3"
+    for template in {b.stdin_template for b in role.bootstrap} - {""}:
+        assert config.database_password in render.render_text(template, values)
+
+
+@pytest.mark.parametrize("role", ALL_ROLES.values(), ids=list(ALL_ROLES))
+def test_every_step_resolves_and_every_service_is_started_once(role):
+    names = role.step_names()
+    assert names[0] == "render-config" and len(set(names)) == len(names)
+    started = [n.removeprefix(SERVICE_PREFIX) for n in names if n.startswith(SERVICE_PREFIX)]
+    assert sorted(started) == sorted(s.name for s in role.services)
+    for name in names[1:]:
+        if not name.startswith(SERVICE_PREFIX):
+            assert role.bootstrap_step(name).title
+    assert set(role.titles()) >= set(names)
+
+
+@pytest.mark.parametrize("role", ALL_ROLES.values(), ids=list(ALL_ROLES))
+def test_commands_expand_without_a_secret_on_any_command_line(tmp_path, config, role):
+    values = _values(tmp_path, config, role)
+    secrets = _secrets(config)
+    for service in role.services:
+        spec = steps.service_spec(service, values)
+        assert not secrets & set(" ".join(spec.argv).split()), service.name
+        assert not any(s in " ".join(spec.argv) for s in secrets), service.name
+        for d in service.dirs:
+            string.Template(d).substitute(values)
+    for step in role.bootstrap:
+        for command in step.commands:
+            argv = " ".join(render.expand(command, values))
+            assert not any(s in argv for s in secrets), step.name
+        for _key, value in step.env:
+            string.Template(value).substitute(values)
+
+
+def test_control_plan_resumes_after_the_last_recorded_step():
+    plan = (enrolment.CREATE_CLUSTER, *CONTROL.step_names(), enrolment.DONE)
+    done = plan[: plan.index("identity")]
+    states = {step: StepState.DONE for step in done}
+    states["identity"] = StepState.RUNNING  # interrupted: redone
+    machine = Enrolment(plan, states, CONTROL.titles())
+    commands = machine.resume()
+    assert [c.step for c in commands if isinstance(c, Run)] == ["identity"]
+    assert machine.current == "identity"
+    # A finished plan runs nothing again.
+    finished = Enrolment(plan, {step: StepState.DONE for step in plan})
+    assert not [c for c in finished.resume() if isinstance(c, Run)]
+
+
+def _noop(message: str):
+    async def run() -> None:
+        return None
+
+    return run()
+
+
+def test_a_step_whose_result_exists_runs_nothing(tmp_path):
+    marker = tmp_path / "made"
+    marker.write_text("")
+    step = BootstrapStep("x", "make it", (("/bin/false",),), creates=str(marker))
+    message = asyncio.run(
+        steps.run_bootstrap(step, {"openstack_prefix": "/x"}, tmp_path / "logs", _noop)
+    )
+    assert "already done" in message
+
+
+def test_a_failed_command_names_its_status_and_last_lines(tmp_path):
+    step = BootstrapStep("x", "fail", (("/bin/sh", "-c", "echo oops; exit 3"),))
+    with pytest.raises(errors.ServiceFailed, match=r"(?s)exited with status 3.*oops"):
+        asyncio.run(steps.run_bootstrap(step, {"openstack_prefix": "/x"}, tmp_path / "logs", _noop))
+    ok = BootstrapStep("y", "exists", (("/bin/sh", "-c", "exit 2"),), ok_codes=(0, 2))
+    assert "done" in asyncio.run(
+        steps.run_bootstrap(ok, {"openstack_prefix": "/x"}, tmp_path / "logs", _noop)
+    )
+
+
+def test_stdin_carries_the_secret_not_the_command_line(tmp_path, config):
+    values = _values(tmp_path, config, CONTROL)
+    out = tmp_path / "stdin.txt"
+    step = BootstrapStep(
+        "sql", "sql", (("/bin/sh", "-c", f"cat > {out}"),), stdin_template=("control/databases.sql")
+    )
+    asyncio.run(steps.run_bootstrap(step, values, tmp_path / "logs", _noop))
+    assert config.database_password in out.read_text()
+    assert config.database_password not in (tmp_path / "logs" / "bootstrap-sql.log").read_text()
+
+
+def test_without_an_openstack_environment_every_control_step_is_skipped(tmp_path, config):
+    from microstackd.store import Store
+
+    store = Store(tmp_path / "state")
+    try:
+        plane = ControlPlane(_daemon_config(tmp_path, prefix=None), store, manager=None)  # type: ignore[arg-type]
+        actions = plane.actions(lambda: config)
+        assert set(actions) == set(CONTROL.step_names())
+
+        async def run_all() -> list[object]:
+            return [await action(None) for action in actions.values()]  # type: ignore[arg-type]
+
+        results = asyncio.run(run_all())
+        assert results == [Skipped(NO_ENVIRONMENT)] * len(actions)
+    finally:
+        store.close()
+
+
+def test_compute_settings_follow_the_driver(config):
+    settings = control_config.issue_compute_settings(config, NODE)
+    assert (settings["vif_plugging_is_fatal"], settings["compute_driver"]) == (
+        "true",
+        "libvirt.LibvirtDriver",
+    )
+    assert "glance_password" not in settings  # computes get only what they use
+    assert set(COMPUTE.settings) <= set(settings)
