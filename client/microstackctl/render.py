@@ -82,9 +82,9 @@ class Progress:
         state = STATE_NAMES.get(event.state, "unknown")
         mark, style = _MARKS.get(state, ("?", ""))
         line = (
-            f"[{style}]{mark}[/] {event.step:<15} {event.message}"
+            f"[{style}]{mark}[/] {event.step:<18} {event.message}"
             if style
-            else (f"{mark} {event.step:<15} {event.message}")
+            else (f"{mark} {event.step:<18} {event.message}")
         )
         if state in ("running", "waiting") and self.console.is_terminal:
             text = f"{event.step}: {event.message}"
