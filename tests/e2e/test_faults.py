@@ -130,8 +130,9 @@ def _joins_through_the_proxy(network: Network, control: Host, password_file: Pat
     print(f"3 joins through 100 ms + 5 % loss took {elapsed:.1f} s")
 
 
-def test_control_killed_during_configure_node(network: Network, password_file: Path) -> None:
-    control = start_control(network, password_file, "--step-delay", "configure-node=30")
+@pytest.mark.parametrize("step", ["admit", "issue-config", "configure-node", "done"])
+def test_control_killed_at_each_step(network: Network, password_file: Path, step: str) -> None:
+    control = start_control(network, password_file, "--step-delay", f"{step}=30")
     compute = network.add_host("compute1")
     compute.start_daemon("compute1")
     joining = compute.popen(
@@ -141,9 +142,9 @@ def test_control_killed_during_configure_node(network: Network, password_file: P
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     wait_for(
-        lambda: "step=configure-node node=compute1" in control.daemon_log(tail=20),
+        lambda: f"step={step} node=compute1" in control.daemon_log(tail=20),
         30,
-        "the control to reach configure-node",
+        f"the control to reach {step}",
     )
     control.stop_daemon(signal.SIGKILL)
     assert control.node_name and control.state_dir and control.socket

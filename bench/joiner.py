@@ -1,0 +1,272 @@
+"""A lightweight simulated compute node, and the reference client.
+
+A simulated node does what ``microstackd.member.Member`` does over the wire,
+with the product's own code (``microstackd.rpc.peer`` and
+``microstackd.security``): fetch the bootstrap certificate, the SPAKE2
+exchange bound to it, a CSR for a fresh P-256 key, the certificate issued by
+the control, then ``ClusterService.Enrol`` over mutual TLS with that key,
+until the final event. It announces ``cluster_port=0`` in its hello, so the
+control skips configure-node ("runs no agent"): no services to start.
+
+What it leaves out, and why:
+
+* the KDF: the verifier is derived once per run (same password and salt give
+  the same verifier) and the KDF is timed on its own;
+* the joiner's own persistence (a real joiner writes three key files and two
+  SQLite transactions with fsync): the simulated node keeps its key in memory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import grpc
+from grpc import aio
+
+from microstackd import security
+from microstackd.credentials import NodeCredentials
+from microstackd.model import ClusterRecord, EventRecord, Role
+from microstackd.rpc import peer
+from microstackd.rpc.options import CHANNEL_OPTIONS
+
+PROBE_NAME = "bench-probe"
+
+
+@dataclass(frozen=True)
+class Secret:
+    """The cluster password's verifier, derived once per run."""
+
+    verifier: bytes
+    kdf: security.KdfParams
+
+    def to_json(self) -> dict[str, object]:
+        k = self.kdf
+        return {
+            "verifier": self.verifier.hex(),
+            "salt": k.salt.hex(),
+            "log2_n": k.log2_n,
+            "r": k.r,
+            "p": k.p,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Secret:
+        kdf = security.KdfParams(
+            salt=bytes.fromhex(str(data["salt"])),
+            log2_n=int(str(data["log2_n"])),
+            r=int(str(data["r"])),
+            p=int(str(data["p"])),
+        )
+        return cls(bytes.fromhex(str(data["verifier"])), kdf)
+
+
+async def probe_kdf(host: str, port: int) -> security.KdfParams:
+    """The control's KDF parameters: send a hello, read the challenge, hang up.
+
+    No guess is spent: the control counts a failure only when a response
+    does not verify.
+    """
+    cert_pem = await peer.fetch_bootstrap_certificate(host, port)
+    hello = security.Hello(node_name=PROBE_NAME, address="127.0.0.1", hostname=PROBE_NAME)
+    async with peer.BootstrapCall(host, port, cert_pem) as call:
+        challenge = await call.hello(hello, 0)
+    return challenge.kdf
+
+
+def derive(password: str, kdf: security.KdfParams) -> tuple[Secret, float]:
+    """Derive the verifier as a joiner does; return it and the seconds it took."""
+    started = time.perf_counter()
+    verifier = security.derive_verifier(password, kdf)
+    return Secret(verifier, kdf), time.perf_counter() - started
+
+
+@dataclass
+class Member:
+    """A simulated node once it holds its certificate."""
+
+    name: str
+    creds: NodeCredentials
+    cluster: ClusterRecord
+
+
+@dataclass
+class JoinResult:
+    name: str
+    ok: bool = False
+    error: str = ""
+    #: time.time() at the start and end of the whole join.
+    start: float = 0.0
+    end: float = 0.0
+    #: seconds per phase (see ``bootstrap`` and ``enrol``).
+    phases: dict[str, float] = field(default_factory=dict)
+    #: (seq, time.time() on arrival) of every event of the control's stream.
+    events: list[tuple[int, float]] = field(default_factory=list)
+    final_state: str = ""
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "error": self.error,
+            "start": self.start,
+            "end": self.end,
+            "phases": self.phases,
+            "events": self.events,
+            "final_state": self.final_state,
+        }
+
+
+async def bootstrap(
+    host: str,
+    port: int,
+    name: str,
+    address: str,
+    secret: Secret,
+    phases: dict[str, float],
+    agent_port: int = 0,
+) -> Member:
+    """The password bootstrap, as ``Member._bootstrap`` runs it, with the verifier given."""
+    t = time.perf_counter()
+    cert_pem = await peer.fetch_bootstrap_certificate(host, port)
+    seen = security.fingerprint(cert_pem)
+    hello = security.Hello(node_name=name, address=address, hostname=name)
+    key = security.generate_key()
+    phases["fetch_cert"] = (t1 := time.perf_counter()) - t
+    async with peer.BootstrapCall(host, port, cert_pem) as call:
+        challenge = await call.hello(hello, agent_port)
+        phases["hello"] = (t2 := time.perf_counter()) - t1
+        if challenge.kdf != secret.kdf:
+            raise RuntimeError("the control's KDF parameters changed during the run")
+        exchange = security.JoinerExchange(
+            secret.verifier,
+            challenge.cluster_id,
+            challenge.kdf,
+            hello,
+            seen,
+            challenge.pake_message,
+        )
+        csr = security.make_csr(key, name)
+        pake_message, confirmation = exchange.response(csr)
+        phases["pake_csr"] = (t3 := time.perf_counter()) - t2
+        result = await call.respond(pake_message, csr, confirmation)
+        phases["respond"] = (t4 := time.perf_counter()) - t3
+        exchange.check_result(
+            result.certificate_pem,
+            result.ca_certificate_pem,
+            result.control_name,
+            result.cluster_port,
+            result.confirmation,
+        )
+    ca = security.load_cert(result.ca_certificate_pem)
+    security.verify_issued_by(ca, security.load_cert(result.certificate_pem), datetime.now(UTC))
+    creds = NodeCredentials(
+        key_pem=security.key_to_pem(key),
+        cert_pem=result.certificate_pem,
+        ca_pem=result.ca_certificate_pem,
+    )
+    cluster = ClusterRecord(
+        cluster_id=challenge.cluster_id,
+        role=Role.COMPUTE,
+        control_name=result.control_name,
+        control_address=host,
+        bootstrap_port=port,
+        cluster_port=result.cluster_port,
+        ca_fingerprint=security.fingerprint(ca),
+        ca_not_after=ca.not_valid_after_utc.timestamp(),
+    )
+    phases["check"] = time.perf_counter() - t4
+    return Member(name, creds, cluster)
+
+
+async def enrol(
+    member: Member,
+    result: JoinResult,
+    on_event: Callable[[EventRecord], None] | None = None,
+) -> None:
+    """``ClusterService.Enrol`` over mTLS until the final event."""
+    t = time.perf_counter()
+    client = peer.ControlClient(member.cluster, member.creds)
+    try:
+        async for event in client.enrol():
+            result.events.append((event.seq, time.time()))
+            if on_event is not None:
+                on_event(event)
+            if event.final:
+                result.final_state = event.state.value
+                break
+    finally:
+        await client.close()
+    result.phases["enrol"] = time.perf_counter() - t
+    if result.final_state != "done":
+        raise RuntimeError(f"enrolment of {member.name} ended {result.final_state or 'early'}")
+
+
+async def join(host: str, port: int, name: str, address: str, secret: Secret) -> JoinResult:
+    """One whole join with no services to start; errors are recorded, not raised."""
+    result = JoinResult(name=name, start=time.time())
+    try:
+        member = await bootstrap(host, port, name, address, secret, result.phases)
+        await enrol(member, result)
+        result.ok = True
+    except Exception as exc:  # a benchmark counts errors, it does not stop at the first
+        result.error = f"{type(exc).__name__}: {exc}"
+    result.end = time.time()
+    return result
+
+
+# --- reference: a bare TLS handshake and one unary RPC -------------------------------------------
+
+REF_SERVER_NAME = "bench-reference"
+REF_METHOD = "/bench.Reference/Ping"
+
+
+async def tls_rpc_once(
+    host: str,
+    port: int,
+    root_pem: bytes,
+    client_key_pem: bytes | None = None,
+    client_cert_pem: bytes | None = None,
+) -> float:
+    """Seconds for a new (m)TLS channel, one unary RPC and closing the channel."""
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=root_pem, private_key=client_key_pem, certificate_chain=client_cert_pem
+    )
+    started = time.perf_counter()
+    channel = aio.secure_channel(
+        f"{host}:{port}",
+        credentials,
+        options=[*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", REF_SERVER_NAME)],
+    )
+    try:
+        await channel.unary_unary(REF_METHOD)(b"ping", timeout=10)
+    finally:
+        await channel.close(None)
+    return time.perf_counter() - started
+
+
+async def warm_rpc_samples(host: str, port: int, root_pem: bytes, count: int) -> list[float]:
+    """Seconds per unary RPC on one already-connected TLS channel."""
+    credentials = grpc.ssl_channel_credentials(root_certificates=root_pem)
+    channel = aio.secure_channel(
+        f"{host}:{port}",
+        credentials,
+        options=[*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", REF_SERVER_NAME)],
+    )
+    call = channel.unary_unary(REF_METHOD)
+    samples = []
+    try:
+        await call(b"ping", timeout=10)
+        for _ in range(count):
+            started = time.perf_counter()
+            await call(b"ping", timeout=10)
+            samples.append(time.perf_counter() - started)
+    finally:
+        await channel.close(None)
+    return samples

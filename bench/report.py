@@ -1,0 +1,409 @@
+"""The results table: figure, reference, ratio, target, verdict."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+LXD_JOIN_MS = 412.0
+LXD_LIST_MS = 20.0
+
+
+@dataclass(frozen=True)
+class Row:
+    what: str
+    figure: str
+    reference: str = ""
+    ratio: str = ""
+    target: str = ""
+    verdict: str = ""
+
+
+def _ms(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:,.1f} ms"
+
+
+def _ratio(a: float, b: float) -> str:
+    if not b or math.isnan(a) or math.isnan(b):
+        return ""
+    return f"{a / b:.1f}x"
+
+
+def _split(split: dict[str, float]) -> str:
+    if not split:
+        return ""
+    return (
+        f"anon {split['anon']:.0f} + file {split['file']:.0f} MB; PSS {split.get('pss', 0):.0f} MB"
+    )
+
+
+def _verdict(ok: bool) -> str:
+    return "pass" if ok else "MISS"
+
+
+def rows(r: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    ref = r.get("reference", {})
+    tls = ref.get("tls_rpc", {})
+    mtls = ref.get("mtls_rpc", {})
+    ov = r.get("overhead", {})
+    if ov:
+        jp50, jp99 = r["join_p50_ms"], r["join_p99_ms"]
+        tp50, tp99 = r["tls_rpc_p50_ms"], tls.get("p99_ms", math.nan)
+        out.append(
+            Row(
+                f"join overhead p50, KDF excluded ({ov['joins']} joins)",
+                _ms(jp50),
+                f"TLS+RPC {_ms(tp50)}",
+                _ratio(jp50, tp50),
+                "< 50 ms and <= 3x ref",
+                _verdict(jp50 < 50 and jp50 <= 3 * tp50),
+            )
+        )
+        out.append(
+            Row(
+                "join overhead p99, KDF excluded",
+                _ms(jp99),
+                f"TLS+RPC {_ms(tp99)}",
+                _ratio(jp99, tp99),
+            )
+        )
+        out.append(Row("  reference (a): new TLS channel + unary RPC p50", _ms(tp50)))
+        out.append(
+            Row("  reference: new mTLS channel + unary RPC p50", _ms(mtls.get("p50_ms", math.nan)))
+        )
+        out.append(Row(f"  (b) KDF, {r['kdf']['params']} p50", _ms(r["kdf_ms"])))
+        out.append(
+            Row(
+                "  join + KDF p50 (what a joiner pays)",
+                _ms(jp50 + r["kdf_ms"]),
+            )
+        )
+        out.append(Row("  control CPU per serial join", _ms(ov["control_cpu_ms_per_join"])))
+        cr = r.get("crypto")
+        if cr:
+            out.append(
+                Row(
+                    "  SPAKE2 CPU p50, control side / joiner side",
+                    f"{_ms(cr['spake2_control_side']['p50_ms'])} / "
+                    f"{_ms(cr['spake2_joiner_side']['p50_ms'])}",
+                    "pure-Python spake2",
+                )
+            )
+        tmpfs = r.get("overhead_tmpfs")
+        if tmpfs:
+            out.append(
+                Row(
+                    "  diagnostic: join p50 with the control's state on tmpfs",
+                    _ms(tmpfs["seconds"]["p50_ms"]),
+                    f"disk {_ms(jp50)}",
+                    _ratio(tmpfs["seconds"]["p50_ms"], jp50),
+                )
+            )
+    for s in r.get("scale", []):
+        n = s["nodes"]
+        target = n == 1000
+        out.append(
+            Row(
+                f"scale N={n}: total time",
+                f"{s['seconds']:.1f} s",
+                f"{s['seconds'] / n * 1000:.1f} ms/join",
+                "",
+                "< 60 s" if target else "",
+                _verdict(s["seconds"] < 60) if target else "",
+            )
+        )
+        out.append(
+            Row(f"  N={n}: join p50 / p99", f"{_ms(s['join_p50_ms'])} / {_ms(s['join_p99_ms'])}")
+        )
+        out.append(
+            Row(
+                f"  N={n}: control CPU per join",
+                _ms(s["control_cpu_ms_per_join"]),
+                f"{s['control_cpu_s']:.1f} s total",
+            )
+        )
+        out.append(
+            Row(
+                f"  N={n}: control peak RSS (VmHWM)",
+                f"{s['control_rss_mb']:.0f} MB",
+                "",
+                "",
+                "< 300 MB" if target else "",
+                _verdict(s["control_rss_mb"] < 300) if target else "",
+            )
+        )
+        out.append(
+            Row(f"  N={n}: errors", str(s["errors"]), "", "", "0", _verdict(s["errors"] == 0))
+        )
+    for g in r.get("scale_growth", []):
+        if "exponent_vs_previous" in g:
+            out.append(
+                Row(
+                    f"  growth to N={g['nodes']}: time ~ N^k",
+                    f"k = {g['exponent_vs_previous']:.2f}",
+                    f"{g['ms_per_join']:.1f} ms/join",
+                )
+            )
+    st_fs = r.get("scale_tmpfs")
+    if st_fs:
+        n = st_fs["nodes"]
+        disk = next((s for s in r.get("scale", []) if s["nodes"] == n), None)
+        out.append(
+            Row(
+                f"  diagnostic: N={n} with the control's state on tmpfs",
+                f"{st_fs['seconds']:.1f} s, {st_fs['errors']} errors",
+                f"disk {disk['seconds']:.1f} s, {disk['errors']} errors" if disk else "",
+                _ratio(st_fs["seconds"], disk["seconds"]) if disk else "",
+            )
+        )
+    if r.get("scale") and max(s["nodes"] for s in r["scale"]) < 1000:
+        out.append(Row("scale N=1000", "not run (--quick)", "", "", "< 60 s, < 300 MB", "n/a"))
+    st = r.get("status_at_scale")
+    if st:
+        out.append(
+            Row(
+                f"status RPC p99, {st['rpc']['nodes']} nodes (socket)",
+                _ms(st["rpc"]["p99_ms"]),
+                f"p50 {_ms(st['rpc']['p50_ms'])}",
+                "",
+                "< 100 ms",
+                _verdict(st["rpc"]["p99_ms"] < 100),
+            )
+        )
+        out.append(
+            Row(
+                f"  `microstackctl status`, {st['rpc']['nodes']} nodes p50",
+                _ms(st["cli"]["p50_ms"]),
+                f"--format json {_ms(st['cli_json']['p50_ms'])}" if "cli_json" in st else "",
+            )
+        )
+        gcs = st["member"]["get_cluster_status"]
+        out.append(
+            Row(
+                f"  GetClusterStatus over mTLS, {gcs['nodes']} nodes p50 / p99",
+                f"{_ms(gcs['p50_ms'])} / {_ms(gcs['p99_ms'])}",
+            )
+        )
+    cli = r.get("cli", {})
+    if cli:
+        out.append(
+            Row(
+                "event latency p50, control record -> CLI display",
+                _ms(r["event_latency_p50_ms"]),
+                f"p99 {_ms(cli['event_latency']['p99_ms'])}",
+                "",
+                "< 50 ms",
+                _verdict(r["event_latency_p50_ms"] < 50),
+            )
+        )
+    hs = r.get("streams")
+    w = r.get("watch")
+    if w:
+        out.append(
+            Row(
+                f"Watch streams held by the control, {st['rpc']['nodes'] if st else '?'} nodes",
+                f"{w['held']} held, RSS {w['control_rss_holding_mb']:.0f} MB",
+                f"before {w['control_rss_before_mb']:.0f} MB",
+                f"{w['control_rss_per_stream_kb']:.0f} KB/stream",
+                "",
+                f"errors {w['errors']}",
+            )
+        )
+        fo = w["fan_out_latency"]
+        out.append(
+            Row(
+                f"  one event to all {w['delivered']} watchers, p50 / p99",
+                f"{_ms(fo['p50_ms'])} / {_ms(fo['p99_ms'])}",
+            )
+        )
+    elif st:
+        out.append(Row("Watch streams", "not measured", "", "", "", "skipped"))
+    if st:
+        ae = st["member"]["enrol_of_active_node"]
+        out.append(
+            Row(
+                "  Enrol of an already-active node",
+                f"ends at once: {ae['events']} event in {_ms(ae['ms'])}",
+                "not a held stream",
+            )
+        )
+    if hs:
+        out.append(
+            Row(
+                "  Enrol streams held open at configure-node (mTLS)",
+                f"{hs['held']} held, RSS {hs['control_rss_holding_mb']:.0f} MB",
+                f"before {hs['control_rss_bootstrapped_mb']:.0f} MB",
+                f"{hs['control_rss_per_stream_kb']:.0f} KB/stream",
+                "",
+                f"errors {hs['errors']}",
+            )
+        )
+    if cli:
+        jp = r["cli_join_p50_ms"]
+        ns = cli["join_no_services_derived"]["p50_ms"]
+        out.append(
+            Row(
+                f"`microstackctl join` (password) p50, with services "
+                f"({cli['join_table_format']['n']})",
+                _ms(jp),
+                f"LXD token {_ms(LXD_JOIN_MS)}",
+                _ratio(jp, LXD_JOIN_MS),
+                "< 400 ms",
+                _verdict(jp < 400),
+            )
+        )
+        out.append(
+            Row(
+                "  same, minus configure-node (no services, derived)",
+                _ms(ns),
+                f"LXD token {_ms(LXD_JOIN_MS)}",
+                _ratio(ns, LXD_JOIN_MS),
+                "< 400 ms",
+                _verdict(ns < 400),
+            )
+        )
+        tok = cli.get("token")
+        if isinstance(tok, dict):
+            tp = tok["join"]["p50_ms"]
+            tn = tok["join_no_services_derived"]["p50_ms"]
+            out.append(
+                Row(
+                    f"`microstackctl join --token` p50, with services ({tok['join']['n']})",
+                    _ms(tp),
+                    f"LXD token {_ms(LXD_JOIN_MS)}",
+                    _ratio(tp, LXD_JOIN_MS),
+                    "< 400 ms",
+                    _verdict(tp < 400),
+                )
+            )
+            out.append(
+                Row(
+                    "  same, minus configure-node (no services, derived)",
+                    _ms(tn),
+                    f"LXD token {_ms(LXD_JOIN_MS)}",
+                    _ratio(tn, LXD_JOIN_MS),
+                    "< 400 ms",
+                    _verdict(tn < 400),
+                )
+            )
+            out.append(Row("  `microstackctl add-node` p50", _ms(tok["add_node"]["p50_ms"])))
+        else:
+            out.append(Row("  token join", str(tok or "n/a: not implemented")))
+        sp = r["cli_status_p50_ms"]
+        out.append(
+            Row(
+                "`microstackctl status` p50, 3 nodes",
+                _ms(sp),
+                f"lxc cluster list {_ms(LXD_LIST_MS)}",
+                _ratio(sp, LXD_LIST_MS),
+                "< 150 ms",
+                _verdict(sp < 150),
+            )
+        )
+        out.append(
+            Row(
+                "  `microstackctl status` on a compute (relayed) p50",
+                _ms(cli["status_3_nodes"]["compute_socket"]["p50_ms"]),
+            )
+        )
+        out.append(
+            Row(
+                "  Status RPC itself, 3 nodes p50",
+                _ms(cli["status_3_nodes"]["rpc"]["p50_ms"]),
+            )
+        )
+    floor = r.get("cli_floor")
+    if floor:
+        out.append(
+            Row(
+                "  `microstackctl --version` p50",
+                _ms(floor["microstackctl_version"]["p50_ms"]),
+                f"python -c pass {_ms(floor['python_startup']['p50_ms'])}",
+            )
+        )
+    imp = r.get("import_time")
+    if imp:
+        heavy = ", ".join(
+            f"{d['module'].split('.')[-1]} {d['cumulative_ms']:.0f}"
+            for d in imp["direct_imports_ms"][:5]
+        )
+        out.append(Row("  import microstackctl.cli", _ms(imp["total_ms"]), heavy))
+    if cli:
+        out.append(
+            Row(
+                "idle RSS, control",
+                f"{cli['control_idle_rss_mb']:.1f} MB",
+                _split(cli.get("control_idle_rss_split_mb", {})),
+                "",
+                "< 60 MB",
+                _verdict(cli["control_idle_rss_mb"] < 60),
+            )
+        )
+        out.append(
+            Row(
+                "idle RSS, compute (daemon only)",
+                f"{cli['compute_idle_rss_mb']:.1f} MB",
+                _split(cli.get("compute_idle_rss_split_mb", {})),
+                "",
+                "< 60 MB",
+                _verdict(cli["compute_idle_rss_mb"] < 60),
+            )
+        )
+        out.append(Row("start-up to ready, control (fresh)", _ms(cli["control_ready_fresh_ms"])))
+        out.append(
+            Row("start-up to ready, control (initialised)", _ms(cli["control_ready_restart_ms"]))
+        )
+        out.append(
+            Row("start-up to ready, compute (fresh) p50", _ms(cli["compute_ready_fresh_ms"]))
+        )
+    return out
+
+
+def table(r: dict[str, Any]) -> str:
+    header = Row("figure", "measured", "reference", "ratio", "target", "verdict")
+    body = rows(r)
+    cols = list(
+        zip(
+            *[
+                (x.what, x.figure, x.reference, x.ratio, x.target, x.verdict)
+                for x in [header, *body]
+            ],
+            strict=True,
+        )
+    )
+    widths = [max(len(c) for c in col) for col in cols]
+    lines = []
+    for i, row in enumerate([header, *body]):
+        cells = (row.what, row.figure, row.reference, row.ratio, row.target, row.verdict)
+        lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown(r: dict[str, Any]) -> str:
+    body = rows(r)
+    lines = [
+        "| figure | measured | reference | ratio | target | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for x in body:
+        what = "↳ " + x.what.strip() if x.what.startswith("  ") else x.what
+        cells = [what, x.figure, x.reference, x.ratio, x.target, x.verdict]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Render a results file written by run.py as a Markdown table (for docs)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())))
+
+
+if __name__ == "__main__":
+    main()
