@@ -123,6 +123,12 @@ class Api:
         except grpc.RpcError as exc:
             raise self.error(exc) from exc
 
+    def launch(self, request: pb.LaunchRequest) -> Iterator[pb.LaunchResponse]:
+        try:
+            yield from self.stub.Launch(request)
+        except grpc.RpcError as exc:
+            raise self.error(exc) from exc
+
     def create_token(self, name: str, ttl: int) -> pb.CreateTokenResponse:
         try:
             return self.stub.CreateToken(  # type: ignore[no-any-return]

@@ -317,6 +317,108 @@ def remove(ctx: click.Context, node: str, force: bool, fmt: str) -> None:
         click.echo(response.message)
 
 
+KEY_PATH = Path("~/.ssh/id_microstack")
+
+
+def ensure_key(path: Path) -> str:
+    """The public key of ``path`` (``~/.ssh/id_microstack``), made with
+    ssh-keygen when missing."""
+    import subprocess
+
+    path = path.expanduser()
+    public = path.with_name(path.name + ".pub")
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            subprocess.run(
+                [
+                    "ssh-keygen",
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    "microstack",
+                    "-f",
+                    str(path),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+        except (OSError, subprocess.CalledProcessError) as exc:
+            detail = getattr(exc, "stderr", "") or str(exc)
+            fail(f"cannot create {path} with ssh-keygen: {detail.strip()}")
+        click.echo(f"created the keypair {path}", err=True)
+    try:
+        return public.read_text().strip()
+    except OSError as exc:
+        fail(f"cannot read {public}: {exc.strerror or exc}")
+
+
+def ssh_command(key: Path, ip: str) -> str:
+    return f"ssh -i {key} cirros@{ip}"
+
+
+@main.command()
+@click.argument("image")
+@click.option("--name", default="", help="the server's name")
+@click.option("--flavor", default="", help="flavor (default m1.tiny, else the smallest)")
+@click.option(
+    "--availability-zone", "zone", default="", help="ZONE or ZONE:HOST (e.g. nova:node-1)"
+)
+@click.option(
+    "--network", default="", help="network (default test, else private; created if missing)"
+)
+@click.option("--key-name", default="", help="Nova keypair name (default microstack)")
+@FORMAT
+@click.pass_context
+@handle_errors
+def launch(
+    ctx: click.Context,
+    image: str,
+    name: str,
+    flavor: str,
+    zone: str,
+    network: str,
+    key_name: str,
+    fmt: str,
+) -> None:
+    """Boot IMAGE on the cloud (on the control), give it a floating IP from
+    `public` and print how to ssh to it (key ~/.ssh/id_microstack)."""
+    public_key = ensure_key(KEY_PATH)
+    request = pb.LaunchRequest(
+        image=image,
+        name=name,
+        flavor=flavor,
+        availability_zone=zone,
+        network=network,
+        key_name=key_name,
+        public_key=public_key,
+    )
+    result: pb.LaunchResult | None = None
+    with render.Progress(fmt) as progress:
+        for response in _api(ctx).launch(request):
+            if response.HasField("result"):
+                result = response.result
+            if fmt != "json":
+                progress.show(response.event)
+    if result is None:
+        fail("the launch stream ended before the server was ready")
+    ssh = ssh_command(KEY_PATH, result.floating_ip)
+    if fmt == "json":
+        render.print_json(render.launch_dict(result, ssh))
+        return
+    addresses = "; ".join(f"{a.network}={', '.join(a.addresses)}" for a in result.addresses)
+    click.echo(f"server   {result.name} ({result.id})")
+    click.echo(f"host     {result.host}")
+    click.echo(f"status   {result.status}")
+    click.echo(f"address  {addresses}")
+    click.echo(f"floating {result.floating_ip}")
+    click.echo(f"ssh      {ssh}")
+
+
 @main.command("add-node")
 @click.argument("name")
 @click.option(

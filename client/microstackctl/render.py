@@ -116,6 +116,38 @@ def node_dict(n: pb.Node) -> dict[str, Any]:
         "joined": iso(n.joined),
         "last_seen": iso(n.last_seen),
         "services": [{"name": s.name, "state": s.state, "message": s.message} for s in n.services],
+        "nova": nova_dict(n.nova) if n.HasField("nova") else None,
+    }
+
+
+def nova_dict(v: pb.NovaHost) -> dict[str, Any]:
+    return {
+        "compute_service": v.compute_service,
+        "hypervisor": v.hypervisor,
+        "running_instances": v.running_instances,
+    }
+
+
+def nova_text(n: pb.Node) -> str:
+    """The NOVA column: compute service, hypervisor, running instances."""
+    if not n.HasField("nova"):
+        return "-"
+    v = n.nova
+    return (
+        f"{v.compute_service or 'no service'}, hv {v.hypervisor or 'none'}, "
+        f"{v.running_instances} running"
+    )
+
+
+def launch_dict(r: pb.LaunchResult, ssh: str) -> dict[str, Any]:
+    return {
+        "name": r.name,
+        "id": r.id,
+        "host": r.host,
+        "status": r.status,
+        "addresses": {a.network: list(a.addresses) for a in r.addresses},
+        "floating_ip": r.floating_ip,
+        "ssh": ssh,
     }
 
 
@@ -238,7 +270,9 @@ def print_status(status: pb.StatusResponse, console: Console | None = None) -> N
     table = Table(box=None, pad_edge=False, header_style="bold")
     # On a narrow terminal only NAME folds; every other column stays whole.
     table.add_column("NAME", overflow="fold")
-    for column in ("ROLE", "ADDRESS", "STATE", "SERVICES", "LAST SEEN", "CERT EXPIRES"):
+    nova = any(n.HasField("nova") for n in status.nodes)
+    columns = ["ROLE", "ADDRESS", "STATE", "SERVICES", "LAST SEEN", "CERT EXPIRES"]
+    for column in [*columns, "NOVA"] if nova else columns:
         table.add_column(column, no_wrap=True)
     notes: list[Text] = []
     for n in status.nodes:
@@ -246,7 +280,7 @@ def print_status(status: pb.StatusResponse, console: Console | None = None) -> N
         services = Text(f"{up}/{len(n.services)}" if n.services else "-")
         if up < len(n.services):
             services.stylize("yellow")
-        table.add_row(
+        cells = [
             Text(n.name, style="bold" if n.name == status.local_node else ""),
             Text(ROLE_NAMES.get(n.role, "")),
             Text(n.address),
@@ -254,7 +288,10 @@ def print_status(status: pb.StatusResponse, console: Console | None = None) -> N
             services,
             Text(_ago(n.last_seen)),
             Text((iso(n.cert_expires) or "-")[:10]),
-        )
+        ]
+        if nova:
+            cells.append(Text(nova_text(n) if n.role == pb.ROLE_COMPUTE else ""))
+        table.add_row(*cells)
         if n.state == "failed" and n.message:
             notes.append(Text.assemble((n.name, "bold"), ": ", _first_line(n.message)))
         for s in n.services:

@@ -11,13 +11,24 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from microstackd import control_config, credentials, enrolment, errors, security, tokens, validate
+from microstackd import (
+    cloud,
+    control_config,
+    credentials,
+    enrolment,
+    errors,
+    security,
+    tokens,
+    validate,
+)
 from microstackd.config import DaemonConfig
 from microstackd.credentials import CA_CERT, CA_KEY, NODE_CERT, NODE_KEY
 from microstackd.model import (
@@ -29,6 +40,7 @@ from microstackd.model import (
     ServiceRecord,
     TokenRecord,
 )
+from microstackd.node.steps import helpers_dir
 from microstackd.plane import ControlPlane
 from microstackd.ratelimit import FailureLimiter
 from microstackd.rpc import peer
@@ -40,6 +52,10 @@ log = logging.getLogger(__name__)
 VERIFIER = "verifier.json"
 #: Longest wait between two attempts to reach a node's agent, seconds.
 MAX_RETRY_DELAY = 10.0
+#: How long admit-to-cloud waits for each of Nova's states, seconds.
+ADMIT_TIMEOUT = 300.0
+#: How old Nova's view in ``status`` may be, seconds.
+NOVA_VIEW_MAX_AGE = 5.0
 
 
 @dataclass(frozen=True)
@@ -91,8 +107,11 @@ class Control:
         self._bootstrap_fingerprint = bootstrap_fingerprint
         self._on_member = on_member
         self._limiter = FailureLimiter(config.bootstrap_backoff, config.bootstrap_backoff_max)
+        self._control_config_cache: tuple[int, control_config.ControlConfig] | None = None
         self._ca: security.CertificateAuthority | None = None
         self._verifier: tuple[bytes, security.KdfParams] | None = None
+        self._nova_view: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
+        self._nova_lock = asyncio.Lock()
 
     # ------------------------------------------------------------ init --
 
@@ -421,7 +440,17 @@ class Control:
         log.info("node removed node=%s serial=%s", node.name, node.cert_serial[:16])
         removed = self._store.node(node.name)
         assert removed is not None
-        return removed, f"{name} removed: certificate {node.cert_serial[:16]} revoked; {told}"
+        message = f"{name} removed: certificate {node.cert_serial[:16]} revoked; {told}"
+        runner, _why = self.cloud_runner()
+        if runner is not None:
+            try:
+                result = await runner.run("remove", {"host": node.name}, timeout=90)
+                message += f"; {result.get('message', 'Nova compute service deleted')}"
+            except errors.CloudError as exc:
+                log.warning("nova service delete failed node=%s error=%s", node.name, exc.message)
+                message += f"; its Nova compute service could not be deleted: {exc.message}"
+        self._nova_view = (0.0, {})
+        return removed, message
 
     # ------------------------------------------------------- heartbeat --
 
@@ -461,6 +490,7 @@ class Control:
             enrolment.ADMIT: self._admit,
             enrolment.ISSUE_CONFIG: self._issue_config,
             enrolment.CONFIGURE_NODE: self._configure_node,
+            enrolment.ADMIT_TO_CLOUD: self._admit_to_cloud,
             enrolment.DONE: self._compute_done,
         }
 
@@ -471,8 +501,23 @@ class Control:
         return node
 
     def load_control_config(self) -> control_config.ControlConfig:
+        """control.yaml, re-read only when the file changed (every join needs
+        it twice; parsing and re-dumping it was a measurable part of a join)."""
         cluster = self._cluster()
-        return control_config.ensure(self._config.control_config_path, cluster.control_address)
+        path = self._config.control_config_path
+        try:
+            stamp = path.stat().st_mtime_ns
+        except OSError:
+            stamp = -1
+        cached = self._control_config_cache
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        config = control_config.ensure(path, cluster.control_address)
+        try:
+            self._control_config_cache = (path.stat().st_mtime_ns, config)
+        except OSError:
+            self._control_config_cache = None
+        return config
 
     async def _issue_config(self, ctx: StepContext) -> str:
         node = self._node(ctx.node)
@@ -520,6 +565,81 @@ class Control:
                 self._store.set_services(node.name, await client.services())
             raise
         raise errors.NodeUnreachable(f"the agent of {node.name} ended its stream without a result")
+
+    # ----------------------------------------------------------- cloud --
+
+    def cloud_runner(self) -> tuple[cloud.Runner | None, str]:
+        """How to reach the control's cloud, or None and why not."""
+        ref = cloud.resolve(dict(self.load_control_config().cloud), os.environ)
+        if ref is None:
+            return None, cloud.NO_CLOUD
+        prefix = self._config.openstack_prefix
+        if prefix is None:
+            return None, (
+                f"cloud {ref.name!r} is configured but no OpenStack environment "
+                "(--openstack-prefix) to reach it"
+            )
+        return cloud.Runner(ref, prefix / "bin" / "python", helpers_dir() / "cloud_ops.py"), ""
+
+    async def _admit_to_cloud(self, ctx: StepContext) -> str | Skipped:
+        node = self._node(ctx.node)
+        runner, why = self.cloud_runner()
+        if runner is None:
+            return Skipped(why)
+        if not node.agent_port:
+            return Skipped(f"{node.name} runs no agent: no nova-compute to admit")
+        config = self.load_control_config()
+        manage = cloud.nova_manage_argv(self._config.openstack_prefix, self._config.config_root)
+        request = {
+            "host": node.name,
+            "timeout": ADMIT_TIMEOUT,
+            "nova_manage": manage,
+            "discover_interval": config.discover_hosts_interval,
+        }
+
+        async def progress(message: str, waiting: bool) -> None:
+            await ctx.progress(message, waiting=waiting)
+
+        result = await runner.run("admit", request, progress, timeout=4 * ADMIT_TIMEOUT)
+        self._nova_view = (0.0, {})
+        return (
+            f"{node.name} admitted to Nova: {result.get('service')}; "
+            f"{result.get('mapping')}; {result.get('hypervisor')}"
+        )
+
+    async def launch(self, request: Mapping[str, str], progress: cloud.Progress) -> dict[str, Any]:
+        """Boot a server on the cloud (``cloud_ops.py launch``); its result."""
+        self._cluster()
+        runner, why = self.cloud_runner()
+        if runner is None:
+            raise errors.CloudError(f"cannot launch: {why}")
+        if not request.get("image"):
+            raise errors.InvalidArgument("an image name is needed")
+        result = await runner.run("launch", dict(request), progress, timeout=900)
+        self._nova_view = (0.0, {})
+        return result
+
+    async def nova_view(self) -> dict[str, dict[str, Any]]:
+        """Nova's view per compute host, at most NOVA_VIEW_MAX_AGE old; {}
+        without a cloud or when it cannot be asked (status must answer)."""
+        try:
+            runner, _why = self.cloud_runner()
+        except errors.MicrostackError:
+            return {}
+        if runner is None:
+            return {}
+        async with self._nova_lock:
+            at, hosts = self._nova_view
+            if time.monotonic() - at <= NOVA_VIEW_MAX_AGE:
+                return hosts
+            try:
+                result = await runner.run("view", {}, timeout=10)
+                hosts = dict(result.get("hosts") or {})
+            except errors.CloudError as exc:
+                log.warning("cannot read Nova's view: %s", exc.message)
+                hosts = {}
+            self._nova_view = (time.monotonic(), hosts)
+            return hosts
 
     async def _compute_done(self, ctx: StepContext) -> str:
         self._store.touch_node(ctx.node, time.time())  # heartbeats take over from here

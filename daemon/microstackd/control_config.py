@@ -76,6 +76,8 @@ class ControlConfig:
     ports: tuple[tuple[str, int], ...] = ()
     #: Seconds between nova-scheduler's scans for new compute hosts.
     discover_hosts_interval: int = 5
+    #: control.yaml's ``cloud`` section as written ({name, clouds_yaml}, or {}).
+    cloud: tuple[tuple[str, str], ...] = ()
 
     @property
     def transport_url(self) -> str:
@@ -187,11 +189,20 @@ def _parse(data: dict[str, Any], path: Path) -> ControlConfig:
             admin_password=str(data["admin"]["password"]),
             ports=tuple((name, int(data["ports"][name])) for name in DEFAULT_PORTS),
             discover_hosts_interval=int(data["compute"]["discover_hosts_interval"]),
+            cloud=_cloud_section(data.get("cloud")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise errors.InvalidArgument(
             f"control config {path} is incomplete or malformed: {exc}"
         ) from exc
+
+
+def _cloud_section(value: object) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise TypeError("'cloud' must be a mapping of name and clouds_yaml")
+    return tuple((str(k), str(v)) for k, v in value.items() if k in ("name", "clouds_yaml") and v)
 
 
 def issue_compute_settings(config: ControlConfig, node: NodeRecord) -> dict[str, str]:

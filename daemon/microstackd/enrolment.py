@@ -34,7 +34,7 @@ DONE = "done"
 CREATE_CLUSTER = "create-cluster"
 
 #: A compute node's enrolment, run by the control.
-COMPUTE_PLAN: tuple[str, ...] = (ADMIT, ISSUE_CONFIG, CONFIGURE_NODE, DONE)
+COMPUTE_PLAN: tuple[str, ...] = (ADMIT, ISSUE_CONFIG, CONFIGURE_NODE, ADMIT_TO_CLOUD, DONE)
 #: A control node's own initialisation, run by itself; the control role's
 #: steps (``microstackd.plane``) come between these two.
 CONTROL_PLAN: tuple[str, ...] = (CREATE_CLUSTER, DONE)

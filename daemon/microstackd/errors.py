@@ -138,3 +138,9 @@ class ShuttingDown(MicrostackError):
     """microstackd is shutting down; re-attach once it is back (`microstackctl watch`)."""
 
     code = "UNAVAILABLE"
+
+
+class CloudError(MicrostackError):
+    """An operation on the control's OpenStack cloud failed (Nova, Neutron, Glance)."""
+
+    code = "FAILED_PRECONDITION"

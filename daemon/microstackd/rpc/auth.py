@@ -61,6 +61,7 @@ ACCESS: dict[str, Access] = {
     _API + "AdminService/CreateToken": Access.LOCAL,
     _API + "AdminService/ListTokens": Access.LOCAL,
     _API + "AdminService/RevokeToken": Access.LOCAL,
+    _API + "AdminService/Launch": Access.LOCAL,
     _API + "BootstrapService/Exchange": Access.PUBLIC,
     _API + "ClusterService/Enrol": Access.MEMBER,
     _API + "ClusterService/GetClusterStatus": Access.MEMBER,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -124,4 +125,29 @@ def cluster_to_pb(cluster: ClusterRecord) -> pb.ClusterInfo:
         cluster_port=cluster.cluster_port,
         ca_fingerprint=cluster.ca_fingerprint,
         ca_expires=timestamp(cluster.ca_not_after),
+    )
+
+
+def nova_host_to_pb(view: dict[str, Any]) -> pb.NovaHost:
+    """cloud_ops.py view's entry for one host."""
+    return pb.NovaHost(
+        compute_service=str(view.get("compute_service") or ""),
+        hypervisor=str(view.get("hypervisor") or ""),
+        running_instances=int(view.get("running_instances") or 0),
+    )
+
+
+def launch_result_to_pb(result: dict[str, Any]) -> pb.LaunchResult:
+    """cloud_ops.py launch's result."""
+    addresses = result.get("addresses") or {}
+    return pb.LaunchResult(
+        name=str(result.get("name", "")),
+        id=str(result.get("id", "")),
+        host=str(result.get("host", "")),
+        status=str(result.get("status", "")),
+        addresses=[
+            pb.ServerAddresses(network=str(net), addresses=[str(a) for a in addrs])
+            for net, addrs in sorted(addresses.items())
+        ],
+        floating_ip=str(result.get("floating_ip", "")),
     )

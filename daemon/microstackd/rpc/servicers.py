@@ -130,14 +130,61 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         )
         if cluster is None:
             return response
+        nova: dict[str, dict[str, Any]] = {}
         if cluster.role is Role.CONTROL:
             record, nodes = daemon.control.status()
             response.cluster.CopyFrom(convert.cluster_to_pb(record))
+            nova = await daemon.control.nova_view()
         else:
             info, nodes = await daemon.member.status()
             response.cluster.CopyFrom(info)
-        response.nodes.extend(convert.node_to_pb(n) for n in nodes)
+        for n in nodes:
+            message = convert.node_to_pb(n)
+            if n.role is Role.COMPUTE and n.name in nova:
+                message.nova.CopyFrom(convert.nova_host_to_pb(nova[n.name]))
+            response.nodes.append(message)
         return response
+
+    async def Launch(
+        self, request: pb.LaunchRequest, context: Context
+    ) -> AsyncIterator[pb.LaunchResponse]:
+        queue: asyncio.Queue[pb.LaunchResponse | None] = asyncio.Queue()
+        node = self._daemon.config.node_name
+
+        def event(message: str, state: Any, final: bool = False) -> pb.Event:
+            return pb.Event(node=node, step="launch", state=state, message=message, final=final)
+
+        async def progress(message: str, waiting: bool) -> None:
+            state = pb.STEP_STATE_WAITING if waiting else pb.STEP_STATE_RUNNING
+            await queue.put(pb.LaunchResponse(event=event(message, state)))
+
+        fields = {
+            "image": request.image,
+            "name": request.name,
+            "flavor": request.flavor,
+            "availability_zone": request.availability_zone,
+            "network": request.network,
+            "key_name": request.key_name,
+            "public_key": request.public_key,
+        }
+
+        async def run() -> dict[str, Any]:
+            try:
+                return await self._daemon.control.launch(fields, progress)
+            finally:
+                await queue.put(None)
+
+        task = asyncio.ensure_future(run())
+        try:
+            while (item := await queue.get()) is not None:
+                yield item
+            result = await task
+        finally:
+            if not task.done():
+                task.cancel()
+        done = event(f"server {result.get('name')} is {result.get('status')}", pb.STEP_STATE_DONE)
+        done.final = True
+        yield pb.LaunchResponse(event=done, result=convert.launch_result_to_pb(result))
 
 
 class BootstrapServicer(pb_grpc.BootstrapServiceServicer):

@@ -95,7 +95,7 @@ class ServiceStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("name", "role", "address", "state", "message", "cert_serial", "cert_expires", "joined", "services", "last_seen")
+    __slots__ = ("name", "role", "address", "state", "message", "cert_serial", "cert_expires", "joined", "services", "last_seen", "nova")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,7 @@ class Node(_message.Message):
     JOINED_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    NOVA_FIELD_NUMBER: _ClassVar[int]
     name: str
     role: Role
     address: str
@@ -116,7 +117,18 @@ class Node(_message.Message):
     joined: _timestamp_pb2.Timestamp
     services: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
     last_seen: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., cert_serial: _Optional[str] = ..., cert_expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., joined: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    nova: NovaHost
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., cert_serial: _Optional[str] = ..., cert_expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., joined: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., nova: _Optional[_Union[NovaHost, _Mapping]] = ...) -> None: ...
+
+class NovaHost(_message.Message):
+    __slots__ = ("compute_service", "hypervisor", "running_instances")
+    COMPUTE_SERVICE_FIELD_NUMBER: _ClassVar[int]
+    HYPERVISOR_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    compute_service: str
+    hypervisor: str
+    running_instances: int
+    def __init__(self, compute_service: _Optional[str] = ..., hypervisor: _Optional[str] = ..., running_instances: _Optional[int] = ...) -> None: ...
 
 class ClusterInfo(_message.Message):
     __slots__ = ("id", "control_name", "control_address", "bootstrap_port", "cluster_port", "ca_fingerprint", "ca_expires")
@@ -189,6 +201,56 @@ class RemoveNodeResponse(_message.Message):
     node: Node
     message: str
     def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class LaunchRequest(_message.Message):
+    __slots__ = ("image", "name", "flavor", "availability_zone", "network", "key_name", "public_key")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FLAVOR_FIELD_NUMBER: _ClassVar[int]
+    AVAILABILITY_ZONE_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    image: str
+    name: str
+    flavor: str
+    availability_zone: str
+    network: str
+    key_name: str
+    public_key: str
+    def __init__(self, image: _Optional[str] = ..., name: _Optional[str] = ..., flavor: _Optional[str] = ..., availability_zone: _Optional[str] = ..., network: _Optional[str] = ..., key_name: _Optional[str] = ..., public_key: _Optional[str] = ...) -> None: ...
+
+class ServerAddresses(_message.Message):
+    __slots__ = ("network", "addresses")
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    network: str
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, network: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LaunchResult(_message.Message):
+    __slots__ = ("name", "id", "host", "status", "addresses", "floating_ip")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    FLOATING_IP_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    id: str
+    host: str
+    status: str
+    addresses: _containers.RepeatedCompositeFieldContainer[ServerAddresses]
+    floating_ip: str
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., host: _Optional[str] = ..., status: _Optional[str] = ..., addresses: _Optional[_Iterable[_Union[ServerAddresses, _Mapping]]] = ..., floating_ip: _Optional[str] = ...) -> None: ...
+
+class LaunchResponse(_message.Message):
+    __slots__ = ("event", "result")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    event: Event
+    result: LaunchResult
+    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., result: _Optional[_Union[LaunchResult, _Mapping]] = ...) -> None: ...
 
 class CreateTokenRequest(_message.Message):
     __slots__ = ("name", "ttl_seconds")

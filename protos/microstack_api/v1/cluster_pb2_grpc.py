@@ -75,6 +75,11 @@ class AdminServiceStub:
                 request_serializer=microstack__api_dot_v1_dot_cluster__pb2.RevokeTokenRequest.SerializeToString,
                 response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RevokeTokenResponse.FromString,
                 _registered_method=True)
+        self.Launch = channel.unary_stream(
+                '/microstack.cluster.v1.AdminService/Launch',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.LaunchRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.LaunchResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -138,6 +143,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Launch(self, request, context):
+        """Boot a server on the control's cloud and give it a floating IP; streams
+        progress (local socket, on the control).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -180,6 +193,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeToken,
                     request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RevokeTokenRequest.FromString,
                     response_serializer=microstack__api_dot_v1_dot_cluster__pb2.RevokeTokenResponse.SerializeToString,
+            ),
+            'Launch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Launch,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.LaunchRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.LaunchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -399,6 +417,33 @@ class AdminService:
             '/microstack.cluster.v1.AdminService/RevokeToken',
             microstack__api_dot_v1_dot_cluster__pb2.RevokeTokenRequest.SerializeToString,
             microstack__api_dot_v1_dot_cluster__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Launch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/microstack.cluster.v1.AdminService/Launch',
+            microstack__api_dot_v1_dot_cluster__pb2.LaunchRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.LaunchResponse.FromString,
             options,
             channel_credentials,
             insecure,
