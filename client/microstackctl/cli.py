@@ -1,4 +1,5 @@
-"""microstackctl: init, join and status, talking to the local microstackd."""
+"""microstackctl: the operator's commands (init, join, status, watch, remove,
+add-node, tokens, launch), each a call to the local microstackd's socket."""
 
 from __future__ import annotations
 

@@ -142,7 +142,7 @@ class Member:
                 )
             return True
         try:
-            await self._control_status()
+            await self.status()
         except errors.PermissionDenied:
             # The control no longer knows this certificate: the node was removed.
             log.info(
@@ -359,7 +359,8 @@ class Member:
 
     # ---------------------------------------------------------- status --
 
-    async def _control_status(self) -> tuple[pb.ClusterInfo, list[NodeRecord]]:
+    async def status(self) -> tuple[pb.ClusterInfo, list[NodeRecord]]:
+        """The cluster as the control sees it (this node's view is relayed)."""
         cluster = self._store.cluster()
         if cluster is None:
             raise errors.NotInitialised()
@@ -368,9 +369,6 @@ class Member:
             return await client.status()
         finally:
             await client.close()
-
-    async def status(self) -> tuple[pb.ClusterInfo, list[NodeRecord]]:
-        return await self._control_status()
 
 
 def _utcnow() -> datetime:
