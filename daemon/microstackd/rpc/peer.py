@@ -9,6 +9,7 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -248,23 +249,18 @@ class AgentClient:
         except aio.AioRpcError as exc:
             raise self._error(exc) from exc
 
-    async def services(self, timeout: float = 10.0) -> list[ServiceRecord]:
+    async def _services_call(
+        self, method: Any, request: Any, timeout: float
+    ) -> list[ServiceRecord]:
+        """A unary agent call whose answer is the role's services."""
         try:
-            r = await self._stub.GetServices(pb.GetServicesRequest(), timeout=timeout)
+            response = await method(request, timeout=timeout)
         except aio.AioRpcError as exc:
             raise self._error(exc) from exc
-        return [ServiceRecord(s.name, s.state, s.message) for s in r.services]
+        return [ServiceRecord(s.name, s.state, s.message) for s in response.services]
 
-    async def stop_role(self, timeout: float = 60.0) -> list[ServiceRecord]:
-        try:
-            r = await self._stub.StopRole(pb.StopRoleRequest(), timeout=timeout)
-        except aio.AioRpcError as exc:
-            raise self._error(exc) from exc
-        return [ServiceRecord(s.name, s.state, s.message) for s in r.services]
+    async def services(self, timeout: float = 10.0) -> list[ServiceRecord]:
+        return await self._services_call(self._stub.GetServices, pb.GetServicesRequest(), timeout)
 
     async def leave(self, timeout: float = 60.0) -> list[ServiceRecord]:
-        try:
-            r = await self._stub.Leave(pb.LeaveRequest(), timeout=timeout)
-        except aio.AioRpcError as exc:
-            raise self._error(exc) from exc
-        return [ServiceRecord(s.name, s.state, s.message) for s in r.services]
+        return await self._services_call(self._stub.Leave, pb.LeaveRequest(), timeout)
