@@ -118,5 +118,20 @@ class Node:
             )
         return result
 
+    def join(
+        self, control: Node, password_file: Path, *extra: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """``microstackctl join CONTROL --password-file F --address MINE [EXTRA]``."""
+        return self.ctl(
+            "join",
+            control.endpoint,
+            "--password-file",
+            str(password_file),
+            "--address",
+            self.address,
+            *extra,
+            check=check,
+        )
+
     def status(self) -> dict[str, object]:
         return json.loads(self.ctl("status", "--format", "json").stdout)  # type: ignore[no-any-return]

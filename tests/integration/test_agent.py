@@ -24,18 +24,6 @@ from microstackd.store import Store
 from tests.integration.harness import Node
 
 
-def _join(compute: Node, control: Node, password_file: Path, check: bool = True):
-    return compute.ctl(
-        "join",
-        control.endpoint,
-        "--password-file",
-        str(password_file),
-        "--address",
-        compute.address,
-        check=check,
-    )
-
-
 def _services(control: Node, name: str) -> dict[str, str]:
     node = next(n for n in control.status()["nodes"] if n["name"] == name)  # type: ignore[attr-defined]
     return {s["name"]: s["state"] for s in node["services"]}
@@ -58,7 +46,7 @@ def test_join_configures_the_node_and_status_shows_its_services(
     control: Node, make_node: Callable[..., Node], password_file: Path
 ) -> None:
     compute = make_node("node-1")
-    out = _join(compute, control, password_file).stdout
+    out = compute.join(control, password_file).stdout
     for text in (
         "issue-config",
         "render-config",
@@ -82,7 +70,7 @@ def test_secrets_stay_out_of_logs_and_status(
     control: Node, make_node: Callable[..., Node], password_file: Path
 ) -> None:
     compute = make_node("node-1")
-    out = _join(compute, control, password_file).stdout
+    out = compute.join(control, password_file).stdout
     secrets = [
         line.split("=", 1)[1].strip()
         for line in (compute.root / "etc" / NOVA_COMPUTE_CONF).read_text().splitlines()
@@ -113,7 +101,7 @@ def test_a_failing_service_reaches_the_joiner_and_a_rejoin_resumes(
         else original.replace("tunnel_types: vxlan", "tunnel_types: ''")
     )
     compute = make_node("node-1")
-    result = _join(compute, control, password_file, check=False)
+    result = compute.join(control, password_file, check=False)
     assert result.returncode == 1
     assert "neutron-openvswitch-agent" in result.stderr and "exited with status 1" in result.stderr
     assert "[agent] tunnel_types" in result.stderr  # the service's own last log line
@@ -121,7 +109,7 @@ def test_a_failing_service_reaches_the_joiner_and_a_rejoin_resumes(
     assert node["state"] == "failed" and "configure-node" in node["message"]
     # Fix the configuration; the same join retries only what failed.
     config.write_text(original)
-    out = _join(compute, control, password_file).stdout
+    out = compute.join(control, password_file).stdout
     assert "resuming the enrolment" in out
     # admit is not redone (admit-to-cloud, after configure-node, is run: skipped here)
     assert "admit" not in out.replace("admitting", "").replace("admit-to-cloud", "")
@@ -135,8 +123,8 @@ def test_only_the_control_may_call_an_agent(
     control: Node, make_node: Callable[..., Node], password_file: Path
 ) -> None:
     first, second = make_node("node-1"), make_node("node-2")
-    _join(first, control, password_file)
-    _join(second, control, password_file)
+    first.join(control, password_file)
+    second.join(control, password_file)
     # node-2's own, valid cluster certificate against node-1's agent.
     creds = credentials.load(Store(second.state_dir))
 
@@ -160,7 +148,7 @@ def test_services_stop_with_the_daemon_and_return_with_it(
     control: Node, make_node: Callable[..., Node], password_file: Path
 ) -> None:
     compute = make_node("node-1")
-    _join(compute, control, password_file)
+    compute.join(control, password_file)
     before = _standin_pids(compute.root)
     assert len(before) == 2
     compute.stop(signal.SIGTERM)
@@ -178,7 +166,7 @@ def test_rendered_config_for_ovs_agent(
     control: Node, make_node: Callable[..., Node], password_file: Path
 ) -> None:
     compute = make_node("node-1")
-    _join(compute, control, password_file)
+    compute.join(control, password_file)
     ovs = configparser.ConfigParser(interpolation=None)
     ovs.read(compute.root / "etc" / OVS_AGENT_INI)
     assert ovs["ovs"]["local_ip"] == compute.address

@@ -19,14 +19,7 @@ def test_control_and_compute_form_a_cluster(
     control: Node, make_node: Callable[..., Node], password_file: Path
 ) -> None:
     compute = make_node("node-1")
-    out = compute.ctl(
-        "join",
-        control.endpoint,
-        "--password-file",
-        str(password_file),
-        "--address",
-        compute.address,
-    ).stdout
+    out = compute.join(control, password_file).stdout
     assert "admit" in out and "is an active compute node" in out
     status = control.status()
     nodes = _nodes(status)
@@ -48,16 +41,7 @@ def test_join_streams_events_as_json_lines(
     control: Node, make_node: Callable[..., Node], password_file: Path
 ) -> None:
     compute = make_node("node-1")
-    out = compute.ctl(
-        "join",
-        control.endpoint,
-        "--password-file",
-        str(password_file),
-        "--address",
-        compute.address,
-        "--format",
-        "json",
-    ).stdout
+    out = compute.join(control, password_file, "--format", "json").stdout
     events = [json.loads(line) for line in out.splitlines()]
     control_events = [e for e in events if e["seq"]]
     assert [e["seq"] for e in control_events] == sorted({e["seq"] for e in control_events})
@@ -99,14 +83,7 @@ def test_wrong_password_is_rejected_and_leaves_nothing_behind(
     assert compute.status()["cluster"] == {}
     assert "reason=wrong-password" in control.log.read_text()
     # Nothing half-written: the right password now works.
-    compute.ctl(
-        "join",
-        control.endpoint,
-        "--password-file",
-        str(password_file),
-        "--address",
-        compute.address,
-    )
+    compute.join(control, password_file)
     assert _nodes(control.status())["node-1"]["state"] == "active"
 
 
@@ -135,15 +112,7 @@ def test_a_node_name_already_taken_is_refused(
         "join", control.endpoint, "--password-file", str(password_file), "--address", first.address
     )
     impostor = make_node("node-1")
-    result = impostor.ctl(
-        "join",
-        control.endpoint,
-        "--password-file",
-        str(password_file),
-        "--address",
-        impostor.address,
-        check=False,
-    )
+    result = impostor.join(control, password_file, check=False)
     assert result.returncode == EXIT_ERROR
     assert "a node named 'node-1' is already in the cluster" in result.stderr
     assert _nodes(control.status())["node-1"]["address"] == first.address
@@ -167,15 +136,7 @@ def test_joining_twice_is_refused(
 
 
 def test_the_control_cannot_join_another_cluster(control: Node, password_file: Path) -> None:
-    result = control.ctl(
-        "join",
-        control.endpoint,
-        "--password-file",
-        str(password_file),
-        "--address",
-        control.address,
-        check=False,
-    )
+    result = control.join(control, password_file, check=False)
     assert result.returncode == EXIT_ERROR and "control node of cluster" in result.stderr
 
 
@@ -256,14 +217,7 @@ def test_state_survives_a_restart(
     control: Node, make_node: Callable[..., Node], password_file: Path
 ) -> None:
     compute = make_node("node-1")
-    compute.ctl(
-        "join",
-        control.endpoint,
-        "--password-file",
-        str(password_file),
-        "--address",
-        compute.address,
-    )
+    compute.join(control, password_file)
     before = control.status()
     control.stop()
     control.start()

@@ -27,21 +27,6 @@ def _node(control: Node, name: str) -> dict[str, object]:
     return nodes[name]  # type: ignore[no-any-return]
 
 
-def _join(
-    compute: Node, control: Node, password_file: Path, *extra: str, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    return compute.ctl(
-        "join",
-        control.endpoint,
-        "--password-file",
-        str(password_file),
-        "--address",
-        compute.address,
-        *extra,
-        check=check,
-    )
-
-
 def _join_in_background(compute: Node, control: Node, password_file: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
@@ -162,7 +147,7 @@ def test_remove_revokes_and_the_node_can_join_again(
     control: Node, make_node: Callable[..., Node], password_file: Path, tmp_path: Path
 ) -> None:
     compute = make_node("node-1")
-    _join(compute, control, password_file)
+    compute.join(control, password_file)
     old_serial = _node(control, "node-1")["cert_serial"]
     saved = credentials.load(Store(compute.state_dir))
     out = control.ctl("remove", "node-1").stdout
@@ -175,7 +160,7 @@ def test_remove_revokes_and_the_node_can_join_again(
     control.start()
     refused = asyncio.run(_status_code(control, saved.key_pem, saved.cert_pem, saved.ca_pem))
     assert refused is grpc.StatusCode.PERMISSION_DENIED
-    _join(compute, control, password_file)
+    compute.join(control, password_file)
     node = _node(control, "node-1")
     assert node["state"] == "active" and node["cert_serial"] != old_serial
 
@@ -184,7 +169,7 @@ def test_removing_an_unreachable_node_needs_force(
     control: Node, make_node: Callable[..., Node], password_file: Path
 ) -> None:
     compute = make_node("node-1")
-    _join(compute, control, password_file)
+    compute.join(control, password_file)
     compute.stop()
     result = control.ctl("remove", "node-1", check=False)
     assert result.returncode == EXIT_UNREACHABLE
@@ -194,7 +179,7 @@ def test_removing_an_unreachable_node_needs_force(
     assert "removed by force" in out
     # Back, it still believes it is a member; a join finds out it is not.
     compute.start()
-    out = _join(compute, control, password_file).stdout
+    out = compute.join(control, password_file).stdout
     assert "is an active compute node" in out
 
 
@@ -309,7 +294,7 @@ def test_a_silent_member_is_shown_unreachable_then_active_again(
         str(password_file),
     )
     compute = make_node("node-1")
-    _join(compute, control, password_file)
+    compute.join(control, password_file)
     assert _node(control, "node-1")["state"] == "active"
     assert compute.proc is not None
     compute.proc.send_signal(signal.SIGSTOP)
@@ -330,7 +315,7 @@ def test_watch_replays_a_finished_enrolment(
     control: Node, make_node: Callable[..., Node], password_file: Path
 ) -> None:
     compute = make_node("node-1")
-    _join(compute, control, password_file)
+    compute.join(control, password_file)
     events = _events(control.ctl("watch", "node-1", "--format", "json").stdout)
     _assert_each_event_once(events)
     assert events[0]["seq"] == 1

@@ -83,14 +83,7 @@ def test_sigterm_ends_live_streams_clearly_and_keeps_the_state(
     control: Node, make_node: Callable[..., Node], password_file: Path
 ) -> None:
     compute = make_node("node-1")
-    compute.ctl(
-        "join",
-        control.endpoint,
-        "--password-file",
-        str(password_file),
-        "--address",
-        compute.address,
-    )
+    compute.join(control, password_file)
     before = control.status()
 
     async def watch_through_shutdown() -> tuple[grpc.StatusCode, str, str]:
