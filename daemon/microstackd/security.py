@@ -62,11 +62,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from spake2 import SPAKE2_A, SPAKE2_B
-from spake2.ed25519_basic import NotOnCurve
-from spake2.spake2 import SPAKEError
 
-from microstackd import errors
+from microstackd import errors, pake
 
 __all__ = [
     "BOOTSTRAP_SERVER_NAME",
@@ -127,8 +124,8 @@ _CLOCK_SKEW = timedelta(minutes=10)
 _VERIFIER_BYTES = 32
 _MAC_BYTES = 32
 _MAX_CSR_PEM = 16 * 1024
-# SPAKE2 over Ed25519 (the spake2 package default): side byte + 32-byte point.
-_PAKE_MESSAGE_BYTES = 33
+# SPAKE2 over Ed25519 (microstackd.pake): side byte + 32-byte point.
+_PAKE_MESSAGE_BYTES = pake.MESSAGE_BYTES
 _SIDE_JOINER = b"A"
 _SIDE_CONTROL = b"B"
 
@@ -567,8 +564,8 @@ class ControlExchange(_Exchange):
         self._kdf = kdf
         self._hello = hello
         self._fingerprint = _normalise_fingerprint(own_fingerprint)
-        self._spake = SPAKE2_B(
-            verifier, idA=hello.node_name.encode("utf-8"), idB=cluster_id.encode("utf-8")
+        self._spake = pake.Spake2B(
+            verifier, hello.node_name.encode("utf-8"), cluster_id.encode("utf-8")
         )
         self._challenge = b""
         self._key = b""
@@ -578,7 +575,7 @@ class ControlExchange(_Exchange):
     def challenge(self) -> bytes:
         """The control's SPAKE2 message, sent with the KDF parameters."""
         self._advance(_Step.NEW, "challenge")
-        message: bytes = self._spake.start()
+        message = self._spake.start()
         self._challenge = message
         self._step = _Step.CHALLENGED
         return message
@@ -662,10 +659,8 @@ class JoinerExchange(_Exchange):
         self._hello = hello
         self._fingerprint = _normalise_fingerprint(seen_fingerprint)
         _check_pake_message(control_pake_message, _SIDE_CONTROL)
-        spake = SPAKE2_A(
-            verifier, idA=hello.node_name.encode("utf-8"), idB=cluster_id.encode("utf-8")
-        )
-        message: bytes = spake.start()
+        spake = pake.Spake2A(verifier, hello.node_name.encode("utf-8"), cluster_id.encode("utf-8"))
+        message = spake.start()
         self._message = message
         self._challenge = control_pake_message
         self._key = _finish(spake, control_pake_message)
@@ -903,12 +898,12 @@ def _check_pake_message(message: bytes, side: bytes) -> None:
         raise errors.BootstrapProtocolError("SPAKE2 message from the wrong side (reflected?)")
 
 
-def _finish(spake: object, message: bytes) -> bytes:
+def _finish(spake: pake.Spake2A | pake.Spake2B, message: bytes) -> bytes:
     """Finish SPAKE2; a point that is not in the prime-order group, the identity,
     or our own message reflected back is the peer's protocol error."""
     try:
-        key: bytes = spake.finish(message)  # type: ignore[attr-defined]
-    except (SPAKEError, NotOnCurve, ValueError) as exc:
+        key = spake.finish(message)
+    except pake.PakeError as exc:
         raise errors.BootstrapProtocolError(f"malformed SPAKE2 message: {exc!r}") from exc
     return key
 
