@@ -642,7 +642,7 @@ class Control:
             return hosts
 
     async def _compute_done(self, ctx: StepContext) -> str:
-        self._store.touch_node(ctx.node, time.time())  # heartbeats take over from here
+        ctx.update_node(seen=True)  # heartbeats take over from here
         return f"{ctx.node} is an active compute node of cluster {self._cluster().cluster_id}"
 
     async def _control_done(self, ctx: StepContext) -> str:
@@ -657,7 +657,7 @@ class Control:
         node = self._store.node(ctx.node)
         if node is None:
             raise errors.NotFound(f"node {ctx.node} is no longer in the cluster")
-        self._store.set_node_state(node.name, NodeState.ENROLLING)
+        ctx.update_node(NodeState.ENROLLING)
         return (
             f"{node.name} admitted: compute node at {node.address}, "
             f"certificate serial {node.cert_serial[:16]}"

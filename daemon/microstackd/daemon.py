@@ -214,6 +214,8 @@ class Daemon:
         await self.services.close()
         with contextlib.suppress(FileNotFoundError):
             self.config.socket.unlink()
+        with contextlib.suppress(errors.MicrostackError):
+            self.runner.flush()
         self.store.close()
 
     async def wait(self) -> None:

@@ -60,6 +60,17 @@ class EventRecord:
 
 
 @dataclass(frozen=True)
+class NodeUpdate:
+    """A change to one node's record, written with a batch of events."""
+
+    name: str
+    state: NodeState | None = None
+    message: str = ""
+    #: time.time() the node was last heard from, or None to leave it.
+    last_seen: float | None = None
+
+
+@dataclass(frozen=True)
 class ServiceRecord:
     name: str
     state: str

@@ -16,11 +16,12 @@ No gRPC here; errors are ``microstackd.errors`` classes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from microstackd import errors
@@ -29,6 +30,7 @@ from microstackd.model import (
     EventRecord,
     NodeRecord,
     NodeState,
+    NodeUpdate,
     Role,
     ServiceRecord,
     StepState,
@@ -405,41 +407,57 @@ class Store:
     def record(self, event: EventRecord) -> EventRecord:
         """Persist a step change and its event in one transaction; return it
         with its sequence number."""
+        (recorded,) = self.record_all([event])
+        return recorded
+
+    def record_all(
+        self,
+        events: Sequence[EventRecord],
+        updates: Sequence[NodeUpdate] = (),
+    ) -> list[EventRecord]:
+        """Persist step changes, their events and changes to node records in
+        one transaction: one durable commit however many there are. Returns
+        the events with their sequence numbers, in order."""
+        recorded: list[EventRecord] = []
         with self.transaction() as db:
-            (last,) = db.execute(
-                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE node = ?", (event.node,)
-            ).fetchone()
-            seq = int(last) + 1
-            db.execute(
-                "INSERT INTO steps (node, step, state, message) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(node, step) DO UPDATE SET state = excluded.state, "
-                "message = excluded.message",
-                (event.node, event.step, event.state.value, event.message),
-            )
-            db.execute(
-                "INSERT INTO events (node, seq, step, state, message, percent, time, final) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event.node,
-                    seq,
-                    event.step,
-                    event.state.value,
-                    event.message,
-                    event.percent,
-                    event.time,
-                    int(event.final),
-                ),
-            )
-        return EventRecord(
-            node=event.node,
-            seq=seq,
-            step=event.step,
-            state=event.state,
-            message=event.message,
-            percent=event.percent,
-            time=event.time,
-            final=event.final,
-        )
+            for event in events:
+                (last,) = db.execute(
+                    "SELECT COALESCE(MAX(seq), 0) FROM events WHERE node = ?", (event.node,)
+                ).fetchone()
+                seq = int(last) + 1
+                db.execute(
+                    "INSERT INTO steps (node, step, state, message) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(node, step) DO UPDATE SET state = excluded.state, "
+                    "message = excluded.message",
+                    (event.node, event.step, event.state.value, event.message),
+                )
+                db.execute(
+                    "INSERT INTO events (node, seq, step, state, message, percent, time, final) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        event.node,
+                        seq,
+                        event.step,
+                        event.state.value,
+                        event.message,
+                        event.percent,
+                        event.time,
+                        int(event.final),
+                    ),
+                )
+                recorded.append(dataclasses.replace(event, seq=seq))
+            for update in updates:
+                if update.state is not None:
+                    db.execute(
+                        "UPDATE nodes SET state = ?, message = ? WHERE name = ?",
+                        (update.state.value, update.message, update.name),
+                    )
+                if update.last_seen is not None:
+                    db.execute(
+                        "UPDATE nodes SET last_seen = ? WHERE name = ?",
+                        (update.last_seen, update.name),
+                    )
+        return recorded
 
     def events(self, node: str, after_seq: int = 0) -> list[EventRecord]:
         return [

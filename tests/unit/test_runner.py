@@ -1,0 +1,140 @@
+"""The runner's group commit: nothing published before it is durable, few commits per join."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from microstackd import enrolment, errors
+from microstackd.events import EventBus
+from microstackd.model import EventRecord, NodeRecord, NodeState, Role, StepState
+from microstackd.runner import Runner, Skipped, StepAction, StepContext
+from microstackd.store import Store
+
+NODE = "node-1"
+
+
+class SpyStore(Store):
+    """Counts commits of records; can be told to fail like a full disk."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.commits: list[list[EventRecord]] = []
+        self.fail = False
+
+    def record_all(self, events, updates=()):  # type: ignore[no-untyped-def]
+        if self.fail:
+            raise errors.StorageError("cannot write: the disk is full; nothing was changed")
+        recorded = super().record_all(events, updates)
+        self.commits.append(recorded)
+        return recorded
+
+
+class CheckingBus(EventBus):
+    """Asserts that every published event is already in the database."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.published: list[EventRecord] = []
+        self._store = store
+
+    def publish(self, event: EventRecord) -> None:
+        on_disk = {e.seq for e in self._store.events(event.node)}
+        assert event.seq in on_disk, f"event {event.seq} published before it was committed"
+        self.published.append(event)
+        super().publish(event)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> tuple[SpyStore, CheckingBus, Runner]:
+    store = SpyStore(tmp_path)
+    store.put_node(
+        NodeRecord(
+            name=NODE,
+            role=Role.COMPUTE,
+            address="10.0.0.2",
+            hostname=NODE,
+            state=NodeState.ENROLLING,
+            message="",
+            cert_serial="aa",
+            cert_not_after=1.0,
+            joined=1.0,
+        )
+    )
+    bus = CheckingBus(store)
+    return store, bus, Runner(store, bus)
+
+
+async def _finish(runner: Runner, actions: dict[str, StepAction]) -> None:
+    runner.ensure_running(NODE, enrolment.COMPUTE_PLAN, actions)
+    while runner.running(NODE):
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0)  # the last group commit
+
+
+def test_steps_that_never_wait_share_one_commit(world) -> None:  # type: ignore[no-untyped-def]
+    store, bus, runner = world
+
+    async def skipped(ctx: StepContext) -> str | Skipped:
+        return Skipped("nothing to do")
+
+    asyncio.run(_finish(runner, {enrolment.CONFIGURE_NODE: skipped}))
+    assert len(store.commits) == 1
+    seqs = [e.seq for e in bus.published]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert bus.published[-1].final
+    node = store.node(NODE)
+    assert node is not None and node.state is NodeState.ACTIVE
+    assert set(store.step_states(NODE).values()) <= {StepState.DONE, StepState.SKIPPED}
+
+
+def test_what_a_step_waits_for_is_published_while_it_waits(world) -> None:  # type: ignore[no-untyped-def]
+    store, bus, runner = world
+    seen_while_waiting: list[str] = []
+
+    async def slow(ctx: StepContext) -> str:
+        await ctx.progress("starting nova-compute", 50)
+        await asyncio.sleep(0.01)
+        seen_while_waiting.extend(e.message for e in bus.published)
+        return "configured"
+
+    asyncio.run(_finish(runner, {enrolment.CONFIGURE_NODE: slow}))
+    assert "starting nova-compute" in seen_while_waiting
+    assert len(store.commits) == 2  # before the wait and after it
+
+
+def test_a_failed_commit_publishes_nothing_and_stops_the_enrolment(world) -> None:  # type: ignore[no-untyped-def]
+    store, bus, runner = world
+    store.fail = True
+    asyncio.run(_finish(runner, {}))
+    assert bus.published == []
+    assert not runner.running(NODE)
+    assert store.events(NODE) == []
+    # Once the disk has room again, the enrolment resumes from the start.
+    store.fail = False
+    asyncio.run(_finish(runner, {}))
+    assert bus.published[-1].final
+
+
+def test_cancel_lands_what_was_recorded_first(world) -> None:  # type: ignore[no-untyped-def]
+    store, bus, runner = world
+    release = asyncio.Event()
+
+    async def blocked(ctx: StepContext) -> str:
+        await ctx.progress("waiting for the agent", 10, waiting=True)
+        runner.cancel(NODE)  # as a removal does, without yielding first
+        store.set_node_state(NODE, NodeState.REMOVED, "removed")
+        await release.wait()
+        return "never"
+
+    async def go() -> None:
+        runner.ensure_running(NODE, enrolment.COMPUTE_PLAN, {enrolment.CONFIGURE_NODE: blocked})
+        for _ in range(100):
+            await asyncio.sleep(0.001)
+
+    asyncio.run(go())
+    node = store.node(NODE)
+    assert node is not None and node.state is NodeState.REMOVED
+    assert any(e.message == "waiting for the agent" for e in store.events(NODE))
