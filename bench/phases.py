@@ -69,7 +69,7 @@ def machine() -> dict[str, Any]:
         "grpcio": version("grpcio"),
         "protobuf": version("protobuf"),
         "cryptography": version("cryptography"),
-        "spake2": version("spake2"),
+        "pynacl": version("pynacl"),
         "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
         "other_microstackd_processes_at_start": len(others),
     }
@@ -315,7 +315,7 @@ def serial_joins(ctl: Daemon, secret: joiner.Secret, count: int, warmup: int = 5
 
 def crypto_cost(secret: joiner.Secret, repeats: int) -> dict[str, Any]:
     """In-process CPU cost of the bootstrap's cryptography, per side, with the
-    product's own ``security`` module (SPAKE2 is the pure-Python ``spake2``)."""
+    product's own ``security`` module (SPAKE2 is ``microstackd.pake`` on libsodium)."""
     from datetime import UTC, datetime
 
     from microstackd import security
