@@ -36,7 +36,7 @@ from microstackd.node.services import ServiceStatus, make_manager
 from microstackd.plane import ControlPlane
 from microstackd.rpc import servicers
 from microstackd.rpc.auth import AuthInterceptor, Channel
-from microstackd.rpc.options import CLUSTER_SERVER_OPTIONS, SERVER_OPTIONS
+from microstackd.rpc.options import SERVER_OPTIONS
 from microstackd.runner import Runner
 from microstackd.store import Store
 
@@ -136,7 +136,7 @@ class Daemon:
             return
         creds = credentials.load(self.store)
         server = aio.server(
-            interceptors=[AuthInterceptor(Channel.CLUSTER, self)], options=CLUSTER_SERVER_OPTIONS
+            interceptors=[AuthInterceptor(Channel.CLUSTER, self)], options=SERVER_OPTIONS
         )
         pb_grpc.add_ClusterServiceServicer_to_server(servicers.ClusterServicer(self), server)
         pb_grpc.add_AgentServiceServicer_to_server(servicers.AgentServicer(self), server)

@@ -24,18 +24,15 @@ SERVER_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_ping_strikes", 0),
     ("grpc.max_concurrent_streams", 10_000),
-]
-
-#: The mTLS port, where only the cluster's own certificates get a call in.
-#: grpc core queues calls the application has not picked up yet and, past
-#: 1,000 queued (its default), cancels new ones at random (all of them past
-#: 3,000). While hundreds of nodes bootstrap at once the control's event loop
-#: is busy and their Enrol calls queue there: 2,000 simultaneous joins lost
-#: 7 % of their Enrol streams as CANCELLED (docs/performance.md). Members are
-#: authenticated, so a deeper queue cannot be filled by strangers; a queued
-#: call still gives up after grpc's 30 s unrequested-call limit.
-CLUSTER_SERVER_OPTIONS: list[tuple[str, int | str]] = [
-    *SERVER_OPTIONS,
+    # grpc core queues calls the application has not picked up yet and, past
+    # 1,000 queued (its default), cancels new ones at random (every one past
+    # 3,000). When hundreds of nodes join at once the control's event loop
+    # is busy and their hellos and Enrol calls queue there: 2,000 joins at
+    # once lost 7 % of them as CANCELLED (docs/performance.md). A deeper
+    # queue lets such a burst through; it stays bounded, and a queued call
+    # still gives up after grpc's 30 s unrequested-call limit. On the
+    # bootstrap port strangers can fill it too, but grpc's shedding would
+    # not have protected joiners from a flood either: it drops at random.
     ("grpc.server.max_pending_requests", 10_000),
     ("grpc.server.max_pending_requests_hard_limit", 20_000),
 ]
