@@ -34,6 +34,9 @@ from microstackd.rpc.options import CHANNEL_OPTIONS
 
 PROBE_NAME = "bench-probe"
 
+#: The phases ``bootstrap`` records, in order.
+BOOTSTRAP_PHASES = ("fetch_cert", "hello", "pake_csr", "respond", "check")
+
 
 @dataclass(frozen=True)
 class Secret:
@@ -216,7 +219,13 @@ async def join(host: str, port: int, name: str, address: str, secret: Secret) ->
         await enrol(member, result)
         result.ok = True
     except Exception as exc:  # a benchmark counts errors, it does not stop at the first
-        result.error = f"{type(exc).__name__}: {exc}"
+        done = [p for p in BOOTSTRAP_PHASES if p in result.phases]
+        stage = (
+            "enrol"
+            if len(done) == len(BOOTSTRAP_PHASES)
+            else f"bootstrap after {done or 'nothing'}"
+        )
+        result.error = f"{stage}: {type(exc).__name__}: {exc}"
     result.end = time.time()
     return result
 
