@@ -1,5 +1,10 @@
 #!/usr/bin/env bash
-# Lint the gRPC API (protos/) with buf, configured by buf.yaml.
+# Lint the gRPC API (protos/) with buf, configured by buf.yaml, then check it
+# against the v1 baseline: protos/baseline/microstack.cluster.v1.binpb is the
+# API as first published (a buf image, `buf build -o`), and no change may
+# break a client built against it (buf's FILE rules: no field renumbered,
+# renamed or retyped, no method or message removed). Adding is fine. Only a
+# new package version (v2) gets a new baseline.
 #
 # buf comes from the npm registry (@bufbuild/buf, which carries the buf
 # binary for this platform) and is installed into .buf-tools/ on first use;
@@ -23,4 +28,5 @@ if ! [ -x "$BUF" ] || [ "$("$BUF" --version 2>/dev/null)" != "$BUF_VERSION" ]; t
         "@bufbuild/buf@$BUF_VERSION" >&2
 fi
 
-exec "$BUF" lint "$@"
+"$BUF" lint "$@"
+"$BUF" breaking "$@" --against protos/baseline/microstack.cluster.v1.binpb
