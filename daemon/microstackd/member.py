@@ -65,11 +65,13 @@ class Member:
         self._joining = False
         self._heartbeat: asyncio.Task[None] | None = None
 
-    def _local(self, state: StepState, message: str, percent: int = 0) -> EventRecord:
+    def _local(
+        self, state: StepState, message: str, percent: int = 0, step: str = BOOTSTRAP
+    ) -> EventRecord:
         return EventRecord(
             node=self._config.node_name,
             seq=0,
-            step=BOOTSTRAP,
+            step=step,
             state=state,
             message=message,
             percent=percent,
@@ -274,14 +276,14 @@ class Member:
                 "run `microstackctl join` again"
             )
         where = validate.format_host_port(cluster.control_address, cluster.cluster_port)
-        last = after_seq
+        last, step = after_seq, BOOTSTRAP
         attempt, delay, lost_since = 0, 1.0, 0.0
         while True:
             client = peer.ControlClient(cluster, credentials.load(self._store))
             try:
                 async for event in client.enrol(last):
                     attempt, delay, lost_since = 0, 1.0, 0.0
-                    last = event.seq
+                    last, step = event.seq, event.step
                     if event.final:
                         state = "active" if event.state is StepState.DONE else "failed"
                         self._store.set_meta({ENROLMENT_META: state})
@@ -304,6 +306,7 @@ class Member:
                     StepState.WAITING,
                     f"lost the control node at {where}; re-attaching (attempt {attempt}): "
                     f"{exc.message}",
+                    step=step,  # shown under the step that was under way
                 )
             finally:
                 await client.close()

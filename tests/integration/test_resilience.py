@@ -99,7 +99,10 @@ def test_control_killed_at_a_step_resumes_and_the_joiner_sees_each_event_once(
     assert join.returncode == 0, err
     events = _events(out)
     _assert_each_event_once(events)
-    assert any(e["state"] == "waiting" for e in events), "the re-attach was not shown"
+    waits = [e for e in events if e["state"] == "waiting"]
+    assert waits, "the re-attach was not shown"
+    # Shown under the step that was under way when the control went, not as "bootstrap".
+    assert {e["step"] for e in waits} == {step}, waits
     node = _node(control, "node-1")
     assert node["state"] == "active"
     assert [n["name"] for n in control.status()["nodes"]].count("node-1") == 1  # type: ignore[attr-defined]
