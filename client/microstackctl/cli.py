@@ -86,6 +86,10 @@ def ask(text: str, default: str | None = None, choices: tuple[str, ...] = ()) ->
         click.echo(f"Please answer {' or '.join(choices) or 'with a value'}.", err=True)
 
 
+#: The joining daemon's own step before the control's enrolment (docs/api.md, Streams).
+BOOTSTRAP_STEP = "bootstrap"
+
+
 def stream(fmt: str, events: Iterator[pb.Event], what: str) -> None:
     """Show a stream of events; exit non-zero unless it ended done."""
     with render.Progress(fmt) as progress:
@@ -104,9 +108,15 @@ def follow(
     ctx: click.Context, fmt: str, first: Iterator[pb.Event], node: str, what: str, timeout: float
 ) -> None:
     """Show ``first``; if the local daemon goes away mid-stream, wait for it
-    and re-attach with Watch from the last event shown: nothing is shown twice."""
+    and re-attach with Watch from the last event shown: nothing is shown twice.
+
+    Re-attaching makes sense once the enrolment exists on the control: after
+    any event of the control's (seq > 0) or once bootstrap is done (the node
+    is trusted and its daemon resumes the enrolment when it restarts), even
+    if the daemon went away before relaying the control's first event."""
     last_seq = 0
     lost_since = 0.0
+    trusted = False
 
     def reattach() -> Iterator[pb.Event]:
         while True:
@@ -127,12 +137,17 @@ def follow(
                     if event.seq and event.seq <= last_seq:
                         continue
                     last_seq = max(last_seq, event.seq)
+                    trusted = (
+                        trusted
+                        or bool(event.seq)
+                        or (event.step == BOOTSTRAP_STEP and event.state == pb.STEP_STATE_DONE)
+                    )
                     progress.show(event)
                     if event.final:
                         break
                 break
             except CommandError as exc:
-                if not exc.daemon_lost or not last_seq:
+                if not exc.daemon_lost or not trusted:
                     raise
                 lost_since = lost_since or time.monotonic()
                 if fmt != "json":
