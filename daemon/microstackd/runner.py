@@ -149,6 +149,9 @@ class Runner:
     ) -> list[Command]:
         action = actions.get(step)
         if step in self._step_delays:
+            # Land the step's "running" record first: whoever waits for this
+            # line (the fault tests) may rely on the step being visibly under way.
+            self.flush()
             log.warning("fault injection: pausing before step=%s node=%s", step, node)
             await asyncio.sleep(self._step_delays[step])
         try:
