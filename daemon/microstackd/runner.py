@@ -206,10 +206,11 @@ class Runner:
         nodes = {e.node for e in self._pending_events} | {u.name for u in self._pending_updates}
         try:
             self.flush()
-        except errors.MicrostackError as exc:
+        except Exception as exc:  # a full disk, or the store closed under a stopping daemon
             # As when a step's own write fails: those enrolments stop, and
             # resume (re-running the unrecorded steps) once the node retries.
-            log.error("cannot record enrolment progress of %s: %s", sorted(nodes), exc.message)
+            reason = exc.message if isinstance(exc, errors.MicrostackError) else repr(exc)
+            log.error("cannot record enrolment progress of %s: %s", sorted(nodes), reason)
             for node in nodes:
                 task = self._tasks.pop(node, None)
                 if task is not None:
