@@ -137,7 +137,7 @@ class Runner:
                 assert isinstance(head, Record | Finish)
                 batch.append(head)
             if batch:
-                self._commit(node, batch)
+                self._queue_records(node, batch)
             if pending:
                 command = pending.pop(0)
                 assert isinstance(command, Run)
@@ -171,7 +171,7 @@ class Runner:
     def now(self) -> float:
         return self._clock()
 
-    def _commit(self, node: str, batch: list[Record | Finish]) -> None:
+    def _queue_records(self, node: str, batch: list[Record | Finish]) -> None:
         """Queue for the next group commit, which persists, then publishes."""
         now = self._clock()
         for command in batch:
