@@ -52,7 +52,7 @@ class StepContext:
     def update_node(self, state: NodeState | None = None, *, seen: bool = False) -> None:
         """Change this node's record in the same commit as the step's events."""
         self._runner._queue(
-            NodeUpdate(self.node, state, last_seen=self._runner.now() if seen else None)
+            NodeUpdate(self.node, state, last_seen=self._runner._clock() if seen else None)
         )
 
 
@@ -128,21 +128,12 @@ class Runner:
     ) -> None:
         pending = list(commands)
         while pending:
-            # Everything up to the next step to run is recorded in one durable
-            # commit (a finished step, the next one starting, the node's
-            # state), then published in order.
-            batch: list[Record | Finish] = []
-            while pending and not isinstance(pending[0], Run):
-                head = pending.pop(0)
-                assert isinstance(head, Record | Finish)
-                batch.append(head)
-            if batch:
-                self._queue_records(node, batch)
-            if pending:
-                command = pending.pop(0)
-                assert isinstance(command, Run)
+            command = pending.pop(0)
+            if isinstance(command, Run):
                 assert actions is not None, "only the top level runs steps"
                 pending[:0] = await self._run_step(node, machine, command.step, actions)
+            else:
+                self._queue_record(node, command)
 
     async def _run_step(
         self, node: str, machine: Enrolment, step: str, actions: Mapping[str, StepAction]
@@ -168,31 +159,26 @@ class Runner:
             return machine.handle(enrolment.StepSucceeded(step, outcome.reason, skipped=True))
         return machine.handle(enrolment.StepSucceeded(step, outcome))
 
-    def now(self) -> float:
-        return self._clock()
-
-    def _queue_records(self, node: str, batch: list[Record | Finish]) -> None:
+    def _queue_record(self, node: str, command: Record | Finish) -> None:
         """Queue for the next group commit, which persists, then publishes."""
-        now = self._clock()
-        for command in batch:
-            if isinstance(command, Finish):
-                self._queue(NodeUpdate(node, command.state, command.message))
-                continue
-            self._pending_events.append(
-                EventRecord(
-                    node=node,
-                    seq=0,
-                    step=command.step,
-                    state=command.state,
-                    message=command.message,
-                    percent=command.percent,
-                    time=now,
-                    final=command.final,
-                )
+        if isinstance(command, Finish):
+            self._queue(NodeUpdate(node, command.state, command.message))
+            return
+        self._pending_events.append(
+            EventRecord(
+                node=node,
+                seq=0,
+                step=command.step,
+                state=command.state,
+                message=command.message,
+                percent=command.percent,
+                time=self._clock(),
+                final=command.final,
             )
-            if command.state is StepState.WAITING:
-                # What the enrolment waits for shows in status too.
-                self._queue(NodeUpdate(node, NodeState.ENROLLING, command.message))
+        )
+        if command.state is StepState.WAITING:
+            # What the enrolment waits for shows in status too.
+            self._queue(NodeUpdate(node, NodeState.ENROLLING, command.message))
         self._queue()
 
     def _queue(self, update: NodeUpdate | None = None) -> None:

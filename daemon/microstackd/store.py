@@ -303,13 +303,6 @@ class Store:
                 )
                 db.execute("DELETE FROM steps WHERE node = ?", (node.name,))
 
-    def set_node_state(self, name: str, state: NodeState, message: str = "") -> None:
-        with self.transaction() as db:
-            db.execute(
-                "UPDATE nodes SET state = ?, message = ? WHERE name = ?",
-                (state.value, message, name),
-            )
-
     def touch_node(self, name: str, when: float) -> None:
         with self.transaction() as db:
             db.execute("UPDATE nodes SET last_seen = ? WHERE name = ?", (when, name))

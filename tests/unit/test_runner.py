@@ -125,7 +125,7 @@ def test_cancel_lands_what_was_recorded_first(world) -> None:  # type: ignore[no
     async def blocked(ctx: StepContext) -> str:
         await ctx.progress("waiting for the agent", 10, waiting=True)
         runner.cancel(NODE)  # as a removal does, without yielding first
-        store.set_node_state(NODE, NodeState.REMOVED, "removed")
+        store.remove_node(NODE, "aa", 2.0)
         await release.wait()
         return "never"
 
