@@ -39,13 +39,5 @@ def make_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
 @pytest.fixture
 def control(make_node: Callable[..., Node], password_file: Path) -> Node:
     node = make_node("ctl")
-    node.ctl(
-        "init",
-        "--role",
-        "control",
-        "--address",
-        node.address,
-        "--password-file",
-        str(password_file),
-    )
+    node.init_control(password_file)
     return node

@@ -118,6 +118,21 @@ class Node:
             )
         return result
 
+    def init_control(
+        self, password_file: Path, *, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """``microstackctl init --role control --address MINE --password-file F``."""
+        return self.ctl(
+            "init",
+            "--role",
+            "control",
+            "--address",
+            self.address,
+            "--password-file",
+            str(password_file),
+            check=check,
+        )
+
     def join(
         self, control: Node, password_file: Path, *extra: str, check: bool = True
     ) -> subprocess.CompletedProcess[str]:

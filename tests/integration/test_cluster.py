@@ -89,16 +89,7 @@ def test_wrong_password_is_rejected_and_leaves_nothing_behind(
 
 def test_second_init_is_refused_and_changes_nothing(control: Node, password_file: Path) -> None:
     before = control.status()
-    result = control.ctl(
-        "init",
-        "--role",
-        "control",
-        "--address",
-        control.address,
-        "--password-file",
-        str(password_file),
-        check=False,
-    )
+    result = control.init_control(password_file, check=False)
     assert result.returncode == EXIT_ERROR
     assert "already the control node" in result.stderr
     assert control.status() == before

@@ -77,15 +77,7 @@ def test_control_killed_at_a_step_resumes_and_the_joiner_sees_each_event_once(
     make_node: Callable[..., Node], password_file: Path, step: str
 ) -> None:
     control = make_node("ctl", "--step-delay", f"{step}=30")
-    control.ctl(
-        "init",
-        "--role",
-        "control",
-        "--address",
-        control.address,
-        "--password-file",
-        str(password_file),
-    )
+    control.init_control(password_file)
     compute = make_node("node-1")
     join = _join_in_background(compute, control, password_file)
     try:
@@ -115,15 +107,7 @@ def test_compute_killed_mid_enrolment_is_waited_for_and_the_cli_reattaches(
     make_node: Callable[..., Node], password_file: Path
 ) -> None:
     control = make_node("ctl", "--step-delay", "configure-node=2")
-    control.ctl(
-        "init",
-        "--role",
-        "control",
-        "--address",
-        control.address,
-        "--password-file",
-        str(password_file),
-    )
+    control.init_control(password_file)
     compute = make_node("node-1")
     join = _join_in_background(compute, control, password_file)
     try:
@@ -250,15 +234,7 @@ def test_a_token_pinned_to_another_control_is_not_used(
     it names never receives anything that depends on the secret."""
     token = _token(control, "node-1")
     impostor = make_node("impostor")
-    impostor.ctl(
-        "init",
-        "--role",
-        "control",
-        "--address",
-        impostor.address,
-        "--password-file",
-        str(password_file),
-    )
+    impostor.init_control(password_file)
     # Point the token at the impostor: same token, another control.
     from microstackd import tokens as token_codec
 
@@ -290,15 +266,7 @@ def test_a_silent_member_is_shown_unreachable_then_active_again(
     make_node: Callable[..., Node], password_file: Path
 ) -> None:
     control = make_node("ctl", "--unreachable-after", "3")
-    control.ctl(
-        "init",
-        "--role",
-        "control",
-        "--address",
-        control.address,
-        "--password-file",
-        str(password_file),
-    )
+    control.init_control(password_file)
     compute = make_node("node-1")
     compute.join(control, password_file)
     assert _node(control, "node-1")["state"] == "active"
