@@ -18,9 +18,12 @@ from grpc import aio
 
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
-from microstackd import errors, security
-from microstackd.credentials import NodeCredentials
-from microstackd.rpc import peer
+from microstackd import errors
+from microstackd.member import bootstrap
+from microstackd.model import NodeCredentials, Role
+from microstackd.peers.bootstrap import BootstrapCall, fetch_bootstrap_certificate
+from microstackd.peers.cluster import member_channel
+from microstackd.trust import exchange, kdf, x509
 from tests.integration.harness import Node
 
 PASSWORD = "correct horse battery staple"
@@ -35,34 +38,17 @@ async def _bootstrap(
 ) -> tuple[bytes, bytes, bytes]:
     """Run the joiner's half of the bootstrap; return (key, cert, ca) PEMs."""
     host, port = via or (node.address, node.port)
-    cert_pem = await peer.fetch_bootstrap_certificate(host, port)
-    hello = security.Hello(node_name=name, address="127.0.0.99", hostname=name)
-    key = security.generate_key()
-    async with peer.BootstrapCall(host, port, cert_pem) as call:
-        challenge = await call.hello(hello)
-        verifier = security.derive_verifier(password, challenge.kdf)
-        exchange = security.JoinerExchange(
-            verifier,
-            challenge.cluster_id,
-            challenge.kdf,
-            hello,
-            security.fingerprint(cert_pem),
-            challenge.pake_message,
-        )
-        csr = security.make_csr(key, name)
-        result = await call.respond(*_response(exchange, csr))
-        exchange.check_result(
-            result.certificate_pem,
-            result.ca_certificate_pem,
-            result.control_name,
-            result.cluster_port,
-            result.confirmation,
-        )
-    return security.key_to_pem(key), result.certificate_pem, result.ca_certificate_pem
+    cert_pem = await fetch_bootstrap_certificate(host, port)
+    hello = exchange.Hello(node_name=name, address="127.0.0.99", hostname=name)
+    trusted = await bootstrap.run(
+        host, port, cert_pem, hello, bootstrap.password_verifier(password)
+    )
+    creds = trusted.credentials
+    return creds.key_pem, creds.cert_pem, creds.ca_pem
 
 
-def _response(exchange: security.JoinerExchange, csr: bytes) -> tuple[bytes, bytes, bytes]:
-    message, confirmation = exchange.response(csr)
+def _response(joiner: exchange.JoinerExchange, csr: bytes) -> tuple[bytes, bytes, bytes]:
+    message, confirmation = joiner.response(csr)
     return message, csr, confirmation
 
 
@@ -70,7 +56,7 @@ def _cluster_stub(
     node: Node, key: bytes, cert: bytes, ca: bytes
 ) -> tuple[aio.Channel, pb_grpc.ClusterServiceStub]:
     creds = NodeCredentials(key_pem=key, cert_pem=cert, ca_pem=ca)
-    channel = peer.member_channel(node.address, node.port + 1, creds, "ctl")
+    channel = member_channel(node.address, node.port + 1, creds, "ctl")
     return channel, pb_grpc.ClusterServiceStub(channel)
 
 
@@ -91,10 +77,10 @@ class TlsInterceptor:
 
     def __init__(self, target: tuple[str, int], workdir: Path) -> None:
         self.target = target
-        key = security.generate_key()
-        cert = security.self_signed_bootstrap_certificate(key, _now())
-        (workdir / "mitm.key").write_bytes(security.key_to_pem(key))
-        (workdir / "mitm.crt").write_bytes(security.cert_to_pem(cert))
+        key = x509.generate_key()
+        cert = x509.self_signed_bootstrap_certificate(key, _now())
+        (workdir / "mitm.key").write_bytes(x509.key_to_pem(key))
+        (workdir / "mitm.crt").write_bytes(x509.cert_to_pem(cert))
         self.server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.server_ctx.load_cert_chain(workdir / "mitm.crt", workdir / "mitm.key")
         self.server_ctx.set_alpn_protocols(["h2"])
@@ -151,37 +137,35 @@ def test_a_man_in_the_middle_relaying_faithfully_fails(control: Node, tmp_path: 
 
 
 def test_a_certificate_from_another_ca_is_refused(control: Node) -> None:
-    foreign = security.create_ca("elsewhere", _now())
-    key = security.generate_key()
-    cert = security.issue_certificate(
+    foreign = x509.create_ca("elsewhere", _now())
+    key = x509.generate_key()
+    cert = x509.issue_certificate(
         foreign,
         key.public_key(),
         node_name="node-9",
-        role="compute",
+        role=Role.COMPUTE,
         address="127.0.0.9",
         hostname="node-9",
         now=_now(),
     )
     ca_pem = (control.state_dir / "tls" / "ca.crt").read_bytes()
-    code = asyncio.run(
-        _status_code(control, security.key_to_pem(key), security.cert_to_pem(cert), ca_pem)
-    )
+    code = asyncio.run(_status_code(control, x509.key_to_pem(key), x509.cert_to_pem(cert), ca_pem))
     assert code is grpc.StatusCode.UNAVAILABLE  # the TLS handshake itself fails
 
 
 def test_a_cluster_certificate_for_an_unknown_node_is_refused(control: Node) -> None:
     """Signed by the cluster CA (say, a stolen CA key was used once) but never admitted."""
     tls = control.state_dir / "tls"
-    ca = security.CertificateAuthority(
-        key=security.load_key((tls / "ca.key").read_bytes()),
-        cert=security.load_cert((tls / "ca.crt").read_bytes()),
+    ca = x509.CertificateAuthority(
+        key=x509.load_key((tls / "ca.key").read_bytes()),
+        cert=x509.load_cert((tls / "ca.crt").read_bytes()),
     )
-    key = security.generate_key()
-    cert = security.issue_certificate(
+    key = x509.generate_key()
+    cert = x509.issue_certificate(
         ca,
         key.public_key(),
         node_name="ghost",
-        role="compute",
+        role=Role.COMPUTE,
         address="127.0.0.9",
         hostname="ghost",
         now=_now(),
@@ -189,9 +173,9 @@ def test_a_cluster_certificate_for_an_unknown_node_is_refused(control: Node) -> 
     code = asyncio.run(
         _status_code(
             control,
-            security.key_to_pem(key),
-            security.cert_to_pem(cert),
-            security.cert_to_pem(ca.cert),
+            x509.key_to_pem(key),
+            x509.cert_to_pem(cert),
+            x509.cert_to_pem(ca.cert),
         )
     )
     assert code is grpc.StatusCode.PERMISSION_DENIED
@@ -214,9 +198,9 @@ def test_a_replaced_certificate_is_revoked(control: Node) -> None:
 
 def test_methods_are_served_only_on_their_channel(control: Node) -> None:
     async def calls() -> list[grpc.StatusCode]:
-        cert_pem = await peer.fetch_bootstrap_certificate(control.address, control.port)
+        cert_pem = await fetch_bootstrap_certificate(control.address, control.port)
         creds = grpc.ssl_channel_credentials(root_certificates=cert_pem)
-        options = [("grpc.ssl_target_name_override", security.BOOTSTRAP_SERVER_NAME)]
+        options = [("grpc.ssl_target_name_override", x509.BOOTSTRAP_SERVER_NAME)]
         codes = []
         async with aio.secure_channel(control.endpoint, creds, options=options) as channel:
             for call in (
@@ -238,9 +222,9 @@ def test_methods_are_served_only_on_their_channel(control: Node) -> None:
 async def _raw_exchange(
     node: Node, requests: list[pb.ExchangeRequest]
 ) -> tuple[grpc.StatusCode, str]:
-    cert_pem = await peer.fetch_bootstrap_certificate(node.address, node.port)
+    cert_pem = await fetch_bootstrap_certificate(node.address, node.port)
     creds = grpc.ssl_channel_credentials(root_certificates=cert_pem)
-    options = [("grpc.ssl_target_name_override", security.BOOTSTRAP_SERVER_NAME)]
+    options = [("grpc.ssl_target_name_override", x509.BOOTSTRAP_SERVER_NAME)]
     async with aio.secure_channel(node.endpoint, creds, options=options) as channel:
         call = pb_grpc.BootstrapServiceStub(channel).Exchange(timeout=10)
         try:
@@ -343,20 +327,20 @@ def test_a_replayed_bootstrap_response_is_refused(control: Node) -> None:
     """Record a successful joiner's response, then replay it in a new session."""
 
     async def scenario() -> tuple[grpc.StatusCode, str]:
-        cert_pem = await peer.fetch_bootstrap_certificate(control.address, control.port)
-        hello = security.Hello(node_name="node-3", address="127.0.0.3", hostname="node-3")
-        key = security.generate_key()
-        async with peer.BootstrapCall(control.address, control.port, cert_pem) as call:
+        cert_pem = await fetch_bootstrap_certificate(control.address, control.port)
+        hello = exchange.Hello(node_name="node-3", address="127.0.0.3", hostname="node-3")
+        key = x509.generate_key()
+        async with BootstrapCall(control.address, control.port, cert_pem) as call:
             challenge = await call.hello(hello)
-            exchange = security.JoinerExchange(
-                security.derive_verifier(PASSWORD, challenge.kdf),
+            joiner = exchange.JoinerExchange(
+                kdf.derive_verifier(PASSWORD, challenge.kdf),
                 challenge.cluster_id,
                 challenge.kdf,
                 hello,
-                security.fingerprint(cert_pem),
+                x509.fingerprint(cert_pem),
                 challenge.pake_message,
             )
-            recorded = _response(exchange, security.make_csr(key, "node-3"))
+            recorded = _response(joiner, x509.make_csr(key, "node-3"))
             await call.respond(*recorded)
         replay = pb.ExchangeRequest(
             response=pb.BootstrapResponse(

@@ -16,10 +16,9 @@ from grpc import aio
 
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
-from microstackd import credentials
-from microstackd.credentials import NodeCredentials
-from microstackd.node.roles import NOVA_COMPUTE_CONF, OVS_AGENT_INI
-from microstackd.rpc import peer
+from microstackd.model import NodeCredentials
+from microstackd.node.roles.compute import NOVA_COMPUTE_CONF, OVS_AGENT_INI
+from microstackd.peers.cluster import member_channel
 from microstackd.store import Store
 from tests.integration.harness import Node
 
@@ -126,10 +125,10 @@ def test_only_the_control_may_call_an_agent(
     first.join(control, password_file)
     second.join(control, password_file)
     # node-2's own, valid cluster certificate against node-1's agent.
-    creds = credentials.load(Store(second.state_dir))
+    creds = Store(second.state_dir).credentials()
 
     async def call(creds: NodeCredentials) -> grpc.StatusCode:
-        channel = peer.member_channel(first.address, first.port + 1, creds, "node-1")
+        channel = member_channel(first.address, first.port + 1, creds, "node-1")
         try:
             await pb_grpc.AgentServiceStub(channel).GetServices(pb.GetServicesRequest(), timeout=5)
             return grpc.StatusCode.OK
@@ -139,7 +138,7 @@ def test_only_the_control_may_call_an_agent(
             await channel.close(None)
 
     assert asyncio.run(call(creds)) is grpc.StatusCode.PERMISSION_DENIED
-    control_creds = credentials.load(Store(control.state_dir))
+    control_creds = Store(control.state_dir).credentials()
     assert asyncio.run(call(control_creds)) is grpc.StatusCode.OK
     assert "permission denied" in first.log.read_text()
 

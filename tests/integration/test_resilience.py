@@ -14,7 +14,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from microstackd import credentials
 from microstackd.store import Store
 from tests.integration.harness import BIN, Node
 from tests.integration.test_adversarial import _status_code
@@ -139,7 +138,7 @@ def test_remove_revokes_and_the_node_can_join_again(
     compute = make_node("node-1")
     compute.join(control, password_file)
     old_serial = _node(control, "node-1")["cert_serial"]
-    saved = credentials.load(Store(compute.state_dir))
+    saved = Store(compute.state_dir).credentials()
     out = control.ctl("remove", "node-1").stdout
     assert "revoked" in out and "services were stopped" in out
     assert _node(control, "node-1")["state"] == "removed"
@@ -236,7 +235,7 @@ def test_a_token_pinned_to_another_control_is_not_used(
     impostor = make_node("impostor")
     impostor.init_control(password_file)
     # Point the token at the impostor: same token, another control.
-    from microstackd import tokens as token_codec
+    from microstackd.trust import tokens as token_codec
 
     decoded = token_codec.decode(token)
     forged = token_codec.encode(

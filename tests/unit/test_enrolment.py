@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from microstackd import enrolment as e
+from microstackd.enrolment import machine as e
 from microstackd.model import NodeState, StepState
 
 PLAN = (e.ADMIT, e.ISSUE_CONFIG, e.DONE)

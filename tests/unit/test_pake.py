@@ -17,7 +17,7 @@ from nacl import bindings
 from spake2 import SPAKE2_A, SPAKE2_B
 from spake2.parameters.ed25519 import ParamsEd25519
 
-from microstackd import pake
+from microstackd.trust import pake
 
 P = 2**255 - 19
 

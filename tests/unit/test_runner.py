@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from microstackd import enrolment, errors
-from microstackd.events import EventBus
+from microstackd import errors
+from microstackd.enrolment import machine as enrolment
+from microstackd.enrolment.events import EventBus
+from microstackd.enrolment.runner import Runner, Skipped, StepAction, StepContext
 from microstackd.model import EventRecord, NodeRecord, NodeState, Role, StepState
-from microstackd.runner import Runner, Skipped, StepAction, StepContext
 from microstackd.store import Store
 
 NODE = "node-1"
