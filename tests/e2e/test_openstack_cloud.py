@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.netns import MICROSTACKCTL, Host, Network, clean_env, join, wait_for
+from sandbox.netns import MICROSTACKCTL, Host, Network, clean_env, join, wait_for
 from tests.e2e.test_openstack import (
     FAKE_DRIVER,
     _measure,
@@ -51,7 +51,7 @@ def _step_seconds(control: Host, node: str, step: str) -> float:
         first, last = db.execute(
             "SELECT MIN(time), MAX(time) FROM events WHERE node = ? AND step = ?", (node, step)
         ).fetchone()
-    return round(last - first, 2)
+    return round(float(last) - float(first), 2)
 
 
 def _cpu_seconds(pid: int) -> float:

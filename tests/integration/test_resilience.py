@@ -15,21 +15,21 @@ import grpc
 import pytest
 
 from microstackd.store import Store
-from tests.integration.harness import BIN, Node
+from tests.integration.harness import MICROSTACKCTL, Node
 from tests.integration.test_adversarial import _status_code
 
 EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REJECTED = 1, 2, 3, 4
 
 
 def _node(control: Node, name: str) -> dict[str, object]:
-    nodes = {n["name"]: n for n in control.status()["nodes"]}  # type: ignore[attr-defined]
+    nodes = {n["name"]: n for n in control.status()["nodes"]}
     return nodes[name]  # type: ignore[no-any-return]
 
 
 def _join_in_background(compute: Node, control: Node, password_file: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
-            str(BIN / "microstackctl"),
+            MICROSTACKCTL,
             "--socket",
             str(compute.socket),
             "join",
@@ -99,7 +99,7 @@ def test_control_killed_at_a_step_resumes_and_the_joiner_sees_each_event_once(
         assert events[i]["step"] == (seen[-1] if seen else "bootstrap"), events[: i + 1]
     node = _node(control, "node-1")
     assert node["state"] == "active"
-    assert [n["name"] for n in control.status()["nodes"]].count("node-1") == 1  # type: ignore[attr-defined]
+    assert [n["name"] for n in control.status()["nodes"]].count("node-1") == 1
 
 
 def test_compute_killed_mid_enrolment_is_waited_for_and_the_cli_reattaches(

@@ -42,7 +42,7 @@ def test_health_on_every_endpoint(control: Node) -> None:
         async with aio.secure_channel(control.endpoint, tls, options=options) as channel:
             statuses.append(await _health(channel))
         creds = Store(control.state_dir).credentials()
-        channel = member_channel(control.address, control.port + 1, creds, "ctl")
+        channel = member_channel(control.address, control.cluster_port, creds, "ctl")
         try:
             statuses.append(await _health(channel))
         finally:
@@ -114,7 +114,7 @@ def test_sigterm_ends_live_streams_clearly_and_keeps_the_state(
     )
     control.start()
     assert control.status() == before | {"nodes": control.status()["nodes"]}
-    assert [n["name"] for n in control.status()["nodes"]] == [n["name"] for n in before["nodes"]]  # type: ignore[attr-defined]
+    assert [n["name"] for n in control.status()["nodes"]] == [n["name"] for n in before["nodes"]]
 
 
 def test_sighup_reloads_the_log_level_and_names_what_needs_a_restart(

@@ -14,7 +14,9 @@ any other address. Proxy variables are dropped from the environment.
 Every namespace name starts with PREFIX (``mst-<pid>-<random>-``), unique to
 this process, so parallel or leftover runs never collide; ``reap(PREFIX)``
 removes whatever this process created, and ``stale_namespaces()`` lists what
-dead runs left behind (``python -m tests.e2e.netns --reap-stale`` removes it).
+dead runs left behind (``python -m sandbox.netns --reap-stale`` removes it).
+
+Each host's microstackd is started by the one launcher (``sandbox.launcher``).
 
 Processes are started in their own session (process group = pid) with
 PR_SET_PDEATHSIG=SIGKILL, so they die with the test process even when it is
@@ -40,7 +42,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from sandbox.launcher import Daemon, tool
 
 PREFIX = f"mst-{os.getpid()}-{secrets.token_hex(3)}-"
 STALE_RE = re.compile(r"^mst-(\d+)-[0-9a-f]{6}-")
@@ -52,11 +56,8 @@ BRIDGE = "br0"
 HOST_IFACE = "eth0"
 BOOTSTRAP_PORT = 10002
 
-_BIN = Path(sys.executable).parent
-MICROSTACKD = str(_BIN / "microstackd") if (_BIN / "microstackd").exists() else "microstackd"
-MICROSTACKCTL = (
-    str(_BIN / "microstackctl") if (_BIN / "microstackctl").exists() else "microstackctl"
-)
+MICROSTACKD = tool("microstackd")
+MICROSTACKCTL = tool("microstackctl")
 
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "grpc_proxy", "no_proxy")
 
@@ -260,7 +261,7 @@ class Host:
         self.log_path: Path | None = None
         self.listen_port = BOOTSTRAP_PORT
         self.daemon: subprocess.Popen[bytes] | None = None
-        self._log_file: IO[bytes] | None = None
+        self._launched: Daemon | None = None
         self._procs: list[subprocess.Popen[Any]] = []
 
     def __repr__(self) -> str:
@@ -321,7 +322,7 @@ class Host:
         extra_args: Sequence[str] = (),
         timeout: float = 30,
     ) -> subprocess.Popen[bytes]:
-        """Start microstackd here; return once its socket answers ``status``."""
+        """Start microstackd here; return once it is ready (its ``ready`` line)."""
         if self.daemon is not None and self.daemon.poll() is None:
             raise RuntimeError(f"{self.name} already runs microstackd (pid {self.daemon.pid})")
         self.node_name = node_name
@@ -329,66 +330,28 @@ class Host:
         self.socket = socket or self.rundir / "microstackd.sock"
         self.listen_port = listen_port
         self.log_path = self.workdir / f"microstackd-{node_name}.log"
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        if self._log_file is not None:
-            self._log_file.close()
-        self._log_file = self.log_path.open("ab")
-        argv = [
-            MICROSTACKD,
-            "--state-dir", str(self.state_dir),
-            "--socket", str(self.socket),
-            "--listen", f"{self.address}:{listen_port}",
-            "--node-name", node_name,
-            "--service-manager", "process",
-            "--config-root", str(self.workdir / "etc"),
-            *extra_args,
-        ]  # fmt: skip
-        self._log_file.write(f"### {' '.join(argv)}\n".encode())
-        self._log_file.flush()
-        self.daemon = self.popen(argv, stdout=self._log_file, stderr=subprocess.STDOUT)
-        self._wait_ready(timeout)
-        return self.daemon
-
-    def _wait_ready(self, timeout: float) -> None:
-        assert self.daemon is not None and self.socket is not None
-        deadline = time.monotonic() + timeout
-        last = "the socket never appeared"
-        while time.monotonic() < deadline:
-            code = self.daemon.poll()
-            if code is not None:
-                raise CommandFailed(
-                    f"microstackd on {self.name} exited {code} before it was ready\n"
-                    f"{self.daemon_log()}"
-                )
-            if self.socket.exists():
-                result = self.ctl("status", "--format", "json", check=False, timeout=10)
-                if result.returncode == 0:
-                    return
-                last = f"status exited {result.returncode}: {result.stderr.strip()}"
-            time.sleep(0.1)
-        raise CommandFailed(
-            f"microstackd on {self.name} not ready within {timeout:.0f} s ({last})\n"
-            f"{self.daemon_log()}"
+        self._launched = Daemon(
+            name=node_name,
+            host=self.address,
+            state_dir=self.state_dir,
+            socket=self.socket,
+            config_root=self.workdir / "etc",
+            log_path=self.log_path,
+            port=listen_port,
+            extra=list(extra_args),
         )
+        try:
+            self.daemon = self._launched.start(self.popen, timeout)
+        except AssertionError as exc:
+            raise CommandFailed(f"microstackd on {self.name}: {exc}") from None
+        return self.daemon
 
     def stop_daemon(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int | None:
         """Signal microstackd; wait for it (SIGKILL after ``timeout``); return its exit code."""
         proc, self.daemon = self.daemon, None
-        if proc is None:
+        if proc is None or self._launched is None:
             return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-        return proc.returncode
+        return self._launched.stop(sig, timeout)
 
     def daemon_log(self, tail: int = 60) -> str:
         if self.log_path is None or not self.log_path.exists():
