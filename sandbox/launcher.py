@@ -47,6 +47,11 @@ def _popen(argv: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
 class NotReady(AssertionError):
     """The daemon exited, or did not log ``ready`` in time."""
 
+    def __init__(self, name: str, reason: str, log: str) -> None:
+        super().__init__(f"microstackd {name} {reason}\n{log}")
+        self.reason = reason
+        self.log = log
+
 
 @dataclass
 class Daemon:
@@ -119,11 +124,14 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while not ready.wait(0.02):
             if proc.poll() is not None or time.monotonic() > deadline:
-                why = f"exited {proc.returncode}" if proc.poll() is not None else "is not ready"
+                code = proc.poll()
                 self.stop(signal.SIGKILL)
-                raise NotReady(
-                    f"microstackd {self.name} {why} after {timeout:g} s\n{self.log_tail(60)}"
+                why = (
+                    f"exited {code} before it was ready"
+                    if code is not None
+                    else f"not ready within {timeout:g} s"
                 )
+                raise NotReady(self.name, why, self.log_tail(60))
         self.port, self.cluster_port = ports[0]  # kept: a restart comes back on them
         return proc
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox.launcher import Daemon, tool
+from sandbox.launcher import Daemon, NotReady, tool
 
 PREFIX = f"mst-{os.getpid()}-{secrets.token_hex(3)}-"
 STALE_RE = re.compile(r"^mst-(\d+)-[0-9a-f]{6}-")
@@ -342,8 +342,8 @@ class Host:
         )
         try:
             self.daemon = self._launched.start(self.popen, timeout)
-        except AssertionError as exc:
-            raise CommandFailed(f"microstackd on {self.name}: {exc}") from None
+        except NotReady as exc:
+            raise CommandFailed(f"microstackd on {self.name} {exc.reason}\n{exc.log}") from None
         return self.daemon
 
     def stop_daemon(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int | None:

@@ -209,34 +209,23 @@ class _Check:
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, handler.request_deserializer, handler.response_serializer
             )
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
+        streaming = handler.unary_stream or handler.stream_stream
+        if streaming is not None:
 
-            async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
                 try:
                     authenticate(context, access)
-                    async for response in _responses(inner_us(request, context)):
+                    async for response in _responses(streaming(request, context)):
                         yield response
                 except errors.MicrostackError as exc:
                     await fail(context, exc)
 
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream, handler.request_deserializer, handler.response_serializer
+            make = (
+                grpc.unary_stream_rpc_method_handler
+                if handler.unary_stream is not None
+                else grpc.stream_stream_rpc_method_handler
             )
-        if handler.stream_stream is not None:
-            inner_ss = handler.stream_stream
-
-            async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
-                try:
-                    authenticate(context, access)
-                    async for response in _responses(inner_ss(requests, context)):
-                        yield response
-                except errors.MicrostackError as exc:
-                    await fail(context, exc)
-
-            return grpc.stream_stream_rpc_method_handler(
-                stream_stream, handler.request_deserializer, handler.response_serializer
-            )
+            return make(stream, handler.request_deserializer, handler.response_serializer)
         raise ValueError("stream-unary methods are not served")
 
 

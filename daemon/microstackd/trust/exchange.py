@@ -108,6 +108,19 @@ class _Exchange:
 
     _step: _Step
 
+    def _begin(
+        self, verifier: bytes, cluster_id: str, kdf: KdfParams, hello: Hello, fingerprint: str
+    ) -> None:
+        """Check this side's own inputs and keep what both confirmations cover."""
+        _check_verifier(verifier)
+        names.cluster_id(cluster_id)
+        _kdf.check_params(kdf)
+        check_version(hello)
+        self._cluster_id = cluster_id
+        self._kdf = kdf
+        self._hello = hello
+        self._fingerprint = _normalise_fingerprint(fingerprint)
+
     def _advance(self, expected: _Step, operation: str) -> None:
         """Check we are at ``expected``; otherwise spend the object and refuse."""
         if self._step is not expected:
@@ -140,14 +153,7 @@ class ControlExchange(_Exchange):
         hello: Hello,
         own_fingerprint: str,
     ) -> None:
-        _check_verifier(verifier)
-        names.cluster_id(cluster_id)
-        _kdf.check_params(kdf)
-        check_version(hello)
-        self._cluster_id = cluster_id
-        self._kdf = kdf
-        self._hello = hello
-        self._fingerprint = _normalise_fingerprint(own_fingerprint)
+        self._begin(verifier, cluster_id, kdf, hello, own_fingerprint)
         self._spake = pake.Spake2B(
             verifier, hello.node_name.encode("utf-8"), cluster_id.encode("utf-8")
         )
@@ -234,14 +240,7 @@ class JoinerExchange(_Exchange):
         seen_fingerprint: str,
         control_pake_message: bytes,
     ) -> None:
-        _check_verifier(verifier)
-        names.cluster_id(cluster_id)
-        _kdf.check_params(kdf)
-        check_version(hello)
-        self._cluster_id = cluster_id
-        self._kdf = kdf
-        self._hello = hello
-        self._fingerprint = _normalise_fingerprint(seen_fingerprint)
+        self._begin(verifier, cluster_id, kdf, hello, seen_fingerprint)
         _check_pake_message(control_pake_message, _SIDE_CONTROL)
         spake = pake.Spake2A(verifier, hello.node_name.encode("utf-8"), cluster_id.encode("utf-8"))
         message = spake.start()

@@ -1,5 +1,5 @@
-"""The control role's API-side bootstrap, run with the OpenStack environment's
-own Python (openstacksdk lives there, not in microstackd's environment).
+"""The control role's API-side setup steps, run with the OpenStack environment's
+own Python (a command of the role, like keystone-manage).
 Idempotent: every object is looked up before it is created.
 
     python setup_cloud.py identity       service project, service users (roles
@@ -37,7 +37,7 @@ PRIVATE_CIDR = "10.233.0.0/24"
 
 
 def log(msg: str) -> None:
-    print(f"[bootstrap_cloud {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    print(f"[setup_cloud {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def identity(conn: openstack.connection.Connection) -> None:
