@@ -6,7 +6,6 @@ import asyncio
 
 import pytest
 
-from microstackd.enrolment import backoff as backoff_module
 from microstackd.enrolment.backoff import MAX_RETRY_DELAY, Backoff
 
 
@@ -16,7 +15,7 @@ def test_waits_double_up_to_the_cap_and_reset_starts_over(monkeypatch: pytest.Mo
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    monkeypatch.setattr(backoff_module.asyncio, "sleep", sleep)
+    monkeypatch.setattr("microstackd.enrolment.backoff.asyncio.sleep", sleep)
     b = Backoff()
 
     async def five() -> None:

@@ -5,8 +5,10 @@ Rules:
 1. A plan is an ordered tuple of step names. Steps run one at a time, in
    order; a step starts only when every step before it is finished (``done``
    or ``skipped``). The last step of every plan is ``done``.
-2. A step moves only along ``TRANSITIONS``. Anything else is a bug in the
-   code driving the machine and raises ``LocalProtocolError`` at once.
+2. A step moves only along ``TRANSITIONS``: one row per state, naming each
+   event that may happen to a step in it and the state it leads to.
+   Anything else is a bug in the code driving the machine and raises
+   ``LocalProtocolError`` at once.
 3. The machine says what to do; the driver does it, in order. Every
    ``Record`` must be persisted before it is shown to anyone, and ``Finish``
    (the node's new state) comes before the final ``Record``, so a client that
@@ -49,14 +51,33 @@ TITLES: Mapping[str, str] = {
     DONE: "finishing",
 }
 
+# What may happen to a step (the events, by name; ``handle`` maps each
+# event object to one of them).
+START = "start"  # the step becomes the current one and its action runs
+INTERRUPTED = "interrupted"  # found under way after a restart: it runs again
+PROGRESS = "progress"
+WAIT = "wait"  # progress that waits on something (the node's agent, Nova)
+SUCCEEDED = "succeeded"
+SKIPPED = "skipped"
+FAILED = "failed"
+
 _S = StepState
-TRANSITIONS: Mapping[StepState, frozenset[StepState]] = {
-    _S.PENDING: frozenset({_S.RUNNING}),
-    _S.RUNNING: frozenset({_S.RUNNING, _S.WAITING, _S.DONE, _S.SKIPPED, _S.FAILED}),
-    _S.WAITING: frozenset({_S.RUNNING, _S.WAITING, _S.DONE, _S.SKIPPED, _S.FAILED}),
-    _S.FAILED: frozenset({_S.RUNNING}),
-    _S.DONE: frozenset(),
-    _S.SKIPPED: frozenset(),
+_UNDER_WAY = {
+    PROGRESS: _S.RUNNING,
+    WAIT: _S.WAITING,
+    SUCCEEDED: _S.DONE,
+    SKIPPED: _S.SKIPPED,
+    FAILED: _S.FAILED,
+    INTERRUPTED: _S.FAILED,
+}
+#: state -> {event: the state it leads to}.
+TRANSITIONS: Mapping[StepState, Mapping[str, StepState]] = {
+    _S.PENDING: {START: _S.RUNNING},
+    _S.RUNNING: _UNDER_WAY,
+    _S.WAITING: _UNDER_WAY,
+    _S.FAILED: {START: _S.RUNNING},
+    _S.DONE: {},
+    _S.SKIPPED: {},
 }
 
 
@@ -151,16 +172,19 @@ class Enrolment:
     def complete(self) -> bool:
         return self.current is None
 
-    def _move(self, step: str, to: StepState) -> None:
+    def _move(self, step: str, event: str) -> StepState:
+        """Apply ``event`` to the current step ``step``; its new state."""
         if step != self.current:
             raise LocalProtocolError(f"step {step!r} is not the current step {self.current!r}")
         frm = self.states[step]
-        if to not in TRANSITIONS[frm]:
-            raise LocalProtocolError(f"step {step!r} cannot go from {frm} to {to}")
+        to = TRANSITIONS[frm].get(event)
+        if to is None:
+            raise LocalProtocolError(f"step {step!r} cannot be {event} when it is {frm}")
         self.states[step] = to
+        return to
 
     def _start(self, step: str) -> list[Command]:
-        self._move(step, StepState.RUNNING)
+        self._move(step, START)
         title = self.titles.get(step) or TITLES.get(step, step)
         return [Record(step, StepState.RUNNING, title), Run(step)]
 
@@ -174,22 +198,20 @@ class Enrolment:
             ]
         if self.states[step] in (StepState.RUNNING, StepState.WAITING):
             # Interrupted mid-step (a crash or restart): run it again.
-            self.states[step] = StepState.FAILED
+            self._move(step, INTERRUPTED)
         return self._start(step)
 
     def handle(self, event: Event) -> list[Command]:
         if isinstance(event, StepProgress):
-            state = StepState.WAITING if event.waiting else StepState.RUNNING
-            self._move(event.step, state)
+            state = self._move(event.step, WAIT if event.waiting else PROGRESS)
             return [Record(event.step, state, event.message, event.percent)]
         if isinstance(event, StepFailed):
-            self._move(event.step, StepState.FAILED)
+            self._move(event.step, FAILED)
             return [
                 Finish(NodeState.FAILED, f"{event.step}: {event.message}"),
                 Record(event.step, StepState.FAILED, event.message, final=True),
             ]
-        state = StepState.SKIPPED if event.skipped else StepState.DONE
-        self._move(event.step, state)
+        state = self._move(event.step, SKIPPED if event.skipped else SUCCEEDED)
         following = self.current
         if following is None:
             return [
