@@ -172,15 +172,9 @@ class ControlPlane:
                 await asyncio.to_thread(self._render, values)
             except errors.MicrostackError as exc:
                 log.warning("cannot render the control's configuration: %s", exc.message)
-            for service in started:
-                try:
-                    steps.make_dirs(service.dirs, values)
-                    await self._manager.restart(steps.service_spec(service, values))
-                    self._resumed.append(service)
-                except errors.MicrostackError as exc:
-                    log.warning(
-                        "service restart failed service=%s error=%r", service.name, exc.message
-                    )
+            self._resumed = await steps.restart_after_daemon(
+                self._manager, started, lambda s: steps.service_spec(s, values), values
+            )
 
     async def _refresh_forever(self) -> None:
         while True:

@@ -194,17 +194,12 @@ class Agent:
         return await self.services()
 
     async def resume(self) -> None:
-        """At start-up: bring back the applied role's services the process
-        manager runs (systemd and snapd keep theirs running themselves)."""
+        """At start-up: bring back the applied role's services."""
         role = self.applied()
-        if role is None or self.manager.kind != "process":
-            return
-        for service in self._services_of(role):
-            try:
-                steps.make_dirs(service.dirs, self._values())
-                await self.manager.restart(self.spec(service))
-            except errors.MicrostackError as exc:
-                log.warning("service restart failed service=%s error=%r", service.name, exc.message)
+        if role is not None:
+            await steps.restart_after_daemon(
+                self.manager, self._services_of(role), self.spec, self._values()
+            )
 
 
 async def _no_progress(message: str) -> None:

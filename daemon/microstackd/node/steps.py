@@ -8,11 +8,12 @@ command line (roles.py), and messages name steps, files and exit statuses.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import string
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from microstackd.node import render
 from microstackd.node.roles.parts import SERVICE_PATH, RoleService, SetupStep
 from microstackd.node.services import TAIL_LINES, ServiceManager, ServiceSpec
 from microstackd.node.services.spec import read_tail
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[str], Awaitable[None]]
 
@@ -100,6 +103,29 @@ async def start_service(
     spec = service_spec(service, values)
     await manager.restart(spec)
     return await manager.wait_ready(spec)
+
+
+async def restart_after_daemon(
+    manager: ServiceManager,
+    services: Sequence[RoleService],
+    spec: Callable[[RoleService], ServiceSpec],
+    values: Mapping[str, str],
+) -> list[RoleService]:
+    """At start-up: bring back the services a role had running, where this
+    daemon runs them itself (the process manager; systemd and snapd keep
+    theirs running). A service that cannot be restarted is logged and left
+    for its step to report; the ones restarted are returned."""
+    if manager.kind != "process":
+        return []
+    restarted = []
+    for service in services:
+        try:
+            make_dirs(service.dirs, values)
+            await manager.restart(spec(service))
+            restarted.append(service)
+        except errors.MicrostackError as exc:
+            log.warning("service restart failed service=%s error=%r", service.name, exc.message)
+    return restarted
 
 
 async def run_setup(

@@ -21,13 +21,14 @@ from pathlib import Path
 
 from microstackd import errors
 from microstackd.node.services.process import ProcessManager
+from microstackd.node.services.snap import SnapManager
 from microstackd.node.services.spec import (
     SYSTEMD_RUNTIME_DIR,
     TAIL_LINES,
     ServiceManager,
     ServiceSpec,
 )
-from microstackd.node.services.systemd import SnapManager, SystemdManager
+from microstackd.node.services.systemd import SystemdManager
 
 __all__ = [
     "TAIL_LINES",

@@ -1,5 +1,6 @@
-"""The backends that ask an init system for a service's state: systemd
-(``systemctl``, logs from the journal) and the MicroStack snap (``snapctl``)."""
+"""The backends that ask an init system for a service's state
+(``_PollingManager``), and systemd's: units driven with ``systemctl``, logs
+read from the journal. The MicroStack snap's is in ``snap.py``."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from microstackd.node.services.spec import (
 )
 
 
-async def _journal(unit: str, lines: int) -> tuple[list[str], str]:
+async def journal(unit: str, lines: int) -> tuple[list[str], str]:
     """The last lines of a unit's journal, or none and why."""
     if shutil.which("journalctl") is None:
         return [], "no log is available (journalctl is not installed)"
@@ -36,7 +37,7 @@ async def _journal(unit: str, lines: int) -> tuple[list[str], str]:
     return last_lines(result.stdout, lines), "its log is empty"
 
 
-class _PollingManager:
+class PollingManager:
     """Shared by the backends that ask an init system for the state."""
 
     kind: str
@@ -107,7 +108,7 @@ _SYSTEMD_STATES = {
 }
 
 
-class SystemdManager(_PollingManager):
+class SystemdManager(PollingManager):
     """Services are systemd units, driven with ``systemctl``."""
 
     kind = "systemd"
@@ -157,51 +158,4 @@ class SystemdManager(_PollingManager):
         return with_tail(head, lines, note)
 
     async def _tail(self, spec: ServiceSpec, lines: int) -> tuple[list[str], str]:
-        return await _journal(spec.unit, lines)
-
-
-class SnapManager(_PollingManager):
-    """Services of the MicroStack snap, driven with ``snapctl``."""
-
-    kind = "snap"
-    _active = frozenset({"active"})
-    # snapd reports no "failed": a service that died after restart is inactive.
-    _dead = frozenset({"inactive"})
-
-    async def restart(self, spec: ServiceSpec) -> None:
-        check(await run_short("snapctl", "restart", spec.snap_service))
-
-    async def stop(self, spec: ServiceSpec) -> None:
-        check(await run_short("snapctl", "stop", spec.snap_service))
-
-    async def _raw_state(self, spec: ServiceSpec) -> str:
-        result = check(await run_short("snapctl", "services", spec.snap_service))
-        return _parse_snap_services(result.stdout, spec.snap_service)
-
-    def _state(self, raw: str) -> str:
-        return RUNNING if raw == "active" else STOPPED
-
-    async def _failure(self, spec: ServiceSpec, raw: str) -> str:
-        lines, note = await self._tail(spec, TAIL_LINES)
-        return with_tail(f"{spec.name} is not running (snapctl reports it {raw})", lines, note)
-
-    async def _tail(self, spec: ServiceSpec, lines: int) -> tuple[list[str], str]:
-        return await _journal(f"snap.{spec.snap_service}.service", lines)
-
-
-def _parse_snap_services(text: str, service: str) -> str:
-    """The Current column of ``service`` in ``snapctl services`` output:
-
-    Service                  Startup  Current   Notes
-    microstack.nova-compute  enabled  active    -
-    """
-    rows = [line.split() for line in text.splitlines() if line.strip()]
-    column = 2
-    if rows and rows[0][0] == "Service":
-        header = [cell.lower() for cell in rows[0]]
-        column = header.index("current") if "current" in header else column
-        rows = rows[1:]
-    for row in rows:
-        if row[0] == service and len(row) > column:
-            return row[column]
-    raise errors.ServiceFailed(f"snapctl services does not list {service}")
+        return await journal(spec.unit, lines)
