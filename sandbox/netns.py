@@ -16,7 +16,8 @@ this process, so parallel or leftover runs never collide; ``reap(PREFIX)``
 removes whatever this process created, and ``stale_namespaces()`` lists what
 dead runs left behind (``python -m sandbox.netns --reap-stale`` removes it).
 
-Each host's microstackd is started by the one launcher (``sandbox.launcher``).
+Each host's microstackd is started by the one launcher (``sandbox.launcher``),
+on the default ports: every host has its own namespace, so they cannot clash.
 
 Processes are started in their own session (process group = pid) with
 PR_SET_PDEATHSIG=SIGKILL, so they die with the test process even when it is
