@@ -33,6 +33,27 @@ FORMAT = click.option(
 )
 
 
+class Whole(click.ParamType[int]):
+    """A whole number in ASCII digits, ``low``..``high``: click's INT takes
+    whatever ``int()`` takes (Arabic-Indic digits, spaces, underscores)."""
+
+    name = "integer"
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if type(value) is int:
+            number = value
+        elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
+            number = int(value)
+        else:
+            self.fail(f"{value!r} is not a whole number (ASCII digits)", param, ctx)
+        if not self.low <= number <= self.high:
+            self.fail(f"{value} is not in the range {self.low}-{self.high}", param, ctx)
+        return number
+
+
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     click.echo(f"Error: {message}", err=True)
     sys.exit(code)
@@ -256,7 +277,7 @@ def init(
 
 TIMEOUT = click.option(
     "--timeout",
-    type=click.IntRange(1, 86400),
+    type=Whole(1, 86400),
     default=600,
     show_default=True,
     help="seconds to wait for an unreachable or not yet initialised control node",
@@ -309,7 +330,7 @@ def join(
 @main.command()
 @click.argument("node", required=False, default="")
 @click.option(
-    "--after", type=click.IntRange(0), default=0, help="replay events after this sequence number"
+    "--after", type=Whole(0, 2**62), default=0, help="replay events after this sequence number"
 )
 @FORMAT
 @click.pass_context
@@ -493,7 +514,7 @@ def tokens_revoke(ctx: click.Context, id_or_name: str, fmt: str) -> None:
 def parse_ttl(text: str) -> int:
     import re
 
-    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
+    match = re.fullmatch(r"\s*([0-9]{1,9})\s*([smhd]?)\s*", text, re.ASCII)
     if not match:
         fail(f"--ttl {text!r}: use a number with s, m, h or d (e.g. 1h)", EXIT_USAGE)
     seconds = int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]

@@ -87,7 +87,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--cluster-port",
-        type=int,
         default=0,
         help="the mTLS cluster port (default: the --listen port + 1)",
     )
@@ -128,21 +127,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--unreachable-after",
-        type=float,
         default=None,
         help="(control) show an active member unreachable after this many seconds without a "
         "heartbeat (default 30; members beat every third of it)",
     )
     parser.add_argument(
         "--bootstrap-backoff",
-        type=float,
         default=None,
         help="(control) lock-out after a source's third failed bootstrap, doubling per failure "
         "(default 1 s)",
     )
     parser.add_argument(
         "--bootstrap-backoff-max",
-        type=float,
         default=None,
         help="(control) longest lock-out of a source (default 60 s)",
     )
@@ -218,18 +214,19 @@ def merge(args: argparse.Namespace, settings: dict[str, object]) -> argparse.Nam
 
 def build_config(args: argparse.Namespace) -> DaemonConfig:
     listen = args.listen
+    if not isinstance(listen, str):
+        raise errors.InvalidArgument(f"--listen {listen!r}: expected ADDRESS:PORT")
     if listen.startswith(("0.0.0.0:", "[::]:")):
         host, _, port_text = listen.rpartition(":")
         host = host.strip("[]")
-        if not port_text.isdigit():
-            raise errors.InvalidArgument(f"--listen {listen!r}: port must be a number")
-        port = int(port_text)
+        port = names.port(port_text, f"--listen {listen!r}: the port", allow_zero=True)
     else:
         host, port = names.host_port(listen, "--listen", allow_any_port=True)
     # Port 0 is any free port (read back from the ``ready`` log line); the
     # cluster port then defaults to any too.
-    cluster_port = args.cluster_port or (port + 1 if port else 0)
-    if not 0 <= cluster_port < 65536 or (cluster_port and cluster_port == port):
+    cluster_port = names.port(args.cluster_port, "--cluster-port", allow_zero=True)
+    cluster_port = cluster_port or (port + 1 if port else 0)
+    if cluster_port > 65535 or (cluster_port and cluster_port == port):
         raise errors.InvalidArgument(f"--cluster-port {cluster_port} is not usable")
     prefix = args.openstack_prefix
     if prefix is not None and not (prefix / "bin").is_dir():
@@ -260,22 +257,19 @@ def build_config(args: argparse.Namespace) -> DaemonConfig:
     )
 
 
-def _positive(value: float | None, default: float, flag: str) -> float:
+def _positive(value: object, default: float, flag: str) -> float:
     if value is None:
         return default
-    if not 0 < value < 86400:
-        raise errors.InvalidArgument(f"{flag} {value}: must be a positive number of seconds")
-    return float(value)
+    return names.seconds(value, flag, 0, 86400)
 
 
 def _step_delays(items: list[str]) -> dict[str, float]:
     delays: dict[str, float] = {}
     for item in items:
-        step, _, seconds = item.partition("=")
-        try:
-            delays[step] = float(seconds)
-        except ValueError:
-            raise errors.InvalidArgument(f"--step-delay {item!r}: expected STEP=SECONDS") from None
+        step, eq, seconds = item.partition("=")
+        if not step or not eq:
+            raise errors.InvalidArgument(f"--step-delay {item!r}: expected STEP=SECONDS")
+        delays[step] = names.seconds(seconds, f"--step-delay {item!r}", 0, 86400)
     return delays
 
 
