@@ -77,7 +77,7 @@ class Daemon:
         self.bus = EventBus(store)
         self.runner = Runner(store, self.bus, step_delays=config.step_delays)
         self._bootstrap_key, self._bootstrap_cert = self._bootstrap_identity()
-        fingerprint = x509.fingerprint(self._bootstrap_cert)
+        self.fingerprint = fingerprint = x509.fingerprint(self._bootstrap_cert)
         self._placeholder = self._reserve_cluster_port()
         self.services = make_manager(config.service_manager, log_dir=config.state_dir / "logs")
         #: Raised when this node becomes a member (serve the mTLS port) or leaves it.
@@ -162,7 +162,7 @@ class Daemon:
         server = aio.server(options=SERVER_OPTIONS)
         admin = AdminServicer(
             self.config.node_name, self.store, self.bus, self.cluster, self.members,
-            self.tokens, self.member,
+            self.tokens, self.member, self.fingerprint,
         )  # fmt: skip
         reflector = reflection.aio.ReflectionServicer(REFLECTED_SERVICES)
         access.register(

@@ -32,7 +32,8 @@ class InvalidArgument(MicrostackError):
 
 
 class WrongPassword(MicrostackError):
-    """The control node rejected the cluster password."""
+    """The control node rejected the cluster password: it is wrong, or the
+    connection is being intercepted."""
 
     code = "UNAUTHENTICATED"
 

@@ -102,8 +102,10 @@ class Bootstrap:
             if wrong and session.token_id:
                 raise errors.WrongPassword("the control node rejected the join token") from None
             if wrong:
+                # The control cannot tell the two apart: both transcripts differ.
                 raise errors.WrongPassword(
-                    "the control node rejected the cluster password"
+                    "the control node rejected the cluster password: it is wrong, or the "
+                    "connection is being intercepted"
                 ) from None
             raise
         self._limiter.succeeded(session.source)
