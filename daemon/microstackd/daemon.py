@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -55,6 +56,7 @@ from microstackd.node.agent import Agent
 from microstackd.node.services import make_manager
 from microstackd.store import Store
 from microstackd.store.files import BOOTSTRAP_CERT, BOOTSTRAP_KEY
+from microstackd.store.lock import StateLock
 from microstackd.trust import names, x509
 from microstackd.wire.options import SERVER_OPTIONS
 
@@ -72,13 +74,15 @@ REFLECTED_SERVICES = (
 class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
+        # First: a second daemon on this state directory must touch nothing.
+        self._lock = StateLock.acquire(config.state_dir)
         self.ports = Ports(config.listen_port, config.cluster_port)
         self.store = store = Store(config.state_dir)
         self.bus = EventBus(store)
         self.runner = Runner(store, self.bus, step_delays=config.step_delays)
         self._bootstrap_key, self._bootstrap_cert = self._bootstrap_identity()
         self.fingerprint = fingerprint = x509.fingerprint(self._bootstrap_cert)
-        self._placeholder = self._reserve_cluster_port()
+        self._placeholder: socket.socket | None = self._reserve_cluster_port()
         self.services = make_manager(config.service_manager, log_dir=config.state_dir / "logs")
         #: Raised when this node becomes a member (serve the mTLS port) or leaves it.
         self.joined, self.left = Signal("joined"), Signal("left")
@@ -101,6 +105,8 @@ class Daemon:
         self._local: aio.Server | None = None
         self._bootstrap: aio.Server | None = None
         self._cluster: aio.Server | None = None
+        #: The socket path is this daemon's to remove (it bound it).
+        self._socket_bound = False
 
     def _bootstrap_identity(self) -> tuple[bytes, bytes]:
         """The bootstrap port's self-signed key pair, made once per node."""
@@ -114,25 +120,27 @@ class Daemon:
             self.store.write_secret(BOOTSTRAP_CERT, cert_pem)
         return key_pem, cert_pem
 
-    def _reserve_cluster_port(self) -> socket.socket | None:
-        """With cluster port 0: bind one now (not listening) and keep it until
-        the mTLS server takes it over, so the port is this daemon's from the start."""
-        if self.ports.cluster:
-            return None
-        host = self.config.listen_host
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        placeholder = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            placeholder.bind((host, 0))
-        except OSError as exc:
-            placeholder.close()
-            raise errors.MicrostackError(f"cannot listen on {host}: {exc}") from exc
+    def _reserve_cluster_port(self) -> socket.socket:
+        """Bind the cluster port now (not listening) and keep it until the mTLS
+        server takes it over: the port is this daemon's from the start (port 0:
+        any free one), and one that is taken is an error at start, not at join."""
+        address = names.format_host_port(self.config.listen_host, self.ports.cluster)
+        placeholder = _bound(address, f"the cluster port {address}")
         self.ports.cluster = int(placeholder.getsockname()[1])
         return placeholder
 
     # ----------------------------------------------------------- start --
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            # Stop what was started, so that no half-made server is left to
+            # grpc's __del__ (a traceback on every failed start).
+            await self.stop(0)
+            raise
+
+    async def _start(self) -> None:
         await self._start_local()
         await self._start_bootstrap()
         if self.store.cluster() is not None:
@@ -157,9 +165,14 @@ class Daemon:
     async def _start_local(self) -> None:
         path = self.config.socket
         path.parent.mkdir(parents=True, exist_ok=True)
+        if _answers(path):
+            raise errors.AlreadyRunning(
+                f"another process serves the socket {path} (another microstackd?); "
+                "stop it first, or give this one its own --socket"
+            )
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        server = aio.server(options=SERVER_OPTIONS)
+        self._local = server = aio.server(options=SERVER_OPTIONS)
         admin = AdminServicer(
             self.config.node_name, self.store, self.bus, self.cluster, self.members,
             self.tokens, self.member, self.fingerprint,
@@ -175,12 +188,12 @@ class Daemon:
             },
         )
         self._bind(server, f"unix:{path}", None, f"the socket {path}")
+        self._socket_bound = True
         await server.start()
         os.chmod(path, 0o660)
-        self._local = server
 
     async def _start_bootstrap(self) -> None:
-        server = aio.server(options=SERVER_OPTIONS)
+        self._bootstrap = server = aio.server(options=SERVER_OPTIONS)
         bootstrap = BootstrapServicer(self.bootstrap)
         access.register(
             server,
@@ -197,14 +210,13 @@ class Daemon:
         address = names.format_host_port(self.config.listen_host, self.ports.bootstrap)
         self.ports.bootstrap = self._bind(server, address, tls, f"the bootstrap port {address}")
         await server.start()
-        self._bootstrap = server
 
     async def start_cluster_server(self) -> None:
         """Serve the mTLS port; at start-up once a member, and when this node joins."""
         if self._cluster is not None:
             return
         creds = self.store.credentials()
-        server = aio.server(options=SERVER_OPTIONS)
+        self._cluster = server = aio.server(options=SERVER_OPTIONS)
         access.register(
             server,
             Channel.CLUSTER,
@@ -232,7 +244,6 @@ class Daemon:
             self._placeholder = None
         self._bind(server, address, tls, f"the cluster port {address}")
         await server.start()
-        self._cluster = server
 
     async def _close_cluster_server(self) -> None:
         """This node left its cluster: close the mTLS port once the answer to
@@ -251,6 +262,8 @@ class Daemon:
         what: str,
     ) -> int:
         """Bind ``address``; the port bound (the one asked for, or any for 0)."""
+        if not address.startswith("unix:"):
+            _bound(address, what).close()
         try:
             if credentials is None:
                 return int(server.add_insecure_port(address))
@@ -276,12 +289,52 @@ class Daemon:
         self.cloud.close()
         if self._placeholder is not None:
             self._placeholder.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.config.socket.unlink()
+        if self._socket_bound:
+            with contextlib.suppress(FileNotFoundError):
+                self.config.socket.unlink()
         with contextlib.suppress(errors.MicrostackError):
             self.runner.flush()
         self.store.close()
+        self._lock.release()
 
     async def wait(self) -> None:
         assert self._local is not None
         await self._local.wait_for_termination()
+
+
+def _answers(path: os.PathLike[str]) -> bool:
+    """Whether something accepts connections on the Unix socket ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(os.fspath(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def _bound(address: str, what: str) -> socket.socket:
+    """A socket bound to ``address`` (not listening), or an error that says
+    precisely why not (grpc says only that binding failed): in use, or not an
+    address of this host. SO_REUSEADDR as grpc sets it, so that connections
+    of a previous run in TIME_WAIT do not count."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, int(port)))
+    except OSError as exc:
+        probe.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise errors.MicrostackError(
+                f"cannot listen on {what}: the address is in use (another microstackd?)"
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise errors.MicrostackError(
+                f"cannot listen on {what}: {host} is not an address of this host"
+            ) from None
+        raise errors.MicrostackError(f"cannot listen on {what}: {exc.strerror or exc}") from None
+    return probe

@@ -70,6 +70,12 @@ class NotInitialised(MicrostackError):
     code = "FAILED_PRECONDITION"
 
 
+class AlreadyRunning(MicrostackError):
+    """Another microstackd is using this state directory."""
+
+    code = "FAILED_PRECONDITION"
+
+
 class NotControl(MicrostackError):
     """This node is not the control node of a cluster."""
 

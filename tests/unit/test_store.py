@@ -101,3 +101,14 @@ def test_unwritable_state_dir_is_a_clear_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(errors.StorageError, match="cannot write"):
         Store(blocker / "state")
+
+
+def test_the_state_dir_lock_is_exclusive_and_names_its_holder(tmp_path):
+    from microstackd.store.lock import LOCK, StateLock
+
+    first = StateLock.acquire(tmp_path / "state")
+    assert (tmp_path / "state" / LOCK).read_text() == f"{os.getpid()}\n"
+    with pytest.raises(errors.AlreadyRunning, match=rf"pid {os.getpid()}\b.*--state-dir"):
+        StateLock.acquire(tmp_path / "state")
+    first.release()
+    StateLock.acquire(tmp_path / "state").release()  # free again once released

@@ -92,7 +92,7 @@ def host_port(
         lowest = 0 if allow_any_port else 1
         if not _DIGITS.fullmatch(port_text) or not lowest <= int(port_text) < 65536:
             raise errors.InvalidArgument(
-                f"{field} {value!r}: the port after ':' must be {lowest}-65535 (ASCII digits)"
+                f"{field} {value!r}: port must be {lowest}-65535, in ASCII digits after the ':'"
             )
         port = int(port_text)
     return ip_address(host, field), port

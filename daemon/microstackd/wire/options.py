@@ -16,6 +16,9 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
 ]
 
 SERVER_OPTIONS: list[tuple[str, int | str]] = [
+    # grpc binds with SO_REUSEPORT by default: a second daemon on the same
+    # port would silently share it (and take half its connections).
+    ("grpc.so_reuseport", 0),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 10_000),
