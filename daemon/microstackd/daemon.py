@@ -77,7 +77,7 @@ class Daemon:
         # First: a second daemon on this state directory must touch nothing.
         self._lock = StateLock.acquire(config.state_dir)
         self.ports = Ports(config.listen_port, config.cluster_port)
-        self.store = store = Store(config.state_dir)
+        self.store = store = Store(config.state_dir, config.node_name)
         self.bus = EventBus(store)
         self.runner = Runner(store, self.bus, step_delays=config.step_delays)
         self._bootstrap_key, self._bootstrap_cert = self._bootstrap_identity()

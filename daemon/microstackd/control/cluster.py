@@ -94,13 +94,34 @@ class Cluster:
         self._runner.ensure_running(name, plan, actions, titles)
         return after
 
+    def _existing_ca(self) -> x509.CertificateAuthority | None:
+        """The CA an interrupted init already wrote (before its commit point),
+        which a resumed init keeps: ``ca.key`` is never overwritten."""
+        key, cert = self.store.read_file(CA_KEY), self.store.read_file(CA_CERT)
+        if key is None and cert is None:
+            return None
+        try:
+            if key is None or cert is None:
+                raise ValueError("one of the two files is missing")
+            return x509.CertificateAuthority.from_pem(key, cert)
+        except ValueError as exc:
+            raise errors.StorageError(
+                f"{self.store.state_dir / CA_KEY} and {CA_CERT} are there but unusable ({exc}); "
+                "init will not replace a cluster CA: move both away if no node holds a "
+                "certificate from it, then run init again"
+            ) from exc
+
     async def _create_cluster(self, ctx: StepContext, password: str, address: str) -> str:
         at = now()
-        cluster_id = secrets.token_hex(8)
         params = kdf.new_kdf_params()
         await ctx.progress("deriving the password verifier (scrypt)", 10)
         verifier = await asyncio.to_thread(kdf.derive_verifier, password, params)
-        ca = x509.create_ca(cluster_id, at)
+        ca = self._existing_ca()
+        if ca is None:
+            ca = x509.create_ca(secrets.token_hex(8), at)
+            self.store.write_secret(CA_KEY, x509.key_to_pem(ca.key))
+            self.store.write_secret(CA_CERT, x509.cert_to_pem(ca.cert))
+        cluster_id = x509.ca_cluster_id(ca.cert)
         key = x509.generate_key()
         cert = x509.issue_certificate(
             ca,
@@ -114,8 +135,6 @@ class Cluster:
         await ctx.progress("writing the cluster CA and this node's certificate", 60)
         control_config.ensure(self.config.control_config_path, address)
         store = self.store
-        store.write_secret(CA_KEY, x509.key_to_pem(ca.key))
-        store.write_secret(CA_CERT, x509.cert_to_pem(ca.cert))
         store.write_secret(NODE_KEY, x509.key_to_pem(key))
         store.write_secret(NODE_CERT, x509.cert_to_pem(cert))
         store.write_secret(VERIFIER, kdf.encode_verifier(verifier, params))

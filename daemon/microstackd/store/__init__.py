@@ -39,6 +39,8 @@ from microstackd.store.files import (
     CA_CERT,
     NODE_CERT,
     NODE_KEY,
+    cluster_files,
+    lost_database,
     storage_error,
     write_private_file,
 )
@@ -50,19 +52,39 @@ DB_NAME = "microstackd.db"
 class Store:
     """The node's database. One instance per daemon, used from one thread."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, node_name: str = "") -> None:
+        """``node_name`` is only for the messages of a refusal to start."""
         self.state_dir = state_dir
+        self.path = path = state_dir / DB_NAME
         try:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.path = state_dir / DB_NAME
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            os.chmod(self.path, 0o600)
+            missing = not path.exists()
+            empty = missing or path.stat().st_size == 0
+        except OSError as exc:
+            raise storage_error(path, exc) from exc
+        found = cluster_files(state_dir)
+        if empty and found:
+            # Checked before SQLite creates a fresh database here, which
+            # would make the next start look like a new node's.
+            raise lost_database(
+                state_dir, path, found, "missing" if missing else "empty", node_name
+            )
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            os.chmod(path, 0o600)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is not sqlite3.DatabaseError:  # OperationalError & co: not the file
+                raise storage_error(path, exc) from exc
+            raise errors.StorageError(
+                f"the database {path} is damaged ({exc}): restore it from a backup "
+                "(with microstackd stopped); keep the keys under tls/ and verifier.json"
+            ) from exc
         except (OSError, sqlite3.Error) as exc:
-            raise storage_error(state_dir / DB_NAME, exc) from exc
+            raise storage_error(path, exc) from exc
 
     def close(self) -> None:
         """Fold the WAL into the database file, then close."""

@@ -145,6 +145,14 @@ def create_ca(cluster_id: str, now: datetime, days: int = 3650) -> CertificateAu
     return CertificateAuthority(key=key, cert=cert)
 
 
+def ca_cluster_id(cert: x509.Certificate) -> str:
+    """The cluster id a CA made by :func:`create_ca` carries (its OU)."""
+    units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    if not is_ca(cert) or len(units) != 1:
+        raise ValueError("not a cluster CA certificate (no single OU naming the cluster)")
+    return names.cluster_id(str(units[0].value))
+
+
 def make_csr(key: ec.EllipticCurvePrivateKey, node_name: str) -> bytes:
     """The joiner's PEM CSR. Only the subject CN is set: the control decides the rest."""
     return (
