@@ -55,7 +55,7 @@ from microstackd.member.join import Member
 from microstackd.node.agent import Agent
 from microstackd.node.services import make_manager
 from microstackd.store import Store
-from microstackd.store.files import BOOTSTRAP_CERT, BOOTSTRAP_KEY
+from microstackd.store.files import BOOTSTRAP_CERT, BOOTSTRAP_KEY, CA_CERT, NODE_CERT, NODE_KEY
 from microstackd.store.lock import StateLock
 from microstackd.trust import names, x509
 from microstackd.wire.options import SERVER_OPTIONS
@@ -118,6 +118,15 @@ class Daemon:
             key_pem, cert_pem = x509.key_to_pem(key), x509.cert_to_pem(cert)
             self.store.write_secret(BOOTSTRAP_KEY, key_pem)
             self.store.write_secret(BOOTSTRAP_CERT, cert_pem)
+        try:
+            x509.check_pair(key_pem, cert_pem)
+        except ValueError as exc:
+            tls = self.config.state_dir
+            raise errors.MicrostackError(
+                f"the bootstrap key pair {tls / BOOTSTRAP_KEY} and {BOOTSTRAP_CERT} is not a valid "
+                f"one ({exc}): delete both and a new pair is made at the next start (join "
+                "tokens made before name the old certificate: make them again)"
+            ) from None
         return key_pem, cert_pem
 
     def _reserve_cluster_port(self) -> socket.socket:
@@ -216,6 +225,15 @@ class Daemon:
         if self._cluster is not None:
             return
         creds = self.store.credentials()
+        try:
+            x509.check_pair(creds.key_pem, creds.cert_pem)
+            x509.load_cert(creds.ca_pem)
+        except ValueError as exc:
+            raise errors.MicrostackError(
+                f"this node's cluster key pair {self.config.state_dir / NODE_KEY} and "
+                f"{NODE_CERT} (or {CA_CERT}) is not a valid one ({exc}): restore them from a "
+                "backup (a compute may instead be removed on the control and join again)"
+            ) from None
         self._cluster = server = aio.server(options=SERVER_OPTIONS)
         access.register(
             server,

@@ -58,6 +58,8 @@ class Cluster:
         self._control_config_cache: tuple[int, control_config.ControlConfig] | None = None
         self._ca: x509.CertificateAuthority | None = None
         self._verifier: tuple[bytes, kdf.KdfParams] | None = None
+        #: The last reason the secrets could not be read (logged once).
+        self._secrets_error = ""
 
     # ------------------------------------------------------------ init --
 
@@ -195,18 +197,43 @@ class Cluster:
         return cluster
 
     def secrets(self) -> tuple[x509.CertificateAuthority, bytes, kdf.KdfParams]:
-        """The cluster CA and the password verifier with its KDF parameters."""
+        """The cluster CA and the password verifier with its KDF parameters.
+
+        Unreadable ones are an error for the operator (logged once, naming the
+        file and the cause) and a plain INTERNAL for the caller, who may be a
+        stranger on the bootstrap port: no parser's text reaches it."""
         if self._ca is None or self._verifier is None:
-            key, cert, blob = (
-                self.store.read_file(CA_KEY),
-                self.store.read_file(CA_CERT),
-                self.store.read_file(VERIFIER),
-            )
-            if key is None or cert is None or blob is None:
-                raise errors.StorageError("the cluster CA or password verifier is missing")
-            self._ca = x509.CertificateAuthority(key=x509.load_key(key), cert=x509.load_cert(cert))
-            self._verifier = kdf.decode_verifier(blob)
+            try:
+                self._ca, self._verifier = self._load_secrets()
+            except errors.StorageError as exc:
+                if self._secrets_error != exc.message:
+                    self._secrets_error = exc.message
+                    log.error("cluster secrets unreadable error=%r", exc.message)
+                raise errors.StorageError(
+                    "the control node cannot check the password or token: its cluster secrets "
+                    "are unreadable (its log names the file); its operator must restore them "
+                    "from a backup"
+                ) from None
         return self._ca, *self._verifier
+
+    def _load_secrets(self) -> tuple[x509.CertificateAuthority, tuple[bytes, kdf.KdfParams]]:
+        read = {name: self.store.read_file(name) for name in (CA_KEY, CA_CERT, VERIFIER)}
+        missing = [name for name, data in read.items() if data is None]
+        if missing:
+            raise errors.StorageError(f"missing: {', '.join(missing)} in {self.store.state_dir}")
+        key, cert, blob = read[CA_KEY], read[CA_CERT], read[VERIFIER]
+        assert key is not None and cert is not None and blob is not None
+        try:
+            ca = x509.CertificateAuthority.from_pem(key, cert)
+        except ValueError as exc:
+            raise errors.StorageError(
+                f"{self.store.state_dir / CA_KEY} or {CA_CERT} is not a usable CA: {exc}"
+            ) from exc
+        try:
+            verifier = kdf.decode_verifier(blob)
+        except errors.StorageError as exc:
+            raise errors.StorageError(f"{self.store.state_dir / VERIFIER}: {exc.message}") from exc
+        return ca, verifier
 
     def load_control_config(self) -> control_config.ControlConfig:
         """control.yaml, re-read only when the file changed (every join needs

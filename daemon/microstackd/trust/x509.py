@@ -73,6 +73,20 @@ def load_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
     return key
 
 
+def check_pair(key_pem: bytes, cert_pem: bytes) -> None:
+    """Refuse (``ValueError``, saying which and why) a key file that is not a
+    P-256 key, a certificate file that is not a certificate, or a pair whose
+    halves do not belong together: before grpc reports any of them as a
+    port it failed to bind."""
+    key = load_key(key_pem)
+    try:
+        cert = load_cert(cert_pem)
+    except ValueError as exc:
+        raise ValueError(f"the certificate is not a PEM certificate: {exc}") from exc
+    if cert.public_key() != key.public_key():
+        raise ValueError("the key does not belong to the certificate")
+
+
 def cert_to_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
