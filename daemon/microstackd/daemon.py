@@ -153,6 +153,7 @@ class Daemon:
         await self._start_local()
         await self._start_bootstrap()
         if self.store.cluster() is not None:
+            self.cluster.resume()
             await self.start_cluster_server()
         await self.agent.resume()
         await self.plane.resume()

@@ -5,6 +5,7 @@ sign its CSR and record it. Failed attempts lock their source out
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 
@@ -13,7 +14,7 @@ from microstackd.control.cluster import Cluster, now
 from microstackd.control.ratelimit import FailureLimiter
 from microstackd.model import BootstrapResult, NodeRecord, NodeState, Role
 from microstackd.store import Store
-from microstackd.trust import exchange, x509
+from microstackd.trust import exchange, names, x509
 from microstackd.trust.exchange import Challenge, Hello
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,32 @@ def check_name_free(store: Store, name: str) -> NodeRecord | None:
         f"a node named {name!r} is already in the cluster ({existing.state.value}, "
         f"address {existing.address}); remove it first or join under another name"
     )
+
+
+def check_identity_free(store: Store, hello: Hello) -> None:
+    """Refuse (``errors.NameTaken``) a hello whose hostname or address belongs
+    to another node or to the control, or whose node name is another node's
+    hostname: its certificate would name that node, and whoever dials that
+    name or address would take the joiner for it."""
+    mine = names.dns_key(hello.node_name)
+    for node in store.nodes():
+        if node.name == hello.node_name or node.state is NodeState.REMOVED:
+            continue
+        who = f"the control node {node.name}" if node.role is Role.CONTROL else f"node {node.name}"
+        theirs = {names.dns_key(node.name), names.dns_key(node.hostname)}
+        if names.dns_key(hello.hostname) in theirs:
+            raise errors.NameTaken(
+                f"hostname {hello.hostname!r} belongs to {who}: a certificate may name only its "
+                "own node (start this microstackd with another --hostname)"
+            )
+        if mine in theirs:
+            raise errors.NameTaken(
+                f"node name {hello.node_name!r} is the hostname of {who}: join under another name"
+            )
+        if ipaddress.ip_address(hello.address) == ipaddress.ip_address(node.address):
+            raise errors.NameTaken(
+                f"address {hello.address} belongs to {who}: give this node its own (--address)"
+            )
 
 
 class Bootstrap:
@@ -110,6 +137,7 @@ class Bootstrap:
             raise
         self._limiter.succeeded(session.source)
         existing = check_name_free(self._store, hello.node_name)
+        check_identity_free(self._store, hello)
         if session.token_id and not self._store.set_token_state(
             session.token_id, "used", expect="valid"
         ):

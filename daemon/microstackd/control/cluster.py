@@ -184,6 +184,41 @@ class Cluster:
             f"computes join with `microstackctl join {where}`"
         )
 
+    def resume(self) -> None:
+        """At start-up, on a control: a certificate issued before controls
+        carried ``CONTROL_SERVER_NAME`` (the name members now dial) is issued
+        again for the same key, so that its members keep reaching it."""
+        cluster = self.store.cluster()
+        if cluster is None or cluster.role is not Role.CONTROL:
+            return
+        key_pem, cert_pem = self.store.read_file(NODE_KEY), self.store.read_file(NODE_CERT)
+        me = self.store.node(self.config.node_name)
+        if key_pem is None or cert_pem is None or me is None:
+            return
+        cert = x509.load_cert(cert_pem)
+        if x509.CONTROL_SERVER_NAME in x509.dns_names(cert):
+            return
+        ca, _verifier, _params = self.secrets()
+        fresh = x509.issue_certificate(
+            ca,
+            x509.load_key(key_pem).public_key(),
+            node_name=me.name,
+            role=Role.CONTROL,
+            address=me.address,
+            hostname=me.hostname,
+            now=now(),
+        )
+        self.store.write_secret(NODE_CERT, x509.cert_to_pem(fresh))
+        identity = x509.identity_of(fresh)
+        self.store.set_certificate(
+            me.name, format(identity.serial, "x"), identity.not_after.timestamp()
+        )
+        log.info(
+            "control certificate issued again with its member-facing name name=%s serial=%x",
+            x509.CONTROL_SERVER_NAME,
+            identity.serial,
+        )
+
     # --------------------------------------------------------- secrets --
 
     def require(self) -> ClusterRecord:

@@ -231,6 +231,14 @@ class Store:
                 )
                 db.execute("DELETE FROM steps WHERE node = ?", (node.name,))
 
+    def set_certificate(self, name: str, serial: str, not_after: float) -> None:
+        """Record the certificate a node now holds (its key unchanged)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE nodes SET cert_serial = ?, cert_not_after = ? WHERE name = ?",
+                (serial, not_after, name),
+            )
+
     def touch_node(self, name: str, when: float) -> None:
         with self.transaction() as db:
             db.execute("UPDATE nodes SET last_seen = ? WHERE name = ?", (when, name))

@@ -23,6 +23,25 @@ _DIGITS = re.compile(r"[0-9]{1,18}")
 _DECIMAL = re.compile(r"[0-9]{1,18}(\.[0-9]{1,9})?")
 MAX_PASSWORD = 1024
 DEFAULT_PORT = 10002
+#: The name in every control certificate, which members dial it by
+#: (``grpc.ssl_target_name_override``); the CA puts it in no other certificate.
+CONTROL_SERVER_NAME = "microstackd-control"
+#: The name in every node's self-signed bootstrap certificate.
+BOOTSTRAP_SERVER_NAME = "microstackd-bootstrap"
+#: Names no node may have or put in its certificate.
+RESERVED_NAMES = frozenset({CONTROL_SERVER_NAME, BOOTSTRAP_SERVER_NAME})
+
+
+def dns_key(name: str) -> str:
+    """How DNS compares a name: case-insensitive, without a trailing dot."""
+    return name.lower().rstrip(".")
+
+
+def _not_reserved(value: str, field: str) -> None:
+    if dns_key(value) in RESERVED_NAMES:
+        raise errors.InvalidArgument(
+            f"{field} {value!r} is reserved for microstackd's own certificates: choose another"
+        )
 
 
 def node_name(value: str, field: str = "node name") -> str:
@@ -34,6 +53,7 @@ def node_name(value: str, field: str = "node name") -> str:
     if value == "compute":
         # Nova treats a host named "compute" specially; OPENSTACK.md.
         raise errors.InvalidArgument(f"{field} 'compute' is reserved: choose another name")
+    _not_reserved(value, field)
     return value
 
 
@@ -47,6 +67,7 @@ def cluster_id(value: str) -> str:
 def hostname(value: str, field: str = "hostname") -> str:
     if not isinstance(value, str) or not _HOSTNAME.fullmatch(value):
         raise errors.InvalidArgument(f"{field} {value!r} is not a valid hostname")
+    _not_reserved(value, field)
     return value
 
 
