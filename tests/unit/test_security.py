@@ -466,7 +466,7 @@ def test_only_a_control_certificate_carries_the_name_members_pin(
 ) -> None:
     """Members dial the control by CONTROL_SERVER_NAME: the CA puts it in the
     control's certificate and refuses it (and the bootstrap name) in any other."""
-    args = {
+    args: dict[str, Any] = {
         "node_name": "n",
         "hostname": "n",
         field: names_key(name) if field == "node_name" else name,

@@ -13,10 +13,11 @@ from microstackd import cloud, errors
 from microstackd.cloud.service import ADMIT_TIMEOUT, Cloud
 from microstackd.control import config as control_config
 from microstackd.control.cluster import Cluster
+from microstackd.control.members import check_services
 from microstackd.enrolment import machine as enrolment
 from microstackd.enrolment.backoff import Backoff
 from microstackd.enrolment.runner import Runner, Skipped, StepAction, StepContext
-from microstackd.model import NodeRecord, NodeState, Role
+from microstackd.model import NodeRecord, NodeState, Role, clip
 from microstackd.peers.cluster import AgentClient
 from microstackd.trust.x509 import Identity
 
@@ -108,14 +109,16 @@ class Enrolments:
         try:
             async for step in client.apply_role(Role.COMPUTE.value, settings):
                 if step.final:
-                    self._store.set_services(node.name, list(step.services))
-                    return step.message
-                await ctx.progress(f"{step.step}: {step.message}", step.percent)
+                    services = check_services(list(step.services), node.name)
+                    self._store.set_services(node.name, services)
+                    return clip(step.message)
+                await ctx.progress(f"{clip(step.step, 100)}: {clip(step.message)}", step.percent)
         except errors.NodeUnreachable:
             raise
         except errors.MicrostackError:
             with contextlib.suppress(errors.MicrostackError):
-                self._store.set_services(node.name, await client.services())
+                services = check_services(await client.services(), node.name)
+                self._store.set_services(node.name, services)
             raise
         raise errors.NodeUnreachable(f"the agent of {node.name} ended its stream without a result")
 
