@@ -107,6 +107,8 @@ class Daemon:
         self._cluster: aio.Server | None = None
         #: The socket path is this daemon's to remove (it bound it).
         self._socket_bound = False
+        #: The mTLS server closing after this node left its cluster.
+        self._closing: asyncio.Future[None] | None = None
 
     def _bootstrap_identity(self) -> tuple[bytes, bytes]:
         """The bootstrap port's self-signed key pair, made once per node."""
@@ -223,6 +225,9 @@ class Daemon:
 
     async def start_cluster_server(self) -> None:
         """Serve the mTLS port; at start-up once a member, and when this node joins."""
+        if self._closing is not None:  # it left just before: the old server goes first
+            closing, self._closing = self._closing, None
+            await closing
         if self._cluster is not None:
             return
         creds = self.store.credentials()
@@ -266,12 +271,22 @@ class Daemon:
 
     async def _close_cluster_server(self) -> None:
         """This node left its cluster: close the mTLS port once the answer to
-        the control's Leave is on its way."""
+        the control's Leave is on its way, and keep the port reserved (no
+        SO_REUSEPORT: a join right after must wait for the close, not share)."""
         server, self._cluster = self._cluster, None
-        if server is not None:
-            asyncio.get_running_loop().call_later(
-                0.5, lambda: asyncio.ensure_future(server.stop(1.0))
-            )
+        if server is None:
+            return
+
+        async def close() -> None:
+            await asyncio.sleep(0.5)
+            await server.stop(1.0)
+            if self._cluster is None and self._placeholder is None:
+                try:
+                    self._placeholder = self._reserve_cluster_port()
+                except errors.MicrostackError as exc:  # the next join says it again
+                    log.warning("cluster port not reserved after leaving: %s", exc.message)
+
+        self._closing = asyncio.ensure_future(close())
 
     @staticmethod
     def _bind(
@@ -302,6 +317,8 @@ class Daemon:
         self.bus.shutdown()
         servers = [s for s in (self._bootstrap, self._cluster, self._local) if s is not None]
         await asyncio.gather(*(s.stop(grace) for s in servers))
+        if self._closing is not None:
+            await self._closing
         await self.heartbeats.stop()
         await self.plane.close()
         await self.services.close()
