@@ -542,20 +542,27 @@ def socket_fds(pid: int) -> int:
 
 
 def watch_streams(
-    fleet: Fleet, ctl: Daemon, member: joiner.Member, count: int, hold_seconds: float = 3.0
+    fleet: Fleet, ctl: Daemon, secret: joiner.Secret, count: int, hold_seconds: float = 3.0
 ) -> dict[str, Any]:
     """``count`` AdminService.Watch streams held by the control on one node (each
-    on its own connection, as ``count`` operators' CLIs would); then one new event
-    of that node, and how long it takes to reach every watcher."""
-    node = member.name
-    after = max(seq for seq, _, _, _ in control_events(ctl, node))
+    on its own connection, as ``count`` operators' CLIs would); then that node's
+    first event, and how long it takes to reach every watcher. The node has
+    bootstrapped but not started its enrolment (an active node's Enrol records
+    nothing more: it replays its final event)."""
+    node = "sim-watch"
+
+    async def boot() -> joiner.Member:
+        phases: dict[str, float] = {}
+        return await joiner.bootstrap(CONTROL_HOST, ctl.port, node, "127.3.0.2", secret, phases)
+
+    member = asyncio.run(boot())
     worker = Worker(
         fleet,
         {
             "mode": "watch",
             "socket": str(ctl.socket),
             "node": node,
-            "after_seq": after,
+            "after_seq": 0,
             "count": count,
         },
         fleet.root / f"worker-{ctl.name}-watch.log",
@@ -576,7 +583,7 @@ def watch_streams(
     cpu_holding = (ctl.cpu_seconds() - cpu0) / hold_seconds
     rss_held, threads_held = ctl.rss_mb(), ctl.threads()
 
-    async def trigger() -> None:  # Enrol of an active node records one (final) event
+    async def trigger() -> None:  # the node's enrolment starts: its first event
         await joiner.enrol(member, joiner.JoinResult(name=node))
 
     asyncio.run(trigger())

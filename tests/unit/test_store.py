@@ -78,6 +78,22 @@ def test_replacing_a_certificate_revokes_the_old_serial_and_clears_steps(tmp_pat
     assert store.step_states("node-1") == {}
 
 
+def test_a_new_membership_drops_the_old_events_and_numbers_on(tmp_path):
+    store = Store(tmp_path)
+    store.put_node(_node(serial="aa"))
+    store.record_all([_event(), _event(final=True)])
+    assert store.final_event("node-1") is not None
+    store.put_node(_node(serial="bb"), replaces_serial="aa")
+    assert store.events("node-1") == [] and store.final_event("node-1") is None
+    assert store.last_seq("node-1") == 2
+    (event,) = store.record_all([_event()])
+    assert event.seq == 3
+    store.put_node(_node(serial="bb"))  # the same membership, updated: nothing lost
+    assert [e.seq for e in store.events("node-1")] == [3]
+    store.close()
+    assert Store(tmp_path).last_seq("node-1") == 3
+
+
 def test_control_is_listed_first(tmp_path):
     store = Store(tmp_path)
     store.put_node(_node("b-node"))

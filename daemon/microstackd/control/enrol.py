@@ -17,7 +17,7 @@ from microstackd.control.members import check_services
 from microstackd.enrolment import machine as enrolment
 from microstackd.enrolment.backoff import Backoff
 from microstackd.enrolment.runner import Runner, Skipped, StepAction, StepContext
-from microstackd.model import NodeRecord, NodeState, Role, clip
+from microstackd.model import NodeRecord, NodeState, Role, StepState, clip
 from microstackd.peers.cluster import AgentClient
 from microstackd.trust.x509 import Identity
 
@@ -41,10 +41,19 @@ class Enrolments:
                 self._runner.ensure_running(node.name, enrolment.COMPUTE_PLAN, self._actions())
 
     def enrol(self, identity: Identity, after_seq: int | None = None) -> int:
-        """Start or resume the caller's enrolment; return the seq to follow from."""
+        """Start or resume the caller's enrolment; return the seq to follow from.
+
+        ``after_seq`` None is a join (it resumes a failed enrolment); a number
+        is a re-attach to the stream. An enrolment that ended is never run
+        again by a re-attach, nor a finished one by anyone: its events are
+        replayed up to its final one, which ends the follower's stream, and
+        no other final event is appended."""
         node = self._store.node(identity.name)
         assert node is not None  # the authoriser admitted only known nodes
         after = self._store.last_seq(node.name) if after_seq is None else after_seq
+        final = self._store.final_event(node.name)
+        if final is not None and (final.state is StepState.DONE or after_seq is not None):
+            return min(after, final.seq - 1)
         self._runner.ensure_running(node.name, enrolment.COMPUTE_PLAN, self._actions())
         return after
 

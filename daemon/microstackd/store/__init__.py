@@ -205,11 +205,21 @@ class Store:
         return [self._node(row) for row in rows]
 
     def put_node(self, node: NodeRecord, *, replaces_serial: str | None = None) -> None:
-        """Insert or replace a node; a replaced certificate serial is revoked."""
+        """Insert or replace a node; a replaced certificate serial is revoked,
+        and the events of the membership it ends are deleted: numbering goes
+        on after them, so a follower that saw one never takes a new event for
+        it."""
         with self.transaction() as db:
+            if replaces_serial:
+                events_from = self._last_seq(db, node.name)
+            else:
+                row = db.execute(
+                    "SELECT events_from FROM nodes WHERE name = ?", (node.name,)
+                ).fetchone()
+                events_from = int(row[0]) if row else 0
             db.execute(
-                f"INSERT OR REPLACE INTO nodes ({self._NODE_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO nodes ({self._NODE_COLUMNS}, events_from) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     node.name,
                     node.role.value,
@@ -222,6 +232,7 @@ class Store:
                     node.joined,
                     node.last_seen,
                     node.agent_port,
+                    events_from,
                 ),
             )
             if replaces_serial:
@@ -230,6 +241,7 @@ class Store:
                     (replaces_serial, node.name, node.joined),
                 )
                 db.execute("DELETE FROM steps WHERE node = ?", (node.name,))
+                db.execute("DELETE FROM events WHERE node = ?", (node.name,))
 
     def set_certificate(self, name: str, serial: str, not_after: float) -> None:
         """Record the certificate a node now holds (its key unchanged)."""
@@ -344,10 +356,7 @@ class Store:
         recorded: list[EventRecord] = []
         with self.transaction() as db:
             for event in events:
-                (last,) = db.execute(
-                    "SELECT COALESCE(MAX(seq), 0) FROM events WHERE node = ?", (event.node,)
-                ).fetchone()
-                seq = int(last) + 1
+                seq = self._last_seq(db, event.node) + 1
                 db.execute(
                     "INSERT INTO steps (node, step, state, message) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT(node, step) DO UPDATE SET state = excluded.state, "
@@ -402,10 +411,23 @@ class Store:
         ]
 
     def last_seq(self, node: str) -> int:
-        (last,) = self._db.execute(
-            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE node = ?", (node,)
+        return self._last_seq(self._db, node)
+
+    @staticmethod
+    def _last_seq(db: sqlite3.Connection, node: str) -> int:
+        """The node's last event's seq; after a rejoin, at least where its
+        previous membership's events ended."""
+        (last,) = db.execute(
+            "SELECT MAX(COALESCE((SELECT MAX(seq) FROM events WHERE node = ?), 0), "
+            "COALESCE((SELECT events_from FROM nodes WHERE name = ?), 0))",
+            (node, node),
         ).fetchone()
         return int(last)
+
+    def final_event(self, node: str) -> EventRecord | None:
+        """The node's last event when it is a final one (its enrolment ended)."""
+        events = self.events(node, self.last_seq(node) - 1)
+        return events[-1] if events and events[-1].final else None
 
     # ------------------------------------------------------------ files --
 
