@@ -328,6 +328,7 @@ class Daemon:
         if self._socket_bound:
             with contextlib.suppress(FileNotFoundError):
                 self.config.socket.unlink()
+        self.runner.stop()
         with contextlib.suppress(errors.MicrostackError):
             self.runner.flush()
         self.store.close()

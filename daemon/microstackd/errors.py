@@ -112,6 +112,10 @@ class StorageError(MicrostackError):
     code = "INTERNAL"
 
 
+class DiskFull(StorageError):
+    """The disk holding the state directory is full."""
+
+
 class EnrolmentFailed(MicrostackError):
     """The enrolment failed."""
 

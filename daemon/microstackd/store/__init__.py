@@ -102,21 +102,32 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic, durable unit of work."""
+        """One atomic, durable unit of work: committed whole, or not at all
+        (also when the COMMIT itself fails, as it does on a full disk)."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
         except sqlite3.OperationalError as exc:
-            if "disk" in str(exc) or "full" in str(exc):
-                raise errors.StorageError(
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc):
+                raise errors.DiskFull(
                     f"cannot write {self.path}: the disk is full; nothing was changed"
                 ) from exc
             raise
+
+    def free_bytes(self) -> int:
+        """Space left for this node's state (0 when it cannot be told)."""
+        try:
+            found = os.statvfs(self.state_dir)
+        except OSError:
+            return 0
+        return found.f_bavail * found.f_frsize
 
     # ------------------------------------------------------------ meta --
 

@@ -80,6 +80,6 @@ def write_private_file(path: Path, data: bytes, mode: int = 0o600, dir_mode: int
 
 
 def storage_error(path: Path, exc: BaseException) -> errors.StorageError:
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return errors.StorageError(f"cannot write {path}: the disk is full; nothing was changed")
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return errors.DiskFull(f"cannot write {path}: the disk is full; nothing was changed")
     return errors.StorageError(f"cannot write {path}: {exc}")
