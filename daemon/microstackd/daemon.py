@@ -21,6 +21,7 @@ import contextlib
 import errno
 import logging
 import os
+import resource
 import socket
 from datetime import UTC, datetime
 
@@ -35,6 +36,7 @@ from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
 from microstackd import errors
 from microstackd.api import access
 from microstackd.api.access import HEALTH, REFLECTION, Channel
+from microstackd.api.gate import Gate, Limits
 from microstackd.api.servicers.admin import AdminServicer
 from microstackd.api.servicers.agent import AgentServicer
 from microstackd.api.servicers.bootstrap import BootstrapServicer
@@ -58,7 +60,7 @@ from microstackd.store import Store
 from microstackd.store.files import BOOTSTRAP_CERT, BOOTSTRAP_KEY, CA_CERT, NODE_CERT, NODE_KEY
 from microstackd.store.lock import StateLock
 from microstackd.trust import names, x509
-from microstackd.wire.options import SERVER_OPTIONS
+from microstackd.wire.options import SERVER_OPTIONS, bootstrap_server_options
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,8 @@ class Daemon:
         self._socket_bound = False
         #: The mTLS server closing after this node left its cluster.
         self._closing: asyncio.Future[None] | None = None
+        #: In front of the bootstrap port (connection caps).
+        self.gate: Gate | None = None
 
     def _bootstrap_identity(self) -> tuple[bytes, bytes]:
         """The bootstrap port's self-signed key pair, made once per node."""
@@ -205,8 +209,15 @@ class Daemon:
         os.chmod(path, 0o660)
 
     async def _start_bootstrap(self) -> None:
-        self._bootstrap = server = aio.server(options=SERVER_OPTIONS)
-        bootstrap = BootstrapServicer(self.bootstrap)
+        """The bootstrap port is the gate (per-source and total connection
+        caps); the gRPC server behind it listens on loopback only."""
+        fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        limits = Limits.within(
+            self.config.bootstrap_per_source, self.config.bootstrap_connections, fd_limit
+        )
+        self.gate = Gate(limits)
+        self._bootstrap = server = aio.server(options=bootstrap_server_options(limits.total))
+        bootstrap = BootstrapServicer(self.bootstrap, self.gate.source_of)
         access.register(
             server,
             Channel.BOOTSTRAP,
@@ -220,8 +231,20 @@ class Daemon:
         )
         tls = grpc.ssl_server_credentials([(self._bootstrap_key, self._bootstrap_cert)])
         address = names.format_host_port(self.config.listen_host, self.ports.bootstrap)
-        self.ports.bootstrap = self._bind(server, address, tls, f"the bootstrap port {address}")
+        what = f"the bootstrap port {address}"
+        backend = self._bind(server, "127.0.0.1:0", tls, f"the loopback end of {what}")
         await server.start()
+        _bound(address, what).close()  # says why not, if it cannot be had
+        try:
+            self.ports.bootstrap = await self.gate.start(
+                self.config.listen_host, self.ports.bootstrap, ("127.0.0.1", backend)
+            )
+        except OSError as exc:
+            raise errors.MicrostackError(f"cannot listen on {what}: {exc}") from exc
+        log.info(
+            "bootstrap port limits per_source=%d connections=%d fd_limit=%d",
+            limits.per_source, limits.total, fd_limit,
+        )  # fmt: skip
 
     async def start_cluster_server(self) -> None:
         """Serve the mTLS port; at start-up once a member, and when this node joins."""
@@ -314,6 +337,8 @@ class Daemon:
         in-flight calls finish within ``grace`` s, then stop the services this
         daemon runs and close the store."""
         await self.health.enter_graceful_shutdown()
+        if self.gate is not None:
+            await self.gate.close()
         self.bus.shutdown()
         servers = [s for s in (self._bootstrap, self._cluster, self._local) if s is not None]
         await asyncio.gather(*(s.stop(grace) for s in servers))

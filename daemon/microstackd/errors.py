@@ -58,6 +58,12 @@ class TooManyAttempts(MicrostackError):
     code = "RESOURCE_EXHAUSTED"
 
 
+class BootstrapBusy(MicrostackError):
+    """Too many bootstrap exchanges are open from this address; the joiner waits and retries."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
 class AlreadyInitialised(MicrostackError):
     """This node is already part of a cluster."""
 

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -143,6 +144,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="(control) longest lock-out of a source (default 60 s)",
     )
     parser.add_argument(
+        "--bootstrap-per-source",
+        default=None,
+        help="bootstrap connections, and open exchanges, one source (an IPv4 address or an "
+        "IPv6 /64) may hold at once (default 8)",
+    )
+    parser.add_argument(
+        "--bootstrap-connections",
+        default=None,
+        help="bootstrap connections in all (default 1024; fewer when the descriptor limit "
+        "leaves less room)",
+    )
+    parser.add_argument(
         "--step-delay",
         action="append",
         default=[],
@@ -170,6 +183,8 @@ FILE_KEYS = (
     "unreachable_after",
     "bootstrap_backoff",
     "bootstrap_backoff_max",
+    "bootstrap_per_source",
+    "bootstrap_connections",
 )
 _PATH_KEYS = {"state_dir", "socket", "config_root", "openstack_prefix", "control_config"}
 
@@ -253,6 +268,8 @@ def build_config(args: argparse.Namespace) -> DaemonConfig:
         bootstrap_backoff_max=_positive(
             args.bootstrap_backoff_max, 60.0, "--bootstrap-backoff-max"
         ),
+        bootstrap_per_source=_count(args.bootstrap_per_source, 8, "--bootstrap-per-source"),
+        bootstrap_connections=_count(args.bootstrap_connections, 1024, "--bootstrap-connections"),
         step_delays=_step_delays(args.step_delay),
     )
 
@@ -261,6 +278,25 @@ def _positive(value: object, default: float, flag: str) -> float:
     if value is None:
         return default
     return names.seconds(value, flag, 0, 86400)
+
+
+def _count(value: object, default: int, flag: str) -> int:
+    if value is None:
+        return default
+    return names.integer(value, flag, 1, 1_000_000)
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft descriptor limit to the hard one: the bootstrap port's
+    caps are set well below it (api/gate.py), so that a flood of it never
+    takes the descriptors the local socket and the mTLS port need."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the descriptor limit from %d: %s", soft, exc)
 
 
 def _step_delays(items: list[str]) -> dict[str, float]:
@@ -337,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=str(args.log_level or "info").upper(), handlers=[handler])
     try:
         config = build_config(args)
+        raise_fd_limit()
         asyncio.run(serve(config, flags))
     except errors.MicrostackError as exc:
         print(f"microstackd: error: {exc.message}", file=sys.stderr)

@@ -180,7 +180,7 @@ class Member:
                 async for event in self._bootstrap(host, port, credential, address):
                     yield event
                 return
-            except (errors.ControlUnreachable, errors.NotControl) as exc:
+            except (errors.ControlUnreachable, errors.NotControl, errors.BootstrapBusy) as exc:
                 attempt = backoff.failed()
                 if time.monotonic() + backoff.delay > deadline:
                     raise type(exc)(
