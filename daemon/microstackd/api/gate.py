@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -153,6 +154,7 @@ class Gate:
         #: The gate's local port of each relayed connection -> its real source.
         self._sources: dict[int, str] = {}
         self._backend: tuple[str, int] = ("127.0.0.1", 0)
+        self._family = socket.AF_INET
         self._server: asyncio.Server | None = None
         self._quiet = Quiet()
         self._refusals: dict[str, int] = {}
@@ -165,6 +167,7 @@ class Gate:
     async def start(self, host: str, port: int, backend: tuple[str, int]) -> int:
         """Listen on ``host:port`` (0: any) for ``backend``; the port bound."""
         self._backend = backend
+        self._family = socket.AF_INET6 if ":" in backend[0] else socket.AF_INET
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: _Inbound(self), host, port, reuse_address=True, backlog=1024
@@ -264,9 +267,16 @@ class Gate:
     async def _relay(self, inbound: _Inbound) -> None:
         loop = asyncio.get_running_loop()
         outbound = _Pipe()
+        # A socket of our own: create_connection(host, port) would resolve
+        # the (numeric) address in a worker thread on every connection.
+        sock = socket.socket(self._family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
-            await loop.create_connection(lambda: outbound, *self._backend)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small writes go now
+            sock.setblocking(False)
+            await loop.sock_connect(sock, self._backend)
+            await loop.create_connection(lambda: outbound, sock=sock)
         except OSError as exc:
+            sock.close()
             log.warning("bootstrap port: its server does not answer on loopback: %s", exc)
             if inbound.transport is not None:
                 inbound.transport.abort()
