@@ -104,11 +104,23 @@ def test_when_full_a_newcomer_takes_the_place_of_the_busiest_sources_oldest() ->
             assert await _alive(*newcomer)
             assert [await _alive(*c) for c in flood] == [False, True, True, True, True]
             assert await _alive(*quiet)
-            # A source as busy as the busiest gets no room: the newcomer is refused.
-            assert g.connections == 6
-            for _ in range(3):
-                await _connect(port, "127.0.0.12")
-            assert g.connections == 6
+            # Room is made as long as another source holds more than the newcomer's.
+            more = [await _connect(port, "127.0.0.12") for _ in range(3)]
+            assert [await _alive(*c) for c in more] == [True, True, False]
+            assert [await _alive(*c) for c in flood] == [False, False, False, True, True]
+            assert await _alive(*quiet) and g.connections == 6
+
+    asyncio.run(go())
+
+
+def test_a_flood_of_one_connection_per_address_still_makes_room() -> None:
+    async def go() -> None:
+        async with gate(5, 4) as (g, port, _):
+            flood = [await _connect(port, f"127.0.1.{i}") for i in range(1, 5)]
+            assert all([await _alive(*c) for c in flood])
+            joiner = await _connect(port, "127.0.2.1")
+            assert await _alive(*joiner)
+            assert [await _alive(*c) for c in flood] == [False, True, True, True]
 
     asyncio.run(go())
 

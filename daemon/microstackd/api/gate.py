@@ -17,9 +17,9 @@ Rules:
    (each costs three descriptors: the gate's two and grpc's one), so the
    local socket, the mTLS port and the state directory keep theirs under a
    flood. When full, a newcomer takes the place of the oldest connection of
-   the source holding the most, if that source holds more than the
-   newcomer's would: a flood from many addresses cannot lock a joiner out,
-   it only recycles its own connections.
+   the source holding the most, unless its own source holds as many: a
+   flood from many addresses (even one connection each) cannot lock a
+   joiner out, it only recycles its own connections, which are older.
 3. The gRPC server behind the gate sees the gate as its peer; ``source_of``
    maps the gate's end of a relayed connection (gRPC's peer string) back to
    the real source, for the failure limiter and the logs.
@@ -220,7 +220,7 @@ class Gate:
     def _evict_for(self, held: int) -> bool:
         """Make room for a source holding ``held`` (rule 2)."""
         heaviest = max(self._by_source.values(), key=len, default=None)
-        if heaviest is None or len(heaviest) <= held + 1:
+        if heaviest is None or len(heaviest) <= held:  # it is (one of) the busiest itself
             return False
         _, victim = heaviest.popitem(last=False)  # its oldest
         self._forget(victim)
