@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 from microstack_api.v1 import cluster_pb2 as pb
@@ -17,6 +18,9 @@ from microstackd.wire import convert
 #: a joiner answers within milliseconds (its scrypt is about 0.1 s); a
 #: stranger's silent stream holds one of its source's open exchanges no longer.
 MESSAGE_TIMEOUT = 15
+
+#: How long a refused exchange waits for its hello before it is refused.
+REFUSAL_WAIT = 1.0
 
 #: Maps the bootstrap server's view of a caller (gRPC's peer string) to the
 #: address it really comes from (the gate in front of the port knows it).
@@ -37,9 +41,19 @@ class BootstrapServicer(pb_grpc.BootstrapServiceServicer):
         self, request_iterator: AsyncIterator[pb.ExchangeRequest], context: Context
     ) -> AsyncIterator[pb.ExchangeResponse]:
         where = self._source(context)
-        with self._bootstrap.slot(where):
-            async for response in self._exchange(aiter(request_iterator), where):
-                yield response
+        requests = aiter(request_iterator)
+        try:
+            with self._bootstrap.slot(where):
+                async for response in self._exchange(requests, where):
+                    yield response
+        except errors.BootstrapBusy:  # only the slot says so
+            # Refuse once its hello is in (or a second has passed): ending the
+            # call while the client is still sending makes grpc's client report
+            # INTERNAL ("execute_batch" failed), not this error, and a joiner
+            # would not know to wait and retry.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(anext(requests), timeout=REFUSAL_WAIT)
+            raise
 
     async def _exchange(
         self, requests: AsyncIterator[pb.ExchangeRequest], where: str
