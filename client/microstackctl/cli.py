@@ -68,7 +68,27 @@ def _socket(ctx: click.Context) -> str | None:
     return socket
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def help_width() -> int:
+    """The width click would wrap help to: ``max(min(columns, 80) - 2, 50)``
+    with ``shutil.get_terminal_size()``'s columns ($COLUMNS, else the
+    terminal's, else 80), found without importing shutil — it loads bz2 and
+    lzma, a third of what ``--help`` took beyond click itself."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+        columns = columns or 80
+    return max(min(columns, 80) - 2, 50)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "terminal_width": help_width()}
+)
 @click.option(
     "--socket",
     envvar="MICROSTACK_SOCKET",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-HEAVY = ("grpc", "google.protobuf", "rich", "microstack_api", "pathlib", "asyncio", "ssl")
+HEAVY = ("grpc", "google.protobuf", "rich", "microstack_api", "pathlib", "asyncio", "ssl", "shutil")
 
 
 def imported(argv: list[str], env: dict[str, str] | None = None) -> tuple[set[str], int]:
@@ -100,3 +100,22 @@ def test_the_status_table_for_a_pipe_is_written_without_rich() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "[]"
     assert "ctl" in result.stdout and "admit" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "columns", [None, "", "abc", "0", "-3", "20", "52", "79", "80", "81", "300"]
+)
+def test_help_is_wrapped_where_click_would_wrap_it(
+    monkeypatch: pytest.MonkeyPatch, columns: str | None
+) -> None:
+    import shutil
+
+    from microstackctl import cli
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    # click.formatting.HelpFormatter's own width when it is not given one.
+    expected = max(min(shutil.get_terminal_size().columns, 80) - 2, 50)
+    assert cli.help_width() == expected
