@@ -116,6 +116,7 @@ class Agent:
                 else ""
             )
             values = self._values(settings)
+            ahead = [] if real else await self._start_standins(role)
             for index, step in enumerate(names, start=2):
                 before, after = 100 * (index - 1) // total, 100 * index // total
                 if not step.startswith(SERVICE_PREFIX):
@@ -136,9 +137,16 @@ class Agent:
                 if real:
                     status = await steps.start_service(self.manager, service, values)
                 else:
-                    spec = self.spec(service)
-                    await self.manager.restart(spec)
-                    status = await self.manager.wait_ready(spec)
+                    spec, not_started = ahead.pop(0)
+                    if not_started is not None:
+                        raise not_started
+                    try:
+                        status = await self.manager.wait_ready(spec)
+                    except errors.MicrostackError:
+                        # As if started one by one: none after the failed one runs.
+                        for later, _ in ahead:
+                            await self.manager.stop(later)
+                        raise
                 yield AgentStep(
                     step, StepState.DONE, f"{service.name} is {status.state}{standin}", after
                 )
@@ -152,6 +160,30 @@ class Agent:
                 services=services,
                 final=True,
             )
+
+    async def _start_standins(
+        self, role: RoleDefinition
+    ) -> list[tuple[ServiceSpec, errors.MicrostackError | None]]:
+        """Start every stand-in of ``role`` at once; return each spec, in the
+        role's order, with the error that kept it from starting, if any (no
+        later one is started then). They are waited for and reported one by
+        one, as before.
+
+        A stand-in depends on nothing but the files just rendered, and most
+        of its start is the interpreter's (~50 ms): started together, their
+        start-ups overlap instead of adding up on every join. Real services
+        have an order (ovsdb-server before ovs-vswitchd before the agent)
+        and keep starting one after the other."""
+        started: list[tuple[ServiceSpec, errors.MicrostackError | None]] = []
+        for service in self._services_of(role):
+            spec = self.spec(service)
+            try:
+                await self.manager.restart(spec)
+            except errors.MicrostackError as exc:
+                started.append((spec, exc))
+                break
+            started.append((spec, None))
+        return started
 
     def applied(self) -> RoleDefinition | None:
         name = self._store.get_meta(APPLIED_ROLE)
