@@ -72,7 +72,7 @@ class Agent:
                 argv=argv,
                 unit=service.unit,
                 snap_service=service.snap_service,
-                ready_after=0.05,  # its ready line is the proof; no need to linger
+                ready_after=0.0,  # its ready line is the proof; no need to linger
                 ready_pattern=STANDIN_READY,
                 start_timeout=30.0,
             )

@@ -705,3 +705,17 @@ def test_spec_defaults_and_validation():
         ServiceSpec("../etc/passwd", ("/bin/true",))
     with pytest.raises(errors.InvalidArgument, match="not a valid regular expression"):
         ServiceSpec("x", ("/bin/true",), ready_pattern="(")
+
+
+def test_a_young_child_is_looked_at_often_then_at_the_poll_interval(tmp_path):  # type: ignore[no-untyped-def]
+    # wait_ready's pauses: short while a child is starting (a stand-in is
+    # ready within tens of ms), the manager's poll interval afterwards.
+    manager = ProcessManager(tmp_path, poll_interval=0.05)
+    assert [manager.poll_pause(t) for t in (0.0, 0.2, 0.49, 0.5, 30.0)] == [
+        0.01,
+        0.01,
+        0.01,
+        0.05,
+        0.05,
+    ]
+    assert ProcessManager(tmp_path, poll_interval=0.002).poll_pause(0.0) == 0.002
