@@ -237,9 +237,13 @@ class Member:
             raise errors.PeerAuthenticationFailed(
                 "the cluster CA the control sent is not the one the join token names"
             )
-        self._store.write_secret(NODE_KEY, security.key_to_pem(key))
-        self._store.write_secret(NODE_CERT, result.certificate_pem)
-        self._store.write_secret(CA_CERT, result.ca_certificate_pem)
+        self._store.write_secrets(
+            {
+                NODE_KEY: security.key_to_pem(key),
+                NODE_CERT: result.certificate_pem,
+                CA_CERT: result.ca_certificate_pem,
+            }
+        )
         self._store.set_meta({ENROLMENT_META: "enrolling", "address": address})
         self._store.set_cluster(
             ClusterRecord(
