@@ -13,12 +13,10 @@ on which path drew it (tests/unit/test_render.py compares the two).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from json.encoder import encode_basestring_ascii as _json_string
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 from microstack_api.v1 import cluster_pb2 as pb
@@ -220,14 +218,16 @@ def to_json(data: Any) -> str:
     separators into one list, with the json module's own C string encoder.
     Anything but dicts, lists, strings, ints, booleans and None goes to
     ``json.dumps`` itself."""
+    from json.encoder import encode_basestring_ascii  # json only for --format json
+
     out: list[str] = []
-    _encode(data, "\n", out)
+    _encode(data, "\n", out, encode_basestring_ascii)
     return "".join(out)
 
 
-def _encode(value: Any, newline: str, out: list[str]) -> None:
+def _encode(value: Any, newline: str, out: list[str], string: Callable[[str], str]) -> None:
     if isinstance(value, str):
-        out.append(_json_string(value))
+        out.append(string(value))
     elif value is None:
         out.append("null")
     elif value is True:
@@ -244,9 +244,9 @@ def _encode(value: Any, newline: str, out: list[str]) -> None:
         separator = "{" + inner
         for key, item in value.items():
             out.append(separator)
-            out.append(_json_string(key))
+            out.append(string(key))
             out.append(": ")
-            _encode(item, inner, out)
+            _encode(item, inner, out, string)
             separator = "," + inner
         out.append(newline + "}")
     elif type(value) is list:
@@ -257,10 +257,12 @@ def _encode(value: Any, newline: str, out: list[str]) -> None:
         separator = "[" + inner
         for item in value:
             out.append(separator)
-            _encode(item, inner, out)
+            _encode(item, inner, out, string)
             separator = "," + inner
         out.append(newline + "]")
     else:
+        import json
+
         text = json.dumps(value, indent=2)
         out.append(text.replace("\n", newline) if "\n" in text else text)
 
@@ -301,6 +303,8 @@ class Progress:
     def show(self, event: pb.Event) -> None:
         self.last = event
         if self.fmt == "json":
+            import json
+
             print(json.dumps(event_dict(event)), flush=True)
             return
         state = STATE_NAMES.get(event.state, "unknown")

@@ -80,7 +80,7 @@ def test_only_the_command_that_runs_is_imported(tmp_path: Path) -> None:
     assert not any(m.startswith("rich") for m in modules)
 
 
-def test_the_status_table_for_a_pipe_is_written_without_rich() -> None:
+def test_the_status_table_for_a_pipe_is_written_without_rich_or_json() -> None:
     code = (
         "import sys\n"
         "from microstack_api.v1 import cluster_pb2 as pb\n"
@@ -91,7 +91,7 @@ def test_the_status_table_for_a_pipe_is_written_without_rich() -> None:
         "render.print_status(s)\n"
         "render.print_tokens([])\n"
         "render.Progress('table').show(pb.Event(step='admit', state=pb.STEP_STATE_DONE))\n"
-        "print(sorted(m for m in sys.modules if m.startswith('rich')), file=sys.stderr)\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('rich', 'json'))), file=sys.stderr)\n"
     )
     env = {"PATH": "/usr/bin:/bin"}  # no FORCE_COLOR, TTY_COMPATIBLE or COLUMNS
     result = subprocess.run(
