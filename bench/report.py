@@ -229,24 +229,26 @@ def rows(r: dict[str, Any]) -> list[Row]:
             )
         )
         table, as_json = st["cli"]["p50_ms"], st.get("cli_json", {}).get("p50_ms", math.nan)
+        nodes = st["rpc"]["nodes"]
+        judged = nodes >= 1001  # the targets are for a 1,001-node status (--quick has 101)
         out.append(
             Row(
-                f"`microstackctl status`, {st['rpc']['nodes']} nodes p50 (table)",
+                f"`microstackctl status`, {nodes} nodes p50 (table)",
                 _ms(table),
                 _range(st["cli"]),
                 "",
-                "< 250 ms",
-                _verdict(table < 250),
+                "< 250 ms" if judged else "",
+                _verdict(table < 250) if judged else "",
             )
         )
         out.append(
             Row(
-                f"`microstackctl status --format json`, {st['rpc']['nodes']} nodes p50",
+                f"`microstackctl status --format json`, {nodes} nodes p50",
                 _ms(as_json),
                 _range(st.get("cli_json", {})),
                 "",
-                "< 150 ms",
-                _verdict(as_json < 150),
+                "< 150 ms" if judged else "",
+                _verdict(as_json < 150) if judged else "",
             )
         )
         gcs = st["member"]["get_cluster_status"]
