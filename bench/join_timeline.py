@@ -196,6 +196,7 @@ class _Cluster:
 
 def measure(joins: int) -> None:
     import json
+    import shutil
     import signal
     import statistics
     import tempfile
@@ -239,6 +240,7 @@ def measure(joins: int) -> None:
                 node.wait(30)
     finally:
         cluster.close()
+        shutil.rmtree(root, ignore_errors=True)
     for kind, rows_by_name in medians.items():
         print(f"=== {kind} joins: medians of {joins} (start after the CLI's, duration)")
         ordered = sorted(
