@@ -25,7 +25,7 @@ from microstackctl.errors import EXIT_ERROR, EXIT_REJECTED, EXIT_UNREACHABLE, Co
 DEFAULT_SOCKET = "/run/microstackd/microstackd.sock"
 
 #: Trailing metadata naming the daemon's error class of a failed call
-#: (docs/api.md, "Status codes"; the daemon's ``rpc.auth.ERROR_METADATA``).
+#: (docs/api.md, "Status codes"; the daemon's ``wire.status.ERROR_METADATA``).
 #: Its absence marks a failure of the transport, not one the daemon reported.
 ERROR_METADATA = "microstackd-error"
 

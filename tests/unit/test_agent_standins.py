@@ -9,12 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from microstackd import control_config, errors
-from microstackd.agent import Agent, AgentStep
+from microstackd import errors
 from microstackd.config import DaemonConfig
-from microstackd.model import NodeRecord, NodeState, Role, StepState
-from microstackd.node.roles import COMPUTE
-from microstackd.node.services import RUNNING, STOPPED, ServiceSpec, ServiceStatus
+from microstackd.control import config as control_config
+from microstackd.enrolment.events import EventBus
+from microstackd.enrolment.runner import Runner
+from microstackd.model import AgentStep, NodeRecord, NodeState, Role, ServiceRecord, StepState
+from microstackd.node.agent import Agent
+from microstackd.node.roles import DEFINITIONS
+from microstackd.node.services import ServiceSpec
+from microstackd.node.services.spec import RUNNING, STOPPED
 from microstackd.store import Store
 
 NODE = NodeRecord(
@@ -28,7 +32,7 @@ NODE = NodeRecord(
     cert_not_after=0,
     joined=0,
 )
-SERVICES = [s.name for s in COMPUTE.services if not s.real_only]
+SERVICES = [s.name for s in DEFINITIONS[Role.COMPUTE].services if not s.real_only]
 
 
 class RecordingManager:
@@ -36,10 +40,11 @@ class RecordingManager:
 
     kind = "process"
 
-    def __init__(self, fail_wait: str = "", fail_start: str = "") -> None:
+    def __init__(self, fail_wait: str = "", fail_start: str = "", hang_wait: str = "") -> None:
         self.calls: list[tuple[str, str]] = []
         self.running: set[str] = set()
-        self.fail_wait, self.fail_start = fail_wait, fail_start
+        self.fail_wait, self.fail_start, self.hang_wait = fail_wait, fail_start, hang_wait
+        self.waiting = asyncio.Event()  # set once hang_wait is being waited for
 
     async def restart(self, spec: ServiceSpec) -> None:
         self.calls.append(("restart", spec.name))
@@ -47,15 +52,18 @@ class RecordingManager:
             raise errors.ServiceFailed(f"{spec.name}: cannot run it")
         self.running.add(spec.name)
 
-    async def wait_ready(self, spec: ServiceSpec) -> ServiceStatus:
+    async def wait_ready(self, spec: ServiceSpec) -> ServiceRecord:
         self.calls.append(("wait", spec.name))
         await asyncio.sleep(0)
+        if spec.name == self.hang_wait:
+            self.waiting.set()
+            await asyncio.Event().wait()  # until cancelled
         if spec.name == self.fail_wait:
             raise errors.ServiceFailed(f"{spec.name} exited with status 1")
-        return ServiceStatus(spec.name, RUNNING)
+        return ServiceRecord(spec.name, RUNNING)
 
-    async def status(self, spec: ServiceSpec) -> ServiceStatus:
-        return ServiceStatus(spec.name, RUNNING if spec.name in self.running else STOPPED)
+    async def status(self, spec: ServiceSpec) -> ServiceRecord:
+        return ServiceRecord(spec.name, RUNNING if spec.name in self.running else STOPPED)
 
     async def stop(self, spec: ServiceSpec) -> None:
         self.calls.append(("stop", spec.name))
@@ -69,7 +77,7 @@ class RecordingManager:
 
 
 @pytest.fixture
-def agent_for(tmp_path: Path):  # type: ignore[no-untyped-def]
+def agent_for(tmp_path: Path):
     def make(manager: RecordingManager) -> tuple[Agent, dict[str, str]]:
         config = DaemonConfig(
             state_dir=tmp_path / "state",
@@ -84,7 +92,8 @@ def agent_for(tmp_path: Path):  # type: ignore[no-untyped-def]
         )
         ctl = control_config.ensure(tmp_path / "control.yaml", "10.0.0.1")
         settings = control_config.issue_compute_settings(ctl, NODE)
-        return Agent(config, Store(config.state_dir), manager), settings
+        store = Store(config.state_dir)
+        return Agent(config, store, manager, Runner(store, EventBus(store))), settings
 
     return make
 
@@ -103,7 +112,7 @@ def _apply(agent: Agent, settings: dict[str, str]) -> tuple[list[AgentStep], Exc
     return steps, None
 
 
-def test_standins_start_together_and_report_in_order(agent_for) -> None:  # type: ignore[no-untyped-def]
+def test_standins_start_together_and_report_in_order(agent_for) -> None:
     assert len(SERVICES) == 2
     manager = RecordingManager()
     agent, settings = agent_for(manager)
@@ -122,7 +131,7 @@ def test_standins_start_together_and_report_in_order(agent_for) -> None:  # type
     assert steps[-1].message == "role compute applied: 2/2 services running"
 
 
-def test_a_failed_standin_leaves_none_after_it_running(agent_for) -> None:  # type: ignore[no-untyped-def]
+def test_a_failed_standin_leaves_none_after_it_running(agent_for) -> None:
     manager = RecordingManager(fail_wait=SERVICES[0])
     agent, settings = agent_for(manager)
     steps, failure = _apply(agent, settings)
@@ -133,7 +142,7 @@ def test_a_failed_standin_leaves_none_after_it_running(agent_for) -> None:  # ty
     assert [s.step for s in steps][-1] == f"service {SERVICES[0]}"  # reported as it started
 
 
-def test_a_standin_that_cannot_start_fails_at_its_turn(agent_for) -> None:  # type: ignore[no-untyped-def]
+def test_a_standin_that_cannot_start_fails_at_its_turn(agent_for) -> None:
     manager = RecordingManager(fail_start=SERVICES[1])
     agent, settings = agent_for(manager)
     steps, failure = _apply(agent, settings)
@@ -143,3 +152,25 @@ def test_a_standin_that_cannot_start_fails_at_its_turn(agent_for) -> None:  # ty
     assert ("wait", SERVICES[0]) in manager.calls
     assert (f"service {SERVICES[0]}", StepState.DONE) in [(s.step, s.state) for s in steps]
     assert steps[-1].step == f"service {SERVICES[1]}" and steps[-1].state is StepState.RUNNING
+
+
+def test_a_cancelled_apply_leaves_none_after_the_waited_one_running(agent_for) -> None:
+    # The control went away mid-apply (its call cancelled): as when they were
+    # started one by one, the stand-ins after the one being waited for do not run.
+    manager = RecordingManager(hang_wait=SERVICES[0])
+    agent, settings = agent_for(manager)
+
+    async def run() -> None:
+        async def consume() -> None:
+            async for _ in agent.apply_role("compute", settings):
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.wait_for(manager.waiting.wait(), 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    assert manager.calls[-1] == ("stop", SERVICES[1])
+    assert manager.running == {SERVICES[0]}

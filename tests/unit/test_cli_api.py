@@ -14,7 +14,7 @@ import pytest
 
 from microstackctl import api
 from microstackctl.errors import EXIT_ERROR, EXIT_REJECTED, EXIT_UNREACHABLE, CommandError
-from microstackd.rpc import auth
+from microstackd.wire import status
 
 SOCKET = "/run/test.sock"
 
@@ -35,7 +35,18 @@ class Failed(grpc.RpcError):
 
 
 def test_the_metadata_key_is_the_one_the_daemon_sends() -> None:
-    assert api.ERROR_METADATA == auth.ERROR_METADATA
+    assert api.ERROR_METADATA == status.ERROR_METADATA
+
+
+def test_the_classes_that_mean_the_daemon_is_gone_are_the_daemons() -> None:
+    # Only the local daemon's own ShuttingDown means it is going away: a
+    # peer's (the control stopping) reaches the CLI as the daemon's
+    # ControlUnreachable (peers/errors.py), which is not a lost daemon.
+    for name in api._DAEMON_GONE - {None}:
+        assert name is not None
+        found = status.error_class(name)
+        assert found is not None, name
+        assert status.status_code(found()) is grpc.StatusCode.UNAVAILABLE
 
 
 @pytest.mark.parametrize(
@@ -59,6 +70,10 @@ def test_the_metadata_key_is_the_one_the_daemon_sends() -> None:
 def test_status_and_error_class_give_the_exit_code(
     code: grpc.StatusCode, error: str | None, exit_code: int, lost: bool
 ) -> None:
+    if error is not None:  # a class the daemon has, sent with the code it sends
+        found = status.error_class(error)
+        assert found is not None, error
+        assert status.status_code(found()) is code
     mapped = api.command_error(Failed(code, "what happened", error), SOCKET)
     assert (mapped.exit_code, mapped.daemon_lost) == (exit_code, lost)
     if lost:

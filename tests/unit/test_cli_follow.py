@@ -13,7 +13,7 @@ from microstackctl.errors import CommandError
 DONE, RUNNING = pb.STEP_STATE_DONE, pb.STEP_STATE_RUNNING
 
 
-def _event(seq: int, step: str, state: int, final: bool = False) -> pb.Event:
+def _event(seq: int, step: str, state: pb.StepState, final: bool = False) -> pb.Event:
     return pb.Event(node="node-1", seq=seq, step=step, state=state, message=step, final=final)
 
 
@@ -32,7 +32,7 @@ class FakeApi:
 
 
 def _follow(monkeypatch: pytest.MonkeyPatch, first: Iterator[pb.Event], api: FakeApi) -> None:
-    monkeypatch.setattr(streams.time, "sleep", lambda s: None)
+    monkeypatch.setattr("microstackctl.streams.time.sleep", lambda s: None)
     streams.follow(lambda: api, "json", first, "node-1", "join", timeout=60)
 
 

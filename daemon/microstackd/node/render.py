@@ -14,7 +14,7 @@ from pathlib import Path
 
 from microstackd import errors
 from microstackd.node.roles import RoleDefinition
-from microstackd.store import write_private_files
+from microstackd.store.files import write_private_files
 
 FILE_MODE = 0o640
 
