@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
 
+from microstack_api.v1 import cluster_pb2 as pb
+from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
 from microstackctl import api
 from microstackctl.errors import EXIT_ERROR, EXIT_REJECTED, EXIT_UNREACHABLE, CommandError
 from microstackd.wire import status
@@ -19,7 +21,7 @@ from microstackd.wire import status
 SOCKET = "/run/test.sock"
 
 
-class Failed(grpc.RpcError):
+class Failed(grpc.RpcError):  # type: ignore[misc]  # grpc has no type information
     def __init__(self, code: grpc.StatusCode, details: str | None, error: str | None) -> None:
         self._code, self._details = code, details
         self._metadata = ((api.ERROR_METADATA, error),) if error else ()
@@ -115,7 +117,7 @@ class _Stub:
         lambda a: list(a.join("ctl", "pw", "10.0.0.2")),
         lambda a: list(a.watch("n1", 0)),
         lambda a: a.remove("n1", False),
-        lambda a: list(a.launch(api.pb.LaunchRequest(image="cirros"))),
+        lambda a: list(a.launch(pb.LaunchRequest(image="cirros"))),
         lambda a: a.create_token("n1", 60),
         lambda a: a.list_tokens(),
         lambda a: a.revoke_token("n1"),
@@ -125,7 +127,8 @@ def test_every_call_maps_its_failure(tmp_path: Path, call: Any) -> None:
     socket = tmp_path / "d.sock"
     socket.touch()
     client = api.Api(str(socket))
-    client.stub = _Stub(Failed(grpc.StatusCode.UNAUTHENTICATED, "wrong password", "WrongPassword"))
+    failed = Failed(grpc.StatusCode.UNAUTHENTICATED, "wrong password", "WrongPassword")
+    client.stub = cast(pb_grpc.AdminServiceStub, _Stub(failed))
     with pytest.raises(CommandError) as raised:
         call(client)
     assert (raised.value.message, raised.value.exit_code) == ("wrong password", EXIT_REJECTED)

@@ -14,7 +14,7 @@ import io
 import json
 import random
 from datetime import UTC
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -43,7 +43,7 @@ STATES = ["active", "failed", "enrolling", "pending", "removed", "unreachable", 
 def plain_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("COLUMNS", "FORCE_COLOR", "TTY_COMPATIBLE", "NO_COLOR"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(render.time, "time", lambda: NOW)
+    monkeypatch.setattr("microstackctl.render.time.time", lambda: NOW)
 
 
 def _ts(seconds: int) -> Timestamp:
@@ -168,7 +168,7 @@ def _events(rnd: random.Random) -> list[pb.Event]:
             node="n1",
             seq=i,
             step=rnd.choice(steps),
-            state=rnd.randint(0, 7),  # 7: a state this CLI does not know
+            state=cast(pb.StepState, rnd.randint(0, 7)),  # 7: a state this CLI does not know
             message=rnd.choice(MESSAGES),
         )
         for i in range(300)

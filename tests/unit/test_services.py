@@ -707,7 +707,7 @@ def test_spec_defaults_and_validation():
         ServiceSpec("x", ("/bin/true",), ready_pattern="(")
 
 
-def test_a_young_child_is_looked_at_often_then_at_the_poll_interval(tmp_path):  # type: ignore[no-untyped-def]
+def test_a_young_child_is_looked_at_often_then_at_the_poll_interval(tmp_path):
     # wait_ready's pauses: short while a child is starting (a stand-in is
     # ready within tens of ms), the manager's poll interval afterwards.
     manager = ProcessManager(tmp_path, poll_interval=0.05)
