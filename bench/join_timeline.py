@@ -3,11 +3,12 @@
     python bench/join_timeline.py [N]        # N token and N password joins (default 5)
 
 Runs a control and one fresh compute per join on loopback (process manager,
-stand-in services), with microstackd and microstackctl started through this
-file, which wraps the join path's functions (``TIMED``) in timers before it
-runs them. Prints the last join of each kind as a timeline (ms after the
-CLI started) and the medians over the N joins. A measurement aid, not part
-of the benchmark: the wrappers cost a little themselves, and a name that no
+stand-in services, any free ports), with microstackd and microstackctl
+started through this file (by the benchmarks' fleet and the one launcher),
+which wraps the join path's functions (``TIMED``) in timers before it runs
+them. Prints the last join of each kind as a timeline (ms after the CLI
+started) and the medians over the N joins. A measurement aid, not part of
+the benchmark: the wrappers cost a little themselves, and a name that no
 longer exists (the daemon's modules move) is reported and skipped.
 """
 
@@ -23,8 +24,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import subprocess
+    from collections.abc import Callable
     from pathlib import Path
+
+    from fleet import Daemon, Fleet
 
 #: The functions timed, by module and qualified name, in the CLI and in the daemons.
 TIMED = {
@@ -32,25 +35,31 @@ TIMED = {
         ("microstackctl.api", "Api.__init__"),
         ("microstackctl.api", "Api._stream"),
     ],
+    # A function is wrapped where its callers look it up: a module attribute
+    # they reach through the module (``bootstrap.run``), or the name they
+    # imported (``fetch_bootstrap_certificate`` in member.join); methods on
+    # their class.
     "daemon": [
-        ("microstackd.member", "Member._bootstrap"),
-        ("microstackd.member", "Member.follow"),
-        ("microstackd.member", "_Credential.verifier"),
-        ("microstackd.rpc.peer", "fetch_bootstrap_certificate"),
-        ("microstackd.rpc.peer", "BootstrapCall.hello"),
-        ("microstackd.rpc.peer", "BootstrapCall.respond"),
-        ("microstackd.rpc.peer", "ControlClient.enrol"),
-        ("microstackd.rpc.peer", "AgentClient.apply_role"),
+        ("microstackd.member.join", "Member._bootstrap"),
+        ("microstackd.member.join", "Member.follow"),
+        ("microstackd.member.join", "fetch_bootstrap_certificate"),
+        ("microstackd.member.bootstrap", "run"),
+        ("microstackd.trust.kdf", "derive_verifier"),
+        ("microstackd.peers.bootstrap", "BootstrapCall.hello"),
+        ("microstackd.peers.bootstrap", "BootstrapCall.respond"),
+        ("microstackd.peers.cluster", "ControlClient.enrol"),
+        ("microstackd.peers.cluster", "AgentClient.apply_role"),
         ("microstackd.store", "Store.write_secrets"),
         ("microstackd.store", "Store.set_cluster"),
         ("microstackd.daemon", "Daemon.start_cluster_server"),
-        ("microstackd.control", "Control.begin_bootstrap"),
-        ("microstackd.control", "Control.finish_bootstrap"),
-        ("microstackd.control", "Control._configure_node"),
-        ("microstackd.agent", "Agent.apply_role"),
+        ("microstackd.control.bootstrap", "Bootstrap.begin"),
+        ("microstackd.control.bootstrap", "Bootstrap.finish"),
+        ("microstackd.control.enrol", "Enrolments._configure_node"),
+        ("microstackd.node.agent", "Agent.apply_role"),
+        ("microstackd.node.agent", "_StandIns._start_all"),
         ("microstackd.node.render", "render_role"),
-        ("microstackd.node.services", "ProcessManager.restart"),
-        ("microstackd.node.services", "ProcessManager.wait_ready"),
+        ("microstackd.node.services.process", "ProcessManager.restart"),
+        ("microstackd.node.services.process", "ProcessManager.wait_ready"),
     ],
 }
 
@@ -150,48 +159,32 @@ def _run_wrapped(kind: str, argv: list[str]) -> None:
     main.main(argv)
 
 
-class _Cluster:
-    def __init__(self, root: Path, log: Path) -> None:
+def _cluster(root: Path, log: Path) -> tuple[Fleet, Callable[..., Daemon]]:
+    """A fleet whose daemons and CLI run through this file (their timers on)."""
+    from fleet import Daemon, Fleet
 
-        self.root, self.log = root, log
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.env = {**os.environ, "JOIN_TIMELINE_LOG": str(log)}
+    class Timed(Daemon):
+        def argv(self) -> list[str]:
+            return [sys.executable, __file__, "--daemon", *super().argv()[1:]]
 
-    def daemon(self, name: str, host: str, port: int) -> tuple[subprocess.Popen[bytes], Path]:
-        import subprocess
+        def ctl_argv(self, *args: str) -> list[str]:
+            return [sys.executable, __file__, "--cli", "--socket", str(self.socket), *args]
 
-        d = self.root / name
-        d.mkdir()
-        argv = [sys.executable, __file__, "--daemon", "--state-dir", str(d / "state")]
-        argv += ["--socket", str(d / "sock"), "--listen", f"{host}:{port}", "--node-name", name]
-        argv += ["--service-manager", "process", "--config-root", str(d / "etc")]
-        with open(d / "log", "wb") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env)
-        self.procs.append(proc)
-        deadline = time.monotonic() + 30
-        while not (d / "sock").exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not start: {(d / 'log').read_text()[-2000:]}")
-            time.sleep(0.01)
-        return proc, d / "sock"
+    os.environ["JOIN_TIMELINE_LOG"] = str(log)  # inherited by the daemons and the CLI
+    fleet = Fleet(root)
 
-    def ctl(self, socket: Path, *args: str) -> tuple[str, float, float]:
-        import subprocess
+    def daemon(name: str, host: str) -> Daemon:
+        d = Timed(name, host, root / name)
+        fleet.daemons.append(d)
+        return d.start()
 
-        argv = [sys.executable, __file__, "--cli", "--socket", str(socket), *args]
-        start = time.time()
-        result = subprocess.run(argv, capture_output=True, text=True, env=self.env, check=False)
-        if result.returncode:
-            raise RuntimeError(f"microstackctl {' '.join(args)}: {result.stderr}")
-        return result.stdout, start, time.time()
+    return fleet, daemon
 
-    def close(self) -> None:
-        import signal
 
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(30)
+def _ctl(daemon: Daemon, *args: str) -> tuple[str, float, float]:
+    start = time.time()
+    out = daemon.ctl(*args).stdout
+    return out, start, time.time()
 
 
 def measure(joins: int) -> None:
@@ -202,32 +195,30 @@ def measure(joins: int) -> None:
     import tempfile
     from pathlib import Path
 
-    from fleet import free_port_pair
-
     root = Path(tempfile.mkdtemp(prefix="microstackd-timeline-"))
-    cluster = _Cluster(root, root / "timeline.log")
+    log = root / "timeline.log"
+    fleet, daemon = _cluster(root, log)
     password = root / "password"
     password.write_text("correct horse battery staple\n")
     medians: dict[str, dict[tuple[str, str], list[tuple[float, float]]]] = {}
     try:
-        port = free_port_pair("127.0.0.1")
-        control, control_socket = cluster.daemon("ctl", "127.0.0.1", port)
+        control = daemon("ctl", "127.0.0.1")  # on any free ports, read back
         init = ["init", "--role", "control", "--address", "127.0.0.1"]
-        cluster.ctl(control_socket, *init, "--password-file", str(password))
+        _ctl(control, *init, "--password-file", str(password))
         for i in range(joins + 1):  # the first of each kind warms caches
             for kind in ("token", "password"):
                 name, host = f"{kind[:3]}-{i}", f"127.0.{31 if kind == 'token' else 32}.{i + 1}"
-                node, socket = cluster.daemon(name, host, port)
+                node = daemon(name, host)
                 if kind == "token":
-                    made = cluster.ctl(control_socket, "add-node", name, "--format", "json")[0]
+                    made = _ctl(control, "add-node", name, "--format", "json")[0]
                     args = ["join", "--token", json.loads(made)["token"], "--address", host]
                 else:
-                    args = ["join", f"127.0.0.1:{port}", "--password-file", str(password)]
+                    args = ["join", control.endpoint, "--password-file", str(password)]
                     args += ["--address", host]
-                size = cluster.log.stat().st_size if cluster.log.exists() else 0
-                _, start, end = cluster.ctl(socket, *args)
+                size = log.stat().st_size if log.exists() else 0
+                _, start, end = _ctl(node, *args)
                 time.sleep(0.3)  # the last notes of the daemons
-                rows = _rows(cluster.log, size, start, control.pid)
+                rows = _rows(log, size, start, control.pid)
                 if i:
                     for at, took, who, what in rows:
                         medians.setdefault(kind, {}).setdefault((who, what), []).append((at, took))
@@ -236,10 +227,9 @@ def measure(joins: int) -> None:
                     print(f"--- the last {kind} join: {(end - start) * 1000:.0f} ms wall")
                     for at, took, who, what in rows:
                         print(f"  {at:7.1f} ms  +{took:6.1f} ms  {who:7s} {what}")
-                node.send_signal(signal.SIGTERM)
-                node.wait(30)
+                node.stop(signal.SIGTERM)
     finally:
-        cluster.close()
+        fleet.close()
         shutil.rmtree(root, ignore_errors=True)
     for kind, rows_by_name in medians.items():
         print(f"=== {kind} joins: medians of {joins} (start after the CLI's, duration)")

@@ -144,7 +144,7 @@ def rows(r: dict[str, Any]) -> list[Row]:
                     "  SPAKE2 CPU p50, control side / joiner side",
                     f"{_ms(cr['spake2_control_side']['p50_ms'])} / "
                     f"{_ms(cr['spake2_joiner_side']['p50_ms'])}",
-                    "microstackd.pake (libsodium)",
+                    "microstackd.trust.pake (libsodium)",
                 )
             )
         tmpfs = r.get("overhead_tmpfs")
