@@ -54,6 +54,10 @@ SYSTEMD_RUNTIME_DIR = Path("/run/systemd/system")
 #: later daemon can recognise the children of one that was killed.
 SERVICE_MARKER = "MICROSTACKD_SERVICE"
 
+#: Units named so are microstackd's own: the systemd backend writes them
+#: (node/systemd_units.py). Any other unit name is driven as it is.
+OWNED_UNIT_PREFIX = "microstackd-"
+
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@:-]{0,99}")
 
 
@@ -64,7 +68,8 @@ class ServiceSpec:
     name: str
     #: Command line for the process manager (already rendered, absolute paths).
     argv: tuple[str, ...]
-    #: systemd unit; defaults to ``NAME.service``.
+    #: systemd unit; defaults to ``microstackd-NAME.service``, a unit of
+    #: microstackd's own; name an existing unit (``nova-compute.service``) to drive that.
     unit: str = ""
     #: snap service; defaults to ``microstack.NAME``.
     snap_service: str = ""
@@ -106,7 +111,7 @@ class ServiceSpec:
         object.__setattr__(self, "argv", tuple(self.argv))
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
         if not self.unit:
-            object.__setattr__(self, "unit", f"{self.name}.service")
+            object.__setattr__(self, "unit", f"{OWNED_UNIT_PREFIX}{self.name}.service")
         if not self.snap_service:
             object.__setattr__(self, "snap_service", f"microstack.{self.name}")
 
@@ -349,7 +354,8 @@ _SYSTEMD_STATES = {
 
 
 class SystemdManager(_PollingManager):
-    """Services are systemd units, driven with ``systemctl``."""
+    """Services are systemd units, driven with ``systemctl``; microstackd's
+    own (``microstackd-*``) are written first (node/systemd_units.py)."""
 
     kind = "systemd"
     _active = frozenset({"active"})
@@ -357,11 +363,29 @@ class SystemdManager(_PollingManager):
     # exited (cleanly) — waiting longer cannot make it active.
     _dead = frozenset({"failed", "inactive"})
 
+    def __init__(self, *, poll_interval: float = 0.5, unit_dir: Path | None = None) -> None:
+        super().__init__(poll_interval=poll_interval)
+        from microstackd.node import systemd_units  # built on this module's helpers
+
+        self.owned = systemd_units.OwnedUnits(self, unit_dir or systemd_units.UNIT_DIR)
+        self._owns = systemd_units.owned
+
     async def restart(self, spec: ServiceSpec) -> None:
+        if self._owns(spec):
+            await self.owned.restart(spec)
+            return
         (await _run("systemctl", "restart", spec.unit)).check()
 
     async def stop(self, spec: ServiceSpec) -> None:
+        if self._owns(spec):
+            await self.owned.stop(spec)
+            return
         (await _run("systemctl", "stop", spec.unit)).check()
+
+    async def wait_ready(self, spec: ServiceSpec) -> ServiceStatus:
+        if self._owns(spec):
+            return await self.owned.wait_ready(spec, self._poll_interval)
+        return await super().wait_ready(spec)
 
     async def _raw_state(self, spec: ServiceSpec) -> str:
         # is-active exits non-zero for every state but active: read stdout.
