@@ -6,9 +6,10 @@ each step and the services' state. Called only by the control (rpc/auth.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 from microstackd import errors
@@ -16,7 +17,8 @@ from microstackd.config import DaemonConfig
 from microstackd.model import StepState
 from microstackd.node import render, steps
 from microstackd.node.roles import ROLES, SERVICE_PREFIX, RoleDefinition, RoleService
-from microstackd.node.services import ServiceManager, ServiceSpec, ServiceStatus
+from microstackd.node.services import RUNNING, STARTING, ServiceManager, ServiceSpec, ServiceStatus
+from microstackd.node.watch import ServiceWatch
 from microstackd.store import Store
 
 log = logging.getLogger(__name__)
@@ -37,11 +39,22 @@ class AgentStep:
 
 
 class Agent:
-    def __init__(self, config: DaemonConfig, store: Store, manager: ServiceManager) -> None:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        store: Store,
+        manager: ServiceManager,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``on_change`` is called when a service's state changed (node/watch.py)."""
         self._config = config
         self._store = store
         self.manager = manager
         self._lock = asyncio.Lock()
+        # The process manager restarts its own children: then the watch only reports.
+        restore = None if manager.kind == "process" else self._start_again
+        self.watch = ServiceWatch(self._states, restore, on_change)
+        self._watcher: asyncio.Task[None] | None = None
 
     def _values(self, settings: Mapping[str, str] = {}) -> dict[str, str]:
         return {**settings, **steps.base_values(self._config)}
@@ -143,6 +156,7 @@ class Agent:
                     step, StepState.DONE, f"{service.name} is {status.state}{standin}", after
                 )
             services = tuple(await self.services())
+            self.start_watch()
             up = sum(1 for s in services if s.state == "running")
             yield AgentStep(
                 "role",
@@ -158,31 +172,81 @@ class Agent:
         return ROLES.get(name) if name else None
 
     async def services(self) -> list[ServiceStatus]:
+        """The applied role's services, with what the watch does about them."""
+        return self.watch.describe(await self._states())
+
+    async def _states(self) -> list[ServiceStatus]:
         role = self.applied()
         if role is None:
             return []
         return [await self.manager.status(self.spec(s)) for s in self._services_of(role)]
 
     async def stop_role(self) -> list[ServiceStatus]:
+        """This node leaves its cluster: stop its services, forget its role."""
+        await self.close()
         role = self.applied()
         if role is None:
             return []
         for service in reversed(self._services_of(role)):
             await self.manager.stop(self.spec(service))
-        return await self.services()
+        stopped = await self.services()
+        self._store.set_meta({APPLIED_ROLE: ""})
+        return stopped
+
+    async def _start(self, service: RoleService) -> ServiceSpec:
+        steps.make_dirs(service.dirs, self._values())
+        spec = self.spec(service)
+        await self.manager.restart(spec)
+        return spec
+
+    async def _start_again(self, name: str) -> ServiceStatus:
+        role = self.applied()
+        if role is None:
+            raise errors.NotInitialised("this node runs no role any more")
+        spec = await self._start(role.service(name))
+        return await self.manager.wait_ready(spec)
 
     async def resume(self) -> None:
-        """At start-up: bring back the applied role's services the process
-        manager runs (systemd and snapd keep theirs running themselves)."""
+        """At start-up: start the applied role's services that do not run —
+        all of them with the process manager (they died with the daemon),
+        after a reboot those of systemd (their units are in /run) — and watch
+        them. Services that run are left alone: a daemon restart must not
+        restart the cloud."""
         role = self.applied()
-        if role is None or self.manager.kind != "process":
+        if role is None:
             return
         for service in self._services_of(role):
             try:
-                steps.make_dirs(service.dirs, self._values())
-                await self.manager.restart(self.spec(service))
+                if self.manager.kind != "process":
+                    state = (await self.manager.status(self.spec(service))).state
+                    if state in (RUNNING, STARTING):
+                        continue
+                await self._start(service)
             except errors.MicrostackError as exc:
                 log.warning("service restart failed service=%s error=%r", service.name, exc.message)
+        self.start_watch()
+
+    def start_watch(self) -> None:
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_forever())
+
+    async def _watch_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.watch.interval)
+            if self._lock.locked():  # a role is being applied: it starts the services itself
+                continue
+            try:
+                await self.watch.tick()
+            except Exception:  # the watch must not stop the daemon
+                log.exception("cannot watch this node's services")
+
+    async def close(self) -> None:
+        """Stop watching (daemon shutdown, or the node leaves its cluster)."""
+        task, self._watcher = self._watcher, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def _no_progress(message: str) -> None:

@@ -63,7 +63,7 @@ class Daemon:
         self.control = Control(
             config, self.store, self.runner, fingerprint, self.start_cluster_server, self.plane
         )
-        self.agent = Agent(config, self.store, self.services)
+        self.agent = Agent(config, self.store, self.services, self._services_changed)
         self.member = Member(config, self.store, self.start_cluster_server, self._service_records)
         #: gRPC health (grpc.health.v1) on every endpoint: SERVING once started.
         self.health = health_aio.HealthServicer()
@@ -151,6 +151,9 @@ class Daemon:
         await server.start()
         self._cluster = server
 
+    def _services_changed(self) -> None:
+        self.member.beat_now()
+
     async def _service_records(self) -> list[ServiceRecord]:
         return [ServiceRecord(s.name, s.state, s.message) for s in await self.agent.services()]
 
@@ -210,6 +213,7 @@ class Daemon:
         servers = [s for s in (self._bootstrap, self._cluster, self._local) if s is not None]
         await asyncio.gather(*(s.stop(grace) for s in servers))
         await self.member.stop_heartbeats()
+        await self.agent.close()
         await self.plane.close()
         await self.services.close()
         with contextlib.suppress(FileNotFoundError):

@@ -64,6 +64,8 @@ class Member:
         self._services = services
         self._joining = False
         self._heartbeat: asyncio.Task[None] | None = None
+        #: Set to send the next heartbeat now rather than at its interval.
+        self._beat_now = asyncio.Event()
 
     def _local(
         self, state: StepState, message: str, percent: int = 0, step: str = BOOTSTRAP
@@ -326,12 +328,17 @@ class Member:
                 await self._heartbeat
             self._heartbeat = None
 
+    def beat_now(self) -> None:
+        """Send the next heartbeat at once: this node's services changed."""
+        self._beat_now.set()
+
     async def _heartbeats(self) -> None:
         interval = 10
         while True:
             cluster = self._store.cluster()
             if cluster is None:
                 return
+            self._beat_now.clear()  # a change from here on is in this beat or the next
             client = peer.ControlClient(cluster, credentials.load(self._store))
             try:
                 interval = await client.heartbeat(await self._services()) or interval
@@ -342,7 +349,9 @@ class Member:
                 log.info("heartbeat failed reason=%r", exc.message)
             finally:
                 await client.close()
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._beat_now.wait()
 
     def resume(self) -> None:
         """At start-up: an enrolled member goes on sending heartbeats."""

@@ -24,7 +24,8 @@ from microstackd.config import DaemonConfig
 from microstackd.model import ServiceRecord, StepState
 from microstackd.node import render, steps
 from microstackd.node.roles import CONTROL, RENDER_CONFIG, SERVICE_PREFIX, RoleService
-from microstackd.node.services import ServiceManager, ServiceStatus
+from microstackd.node.services import RUNNING, STARTING, ServiceManager, ServiceStatus
+from microstackd.node.watch import ServiceWatch
 from microstackd.runner import Skipped, StepAction, StepContext
 from microstackd.store import Store
 
@@ -53,6 +54,11 @@ class ControlPlane:
         self._resume_done = asyncio.Event()
         if not self.enabled:
             self._resume_done.set()
+        #: Init's steps run: they start the services themselves.
+        self._stepping = 0
+        # The process manager restarts its own children: then the watch only reports.
+        restore = None if manager.kind == "process" else self._start_again
+        self._watch = ServiceWatch(self._states, restore, lambda: None, interval=REFRESH_INTERVAL)
 
     @property
     def enabled(self) -> bool:
@@ -77,6 +83,13 @@ class ControlPlane:
     async def _step(self, ctx: StepContext, name: str, load: ConfigLoader) -> str | Skipped:
         if not self.enabled:
             return Skipped(NO_ENVIRONMENT)
+        self._stepping += 1
+        try:
+            return await self._run_step(ctx, name, load)
+        finally:
+            self._stepping -= 1
+
+    async def _run_step(self, ctx: StepContext, name: str, load: ConfigLoader) -> str | Skipped:
         await self._resume_done.wait()
         values = self.values(load())
         if name == RENDER_CONFIG or not self._rendered:
@@ -124,6 +137,10 @@ class ControlPlane:
         ]
 
     async def services(self) -> list[ServiceStatus]:
+        """The started services, with what the watch does about them (node/watch.py)."""
+        return self._watch.describe(await self._states())
+
+    async def _states(self) -> list[ServiceStatus]:
         if not self.enabled:
             return []
         values = self._cached_values()
@@ -149,9 +166,17 @@ class ControlPlane:
         if records:
             self._store.set_services(self._config.node_name, records)
 
+    async def _start_again(self, name: str) -> ServiceStatus:
+        values = self._cached_values()
+        if values is None:
+            raise errors.NotInitialised("this node is in no cluster")
+        return await steps.start_service(self._manager, CONTROL.service(name), values)
+
     async def resume(self) -> None:
-        """At start-up: bring back the services the control's init had started
-        (the process manager's; systemd and snapd keep theirs running)."""
+        """At start-up: start the services the control's init had started that
+        do not run — all with the process manager (they died with the daemon),
+        after a reboot those of systemd (their units are in /run) — and watch
+        them. Services that run are left alone."""
         if not self.enabled:
             return
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
@@ -164,27 +189,39 @@ class ControlPlane:
         values = self._cached_values()
         if values is None:
             return
-        started = self._started()
-        if self._manager.kind == "process" and started:
+        down = []
+        for service in self._started():
+            if self._manager.kind != "process":
+                status = await self._manager.status(steps.service_spec(service, values))
+                if status.state in (RUNNING, STARTING):
+                    continue
+            down.append(service)
+        if not down:
+            return
+        try:
+            await asyncio.to_thread(self._render, values)
+        except errors.MicrostackError as exc:
+            log.warning("cannot render the control's configuration: %s", exc.message)
+        for service in down:
             try:
-                await asyncio.to_thread(self._render, values)
+                steps.make_dirs(service.dirs, values)
+                await self._manager.restart(steps.service_spec(service, values))
+                self._resumed.append(service)
             except errors.MicrostackError as exc:
-                log.warning("cannot render the control's configuration: %s", exc.message)
-            for service in started:
-                try:
-                    steps.make_dirs(service.dirs, values)
-                    await self._manager.restart(steps.service_spec(service, values))
-                    self._resumed.append(service)
-                except errors.MicrostackError as exc:
-                    log.warning(
-                        "service restart failed service=%s error=%r", service.name, exc.message
-                    )
+                log.warning("service restart failed service=%s error=%r", service.name, exc.message)
 
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(REFRESH_INTERVAL)
             try:
-                await self.refresh()
+                if self._stepping:  # init starts the services itself
+                    await self.refresh()
+                    continue
+                records = [
+                    ServiceRecord(s.name, s.state, s.message) for s in await self._watch.tick()
+                ]
+                if records:
+                    self._store.set_services(self._config.node_name, records)
             except Exception:  # status must not stop the daemon
                 log.exception("cannot refresh the control's service states")
 

@@ -1,0 +1,161 @@
+"""Watching a role's services once they run.
+
+Before this, nothing looked at a compute's services after its enrolment but
+the heartbeat's report: a service stopped by hand (``systemctl stop``), or
+one systemd gave up on (its start limit hit), stayed down and was shown as
+such at best every heartbeat. A ``ServiceWatch`` looks every
+``WATCH_INTERVAL`` seconds (the owner runs the loop):
+
+* a change of any service's state is reported at once (``on_change``: the
+  node sends its heartbeat now), so the control's ``status`` shows it within
+  seconds;
+* a service found not running (``stopped`` or ``failed``) is started again at
+  the next look — after the control was told, so an operator sees that it
+  happened — and, while starting it fails, again after doubling delays up to
+  ``BACKOFF_CAP``; what the watch will do is in the status message;
+* without ``restore`` (the process manager, which restarts its own
+  children) it only reports.
+
+Pure of I/O itself: the states come from, and restores go through, the
+callables it is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from microstackd import errors
+from microstackd.node.services import FAILED, RUNNING, STOPPED, ServiceStatus
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two looks at the services.
+WATCH_INTERVAL = 5.0
+#: Longest wait between two attempts to start a service that keeps failing.
+BACKOFF_CAP = 300.0
+DOWN = (STOPPED, FAILED)
+
+Statuses = Callable[[], Awaitable[list[ServiceStatus]]]
+Restore = Callable[[str], Awaitable[object]]
+
+
+@dataclass
+class _Down:
+    #: When (clock) the watch starts it again.
+    next_try: float
+    #: At that wall-clock time, for the operator.
+    next_try_wall: float
+    attempts: int = 0
+    #: Why the last attempt failed (its first line).
+    last_error: str = ""
+
+
+def _hhmmss(wall: float) -> str:
+    return datetime.fromtimestamp(wall, UTC).strftime("%H:%M:%S UTC")
+
+
+class ServiceWatch:
+    def __init__(
+        self,
+        statuses: Statuses,
+        restore: Restore | None,
+        on_change: Callable[[], None],
+        *,
+        interval: float = WATCH_INTERVAL,
+        backoff_cap: float = BACKOFF_CAP,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._statuses = statuses
+        self._restore = restore
+        self._on_change = on_change
+        self.interval = interval
+        self._backoff_cap = backoff_cap
+        self._clock = clock
+        self._wall = wall_clock
+        self._down: dict[str, _Down] = {}
+        #: Services the watch started again, and the note shown while they run.
+        self._restored: dict[str, str] = {}
+        self._last: list[ServiceStatus] | None = None
+
+    def describe(self, statuses: list[ServiceStatus]) -> list[ServiceStatus]:
+        """``statuses`` with what the watch does about them in their messages."""
+        described = []
+        for status in statuses:
+            down = self._down.get(status.name)
+            if status.state in DOWN and down is not None and self._restore is not None:
+                note = f"microstackd starts it again at {_hhmmss(down.next_try_wall)}"
+                if down.attempts:
+                    note += f" (attempt {down.attempts + 1}; the last failed: {down.last_error})"
+                head = status.message or (
+                    f"{status.name} was stopped, not by microstackd"
+                    if status.state == STOPPED
+                    else f"{status.name} failed"
+                )
+                status = replace(status, message=f"{head}; {note}")
+            elif status.state == RUNNING and status.name in self._restored:
+                status = replace(status, message=self._restored[status.name])
+            described.append(status)
+        return described
+
+    async def tick(self) -> list[ServiceStatus]:
+        """One look: report changes, start again what was found down before."""
+        current = await self._statuses()
+        restored = False
+        for status in current:
+            if status.state not in DOWN:
+                self._down.pop(status.name, None)
+                continue
+            self._restored.pop(status.name, None)
+            down = self._down.get(status.name)
+            if down is None:
+                self._down[status.name] = self._schedule(0)
+                log.warning(
+                    "service not running service=%s state=%s action=%s",
+                    status.name,
+                    status.state,
+                    f"start-again-in-{self.interval:g}s" if self._restore else "report",
+                )
+                continue
+            if self._restore is None or self._clock() < down.next_try:
+                continue
+            restored = True
+            await self._start_again(status, down)
+        if restored:
+            current = await self._statuses()
+        described = self.describe(current)
+        if described != self._last:
+            self._last = described
+            self._on_change()
+        return described
+
+    def _schedule(self, attempts: int) -> _Down:
+        delay = min(self._backoff_cap, self.interval * 2**attempts)
+        return _Down(self._clock() + delay, self._wall() + delay, attempts)
+
+    async def _start_again(self, status: ServiceStatus, down: _Down) -> None:
+        assert self._restore is not None
+        try:
+            await self._restore(status.name)
+        except errors.MicrostackError as exc:
+            again = self._schedule(down.attempts + 1)
+            again.last_error = exc.message.splitlines()[0] if exc.message else "no reason given"
+            self._down[status.name] = again
+            log.warning(
+                "cannot start service again service=%s attempt=%d retry_in=%.0fs error=%r",
+                status.name,
+                again.attempts,
+                again.next_try - self._clock(),
+                exc.message,
+            )
+            return
+        del self._down[status.name]
+        self._restored[status.name] = (
+            f"started again by microstackd at {_hhmmss(self._wall())} "
+            f"after it was found {status.state}"
+        )
+        log.info("service started again service=%s was=%s", status.name, status.state)
