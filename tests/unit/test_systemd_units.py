@@ -162,7 +162,10 @@ def test_no_role_service_has_a_secret_in_its_unit() -> None:
 
 def test_restart_writes_the_unit_and_reloads_only_when_it_changed(fake, unit_dir) -> None:
     fake.script(
-        systemctl_daemon_reload=out(""), systemctl_reset_failed=out(""), systemctl_restart=out("")
+        systemctl_daemon_reload=out(""),
+        systemctl_show=[show("inactive", "dead"), show("active", "running")],
+        systemctl_reset_failed=out(""),
+        systemctl_restart=out(""),
     )
     changed = ServiceSpec(SPEC.name, SPEC.argv, env={"PATH": "/usr/bin"})
 
@@ -178,10 +181,25 @@ def test_restart_writes_the_unit_and_reloads_only_when_it_changed(fake, unit_dir
     assert first == systemd_units.render(SPEC)
     assert (unit_dir / SPEC.unit).read_text() == systemd_units.render(changed)
     assert (unit_dir / SPEC.unit).stat().st_mode & 0o777 == 0o644
-    unit = SPEC.unit
-    start = [["systemctl", "reset-failed", unit], ["systemctl", "restart", unit]]
+    start = [SHOW_CALL, ["systemctl", "restart", SPEC.unit]]
     reload = [["systemctl", "daemon-reload"]]
     assert fake.calls() == [*reload, *start, *start, *reload, *start]
+
+
+def test_a_unit_that_gave_up_is_reset_before_it_is_started(fake, unit_dir) -> None:
+    """systemd refuses to start a unit that hit its start limit until reset."""
+    fake.script(
+        systemctl_daemon_reload=out(""),
+        systemctl_show=show("failed", "failed"),
+        systemctl_reset_failed=out(""),
+        systemctl_restart=out(""),
+    )
+    asyncio.run(SystemdManager(unit_dir=unit_dir).restart(SPEC))
+    assert fake.calls()[1:] == [
+        SHOW_CALL,
+        ["systemctl", "reset-failed", SPEC.unit],
+        ["systemctl", "restart", SPEC.unit],
+    ]
 
 
 def test_stop_removes_the_unit(fake, unit_dir) -> None:

@@ -186,7 +186,10 @@ class OwnedUnits:
         if self.install(spec):
             (await _run("systemctl", "daemon-reload")).check()
         # A unit that hit its start limit refuses even a deliberate start.
-        (await _run("systemctl", "reset-failed", spec.unit)).check()
+        # (Only then: systemctl reset-failed fails on a unit that is not
+        # failed, and sends its service manager a notification on the way.)
+        if (await self._show(spec)).get("ActiveState") == "failed":
+            (await _run("systemctl", "reset-failed", spec.unit)).check()
         (await _run("systemctl", "restart", spec.unit)).check()
 
     async def stop(self, spec: ServiceSpec) -> None:
