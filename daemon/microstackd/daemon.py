@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import logging
 import os
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 from grpc import aio
@@ -26,7 +28,7 @@ from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
 from microstackd import credentials, errors, security, validate
 from microstackd.agent import Agent
-from microstackd.config import DaemonConfig
+from microstackd.config import SOCKET_GROUP, DaemonConfig
 from microstackd.control import Control
 from microstackd.credentials import BOOTSTRAP_CERT, BOOTSTRAP_KEY
 from microstackd.events import EventBus
@@ -116,6 +118,7 @@ class Daemon:
         self._bind(server, f"unix:{path}", None, f"the socket {path}")
         await server.start()
         os.chmod(path, 0o660)
+        _hand_to_group(path, SOCKET_GROUP)
         self._local = server
 
     async def _start_bootstrap(self) -> None:
@@ -225,3 +228,18 @@ class Daemon:
     async def wait(self) -> None:
         assert self._local is not None
         await self._local.wait_for_termination()
+
+
+def _hand_to_group(path: Path, group: str) -> None:
+    """The socket's group: its members may use it (docs/security.md). Where
+    there is no such group the socket stays root's alone."""
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        return
+    try:
+        os.chown(path, -1, gid)
+    except OSError as exc:
+        log.warning(
+            "cannot hand the socket to its group socket=%s group=%s error=%s", path, group, exc
+        )
