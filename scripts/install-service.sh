@@ -3,7 +3,7 @@
 # microstackd as a system service"). Run it as root from a clone of this
 # repository, on a host where systemd is PID 1 and Python >= 3.11 has venv
 # (Debian 12: apt-get install python3-venv). The e2e suite
-# tests/e2e/test_machines.py runs exactly this script in its containers.
+# tests/e2e/machines/test_machines.py runs exactly this script in its containers.
 #
 #   scripts/install-service.sh [--wheels DIR] [--prefix DIR] [--openstack-prefix DIR]
 #
