@@ -353,6 +353,7 @@ async def serve(config: DaemonConfig, args: argparse.Namespace | None = None) ->
 
 
 def main(argv: list[str] | None = None) -> None:
+    notify.take_socket()  # no child of the daemon may notify systemd
     flags = parse_args(argv)
     try:
         args = merge(flags, load_config_file(flags.config))
