@@ -145,7 +145,9 @@ def base_image() -> Image:
     with _flock(CACHE / ".build.lock", fcntl.LOCK_EX):
         if not stamp.is_file():
             built_in = _build(path, spec)
-        use = os.open(CACHE / f"rootfs-{image_id}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+        use = os.open(
+            CACHE / f"rootfs-{image_id}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+        )
         fcntl.flock(use, fcntl.LOCK_SH)
         _prune(keep=path)
     return Image(path, image_id, built_in, use)
@@ -205,11 +207,11 @@ def _finish_image(root: Path) -> None:
 
 def _prune(keep: Path) -> None:
     """Remove the images of other recipes that no run is using."""
-    for other in CACHE.glob("rootfs-*"):
-        if other == keep or not other.is_dir():
+    for other in keep.parent.glob("rootfs-*"):
+        if other == keep or not other.is_dir() or other.suffix == ".lock":
             continue
         lock = other.with_name(other.name + ".lock")
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
