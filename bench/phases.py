@@ -27,7 +27,7 @@ import grpc
 
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
-from microstackd.rpc import peer
+from microstackd.peers.cluster import ControlClient
 
 import joiner
 from fleet import CLK_TCK, Daemon, Fleet, free_port, tool
@@ -315,39 +315,40 @@ def serial_joins(ctl: Daemon, secret: joiner.Secret, count: int, warmup: int = 5
 
 def crypto_cost(secret: joiner.Secret, repeats: int) -> dict[str, Any]:
     """In-process CPU cost of the bootstrap's cryptography, per side, with the
-    product's own ``security`` module (SPAKE2 is ``microstackd.pake`` on libsodium)."""
+    product's own ``trust`` room (SPAKE2 is ``microstackd.trust.pake`` on libsodium)."""
     from datetime import UTC, datetime
 
-    from microstackd import security
+    from microstackd.model import Role
+    from microstackd.trust import exchange, x509
 
     now = datetime.now(UTC)
-    ca = security.create_ca("benchcluster", now)
-    hello = security.Hello(node_name="sim-crypto", address="127.0.0.1", hostname="sim-crypto")
+    ca = x509.create_ca("benchcluster", now)
+    hello = exchange.Hello(node_name="sim-crypto", address="127.0.0.1", hostname="sim-crypto")
     fingerprint = "0" * 64
     control, joiner_side, csr_times, sign_times = [], [], [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        cx = security.ControlExchange(
+        cx = exchange.ControlExchange(
             secret.verifier, "benchcluster", secret.kdf, hello, fingerprint
         )
         message = cx.challenge()
         t1 = time.perf_counter()
-        jx = security.JoinerExchange(
+        jx = exchange.JoinerExchange(
             secret.verifier, "benchcluster", secret.kdf, hello, fingerprint, message
         )
         t2 = time.perf_counter()
-        key = security.generate_key()
-        csr = security.make_csr(key, "sim-crypto")
+        key = x509.generate_key()
+        csr = x509.make_csr(key, "sim-crypto")
         t3 = time.perf_counter()
         pake, confirmation = jx.response(csr)
         t4 = time.perf_counter()
         cx.check_response(pake, csr, confirmation)
         t5 = time.perf_counter()
-        security.sign_csr(
+        x509.sign_csr(
             ca,
             csr,
             node_name="sim-crypto",
-            role="compute",
+            role=Role.COMPUTE,
             address="127.0.0.1",
             hostname="sim-crypto",
             now=now,
@@ -504,7 +505,7 @@ def member_calls(
             CONTROL_HOST, ctl.port, "sim-status", "127.3.0.1", secret, result.phases
         )
         await joiner.enrol(member, result)
-        client = peer.ControlClient(member.cluster, member.creds)
+        client = ControlClient(member.cluster, member.creds)
         times = []
         try:
             await client.status()

@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.netns import MICROSTACKCTL, Host, Network, clean_env, reap  # noqa: E402
+from sandbox.netns import MICROSTACKCTL, Host, Network, clean_env, reap  # noqa: E402
 
 PREFIX = Path(os.environ.get("MICROSTACK_OPENSTACK_PREFIX", "/opt/microstack-openstack/venv"))
 FAKE_DRIVER = "fake.FakeDriverWithoutFakeNodes"

@@ -56,3 +56,12 @@ class DaemonConfig:
 
 def default_node_name() -> str:
     return socket.gethostname().split(".")[0].lower()
+
+
+@dataclass
+class Ports:
+    """The ports this daemon listens on, known once it has bound them (the
+    configuration may ask for 0: any free port)."""
+
+    bootstrap: int = 0
+    cluster: int = 0

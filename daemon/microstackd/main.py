@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from microstackd import __version__, errors, logcontext, notify, validate
+from microstackd import __version__, errors, logcontext, notify
 from microstackd.config import (
     DEFAULT_CONFIG_FILE,
     DEFAULT_CONFIG_ROOT,
@@ -23,6 +23,7 @@ from microstackd.config import (
     DaemonConfig,
     default_node_name,
 )
+from microstackd.trust import names
 
 log = logging.getLogger("microstackd")
 
@@ -248,9 +249,11 @@ def build_config(args: argparse.Namespace) -> DaemonConfig:
             raise errors.InvalidArgument(f"--listen {listen!r}: port must be a number")
         port = int(port_text)
     else:
-        host, port = validate.host_port(listen, "--listen")
-    cluster_port = args.cluster_port or port + 1
-    if not 0 < cluster_port < 65536 or cluster_port == port:
+        host, port = names.host_port(listen, "--listen", allow_any_port=True)
+    # Port 0 is any free port (read back from the ``ready`` log line); the
+    # cluster port then defaults to any too.
+    cluster_port = args.cluster_port or (port + 1 if port else 0)
+    if not 0 <= cluster_port < 65536 or (cluster_port and cluster_port == port):
         raise errors.InvalidArgument(f"--cluster-port {cluster_port} is not usable")
     prefix = args.openstack_prefix
     if prefix is not None and not (prefix / "bin").is_dir():
@@ -258,8 +261,8 @@ def build_config(args: argparse.Namespace) -> DaemonConfig:
             f"--openstack-prefix {prefix}: no bin/ directory there (create the environment with "
             "openstack/install-env.sh, or leave the flag out to run stand-ins)"
         )
-    name = validate.node_name(args.node_name or default_node_name(), "--node-name")
-    hostname = validate.hostname(args.hostname or name, "--hostname")
+    name = names.node_name(args.node_name or default_node_name(), "--node-name")
+    hostname = names.hostname(args.hostname or name, "--hostname")
     return DaemonConfig(
         state_dir=args.state_dir.absolute(),
         socket=args.socket.absolute(),

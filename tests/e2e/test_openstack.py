@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.netns import MICROSTACKCTL, Host, Network, clean_env, join, wait_for
+from sandbox.netns import MICROSTACKCTL, Host, Network, clean_env, join, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.openstack, pytest.mark.timeout(1200)]
 

@@ -12,7 +12,11 @@ failure.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sqlite3
+import statistics
 import subprocess
 import threading
 import time
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.netns import MICROSTACKCTL, Host, Network, clean_env, join, wait_for
+from sandbox.netns import MICROSTACKCTL, Host, Network, clean_env, join, wait_for
 from tests.e2e.test_openstack import (
     FAKE_DRIVER,
     _measure,
@@ -36,6 +40,61 @@ pytestmark = [pytest.mark.e2e, pytest.mark.openstack, pytest.mark.timeout(1200)]
 def _compute_hosts(control: Host) -> dict[str, str]:
     found = _osc_json(control, "compute", "service", "list", "--service", "nova-compute")
     return {s["Host"]: s["State"] for s in found}
+
+
+def _step_seconds(control: Host, node: str, step: str) -> float:
+    """How long ``step`` of ``node``'s enrolment took, from the control's own
+    record of it (the times of its first and last events in its store)."""
+    assert control.state_dir is not None
+    uri = f"file:{control.state_dir / 'microstackd.db'}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+        first, last = db.execute(
+            "SELECT MIN(time), MAX(time) FROM events WHERE node = ? AND step = ?", (node, step)
+        ).fetchone()
+    return round(float(last) - float(first), 2)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and of its children it has waited for."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _status_cost(control: Host, rounds: int = 3) -> dict[str, float]:
+    """``status`` with Nova's view asked afresh each time (its cache is 5 s):
+    the median wall time of the CLI command, and the daemon's CPU for it."""
+    assert control.daemon is not None
+    daemon = _daemon_pid(control)
+    walls, cpus = [], []
+    for _ in range(rounds):
+        time.sleep(5.5)  # past the view's cache
+        cpu = _cpu_seconds(daemon)
+        started = time.monotonic()
+        control.ctl("status", "--format", "json")
+        walls.append(time.monotonic() - started)
+        cpus.append(_cpu_seconds(daemon) - cpu)
+    return {
+        "status_nova_s": round(statistics.median(walls), 3),
+        "status_nova_daemon_cpu_s": round(statistics.median(cpus), 3),
+    }
+
+
+def _daemon_pid(host: Host) -> int:
+    """The microstackd process itself (the harness starts it through ``ip netns exec``)."""
+    assert host.daemon is not None
+    for pid in [host.daemon.pid, *_children(host.daemon.pid)]:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if any(part.endswith(b"microstackd") for part in cmdline[:2]):
+            return pid
+    raise AssertionError(f"no microstackd process under {host.daemon.pid}")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [int(child), *_children(int(child))]
+    return found
 
 
 def test_admit_launch_status_remove(
@@ -89,6 +148,8 @@ def test_admit_launch_status_remove(
         assert "admit-to-cloud" in text and "admitted to Nova" in text, text
         assert "mapped to cell" in text and "hypervisor" in text, text
         assert "waiting for nova-compute on" in text or "nova-compute up" in text, text
+    for name in computes:
+        timings[f"admit_{name}_s"] = _step_seconds(control, name, "admit-to-cloud")
     hosts = _compute_hosts(control)
     assert hosts.get("node1") == "up" and hosts.get("node2") == "up", hosts
     hypervisors = {h["Hypervisor Hostname"] for h in _osc_json(control, "hypervisor", "list")}
@@ -151,6 +212,7 @@ def test_admit_launch_status_remove(
         return nova.get("running_instances") == 1 and nova.get("compute_service") == "up"
 
     wait_for(node_1_running, 60, "status showing node1 running one instance", interval=2)
+    timings.update(_status_cost(control))
     table = control.ctl("status").stdout
     assert "NOVA" in table and "1 running" in table, table
     nodes = {n["name"]: n for n in control.status()["nodes"]}

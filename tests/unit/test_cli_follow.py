@@ -14,7 +14,7 @@ from microstackctl.api import CommandError
 DONE, RUNNING = pb.STEP_STATE_DONE, pb.STEP_STATE_RUNNING
 
 
-def _event(seq: int, step: str, state: int, final: bool = False) -> pb.Event:
+def _event(seq: int, step: str, state: pb.StepState, final: bool = False) -> pb.Event:
     return pb.Event(node="node-1", seq=seq, step=step, state=state, message=step, final=final)
 
 
@@ -34,7 +34,7 @@ class FakeApi:
 
 def _follow(monkeypatch: pytest.MonkeyPatch, first: Iterator[pb.Event], api: FakeApi) -> None:
     monkeypatch.setattr(cli, "_api", lambda ctx: api)
-    monkeypatch.setattr(cli.time, "sleep", lambda s: None)
+    monkeypatch.setattr("microstackctl.cli.time.sleep", lambda s: None)
     ctx = click.Context(cli.main, obj={"socket": None})
     cli.follow(ctx, "json", first, "node-1", "join", timeout=60)
 

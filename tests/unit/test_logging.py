@@ -13,13 +13,13 @@ from microstackd.main import KeyValueFormatter
 
 
 def record(level: int, message: str) -> logging.LogRecord:
-    return logging.LogRecord("microstackd.agent", level, __file__, 1, message, (), None)
+    return logging.LogRecord("microstackd.node.agent", level, __file__, 1, message, (), None)
 
 
 def test_a_line_is_key_value_with_a_timestamp_on_a_terminal_or_file() -> None:
     line = KeyValueFormatter(timestamps=True).format(record(logging.INFO, "ready node=n1 x=1"))
     assert line.startswith("time=")
-    assert line.split(" ", 1)[1] == "level=info logger=microstackd.agent msg=ready node=n1 x=1"
+    assert line.split(" ", 1)[1] == "level=info logger=microstackd.node.agent msg=ready node=n1 x=1"
 
 
 @pytest.mark.parametrize(
@@ -34,7 +34,7 @@ def test_a_line_is_key_value_with_a_timestamp_on_a_terminal_or_file() -> None:
 def test_under_journald_no_timestamp_and_the_priority_prefix(level: int, prefix: str) -> None:
     line = KeyValueFormatter(timestamps=False, journal=True).format(record(level, "service down"))
     name = logging.getLevelName(level).lower()
-    assert line == f"{prefix}level={name} logger=microstackd.agent msg='service down'"
+    assert line == f"{prefix}level={name} logger=microstackd.node.agent msg='service down'"
 
 
 def test_journal_stream_must_be_this_very_stderr(tmp_path) -> None:

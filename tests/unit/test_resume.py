@@ -3,7 +3,7 @@ run and leave what runs alone; a node that leaves forgets its role.
 
 With systemd the role's units live in /run: after a reboot none is there and
 every service must be started again, after a daemon restart all still run
-and none may be restarted (tests/e2e/test_machines.py does both for real).
+and none may be restarted (tests/e2e/machines/test_machines.py does both for real).
 """
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from microstackd.agent import APPLIED_ROLE, Agent
 from microstackd.config import DaemonConfig
-from microstackd.model import ClusterRecord, EventRecord, Role, StepState
-from microstackd.node.roles import COMPUTE, SERVICE_PREFIX
-from microstackd.node.services import ServiceSpec, ServiceStatus
-from microstackd.plane import ControlPlane
+from microstackd.control.plane import ControlPlane
+from microstackd.enrolment.events import EventBus
+from microstackd.enrolment.runner import Runner
+from microstackd.model import ClusterRecord, EventRecord, Role, ServiceRecord, StepState
+from microstackd.node.agent import APPLIED_ROLE, Agent
+from microstackd.node.roles import COMPUTE
+from microstackd.node.roles.parts import SERVICE_PREFIX
+from microstackd.node.services import ServiceSpec
 from microstackd.store import Store
 
 
@@ -39,10 +42,10 @@ class FakeManager:
         self.calls.append(("stop", spec.name))
         self.running.discard(spec.name)
 
-    async def status(self, spec: ServiceSpec) -> ServiceStatus:
-        return ServiceStatus(spec.name, "running" if spec.name in self.running else "stopped")
+    async def status(self, spec: ServiceSpec) -> ServiceRecord:
+        return ServiceRecord(spec.name, "running" if spec.name in self.running else "stopped")
 
-    async def wait_ready(self, spec: ServiceSpec) -> ServiceStatus:
+    async def wait_ready(self, spec: ServiceSpec) -> ServiceRecord:
         return await self.status(spec)
 
     async def close(self) -> None:
@@ -90,7 +93,7 @@ def test_the_agent_starts_what_does_not_run(tmp_path, store, kind, running, rest
     manager = FakeManager(kind, running)
 
     async def main():
-        agent = Agent(_config(tmp_path, None), store, manager)
+        agent = Agent(_config(tmp_path, None), store, manager, Runner(store, EventBus(store)))
         await agent.resume()
         await agent.close()
 
@@ -104,7 +107,7 @@ def test_a_node_that_leaves_stops_its_services_and_forgets_its_role(tmp_path, st
     manager = FakeManager("systemd", STANDINS)
 
     async def main():
-        agent = Agent(_config(tmp_path, None), store, manager)
+        agent = Agent(_config(tmp_path, None), store, manager, Runner(store, EventBus(store)))
         await agent.resume()
         stopped = await agent.stop_role()
         await agent.resume()  # the next start-up: nothing to run
@@ -121,10 +124,12 @@ def _started_control(store: Store, names: list[str]) -> None:
     store.set_cluster(
         ClusterRecord("c1", Role.CONTROL, "control", "10.0.0.1", 10002, 10003, "ff", 0.0)
     )
-    for seq, name in enumerate(names, start=1):
-        store.record(
-            EventRecord("control", seq, SERVICE_PREFIX + name, StepState.DONE, "", 100, time.time())
-        )
+    store.record_all(
+        [
+            EventRecord("control", 0, SERVICE_PREFIX + name, StepState.DONE, "", 100, time.time())
+            for name in names
+        ]
+    )
 
 
 @pytest.mark.parametrize(

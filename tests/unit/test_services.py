@@ -20,11 +20,11 @@ import time
 import pytest
 
 from microstackd import errors
+from microstackd.model import ServiceRecord
 from microstackd.node import services
 from microstackd.node.services import (
     ProcessManager,
     ServiceSpec,
-    ServiceStatus,
     SnapManager,
     SystemdManager,
     make_manager,
@@ -89,9 +89,9 @@ def test_a_healthy_service_becomes_running_with_its_output_in_its_log(tmp_path):
             await manager.restart(spec)
             assert (await manager.status(spec)).state == "starting"
             started = time.monotonic()
-            assert await manager.wait_ready(spec) == ServiceStatus("web", "running")
+            assert await manager.wait_ready(spec) == ServiceRecord("web", "running")
             assert time.monotonic() - started >= 0.2
-            assert await manager.status(spec) == ServiceStatus("web", "running")
+            assert await manager.status(spec) == ServiceRecord("web", "running")
             return manager.pid(spec), await manager.log_tail(spec)
         finally:
             await manager.close()
@@ -266,7 +266,7 @@ def test_stop_ends_the_whole_process_group_and_it_stays_stopped(tmp_path):
             await manager.stop(spec)
             assert not alive(pid) and group_members(pid) == []
             await asyncio.sleep(0.3)  # no restart, however short the back-off
-            assert await manager.status(spec) == ServiceStatus("cinder", "stopped")
+            assert await manager.status(spec) == ServiceRecord("cinder", "stopped")
             assert log_text(manager, spec).count("] starting cinder:") == 1
             with pytest.raises(errors.ServiceFailed, match="cinder is not running"):
                 await manager.wait_ready(spec)
@@ -315,7 +315,7 @@ def test_a_missing_or_unexecutable_command_fails_naming_the_path(tmp_path):
                 with pytest.raises(errors.ServiceFailed) as failed:
                     await manager.restart(spec)
                 status = await manager.status(spec)
-                assert status == ServiceStatus(name, "failed", failed.value.message)
+                assert status == ServiceRecord(name, "failed", failed.value.message)
                 results.append(failed.value.message)
             return results
         finally:
@@ -512,7 +512,7 @@ def test_systemd_restart_and_stop_issue_systemctl_on_the_unit(fake):
 def test_systemd_states_map_onto_service_states(fake, raw, state, rc):
     fake.script(systemctl_is_active=out(raw + "\n", rc))
     status = asyncio.run(SystemdManager().status(NOVA))
-    assert status == ServiceStatus("nova-compute", state)
+    assert status == ServiceRecord("nova-compute", state)
     assert fake.calls() == [["systemctl", "is-active", "nova-compute.service"]]
 
 
@@ -523,7 +523,7 @@ def test_a_failed_unit_reports_its_exit_status_and_journal_tail(fake):
         journalctl=JOURNAL,
     )
     status = asyncio.run(SystemdManager().status(NOVA))
-    assert status == ServiceStatus(
+    assert status == ServiceRecord(
         "nova-compute",
         "failed",
         "nova-compute exited with status 1; last log lines:\n"
@@ -541,7 +541,7 @@ def test_systemd_wait_ready_polls_until_active(fake):
         systemctl_is_active=[out("activating\n", 3), out("activating\n", 3), out("active\n")]
     )
     status = asyncio.run(SystemdManager(poll_interval=0.01).wait_ready(NOVA))
-    assert status == ServiceStatus("nova-compute", "running")
+    assert status == ServiceRecord("nova-compute", "running")
     assert fake.calls() == [["systemctl", "is-active", "nova-compute.service"]] * 3
 
 
@@ -631,8 +631,8 @@ def test_snap_restart_stop_and_status_use_snapctl(fake):
         return running, stopped
 
     assert asyncio.run(main()) == (
-        ServiceStatus("nova-compute", "running"),
-        ServiceStatus("nova-compute", "stopped"),
+        ServiceRecord("nova-compute", "running"),
+        ServiceRecord("nova-compute", "stopped"),
     )
     assert fake.calls() == [
         ["snapctl", "restart", "microstack.nova-compute"],

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from microstackd.node import systemd_units
+from microstackd.node.services import systemd_units
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "microstackd.service"

@@ -1,9 +1,9 @@
-"""The systemd backend's own units (node/systemd_units.py): what is rendered,
+"""The systemd backend's own units (node/services/systemd_units.py): what is rendered,
 what systemd makes of it, and the systemctl calls around it.
 
 systemd is not PID 1 here: `systemctl` and `journalctl` are the fake tools of
 test_services.py, `systemd-analyze verify` checks the rendered files for real,
-and tests/e2e/test_machines.py runs the units under a real systemd.
+and tests/e2e/machines/test_machines.py runs the units under a real systemd.
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from microstackd import errors
-from microstackd.node import steps, systemd_units
-from microstackd.node.roles import ALL_ROLES
-from microstackd.node.services import ServiceSpec, ServiceStatus, SystemdManager
+from microstackd.model import ServiceRecord
+from microstackd.node import steps
+from microstackd.node.roles import DEFINITIONS
+from microstackd.node.services import ServiceSpec, SystemdManager, systemd_units
 from tests.unit.test_services import FAKE_TOOL, PY, FakeTools, out
 
 SPEC = ServiceSpec(
@@ -62,7 +64,7 @@ def test_a_role_service_unit() -> None:
     assert systemd_units.owned(SPEC)
     assert systemd_units.render(SPEC) == (
         "# Written by microstackd for its role service nova-compute\n"
-        "# (microstackd/node/systemd_units.py): rewritten whenever microstackd starts\n"
+        "# (microstackd/node/services/systemd_units.py): rewritten whenever microstackd starts\n"
         "# the service, removed when it stops it. Amend it with a drop-in,\n"
         "# /etc/systemd/system/microstackd-nova-compute.service.d/*.conf, not here.\n"
         "[Unit]\n"
@@ -116,7 +118,7 @@ def test_what_a_unit_cannot_express_is_refused(spec: ServiceSpec, message: str) 
 def test_systemd_analyze_verify_accepts_the_rendered_units(unit_dir: Path) -> None:
     """Every role's real services and a stand-in, rendered as the agent would."""
     values = {
-        **{key: "1000" for role in ALL_ROLES.values() for key in role.settings},
+        **{key: "1000" for role in DEFINITIONS.values() for key in role.settings},
         "config_root": "/etc/microstackd/openstack",
         "state_dir": "/var/lib/microstackd",
         "state_path": "/var/lib/microstackd/services",
@@ -128,7 +130,7 @@ def test_systemd_analyze_verify_accepts_the_rendered_units(unit_dir: Path) -> No
         "control_address": "10.0.0.1",
     }
     specs = [SPEC]
-    for role in ALL_ROLES.values():
+    for role in DEFINITIONS.values():
         for service in role.services:
             spec = steps.service_spec(service, values)
             # Debian's binaries (mariadbd, ovsdb-server) need not be installed here.
@@ -148,7 +150,7 @@ def test_systemd_analyze_verify_accepts_the_rendered_units(unit_dir: Path) -> No
 def test_no_role_service_has_a_secret_in_its_unit() -> None:
     """Unit files are world-readable and `systemctl show` prints a unit's
     environment to anyone: commands and environments name no secret setting."""
-    for role in ALL_ROLES.values():
+    for role in DEFINITIONS.values():
         secrets = {key for key in role.settings if re.search("password|secret|token", key)}
         assert secrets, f"{role.name}: the check below must have something to look for"
         for service in role.services:
@@ -224,11 +226,12 @@ def test_an_unwritable_unit_directory_is_named(fake, tmp_path) -> None:
     assert fake.calls() == []
 
 
-def show(state: str, sub: str, restarts: int = 0, started: float = 0.0) -> dict:
-    return out(
+def show(state: str, sub: str, restarts: int = 0, started: float = 0.0) -> dict[str, Any]:
+    reply: dict[str, Any] = out(
         f"ActiveState={state}\nSubState={sub}\nInvocationID=abc123\n"
         f"ExecMainStartTimestampMonotonic={int(started * 1e6)}\nNRestarts={restarts}\n"
     )
+    return reply
 
 
 SHOW_CALL = [
@@ -246,7 +249,7 @@ def test_ready_once_active_and_the_pattern_is_in_this_runs_journal(fake, unit_di
         journalctl=[out("starting\n"), out("starting\nnova-compute: configuration complete\n")],
     )
     manager = SystemdManager(poll_interval=0.01, unit_dir=unit_dir)
-    assert asyncio.run(manager.wait_ready(SPEC)) == ServiceStatus("nova-compute", "running")
+    assert asyncio.run(manager.wait_ready(SPEC)) == ServiceRecord("nova-compute", "running")
     assert fake.calls() == [SHOW_CALL, SHOW_CALL, JOURNAL_CALL, SHOW_CALL, JOURNAL_CALL]
 
 

@@ -8,25 +8,25 @@ import asyncio
 import pytest
 
 from microstackd import errors
-from microstackd.node.services import ServiceStatus
+from microstackd.model import ServiceRecord
 from microstackd.node.watch import ServiceWatch
 
-RUNNING = [ServiceStatus("nova-compute", "running"), ServiceStatus("ovs-agent", "running")]
-NOVA_STOPPED = [ServiceStatus("nova-compute", "stopped"), ServiceStatus("ovs-agent", "running")]
+RUNNING = [ServiceRecord("nova-compute", "running"), ServiceRecord("ovs-agent", "running")]
+NOVA_STOPPED = [ServiceRecord("nova-compute", "stopped"), ServiceRecord("ovs-agent", "running")]
 T0 = 1_700_000_000.0  # 22:13:20 UTC
 
 
 class Node:
     """The services' states, and what the watch did to them."""
 
-    def __init__(self, states: list[ServiceStatus]) -> None:
+    def __init__(self, states: list[ServiceRecord]) -> None:
         self.states = states
         self.restored: list[str] = []
         self.changes = 0
         self.fail_with = ""
         self.now = 100.0
 
-    async def statuses(self) -> list[ServiceStatus]:
+    async def statuses(self) -> list[ServiceRecord]:
         return list(self.states)
 
     async def restore(self, name: str) -> None:
@@ -34,10 +34,10 @@ class Node:
         if self.fail_with:
             raise errors.ServiceFailed(self.fail_with + "\nmore lines")
         self.states = [
-            ServiceStatus(s.name, "running") if s.name == name else s for s in self.states
+            ServiceRecord(s.name, "running") if s.name == name else s for s in self.states
         ]
 
-    def changed(self) -> None:
+    async def changed(self) -> None:
         self.changes += 1
 
     def watch(self, restore: bool = True) -> ServiceWatch:
@@ -52,7 +52,7 @@ class Node:
         )
 
 
-def tick(watch: ServiceWatch) -> list[ServiceStatus]:
+def tick(watch: ServiceWatch) -> list[ServiceRecord]:
     return asyncio.run(watch.tick())
 
 
@@ -66,7 +66,7 @@ def test_a_stopped_service_is_reported_at_once_and_started_at_the_next_look() ->
     node.now += 5.0
     shown = tick(watch)
     assert node.restored == [] and node.changes == 2
-    assert shown[0] == ServiceStatus(
+    assert shown[0] == ServiceRecord(
         "nova-compute",
         "stopped",
         "nova-compute was stopped, not by microstackd; microstackd starts it again at 22:13:30 UTC",
@@ -78,7 +78,7 @@ def test_a_stopped_service_is_reported_at_once_and_started_at_the_next_look() ->
     node.now += 0.1
     shown = tick(watch)
     assert node.restored == ["nova-compute"] and node.changes == 3
-    assert shown[0] == ServiceStatus(
+    assert shown[0] == ServiceRecord(
         "nova-compute",
         "running",
         "started again by microstackd at 22:13:30 UTC after it was found stopped",
@@ -87,7 +87,7 @@ def test_a_stopped_service_is_reported_at_once_and_started_at_the_next_look() ->
 
 
 def test_a_failed_service_keeps_its_reason_and_retries_with_back_off() -> None:
-    node = Node([ServiceStatus("nova-compute", "failed", "nova-compute exited with status 1")])
+    node = Node([ServiceRecord("nova-compute", "failed", "nova-compute exited with status 1")])
     node.fail_with = "nova-compute exited with status 1"
     watch = node.watch()
     tick(watch)
@@ -138,7 +138,7 @@ def test_a_service_back_on_its_own_is_forgotten() -> None:
 
 @pytest.mark.parametrize("state", ["starting", "running"])
 def test_services_on_their_way_are_left_alone(state: str) -> None:
-    node = Node([ServiceStatus("nova-compute", state)])
+    node = Node([ServiceRecord("nova-compute", state)])
     watch = node.watch()
     for _ in range(3):
         node.now += 10.0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from microstackd import errors
 from microstackd.node.roles import RoleDefinition
-from microstackd.store import write_private_file
+from microstackd.store.files import write_private_file
 
 FILE_MODE = 0o640
 

@@ -6,9 +6,9 @@ one systemd gave up on (its start limit hit), stayed down and was shown as
 such at best every heartbeat. A ``ServiceWatch`` looks every
 ``WATCH_INTERVAL`` seconds (the owner runs the loop):
 
-* a change of any service's state is reported at once (``on_change``: the
-  node sends its heartbeat now), so the control's ``status`` shows it within
-  seconds;
+* a change of any service's state is reported at once (``on_change``: on a
+  compute the agent's ``changed`` Signal, which the wiring answers with a
+  heartbeat now), so the control's ``status`` shows it within seconds;
 * a service found not running (``stopped`` or ``failed``) is started again at
   the next look — after the control was told, so an operator sees that it
   happened — and, while starting it fails, again after doubling delays up to
@@ -29,7 +29,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from microstackd import errors
-from microstackd.node.services import FAILED, RUNNING, STOPPED, ServiceStatus
+from microstackd.model import ServiceRecord
+from microstackd.node.services.spec import FAILED, RUNNING, STOPPED
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,13 @@ WATCH_INTERVAL = 5.0
 BACKOFF_CAP = 300.0
 DOWN = (STOPPED, FAILED)
 
-Statuses = Callable[[], Awaitable[list[ServiceStatus]]]
+Statuses = Callable[[], Awaitable[list[ServiceRecord]]]
 Restore = Callable[[str], Awaitable[object]]
+OnChange = Callable[[], Awaitable[None]]
+
+
+async def _nobody() -> None:
+    """No one to tell (the control plane writes what ``tick`` returns itself)."""
 
 
 @dataclass
@@ -63,7 +69,7 @@ class ServiceWatch:
         self,
         statuses: Statuses,
         restore: Restore | None,
-        on_change: Callable[[], None],
+        on_change: OnChange = _nobody,
         *,
         interval: float = WATCH_INTERVAL,
         backoff_cap: float = BACKOFF_CAP,
@@ -80,9 +86,9 @@ class ServiceWatch:
         self._down: dict[str, _Down] = {}
         #: Services the watch started again, and the note shown while they run.
         self._restored: dict[str, str] = {}
-        self._last: list[ServiceStatus] | None = None
+        self._last: list[ServiceRecord] | None = None
 
-    def describe(self, statuses: list[ServiceStatus]) -> list[ServiceStatus]:
+    def describe(self, statuses: list[ServiceRecord]) -> list[ServiceRecord]:
         """``statuses`` with what the watch does about them in their messages."""
         described = []
         for status in statuses:
@@ -102,7 +108,7 @@ class ServiceWatch:
             described.append(status)
         return described
 
-    async def tick(self) -> list[ServiceStatus]:
+    async def tick(self) -> list[ServiceRecord]:
         """One look: report changes, start again what was found down before."""
         current = await self._statuses()
         restored = False
@@ -130,14 +136,14 @@ class ServiceWatch:
         described = self.describe(current)
         if described != self._last:
             self._last = described
-            self._on_change()
+            await self._on_change()
         return described
 
     def _schedule(self, attempts: int) -> _Down:
         delay = min(self._backoff_cap, self.interval * 2**attempts)
         return _Down(self._clock() + delay, self._wall() + delay, attempts)
 
-    async def _start_again(self, status: ServiceStatus, down: _Down) -> None:
+    async def _start_again(self, status: ServiceRecord, down: _Down) -> None:
         assert self._restore is not None
         try:
             await self._restore(status.name)

@@ -21,10 +21,10 @@ from typing import Any, TypeVar
 
 import pytest
 
+from sandbox.netns import Network
 from tests.e2e.conftest import PASSWORD
 from tests.e2e.machines import harness
 from tests.e2e.machines.harness import Image, Machine
-from tests.e2e.netns import Network
 
 ROOT = Path(__file__).resolve().parents[3]
 #: Where a machine sees this clone and the wheels (read-only binds).

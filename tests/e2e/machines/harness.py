@@ -1,5 +1,5 @@
 """Machines, not processes: each node a systemd-nspawn container with systemd
-as PID 1, in its host's network namespace (tests/e2e/netns.py) on the test
+as PID 1, in its host's network namespace (sandbox/netns.py) on the test
 bridge.
 
 * **The image**: one Debian rootfs, made with debootstrap once per machine
@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.e2e import netns
+from sandbox import netns
 
 CACHE = Path(os.environ.get("MICROSTACKD_E2E_CACHE", "/var/cache/microstackd-e2e"))
 MIRROR = os.environ.get("MICROSTACKD_E2E_MIRROR", "http://deb.debian.org/debian")

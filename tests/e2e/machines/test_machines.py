@@ -343,11 +343,11 @@ def test_a_rebooted_compute_comes_back_active_without_a_rejoin(
     timings(pytestconfig)["reboot_to_ready_s"] = round(entered - machine.started_at, 2)
     timings(pytestconfig)["reboot_to_booted_s"] = round(machine.boot_seconds[-1], 2)
     for unit in UNITS:
-        assert eventually(
-            lambda u=unit: machine.systemctl("is-active", u, check=False).strip() == "active",
-            30,
-            f"{unit} active after the reboot",
-        )
+
+        def active(unit: str = unit) -> bool:
+            return machine.systemctl("is-active", unit, check=False).strip() == "active"
+
+        assert eventually(active, 30, f"{unit} active after the reboot")
     eventually(lambda: all_running(cluster, "compute2"), 60, "compute2 active, 2/2 running")
     after = cluster.node("compute2")
     assert (after["cert_serial"], after["joined"]) == (before["cert_serial"], before["joined"])

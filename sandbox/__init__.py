@@ -1,0 +1,7 @@
+"""Real microstackd daemons on one machine: the demo (scripts/demo.py), the
+integration and end-to-end tests and the benchmarks all start them here.
+
+    launcher   start one daemon, wait for its ``ready`` line, read back the
+               ports it bound, stop it (the one launcher)
+    netns      multi-host clusters on one machine: one network namespace per host
+"""
