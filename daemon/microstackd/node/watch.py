@@ -12,7 +12,9 @@ such at best every heartbeat. A ``ServiceWatch`` looks every
 * a service found not running (``stopped`` or ``failed``) is started again at
   the next look — after the control was told, so an operator sees that it
   happened — and, while starting it fails, again after doubling delays up to
-  ``BACKOFF_CAP``; what the watch will do is in the status message;
+  ``BACKOFF_CAP`` (the one ``enrolment.backoff.Backoff``, scheduled against
+  the watch's clock rather than slept); what the watch will do is in the
+  status message;
 * without ``restore`` (the process manager, which restarts its own
   children) it only reports.
 
@@ -29,6 +31,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from microstackd import errors
+from microstackd.enrolment.backoff import Backoff
 from microstackd.model import ServiceRecord
 from microstackd.node.services.spec import FAILED, RUNNING, STOPPED
 
@@ -51,11 +54,12 @@ async def _nobody() -> None:
 
 @dataclass
 class _Down:
+    #: The delays between attempts; its ``attempts`` are the failed ones.
+    backoff: Backoff
     #: When (clock) the watch starts it again.
-    next_try: float
+    next_try: float = 0.0
     #: At that wall-clock time, for the operator.
-    next_try_wall: float
-    attempts: int = 0
+    next_try_wall: float = 0.0
     #: Why the last attempt failed (its first line).
     last_error: str = ""
 
@@ -95,8 +99,9 @@ class ServiceWatch:
             down = self._down.get(status.name)
             if status.state in DOWN and down is not None and self._restore is not None:
                 note = f"microstackd starts it again at {_hhmmss(down.next_try_wall)}"
-                if down.attempts:
-                    note += f" (attempt {down.attempts + 1}; the last failed: {down.last_error})"
+                if down.backoff.attempts:
+                    attempt = down.backoff.attempts + 1
+                    note += f" (attempt {attempt}; the last failed: {down.last_error})"
                 head = status.message or (
                     f"{status.name} was stopped, not by microstackd"
                     if status.state == STOPPED
@@ -119,7 +124,8 @@ class ServiceWatch:
             self._restored.pop(status.name, None)
             down = self._down.get(status.name)
             if down is None:
-                self._down[status.name] = self._schedule(0)
+                down = self._down[status.name] = _Down(Backoff(self.interval, self._backoff_cap))
+                self._schedule(down)
                 log.warning(
                     "service not running service=%s state=%s action=%s",
                     status.name,
@@ -139,23 +145,25 @@ class ServiceWatch:
             await self._on_change()
         return described
 
-    def _schedule(self, attempts: int) -> _Down:
-        delay = min(self._backoff_cap, self.interval * 2**attempts)
-        return _Down(self._clock() + delay, self._wall() + delay, attempts)
+    def _schedule(self, down: _Down) -> None:
+        """The next attempt: one interval after the service was found down,
+        then twice as long after each failed one, up to the cap."""
+        delay = down.backoff.advance()
+        down.next_try, down.next_try_wall = self._clock() + delay, self._wall() + delay
 
     async def _start_again(self, status: ServiceRecord, down: _Down) -> None:
         assert self._restore is not None
         try:
             await self._restore(status.name)
         except errors.MicrostackError as exc:
-            again = self._schedule(down.attempts + 1)
-            again.last_error = exc.message.splitlines()[0] if exc.message else "no reason given"
-            self._down[status.name] = again
+            down.backoff.failed()
+            down.last_error = exc.message.splitlines()[0] if exc.message else "no reason given"
+            self._schedule(down)
             log.warning(
                 "cannot start service again service=%s attempt=%d retry_in=%.0fs error=%r",
                 status.name,
-                again.attempts,
-                again.next_try - self._clock(),
+                down.backoff.attempts,
+                down.next_try - self._clock(),
                 exc.message,
             )
             return
