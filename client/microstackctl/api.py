@@ -35,6 +35,14 @@ class CommandError(Exception):
         self.daemon_lost = daemon_lost
 
 
+def _permission_denied(path: Path) -> CommandError:
+    return CommandError(
+        f"permission denied on {path}: run as root or as a member of the 'microstack' group "
+        "(sudo usermod -aG microstack $USER, then log in again)",
+        EXIT_REJECTED,
+    )
+
+
 def socket_path(explicit: str | None) -> Path:
     return Path(explicit or os.environ.get("MICROSTACK_SOCKET") or DEFAULT_SOCKET)
 
@@ -42,19 +50,26 @@ def socket_path(explicit: str | None) -> Path:
 class Api:
     def __init__(self, path: Path) -> None:
         self.path = path
-        if not path.exists():
+        try:
+            path.stat()
+        except FileNotFoundError:
             raise CommandError(
                 f"no microstackd socket at {path}: is microstackd running? "
                 "(start it, or point --socket / MICROSTACK_SOCKET at its socket)",
                 EXIT_UNREACHABLE,
                 daemon_lost=True,
-            )
-        if not os.access(path, os.R_OK | os.W_OK):
+            ) from None
+        except PermissionError:
+            # The socket's directory is root:microstack 0750: others cannot even look.
+            raise _permission_denied(path) from None
+        except OSError as exc:
             raise CommandError(
-                f"permission denied on {path}: run as root or as a member of the "
-                "'microstack' group",
-                EXIT_REJECTED,
-            )
+                f"cannot reach the microstackd socket at {path}: {exc.strerror or exc}",
+                EXIT_UNREACHABLE,
+                daemon_lost=True,
+            ) from None
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise _permission_denied(path)
         self._channel = grpc.insecure_channel(f"unix:{path}")
         self.stub = pb_grpc.AdminServiceStub(self._channel)
 

@@ -295,7 +295,7 @@ def print_status(status: pb.StatusResponse, console: Console | None = None) -> N
         if n.state == "failed" and n.message:
             notes.append(Text.assemble((n.name, "bold"), ": ", _first_line(n.message)))
         for s in n.services:
-            if s.state == "failed" and s.message:
+            if s.state in ("failed", "stopped") and s.message:
                 notes.append(
                     Text.assemble((f"{n.name} {s.name}", "bold"), ": ", _first_line(s.message))
                 )
