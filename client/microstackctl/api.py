@@ -70,22 +70,37 @@ def command_error(exc: grpc.RpcError, socket: str) -> CommandError:
     return CommandError(details, EXIT_ERROR)
 
 
+def _permission_denied(path: str) -> CommandError:
+    return CommandError(
+        f"permission denied on {path}: run as root or as a member of the 'microstack' group "
+        "(sudo usermod -aG microstack $USER, then log in again)",
+        EXIT_REJECTED,
+    )
+
+
 class Api:
     def __init__(self, path: str) -> None:
         self.path = path
-        if not os.path.exists(path):
+        try:
+            os.stat(path)
+        except FileNotFoundError:
             raise CommandError(
                 f"no microstackd socket at {path}: is microstackd running? "
                 "(start it, or point --socket / MICROSTACK_SOCKET at its socket)",
                 EXIT_UNREACHABLE,
                 daemon_lost=True,
-            )
-        if not os.access(path, os.R_OK | os.W_OK):
+            ) from None
+        except PermissionError:
+            # The socket's directory is root:microstack 0750: others cannot even look.
+            raise _permission_denied(path) from None
+        except OSError as exc:
             raise CommandError(
-                f"permission denied on {path}: run as root or as a member of the "
-                "'microstack' group",
-                EXIT_REJECTED,
-            )
+                f"cannot reach the microstackd socket at {path}: {exc.strerror or exc}",
+                EXIT_UNREACHABLE,
+                daemon_lost=True,
+            ) from None
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise _permission_denied(path)
         self._channel = grpc.insecure_channel(f"unix:{path}")
         self.stub = pb_grpc.AdminServiceStub(self._channel)
 

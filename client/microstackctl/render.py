@@ -474,7 +474,7 @@ class _StatusView:
             if n.state == "failed" and n.message:
                 self.notes.append((n.name, _first_line(n.message)))
             for s in n.services:
-                if s.state == "failed" and s.message:
+                if s.state in ("failed", "stopped") and s.message:
                     self.notes.append((f"{n.name} {s.name}", _first_line(s.message)))
 
     def plain_lines(self, width: int) -> list[str] | None:

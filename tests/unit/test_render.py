@@ -79,7 +79,7 @@ def random_status(rnd: random.Random, plain_only: bool = False) -> pb.StatusResp
         for j in range(rnd.randint(0, 3)):
             n.services.add(
                 name=f"svc{j}",
-                state=rnd.choice(["running", "failed", "starting"]),
+                state=rnd.choice(["running", "failed", "starting", "stopped"]),
                 message=rnd.choice(messages),
             )
         if with_nova and rnd.random() < 0.7:
