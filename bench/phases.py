@@ -858,44 +858,51 @@ def token_cli_joins(
 def cli_floor(repeats: int) -> dict[str, Any]:
     """What any microstackctl command costs before it does anything."""
     python = [sys.executable, "-c", "pass"]
+    ctl = tool("microstackctl")
     return {
         "python_startup": summary_ms(cli_times(python, repeats)),
-        "microstackctl_version": summary_ms(
-            cli_times([tool("microstackctl"), "--version"], repeats)
-        ),
+        "microstackctl_version": summary_ms(cli_times([ctl, "--version"], repeats)),
+        "microstackctl_help": summary_ms(cli_times([ctl, "--help"], repeats)),
     }
 
 
-def import_time(repeats: int) -> dict[str, Any]:
-    """``python -X importtime -c 'import microstackctl.cli'``: totals and the heaviest imports."""
-    runs = []
-    for _ in range(repeats):
-        err = subprocess.run(
-            [sys.executable, "-X", "importtime", "-c", "import microstackctl.cli"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stderr
-        rows = []
-        for line in err.splitlines():
-            if not line.startswith("import time:") or "imported package" in line:
-                continue
-            parts = line[len("import time:") :].split("|")
-            self_us, cumulative_us, name = int(parts[0]), int(parts[1]), parts[2]
-            depth = (len(name) - len(name.lstrip(" ")) - 1) // 2
-            rows.append((name.strip(), depth, self_us, cumulative_us))
-        runs.append(rows)
-    # The median run by total.
-    totals = sorted(
-        (next(c for n, _, _, c in rows if n == "microstackctl.cli"), i)
-        for i, rows in enumerate(runs)
-    )
-    total_us, index = totals[len(totals) // 2]
-    rows = runs[index]
-    by_package: dict[str, int] = {}
-    for name, _, self_us, _ in rows:
-        top = name.split(".")[0]
-        by_package[top] = by_package.get(top, 0) + self_us
+#: Commands whose imports are measured: each runs until it would call the
+#: daemon (there is none at this socket), so everything it imports is loaded.
+IMPORT_COMMANDS = {
+    "--help": ["--help"],
+    "status": ["--socket", "/nonexistent/microstackd.sock", "status"],
+    "join": ["--socket", "/nonexistent/microstackd.sock", "join", "--token", "x"],
+}
+
+
+def _importtime(argv: list[str]) -> list[tuple[str, int, int, int]]:
+    """``python -X importtime`` of ``microstackctl ARGV``: (module, depth,
+    self us, cumulative us) in the order importtime prints them."""
+    code = f"import sys; sys.argv = ['microstackctl', *{argv!r}]\n"
+    code += "from microstackctl.cli import run\nrun()\n"
+    err = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stderr
+    rows = []
+    for line in err.splitlines():
+        if not line.startswith("import time:") or "imported package" in line:
+            continue
+        parts = line[len("import time:") :].split("|")
+        self_us, cumulative_us, name = int(parts[0]), int(parts[1]), parts[2]
+        depth = (len(name) - len(name.lstrip(" ")) - 1) // 2
+        rows.append((name.strip(), depth, self_us, cumulative_us))
+    return rows
+
+
+def _command_imports(rows: list[tuple[str, int, int, int]]) -> dict[str, Any]:
+    # What the command imports: everything after the interpreter's own start-up
+    # (site and what it loads come first).
+    first = next(i for i, (name, depth, _, _) in enumerate(rows) if name == "site" and not depth)
+    rows = rows[first + 1 :]
+    total_us = sum(cumulative for _, depth, _, cumulative in rows if depth == 0)
     # Time per package entered from outside it: the cumulative time of each such
     # import (importtime prints children before parents). These overlap: grpc's
     # includes asyncio, imported by grpc's extension.
@@ -905,21 +912,28 @@ def import_time(repeats: int) -> dict[str, Any]:
         top = name.split(".")[0]
         if parent.split(".")[0] != top:
             inclusive[top] = inclusive.get(top, 0) + cumulative
-    direct = [(n, c) for n, d, _, c in rows if d == 1]
     return {
         "total_ms": round(total_us / 1000, 1),
-        "totals_ms": [round(t / 1000, 1) for t, _ in totals],
-        "direct_imports_ms": [
-            {"module": n, "cumulative_ms": round(c / 1000, 1)}
-            for n, c in sorted(direct, key=lambda x: -x[1])[:10]
-        ],
-        "by_package_self_ms": [
-            {"package": p, "self_ms": round(s / 1000, 1)}
-            for p, s in sorted(by_package.items(), key=lambda x: -x[1])[:12]
-        ],
-        "by_package_inclusive_ms": [
-            {"package": p, "inclusive_ms": round(s / 1000, 1)}
-            for p, s in sorted(inclusive.items(), key=lambda x: -x[1])[:12]
+        "modules": len(rows),
+        "by_package": [
+            {"package": p, "inclusive_ms": round(us / 1000, 1)}
+            for p, us in sorted(inclusive.items(), key=lambda x: -x[1])[:12]
             if p != "microstackctl"
         ],
+        "imported": sorted({name.split(".")[0] for name, _, _, _ in rows}),
     }
+
+
+def import_time(repeats: int) -> dict[str, Any]:
+    """What each measured command imports and what that costs (the median
+    run of ``repeats`` by total)."""
+    commands = {}
+    for command, argv in IMPORT_COMMANDS.items():
+        runs = sorted(
+            (_command_imports(_importtime(argv)) for _ in range(repeats)),
+            key=lambda r: float(r["total_ms"]),
+        )
+        median = runs[len(runs) // 2]
+        median["totals_ms"] = [r["total_ms"] for r in runs]
+        commands[command] = median
+    return {"commands": commands}

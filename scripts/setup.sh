@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(iproute2 procps systemd nftables iputils-ping)
+# debootstrap and systemd-container (systemd-nspawn): the machines suite's
+# containers (tests/e2e/machines).
+DEBIAN_PACKAGES=(iproute2 procps systemd nftables iputils-ping debootstrap systemd-container)
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

@@ -14,6 +14,8 @@ DEFAULT_CONFIG_ROOT = Path("/var/snap/microstack/common/etc")
 #: The daemon's own config file; read when present.
 DEFAULT_CONFIG_FILE = Path("/etc/microstackd/microstackd.yaml")
 SERVICE_MANAGERS = ("auto", "systemd", "snap", "process")
+#: Members of this group may use the admin socket (systemd/microstackd.sysusers).
+SOCKET_GROUP = "microstack"
 
 
 @dataclass(frozen=True)

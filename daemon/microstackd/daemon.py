@@ -19,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import grp
 import logging
 import os
 import resource
 import socket
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 from grpc import aio
@@ -42,7 +44,7 @@ from microstackd.api.servicers.agent import AgentServicer
 from microstackd.api.servicers.bootstrap import BootstrapServicer
 from microstackd.api.servicers.cluster import ClusterServicer
 from microstackd.cloud.service import Cloud
-from microstackd.config import DaemonConfig, Ports
+from microstackd.config import SOCKET_GROUP, DaemonConfig, Ports
 from microstackd.control.bootstrap import Bootstrap
 from microstackd.control.cluster import Cluster
 from microstackd.control.enrol import Enrolments
@@ -90,6 +92,8 @@ class Daemon:
         self.joined, self.left = Signal("joined"), Signal("left")
         self.joined.subscribe(self.start_cluster_server)
         self.left.subscribe(self._close_cluster_server)
+        #: Raised when this node's role services changed (heartbeat at once).
+        self.services_changed = Signal("services changed")
 
         self.plane = ControlPlane(config, store, self.services)
         self.cluster = Cluster(config, store, self.runner, self.ports, self.joined, self.plane)
@@ -98,8 +102,9 @@ class Daemon:
         self.members = Members(self.cluster, self.runner, self.cloud)
         self.tokens = Tokens(self.cluster, fingerprint)
         self.bootstrap = Bootstrap(self.cluster, fingerprint)
-        self.agent = Agent(config, store, self.services, self.runner)
+        self.agent = Agent(config, store, self.services, self.runner, self.services_changed)
         self.heartbeats = Heartbeats(store, self.agent.services)
+        self.services_changed.subscribe(self.heartbeats.beat_now)
         self.member = Member(config, store, self.heartbeats, self.ports, self.joined, self.left)
         self.callers = Callers(store)
         #: gRPC health (grpc.health.v1) on every endpoint: SERVING once started.
@@ -207,6 +212,7 @@ class Daemon:
         self._socket_bound = True
         await server.start()
         os.chmod(path, 0o660)
+        _hand_to_group(path, SOCKET_GROUP)
 
     async def _start_bootstrap(self) -> None:
         """The bootstrap port is the gate (per-source and total connection
@@ -345,6 +351,7 @@ class Daemon:
         if self._closing is not None:
             await self._closing
         await self.heartbeats.stop()
+        await self.agent.close()
         await self.plane.close()
         await self.services.close()
         self.cloud.close()
@@ -362,6 +369,21 @@ class Daemon:
     async def wait(self) -> None:
         assert self._local is not None
         await self._local.wait_for_termination()
+
+
+def _hand_to_group(path: Path, group: str) -> None:
+    """The socket's group: its members may use it (docs/security.md). Where
+    there is no such group the socket stays root's alone."""
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        return
+    try:
+        os.chown(path, -1, gid)
+    except OSError as exc:
+        log.warning(
+            "cannot hand the socket to its group socket=%s group=%s error=%s", path, group, exc
+        )
 
 
 def _answers(path: os.PathLike[str]) -> bool:

@@ -29,14 +29,27 @@ from microstackd.trust import names
 log = logging.getLogger("microstackd")
 
 
-class KeyValueFormatter(logging.Formatter):
-    """One event per line, key=value; no timestamp under systemd (journald adds it)."""
+#: Syslog priorities of the log levels: journald takes a line's from its
+#: "<N>" prefix (SyslogLevelPrefix=, on by default) into PRIORITY=.
+SYSLOG_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
 
-    def __init__(self, timestamps: bool) -> None:
+
+class KeyValueFormatter(logging.Formatter):
+    """One event per line, key=value. Under journald no timestamp (journald
+    adds its own) and the level's syslog priority as a "<N>" prefix."""
+
+    def __init__(self, timestamps: bool, journal: bool = False) -> None:
         super().__init__()
         self._timestamps = timestamps
+        self._journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
+        line = self._format(record)
+        if self._journal:
+            return f"<{SYSLOG_PRIORITY.get(record.levelname, 6)}>{line}"
+        return line
+
+    def _format(self, record: logging.LogRecord) -> str:
         parts = []
         if self._timestamps:
             parts.append(f"time={self.formatTime(record, '%Y-%m-%dT%H:%M:%S')}")
@@ -52,6 +65,17 @@ class KeyValueFormatter(logging.Formatter):
         if record.exc_info:
             parts.append("exc=" + repr(self.formatException(record.exc_info)))
         return " ".join(parts)
+
+
+def stderr_is_journal() -> bool:
+    """Whether standard error is journald's stream (systemd.exec(5),
+    $JOURNAL_STREAM): not merely a child of a unit with its stderr elsewhere."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        stat = os.fstat(sys.stderr.fileno())
+        return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
+    except (OSError, ValueError):
+        return False
 
 
 def split_fields(message: str) -> tuple[str, list[str]]:
@@ -362,6 +386,7 @@ async def serve(config: DaemonConfig, args: argparse.Namespace | None = None) ->
 
 
 def main(argv: list[str] | None = None) -> None:
+    notify.take_socket()  # no child of the daemon may notify systemd
     flags = parse_args(argv)
     try:
         args = merge(flags, load_config_file(flags.config))
@@ -369,7 +394,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"microstackd: error: {exc.message}", file=sys.stderr)
         sys.exit(2)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KeyValueFormatter(timestamps="JOURNAL_STREAM" not in os.environ))
+    journal = stderr_is_journal()
+    handler.setFormatter(KeyValueFormatter(timestamps=not journal, journal=journal))
     logging.basicConfig(level=str(args.log_level or "info").upper(), handlers=[handler])
     try:
         config = build_config(args)

@@ -30,6 +30,14 @@ def test_waits_double_up_to_the_cap_and_reset_starts_over(monkeypatch: pytest.Mo
     assert (b.attempts, b.delay) == (0, 1.0)
 
 
+def test_advance_is_wait_without_the_sleep() -> None:
+    """The service watch schedules its attempts against its own clock."""
+    b = Backoff(5.0, 40.0)
+    assert [b.advance() for _ in range(5)] == [5.0, 10.0, 20.0, 40.0, 40.0]
+    b.reset()
+    assert b.advance() == 5.0
+
+
 def test_bounds_are_checked() -> None:
     with pytest.raises(ValueError):
         Backoff(first=0)

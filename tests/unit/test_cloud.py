@@ -232,14 +232,14 @@ def test_status_table_shows_nova_only_when_known() -> None:
 def test_ensure_key_makes_and_reads_the_keypair(tmp_path: Path) -> None:
     import shutil
 
-    from microstackctl import cli
+    from microstackctl import cmd_launch
 
     if shutil.which("ssh-keygen") is None:
         pytest.skip("no ssh-keygen here")
     key = tmp_path / ".ssh" / "id_microstack"
-    public = cli.ensure_key(key)
+    public = cmd_launch.ensure_key(key)
     assert public.startswith("ssh-ed25519 ") and key.exists()
-    assert cli.ensure_key(key) == public  # kept, not remade
-    assert cli.ssh_command(Path("~/.ssh/id_microstack"), "10.232.0.7") == (
+    assert cmd_launch.ensure_key(key) == public  # kept, not remade
+    assert cmd_launch.ssh_command(Path("~/.ssh/id_microstack"), "10.232.0.7") == (
         "ssh -i ~/.ssh/id_microstack cirros@10.232.0.7"
     )

@@ -181,11 +181,13 @@ def test_stdin_carries_the_secret_not_the_command_line(tmp_path, config):
 
 
 def test_without_an_openstack_environment_every_control_step_is_skipped(tmp_path, config):
+    from microstackd.node.services import ProcessManager
     from microstackd.store import Store
 
     store = Store(tmp_path / "state")
     try:
-        plane = ControlPlane(_daemon_config(tmp_path, prefix=None), store, manager=None)  # type: ignore[arg-type]
+        manager = ProcessManager(tmp_path / "logs")
+        plane = ControlPlane(_daemon_config(tmp_path, prefix=None), store, manager)
         actions = plane.actions(lambda: config)
         assert set(actions) == set(CONTROL.step_names())
 

@@ -28,6 +28,7 @@ from microstackd.node import render, steps
 from microstackd.node.roles import CONTROL
 from microstackd.node.roles.parts import RENDER_CONFIG, SERVICE_PREFIX, RoleService
 from microstackd.node.services import ServiceManager
+from microstackd.node.watch import ServiceWatch
 from microstackd.store import Store
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,11 @@ class ControlPlane:
         self._resume_done = asyncio.Event()
         if not self.enabled:
             self._resume_done.set()
+        #: Init's steps run: they start the services themselves.
+        self._stepping = 0
+        # The process manager restarts its own children: then the watch only reports.
+        restore = None if manager.kind == "process" else self._start_again
+        self._watch = ServiceWatch(self._states, restore, interval=REFRESH_INTERVAL)
 
     @property
     def enabled(self) -> bool:
@@ -79,6 +85,13 @@ class ControlPlane:
     async def _step(self, ctx: StepContext, name: str, load: ConfigLoader) -> str | Skipped:
         if not self.enabled:
             return Skipped(NO_ENVIRONMENT)
+        self._stepping += 1
+        try:
+            return await self._run_step(ctx, name, load)
+        finally:
+            self._stepping -= 1
+
+    async def _run_step(self, ctx: StepContext, name: str, load: ConfigLoader) -> str | Skipped:
         await self._resume_done.wait()
         values = self.values(load())
         if name == RENDER_CONFIG or not self._rendered:
@@ -126,6 +139,10 @@ class ControlPlane:
         ]
 
     async def services(self) -> list[ServiceRecord]:
+        """The started services, with what the watch does about them (node/watch.py)."""
+        return self._watch.describe(await self._states())
+
+    async def _states(self) -> list[ServiceRecord]:
         if not self.enabled:
             return []
         values = self._cached_values()
@@ -151,9 +168,17 @@ class ControlPlane:
         if records:
             self._store.set_services(self._config.node_name, records)
 
+    async def _start_again(self, name: str) -> ServiceRecord:
+        values = self._cached_values()
+        if values is None:
+            raise errors.NotInitialised("this node is in no cluster")
+        return await steps.start_service(self._manager, CONTROL.service(name), values)
+
     async def resume(self) -> None:
-        """At start-up: bring back the services the control's init had started
-        (the process manager's; systemd and snapd keep theirs running)."""
+        """At start-up: start the services the control's init had started that
+        do not run — all with the process manager (they died with the daemon),
+        after a reboot those of systemd (their units are in /run) — and watch
+        them. Services that run are left alone."""
         if not self.enabled:
             return
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
@@ -166,21 +191,31 @@ class ControlPlane:
         values = self._cached_values()
         if values is None:
             return
-        started = self._started()
-        if self._manager.kind == "process" and started:
+
+        async def render_again() -> None:
             try:
                 await asyncio.to_thread(self._render, values)
             except errors.MicrostackError as exc:
                 log.warning("cannot render the control's configuration: %s", exc.message)
-            self._resumed = await steps.restart_after_daemon(
-                self._manager, started, lambda s: steps.service_spec(s, values), values
-            )
+
+        self._resumed = await steps.restart_after_daemon(
+            self._manager,
+            self._started(),
+            lambda s: steps.service_spec(s, values),
+            values,
+            before=render_again,
+        )
 
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(REFRESH_INTERVAL)
             try:
-                await self.refresh()
+                if self._stepping:  # init starts the services itself
+                    await self.refresh()
+                    continue
+                records = await self._watch.tick()
+                if records:
+                    self._store.set_services(self._config.node_name, records)
             except Exception:  # status must not stop the daemon
                 log.exception("cannot refresh the control's service states")
 

@@ -44,8 +44,14 @@ class Backoff:
         self.attempts = 0
         self._delay = self.first
 
-    async def wait(self) -> None:
-        """Sleep the current delay, then double it (up to the cap)."""
+    def advance(self) -> float:
+        """The current delay, doubled for next time (up to the cap): for a
+        caller that schedules its next attempt rather than sleeping until it
+        (the service watch looks at its clock every few seconds)."""
         delay = self._delay
         self._delay = min(delay * 2, self.cap)
-        await asyncio.sleep(delay)
+        return delay
+
+    async def wait(self) -> None:
+        """Sleep the current delay, then double it (up to the cap)."""
+        await asyncio.sleep(self.advance())

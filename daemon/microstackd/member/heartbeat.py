@@ -1,5 +1,7 @@
 """The heartbeats an enrolled member sends its control (with its services'
-states), at the interval the control asks for."""
+states), at the interval the control asks for, and at once when its
+services changed (``beat_now``: the wiring connects the agent's ``changed``
+Signal to it)."""
 
 from __future__ import annotations
 
@@ -50,6 +52,8 @@ class Heartbeats:
         #: This node's services as its agent reports them.
         self._services = services
         self._task: asyncio.Task[None] | None = None
+        #: Set to send the next heartbeat now rather than at its interval.
+        self._beat_now = asyncio.Event()
 
     def start(self) -> None:
         if self._task is None or self._task.done():
@@ -61,6 +65,10 @@ class Heartbeats:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+    async def beat_now(self) -> None:
+        """Send the next heartbeat at once: this node's services changed."""
+        self._beat_now.set()
 
     def resume(self) -> None:
         """At start-up: an enrolled member goes on sending heartbeats."""
@@ -75,6 +83,7 @@ class Heartbeats:
             cluster = self._store.cluster()
             if cluster is None:
                 return
+            self._beat_now.clear()  # a change from here on is in this beat or the next
             client = ControlClient(cluster, self._store.credentials())
             try:
                 services = bounded(await self._services())
@@ -86,4 +95,6 @@ class Heartbeats:
                 log.info("heartbeat failed reason=%r", exc.message)
             finally:
                 await client.close()
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._beat_now.wait()

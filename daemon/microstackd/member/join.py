@@ -231,9 +231,9 @@ class Member:
                 "connection"
             ) from exc
         creds = trusted.credentials
-        self._store.write_secret(NODE_KEY, creds.key_pem)
-        self._store.write_secret(NODE_CERT, creds.cert_pem)
-        self._store.write_secret(CA_CERT, creds.ca_pem)
+        self._store.write_secrets(
+            {NODE_KEY: creds.key_pem, NODE_CERT: creds.cert_pem, CA_CERT: creds.ca_pem}
+        )
         self._store.set_meta({ENROLMENT_META: "enrolling"})
         self._store.set_cluster(trusted.cluster)
         cluster = trusted.cluster

@@ -23,7 +23,7 @@ from microstackd.model import ServiceRecord
 from microstackd.node import render
 from microstackd.node.roles.parts import SERVICE_PATH, RoleService, SetupStep
 from microstackd.node.services import TAIL_LINES, ServiceManager, ServiceSpec
-from microstackd.node.services.spec import open_log, read_tail
+from microstackd.node.services.spec import RUNNING, STARTING, open_log, read_tail
 
 log = logging.getLogger(__name__)
 
@@ -110,15 +110,32 @@ async def restart_after_daemon(
     services: Sequence[RoleService],
     spec: Callable[[RoleService], ServiceSpec],
     values: Mapping[str, str],
+    *,
+    before: Callable[[], Awaitable[None]] | None = None,
 ) -> list[RoleService]:
-    """At start-up: bring back the services a role had running, where this
-    daemon runs them itself (the process manager; systemd and snapd keep
-    theirs running). A service that cannot be restarted is logged and left
-    for its step to report; the ones restarted are returned."""
-    if manager.kind != "process":
-        return []
-    restarted = []
+    """At start-up: start the services a role had running that do not run —
+    all of them with the process manager (they died with the daemon); with
+    systemd or snapd those they no longer run (after a reboot: the units
+    microstackd writes are in /run). Services that run are left alone: a
+    daemon restart must not restart the cloud. ``before`` runs once, first,
+    when any is to be started. A service that cannot be restarted (or whose
+    state cannot be read) is logged and left for its step, or the service
+    watch, to report; the ones restarted are returned."""
+    down = []
     for service in services:
+        if manager.kind != "process":
+            try:
+                state = (await manager.status(spec(service))).state
+            except errors.MicrostackError as exc:
+                log.warning("service state unknown service=%s error=%r", service.name, exc.message)
+                continue
+            if state in (RUNNING, STARTING):
+                continue
+        down.append(service)
+    if down and before is not None:
+        await before()
+    restarted = []
+    for service in down:
         try:
             make_dirs(service.dirs, values)
             await manager.restart(spec(service))

@@ -6,7 +6,8 @@ Rules:
    reports it to anyone: an event a client has seen is on disk.
 2. Key and certificate files are written atomically (temporary file, fsync,
    rename, fsync of the directory) with mode 0600, so a crash leaves either
-   the old file or the new one, never half of one.
+   the old file or the new one, never half of one. Files written together
+   make their fsyncs together (``write_private_files``).
 3. The schema changes only through ``MIGRATIONS`` (``store/schema.py``),
    applied in order and recorded in ``PRAGMA user_version``.
 
@@ -19,7 +20,7 @@ import contextlib
 import dataclasses
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from microstackd import errors
@@ -43,6 +44,7 @@ from microstackd.store.files import (
     lost_database,
     storage_error,
     write_private_file,
+    write_private_files,
 )
 from microstackd.store.schema import MIGRATIONS
 
@@ -447,6 +449,13 @@ class Store:
         write_private_file(path, data)
         return path
 
+    def write_secrets(self, secrets: Mapping[str, bytes]) -> None:
+        """Several key files at once (``write_private_files``): each replaced
+        atomically, none renamed unless all were written."""
+        write_private_files(
+            [(self.state_dir / name, data, 0o600) for name, data in secrets.items()]
+        )
+
     def credentials(self) -> NodeCredentials:
         """This node's key and certificate and the cluster CA, for mTLS."""
         key, cert, ca = (self.read_file(n) for n in (NODE_KEY, NODE_CERT, CA_CERT))
@@ -464,4 +473,4 @@ class Store:
             return None
 
 
-__all__ = ["Store", "write_private_file"]
+__all__ = ["Store", "write_private_file", "write_private_files"]

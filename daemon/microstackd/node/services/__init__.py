@@ -3,6 +3,8 @@
 Three backends, chosen by the daemon configuration (``make_manager``):
 
 * ``systemd``: units driven with ``systemctl``, logs read from the journal;
+  the units of microstackd's own role services (``microstackd-NAME.service``,
+  the default) it writes itself (``systemd_units.py``);
 * ``snap``: services of the MicroStack snap driven with ``snapctl``;
 * ``process``: supervised child processes, for a sandbox on one machine. Each
   service runs in its own process group with its output appended to

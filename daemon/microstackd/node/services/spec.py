@@ -37,6 +37,10 @@ SYSTEMD_RUNTIME_DIR = Path("/run/systemd/system")
 #: later daemon can recognise the children of one that was killed.
 SERVICE_MARKER = "MICROSTACKD_SERVICE"
 
+#: Units named so are microstackd's own: the systemd backend writes them
+#: (``systemd_units.py``). Any other unit name is driven as it is.
+OWNED_UNIT_PREFIX = "microstackd-"
+
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@:-]{0,99}")
 
 #: Service and setup logs: the daemon's, readable by the microstack group.
@@ -64,7 +68,8 @@ class ServiceSpec:
     name: str
     #: Command line for the process manager (already rendered, absolute paths).
     argv: tuple[str, ...]
-    #: systemd unit; defaults to ``NAME.service``.
+    #: systemd unit; defaults to ``microstackd-NAME.service``, a unit of
+    #: microstackd's own; name an existing unit (``nova-compute.service``) to drive that.
     unit: str = ""
     #: snap service; defaults to ``microstack.NAME``.
     snap_service: str = ""
@@ -106,7 +111,7 @@ class ServiceSpec:
         object.__setattr__(self, "argv", tuple(self.argv))
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
         if not self.unit:
-            object.__setattr__(self, "unit", f"{self.name}.service")
+            object.__setattr__(self, "unit", f"{OWNED_UNIT_PREFIX}{self.name}.service")
         if not self.snap_service:
             object.__setattr__(self, "snap_service", f"microstack.{self.name}")
 

@@ -1,14 +1,17 @@
 """The backends that ask an init system for a service's state
-(``_PollingManager``), and systemd's: units driven with ``systemctl``, logs
-read from the journal. The MicroStack snap's is in ``snap.py``."""
+(``PollingManager``), and systemd's: units driven with ``systemctl``, logs
+read from the journal; the units of microstackd's own role services it
+writes first (``systemd_units.py``). The MicroStack snap's is in ``snap.py``."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
+from pathlib import Path
 
 from microstackd import errors
 from microstackd.model import ServiceRecord
+from microstackd.node.services import systemd_units
 from microstackd.node.services.spec import (
     FAILED,
     RUNNING,
@@ -109,7 +112,8 @@ _SYSTEMD_STATES = {
 
 
 class SystemdManager(PollingManager):
-    """Services are systemd units, driven with ``systemctl``."""
+    """Services are systemd units, driven with ``systemctl``; microstackd's
+    own (``microstackd-*``) are written first (``systemd_units.py``)."""
 
     kind = "systemd"
     _active = frozenset({"active"})
@@ -117,11 +121,26 @@ class SystemdManager(PollingManager):
     # exited (cleanly) — waiting longer cannot make it active.
     _dead = frozenset({"failed", "inactive"})
 
+    def __init__(self, *, poll_interval: float = 0.5, unit_dir: Path | None = None) -> None:
+        super().__init__(poll_interval=poll_interval)
+        self.owned = systemd_units.OwnedUnits(self, unit_dir or systemd_units.UNIT_DIR)
+
     async def restart(self, spec: ServiceSpec) -> None:
+        if systemd_units.owned(spec):
+            await self.owned.restart(spec)
+            return
         check(await run_short("systemctl", "restart", spec.unit))
 
     async def stop(self, spec: ServiceSpec) -> None:
+        if systemd_units.owned(spec):
+            await self.owned.stop(spec)
+            return
         check(await run_short("systemctl", "stop", spec.unit))
+
+    async def wait_ready(self, spec: ServiceSpec) -> ServiceRecord:
+        if systemd_units.owned(spec):
+            return await self.owned.wait_ready(spec, self._poll_interval)
+        return await super().wait_ready(spec)
 
     async def _raw_state(self, spec: ServiceSpec) -> str:
         # is-active exits non-zero for every state but active: read stdout.
