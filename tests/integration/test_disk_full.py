@@ -6,7 +6,6 @@ test mounts (and unmounts, however it ends)."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import MICROSTACKCTL, Node
+from tests.integration.harness import Node, join_in_background, wait_for_text
 
 
 @pytest.fixture
@@ -51,13 +50,6 @@ def _fill(disk: Path) -> Path:
     return filler
 
 
-def _wait_log(node: Node, text: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in node.log.read_text():
-        assert time.monotonic() < deadline, f"no {text!r} in {node.name}'s log"
-        time.sleep(0.1)
-
-
 def test_a_full_disk_fails_the_joiners_step_with_the_cause_and_the_enrolment_resumes(
     small_disk: Path, make_node: Callable[..., Node], password_file: Path
 ) -> None:
@@ -68,14 +60,9 @@ def test_a_full_disk_fails_the_joiners_step_with_the_cause_and_the_enrolment_res
     control.init_control(password_file)
     member = make_node("node-1")
 
-    join = subprocess.Popen(
-        [MICROSTACKCTL, "--socket", str(member.socket), "join", control.endpoint,
-         "--password-file", str(password_file), "--address", member.address,
-         "--format", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    join = join_in_background(member, control, password_file)
     try:
-        _wait_log(control, "pausing before' step=configure-node node=node-1")
+        wait_for_text(control.log, "pausing before' step=configure-node node=node-1", 30)
         filler = _fill(small_disk)
         try:
             out, err = join.communicate(timeout=60)
@@ -102,5 +89,4 @@ def test_a_full_disk_fails_the_joiners_step_with_the_cause_and_the_enrolment_res
                        "--address", member.address)  # fmt: skip
     assert "active compute node" in again.stdout, again.stdout
     assert member.status()["nodes"][1]["state"] == "active"
-    assert errno.ENOSPC  # (the cause the control saw; named in its log)
-    assert "disk is full" in control.log.read_text()
+    assert "the disk is full" in control.log.read_text()  # the control's log names the file
