@@ -178,7 +178,7 @@ def part_scale(c: Context) -> None:
             cli_json = phases.cli_times(
                 ctl.ctl_argv("status", "--format", "json"), plan.status_cli_at_scale
             )
-            calls, member = phases.member_calls(ctl, secret, 100)
+            calls, _member = phases.member_calls(ctl, secret, 100)
             r["status_at_scale"] = {
                 "rpc": rpc,
                 "cli": summary_ms(cli_status),
@@ -187,7 +187,7 @@ def part_scale(c: Context) -> None:
             }
             r["status_p99_ms"] = rpc["p99_ms"]
             log(f"3. watch: {plan.streams} Watch streams on one control ({n} nodes)")
-            r["watch"] = phases.watch_streams(c.fleet, ctl, member, plan.streams)
+            r["watch"] = phases.watch_streams(c.fleet, ctl, secret, plan.streams)
         ctl.stop()
     r["scale_growth"] = growth(r["scale"])
 

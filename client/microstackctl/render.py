@@ -201,7 +201,11 @@ def status_dict(status: pb.StatusResponse) -> dict[str, Any]:
         }
     return {
         "cluster": cluster,
-        "local": {"name": status.local_node, "role": ROLE_NAMES.get(status.local_role, "")},
+        "local": {
+            "name": status.local_node,
+            "role": ROLE_NAMES.get(status.local_role, ""),
+            "bootstrap_fingerprint": status.bootstrap_fingerprint,
+        },
         "nodes": [node_dict(n) for n in status.nodes],
     }
 
@@ -442,6 +446,8 @@ class _StatusView:
                 f"(bootstrap port {c.bootstrap_port}, cluster port {c.cluster_port})",
             ),
             ("CA", f"expires {expires}, fingerprint {c.ca_fingerprint[:16]}…"),
+            # In full: a joiner told it may be intercepted compares it with what it was shown.
+            ("bootstrap", f"certificate {status.bootstrap_fingerprint} ({status.local_node})"),
         ]
         self.nova = any(n.HasField("nova") for n in status.nodes)
         columns = ["NAME", "ROLE", "ADDRESS", "STATE", "SERVICES", "LAST SEEN", "CERT EXPIRES"]

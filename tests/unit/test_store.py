@@ -118,6 +118,22 @@ def test_replacing_a_certificate_revokes_the_old_serial_and_clears_steps(tmp_pat
     assert store.step_states("node-1") == {}
 
 
+def test_a_new_membership_drops_the_old_events_and_numbers_on(tmp_path):
+    store = Store(tmp_path)
+    store.put_node(_node(serial="aa"))
+    store.record_all([_event(), _event(final=True)])
+    assert store.final_event("node-1") is not None
+    store.put_node(_node(serial="bb"), replaces_serial="aa")
+    assert store.events("node-1") == [] and store.final_event("node-1") is None
+    assert store.last_seq("node-1") == 2
+    (event,) = store.record_all([_event()])
+    assert event.seq == 3
+    store.put_node(_node(serial="bb"))  # the same membership, updated: nothing lost
+    assert [e.seq for e in store.events("node-1")] == [3]
+    store.close()
+    assert Store(tmp_path).last_seq("node-1") == 3
+
+
 def test_control_is_listed_first(tmp_path):
     store = Store(tmp_path)
     store.put_node(_node("b-node"))
@@ -141,3 +157,14 @@ def test_unwritable_state_dir_is_a_clear_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(errors.StorageError, match="cannot write"):
         Store(blocker / "state")
+
+
+def test_the_state_dir_lock_is_exclusive_and_names_its_holder(tmp_path):
+    from microstackd.store.lock import LOCK, StateLock
+
+    first = StateLock.acquire(tmp_path / "state")
+    assert (tmp_path / "state" / LOCK).read_text() == f"{os.getpid()}\n"
+    with pytest.raises(errors.AlreadyRunning, match=rf"pid {os.getpid()}\b.*--state-dir"):
+        StateLock.acquire(tmp_path / "state")
+    first.release()
+    StateLock.acquire(tmp_path / "state").release()  # free again once released

@@ -8,19 +8,54 @@ import dataclasses
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from microstackd import errors
 from microstackd.cloud import Progress
 from microstackd.cloud.service import Cloud
 from microstackd.control.cluster import Cluster
 from microstackd.enrolment.runner import Runner
-from microstackd.model import ClusterRecord, NodeRecord, NodeState, Role, ServiceRecord
+from microstackd.model import (
+    MAX_SERVICE_MESSAGE,
+    MAX_SERVICE_NAME,
+    MAX_SERVICES,
+    MAX_SERVICES_TEXT,
+    SERVICE_STATES,
+    ClusterRecord,
+    NodeRecord,
+    NodeState,
+    Role,
+    ServiceRecord,
+)
 from microstackd.peers.cluster import AgentClient
 from microstackd.trust import names
 from microstackd.trust.x509 import Identity
 
 log = logging.getLogger(__name__)
+
+
+def check_services(services: list[ServiceRecord], node: str) -> list[ServiceRecord]:
+    """``services`` as a member reported them, or ``errors.InvalidArgument``
+    when they exceed what the control stores (model.MAX_SERVICES & co): one
+    oversized report would otherwise make `status` fail everywhere."""
+
+    def refuse(what: str) -> NoReturn:
+        raise errors.InvalidArgument(f"{node} reported {what}: refused, nothing was stored")
+
+    if len(services) > MAX_SERVICES:
+        refuse(f"{len(services)} services (at most {MAX_SERVICES})")
+    text = 0
+    for service in services:
+        if not 0 < len(service.name) <= MAX_SERVICE_NAME:
+            refuse(f"a service name of {len(service.name)} characters")
+        if service.state not in SERVICE_STATES:
+            refuse(f"service {service.name} in state {service.state[:40]!r}")
+        if len(service.message) > MAX_SERVICE_MESSAGE:
+            refuse(f"a message of {len(service.message)} characters for {service.name}")
+        text += len(service.message)
+    if text > MAX_SERVICES_TEXT:
+        refuse(f"{text} characters of service messages (at most {MAX_SERVICES_TEXT})")
+    return services
 
 
 class Members:
@@ -70,6 +105,7 @@ class Members:
         return removed, message
 
     def heartbeat(self, identity: Identity, services: list[ServiceRecord]) -> int:
+        check_services(services, identity.name)
         self._store.touch_node(identity.name, time.time())
         if services:
             self._store.set_services(identity.name, services)

@@ -11,7 +11,15 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from microstackd import errors
-from microstackd.model import Role, ServiceRecord
+from microstackd.model import (
+    MAX_SERVICE_MESSAGE,
+    MAX_SERVICE_NAME,
+    MAX_SERVICES,
+    MAX_SERVICES_TEXT,
+    Role,
+    ServiceRecord,
+    clip,
+)
 from microstackd.peers.cluster import ControlClient
 from microstackd.store import Store
 
@@ -21,6 +29,21 @@ log = logging.getLogger(__name__)
 ENROLMENT_META = "enrolment"
 
 ServicesProvider = Callable[[], Awaitable[list[ServiceRecord]]]
+
+
+def bounded(services: list[ServiceRecord]) -> list[ServiceRecord]:
+    """This node's services clipped to what the control accepts (model.MAX_*):
+    the first MAX_SERVICES, each message cut to its share of the total."""
+    services = services[:MAX_SERVICES]
+    share = min(MAX_SERVICE_MESSAGE, MAX_SERVICES_TEXT // max(1, len(services)))
+    return [
+        ServiceRecord(
+            s.name[:MAX_SERVICE_NAME],
+            s.state,
+            clip(s.message, share),
+        )
+        for s in services
+    ]
 
 
 class Heartbeats:
@@ -63,7 +86,8 @@ class Heartbeats:
             self._beat_now.clear()  # a change from here on is in this beat or the next
             client = ControlClient(cluster, self._store.credentials())
             try:
-                interval = await client.heartbeat(await self._services()) or interval
+                services = bounded(await self._services())
+                interval = await client.heartbeat(services) or interval
             except errors.PermissionDenied as exc:
                 log.warning("heartbeat refused: this node was removed? reason=%r", exc.message)
                 return
