@@ -23,7 +23,7 @@ import re
 import shlex
 import shutil
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -82,6 +82,12 @@ class ServiceSpec:
     #: (accepts a connection), ``unix:///PATH`` (a Unix socket accepts) or
     #: ``http://HOST:PORT/PATH`` (any HTTP status below 500).
     ready_check: str = ""
+    #: Commands run before the service is stopped (e.g. destroy libvirt's
+    #: domains while libvirtd still answers) and once it is gone (e.g. end
+    #: what it started outside its process group: dnsmasq, QEMU). Each may
+    #: fail; its output goes to the service's log. Absolute paths.
+    pre_stop: tuple[tuple[str, ...], ...] = ()
+    post_stop: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -104,6 +110,8 @@ class ServiceSpec:
                 f"{self.name}: ready_after must be >= 0 and start_timeout > 0"
             )
         object.__setattr__(self, "argv", tuple(self.argv))
+        object.__setattr__(self, "pre_stop", tuple(tuple(c) for c in self.pre_stop))
+        object.__setattr__(self, "post_stop", tuple(tuple(c) for c in self.post_stop))
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
         if not self.unit:
             object.__setattr__(self, "unit", f"{self.name}.service")
@@ -261,6 +269,30 @@ async def _run(*argv: str) -> _Completed:
     )
 
 
+#: How long one stop hook may take.
+HOOK_TIMEOUT = 60.0
+
+
+async def run_hooks(
+    name: str, commands: Sequence[tuple[str, ...]], note: Callable[[str], None]
+) -> None:
+    """Run a service's stop hooks one by one; say in its log what each did.
+    A hook that fails is noted, never raised: stopping must go on."""
+    for argv in commands:
+        try:
+            async with asyncio.timeout(HOOK_TIMEOUT):
+                result = await _run(*argv)
+        except TimeoutError:
+            note(f"{name}: {shlex.join(argv)} did not finish within {HOOK_TIMEOUT:g} s")
+            continue
+        except errors.ServiceFailed as exc:
+            note(f"{name}: {exc.message}")
+            continue
+        output = (result.stdout + result.stderr).strip()
+        status = "done" if result.returncode == 0 else f"failed with status {result.returncode}"
+        note(f"{name}: {shlex.join(argv)} {status}" + (f": {_clip(output)}" if output else ""))
+
+
 async def _journal(unit: str, lines: int) -> tuple[list[str], str]:
     """The last lines of a unit's journal, or none and why."""
     if shutil.which("journalctl") is None:
@@ -336,6 +368,11 @@ class _PollingManager:
         """Nothing to do: the init system keeps running the services."""
 
 
+def _log_note(text: str) -> None:
+    """Where systemd and snapd keep the service's log, ours goes to the daemon's."""
+    log.info("%s", text)
+
+
 _SYSTEMD_STATES = {
     "active": RUNNING,
     "activating": STARTING,
@@ -361,7 +398,9 @@ class SystemdManager(_PollingManager):
         (await _run("systemctl", "restart", spec.unit)).check()
 
     async def stop(self, spec: ServiceSpec) -> None:
+        await run_hooks(spec.name, spec.pre_stop, _log_note)
         (await _run("systemctl", "stop", spec.unit)).check()
+        await run_hooks(spec.name, spec.post_stop, _log_note)
 
     async def _raw_state(self, spec: ServiceSpec) -> str:
         # is-active exits non-zero for every state but active: read stdout.
@@ -413,7 +452,9 @@ class SnapManager(_PollingManager):
         (await _run("snapctl", "restart", spec.snap_service)).check()
 
     async def stop(self, spec: ServiceSpec) -> None:
+        await run_hooks(spec.name, spec.pre_stop, _log_note)
         (await _run("snapctl", "stop", spec.snap_service)).check()
+        await run_hooks(spec.name, spec.post_stop, _log_note)
 
     async def _raw_state(self, spec: ServiceSpec) -> str:
         result = (await _run("snapctl", "services", spec.snap_service)).check()
@@ -479,6 +520,9 @@ class _Service:
     #: Unexpected exits so far, and the message of the last one.
     crashes: int = 0
     last_crash: str = ""
+    #: Exits since the service was last ready: >0 with no ready child is a
+    #: crash loop, shown failed (with the last exit's log lines) until it is ready.
+    unready_exits: int = 0
     orphans_checked: bool = False
 
 
@@ -530,6 +574,7 @@ class ProcessManager:
             await self._halt(svc)
             svc.spec = spec
             svc.failure = ""
+            svc.unready_exits = 0
             try:
                 await self._spawn(svc)
             except errors.ServiceFailed as exc:
@@ -606,7 +651,16 @@ class ProcessManager:
             return ServiceStatus(name, FAILED, self._exit_message(svc, child))
         if self._is_ready(svc, child):
             return ServiceStatus(name, RUNNING)
+        if svc.unready_exits:
+            return ServiceStatus(name, FAILED, self._crash_loop_message(svc))
         return ServiceStatus(name, STARTING)
+
+    def _crash_loop_message(self, svc: _Service) -> str:
+        times = "once" if svc.unready_exits == 1 else f"{svc.unready_exits} times"
+        return (
+            f"{svc.spec.name} keeps exiting before it is ready ({times} so far; restarted "
+            f"each time). The last time: {svc.last_crash}"
+        )
 
     def _is_ready(self, svc: _Service, child: _Child) -> bool:
         if child.ready:
@@ -619,7 +673,22 @@ class ProcessManager:
         if spec.ready_check and not child.probe_ok:
             return False
         child.ready = True
+        svc.unready_exits = 0
         return True
+
+    def _was_ready(self, svc: _Service, child: _Child) -> bool:
+        """Whether a child that exited had been ready: seen ready, or alive
+        past its readiness rules (its probe cannot be asked any more: a child
+        that lived past the back-off reset counts as having answered)."""
+        if child.ready:
+            return True
+        lived = asyncio.get_running_loop().time() - child.started
+        if lived >= self._backoff_reset:
+            return True
+        spec = svc.spec
+        if lived < spec.ready_after or spec.ready_check:
+            return False
+        return not spec.ready_pattern or self._pattern_seen(svc, child)
 
     async def _probe(self, svc: _Service) -> None:
         """Try the spec's ready_check once (at most 1 s) for a live child."""
@@ -696,7 +765,7 @@ class ProcessManager:
         spec = svc.spec
         self._ensure_log_dir()
         if not svc.orphans_checked:
-            await self._reap_orphans(spec.name)
+            await self._reap_orphans(spec)
             svc.orphans_checked = True
         self._note(spec.name, f"starting {spec.name}: {shlex.join(spec.argv)}")
         path = self.log_path(spec.name)
@@ -755,6 +824,7 @@ class ProcessManager:
                     delay = self._backoff_base
                 svc.last_crash = self._exit_message(svc, child)
                 svc.crashes += 1
+                svc.unready_exits = 0 if self._was_ready(svc, child) else svc.unready_exits + 1
                 head = _exit_head(svc.spec.name, returncode)
                 log.warning("%s; restarting in %g s", head, delay)
                 self._note(svc.spec.name, f"{head}; restarting in {delay:g} s")
@@ -768,6 +838,7 @@ class ProcessManager:
                 svc.child = None
                 svc.failure = svc.last_crash = exc.message
                 svc.crashes += 1
+                svc.unready_exits += 1
 
     async def _halt(self, svc: _Service) -> None:
         """Stop the supervisor, then the child and its whole process group."""
@@ -783,6 +854,9 @@ class ProcessManager:
         except OSError:
             pass
         proc = child.proc
+        name = svc.spec.name
+        if proc.returncode is None:
+            await run_hooks(name, svc.spec.pre_stop, lambda text: self._note(name, text))
         deadline = asyncio.get_running_loop().time() + self._stop_grace
         if proc.returncode is None:
             _signal_group(proc, signal.SIGTERM)
@@ -794,9 +868,12 @@ class ProcessManager:
                 await proc.wait()
             self._note(svc.spec.name, f"stopped {svc.spec.name}")
         await _end_group(proc.pid, deadline)
+        await run_hooks(name, svc.spec.post_stop, lambda text: self._note(name, text))
 
-    async def _reap_orphans(self, name: str) -> None:
-        """Stop the children a killed daemon left running for this service."""
+    async def _reap_orphans(self, spec: ServiceSpec) -> None:
+        """Stop the children a killed daemon left running for this service,
+        with its stop hooks (what they left outside their group goes too)."""
+        name = spec.name
         try:
             fields = self._pid_path(name).read_text().split()
             pgid = int(fields[0])
@@ -811,8 +888,10 @@ class ProcessManager:
             return
         log.warning("stopping %s (process group %d) left running by a previous daemon", name, pgid)
         self._note(name, f"stopping {name} (process group {pgid}) left by a previous daemon")
+        await run_hooks(name, spec.pre_stop, lambda text: self._note(name, text))
         _killpg(pgid, signal.SIGTERM)
         await _end_group(pgid, asyncio.get_running_loop().time() + self._stop_grace)
+        await run_hooks(name, spec.post_stop, lambda text: self._note(name, text))
 
 
 async def probe(check: str, timeout: float = 1.0) -> bool:
