@@ -115,7 +115,10 @@ def node_dict(n: pb.Node) -> dict[str, Any]:
         "cert_expires": iso(n.cert_expires),
         "joined": iso(n.joined),
         "last_seen": iso(n.last_seen),
-        "services": [{"name": s.name, "state": s.state, "message": s.message} for s in n.services],
+        "services": [
+            {"name": s.name, "state": s.state, "message": s.message, "detail": s.detail}
+            for s in n.services
+        ],
         "nova": nova_dict(n.nova) if n.HasField("nova") else None,
     }
 
@@ -275,6 +278,7 @@ def print_status(status: pb.StatusResponse, console: Console | None = None) -> N
     for column in [*columns, "NOVA"] if nova else columns:
         table.add_column(column, no_wrap=True)
     notes: list[Text] = []
+    details: list[Text] = []
     for n in status.nodes:
         up = sum(1 for s in n.services if s.state == "running")
         services = Text(f"{up}/{len(n.services)}" if n.services else "-")
@@ -295,11 +299,17 @@ def print_status(status: pb.StatusResponse, console: Console | None = None) -> N
         if n.state == "failed" and n.message:
             notes.append(Text.assemble((n.name, "bold"), ": ", _first_line(n.message)))
         for s in n.services:
+            if s.detail:
+                details.append(Text.assemble((f"{n.name} {s.name}", "bold"), ": ", s.detail))
             if s.state == "failed" and s.message:
                 notes.append(
                     Text.assemble((f"{n.name} {s.name}", "bold"), ": ", _first_line(s.message))
                 )
     console.print(table)
+    if details:
+        console.print()
+        for detail in details:
+            console.print(detail)
     if notes:
         console.print()
         for note in notes:

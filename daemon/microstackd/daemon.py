@@ -152,7 +152,9 @@ class Daemon:
         self._cluster = server
 
     async def _service_records(self) -> list[ServiceRecord]:
-        return [ServiceRecord(s.name, s.state, s.message) for s in await self.agent.services()]
+        return [
+            ServiceRecord(s.name, s.state, s.message, s.detail) for s in await self.agent.services()
+        ]
 
     async def leave(self) -> list[ServiceStatus]:
         """This node was removed: stop its services, forget the cluster, and

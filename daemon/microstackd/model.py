@@ -75,6 +75,8 @@ class ServiceRecord:
     name: str
     state: str
     message: str = ""
+    #: What it runs with, for a person (e.g. nova-compute's virt_type).
+    detail: str = ""
 
 
 @dataclass(frozen=True)

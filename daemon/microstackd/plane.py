@@ -66,7 +66,12 @@ class ControlPlane:
         return CONTROL.titles()
 
     def values(self, config: control_config.ControlConfig) -> dict[str, str]:
-        return {**steps.base_values(self._config), **control_config.control_settings(config)}
+        return {
+            **steps.base_values(self._config),
+            **control_config.control_settings(config),
+            # The network node's agents report under the control's node name.
+            "host": self._config.node_name,
+        }
 
     def actions(self, load: ConfigLoader) -> dict[str, StepAction]:
         def action(name: str) -> StepAction:
@@ -145,7 +150,9 @@ class ControlPlane:
 
     async def refresh(self) -> None:
         """Write the control's service states where ``status`` reads them."""
-        records = [ServiceRecord(s.name, s.state, s.message) for s in await self.services()]
+        records = [
+            ServiceRecord(s.name, s.state, s.message, s.detail) for s in await self.services()
+        ]
         if records:
             self._store.set_services(self._config.node_name, records)
 

@@ -126,6 +126,9 @@ class ServiceStatus:
     state: str
     #: On failed: why (exit status and the last log lines).
     message: str = ""
+    #: What it runs with, for a person (the role's ``detail``; e.g. nova-compute's
+    #: driver and virt_type). Set by the agent, not by the managers.
+    detail: str = ""
 
 
 class ServiceManager(Protocol):

@@ -73,6 +73,15 @@ def event_from_pb(event: pb.Event) -> EventRecord:
     )
 
 
+def service_to_pb(s: ServiceRecord) -> pb.ServiceStatus:
+    """A service's state (a ServiceRecord or the agent's ServiceStatus)."""
+    return pb.ServiceStatus(name=s.name, state=s.state, message=s.message, detail=s.detail)
+
+
+def service_from_pb(s: pb.ServiceStatus) -> ServiceRecord:
+    return ServiceRecord(s.name, s.state, s.message, s.detail)
+
+
 def node_to_pb(node: NodeRecord) -> pb.Node:
     return pb.Node(
         name=node.name,
@@ -83,9 +92,7 @@ def node_to_pb(node: NodeRecord) -> pb.Node:
         cert_serial=node.cert_serial,
         cert_expires=timestamp(node.cert_not_after),
         joined=timestamp(node.joined),
-        services=[
-            pb.ServiceStatus(name=s.name, state=s.state, message=s.message) for s in node.services
-        ],
+        services=[service_to_pb(s) for s in node.services],
         last_seen=timestamp(node.last_seen),
     )
 
@@ -102,7 +109,7 @@ def node_from_pb(node: pb.Node) -> NodeRecord:
         cert_not_after=seconds(node.cert_expires),
         joined=seconds(node.joined),
         last_seen=seconds(node.last_seen),
-        services=tuple(ServiceRecord(s.name, s.state, s.message) for s in node.services),
+        services=tuple(service_from_pb(s) for s in node.services),
     )
 
 

@@ -183,11 +183,7 @@ class ControlClient:
             raise error_from_rpc(exc, self._where) from exc
 
     async def heartbeat(self, services: list[ServiceRecord], timeout: float = 10.0) -> int:
-        request = pb.HeartbeatRequest(
-            services=[
-                pb.ServiceStatus(name=s.name, state=s.state, message=s.message) for s in services
-            ]
-        )
+        request = pb.HeartbeatRequest(services=[convert.service_to_pb(s) for s in services])
         try:
             response = await self._stub.Heartbeat(request, timeout=timeout)
         except aio.AioRpcError as exc:
@@ -243,7 +239,7 @@ class AgentClient:
                     state=convert.STATE_FROM_PB.get(r.state, StepState.PENDING),
                     message=r.message,
                     percent=r.percent,
-                    services=tuple(ServiceRecord(s.name, s.state, s.message) for s in r.services),
+                    services=tuple(convert.service_from_pb(s) for s in r.services),
                     final=r.final,
                 )
         except aio.AioRpcError as exc:
@@ -257,7 +253,7 @@ class AgentClient:
             response = await method(request, timeout=timeout)
         except aio.AioRpcError as exc:
             raise self._error(exc) from exc
-        return [ServiceRecord(s.name, s.state, s.message) for s in response.services]
+        return [convert.service_from_pb(s) for s in response.services]
 
     async def services(self, timeout: float = 10.0) -> list[ServiceRecord]:
         return await self._services_call(self._stub.GetServices, pb.GetServicesRequest(), timeout)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
 from microstackd import errors, security, validate
-from microstackd.model import EventRecord, Role, ServiceRecord
+from microstackd.model import EventRecord, Role
 from microstackd.node.services import ServiceStatus
 from microstackd.rpc import convert
 from microstackd.rpc.auth import CALLER
@@ -258,7 +258,7 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
     async def Heartbeat(
         self, request: pb.HeartbeatRequest, context: Context
     ) -> pb.HeartbeatResponse:
-        services = [ServiceRecord(s.name, s.state, s.message) for s in request.services]
+        services = [convert.service_from_pb(s) for s in request.services]
         interval = self._daemon.control.heartbeat(_caller(), services)
         return pb.HeartbeatResponse(interval_seconds=interval)
 
@@ -272,7 +272,10 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
 
 
 def _services_pb(services: Iterable[ServiceStatus]) -> list[pb.ServiceStatus]:
-    return [pb.ServiceStatus(name=s.name, state=s.state, message=s.message) for s in services]
+    return [
+        pb.ServiceStatus(name=s.name, state=s.state, message=s.message, detail=s.detail)
+        for s in services
+    ]
 
 
 class AgentServicer(pb_grpc.AgentServiceServicer):
