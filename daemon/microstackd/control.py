@@ -26,6 +26,7 @@ from microstackd import (
     enrolment,
     errors,
     security,
+    servicewatch,
     tokens,
     validate,
 )
@@ -600,12 +601,29 @@ class Control:
         async def progress(message: str, waiting: bool) -> None:
             await ctx.progress(message, waiting=waiting)
 
-        result = await runner.run("admit", request, progress, timeout=4 * ADMIT_TIMEOUT)
+        admit = runner.run("admit", request, progress, timeout=4 * ADMIT_TIMEOUT)
+        result = await servicewatch.unless_a_service_fails(
+            admit, self._agent_services(node), node.name, "it was being admitted to Nova"
+        )
         self._nova_view = (0.0, {})
         return (
             f"{node.name} admitted to Nova: {result.get('service')}; "
             f"{result.get('mapping')}; {result.get('hypervisor')}"
         )
+
+    def _agent_services(self, node: NodeRecord) -> servicewatch.Fetch:
+        """Ask the node's agent for its services (and keep them for ``status``)."""
+
+        async def fetch() -> list[ServiceRecord]:
+            client = peer.AgentClient(node, credentials.load(self._store))
+            try:
+                services = await client.services()
+            finally:
+                await client.close()
+            self._store.set_services(node.name, services)
+            return services
+
+        return fetch
 
     async def launch(self, request: Mapping[str, str], progress: cloud.Progress) -> dict[str, Any]:
         """Boot a server on the cloud (``cloud_ops.py launch``); its result."""
