@@ -256,17 +256,16 @@ def fetch(packages: Iterable[Package], debs: Path) -> list[Path]:
         path = debs / package.deb
         if not path.exists() or _sha256(path) != package.sha256:
             path.unlink(missing_ok=True)
-            _run(
-                [
-                    "apt-get",
-                    "download",
-                    "-q",
-                    "-o",
-                    "APT::Sandbox::User=root",
-                    f"{package.name}={package.version}",
-                ],
-                cwd=debs,
-            )
+            argv = ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root"]
+            try:
+                _run([*argv, f"{package.name}={package.version}"], cwd=debs)
+            except errors.ConfigError as exc:
+                raise errors.ConfigError(
+                    f"cannot download {package.name} {package.version} from Debian's archive "
+                    f"({exc.message}). Where this node cannot reach it, build the image where "
+                    f"it can, into the same cache: python -m microstackd.node.testimage build "
+                    f"--cache {debs.parent}"
+                ) from exc
         if not path.exists():
             raise errors.ConfigError(f"apt-get download {package.name} did not write {path.name}")
         if _sha256(path) != package.sha256:
@@ -342,7 +341,9 @@ def _guest(name: str) -> bytes:
 def _busybox(root: Path) -> dict[str, Entry]:
     """busybox and a link for each of its applets."""
     busybox = root / "bin" / "busybox"
-    entries = {"bin/busybox": Entry("bin/busybox", FILE | 0o755, busybox.read_bytes())}
+    # Set-uid root, as busybox is built to be: applets that need no privilege
+    # (sh, cat, ...) drop it at once, ping keeps it (for user cirros, as in CirrOS).
+    entries = {"bin/busybox": Entry("bin/busybox", FILE | 0o4755, busybox.read_bytes())}
     for applet in _run([str(busybox), "--list-full"]).split():
         if applet != "bin/busybox":
             target = os.path.relpath("bin/busybox", str(PurePosixPath(applet).parent))
