@@ -6,6 +6,8 @@ each step and the services' state. Called only by the control (rpc/auth.py).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 from microstackd import errors
 from microstackd.config import DaemonConfig
 from microstackd.model import StepState
-from microstackd.node import render, steps
+from microstackd.node import render, steps, virt
 from microstackd.node.roles import ROLES, SERVICE_PREFIX, RoleDefinition, RoleService
 from microstackd.node.services import ServiceManager, ServiceSpec, ServiceStatus
 from microstackd.store import Store
@@ -23,6 +25,10 @@ log = logging.getLogger(__name__)
 
 #: meta key: the role this node's agent last applied.
 APPLIED_ROLE = "applied_role"
+#: meta key: the applied role's ``resume_settings`` and node values (JSON, no secret).
+APPLIED_VALUES = "applied_values"
+#: meta key: what each service runs with (JSON, for ``status``).
+SERVICE_DETAILS = "service_details"
 STANDIN_READY = "configuration complete"
 
 
@@ -42,9 +48,36 @@ class Agent:
         self._store = store
         self.manager = manager
         self._lock = asyncio.Lock()
+        #: This node's own values (``_node_values``), once a role was applied.
+        self._node_values: dict[str, str] = {}
+        self._detected: virt.VirtChoice | None = None
 
     def _values(self, settings: Mapping[str, str] = {}) -> dict[str, str]:
-        return {**settings, **steps.base_values(self._config)}
+        """Placeholders for the role: the issued settings, this node's own
+        values, and, at start-up (no settings), what the last apply kept."""
+        kept = json.loads(self._store.get_meta(APPLIED_VALUES) or "{}")
+        return {**kept, **settings, **steps.base_values(self._config), **self._node_values}
+
+    async def _local_values(self, settings: Mapping[str, str]) -> dict[str, str]:
+        """What only this node knows: its hypervisor (control.yaml's
+        ``compute.virt_type``, or detected where that says ``auto``)."""
+        values: dict[str, str] = {}
+        if "virt_type" in settings:
+            choice = await asyncio.to_thread(virt.choose, settings["virt_type"], self._detected)
+            if settings["virt_type"] in ("", "auto"):
+                self._detected = choice
+            values.update(virt_type=choice.virt_type, virt_detail=choice.describe())
+        return values
+
+    def _keep(self, role: RoleDefinition, values: Mapping[str, str]) -> None:
+        """Keep what the role's commands need at start-up, and the services'
+        details for ``status`` (never a secret: resume_settings are not)."""
+        keys = (*role.resume_settings, *self._node_values)
+        kept = {key: values[key] for key in keys if key in values}
+        details = {s.name: render.expand((s.detail,), values)[0] for s in role.services if s.detail}
+        self._store.set_meta(
+            {APPLIED_VALUES: json.dumps(kept), SERVICE_DETAILS: json.dumps(details)}
+        )
 
     def _services_of(self, role: RoleDefinition) -> tuple[RoleService, ...]:
         """The services this node runs for ``role``: without an OpenStack
@@ -102,8 +135,11 @@ class Agent:
             yield AgentStep(
                 "render-config", StepState.RUNNING, f"rendering {len(role.files)} files into {root}"
             )
-            paths = await asyncio.to_thread(render.render_role, role, self._values(settings), root)
+            self._node_values = await self._local_values(settings)
+            values = self._values(settings)
+            paths = await asyncio.to_thread(render.render_role, role, values, root)
             self._store.set_meta({APPLIED_ROLE: role.name})
+            self._keep(role, values)
             yield AgentStep(
                 "render-config",
                 StepState.DONE,
@@ -115,7 +151,6 @@ class Agent:
                 if self._config.openstack_prefix is None
                 else ""
             )
-            values = self._values(settings)
             for index, step in enumerate(names, start=2):
                 before, after = 100 * (index - 1) // total, 100 * index // total
                 if not step.startswith(SERVICE_PREFIX):
@@ -161,7 +196,11 @@ class Agent:
         role = self.applied()
         if role is None:
             return []
-        return [await self.manager.status(self.spec(s)) for s in self._services_of(role)]
+        details = json.loads(self._store.get_meta(SERVICE_DETAILS) or "{}")
+        return [
+            dataclasses.replace(status, detail=details.get(status.name, ""))
+            for status in [await self.manager.status(self.spec(s)) for s in self._services_of(role)]
+        ]
 
     async def stop_role(self) -> list[ServiceStatus]:
         role = self.applied()

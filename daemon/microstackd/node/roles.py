@@ -13,7 +13,9 @@ compute's are issued by the control (``control_config.issue_compute_settings``).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 #: Where Debian's packages put what the roles run besides OpenStack itself.
 OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
@@ -59,6 +61,12 @@ class RoleService:
     dirs: tuple[str, ...] = ()
     #: Runs only with an OpenStack environment (no stand-in where none is configured).
     real_only: bool = False
+    #: Commands run before it is stopped and once it is gone (``ServiceSpec``).
+    pre_stop: tuple[tuple[str, ...], ...] = ()
+    post_stop: tuple[tuple[str, ...], ...] = ()
+    #: What it runs with, for a person (shown in ``status``; placeholders
+    #: allowed, never a secret's).
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,9 @@ class RoleDefinition:
     #: ``render-config``, each ``service NAME`` or a bootstrap step's name.
     #: Empty: the services in order.
     order: tuple[str, ...] = ()
+    #: Settings (never secrets) the services' commands use: kept by the node,
+    #: so that it can restart them at start-up without the control.
+    resume_settings: tuple[str, ...] = ()
 
     def step_names(self) -> tuple[str, ...]:
         """The role's steps, in order: ``render-config``, then ``order``."""
@@ -126,43 +137,54 @@ def _env(**values: str) -> tuple[tuple[str, str], ...]:
     return tuple(values.items())
 
 
-# ---------------------------------------------------------------- compute --
+def _literal(script: str) -> str:
+    """A shell script as a command argument: its ``$`` are the shell's, not placeholders."""
+    return script.replace("$", "$$")
 
-NOVA_COMPUTE_CONF = "nova/nova.conf.d/microstackd-compute.conf"
-NEUTRON_CONF = "neutron/neutron.conf.d/microstackd-compute.conf"
+
+# ---------------------------------------------------------------- network --
+# Open vSwitch and the Neutron agents, on every node (the control is the
+# network node too). Userspace datapath: no kernel module.
+
+NEUTRON_AGENT_CONF = "neutron/neutron.conf.d/microstackd-agent.conf"
 OVS_AGENT_INI = "neutron/plugins/ml2/openvswitch_agent.ini"
 OVS_DB = "${state_path}/ovs/conf.db"
 OVS_SOCK = "${run_dir}/ovs/db.sock"
 OVS_ENV = _env(OVS_RUNDIR="${run_dir}/ovs", OVS_DBDIR="${state_path}/ovs", OVS_LOGDIR="${log_dir}")
+#: Runs a command in a mount namespace of its own whose /run/netns is the
+#: directory $1: the namespaces an agent makes (qdhcp-, qrouter-) are this
+#: node's alone (two nodes' DHCP agents would clash on qdhcp-NET) and go
+#: when the agent and what it started are gone.
+IN_OWN_NETNS_DIR = (
+    "/usr/bin/unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "--",
+    "/bin/sh",
+    "-ec",
+    _literal('mkdir -p "$1" /run/netns; mount --bind "$1" /run/netns; shift; exec "$@"'),
+    "netns-dir",
+)
 
-COMPUTE = RoleDefinition(
-    name="compute",
-    settings=(
-        "host",
-        "my_ip",
-        "local_ip",
-        "control_address",
-        "region",
-        "auth_url",
-        "transport_url",
-        "virt_type",
-        "compute_driver",
-        "vif_plugging_is_fatal",
-        "vif_plugging_timeout",
-        "tunnel_types",
-        "nova_username",
-        "nova_password",
-        "neutron_username",
-        "neutron_password",
-        "placement_username",
-        "placement_password",
-    ),
-    files=(
-        ConfigFile("compute/nova-compute.conf", NOVA_COMPUTE_CONF),
-        ConfigFile("compute/neutron.conf", NEUTRON_CONF),
-        ConfigFile("compute/openvswitch_agent.ini", OVS_AGENT_INI),
-    ),
-    services=(
+
+def _ovs_services(address: str, external: str = "") -> tuple[RoleService, ...]:
+    """ovsdb-server, ovs-vswitchd and the uplink that puts ``address`` on br-phy
+    (and ``external``, BRIDGE=CIDR, on its bridge)."""
+    uplink = [
+        "${python}",
+        "-m",
+        "microstackd.node.uplink",
+        "--db",
+        "unix:" + OVS_SOCK,
+        "--address",
+        address,
+        "--state",
+        "${state_path}/ovs/uplink.json",
+    ]
+    if external:
+        uplink += ["--external", external]
+    return (
         RoleService(
             name="ovsdb-server",
             command=(
@@ -192,27 +214,208 @@ COMPUTE = RoleDefinition(
             real_only=True,
         ),
         RoleService(
-            name="neutron-openvswitch-agent",
+            name="ovs-uplink",
+            command=tuple(uplink),
+            env=OVS_ENV,
+            ready_pattern=r"uplink ready",
+            ready_after=0.1,
+            start_timeout=60.0,
+            real_only=True,
+        ),
+    )
+
+
+def _ovs_db_steps() -> tuple[BootstrapStep, BootstrapStep]:
+    return (
+        BootstrapStep(
+            name="ovs-db",
+            title="creating this node's Open vSwitch database",
+            commands=(("/usr/bin/ovsdb-tool", "create", OVS_DB, OVS_SCHEMA),),
+            creates=OVS_DB,
+            dirs=("${state_path}/ovs", "${run_dir}/ovs"),
+            timeout=30.0,
+        ),
+        BootstrapStep(
+            name="ovs-bridges",
+            title="creating the Open vSwitch bridges br-ex and br-phy (userspace datapath)",
+            commands=tuple(
+                (
+                    "/usr/bin/ovs-vsctl",
+                    "--db=unix:" + OVS_SOCK,
+                    "--timeout=60",
+                    "--",
+                    "--may-exist",
+                    "add-br",
+                    bridge,
+                    "--",
+                    "set",
+                    "bridge",
+                    bridge,
+                    "datapath_type=netdev",
+                )
+                for bridge in ("br-ex", "br-phy")
+            ),
+            env=OVS_ENV,
+            timeout=90.0,
+        ),
+    )
+
+
+def _neutron_agent(
+    name: str,
+    *config: str,
+    ready: str,
+    command_prefix: tuple[str, ...] = (),
+    **kw: Any,
+) -> RoleService:
+    """A Neutron agent run as root (privsep through ``root_helper = env``)."""
+    command: tuple[str, ...] = (*command_prefix, "${openstack_prefix}/bin/" + name)
+    for path in (NEUTRON_AGENT_CONF, *config):
+        command += ("--config-file", "${config_root}/" + path)
+    return RoleService(
+        name=name,
+        command=command,
+        snap_service=f"microstack.{name}",
+        env=(("PATH", SERVICE_PATH), *OVS_ENV),
+        dirs=("${state_path}/neutron/lock",),
+        ready_pattern=ready,
+        ready_after=1.0,
+        start_timeout=180.0,
+        **kw,
+    )
+
+
+OVS_AGENT = _neutron_agent(
+    "neutron-openvswitch-agent",
+    OVS_AGENT_INI,
+    # The first RPC loop done: it reported to the control and wired br-int/br-tun.
+    ready=r"rpc_loop - iteration:0 completed",
+    requires=(
+        f"{NEUTRON_AGENT_CONF}:DEFAULT.transport_url",
+        f"{NEUTRON_AGENT_CONF}:DEFAULT.host",
+        f"{OVS_AGENT_INI}:ovs.local_ip",
+        f"{OVS_AGENT_INI}:agent.tunnel_types",
+    ),
+)
+
+# ---------------------------------------------------------------- compute --
+
+NOVA_COMPUTE_CONF = "nova/nova.conf.d/microstackd-compute.conf"
+LIBVIRT_URI = "${libvirt_uri}"
+#: libvirtd for this node alone, on a machine that may run several nodes: in
+#: a mount and UTS namespace of its own, the node's directories over
+#: libvirt's, a passwd/group with the user the QEMU driver looks up before
+#: it reads qemu.conf (libvirt-qemu: only libvirt-daemon-system makes it),
+#: and the node's name as hostname (libvirt's hostname is Nova's
+#: hypervisor_hostname and the Placement provider's name).
+#: $1 node name, $2 a directory for passwd/group, then SRC:DST pairs, --, argv.
+LIBVIRTD_IN_NODE_NAMESPACES = r"""
+node=$1 users=$2; shift 2
+while [ "$1" != -- ]; do
+    mkdir -p "${1%%:*}" "${1#*:}"; mount --bind "${1%%:*}" "${1#*:}"; shift
+done
+shift
+mkdir -p "$users"
+qemu_user='libvirt-qemu:x:64055:64055:Libvirt Qemu:/var/lib/libvirt:/usr/sbin/nologin'
+if ! grep -q '^libvirt-qemu:' /etc/passwd; then
+    { cat /etc/passwd; echo "$qemu_user"; } > "$users/passwd"
+    mount --bind "$users/passwd" /etc/passwd
+fi
+if ! grep -q '^libvirt-qemu:' /etc/group; then
+    { cat /etc/group; grep -q '^kvm:' /etc/group || echo 'kvm:x:64054:'
+      echo 'libvirt-qemu:x:64055:'; } > "$users/group"
+    mount --bind "$users/group" /etc/group
+fi
+hostname "$node"
+exec "$@"
+"""
+
+COMPUTE = RoleDefinition(
+    name="compute",
+    settings=(
+        "host",
+        "my_ip",
+        "local_ip",
+        "control_address",
+        "region",
+        "auth_url",
+        "transport_url",
+        "virt_type",
+        "compute_driver",
+        "vif_plugging_is_fatal",
+        "vif_plugging_timeout",
+        "tunnel_types",
+        "nova_username",
+        "nova_password",
+        "neutron_username",
+        "neutron_password",
+        "placement_username",
+        "placement_password",
+    ),
+    files=(
+        ConfigFile("compute/nova-compute.conf", NOVA_COMPUTE_CONF),
+        ConfigFile("compute/neutron.conf", NEUTRON_AGENT_CONF),
+        ConfigFile("compute/openvswitch_agent.ini", OVS_AGENT_INI),
+        ConfigFile("compute/libvirtd.conf", "libvirt/libvirtd.conf"),
+        ConfigFile("compute/qemu.conf", "libvirt/qemu.conf"),
+    ),
+    services=(
+        *_ovs_services("${my_ip}"),
+        OVS_AGENT,
+        RoleService(
+            name="libvirtd",
             command=(
-                "${openstack_prefix}/bin/neutron-openvswitch-agent",
-                "--config-file",
-                "${config_root}/" + NEUTRON_CONF,
-                "--config-file",
-                "${config_root}/" + OVS_AGENT_INI,
+                "/usr/bin/unshare",
+                "--mount",
+                "--uts",
+                "--propagation",
+                "private",
+                "--",
+                "/bin/sh",
+                "-ec",
+                _literal(LIBVIRTD_IN_NODE_NAMESPACES),
+                "libvirtd-ns",
+                "${node_name}",
+                "${state_path}/libvirt/users",
+                "${config_root}/libvirt:/etc/libvirt",
+                "${run_dir}/libvirt:/run/libvirt",
+                "${state_path}/libvirt/lib:/var/lib/libvirt",
+                "${log_dir}/libvirt:/var/log/libvirt",
+                "${state_path}/libvirt/cache:/var/cache/libvirt",
+                "--",
+                "/usr/sbin/libvirtd",
+                "--pid-file",
+                "/run/libvirt/libvirtd.pid",
             ),
-            requires=(
-                f"{NEUTRON_CONF}:DEFAULT.transport_url",
-                f"{NEUTRON_CONF}:DEFAULT.host",
-                f"{OVS_AGENT_INI}:ovs.local_ip",
-                f"{OVS_AGENT_INI}:agent.tunnel_types",
+            # Under systemd and snapd: the host's libvirt (qemu:///system).
+            unit="libvirtd.service",
+            snap_service="microstack.libvirtd",
+            ready_check="unix://${run_dir}/libvirt/libvirt-sock",
+            ready_after=0.2,
+            start_timeout=60.0,
+            real_only=True,
+            # Nova's domains first: QEMU leaves libvirtd's process group.
+            pre_stop=(
+                (
+                    "${python}",
+                    "-m",
+                    "microstackd.node.cleanup",
+                    "destroy-domains",
+                    "--uri",
+                    LIBVIRT_URI,
+                ),
             ),
-            snap_service="microstack.neutron-openvswitch-agent",
-            env=(("PATH", SERVICE_PATH), *OVS_ENV),
-            dirs=("${state_path}/neutron/lock",),
-            # The first RPC loop done: it reported to the control and wired br-int/br-tun.
-            ready_pattern=r"rpc_loop - iteration:0 completed",
-            ready_after=1.0,
-            start_timeout=180.0,
+            post_stop=(
+                (
+                    "${python}",
+                    "-m",
+                    "microstackd.node.cleanup",
+                    "kill-pidfiles",
+                    "--name",
+                    "qemu-system",
+                    "${run_dir}/libvirt/qemu/*.pid",
+                ),
+            ),
         ),
         RoleService(
             name="nova-compute",
@@ -232,50 +435,27 @@ COMPUTE = RoleDefinition(
             ),
             snap_service="microstack.nova-compute",
             env=(("PATH", SERVICE_PATH),),
-            dirs=("${state_path}/nova/lock",),
-            ready_after=3.0,
+            dirs=("${state_path}/nova/lock", "${state_path}/nova/instances"),
+            # Logged once its driver is up and its RPC server listens (nova.service
+            # logs at DEBUG: nova-compute.conf raises that one logger).
+            ready_pattern=r"Join ServiceGroup membership for this service compute",
+            ready_after=0.5,
+            start_timeout=300.0,
+            detail="${compute_driver}, ${virt_detail}",
         ),
     ),
-    bootstrap=(
-        BootstrapStep(
-            name="ovs-db",
-            title="creating this node's Open vSwitch database",
-            commands=(("/usr/bin/ovsdb-tool", "create", OVS_DB, OVS_SCHEMA),),
-            creates=OVS_DB,
-            dirs=("${state_path}/ovs", "${run_dir}/ovs"),
-            timeout=30.0,
-        ),
-        BootstrapStep(
-            name="ovs-bridges",
-            title="creating the Open vSwitch bridges (br-ex, userspace datapath)",
-            commands=(
-                (
-                    "/usr/bin/ovs-vsctl",
-                    "--db=unix:" + OVS_SOCK,
-                    "--timeout=60",
-                    "--",
-                    "--may-exist",
-                    "add-br",
-                    "br-ex",
-                    "--",
-                    "set",
-                    "bridge",
-                    "br-ex",
-                    "datapath_type=netdev",
-                ),
-            ),
-            env=OVS_ENV,
-            timeout=90.0,
-        ),
-    ),
+    bootstrap=_ovs_db_steps(),
     order=(
         "ovs-db",
         service_step("ovsdb-server"),
         service_step("ovs-vswitchd"),
         "ovs-bridges",
+        service_step("ovs-uplink"),
         service_step("neutron-openvswitch-agent"),
+        service_step("libvirtd"),
         service_step("nova-compute"),
     ),
+    resume_settings=("my_ip",),
 )
 
 # ---------------------------------------------------------------- control --
@@ -289,6 +469,10 @@ NEUTRON_SERVER_CONF = "neutron/neutron.conf"
 ML2_CONF = "neutron/ml2_conf.ini"
 RABBITMQ_CONF = "${state_path}/rabbitmq/rabbitmq.conf"
 CLOUDS_YAML = "clouds.yaml"
+DHCP_AGENT_INI = "neutron/dhcp_agent.ini"
+L3_AGENT_INI = "neutron/l3_agent.ini"
+#: The test image, as the test-image step links it (the cache holds the file).
+TEST_IMAGE = "${state_path}/images/cirros.qcow2"
 
 
 def _manage(binary: str, conf: str, *args: str) -> tuple[str, ...]:
@@ -372,6 +556,11 @@ CONTROL = RoleDefinition(
         "rabbitmq_dist_port",
         "epmd_port",
         "discover_hosts_interval",
+        "host",
+        "local_ip",
+        "tunnel_types",
+        "external_cidr",
+        "external_gateway_cidr",
     ),
     files=(
         ConfigFile("control/mariadb.cnf", MARIADB_CNF),
@@ -388,6 +577,11 @@ CONTROL = RoleDefinition(
         ConfigFile("control/enabled_plugins", "services/rabbitmq/enabled_plugins", "state_dir"),
         # The admin cloud: `openstack --os-cloud microstack`, openstacksdk.
         ConfigFile("control/clouds.yaml", CLOUDS_YAML, "state_dir", 0o600),
+        # The network node: the same agent files as a compute's, and its own two.
+        ConfigFile("compute/neutron.conf", NEUTRON_AGENT_CONF),
+        ConfigFile("compute/openvswitch_agent.ini", OVS_AGENT_INI),
+        ConfigFile("control/dhcp_agent.ini", DHCP_AGENT_INI),
+        ConfigFile("control/l3_agent.ini", L3_AGENT_INI),
     ),
     services=(
         RoleService(
@@ -478,6 +672,35 @@ CONTROL = RoleDefinition(
         ),
         _daemon("nova-conductor", *_manage("nova-conductor", NOVA_CONF)),
         _daemon("nova-scheduler", *_manage("nova-scheduler", NOVA_CONF)),
+        # The network node, as in the original MicroStack.
+        *_ovs_services("${control_address}", "br-ex=${external_gateway_cidr}"),
+        dataclasses.replace(OVS_AGENT, real_only=True),
+        _neutron_agent(
+            "neutron-dhcp-agent",
+            DHCP_AGENT_INI,
+            ready=r"DHCP agent started",
+            command_prefix=(*IN_OWN_NETNS_DIR, "${run_dir}/netns-dhcp"),
+            real_only=True,
+            # dnsmasq daemonises out of the agent's process group.
+            post_stop=(
+                (
+                    "${python}",
+                    "-m",
+                    "microstackd.node.cleanup",
+                    "kill-pidfiles",
+                    "--name",
+                    "dnsmasq",
+                    "${state_path}/neutron/dhcp/*/pid",
+                ),
+            ),
+        ),
+        _neutron_agent(
+            "neutron-l3-agent",
+            L3_AGENT_INI,
+            ready=r"L3 agent started",
+            command_prefix=(*IN_OWN_NETNS_DIR, "${run_dir}/netns-l3"),
+            real_only=True,
+        ),
     ),
     bootstrap=(
         BootstrapStep(
@@ -624,6 +847,7 @@ CONTROL = RoleDefinition(
                 ),
             ),
         ),
+        *_ovs_db_steps(),
         BootstrapStep(
             name="cloud-defaults",
             title="creating flavor m1.tiny, networks public and private, a router, SG rules",
@@ -634,7 +858,35 @@ CONTROL = RoleDefinition(
                     "resources",
                 ),
             ),
-            env=_env(OS_CLIENT_CONFIG_FILE="${state_dir}/" + CLOUDS_YAML),
+            env=_env(
+                OS_CLIENT_CONFIG_FILE="${state_dir}/" + CLOUDS_YAML,
+                MSOS_EXTERNAL_CIDR="${external_cidr}",
+            ),
+        ),
+        BootstrapStep(
+            name="test-image",
+            title="building the test image (Debian packages, cached) and uploading it as cirros",
+            commands=(
+                (
+                    "${python}",
+                    "-m",
+                    "microstackd.node.testimage",
+                    "build",
+                    "--link",
+                    TEST_IMAGE,
+                ),
+                (
+                    "${openstack_prefix}/bin/python",
+                    "${helpers_dir}/bootstrap_cloud.py",
+                    "image",
+                ),
+            ),
+            env=_env(
+                OS_CLIENT_CONFIG_FILE="${state_dir}/" + CLOUDS_YAML,
+                MSOS_IMAGE_FILE=TEST_IMAGE,
+            ),
+            # The first build downloads ~31 MB of Debian packages.
+            timeout=900.0,
         ),
     ),
     order=(
@@ -661,7 +913,16 @@ CONTROL = RoleDefinition(
         service_step("neutron-rpc-server"),
         service_step("nova-conductor"),
         service_step("nova-scheduler"),
+        "ovs-db",
+        service_step("ovsdb-server"),
+        service_step("ovs-vswitchd"),
+        "ovs-bridges",
+        service_step("ovs-uplink"),
+        service_step("neutron-openvswitch-agent"),
+        service_step("neutron-dhcp-agent"),
+        service_step("neutron-l3-agent"),
         "cloud-defaults",
+        "test-image",
     ),
 )
 

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import string
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from microstackd import errors
 from microstackd.config import DaemonConfig
-from microstackd.node import render
+from microstackd.node import render, virt
 from microstackd.node.roles import SERVICE_PATH, BootstrapStep, RoleService
 from microstackd.node.services import (
     TAIL_LINES,
@@ -28,6 +29,7 @@ from microstackd.node.services import (
     ServiceSpec,
     ServiceStatus,
     _read_tail,
+    detect_kind,
 )
 
 Progress = Callable[[str], Awaitable[None]]
@@ -50,15 +52,21 @@ def helpers_dir() -> Path:
 
 def base_values(config: DaemonConfig) -> dict[str, str]:
     """The placeholders every role's commands, paths and templates may use."""
+    run_dir = str(config.socket.parent / "services")
+    kind = detect_kind() if config.service_manager == "auto" else config.service_manager
     return {
         "config_root": str(config.config_root),
         "state_dir": str(config.state_dir),
         "state_path": str(config.state_dir / "services"),
         # Unix sockets (mysqld, ovsdb) need a short path: next to the daemon's socket.
-        "run_dir": str(config.socket.parent / "services"),
+        "run_dir": run_dir,
         "log_dir": str(config.state_dir / "logs"),
         "helpers_dir": str(helpers_dir()),
         "openstack_prefix": str(config.openstack_prefix or ""),
+        # microstackd's own Python: its helpers (the uplink, stop hooks, the test image).
+        "python": sys.executable,
+        "node_name": config.node_name,
+        "libvirt_uri": virt.libvirt_uri(kind, run_dir),
     }
 
 
@@ -94,6 +102,8 @@ def service_spec(service: RoleService, values: Mapping[str, str]) -> ServiceSpec
         ready_pattern=service.ready_pattern,
         ready_check=_expand(service.ready_check, values),
         start_timeout=service.start_timeout,
+        pre_stop=tuple(render.expand(c, values) for c in service.pre_stop),
+        post_stop=tuple(render.expand(c, values) for c in service.post_stop),
     )
 
 
