@@ -25,6 +25,7 @@ address. What it moved is recorded in ``--state`` (JSON), so a later run
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import signal
 import subprocess
@@ -153,6 +154,12 @@ class Uplink:
             name, prefixlen = found
             if name == self.bridge:
                 raise UplinkError(f"{self.address} is on {self.bridge} already, from elsewhere")
+            if name == "lo" or ipaddress.ip_address(self.address).is_loopback:
+                raise UplinkError(
+                    f"{self.address} is a loopback address: vxlan between nodes needs each "
+                    "node's address on an interface of its own (on one machine: a network "
+                    "namespace per node, see the README)"
+                )
             self.moved = Moved(
                 name, self.address, prefixlen, routes_via(name), tx_checksum_on(name)
             )
