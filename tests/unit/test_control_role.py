@@ -88,7 +88,10 @@ def test_every_template_renders_and_parses(tmp_path, config, role):
         text = path.read_text()
         assert "${" not in text, path
         assert oct(path.stat().st_mode & 0o777) == oct(spec.mode)
-        if path.parent.name == "libvirt":  # libvirt's own key = value syntax, no sections
+        if path.name == "dnsmasq.conf":  # dnsmasq's key=value lines
+            lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+            assert lines == ["user=root"], text
+        elif path.parent.name == "libvirt":  # libvirt's own key = value syntax, no sections
             lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
             assert all(" = " in ln for ln in lines), text
         elif path.suffix in (".conf", ".ini", ".cnf") and path.name != "rabbitmq.conf":

@@ -581,6 +581,7 @@ CONTROL = RoleDefinition(
         ConfigFile("compute/neutron.conf", NEUTRON_AGENT_CONF),
         ConfigFile("compute/openvswitch_agent.ini", OVS_AGENT_INI),
         ConfigFile("control/dhcp_agent.ini", DHCP_AGENT_INI),
+        ConfigFile("control/dnsmasq.conf", "neutron/dnsmasq.conf"),
         ConfigFile("control/l3_agent.ini", L3_AGENT_INI),
     ),
     services=(
