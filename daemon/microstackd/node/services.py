@@ -291,7 +291,7 @@ async def run_hooks(
         except errors.ServiceFailed as exc:
             note(f"{name}: {exc.message}")
             continue
-        output = (result.stdout + result.stderr).strip()
+        output = "; ".join(line for line in (result.stdout + result.stderr).splitlines() if line)
         status = "done" if result.returncode == 0 else f"failed with status {result.returncode}"
         note(f"{name}: {shlex.join(argv)} {status}" + (f": {_clip(output)}" if output else ""))
 
