@@ -37,6 +37,7 @@ debs=(
   # Real instances: one libvirtd per compute, QEMU (KVM where it works, TCG else)
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
   genisoimage             # Nova's config drive (force_config_drive)
+  openssh-client          # launch's key (ssh-keygen), and ssh into the guests
   libvirt-dev pkg-config gcc python3-dev   # pip builds libvirt-python from its sdist
   # The network node (the control): DHCP and L3 agents
   dnsmasq-base dnsmasq-utils iptables iputils-arping
@@ -66,7 +67,7 @@ fi
 
 for b in mariadbd mariadb-install-db rabbitmq-server ovsdb-server ovs-vswitchd ovs-vsctl ovsdb-tool conntrack ip ethtool \
          libvirtd virsh qemu-system-x86_64 qemu-img genisoimage dnsmasq iptables arping \
-         mkfs.vfat mcopy syslinux depmod unshare; do
+         mkfs.vfat mcopy syslinux depmod unshare ssh ssh-keygen; do
   command -v "$b" >/dev/null || [ -x "/usr/sbin/$b" ] || [ -x "/usr/lib/rabbitmq/bin/$b" ] || die "missing binary $b after apt"
 done
 
