@@ -160,7 +160,7 @@ class Cloud:
                           if " ERROR " in ln or " WARNING " in ln][-8:]  # fmt: skip
                 if errors:
                     parts.append(f"--- {host.name} {log.name}\n" + "\n".join(errors))
-            db = f"--db=unix:{host.socket.parent / 'services' / 'ovs' / 'db.sock'}"  # type: ignore[union-attr]
+            db = f"--db=unix:{host.socket.with_suffix('.services') / 'ovs' / 'db.sock'}"  # type: ignore[union-attr]
             parts.append(
                 f"--- {host.name} ovs-vsctl show\n" + host.run(["ovs-vsctl", db, "show"]).stdout
             )

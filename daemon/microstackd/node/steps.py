@@ -52,13 +52,16 @@ def helpers_dir() -> Path:
 
 def base_values(config: DaemonConfig) -> dict[str, str]:
     """The placeholders every role's commands, paths and templates may use."""
-    run_dir = str(config.socket.parent / "services")
+    # Beside the daemon's socket, named after it: two daemons whose sockets
+    # share a directory (the README's by-hand cluster) must not share their
+    # services' sockets and pid files.
+    run_dir = str(config.socket.with_suffix(".services"))
     kind = detect_kind() if config.service_manager == "auto" else config.service_manager
     return {
         "config_root": str(config.config_root),
         "state_dir": str(config.state_dir),
         "state_path": str(config.state_dir / "services"),
-        # Unix sockets (mysqld, ovsdb) need a short path: next to the daemon's socket.
+        # Unix sockets (mysqld, ovsdb, libvirt) need a short path: by the daemon's socket.
         "run_dir": run_dir,
         "log_dir": str(config.state_dir / "logs"),
         "helpers_dir": str(helpers_dir()),
