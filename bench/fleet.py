@@ -13,48 +13,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
 
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: sandbox/
+
+from sandbox import launcher  # noqa: E402
+from sandbox.launcher import tool  # noqa: E402
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-READY_MARK = b"msg=ready"
-
-
-def tool(name: str) -> str:
-    """The venv's copy of a console script, else the one on PATH."""
-    local = BIN / name
-    if local.exists():
-        return str(local)
-    found = shutil.which(name)
-    if found is None:
-        raise RuntimeError(f"{name} is not installed (pip install -e . into the venv)")
-    return found
-
-
-def free_port_pair(host: str) -> int:
-    """A port p such that p and p+1 are free on ``host`` (best effort)."""
-    for _ in range(100):
-        with socket.socket() as a:
-            a.bind((host, 0))
-            port = int(a.getsockname()[1])
-            if port >= 65535:
-                continue
-            with socket.socket() as b:
-                try:
-                    b.bind((host, port + 1))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError(f"no free port pair on {host}")
 
 
 def free_port(host: str) -> int:
@@ -126,100 +98,38 @@ def service_leftovers(root: Path) -> list[int]:
 # --- daemons -------------------------------------------------------------------------------------
 
 
-class Daemon:
-    """One microstackd, started by ``Fleet.daemon``."""
+class Daemon(launcher.Daemon):
+    """One microstackd, started by ``Fleet.daemon`` through the one launcher
+    (``sandbox.launcher``), with what the benchmarks read of its process."""
 
-    def __init__(
-        self, name: str, host: str, port: int, root: Path, extra: Sequence[str] = ()
-    ) -> None:
-        self.name = name
-        self.host = host
-        self.port = port
+    def __init__(self, name: str, host: str, root: Path, extra: Sequence[str] = ()) -> None:
+        super().__init__(
+            name=name,
+            host=host,
+            state_dir=root / "state",
+            socket=root / "microstackd.sock",
+            config_root=root / "etc",
+            log_path=root / "microstackd.log",
+            extra=list(extra),
+        )
         self.root = root
-        self.extra = list(extra)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.ready_seconds = 0.0
-        self._ready = threading.Event()
-        self._reader: threading.Thread | None = None
-
-    @property
-    def socket(self) -> Path:
-        return self.root / "microstackd.sock"
-
-    @property
-    def state_dir(self) -> Path:
-        return self.root / "state"
 
     @property
     def log(self) -> Path:
-        return self.root / "microstackd.log"
-
-    @property
-    def endpoint(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def cluster_port(self) -> int:
-        return self.port + 1
+        return self.log_path
 
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, timeout: float = 60.0) -> Daemon:
-        """Start the daemon and wait for its ``msg=ready`` log line."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._ready.clear()
-        argv = [
-            tool("microstackd"),
-            "--state-dir",
-            str(self.state_dir),
-            "--socket",
-            str(self.socket),
-            "--listen",
-            self.endpoint,
-            "--node-name",
-            self.name,
-            "--service-manager",
-            "process",
-            "--config-root",
-            str(self.root / "etc"),
-            *self.extra,
-        ]
-        started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        assert self.proc.stderr is not None
-        self._reader = threading.Thread(
-            target=self._read_log, args=(self.proc.stderr, started), daemon=True
-        )
-        self._reader.start()
-        deadline = time.monotonic() + timeout
-        while not self._ready.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(
-                    f"{self.name} did not become ready; its log:\n{self.log.read_text()[-3000:]}"
-                )
+    def start(self, spawn: launcher.Spawn | None = None, timeout: float = 60.0) -> Daemon:  # type: ignore[override]
+        """Start the daemon on any free ports (kept for a restart); wait for ``ready``."""
+        try:
+            super().start(timeout=timeout)
+        except launcher.NotReady as exc:
+            raise RuntimeError(str(exc)) from None
         return self
-
-    def _read_log(self, stream: IO[bytes], started: float) -> None:
-        with open(self.log, "ab") as out:
-            for line in stream:
-                if not self._ready.is_set() and READY_MARK in line:
-                    self.ready_seconds = time.perf_counter() - started
-                    self._ready.set()
-                out.write(line)
-                out.flush()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pid)
@@ -251,21 +161,9 @@ class Daemon:
             )
         return result
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         """SIGTERM (the daemon stops its services), then SIGKILL if it hangs."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        if self._reader is not None:
-            self._reader.join(5)
+        return super().stop(sig, timeout)
 
 
 class Fleet:
@@ -287,7 +185,8 @@ class Fleet:
         extra: Sequence[str] = (),
         start: bool = True,
     ) -> Daemon:
-        d = Daemon(name, host, port or free_port_pair(host), root or self.root / name, extra)
+        d = Daemon(name, host, root or self.root / name, extra)
+        d.port = port
         with self._lock:
             self.daemons.append(d)
         return d.start() if start else d

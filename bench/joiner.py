@@ -1,12 +1,12 @@
 """A lightweight simulated compute node, and the reference client.
 
-A simulated node does what ``microstackd.member.Member`` does over the wire,
-with the product's own code (``microstackd.rpc.peer`` and
-``microstackd.security``): fetch the bootstrap certificate, the SPAKE2
-exchange bound to it, a CSR for a fresh P-256 key, the certificate issued by
-the control, then ``ClusterService.Enrol`` over mutual TLS with that key,
-until the final event. It announces ``cluster_port=0`` in its hello, so the
-control skips configure-node ("runs no agent"): no services to start.
+A simulated node does what ``microstackd.member.join.Member`` does over the
+wire, with the product's own bootstrap client (``microstackd.member.bootstrap``):
+fetch the bootstrap certificate, the SPAKE2 exchange bound to it, a CSR for a
+fresh P-256 key, the certificate issued by the control, then
+``ClusterService.Enrol`` over mutual TLS with that key, until the final
+event. It announces ``cluster_port=0`` in its hello, so the control skips
+configure-node ("runs no agent"): no services to start.
 
 What it leaves out, and why:
 
@@ -21,21 +21,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import grpc
 from grpc import aio
 
-from microstackd import security
-from microstackd.credentials import NodeCredentials
-from microstackd.model import ClusterRecord, EventRecord, Role
-from microstackd.rpc import peer
-from microstackd.rpc.options import CHANNEL_OPTIONS
+from microstackd.member import bootstrap as joiner_bootstrap
+from microstackd.model import ClusterRecord, EventRecord, NodeCredentials
+from microstackd.peers.bootstrap import BootstrapCall, fetch_bootstrap_certificate
+from microstackd.peers.cluster import ControlClient
+from microstackd.trust import kdf as trust_kdf
+from microstackd.trust.exchange import Hello
+from microstackd.wire.options import CHANNEL_OPTIONS
 
 PROBE_NAME = "bench-probe"
 
 #: The phases ``bootstrap`` records, in order.
-BOOTSTRAP_PHASES = ("fetch_cert", "hello", "pake_csr", "respond", "check")
+BOOTSTRAP_PHASES = ("fetch_cert", *joiner_bootstrap.PHASES)
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Secret:
     """The cluster password's verifier, derived once per run."""
 
     verifier: bytes
-    kdf: security.KdfParams
+    kdf: trust_kdf.KdfParams
 
     def to_json(self) -> dict[str, object]:
         k = self.kdf
@@ -57,7 +58,7 @@ class Secret:
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Secret:
-        kdf = security.KdfParams(
+        kdf = trust_kdf.KdfParams(
             salt=bytes.fromhex(str(data["salt"])),
             log2_n=int(str(data["log2_n"])),
             r=int(str(data["r"])),
@@ -66,23 +67,23 @@ class Secret:
         return cls(bytes.fromhex(str(data["verifier"])), kdf)
 
 
-async def probe_kdf(host: str, port: int) -> security.KdfParams:
+async def probe_kdf(host: str, port: int) -> trust_kdf.KdfParams:
     """The control's KDF parameters: send a hello, read the challenge, hang up.
 
     No guess is spent: the control counts a failure only when a response
     does not verify.
     """
-    cert_pem = await peer.fetch_bootstrap_certificate(host, port)
-    hello = security.Hello(node_name=PROBE_NAME, address="127.0.0.1", hostname=PROBE_NAME)
-    async with peer.BootstrapCall(host, port, cert_pem) as call:
+    cert_pem = await fetch_bootstrap_certificate(host, port)
+    hello = Hello(node_name=PROBE_NAME, address="127.0.0.1", hostname=PROBE_NAME)
+    async with BootstrapCall(host, port, cert_pem) as call:
         challenge = await call.hello(hello, 0)
     return challenge.kdf
 
 
-def derive(password: str, kdf: security.KdfParams) -> tuple[Secret, float]:
+def derive(password: str, kdf: trust_kdf.KdfParams) -> tuple[Secret, float]:
     """Derive the verifier as a joiner does; return it and the seconds it took."""
     started = time.perf_counter()
-    verifier = security.derive_verifier(password, kdf)
+    verifier = trust_kdf.derive_verifier(password, kdf)
     return Secret(verifier, kdf), time.perf_counter() - started
 
 
@@ -135,57 +136,21 @@ async def bootstrap(
     phases: dict[str, float],
     agent_port: int = 0,
 ) -> Member:
-    """The password bootstrap, as ``Member._bootstrap`` runs it, with the verifier given."""
+    """The password bootstrap, through the daemon's own client, with the verifier given."""
     t = time.perf_counter()
-    cert_pem = await peer.fetch_bootstrap_certificate(host, port)
-    seen = security.fingerprint(cert_pem)
-    hello = security.Hello(node_name=name, address=address, hostname=name)
-    key = security.generate_key()
-    phases["fetch_cert"] = (t1 := time.perf_counter()) - t
-    async with peer.BootstrapCall(host, port, cert_pem) as call:
-        challenge = await call.hello(hello, agent_port)
-        phases["hello"] = (t2 := time.perf_counter()) - t1
-        if challenge.kdf != secret.kdf:
+    cert_pem = await fetch_bootstrap_certificate(host, port)
+    phases["fetch_cert"] = time.perf_counter() - t
+
+    async def verifier(kdf: trust_kdf.KdfParams) -> bytes:
+        if kdf != secret.kdf:
             raise RuntimeError("the control's KDF parameters changed during the run")
-        exchange = security.JoinerExchange(
-            secret.verifier,
-            challenge.cluster_id,
-            challenge.kdf,
-            hello,
-            seen,
-            challenge.pake_message,
-        )
-        csr = security.make_csr(key, name)
-        pake_message, confirmation = exchange.response(csr)
-        phases["pake_csr"] = (t3 := time.perf_counter()) - t2
-        result = await call.respond(pake_message, csr, confirmation)
-        phases["respond"] = (t4 := time.perf_counter()) - t3
-        exchange.check_result(
-            result.certificate_pem,
-            result.ca_certificate_pem,
-            result.control_name,
-            result.cluster_port,
-            result.confirmation,
-        )
-    ca = security.load_cert(result.ca_certificate_pem)
-    security.verify_issued_by(ca, security.load_cert(result.certificate_pem), datetime.now(UTC))
-    creds = NodeCredentials(
-        key_pem=security.key_to_pem(key),
-        cert_pem=result.certificate_pem,
-        ca_pem=result.ca_certificate_pem,
+        return secret.verifier
+
+    hello = Hello(node_name=name, address=address, hostname=name)
+    trusted = await joiner_bootstrap.run(
+        host, port, cert_pem, hello, verifier, cluster_port=agent_port, phases=phases
     )
-    cluster = ClusterRecord(
-        cluster_id=challenge.cluster_id,
-        role=Role.COMPUTE,
-        control_name=result.control_name,
-        control_address=host,
-        bootstrap_port=port,
-        cluster_port=result.cluster_port,
-        ca_fingerprint=security.fingerprint(ca),
-        ca_not_after=ca.not_valid_after_utc.timestamp(),
-    )
-    phases["check"] = time.perf_counter() - t4
-    return Member(name, creds, cluster)
+    return Member(name, trusted.credentials, trusted.cluster)
 
 
 async def enrol(
@@ -195,7 +160,7 @@ async def enrol(
 ) -> None:
     """``ClusterService.Enrol`` over mTLS until the final event."""
     t = time.perf_counter()
-    client = peer.ControlClient(member.cluster, member.creds)
+    client = ControlClient(member.cluster, member.creds)
     try:
         async for event in client.enrol():
             result.events.append((event.seq, time.time()))

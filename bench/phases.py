@@ -27,7 +27,7 @@ import grpc
 
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
-from microstackd.rpc import peer
+from microstackd.peers.cluster import ControlClient
 
 import joiner
 from fleet import CLK_TCK, Daemon, Fleet, free_port, tool
@@ -315,39 +315,40 @@ def serial_joins(ctl: Daemon, secret: joiner.Secret, count: int, warmup: int = 5
 
 def crypto_cost(secret: joiner.Secret, repeats: int) -> dict[str, Any]:
     """In-process CPU cost of the bootstrap's cryptography, per side, with the
-    product's own ``security`` module (SPAKE2 is ``microstackd.pake`` on libsodium)."""
+    product's own ``trust`` room (SPAKE2 is ``microstackd.trust.pake`` on libsodium)."""
     from datetime import UTC, datetime
 
-    from microstackd import security
+    from microstackd.model import Role
+    from microstackd.trust import exchange, x509
 
     now = datetime.now(UTC)
-    ca = security.create_ca("benchcluster", now)
-    hello = security.Hello(node_name="sim-crypto", address="127.0.0.1", hostname="sim-crypto")
+    ca = x509.create_ca("benchcluster", now)
+    hello = exchange.Hello(node_name="sim-crypto", address="127.0.0.1", hostname="sim-crypto")
     fingerprint = "0" * 64
     control, joiner_side, csr_times, sign_times = [], [], [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        cx = security.ControlExchange(
+        cx = exchange.ControlExchange(
             secret.verifier, "benchcluster", secret.kdf, hello, fingerprint
         )
         message = cx.challenge()
         t1 = time.perf_counter()
-        jx = security.JoinerExchange(
+        jx = exchange.JoinerExchange(
             secret.verifier, "benchcluster", secret.kdf, hello, fingerprint, message
         )
         t2 = time.perf_counter()
-        key = security.generate_key()
-        csr = security.make_csr(key, "sim-crypto")
+        key = x509.generate_key()
+        csr = x509.make_csr(key, "sim-crypto")
         t3 = time.perf_counter()
         pake, confirmation = jx.response(csr)
         t4 = time.perf_counter()
         cx.check_response(pake, csr, confirmation)
         t5 = time.perf_counter()
-        security.sign_csr(
+        x509.sign_csr(
             ca,
             csr,
             node_name="sim-crypto",
-            role="compute",
+            role=Role.COMPUTE,
             address="127.0.0.1",
             hostname="sim-crypto",
             now=now,
@@ -504,7 +505,7 @@ def member_calls(
             CONTROL_HOST, ctl.port, "sim-status", "127.3.0.1", secret, result.phases
         )
         await joiner.enrol(member, result)
-        client = peer.ControlClient(member.cluster, member.creds)
+        client = ControlClient(member.cluster, member.creds)
         times = []
         try:
             await client.status()
@@ -843,44 +844,51 @@ def token_cli_joins(
 def cli_floor(repeats: int) -> dict[str, Any]:
     """What any microstackctl command costs before it does anything."""
     python = [sys.executable, "-c", "pass"]
+    ctl = tool("microstackctl")
     return {
         "python_startup": summary_ms(cli_times(python, repeats)),
-        "microstackctl_version": summary_ms(
-            cli_times([tool("microstackctl"), "--version"], repeats)
-        ),
+        "microstackctl_version": summary_ms(cli_times([ctl, "--version"], repeats)),
+        "microstackctl_help": summary_ms(cli_times([ctl, "--help"], repeats)),
     }
 
 
-def import_time(repeats: int) -> dict[str, Any]:
-    """``python -X importtime -c 'import microstackctl.cli'``: totals and the heaviest imports."""
-    runs = []
-    for _ in range(repeats):
-        err = subprocess.run(
-            [sys.executable, "-X", "importtime", "-c", "import microstackctl.cli"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stderr
-        rows = []
-        for line in err.splitlines():
-            if not line.startswith("import time:") or "imported package" in line:
-                continue
-            parts = line[len("import time:") :].split("|")
-            self_us, cumulative_us, name = int(parts[0]), int(parts[1]), parts[2]
-            depth = (len(name) - len(name.lstrip(" ")) - 1) // 2
-            rows.append((name.strip(), depth, self_us, cumulative_us))
-        runs.append(rows)
-    # The median run by total.
-    totals = sorted(
-        (next(c for n, _, _, c in rows if n == "microstackctl.cli"), i)
-        for i, rows in enumerate(runs)
-    )
-    total_us, index = totals[len(totals) // 2]
-    rows = runs[index]
-    by_package: dict[str, int] = {}
-    for name, _, self_us, _ in rows:
-        top = name.split(".")[0]
-        by_package[top] = by_package.get(top, 0) + self_us
+#: Commands whose imports are measured: each runs until it would call the
+#: daemon (there is none at this socket), so everything it imports is loaded.
+IMPORT_COMMANDS = {
+    "--help": ["--help"],
+    "status": ["--socket", "/nonexistent/microstackd.sock", "status"],
+    "join": ["--socket", "/nonexistent/microstackd.sock", "join", "--token", "x"],
+}
+
+
+def _importtime(argv: list[str]) -> list[tuple[str, int, int, int]]:
+    """``python -X importtime`` of ``microstackctl ARGV``: (module, depth,
+    self us, cumulative us) in the order importtime prints them."""
+    code = f"import sys; sys.argv = ['microstackctl', *{argv!r}]\n"
+    code += "from microstackctl.cli import run\nrun()\n"
+    err = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stderr
+    rows = []
+    for line in err.splitlines():
+        if not line.startswith("import time:") or "imported package" in line:
+            continue
+        parts = line[len("import time:") :].split("|")
+        self_us, cumulative_us, name = int(parts[0]), int(parts[1]), parts[2]
+        depth = (len(name) - len(name.lstrip(" ")) - 1) // 2
+        rows.append((name.strip(), depth, self_us, cumulative_us))
+    return rows
+
+
+def _command_imports(rows: list[tuple[str, int, int, int]]) -> dict[str, Any]:
+    # What the command imports: everything after the interpreter's own start-up
+    # (site and what it loads come first).
+    first = next(i for i, (name, depth, _, _) in enumerate(rows) if name == "site" and not depth)
+    rows = rows[first + 1 :]
+    total_us = sum(cumulative for _, depth, _, cumulative in rows if depth == 0)
     # Time per package entered from outside it: the cumulative time of each such
     # import (importtime prints children before parents). These overlap: grpc's
     # includes asyncio, imported by grpc's extension.
@@ -890,21 +898,28 @@ def import_time(repeats: int) -> dict[str, Any]:
         top = name.split(".")[0]
         if parent.split(".")[0] != top:
             inclusive[top] = inclusive.get(top, 0) + cumulative
-    direct = [(n, c) for n, d, _, c in rows if d == 1]
     return {
         "total_ms": round(total_us / 1000, 1),
-        "totals_ms": [round(t / 1000, 1) for t, _ in totals],
-        "direct_imports_ms": [
-            {"module": n, "cumulative_ms": round(c / 1000, 1)}
-            for n, c in sorted(direct, key=lambda x: -x[1])[:10]
-        ],
-        "by_package_self_ms": [
-            {"package": p, "self_ms": round(s / 1000, 1)}
-            for p, s in sorted(by_package.items(), key=lambda x: -x[1])[:12]
-        ],
-        "by_package_inclusive_ms": [
-            {"package": p, "inclusive_ms": round(s / 1000, 1)}
-            for p, s in sorted(inclusive.items(), key=lambda x: -x[1])[:12]
+        "modules": len(rows),
+        "by_package": [
+            {"package": p, "inclusive_ms": round(us / 1000, 1)}
+            for p, us in sorted(inclusive.items(), key=lambda x: -x[1])[:12]
             if p != "microstackctl"
         ],
+        "imported": sorted({name.split(".")[0] for name, _, _, _ in rows}),
     }
+
+
+def import_time(repeats: int) -> dict[str, Any]:
+    """What each measured command imports and what that costs (the median
+    run of ``repeats`` by total)."""
+    commands = {}
+    for command, argv in IMPORT_COMMANDS.items():
+        runs = sorted(
+            (_command_imports(_importtime(argv)) for _ in range(repeats)),
+            key=lambda r: float(r["total_ms"]),
+        )
+        median = runs[len(runs) // 2]
+        median["totals_ms"] = [r["total_ms"] for r in runs]
+        commands[command] = median
+    return {"commands": commands}

@@ -21,8 +21,9 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from microstackd import security
-from microstackd.rpc.options import SERVER_OPTIONS
+from microstackd.model import Role
+from microstackd.trust import x509
+from microstackd.wire.options import SERVER_OPTIONS
 
 SERVER_NAME = "bench-reference"
 
@@ -33,18 +34,18 @@ async def _ping(request: bytes, context: Any) -> bytes:
 
 async def serve(host: str, out: Path) -> None:
     now = datetime.now(UTC)
-    ca = security.create_ca("bench-reference", now)
+    ca = x509.create_ca("bench-reference", now)
 
-    def issue(name: str, role: str) -> tuple[bytes, bytes]:
-        key = security.generate_key()
-        cert = security.issue_certificate(
+    def issue(name: str, role: Role) -> tuple[bytes, bytes]:
+        key = x509.generate_key()
+        cert = x509.issue_certificate(
             ca, key.public_key(), node_name=name, role=role, address=host, hostname=name, now=now
         )
-        return security.key_to_pem(key), security.cert_to_pem(cert)
+        return x509.key_to_pem(key), x509.cert_to_pem(cert)
 
-    server_key, server_cert = issue(SERVER_NAME, "control")
-    client_key, client_cert = issue("bench-client", "compute")
-    ca_pem = security.cert_to_pem(ca.cert)
+    server_key, server_cert = issue(SERVER_NAME, Role.CONTROL)
+    client_key, client_cert = issue("bench-client", Role.COMPUTE)
+    ca_pem = x509.cert_to_pem(ca.cert)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ca.crt").write_bytes(ca_pem)
     (out / "client.key").write_bytes(client_key)

@@ -1,7 +1,7 @@
 """Benchmarks of microstackd: real daemons on loopback, figures from this run only.
 
     python bench/run.py [--quick] [--out results.json] [--profile DIR] [--keep]
-                        [--parts overhead,scale,streams,cli,floor] [--scale 100,300,1000]
+                        [--parts overhead,scale,streams,cli,floor,lxd] [--scale 100,300,1000]
 
 Parts (docs/performance.md explains each):
 
@@ -10,7 +10,10 @@ Parts (docs/performance.md explains each):
 2. N simulated computes enrolling at once against one control;
 3. status latency at scale, event latency to the CLI, held streams;
 4. `microstackctl join` / `status` with real compute daemons, CLI import time;
-5. idle RSS and start-up time of control and compute daemons.
+5. idle RSS and start-up time of control and compute daemons;
+6. (``lxd``) LXD 5.0's token join beside ours, interleaved in one run
+   (bench/lxd.py; needs root and LXD: ``apt-get install lxd``). In the full
+   run; ``--quick`` leaves it out unless ``--parts`` names it.
 
 Every daemon is stopped at the end, also on error, SIGINT, SIGTERM or
 SIGHUP. The soft RLIMIT_NOFILE is raised to the hard limit first (it is
@@ -38,6 +41,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import lxd
 import phases
 import report
 from fleet import Fleet
@@ -64,6 +68,8 @@ class Plan:
     cli_status: int
     floor_repeats: int
     import_repeats: int
+    lxd_rounds: int
+    lxd_list_repeats: int
 
 
 FULL = Plan(
@@ -83,6 +89,8 @@ FULL = Plan(
     cli_status=30,
     floor_repeats=10,
     import_repeats=5,
+    lxd_rounds=10,
+    lxd_list_repeats=10,
 )
 QUICK = Plan(
     reference_samples=60,
@@ -101,6 +109,8 @@ QUICK = Plan(
     cli_status=10,
     floor_repeats=5,
     import_repeats=3,
+    lxd_rounds=3,
+    lxd_list_repeats=5,
 )
 
 
@@ -242,14 +252,31 @@ def part_floor(c: Context) -> None:
     c.r["import_time"] = phases.import_time(c.plan.import_repeats)
 
 
+def part_lxd(c: Context) -> None:
+    log(
+        f"6. LXD beside us: {c.plan.lxd_rounds} rounds of LXD's token join, "
+        "`microstackctl join --token` and `join` with the password, interleaved"
+    )
+    result = lxd.side_by_side(c.fleet, c.password, c.plan.lxd_rounds, c.plan.lxd_list_repeats)
+    c.r["lxd"] = result
+    log(
+        f"   LXD token {result['lxd_token']['p50_ms']:.0f} ms, ours token "
+        f"{result['ours_token']['p50_ms']:.0f} ms ({result['token_ratio']}x), password "
+        f"{result['ours_password']['p50_ms']:.0f} ms (KDF {result['kdf']['p50_ms']:.0f} ms)"
+    )
+
+
 PARTS = {
     "overhead": part_overhead,
     "scale": part_scale,
     "streams": part_streams,
     "cli": part_cli,
     "floor": part_floor,
+    "lxd": part_lxd,
 }
 PART_NAMES = tuple(PARTS)
+#: What --quick runs unless --parts says otherwise: not LXD (it needs LXD installed).
+QUICK_PARTS = tuple(p for p in PART_NAMES if p != "lxd")
 
 
 def run_all(
@@ -335,8 +362,9 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the daemons' directories")
     parser.add_argument(
         "--parts",
-        default=",".join(PART_NAMES),
-        help=f"comma-separated subset of {','.join(PART_NAMES)} (default: all)",
+        default="",
+        help=f"comma-separated subset of {','.join(PART_NAMES)} "
+        f"(default: all; with --quick: {','.join(QUICK_PARTS)})",
     )
     parser.add_argument(
         "--scale", default="", help="comma-separated N values instead of the plan's (e.g. 2000)"
@@ -345,7 +373,8 @@ def main() -> int:
     plan = QUICK if args.quick else FULL
     if args.scale:
         plan = dataclasses.replace(plan, scale=tuple(int(n) for n in args.scale.split(",")))
-    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    chosen = args.parts or ",".join(QUICK_PARTS if args.quick else PART_NAMES)
+    parts = [p.strip() for p in chosen.split(",") if p.strip()]
     unknown = sorted(set(parts) - set(PART_NAMES))
     if unknown:
         parser.error(f"unknown parts {unknown}: choose from {list(PART_NAMES)}")

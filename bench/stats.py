@@ -33,9 +33,10 @@ def ms(seconds: float) -> float:
 
 
 def summary_ms(samples: Sequence[float]) -> dict[str, float | int]:
-    """p50/p90/p99/max of samples given in seconds, in milliseconds."""
+    """min/p50/p90/p99/max of samples given in seconds, in milliseconds."""
     return {
         "n": len(samples),
+        "min_ms": ms(min(samples)) if samples else math.nan,
         "p50_ms": ms(percentile(samples, 50)),
         "p90_ms": ms(percentile(samples, 90)),
         "p99_ms": ms(percentile(samples, 99)),

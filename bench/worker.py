@@ -40,7 +40,7 @@ from grpc import aio
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
 from microstackd.model import EventRecord
-from microstackd.rpc.options import SERVER_OPTIONS
+from microstackd.wire.options import SERVER_OPTIONS
 
 import joiner
 

@@ -33,9 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from microstackd.node import testimage  # noqa: E402
-from tests.e2e import openstack_env  # noqa: E402
-from tests.e2e.netns import MICROSTACKCTL, Host, Network, clean_env, reap  # noqa: E402
-from tests.e2e.openstack_env import PREFIX  # noqa: E402
+from sandbox import openstack_env  # noqa: E402
+from sandbox.netns import MICROSTACKCTL, Host, Network, clean_env, reap  # noqa: E402
+from sandbox.openstack_env import PREFIX  # noqa: E402
 
 SSH_OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]  # fmt: skip

@@ -16,5 +16,7 @@ echo "== unit and integration tests"
 .venv/bin/python -m pytest -p no:cacheprovider -m "not e2e and not openstack" tests/unit tests/integration
 echo "== end-to-end tests"
 .venv/bin/python -m pytest -p no:cacheprovider -m "e2e and not openstack" tests/e2e
+echo "== machines: every node a container with systemd as PID 1 (microstackd as a system service)"
+.venv/bin/python -m pytest -p no:cacheprovider -m machines tests/e2e/machines
 echo "== OpenStack end-to-end tests (a real control plane and computes in namespaces)"
 .venv/bin/python -m pytest -p no:cacheprovider -m openstack tests/e2e

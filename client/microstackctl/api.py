@@ -1,96 +1,134 @@
 """The CLI's client of its local daemon, over the Unix socket.
 
-gRPC failures become ``CommandError`` with an operator-facing message and
-the documented exit code (docs/cli.md): 1 error, 3 unreachable, 4 rejected
-credentials.
+Every call goes through ``_unary`` or ``_stream``, where a gRPC failure
+becomes a ``CommandError`` (``command_error``) with the operator-facing
+message and the documented exit code (docs/cli.md): 1 error, 3
+unreachable, 4 rejected credentials.
+
+Imported only by the commands that talk to the daemon: it loads grpc and
+the protobuf runtime, which ``--help`` and ``--version`` never need (and
+no pathlib: ``status`` has no other use for it).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import grpc
 
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
+from microstackctl.errors import EXIT_ERROR, EXIT_REJECTED, EXIT_UNREACHABLE, CommandError
 
 DEFAULT_SOCKET = "/run/microstackd/microstackd.sock"
 
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-EXIT_REJECTED = 4
+#: Trailing metadata naming the daemon's error class of a failed call
+#: (docs/api.md, "Status codes"; the daemon's ``wire.status.ERROR_METADATA``).
+#: Its absence marks a failure of the transport, not one the daemon reported.
+ERROR_METADATA = "microstackd-error"
+
+#: Error classes after which the local daemon is gone, as when it cannot be
+#: reached at all: a command that follows a stream may wait and re-attach.
+_DAEMON_GONE = frozenset({None, "ShuttingDown"})
+
+_REJECTED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 
 
-class CommandError(Exception):
-    def __init__(
-        self, message: str, exit_code: int = EXIT_ERROR, *, daemon_lost: bool = False
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.exit_code = exit_code
-        #: The local daemon went away (as opposed to an error it reported).
-        self.daemon_lost = daemon_lost
+def socket_path(explicit: str | None) -> str:
+    return explicit or os.environ.get("MICROSTACK_SOCKET") or DEFAULT_SOCKET
 
 
-def socket_path(explicit: str | None) -> Path:
-    return Path(explicit or os.environ.get("MICROSTACK_SOCKET") or DEFAULT_SOCKET)
+def connect(socket: str | None) -> Api:
+    """A client of the daemon at ``--socket`` (else $MICROSTACK_SOCKET, else the default)."""
+    return Api(socket_path(socket))
+
+
+def command_error(exc: grpc.RpcError, socket: str) -> CommandError:
+    """The CLI's error for a failed call to the daemon at ``socket``.
+
+    UNAVAILABLE without a daemon error class (the socket does not answer)
+    or from a daemon shutting down: the daemon is lost (exit 3); UNAVAILABLE
+    the daemon reported (it could not reach the control or a node): exit 3;
+    UNAUTHENTICATED, PERMISSION_DENIED: exit 4; anything else: exit 1, with
+    the daemon's message.
+    """
+    code: grpc.StatusCode = exc.code()
+    details = str(exc.details() or code.name)
+    error_class = dict(exc.trailing_metadata() or ()).get(ERROR_METADATA)
+    if code is grpc.StatusCode.UNAVAILABLE and error_class in _DAEMON_GONE:
+        return CommandError(
+            f"lost microstackd at {socket}: is it running? ({details})",
+            EXIT_UNREACHABLE,
+            daemon_lost=True,
+        )
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return CommandError(details, EXIT_UNREACHABLE)
+    if code in _REJECTED:
+        return CommandError(details, EXIT_REJECTED)
+    return CommandError(details, EXIT_ERROR)
+
+
+def _permission_denied(path: str) -> CommandError:
+    return CommandError(
+        f"permission denied on {path}: run as root or as a member of the 'microstack' group "
+        "(sudo usermod -aG microstack $USER, then log in again)",
+        EXIT_REJECTED,
+    )
 
 
 class Api:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
-        if not path.exists():
+        try:
+            os.stat(path)
+        except FileNotFoundError:
             raise CommandError(
                 f"no microstackd socket at {path}: is microstackd running? "
                 "(start it, or point --socket / MICROSTACK_SOCKET at its socket)",
                 EXIT_UNREACHABLE,
                 daemon_lost=True,
-            )
-        if not os.access(path, os.R_OK | os.W_OK):
+            ) from None
+        except PermissionError:
+            # The socket's directory is root:microstack 0750: others cannot even look.
+            raise _permission_denied(path) from None
+        except OSError as exc:
             raise CommandError(
-                f"permission denied on {path}: run as root or as a member of the "
-                "'microstack' group",
-                EXIT_REJECTED,
-            )
+                f"cannot reach the microstackd socket at {path}: {exc.strerror or exc}",
+                EXIT_UNREACHABLE,
+                daemon_lost=True,
+            ) from None
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise _permission_denied(path)
         self._channel = grpc.insecure_channel(f"unix:{path}")
         self.stub = pb_grpc.AdminServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
 
-    def error(self, exc: grpc.RpcError) -> CommandError:
-        code = exc.code()
-        details = str(exc.details() or code.name)
-        metadata = dict(exc.trailing_metadata() or ())
-        error_class = metadata.get("microstackd-error")
-        if code is grpc.StatusCode.UNAVAILABLE and error_class in (None, "ShuttingDown"):
-            return CommandError(
-                f"lost microstackd at {self.path}: is it running? ({details})",
-                EXIT_UNREACHABLE,
-                daemon_lost=True,
-            )
-        if code is grpc.StatusCode.UNAVAILABLE:
-            return CommandError(details, EXIT_UNREACHABLE)
-        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-            return CommandError(details, EXIT_REJECTED)
-        return CommandError(details, EXIT_ERROR)
+    # The two ways to call the daemon; every RpcError is mapped here, once.
+
+    def _unary(self, method: Callable[..., Any], request: Any, timeout: float) -> Any:
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise command_error(exc, self.path) from exc
+
+    def _stream(self, method: Callable[..., Iterator[Any]], request: Any) -> Iterator[Any]:
+        try:
+            yield from method(request)
+        except grpc.RpcError as exc:
+            raise command_error(exc, self.path) from exc
+
+    # AdminService, one method per RPC.
 
     def status(self) -> pb.StatusResponse:
-        try:
-            return self.stub.Status(pb.StatusRequest(), timeout=30)  # type: ignore[no-any-return]
-        except grpc.RpcError as exc:
-            raise self.error(exc) from exc
+        return cast(pb.StatusResponse, self._unary(self.stub.Status, pb.StatusRequest(), 30))
 
     def init(self, password: str, address: str) -> Iterator[pb.Event]:
         request = pb.InitRequest(role=pb.ROLE_CONTROL, password=password, address=address)
-        try:
-            for response in self.stub.Init(request):
-                yield response.event
-        except grpc.RpcError as exc:
-            raise self.error(exc) from exc
+        return (response.event for response in self._stream(self.stub.Init, request))
 
     def join(
         self, control: str, password: str, address: str, token: str = "", timeout: int = 0
@@ -102,51 +140,27 @@ class Api:
             token=token,
             timeout_seconds=timeout,
         )
-        try:
-            for response in self.stub.Join(request):
-                yield response.event
-        except grpc.RpcError as exc:
-            raise self.error(exc) from exc
+        return (response.event for response in self._stream(self.stub.Join, request))
 
     def watch(self, node: str, after_seq: int) -> Iterator[pb.Event]:
-        try:
-            for response in self.stub.Watch(pb.WatchRequest(node=node, after_seq=after_seq)):
-                yield response.event
-        except grpc.RpcError as exc:
-            raise self.error(exc) from exc
+        request = pb.WatchRequest(node=node, after_seq=after_seq)
+        return (response.event for response in self._stream(self.stub.Watch, request))
 
     def remove(self, name: str, force: bool) -> pb.RemoveNodeResponse:
-        try:
-            return self.stub.RemoveNode(  # type: ignore[no-any-return]
-                pb.RemoveNodeRequest(name=name, force=force), timeout=120
-            )
-        except grpc.RpcError as exc:
-            raise self.error(exc) from exc
+        request = pb.RemoveNodeRequest(name=name, force=force)
+        return cast(pb.RemoveNodeResponse, self._unary(self.stub.RemoveNode, request, 120))
 
     def launch(self, request: pb.LaunchRequest) -> Iterator[pb.LaunchResponse]:
-        try:
-            yield from self.stub.Launch(request)
-        except grpc.RpcError as exc:
-            raise self.error(exc) from exc
+        return cast(Iterator[pb.LaunchResponse], self._stream(self.stub.Launch, request))
 
     def create_token(self, name: str, ttl: int) -> pb.CreateTokenResponse:
-        try:
-            return self.stub.CreateToken(  # type: ignore[no-any-return]
-                pb.CreateTokenRequest(name=name, ttl_seconds=ttl), timeout=30
-            )
-        except grpc.RpcError as exc:
-            raise self.error(exc) from exc
+        request = pb.CreateTokenRequest(name=name, ttl_seconds=ttl)
+        return cast(pb.CreateTokenResponse, self._unary(self.stub.CreateToken, request, 30))
 
     def list_tokens(self) -> pb.ListTokensResponse:
-        try:
-            return self.stub.ListTokens(pb.ListTokensRequest(), timeout=30)  # type: ignore[no-any-return]
-        except grpc.RpcError as exc:
-            raise self.error(exc) from exc
+        request = pb.ListTokensRequest()
+        return cast(pb.ListTokensResponse, self._unary(self.stub.ListTokens, request, 30))
 
     def revoke_token(self, id_or_name: str) -> pb.RevokeTokenResponse:
-        try:
-            return self.stub.RevokeToken(  # type: ignore[no-any-return]
-                pb.RevokeTokenRequest(id_or_name=id_or_name), timeout=30
-            )
-        except grpc.RpcError as exc:
-            raise self.error(exc) from exc
+        request = pb.RevokeTokenRequest(id_or_name=id_or_name)
+        return cast(pb.RevokeTokenResponse, self._unary(self.stub.RevokeToken, request, 30))

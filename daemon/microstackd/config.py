@@ -14,6 +14,8 @@ DEFAULT_CONFIG_ROOT = Path("/var/snap/microstack/common/etc")
 #: The daemon's own config file; read when present.
 DEFAULT_CONFIG_FILE = Path("/etc/microstackd/microstackd.yaml")
 SERVICE_MANAGERS = ("auto", "systemd", "snap", "process")
+#: Members of this group may use the admin socket (systemd/microstackd.sysusers).
+SOCKET_GROUP = "microstack"
 
 
 @dataclass(frozen=True)
@@ -54,3 +56,12 @@ class DaemonConfig:
 
 def default_node_name() -> str:
     return socket.gethostname().split(".")[0].lower()
+
+
+@dataclass
+class Ports:
+    """The ports this daemon listens on, known once it has bound them (the
+    configuration may ask for 0: any free port)."""
+
+    bootstrap: int = 0
+    cluster: int = 0

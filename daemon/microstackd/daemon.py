@@ -1,47 +1,68 @@
-"""Wiring and lifetime: the store, the domain objects and the three servers.
+"""Wiring and lifetime, nothing else: the store, the domain objects, the
+servicers built with the domain objects they need, and the three servers.
 
     Unix socket  AdminService                  (Channel.LOCAL)
     --listen     BootstrapService, TLS only    (Channel.BOOTSTRAP)
-    cluster port ClusterService, mutual TLS    (Channel.CLUSTER; once a member)
+    cluster port ClusterService, AgentService, mutual TLS (Channel.CLUSTER; once a member)
 
-grpc's Python server cannot ask for a client certificate on some calls and
-not others (DESIGN.md, measured), hence two TCP ports.
+What each server serves is ``api/access.py``'s table. grpc's Python server
+cannot ask for a client certificate on some calls and not others
+(DESIGN.md, measured), hence two TCP ports. Port 0 means any free port: the
+bootstrap port is bound as asked and read back; a cluster port of 0 is
+reserved at start-up (bound, not listening) so that the hello can announce
+it before this node has the certificate to serve it. The ports bound are in
+the ``ready`` log line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import logging
 import os
+import socket
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
-from microstackd import credentials, errors, security, validate
-from microstackd.agent import Agent
-from microstackd.config import DaemonConfig
-from microstackd.control import Control
-from microstackd.credentials import BOOTSTRAP_CERT, BOOTSTRAP_KEY
-from microstackd.events import EventBus
-from microstackd.member import Member
-from microstackd.model import Access, Role, ServiceRecord
-from microstackd.node.services import ServiceStatus, make_manager
-from microstackd.plane import ControlPlane
-from microstackd.rpc import servicers
-from microstackd.rpc.auth import AuthInterceptor, Channel
-from microstackd.rpc.options import SERVER_OPTIONS
-from microstackd.runner import Runner
+from microstackd import errors
+from microstackd.api import access
+from microstackd.api.access import HEALTH, REFLECTION, Channel
+from microstackd.api.servicers.admin import AdminServicer
+from microstackd.api.servicers.agent import AgentServicer
+from microstackd.api.servicers.bootstrap import BootstrapServicer
+from microstackd.api.servicers.cluster import ClusterServicer
+from microstackd.cloud.service import Cloud
+from microstackd.config import SOCKET_GROUP, DaemonConfig, Ports
+from microstackd.control.bootstrap import Bootstrap
+from microstackd.control.cluster import Cluster
+from microstackd.control.enrol import Enrolments
+from microstackd.control.members import Members
+from microstackd.control.plane import ControlPlane
+from microstackd.control.tokens import Tokens
+from microstackd.enrolment.events import EventBus, Signal
+from microstackd.enrolment.runner import Runner
+from microstackd.member.callers import Callers
+from microstackd.member.heartbeat import Heartbeats
+from microstackd.member.join import Member
+from microstackd.node.agent import Agent
+from microstackd.node.services import make_manager
 from microstackd.store import Store
+from microstackd.store.files import BOOTSTRAP_CERT, BOOTSTRAP_KEY
+from microstackd.trust import names, x509
+from microstackd.wire.options import SERVER_OPTIONS
 
 log = logging.getLogger(__name__)
 
+_API = "microstack.cluster.v1."
 #: Services listed by server reflection on the local socket.
 REFLECTED_SERVICES = (
     pb.DESCRIPTOR.services_by_name["AdminService"].full_name,
@@ -53,18 +74,33 @@ REFLECTED_SERVICES = (
 class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
-        self.store = Store(config.state_dir)
-        self.bus = EventBus(self.store)
-        self.runner = Runner(self.store, self.bus, step_delays=config.step_delays)
+        self.ports = Ports(config.listen_port, config.cluster_port)
+        self.store = store = Store(config.state_dir)
+        self.bus = EventBus(store)
+        self.runner = Runner(store, self.bus, step_delays=config.step_delays)
         self._bootstrap_key, self._bootstrap_cert = self._bootstrap_identity()
-        fingerprint = security.fingerprint(self._bootstrap_cert)
+        fingerprint = x509.fingerprint(self._bootstrap_cert)
+        self._placeholder = self._reserve_cluster_port()
         self.services = make_manager(config.service_manager, log_dir=config.state_dir / "logs")
-        self.plane = ControlPlane(config, self.store, self.services)
-        self.control = Control(
-            config, self.store, self.runner, fingerprint, self.start_cluster_server, self.plane
-        )
-        self.agent = Agent(config, self.store, self.services)
-        self.member = Member(config, self.store, self.start_cluster_server, self._service_records)
+        #: Raised when this node becomes a member (serve the mTLS port) or leaves it.
+        self.joined, self.left = Signal("joined"), Signal("left")
+        self.joined.subscribe(self.start_cluster_server)
+        self.left.subscribe(self._close_cluster_server)
+        #: Raised when this node's role services changed (heartbeat at once).
+        self.services_changed = Signal("services changed")
+
+        self.plane = ControlPlane(config, store, self.services)
+        self.cluster = Cluster(config, store, self.runner, self.ports, self.joined, self.plane)
+        self.cloud = Cloud(self.cluster.cloud)
+        self.enrolments = Enrolments(self.cluster, self.runner, self.cloud)
+        self.members = Members(self.cluster, self.runner, self.cloud)
+        self.tokens = Tokens(self.cluster, fingerprint)
+        self.bootstrap = Bootstrap(self.cluster, fingerprint)
+        self.agent = Agent(config, store, self.services, self.runner, self.services_changed)
+        self.heartbeats = Heartbeats(store, self.agent.services)
+        self.services_changed.subscribe(self.heartbeats.beat_now)
+        self.member = Member(config, store, self.heartbeats, self.ports, self.joined, self.left)
+        self.callers = Callers(store)
         #: gRPC health (grpc.health.v1) on every endpoint: SERVING once started.
         self.health = health_aio.HealthServicer()
         self._local: aio.Server | None = None
@@ -76,12 +112,28 @@ class Daemon:
         key_pem = self.store.read_file(BOOTSTRAP_KEY)
         cert_pem = self.store.read_file(BOOTSTRAP_CERT)
         if key_pem is None or cert_pem is None:
-            key = security.generate_key()
-            cert = security.self_signed_bootstrap_certificate(key, datetime.now(UTC))
-            key_pem, cert_pem = security.key_to_pem(key), security.cert_to_pem(cert)
+            key = x509.generate_key()
+            cert = x509.self_signed_bootstrap_certificate(key, datetime.now(UTC))
+            key_pem, cert_pem = x509.key_to_pem(key), x509.cert_to_pem(cert)
             self.store.write_secret(BOOTSTRAP_KEY, key_pem)
             self.store.write_secret(BOOTSTRAP_CERT, cert_pem)
         return key_pem, cert_pem
+
+    def _reserve_cluster_port(self) -> socket.socket | None:
+        """With cluster port 0: bind one now (not listening) and keep it until
+        the mTLS server takes it over, so the port is this daemon's from the start."""
+        if self.ports.cluster:
+            return None
+        host = self.config.listen_host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        placeholder = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            placeholder.bind((host, 0))
+        except OSError as exc:
+            placeholder.close()
+            raise errors.MicrostackError(f"cannot listen on {host}: {exc}") from exc
+        self.ports.cluster = int(placeholder.getsockname()[1])
+        return placeholder
 
     # ----------------------------------------------------------- start --
 
@@ -92,81 +144,110 @@ class Daemon:
             await self.start_cluster_server()
         await self.agent.resume()
         await self.plane.resume()
-        self.control.resume_enrolments()
-        self.member.resume()
+        self.enrolments.resume()
+        self.heartbeats.resume()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "ready node=%s listen=%s cluster_port=%d socket=%s services=%s",
             self.config.node_name,
-            validate.format_host_port(self.config.listen_host, self.config.listen_port),
-            self.config.cluster_port,
+            names.format_host_port(self.config.listen_host, self.ports.bootstrap),
+            self.ports.cluster,
             self.config.socket,
             self.services.kind,
         )
+
+    def _health(self) -> tuple[access.Adder, object]:
+        return health_pb2_grpc.add_HealthServicer_to_server, self.health
 
     async def _start_local(self) -> None:
         path = self.config.socket
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        server = aio.server(interceptors=[AuthInterceptor(Channel.LOCAL)], options=SERVER_OPTIONS)
-        pb_grpc.add_AdminServiceServicer_to_server(servicers.AdminServicer(self), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(REFLECTED_SERVICES, server)
+        server = aio.server(options=SERVER_OPTIONS)
+        admin = AdminServicer(
+            self.config.node_name, self.store, self.bus, self.cluster, self.members,
+            self.tokens, self.member,
+        )  # fmt: skip
+        reflector = reflection.aio.ReflectionServicer(REFLECTED_SERVICES)
+        access.register(
+            server,
+            Channel.LOCAL,
+            {
+                _API + "AdminService": (pb_grpc.add_AdminServiceServicer_to_server, admin),
+                HEALTH: self._health(),
+                REFLECTION: (reflection_pb2_grpc.add_ServerReflectionServicer_to_server, reflector),
+            },
+        )
         self._bind(server, f"unix:{path}", None, f"the socket {path}")
         await server.start()
         os.chmod(path, 0o660)
+        _hand_to_group(path, SOCKET_GROUP)
         self._local = server
 
     async def _start_bootstrap(self) -> None:
-        server = aio.server(
-            interceptors=[AuthInterceptor(Channel.BOOTSTRAP)], options=SERVER_OPTIONS
+        server = aio.server(options=SERVER_OPTIONS)
+        bootstrap = BootstrapServicer(self.bootstrap)
+        access.register(
+            server,
+            Channel.BOOTSTRAP,
+            {
+                _API + "BootstrapService": (
+                    pb_grpc.add_BootstrapServiceServicer_to_server,
+                    bootstrap,
+                ),
+                HEALTH: self._health(),
+            },
         )
-        pb_grpc.add_BootstrapServiceServicer_to_server(servicers.BootstrapServicer(self), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         tls = grpc.ssl_server_credentials([(self._bootstrap_key, self._bootstrap_cert)])
-        address = validate.format_host_port(self.config.listen_host, self.config.listen_port)
-        self._bind(server, address, tls, f"the bootstrap port {address}")
+        address = names.format_host_port(self.config.listen_host, self.ports.bootstrap)
+        self.ports.bootstrap = self._bind(server, address, tls, f"the bootstrap port {address}")
         await server.start()
         self._bootstrap = server
 
     async def start_cluster_server(self) -> None:
-        """Serve the mTLS port; called at start-up and once this node joins."""
+        """Serve the mTLS port; at start-up once a member, and when this node joins."""
         if self._cluster is not None:
             return
-        creds = credentials.load(self.store)
-        server = aio.server(
-            interceptors=[AuthInterceptor(Channel.CLUSTER, self)], options=SERVER_OPTIONS
+        creds = self.store.credentials()
+        server = aio.server(options=SERVER_OPTIONS)
+        access.register(
+            server,
+            Channel.CLUSTER,
+            {
+                _API + "ClusterService": (
+                    pb_grpc.add_ClusterServiceServicer_to_server,
+                    ClusterServicer(self.enrolments, self.members, self.bus),
+                ),
+                _API + "AgentService": (
+                    pb_grpc.add_AgentServiceServicer_to_server,
+                    AgentServicer(self.agent, self.member),
+                ),
+                HEALTH: self._health(),
+            },
+            self.callers,
         )
-        pb_grpc.add_ClusterServiceServicer_to_server(servicers.ClusterServicer(self), server)
-        pb_grpc.add_AgentServiceServicer_to_server(servicers.AgentServicer(self), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         tls = grpc.ssl_server_credentials(
             [(creds.key_pem, creds.cert_pem)],
             root_certificates=creds.ca_pem,
             require_client_auth=True,
         )
-        address = validate.format_host_port(self.config.listen_host, self.config.cluster_port)
+        address = names.format_host_port(self.config.listen_host, self.ports.cluster)
+        if self._placeholder is not None:  # hand the reserved port over to the server
+            self._placeholder.close()
+            self._placeholder = None
         self._bind(server, address, tls, f"the cluster port {address}")
         await server.start()
         self._cluster = server
 
-    async def _service_records(self) -> list[ServiceRecord]:
-        return [
-            ServiceRecord(s.name, s.state, s.message, s.detail) for s in await self.agent.services()
-        ]
-
-    async def leave(self) -> list[ServiceStatus]:
-        """This node was removed: stop its services, forget the cluster, and
-        close the mTLS port (after this call's answer is on its way)."""
-        stopped = await self.agent.stop_role()
-        await self.member.forget()
+    async def _close_cluster_server(self) -> None:
+        """This node left its cluster: close the mTLS port once the answer to
+        the control's Leave is on its way."""
         server, self._cluster = self._cluster, None
         if server is not None:
             asyncio.get_running_loop().call_later(
                 0.5, lambda: asyncio.ensure_future(server.stop(1.0))
             )
-        return stopped
 
     @staticmethod
     def _bind(
@@ -174,32 +255,16 @@ class Daemon:
         address: str,
         credentials: grpc.ServerCredentials | None,
         what: str,
-    ) -> None:
+    ) -> int:
+        """Bind ``address``; the port bound (the one asked for, or any for 0)."""
         try:
             if credentials is None:
-                server.add_insecure_port(address)
-            else:
-                server.add_secure_port(address, credentials)
+                return int(server.add_insecure_port(address))
+            return int(server.add_secure_port(address, credentials))
         except RuntimeError as exc:
             raise errors.MicrostackError(
                 f"cannot listen on {what}: address in use or not on this host ({exc})"
             ) from exc
-
-    # ------------------------------------------------------------ auth --
-
-    def authorise(self, identity: security.Identity, access: Access) -> None:
-        cluster = self.store.cluster()
-        if cluster is None:
-            raise errors.PermissionDenied("this node is in no cluster")
-        if cluster.role is Role.CONTROL:
-            self.control.authorise(identity, access)
-            return
-        if access is not Access.CONTROL:
-            raise errors.PermissionDenied("a compute node serves only its control node")
-        if identity.role != Role.CONTROL.value or identity.name != cluster.control_name:
-            raise errors.PermissionDenied(
-                f"{identity.name} is not the control node of this node's cluster"
-            )
 
     # ------------------------------------------------------------ stop --
 
@@ -211,9 +276,13 @@ class Daemon:
         self.bus.shutdown()
         servers = [s for s in (self._bootstrap, self._cluster, self._local) if s is not None]
         await asyncio.gather(*(s.stop(grace) for s in servers))
-        await self.member.stop_heartbeats()
+        await self.heartbeats.stop()
+        await self.agent.close()
         await self.plane.close()
         await self.services.close()
+        self.cloud.close()
+        if self._placeholder is not None:
+            self._placeholder.close()
         with contextlib.suppress(FileNotFoundError):
             self.config.socket.unlink()
         with contextlib.suppress(errors.MicrostackError):
@@ -223,3 +292,18 @@ class Daemon:
     async def wait(self) -> None:
         assert self._local is not None
         await self._local.wait_for_termination()
+
+
+def _hand_to_group(path: Path, group: str) -> None:
+    """The socket's group: its members may use it (docs/security.md). Where
+    there is no such group the socket stays root's alone."""
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        return
+    try:
+        os.chown(path, -1, gid)
+    except OSError as exc:
+        log.warning(
+            "cannot hand the socket to its group socket=%s group=%s error=%s", path, group, exc
+        )

@@ -3,8 +3,9 @@
 Every failure a person can cause or fix has its own class; the class docstring
 is the text the operator sees when no more specific message is given. Errors
 say whose side broke the rules: ``Local…`` for this node, ``Peer…`` for the
-other side. The RPC layer maps each class to one gRPC status code
-(``microstackd.rpc.status``); nothing below it knows about gRPC.
+other side. ``wire/status.py`` maps each class to one gRPC status code (``code`` below)
+and back, by name, through the ``microstackd-error`` trailer; nothing below
+``api/`` and ``peers/`` knows about gRPC.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 class MicrostackError(Exception):
     """microstackd failed."""
 
-    #: The gRPC status code name this error maps to (see rpc/status.py).
+    #: The gRPC status code name this error maps to (see wire/status.py).
     code = "INTERNAL"
 
     def __init__(self, message: str | None = None) -> None:

@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from microstackd import __version__, errors, logcontext, notify, validate
+from microstackd import __version__, errors, logcontext, notify
 from microstackd.config import (
     DEFAULT_CONFIG_FILE,
     DEFAULT_CONFIG_ROOT,
@@ -23,18 +23,32 @@ from microstackd.config import (
     DaemonConfig,
     default_node_name,
 )
+from microstackd.trust import names
 
 log = logging.getLogger("microstackd")
 
 
-class KeyValueFormatter(logging.Formatter):
-    """One event per line, key=value; no timestamp under systemd (journald adds it)."""
+#: Syslog priorities of the log levels: journald takes a line's from its
+#: "<N>" prefix (SyslogLevelPrefix=, on by default) into PRIORITY=.
+SYSLOG_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
 
-    def __init__(self, timestamps: bool) -> None:
+
+class KeyValueFormatter(logging.Formatter):
+    """One event per line, key=value. Under journald no timestamp (journald
+    adds its own) and the level's syslog priority as a "<N>" prefix."""
+
+    def __init__(self, timestamps: bool, journal: bool = False) -> None:
         super().__init__()
         self._timestamps = timestamps
+        self._journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
+        line = self._format(record)
+        if self._journal:
+            return f"<{SYSLOG_PRIORITY.get(record.levelname, 6)}>{line}"
+        return line
+
+    def _format(self, record: logging.LogRecord) -> str:
         parts = []
         if self._timestamps:
             parts.append(f"time={self.formatTime(record, '%Y-%m-%dT%H:%M:%S')}")
@@ -50,6 +64,17 @@ class KeyValueFormatter(logging.Formatter):
         if record.exc_info:
             parts.append("exc=" + repr(self.formatException(record.exc_info)))
         return " ".join(parts)
+
+
+def stderr_is_journal() -> bool:
+    """Whether standard error is journald's stream (systemd.exec(5),
+    $JOURNAL_STREAM): not merely a child of a unit with its stderr elsewhere."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        stat = os.fstat(sys.stderr.fileno())
+        return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
+    except (OSError, ValueError):
+        return False
 
 
 def split_fields(message: str) -> tuple[str, list[str]]:
@@ -224,9 +249,11 @@ def build_config(args: argparse.Namespace) -> DaemonConfig:
             raise errors.InvalidArgument(f"--listen {listen!r}: port must be a number")
         port = int(port_text)
     else:
-        host, port = validate.host_port(listen, "--listen")
-    cluster_port = args.cluster_port or port + 1
-    if not 0 < cluster_port < 65536 or cluster_port == port:
+        host, port = names.host_port(listen, "--listen", allow_any_port=True)
+    # Port 0 is any free port (read back from the ``ready`` log line); the
+    # cluster port then defaults to any too.
+    cluster_port = args.cluster_port or (port + 1 if port else 0)
+    if not 0 <= cluster_port < 65536 or (cluster_port and cluster_port == port):
         raise errors.InvalidArgument(f"--cluster-port {cluster_port} is not usable")
     prefix = args.openstack_prefix
     if prefix is not None and not (prefix / "bin").is_dir():
@@ -234,8 +261,8 @@ def build_config(args: argparse.Namespace) -> DaemonConfig:
             f"--openstack-prefix {prefix}: no bin/ directory there (create the environment with "
             "openstack/install-env.sh, or leave the flag out to run stand-ins)"
         )
-    name = validate.node_name(args.node_name or default_node_name(), "--node-name")
-    hostname = validate.hostname(args.hostname or name, "--hostname")
+    name = names.node_name(args.node_name or default_node_name(), "--node-name")
+    hostname = names.hostname(args.hostname or name, "--hostname")
     return DaemonConfig(
         state_dir=args.state_dir.absolute(),
         socket=args.socket.absolute(),
@@ -329,6 +356,7 @@ async def serve(config: DaemonConfig, args: argparse.Namespace | None = None) ->
 
 
 def main(argv: list[str] | None = None) -> None:
+    notify.take_socket()  # no child of the daemon may notify systemd
     flags = parse_args(argv)
     try:
         args = merge(flags, load_config_file(flags.config))
@@ -336,7 +364,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"microstackd: error: {exc.message}", file=sys.stderr)
         sys.exit(2)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KeyValueFormatter(timestamps="JOURNAL_STREAM" not in os.environ))
+    journal = stderr_is_journal()
+    handler.setFormatter(KeyValueFormatter(timestamps=not journal, journal=journal))
     logging.basicConfig(level=str(args.log_level or "info").upper(), handlers=[handler])
     try:
         config = build_config(args)

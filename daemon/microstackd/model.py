@@ -13,10 +13,11 @@ class Role(enum.StrEnum):
 
 
 class Access(enum.Enum):
-    """Who may make a call (see rpc/auth.py for the table)."""
+    """Who may make a call (``api/access.py`` holds the table, per channel)."""
 
     LOCAL = "local"  # the Unix socket: file permissions authorise
-    PUBLIC = "public"  # anyone who can reach the port
+    HEALTH = "health"  # anyone who reaches the port: grpc.health.v1, nothing else
+    BOOTSTRAP = "bootstrap"  # anyone who reaches the bootstrap port, to prove the password
     MEMBER = "member"  # a node holding a valid, unrevoked cluster certificate
     CONTROL = "control"  # the control node of this node's cluster
 
@@ -72,11 +73,49 @@ class NodeUpdate:
 
 @dataclass(frozen=True)
 class ServiceRecord:
+    """One service of a node's role, as its ServiceManager reports it."""
+
     name: str
+    #: Exactly one of "running", "starting", "failed", "stopped".
     state: str
+    #: On failed: why (exit status and the last log lines).
     message: str = ""
     #: What it runs with, for a person (e.g. nova-compute's virt_type).
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class AgentStep:
+    """One step change of a node's agent applying a role, streamed to the control."""
+
+    step: str
+    state: StepState
+    message: str
+    percent: int = 0
+    services: tuple[ServiceRecord, ...] = ()
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """What the control hands a joiner that proved the password: its
+    certificate, the cluster CA, where to reach the control, and the
+    control's key confirmation over all of it."""
+
+    certificate_pem: bytes
+    ca_certificate_pem: bytes
+    control_name: str
+    cluster_port: int
+    confirmation: bytes
+
+
+@dataclass(frozen=True)
+class NodeCredentials:
+    """This node's key and certificate, and the cluster CA: what mTLS needs."""
+
+    key_pem: bytes
+    cert_pem: bytes
+    ca_pem: bytes
 
 
 @dataclass(frozen=True)

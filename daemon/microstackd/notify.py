@@ -12,7 +12,11 @@ Rules:
 
 ``Type=notify`` with ``NotifyAccess=main`` in systemd/microstackd.service:
 only the daemon's own process may notify, so the children it supervises
-cannot declare it ready or stopping.
+cannot declare it ready or stopping. ``take_socket`` goes further, as
+sd_notify(3)'s ``unset_environment`` does: the daemon keeps the socket's
+name to itself, so its children (bootstrap commands such as
+``mariadb-install-db``, whose mariadbd notifies systemd, and the process
+manager's services) never send systemd notifications it rejects.
 """
 
 from __future__ import annotations
@@ -27,6 +31,15 @@ __all__ = ["notify", "ready", "reloading", "status", "stopping"]
 log = logging.getLogger(__name__)
 
 ENV = "NOTIFY_SOCKET"
+#: The socket's name once ``take_socket`` took it out of the environment.
+_taken = ""
+
+
+def take_socket() -> None:
+    """Keep ``$NOTIFY_SOCKET`` for this process: remove it from the
+    environment every child inherits."""
+    global _taken
+    _taken = os.environ.pop(ENV, "") or _taken
 
 
 def _address(name: str) -> str | bytes:
@@ -43,7 +56,7 @@ def _one_line(text: str) -> str:
 
 def notify(*assignments: str) -> bool:
     """Send ``KEY=VALUE`` assignments in one datagram; True if it was sent."""
-    name = os.environ.get(ENV, "")
+    name = os.environ.get(ENV, "") or _taken
     if not name:
         return False
     message = "\n".join(assignments).encode()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import netns
-from tests.e2e.netns import Network
+from sandbox import netns
+from sandbox.netns import Network
 
 pytestmark = pytest.mark.e2e
 

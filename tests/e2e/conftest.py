@@ -17,8 +17,8 @@ from types import FrameType
 
 import pytest
 
-from tests.e2e import netns, openstack_env
-from tests.e2e.netns import Cluster, Host, Network, init_control, join
+from sandbox import netns, openstack_env
+from sandbox.netns import Cluster, Host, Network, init_control, join
 
 PASSWORD = "correct horse battery staple"
 WRONG_PASSWORD = "incorrect horse"
@@ -32,7 +32,7 @@ def pytest_report_header(config: pytest.Config) -> str | None:
         if stale:
             return (
                 f"e2e: {len(stale)} namespaces left by dead runs "
-                f"(remove with `python -m tests.e2e.netns --reap-stale`): {' '.join(stale)}"
+                f"(remove with `python -m sandbox.netns --reap-stale`): {' '.join(stale)}"
             )
     return None
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.netns import Cluster, Host, Network, join
+from sandbox.netns import Cluster, Host, Network, join
 
 pytestmark = pytest.mark.e2e
 

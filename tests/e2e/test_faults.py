@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.netns import MICROSTACKCTL, Host, Network, init_control, join, wait_for
+from sandbox.netns import MICROSTACKCTL, Host, Network, init_control, join, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import netns
-from tests.e2e.netns import Host, Network
+from sandbox import netns
+from sandbox.netns import Host, Network
 
 pytestmark = pytest.mark.e2e
 

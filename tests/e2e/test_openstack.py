@@ -21,9 +21,13 @@ Figures go to ``MICROSTACK_OPENSTACK_MEASUREMENTS`` for docs/performance.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import signal
+import sqlite3
+import statistics
 import subprocess
 import threading
 import time
@@ -35,10 +39,10 @@ from typing import Any
 import pytest
 
 from microstackd.node import testimage
-from tests.e2e import netns
+from sandbox import netns
+from sandbox.netns import MICROSTACKCTL, Host, Network, clean_env, join, wait_for
+from sandbox.openstack_env import PREFIX, measure
 from tests.e2e.conftest import NETWORKS, PASSWORD
-from tests.e2e.netns import MICROSTACKCTL, Host, Network, clean_env, join, wait_for
-from tests.e2e.openstack_env import PREFIX, measure
 
 pytestmark = [pytest.mark.e2e, pytest.mark.openstack, pytest.mark.timeout(1800)]
 
@@ -103,6 +107,60 @@ def _comm(pid: int) -> str:
         return ""
 
 
+def _step_seconds(control: Host, node: str, step: str) -> float:
+    """How long ``step`` of ``node``'s enrolment took, from the control's own
+    record of it (the times of its first and last events in its store)."""
+    assert control.state_dir is not None
+    uri = f"file:{control.state_dir / 'microstackd.db'}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+        first, last = db.execute(
+            "SELECT MIN(time), MAX(time) FROM events WHERE node = ? AND step = ?", (node, step)
+        ).fetchone()
+    return round(float(last) - float(first), 2)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and of its children it has waited for."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _status_cost(control: Host, rounds: int = 3) -> dict[str, float]:
+    """``status`` with Nova's view asked afresh each time (its cache is 5 s):
+    the median wall time of the CLI command, and the daemon's CPU for it."""
+    daemon = _daemon_pid(control)
+    walls, cpus = [], []
+    for _ in range(rounds):
+        time.sleep(5.5)  # past the view's cache
+        cpu = _cpu_seconds(daemon)
+        started = time.monotonic()
+        control.ctl("status", "--format", "json")
+        walls.append(time.monotonic() - started)
+        cpus.append(_cpu_seconds(daemon) - cpu)
+    return {
+        "status_nova_s": round(statistics.median(walls), 3),
+        "status_nova_daemon_cpu_s": round(statistics.median(cpus), 3),
+    }
+
+
+def _daemon_pid(host: Host) -> int:
+    """The microstackd process itself (the harness starts it through ``ip netns exec``)."""
+    assert host.daemon is not None
+    for pid in [host.daemon.pid, *_children(host.daemon.pid)]:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if any(part.endswith(b"microstackd") for part in cmdline[:2]):
+            return pid
+    raise AssertionError(f"no microstackd process under {host.daemon.pid}")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [int(child), *_children(int(child))]
+    return found
+
+
 @dataclass
 class Cloud:
     network: Network
@@ -124,7 +182,9 @@ class Cloud:
             timeout=timeout,
         )
 
-    def ssh(self, address: str, command: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    def ssh(
+        self, address: str, command: str, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
         key = self.home / ".ssh" / "id_microstack"
         return self.control.run(
             ["ssh", *SSH_OPTIONS, "-i", str(key), f"cirros@{address}", command], timeout=timeout
@@ -328,6 +388,13 @@ def test_both_computes_join_with_libvirt_and_say_which_hypervisor(cloud: Cloud) 
             assert step in text, text
         assert "6/6 services running" in text, text
         assert f"{name} admitted to Nova" in text and "mapped to cell" in text, text
+        assert "waiting for nova-compute on" in text or "nova-compute up" in text, text
+    measure(
+        admission={
+            f"admit_{name}_s": _step_seconds(cloud.control, name, "admit-to-cloud")
+            for name in cloud.joins
+        }
+    )
     hypervisors = osc_json(cloud.control, "hypervisor", "list", "--long")
     kinds = {h["Hypervisor Hostname"]: h["Hypervisor Type"] for h in hypervisors}
     assert kinds == {"node-1": "QEMU", "node-2": "QEMU"}, hypervisors
@@ -384,10 +451,10 @@ def test_real_guests_on_each_compute_answer_ssh_and_ping_each_other(cloud: Cloud
     assert all(len(pids) == 1 for pids in qemu.values()), qemu
     timings["guest_qemu_rss_mib"] = rss_mib(qemu["node-1"])
     nodes_rss = {}
-    for host in (cloud.control, *cloud.computes.values()):
-        daemon = host.daemon.pid if host.daemon else -1
-        pids = netns.namespace_pids(host.ns)
-        nodes_rss[host.name] = {
+    for node in (cloud.control, *cloud.computes.values()):
+        daemon = node.daemon.pid if node.daemon else -1
+        pids = netns.namespace_pids(node.ns)
+        nodes_rss[node.name] = {
             "services_mib": rss_mib([p for p in pids if p != daemon]),
             "microstackd_mib": rss_mib([daemon]),
         }
@@ -423,6 +490,13 @@ def test_launch_errors_name_their_cause(cloud: Cloud) -> None:
     assert full.returncode != 0, full.stdout
     assert "no capacity" in full.stderr and "No valid host" in full.stderr, full.stderr
     osc(cloud.control, "server", "delete", "--wait", "too-big")
+    # Over the project's instance quota (vm1 and vm2 run): quota exceeded, by name.
+    osc(cloud.control, "quota", "set", "--instances", "2", "admin")
+    try:
+        over = cloud.ctl("launch", "cirros", "--name", "over", timeout=300)
+    finally:
+        osc(cloud.control, "quota", "set", "--instances", "10", "admin")
+    assert over.returncode != 0 and "quota exceeded" in over.stderr.lower(), over.stderr
 
 
 def test_status_shows_novas_view_of_each_compute(cloud: Cloud) -> None:
@@ -432,6 +506,7 @@ def test_status_shows_novas_view_of_each_compute(cloud: Cloud) -> None:
         return nova.get("running_instances") == count and nova.get("compute_service") == "up"
 
     wait_for(lambda: running("node-1", 1) and running("node-2", 1), 60, "Nova's view", 2)
+    measure(status_cost=_status_cost(cloud.control))
     table = cloud.control.ctl("status").stdout
     assert "NOVA" in table and "1 running" in table, table
     # On a compute, status is relayed from the control.

@@ -10,6 +10,7 @@ openstack/install-env.sh installs; ~25 s with the packages cached.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import json
@@ -26,7 +27,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.openstack, pytest.mark.timeout(600)]
 
 def read_newc(data: bytes) -> dict[str, tuple[int, int, int, bytes]]:
     """path -> (mode, uid, gid, data) of a newc cpio archive."""
-    entries, offset = {}, 0
+    entries: dict[str, tuple[int, int, int, bytes]] = {}
+    offset = 0
     while True:
         assert data[offset : offset + 6] == b"070701", offset
         fields = [int(data[offset + 6 + 8 * i : offset + 14 + 8 * i], 16) for i in range(13)]
@@ -153,6 +155,6 @@ def test_it_boots_reads_its_key_from_a_config_drive_and_starts_sshd(
 def test_the_kvm_probe_runs_under_tcg(openstack_prefix: Path) -> None:
     """The probe guest itself is sound (TCG always works): a failure under
     KVM means KVM, not the probe. Under KVM here it stalls (recorded)."""
-    ok, how = virt.probe("tcg")
+    ok, how = asyncio.run(virt.probe("tcg"))
     assert ok, how
-    assert virt.choose("auto").virt_type in virt.VIRT_TYPES
+    assert asyncio.run(virt.choose("auto")).virt_type in virt.VIRT_TYPES

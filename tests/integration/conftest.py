@@ -23,11 +23,11 @@ def make_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     """Start a daemon on its own loopback address; all are stopped afterwards."""
     nodes: list[Node] = []
 
-    def make(name: str, *extra: str) -> Node:
+    def make(name: str, *extra: str, env: dict[str, str] | None = None) -> Node:
         host = next(_hosts) % 250
         root = tmp_path / f"host-{host}"
         root.mkdir()
-        node = Node(name=name, address=f"127.0.{host}.1", root=root, extra=list(extra))
+        node = Node(name=name, address=f"127.0.{host}.1", root=root, extra=list(extra), env=env)
         nodes.append(node)
         return node.start()
 

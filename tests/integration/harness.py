@@ -1,35 +1,21 @@
-"""Real microstackd processes on loopback addresses, for the integration suite."""
+"""Real microstackd processes on loopback addresses, for the integration suite.
+
+Each daemon binds port 0 (any free port) and the harness reads back the
+ports it got (``sandbox.launcher``); a restarted daemon comes back on them.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-BIN = Path(sys.executable).parent
+from sandbox.launcher import Daemon, tool
 
-
-def free_port_pair(host: str) -> int:
-    """A port p such that p and p+1 are free on host (best effort)."""
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind((host, 0))
-            port = a.getsockname()[1]
-            if port >= 65535:
-                continue
-            with socket.socket() as b:
-                try:
-                    b.bind((host, port + 1))
-                except OSError:
-                    continue
-            return int(port)
-    raise RuntimeError("no free port pair")
+MICROSTACKCTL = tool("microstackctl")
 
 
 @dataclass
@@ -37,9 +23,24 @@ class Node:
     name: str
     address: str
     root: Path
-    port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
     extra: list[str] = field(default_factory=list)
+    env: dict[str, str] | None = None
+    daemon: Daemon | None = None
+
+    def __post_init__(self) -> None:
+        self.daemon = Daemon(
+            name=self.name,
+            host=self.address,
+            state_dir=self.root / self.name,
+            socket=self.socket,
+            config_root=self.root / "etc",
+            log_path=self.log,
+        )
+
+    @property
+    def _daemon(self) -> Daemon:
+        assert self.daemon is not None
+        return self.daemon
 
     @property
     def socket(self) -> Path:
@@ -54,58 +55,39 @@ class Node:
         return self.root / f"{self.name}.log"
 
     @property
+    def port(self) -> int:
+        return self._daemon.port
+
+    @property
+    def cluster_port(self) -> int:
+        return self._daemon.cluster_port
+
+    @property
     def endpoint(self) -> str:
         return f"{self.address}:{self.port}"
 
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self._daemon.proc
+
     def start(self) -> Node:
-        if not self.port:
-            self.port = free_port_pair(self.address)
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    str(BIN / "microstackd"),
-                    "--state-dir",
-                    str(self.state_dir),
-                    "--socket",
-                    str(self.socket),
-                    "--listen",
-                    self.endpoint,
-                    "--node-name",
-                    self.name,
-                    "--service-manager",
-                    "process",
-                    "--config-root",
-                    str(self.root / "etc"),
-                    *self.extra,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log.read_text()}")
-            if self.socket.exists() and b"msg=ready" in self.log.read_bytes():
-                return self
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.name} did not become ready: {self.log.read_text()}")
+        daemon = self._daemon
+        daemon.extra = list(self.extra)
+
+        def spawn(argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+            return subprocess.Popen(argv, start_new_session=True, env=self.env, **kw)
+
+        daemon.start(spawn, timeout=30)
+        return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, sig)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        self._daemon.stop(sig)
 
     def ctl(
         self, *args: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [str(BIN / "microstackctl"), "--socket", str(self.socket), *args],
+            [MICROSTACKCTL, "--socket", str(self.socket), *args],
             input=input,
             capture_output=True,
             text=True,
@@ -148,5 +130,6 @@ class Node:
             check=check,
         )
 
-    def status(self) -> dict[str, object]:
-        return json.loads(self.ctl("status", "--format", "json").stdout)  # type: ignore[no-any-return]
+    def status(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.ctl("status", "--format", "json").stdout)
+        return data

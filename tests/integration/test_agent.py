@@ -8,6 +8,8 @@ import configparser
 import os
 import re
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,16 +18,16 @@ from grpc import aio
 
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
-from microstackd import credentials
-from microstackd.credentials import NodeCredentials
-from microstackd.node.roles import NOVA_COMPUTE_CONF, OVS_AGENT_INI
-from microstackd.rpc import peer
+from microstackd.model import NodeCredentials
+from microstackd.node.roles.compute import NOVA_COMPUTE_CONF
+from microstackd.node.roles.network import OVS_AGENT_INI
+from microstackd.peers.cluster import member_channel
 from microstackd.store import Store
 from tests.integration.harness import Node
 
 
 def _services(control: Node, name: str) -> dict[str, str]:
-    node = next(n for n in control.status()["nodes"] if n["name"] == name)  # type: ignore[attr-defined]
+    node = next(n for n in control.status()["nodes"] if n["name"] == name)
     return {s["name"]: s["state"] for s in node["services"]}
 
 
@@ -105,7 +107,7 @@ def test_a_failing_service_reaches_the_joiner_and_a_rejoin_resumes(
     assert result.returncode == 1
     assert "neutron-openvswitch-agent" in result.stderr and "exited with status 1" in result.stderr
     assert "[agent] tunnel_types" in result.stderr  # the service's own last log line
-    node = next(n for n in control.status()["nodes"] if n["name"] == "node-1")  # type: ignore[attr-defined]
+    node = next(n for n in control.status()["nodes"] if n["name"] == "node-1")
     assert node["state"] == "failed" and "configure-node" in node["message"]
     # Fix the configuration; the same join retries only what failed.
     config.write_text(original)
@@ -126,10 +128,10 @@ def test_only_the_control_may_call_an_agent(
     first.join(control, password_file)
     second.join(control, password_file)
     # node-2's own, valid cluster certificate against node-1's agent.
-    creds = credentials.load(Store(second.state_dir))
+    creds = Store(second.state_dir).credentials()
 
     async def call(creds: NodeCredentials) -> grpc.StatusCode:
-        channel = peer.member_channel(first.address, first.port + 1, creds, "node-1")
+        channel = member_channel(first.address, first.cluster_port, creds, "node-1")
         try:
             await pb_grpc.AgentServiceStub(channel).GetServices(pb.GetServicesRequest(), timeout=5)
             return grpc.StatusCode.OK
@@ -139,7 +141,7 @@ def test_only_the_control_may_call_an_agent(
             await channel.close(None)
 
     assert asyncio.run(call(creds)) is grpc.StatusCode.PERMISSION_DENIED
-    control_creds = credentials.load(Store(control.state_dir))
+    control_creds = Store(control.state_dir).credentials()
     assert asyncio.run(call(control_creds)) is grpc.StatusCode.OK
     assert "permission denied" in first.log.read_text()
 
@@ -170,3 +172,28 @@ def test_rendered_config_for_ovs_agent(
     ovs = configparser.ConfigParser(interpolation=None)
     ovs.read(compute.root / "etc" / OVS_AGENT_INI)
     assert ovs["ovs"]["local_ip"] == compute.address
+
+
+#: A line of ``python -X importtime`` output for the top-level openstack package.
+OPENSTACK_IMPORTED = re.compile(r"^import time:.*\|\s+openstack$", re.MULTILINE)
+
+
+def test_a_compute_never_loads_openstacksdk(
+    make_node: Callable[..., Node], password_file: Path
+) -> None:
+    """openstacksdk is imported only where a cloud is used (the control, on
+    its first cloud operation): a compute's memory does not pay for it."""
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}  # every import, to the log
+    probe = subprocess.run(
+        [sys.executable, "-c", "import openstack"], env=env, capture_output=True, text=True
+    )
+    assert OPENSTACK_IMPORTED.search(probe.stderr), "the import log would not show openstack"
+    control = make_node("ctl", env=env)
+    control.init_control(password_file)
+    compute = make_node("node-1", env=env)
+    compute.join(control, password_file)
+    compute.status()
+    control.status()  # no cloud configured: not even the control loads it
+    assert "import time:" in compute.log.read_text()
+    assert not OPENSTACK_IMPORTED.search(compute.log.read_text())
+    assert not OPENSTACK_IMPORTED.search(control.log.read_text())

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.integration.harness import Node
 
 EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REJECTED = 1, 2, 3, 4
 
 
-def _nodes(status: dict[str, object]) -> dict[str, dict[str, object]]:
-    return {n["name"]: n for n in status["nodes"]}  # type: ignore[attr-defined,index]
+def _nodes(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n["name"]: n for n in status["nodes"]}
 
 
 def test_control_and_compute_form_a_cluster(

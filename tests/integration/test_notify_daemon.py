@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import BIN, free_port_pair
+from sandbox.launcher import READY, tool
 
 
 def _messages(sock: socket.socket, until: bytes, timeout: float) -> list[bytes]:
@@ -49,20 +49,19 @@ def test_ready_once_listening_then_stopping_on_sigterm(
     tmp_path: Path, notify_socket: tuple[socket.socket, Path]
 ) -> None:
     sock, notify_path = notify_socket
-    port = free_port_pair("127.0.0.1")
     admin = tmp_path / "s.sock"
     log = tmp_path / "daemon.log"
     env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [
-                str(BIN / "microstackd"),
+                tool("microstackd"),
                 "--state-dir",
                 str(tmp_path / "state"),
                 "--socket",
                 str(admin),
                 "--listen",
-                f"127.0.0.1:{port}",
+                "127.0.0.1:0",
                 "--node-name",
                 "notified",
                 "--service-manager",
@@ -81,7 +80,12 @@ def test_ready_once_listening_then_stopping_on_sigterm(
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n--- daemon log ---\n{log.read_text()}") from None
         assert not any(b"STOPPING=1" in m for m in ready)
-        # READY=1 promises the admin socket and the bootstrap port listen.
+        # READY=1 promises the admin socket and the bootstrap port (any free
+        # one, as asked: read back from the ready line) listen.
+        found = READY.search(log.read_bytes())
+        assert found is not None, log.read_text()
+        port = int(found.group(1).rpartition(b":")[2])
+        assert port > 0
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
             client.connect(str(admin))
         with socket.create_connection(("127.0.0.1", port), timeout=2):

@@ -14,23 +14,22 @@ from pathlib import Path
 import grpc
 import pytest
 
-from microstackd import credentials
 from microstackd.store import Store
-from tests.integration.harness import BIN, Node
+from tests.integration.harness import MICROSTACKCTL, Node
 from tests.integration.test_adversarial import _status_code
 
 EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REJECTED = 1, 2, 3, 4
 
 
 def _node(control: Node, name: str) -> dict[str, object]:
-    nodes = {n["name"]: n for n in control.status()["nodes"]}  # type: ignore[attr-defined]
+    nodes = {n["name"]: n for n in control.status()["nodes"]}
     return nodes[name]  # type: ignore[no-any-return]
 
 
 def _join_in_background(compute: Node, control: Node, password_file: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
-            str(BIN / "microstackctl"),
+            MICROSTACKCTL,
             "--socket",
             str(compute.socket),
             "join",
@@ -100,7 +99,7 @@ def test_control_killed_at_a_step_resumes_and_the_joiner_sees_each_event_once(
         assert events[i]["step"] == (seen[-1] if seen else "bootstrap"), events[: i + 1]
     node = _node(control, "node-1")
     assert node["state"] == "active"
-    assert [n["name"] for n in control.status()["nodes"]].count("node-1") == 1  # type: ignore[attr-defined]
+    assert [n["name"] for n in control.status()["nodes"]].count("node-1") == 1
 
 
 def test_compute_killed_mid_enrolment_is_waited_for_and_the_cli_reattaches(
@@ -139,7 +138,7 @@ def test_remove_revokes_and_the_node_can_join_again(
     compute = make_node("node-1")
     compute.join(control, password_file)
     old_serial = _node(control, "node-1")["cert_serial"]
-    saved = credentials.load(Store(compute.state_dir))
+    saved = Store(compute.state_dir).credentials()
     out = control.ctl("remove", "node-1").stdout
     assert "revoked" in out and "services were stopped" in out
     assert _node(control, "node-1")["state"] == "removed"
@@ -236,7 +235,7 @@ def test_a_token_pinned_to_another_control_is_not_used(
     impostor = make_node("impostor")
     impostor.init_control(password_file)
     # Point the token at the impostor: same token, another control.
-    from microstackd import tokens as token_codec
+    from microstackd.trust import tokens as token_codec
 
     decoded = token_codec.decode(token)
     forged = token_codec.encode(

@@ -16,9 +16,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
-from microstackd import credentials, security
-from microstackd.rpc import peer
+from microstackd.peers.bootstrap import fetch_bootstrap_certificate
+from microstackd.peers.cluster import member_channel
 from microstackd.store import Store
+from microstackd.trust import x509
 from tests.integration.harness import Node
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -35,13 +36,13 @@ def test_health_on_every_endpoint(control: Node) -> None:
         statuses = []
         async with aio.insecure_channel(f"unix:{control.socket}") as channel:
             statuses.append(await _health(channel))
-        cert = await peer.fetch_bootstrap_certificate(control.address, control.port)
+        cert = await fetch_bootstrap_certificate(control.address, control.port)
         tls = grpc.ssl_channel_credentials(root_certificates=cert)
-        options = [("grpc.ssl_target_name_override", security.BOOTSTRAP_SERVER_NAME)]
+        options = [("grpc.ssl_target_name_override", x509.BOOTSTRAP_SERVER_NAME)]
         async with aio.secure_channel(control.endpoint, tls, options=options) as channel:
             statuses.append(await _health(channel))
-        creds = credentials.load(Store(control.state_dir))
-        channel = peer.member_channel(control.address, control.port + 1, creds, "ctl")
+        creds = Store(control.state_dir).credentials()
+        channel = member_channel(control.address, control.cluster_port, creds, "ctl")
         try:
             statuses.append(await _health(channel))
         finally:
@@ -62,9 +63,9 @@ def test_reflection_on_the_socket_only(control: Node) -> None:
     async def both() -> tuple[list[str], grpc.StatusCode]:
         async with aio.insecure_channel(f"unix:{control.socket}") as channel:
             local = await services(channel)
-        cert = await peer.fetch_bootstrap_certificate(control.address, control.port)
+        cert = await fetch_bootstrap_certificate(control.address, control.port)
         tls = grpc.ssl_channel_credentials(root_certificates=cert)
-        options = [("grpc.ssl_target_name_override", security.BOOTSTRAP_SERVER_NAME)]
+        options = [("grpc.ssl_target_name_override", x509.BOOTSTRAP_SERVER_NAME)]
         async with aio.secure_channel(control.endpoint, tls, options=options) as channel:
             try:
                 await services(channel)
@@ -113,7 +114,7 @@ def test_sigterm_ends_live_streams_clearly_and_keeps_the_state(
     )
     control.start()
     assert control.status() == before | {"nodes": control.status()["nodes"]}
-    assert [n["name"] for n in control.status()["nodes"]] == [n["name"] for n in before["nodes"]]  # type: ignore[attr-defined]
+    assert [n["name"] for n in control.status()["nodes"]] == [n["name"] for n in before["nodes"]]
 
 
 def test_sighup_reloads_the_log_level_and_names_what_needs_a_restart(

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import click
 import pytest
 
 from microstack_api.v1 import cluster_pb2 as pb
-from microstackctl import cli
-from microstackctl.api import CommandError
+from microstackctl import streams
+from microstackctl.errors import CommandError
 
 DONE, RUNNING = pb.STEP_STATE_DONE, pb.STEP_STATE_RUNNING
 
 
-def _event(seq: int, step: str, state: int, final: bool = False) -> pb.Event:
+def _event(seq: int, step: str, state: pb.StepState, final: bool = False) -> pb.Event:
     return pb.Event(node="node-1", seq=seq, step=step, state=state, message=step, final=final)
 
 
@@ -33,10 +32,8 @@ class FakeApi:
 
 
 def _follow(monkeypatch: pytest.MonkeyPatch, first: Iterator[pb.Event], api: FakeApi) -> None:
-    monkeypatch.setattr(cli, "_api", lambda ctx: api)
-    monkeypatch.setattr(cli.time, "sleep", lambda s: None)
-    ctx = click.Context(cli.main, obj={"socket": None})
-    cli.follow(ctx, "json", first, "node-1", "join", timeout=60)
+    monkeypatch.setattr("microstackctl.streams.time.sleep", lambda s: None)
+    streams.follow(lambda: api, "json", first, "node-1", "join", timeout=60)
 
 
 CONTROL_EVENTS = [

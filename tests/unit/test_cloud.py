@@ -1,18 +1,22 @@
-"""The control's cloud: which cloud, the helper's line protocol, nova-manage
-detection, and the runner against a real stand-in script."""
+"""The control's cloud: which cloud, nova-manage detection, and the
+operations in-process against a stand-in for openstacksdk's connection."""
 
 from __future__ import annotations
 
 import asyncio
-import sys
+import re
 from pathlib import Path
 
 import pytest
 
 from microstack_api.v1 import cluster_pb2 as pb
 from microstackctl import render
-from microstackd import cloud, control_config, enrolment, errors
-from microstackd.rpc import convert
+from microstackd import cloud, errors
+from microstackd.cloud import CloudRef, connection, session
+from microstackd.cloud.service import Cloud
+from microstackd.control import config as control_config
+from microstackd.enrolment import machine as enrolment
+from microstackd.wire import convert
 
 
 def test_resolve_prefers_the_section_then_os_cloud() -> None:
@@ -25,18 +29,6 @@ def test_resolve_prefers_the_section_then_os_cloud() -> None:
     assert cloud.resolve(None, env) == cloud.CloudRef("other", "/e/clouds.yaml")
     assert cloud.resolve({"clouds_yaml": "/s/c.yaml"}, {}) is None
     assert cloud.resolve("junk", {}) is None
-
-
-def test_parse_line() -> None:
-    assert cloud.parse_line(b'{"progress": "x", "waiting": true}\n') == cloud.Line(
-        progress="x", waiting=True
-    )
-    assert cloud.parse_line('{"result": {"a": 1}}') == cloud.Line(result={"a": 1})
-    assert cloud.parse_line('{"error": "boom", "kind": "quota"}') == cloud.Line(
-        error="boom", kind="quota"
-    )
-    for junk in (b"", b"Warning: something", b"{not json", b"[1]", b'{"other": 1}'):
-        assert cloud.parse_line(junk) is None
 
 
 def test_nova_manage_detection(tmp_path: Path) -> None:
@@ -71,49 +63,111 @@ def test_control_config_reads_the_cloud_section(tmp_path: Path) -> None:
     )
 
 
-def _runner(tmp_path: Path, body: str) -> cloud.Runner:
-    script = tmp_path / "ops.py"
-    script.write_text(body)
-    return cloud.Runner(cloud.CloudRef("c", "/x/clouds.yaml"), Path(sys.executable), script)
+class _Service:
+    def __init__(self, host: str, state: str, status: str = "enabled") -> None:
+        self.host, self.binary, self.state, self.status = host, "nova-compute", state, status
 
 
-def test_runner_streams_progress_and_returns_the_result(tmp_path: Path) -> None:
-    runner = _runner(
-        tmp_path,
-        "import json, os, sys\n"
-        "req = json.load(sys.stdin)\n"
-        "print('noise from a library')\n"
-        "print(json.dumps({'progress': 'one', 'waiting': True}), flush=True)\n"
-        "print(json.dumps({'result': {'op': sys.argv[1], 'req': req,"
-        " 'cloud': os.environ['OS_CLOUD'], 'file': os.environ['OS_CLIENT_CONFIG_FILE']}}))\n",
-    )
+class _Compute:
+    """Enough of openstacksdk's compute proxy for admit, remove and view."""
+
+    def __init__(self) -> None:
+        self.states = iter(["down", "down", "up"])
+        self.deleted: list[str] = []
+
+    def services(self, **query: str) -> list[_Service]:
+        return [_Service("node1", next(self.states, "up"))]
+
+    def hypervisors(self, details: bool = False) -> list[object]:
+        class H:
+            name, state, status, service_details = "node1", "up", "enabled", {"host": "node1"}
+
+        return [H()]
+
+    def servers(self, **query: object) -> list[object]:
+        return []
+
+    def disable_service(self, service: _Service, **kw: str) -> None:
+        service.status = "disabled"
+
+    def delete_service(self, service: _Service, ignore_missing: bool = False) -> None:
+        self.deleted.append(service.host)
+
+
+class _Conn:
+    def __init__(self) -> None:
+        self.compute = _Compute()
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def fake_cloud(monkeypatch: pytest.MonkeyPatch) -> list[_Conn]:
+    """Connections made to a stand-in cloud; fast polls."""
+    made: list[_Conn] = []
+
+    def connect(ref: CloudRef) -> _Conn:
+        made.append(_Conn())
+        return made[-1]
+
+    monkeypatch.setattr(connection, "_connect", connect)
+    monkeypatch.setattr(session, "POLL", 0.01)
+    return made
+
+
+def test_admit_streams_what_it_waits_for_and_reuses_one_connection(fake_cloud) -> None:
+    service = Cloud(lambda: CloudRef("c", "/x/clouds.yaml"))
     seen: list[tuple[str, bool]] = []
 
     async def progress(message: str, waiting: bool) -> None:
         seen.append((message, waiting))
 
-    result = asyncio.run(runner.run("admit", {"host": "n1"}, progress))
-    assert seen == [("one", True)]
-    assert result == {"op": "admit", "req": {"host": "n1"}, "cloud": "c", "file": "/x/clouds.yaml"}
+    async def go() -> tuple[dict[str, object], dict[str, object]]:
+        admitted = await service.run(
+            "admit", {"host": "node1", "timeout": 5, "discover_interval": 0}, progress
+        )
+        removed = await service.run("remove", {"host": "node1"})
+        return admitted, removed
 
-
-def test_runner_raises_the_script_error(tmp_path: Path) -> None:
-    runner = _runner(
-        tmp_path,
-        "import json, sys\nprint(json.dumps({'error': 'unknown image x', 'kind': 'error'}))\n"
-        "sys.exit(1)\n",
+    admitted, removed = asyncio.run(go())
+    assert admitted["service"] == "nova-compute up, enabled"
+    assert admitted["hypervisor"] == "hypervisor node1 up, enabled"
+    assert re.fullmatch(
+        r"waiting for nova-compute on node1 to be up \(\d+ s so far; nova-compute down, enabled\)",
+        seen[0][0],
     )
-    with pytest.raises(errors.CloudError, match="unknown image x"):
-        asyncio.run(runner.run("launch", {}))
+    assert seen[0][1]  # waiting
+    assert seen[1][0].startswith("nova-compute on node1 to be up: nova-compute up, enabled after")
+    assert removed["message"] == "Nova compute service on node1 disabled and deleted"
+    assert len(fake_cloud) == 1  # one connection for both operations
+    service.close()
+    assert fake_cloud[0].closed
 
 
-def test_runner_reports_a_crash_and_a_timeout(tmp_path: Path) -> None:
-    crash = _runner(tmp_path, "import sys\nsys.stderr.write('Traceback: boom\\n')\nsys.exit(3)\n")
-    with pytest.raises(errors.CloudError, match="status 3.*boom"):
-        asyncio.run(crash.run("view", {}))
-    slow = _runner(tmp_path, "import time\ntime.sleep(30)\n")
-    with pytest.raises(errors.CloudError, match="did not finish within 0.5 s"):
-        asyncio.run(slow.run("view", {}, timeout=0.5))
+def test_a_wait_times_out_naming_the_host_and_the_last_state(fake_cloud) -> None:
+    async def never() -> tuple[bool, str]:
+        return False, "nova-compute down, enabled"
+
+    s = session.Session(connection.Connections(), CloudRef("c"))
+    with pytest.raises(session.Failure) as failed:
+        asyncio.run(session.wait(s, "nova-compute on node1 to be up", never, 0.05, "node1"))
+    assert failed.value.kind == "timeout"
+    assert failed.value.message.startswith(
+        "node1: timed out after 0 s waiting for nova-compute on node1 to be up"
+    )
+    assert failed.value.message.endswith("last state seen: nova-compute down, enabled")
+
+
+def test_an_operation_over_its_time_is_a_cloud_error(fake_cloud) -> None:
+    service = Cloud(lambda: CloudRef("c"))
+    with pytest.raises(
+        errors.CloudError, match="cloud operation admit did not finish within 0.05 s"
+    ):
+        asyncio.run(service.run("admit", {"host": "nowhere", "timeout": 60}, timeout=0.05))
+    with pytest.raises(errors.CloudError, match="no cloud configured"):
+        asyncio.run(Cloud(lambda: None).run("view", {}))
 
 
 def test_nova_view_and_launch_result_render() -> None:
@@ -178,53 +232,14 @@ def test_status_table_shows_nova_only_when_known() -> None:
 def test_ensure_key_makes_and_reads_the_keypair(tmp_path: Path) -> None:
     import shutil
 
-    from microstackctl import cli
+    from microstackctl import cmd_launch
 
     if shutil.which("ssh-keygen") is None:
         pytest.skip("no ssh-keygen here")
     key = tmp_path / ".ssh" / "id_microstack"
-    public = cli.ensure_key(key)
+    public = cmd_launch.ensure_key(key)
     assert public.startswith("ssh-ed25519 ") and key.exists()
-    assert cli.ensure_key(key) == public  # kept, not remade
-    assert cli.ssh_command(Path("~/.ssh/id_microstack"), "10.232.0.7") == (
+    assert cmd_launch.ensure_key(key) == public  # kept, not remade
+    assert cmd_launch.ssh_command(Path("~/.ssh/id_microstack"), "10.232.0.7") == (
         "ssh -i ~/.ssh/id_microstack cirros@10.232.0.7"
     )
-
-
-def test_a_wait_streams_and_its_timeout_names_the_host_and_last_state() -> None:
-    """cloud_ops.wait, run with the OpenStack environment's Python (where
-    openstacksdk is); skipped where that environment is not installed."""
-    import json
-    import os
-    import subprocess
-
-    from microstackd.node.steps import helpers_dir
-
-    python = Path(os.environ.get("MICROSTACK_OPENSTACK_PREFIX", "/opt/microstack-openstack/venv"))
-    python = python / "bin" / "python"
-    if not python.exists():
-        pytest.skip(f"no OpenStack environment at {python.parent.parent}")
-    code = (
-        "import sys, itertools\n"
-        f"sys.path.insert(0, {str(helpers_dir())!r})\n"
-        "import cloud_ops\n"
-        "cloud_ops.POLL = 0.05\n"
-        "n = itertools.count()\n"
-        "print(cloud_ops.wait('x', lambda: (next(n) >= 2, 'state %d' % 1), 5, 'node1'))\n"
-        "try:\n"
-        "    cloud_ops.wait('nova-compute on node1 to be up',"
-        " lambda: (False, 'nova-compute down, enabled'), 0.2, 'node1')\n"
-        "except cloud_ops.Failure as exc:\n"
-        "    print(cloud_ops.json.dumps({'failure': exc.message, 'kind': exc.kind}))\n"
-    )
-    out = subprocess.run(
-        [str(python), "-c", code], capture_output=True, text=True, timeout=120, check=True
-    ).stdout
-    lines = [json.loads(line) if line.startswith("{") else line for line in out.splitlines()]
-    assert lines[0] == {"progress": "waiting for x (0 s so far; state 1)", "waiting": True}
-    assert lines[1]["progress"].startswith("x: state 1 after ")
-    assert lines[2] == "state 1"
-    failure = lines[-1]
-    assert failure["kind"] == "timeout"
-    assert failure["failure"].startswith("node1: timed out after 0 s waiting for nova-compute")
-    assert failure["failure"].endswith("last state seen: nova-compute down, enabled")

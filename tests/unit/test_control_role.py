@@ -1,6 +1,6 @@
 """The OpenStack roles as data: every template of every role renders and
 parses, every command expands with no secret on its command line, and the
-control's bootstrap steps resume from a recorded state without redoing
+control's setup steps resume from a recorded state without redoing
 what is done."""
 
 from __future__ import annotations
@@ -13,21 +13,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from microstackd import control_config, enrolment, errors
+from microstackd import errors
 from microstackd.config import DaemonConfig
-from microstackd.enrolment import Enrolment, Run
+from microstackd.control import config as control_config
+from microstackd.control.plane import NO_ENVIRONMENT, ControlPlane
+from microstackd.enrolment import machine as enrolment
+from microstackd.enrolment.machine import Enrolment, Run
+from microstackd.enrolment.runner import Skipped
 from microstackd.model import NodeRecord, NodeState, Role, StepState
 from microstackd.node import render, steps
-from microstackd.node.roles import (
-    ALL_ROLES,
-    COMPUTE,
-    CONTROL,
-    SERVICE_PREFIX,
-    BootstrapStep,
-    RoleDefinition,
-)
-from microstackd.plane import NO_ENVIRONMENT, ControlPlane
-from microstackd.runner import Skipped
+from microstackd.node.roles import COMPUTE, CONTROL, DEFINITIONS, RoleDefinition
+from microstackd.node.roles.parts import SERVICE_PREFIX, SetupStep
 
 NODE = NodeRecord(
     name="node-1",
@@ -79,7 +75,7 @@ def _secrets(config: control_config.ControlConfig) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("role", ALL_ROLES.values(), ids=list(ALL_ROLES))
+@pytest.mark.parametrize("role", DEFINITIONS.values(), ids=[r.value for r in DEFINITIONS])
 def test_every_template_renders_and_parses(tmp_path, config, role):
     values = _values(tmp_path, config, role)
     paths = render.render_role(role, values, tmp_path / "etc")
@@ -104,11 +100,11 @@ def test_every_template_renders_and_parses(tmp_path, config, role):
             cloud = yaml.safe_load(text)["clouds"]["microstack"]
             assert cloud["auth"]["password"] == config.admin_password
             assert cloud["auth"]["auth_url"] == "http://10.0.0.1:5000/v3"
-    for template in {b.stdin_template for b in role.bootstrap} - {""}:
+    for template in {b.stdin_template for b in role.setup} - {""}:
         assert config.database_password in render.render_text(template, values)
 
 
-@pytest.mark.parametrize("role", ALL_ROLES.values(), ids=list(ALL_ROLES))
+@pytest.mark.parametrize("role", DEFINITIONS.values(), ids=[r.value for r in DEFINITIONS])
 def test_every_step_resolves_and_every_service_is_started_once(role):
     names = role.step_names()
     assert names[0] == "render-config" and len(set(names)) == len(names)
@@ -116,11 +112,11 @@ def test_every_step_resolves_and_every_service_is_started_once(role):
     assert sorted(started) == sorted(s.name for s in role.services)
     for name in names[1:]:
         if not name.startswith(SERVICE_PREFIX):
-            assert role.bootstrap_step(name).title
+            assert role.setup_step(name).title
     assert set(role.titles()) >= set(names)
 
 
-@pytest.mark.parametrize("role", ALL_ROLES.values(), ids=list(ALL_ROLES))
+@pytest.mark.parametrize("role", DEFINITIONS.values(), ids=[r.value for r in DEFINITIONS])
 def test_commands_expand_without_a_secret_on_any_command_line(tmp_path, config, role):
     values = _values(tmp_path, config, role)
     secrets = _secrets(config)
@@ -130,7 +126,7 @@ def test_commands_expand_without_a_secret_on_any_command_line(tmp_path, config, 
         assert not any(s in " ".join(spec.argv) for s in secrets), service.name
         for d in service.dirs:
             string.Template(d).substitute(values)
-    for step in role.bootstrap:
+    for step in role.setup:
         for command in step.commands:
             argv = " ".join(render.expand(command, values))
             assert not any(s in argv for s in secrets), step.name
@@ -162,40 +158,42 @@ def _noop(message: str):
 def test_a_step_whose_result_exists_runs_nothing(tmp_path):
     marker = tmp_path / "made"
     marker.write_text("")
-    step = BootstrapStep("x", "make it", (("/bin/false",),), creates=str(marker))
+    step = SetupStep("x", "make it", (("/bin/false",),), creates=str(marker))
     message = asyncio.run(
-        steps.run_bootstrap(step, {"openstack_prefix": "/x"}, tmp_path / "logs", _noop)
+        steps.run_setup(step, {"openstack_prefix": "/x"}, tmp_path / "logs", _noop)
     )
     assert "already done" in message
 
 
 def test_a_failed_command_names_its_status_and_last_lines(tmp_path):
-    step = BootstrapStep("x", "fail", (("/bin/sh", "-c", "echo oops; exit 3"),))
+    step = SetupStep("x", "fail", (("/bin/sh", "-c", "echo oops; exit 3"),))
     with pytest.raises(errors.ServiceFailed, match=r"(?s)exited with status 3.*oops"):
-        asyncio.run(steps.run_bootstrap(step, {"openstack_prefix": "/x"}, tmp_path / "logs", _noop))
-    ok = BootstrapStep("y", "exists", (("/bin/sh", "-c", "exit 2"),), ok_codes=(0, 2))
+        asyncio.run(steps.run_setup(step, {"openstack_prefix": "/x"}, tmp_path / "logs", _noop))
+    ok = SetupStep("y", "exists", (("/bin/sh", "-c", "exit 2"),), ok_codes=(0, 2))
     assert "done" in asyncio.run(
-        steps.run_bootstrap(ok, {"openstack_prefix": "/x"}, tmp_path / "logs", _noop)
+        steps.run_setup(ok, {"openstack_prefix": "/x"}, tmp_path / "logs", _noop)
     )
 
 
 def test_stdin_carries_the_secret_not_the_command_line(tmp_path, config):
     values = _values(tmp_path, config, CONTROL)
     out = tmp_path / "stdin.txt"
-    step = BootstrapStep(
+    step = SetupStep(
         "sql", "sql", (("/bin/sh", "-c", f"cat > {out}"),), stdin_template=("control/databases.sql")
     )
-    asyncio.run(steps.run_bootstrap(step, values, tmp_path / "logs", _noop))
+    asyncio.run(steps.run_setup(step, values, tmp_path / "logs", _noop))
     assert config.database_password in out.read_text()
-    assert config.database_password not in (tmp_path / "logs" / "bootstrap-sql.log").read_text()
+    assert config.database_password not in (tmp_path / "logs" / "setup-sql.log").read_text()
 
 
 def test_without_an_openstack_environment_every_control_step_is_skipped(tmp_path, config):
+    from microstackd.node.services import ProcessManager
     from microstackd.store import Store
 
     store = Store(tmp_path / "state")
     try:
-        plane = ControlPlane(_daemon_config(tmp_path, prefix=None), store, manager=None)  # type: ignore[arg-type]
+        manager = ProcessManager(tmp_path / "logs")
+        plane = ControlPlane(_daemon_config(tmp_path, prefix=None), store, manager)
         actions = plane.actions(lambda: config)
         assert set(actions) == set(CONTROL.step_names())
 

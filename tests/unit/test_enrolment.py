@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from microstackd import enrolment as e
+from microstackd.enrolment import machine as e
 from microstackd.model import NodeState, StepState
 
 PLAN = (e.ADMIT, e.ISSUE_CONFIG, e.DONE)
@@ -105,7 +105,9 @@ def test_a_plan_must_end_with_done():
 
 
 def test_every_transition_in_the_table_is_between_known_states():
-    for frm, tos in e.TRANSITIONS.items():
-        assert frm in StepState
-        assert all(to in StepState for to in tos)
+    events = {e.START, e.INTERRUPTED, e.PROGRESS, e.WAIT, e.SUCCEEDED, e.SKIPPED, e.FAILED}
+    assert set(e.TRANSITIONS) == set(StepState)
+    for frm, moves in e.TRANSITIONS.items():
+        assert set(moves) <= events, frm
+        assert all(to in StepState for to in moves.values())
     assert not e.TRANSITIONS[StepState.DONE] and not e.TRANSITIONS[StepState.SKIPPED]

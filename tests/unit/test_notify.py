@@ -130,3 +130,23 @@ def test_a_stream_socket_is_refused_quietly(
         sock.listen()
         monkeypatch.setenv("NOTIFY_SOCKET", str(path))
         assert notify.ready() is False
+
+
+def test_a_taken_socket_is_used_but_not_inherited(
+    notify_socket: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mariadbd (in a bootstrap command) notifies systemd if it finds the
+    socket in its environment; systemd rejects that and logs about it."""
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(notify, "_taken", "")
+    notify.take_socket()
+    assert "NOTIFY_SOCKET" not in os.environ
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.environ.get('NOTIFY_SOCKET'))"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert child.stdout == "None\n"
+    assert notify.ready("still heard") is True
+    assert notify_socket() == b"READY=1\nSTATUS=still heard"

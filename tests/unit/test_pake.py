@@ -17,7 +17,7 @@ from nacl import bindings
 from spake2 import SPAKE2_A, SPAKE2_B
 from spake2.parameters.ed25519 import ParamsEd25519
 
-from microstackd import pake
+from microstackd.trust import pake
 
 P = 2**255 - 19
 
@@ -26,7 +26,7 @@ def _entropy(seed: int) -> bytes:
     return random.Random(seed).randbytes(64)
 
 
-def _fixed(data: bytes):  # type: ignore[no-untyped-def]
+def _fixed(data: bytes):
     def entropy_f(n: int) -> bytes:
         assert n == 64
         return data
@@ -78,7 +78,7 @@ def test_interoperates_with_the_reference_both_ways(seed: int) -> None:
     assert a2.finish(mb) == b2.finish(ma)
 
 
-def _run(pw_a: bytes, pw_b: bytes, ids_a=(b"a", b"b"), ids_b=(b"a", b"b")) -> tuple[bytes, bytes]:  # type: ignore[no-untyped-def]
+def _run(pw_a: bytes, pw_b: bytes, ids_a=(b"a", b"b"), ids_b=(b"a", b"b")) -> tuple[bytes, bytes]:
     a, b = pake.Spake2A(pw_a, *ids_a), pake.Spake2B(pw_b, *ids_b)
     ma, mb = a.start(), b.start()
     return a.finish(mb), b.finish(ma)

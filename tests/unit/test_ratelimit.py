@@ -1,4 +1,4 @@
-from microstackd.ratelimit import FailureLimiter
+from microstackd.control.ratelimit import FailureLimiter
 
 
 def test_failures_double_the_lockout_up_to_the_cap():

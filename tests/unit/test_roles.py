@@ -6,20 +6,18 @@ from __future__ import annotations
 import configparser
 import os
 import stat
+from importlib import resources
 from pathlib import Path
 
 import pytest
 
-from microstackd import control_config, errors
+from microstackd import errors
+from microstackd.control import config as control_config
 from microstackd.model import NodeRecord, NodeState, Role
 from microstackd.node import render
-from microstackd.node.roles import (
-    COMPUTE,
-    NEUTRON_AGENT_CONF,
-    NOVA_COMPUTE_CONF,
-    OVS_AGENT_INI,
-    ROLES,
-)
+from microstackd.node.roles import COMPUTE, DEFINITIONS
+from microstackd.node.roles.compute import NOVA_COMPUTE_CONF
+from microstackd.node.roles.network import NEUTRON_AGENT_CONF, OVS_AGENT_INI
 from microstackd.node.standin import check
 
 NODE = NodeRecord(
@@ -106,12 +104,40 @@ def test_compute_role_renders_parseable_files_with_the_issued_values(tmp_path, s
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
 
 
-def test_every_role_template_renders(settings):
-    for role in ROLES.values():
-        for f in role.files:
-            text = render.render_text(f.template, settings)
-            if f.path.endswith((".conf", ".ini")) and not f.path.startswith("libvirt/"):
+def test_every_role_template_renders(tmp_path, settings):
+    """Every role of the cluster has a definition, and every template shipped
+    in the package is one of a role's files (or a setup step's stdin) and
+    renders completely with that role's own settings."""
+    assert set(DEFINITIONS) == {Role.CONTROL, Role.COMPUTE}
+    config = control_config.ensure(tmp_path / "control.yaml", "10.0.0.1")
+    role_settings = {
+        Role.COMPUTE: settings,
+        Role.CONTROL: {
+            **{k: v for k, v in settings.items() if k not in control_config.SECRET_KEYS},
+            **control_config.control_settings(config),
+        },
+    }
+    rendered: set[str] = set()
+    for role, definition in DEFINITIONS.items():
+        values = role_settings[role]
+        used = [f.template for f in definition.files]
+        used += [s.stdin_template for s in definition.setup if s.stdin_template]
+        for template in used:
+            text = render.render_text(template, values)
+            assert "${" not in text, template
+            if template.endswith((".conf", ".ini")) and not template.endswith(
+                ("libvirtd.conf", "qemu.conf", "dnsmasq.conf", "rabbitmq.conf")
+            ):
                 configparser.ConfigParser(interpolation=None).read_string(text)
+            rendered.add(template)
+    root = resources.files("microstackd.node") / "templates"
+    shipped = {
+        f"{role_dir.name}/{t.name}"
+        for role_dir in root.iterdir()
+        if role_dir.is_dir()
+        for t in role_dir.iterdir()
+    }
+    assert rendered == shipped, f"templates no role uses: {sorted(shipped - rendered)}"
 
 
 def test_every_requirement_of_every_service_is_met_by_the_rendered_files(tmp_path, settings):

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from microstackd import enrolment, errors
-from microstackd.events import EventBus
+from microstackd import errors
+from microstackd.enrolment import machine as enrolment
+from microstackd.enrolment.events import EventBus
+from microstackd.enrolment.runner import Runner, Skipped, StepAction, StepContext
 from microstackd.model import EventRecord, NodeRecord, NodeState, Role, StepState
-from microstackd.runner import Runner, Skipped, StepAction, StepContext
 from microstackd.store import Store
 
 NODE = "node-1"
@@ -24,7 +25,7 @@ class SpyStore(Store):
         self.commits: list[list[EventRecord]] = []
         self.fail = False
 
-    def record_all(self, events, updates=()):  # type: ignore[no-untyped-def]
+    def record_all(self, events, updates=()):
         if self.fail:
             raise errors.StorageError("cannot write: the disk is full; nothing was changed")
         recorded = super().record_all(events, updates)
@@ -74,7 +75,7 @@ async def _finish(runner: Runner, actions: dict[str, StepAction]) -> None:
     await asyncio.sleep(0)  # the last group commit
 
 
-def test_steps_that_never_wait_share_one_commit(world) -> None:  # type: ignore[no-untyped-def]
+def test_steps_that_never_wait_share_one_commit(world) -> None:
     store, bus, runner = world
 
     async def skipped(ctx: StepContext) -> str | Skipped:
@@ -90,7 +91,7 @@ def test_steps_that_never_wait_share_one_commit(world) -> None:  # type: ignore[
     assert set(store.step_states(NODE).values()) <= {StepState.DONE, StepState.SKIPPED}
 
 
-def test_what_a_step_waits_for_is_published_while_it_waits(world) -> None:  # type: ignore[no-untyped-def]
+def test_what_a_step_waits_for_is_published_while_it_waits(world) -> None:
     store, bus, runner = world
     seen_while_waiting: list[str] = []
 
@@ -105,7 +106,7 @@ def test_what_a_step_waits_for_is_published_while_it_waits(world) -> None:  # ty
     assert len(store.commits) == 2  # before the wait and after it
 
 
-def test_a_failed_commit_publishes_nothing_and_stops_the_enrolment(world) -> None:  # type: ignore[no-untyped-def]
+def test_a_failed_commit_publishes_nothing_and_stops_the_enrolment(world) -> None:
     store, bus, runner = world
     store.fail = True
     asyncio.run(_finish(runner, {}))
@@ -118,7 +119,7 @@ def test_a_failed_commit_publishes_nothing_and_stops_the_enrolment(world) -> Non
     assert bus.published[-1].final
 
 
-def test_cancel_lands_what_was_recorded_first(world) -> None:  # type: ignore[no-untyped-def]
+def test_cancel_lands_what_was_recorded_first(world) -> None:
     store, bus, runner = world
     release = asyncio.Event()
 

@@ -25,13 +25,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from spake2 import SPAKE2_B
 
 from microstackd import errors
-from microstackd import security as sec
+from microstackd.model import Role
+from microstackd.trust import exchange, kdf
+from microstackd.trust import transcript as tr
+from microstackd.trust import x509 as certs
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 CLUSTER_ID = "3f6c1a52-8d0e-4b7e-9a51-0c2f7d1e9b44"
 PASSWORD = "correct horse battery staple"
-FAST = sec.KdfParams(salt=bytes(range(16)), log2_n=10, r=8, p=1)
-HELLO = sec.Hello(node_name="compute-1", address="10.20.0.11", hostname="compute-1.lab")
+FAST = kdf.KdfParams(salt=bytes(range(16)), log2_n=10, r=8, p=1)
+HELLO = exchange.Hello(node_name="compute-1", address="10.20.0.11", hostname="compute-1.lab")
 CONTROL_NAME = "control-1"
 CLUSTER_PORT = 7444
 
@@ -40,39 +43,39 @@ CLUSTER_PORT = 7444
 
 
 @pytest.fixture(scope="module")
-def ca() -> sec.CertificateAuthority:
-    return sec.create_ca(CLUSTER_ID, NOW)
+def ca() -> certs.CertificateAuthority:
+    return certs.create_ca(CLUSTER_ID, NOW)
 
 
 @pytest.fixture(scope="module")
-def other_ca() -> sec.CertificateAuthority:
+def other_ca() -> certs.CertificateAuthority:
     # Same cluster id, hence the same subject name: only the key tells them apart.
-    return sec.create_ca(CLUSTER_ID, NOW)
+    return certs.create_ca(CLUSTER_ID, NOW)
 
 
 @pytest.fixture(scope="module")
 def verifier() -> bytes:
-    return sec.derive_verifier(PASSWORD, FAST)
+    return kdf.derive_verifier(PASSWORD, FAST)
 
 
 @pytest.fixture(scope="module")
 def bootstrap_key() -> ec.EllipticCurvePrivateKey:
-    return sec.generate_key()
+    return certs.generate_key()
 
 
 @pytest.fixture(scope="module")
 def bootstrap_cert(bootstrap_key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
-    return sec.self_signed_bootstrap_certificate(bootstrap_key, NOW)
+    return certs.self_signed_bootstrap_certificate(bootstrap_key, NOW)
 
 
 @pytest.fixture(scope="module")
 def joiner_key() -> ec.EllipticCurvePrivateKey:
-    return sec.generate_key()
+    return certs.generate_key()
 
 
 @pytest.fixture(scope="module")
 def csr(joiner_key: ec.EllipticCurvePrivateKey) -> bytes:
-    return sec.make_csr(joiner_key, HELLO.node_name)
+    return certs.make_csr(joiner_key, HELLO.node_name)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +85,7 @@ def rsa_key() -> rsa.RSAPrivateKey:
 
 @dataclass
 class World:
-    ca: sec.CertificateAuthority
+    ca: certs.CertificateAuthority
     verifier: bytes
     fp: str  # the control's own bootstrap certificate fingerprint
     csr: bytes
@@ -91,13 +94,13 @@ class World:
 
 @pytest.fixture
 def world(
-    ca: sec.CertificateAuthority,
+    ca: certs.CertificateAuthority,
     verifier: bytes,
     bootstrap_cert: x509.Certificate,
     csr: bytes,
     joiner_key: ec.EllipticCurvePrivateKey,
 ) -> World:
-    return World(ca, verifier, sec.fingerprint(bootstrap_cert), csr, joiner_key)
+    return World(ca, verifier, certs.fingerprint(bootstrap_cert), csr, joiner_key)
 
 
 def control_for(
@@ -105,11 +108,11 @@ def control_for(
     *,
     verifier: bytes | None = None,
     cluster_id: str = CLUSTER_ID,
-    kdf: sec.KdfParams = FAST,
-    hello: sec.Hello = HELLO,
+    kdf: kdf.KdfParams = FAST,
+    hello: exchange.Hello = HELLO,
     fp: str | None = None,
-) -> sec.ControlExchange:
-    return sec.ControlExchange(
+) -> exchange.ControlExchange:
+    return exchange.ControlExchange(
         w.verifier if verifier is None else verifier,
         cluster_id,
         kdf,
@@ -124,11 +127,11 @@ def joiner_for(
     *,
     verifier: bytes | None = None,
     cluster_id: str = CLUSTER_ID,
-    kdf: sec.KdfParams = FAST,
-    hello: sec.Hello = HELLO,
+    kdf: kdf.KdfParams = FAST,
+    hello: exchange.Hello = HELLO,
     fp: str | None = None,
-) -> sec.JoinerExchange:
-    return sec.JoinerExchange(
+) -> exchange.JoinerExchange:
+    return exchange.JoinerExchange(
         w.verifier if verifier is None else verifier,
         cluster_id,
         kdf,
@@ -139,11 +142,11 @@ def joiner_for(
 
 
 def sign(w: World, csr_pem: bytes | None = None) -> x509.Certificate:
-    return sec.sign_csr(
+    return certs.sign_csr(
         w.ca,
         w.csr if csr_pem is None else csr_pem,
         node_name=HELLO.node_name,
-        role=sec.ROLE_COMPUTE,
+        role=Role.COMPUTE,
         address=HELLO.address,
         hostname=HELLO.hostname,
         now=NOW,
@@ -152,8 +155,8 @@ def sign(w: World, csr_pem: bytes | None = None) -> x509.Certificate:
 
 @dataclass
 class Confirmed:
-    control: sec.ControlExchange
-    joiner: sec.JoinerExchange
+    control: exchange.ControlExchange
+    joiner: exchange.JoinerExchange
     cert_pem: bytes
     ca_pem: bytes
     result_mac: bytes
@@ -165,7 +168,7 @@ def confirmed(w: World) -> Confirmed:
     joiner = joiner_for(w, control.challenge())
     message, mac = joiner.response(w.csr)
     control.check_response(message, w.csr, mac)
-    cert_pem = sec.cert_to_pem(sign(w))
+    cert_pem = certs.cert_to_pem(sign(w))
     ca_pem = w.ca.cert_pem()
     result = control.result_confirmation(cert_pem, ca_pem, CONTROL_NAME, CLUSTER_PORT)
     return Confirmed(control, joiner, cert_pem, ca_pem, result)
@@ -193,22 +196,22 @@ def rfc5869_hkdf_sha256(ikm: bytes, info: bytes, length: int) -> bytes:
 
 def test_derive_key_is_hkdf_sha256_with_the_purpose_as_info() -> None:
     secret = bytes(range(32))
-    assert sec.derive_key(secret, b"p", 42) == rfc5869_hkdf_sha256(secret, b"p", 42)
+    assert tr.derive_key(secret, b"p", 42) == rfc5869_hkdf_sha256(secret, b"p", 42)
 
 
 def test_derive_key_gives_distinct_keys_per_purpose() -> None:
-    purposes = [sec.PURPOSE_CONFIRM_JOINER, sec.PURPOSE_CONFIRM_CONTROL]
+    purposes = [tr.PURPOSE_CONFIRM_JOINER, tr.PURPOSE_CONFIRM_CONTROL]
     assert len(set(purposes)) == len(purposes)
     secret = b"s" * 32
-    keys = {sec.derive_key(secret, purpose) for purpose in purposes}
+    keys = {tr.derive_key(secret, purpose) for purpose in purposes}
     assert len(keys) == len(purposes)
     assert all(len(k) == 32 for k in keys)
     # Deterministic, and sensitive to the secret.
-    assert sec.derive_key(secret, purposes[0]) == sec.derive_key(secret, purposes[0])
-    assert sec.derive_key(b"t" * 32, purposes[0]) != sec.derive_key(secret, purposes[0])
+    assert tr.derive_key(secret, purposes[0]) == tr.derive_key(secret, purposes[0])
+    assert tr.derive_key(b"t" * 32, purposes[0]) != tr.derive_key(secret, purposes[0])
     # A purpose is not a prefix game: "ab" and "abc" are unrelated keys.
-    assert sec.derive_key(secret, b"ab")[:16] != sec.derive_key(secret, b"abc")[:16]
-    assert len(sec.derive_key(secret, purposes[0], 64)) == 64
+    assert tr.derive_key(secret, b"ab")[:16] != tr.derive_key(secret, b"abc")[:16]
+    assert len(tr.derive_key(secret, purposes[0], 64)) == 64
 
 
 @pytest.mark.parametrize(
@@ -217,7 +220,7 @@ def test_derive_key_gives_distinct_keys_per_purpose() -> None:
 )
 def test_derive_key_rejects_misuse(secret: bytes, purpose: bytes, length: int) -> None:
     with pytest.raises(ValueError):
-        sec.derive_key(secret, purpose, length)
+        tr.derive_key(secret, purpose, length)
 
 
 # --- the password verifier ---------------------------------------------------------------
@@ -225,35 +228,35 @@ def test_derive_key_rejects_misuse(secret: bytes, purpose: bytes, length: int) -
 
 def test_verifier_is_32_bytes_and_deterministic(verifier: bytes) -> None:
     assert len(verifier) == 32
-    assert sec.derive_verifier(PASSWORD, FAST) == verifier
+    assert kdf.derive_verifier(PASSWORD, FAST) == verifier
 
 
 def test_verifier_depends_on_salt_password_and_cost(verifier: bytes) -> None:
-    assert sec.derive_verifier(PASSWORD, replace(FAST, salt=b"\xff" * 16)) != verifier
-    assert sec.derive_verifier(PASSWORD + "!", FAST) != verifier
-    assert sec.derive_verifier(PASSWORD, replace(FAST, r=1)) != verifier
+    assert kdf.derive_verifier(PASSWORD, replace(FAST, salt=b"\xff" * 16)) != verifier
+    assert kdf.derive_verifier(PASSWORD + "!", FAST) != verifier
+    assert kdf.derive_verifier(PASSWORD, replace(FAST, r=1)) != verifier
 
 
 def test_verifier_is_scrypt_of_the_utf8_password() -> None:
     expected = hashlib.scrypt(
         PASSWORD.encode(), salt=FAST.salt, n=1 << FAST.log2_n, r=FAST.r, p=FAST.p, dklen=32
     )
-    assert sec.derive_verifier(PASSWORD, FAST) == expected
+    assert kdf.derive_verifier(PASSWORD, FAST) == expected
 
 
 def test_verifier_normalises_unicode() -> None:
     # "é" typed as one code point or as e + combining accent is the same password.
     composed, decomposed = "caf\u00e9-pass", "cafe\u0301-pass"
-    assert sec.derive_verifier(composed, FAST) == sec.derive_verifier(decomposed, FAST)
+    assert kdf.derive_verifier(composed, FAST) == kdf.derive_verifier(decomposed, FAST)
 
 
 def test_empty_password_is_refused() -> None:
     with pytest.raises(errors.InvalidArgument):
-        sec.derive_verifier("", FAST)
+        kdf.derive_verifier("", FAST)
 
 
 def test_new_kdf_params_are_the_defaults_with_a_fresh_salt() -> None:
-    a, b = sec.new_kdf_params(), sec.new_kdf_params()
+    a, b = kdf.new_kdf_params(), kdf.new_kdf_params()
     assert (a.log2_n, a.r, a.p) == (15, 8, 1)
     assert len(a.salt) == 16
     assert a.salt != b.salt
@@ -285,19 +288,19 @@ def test_kdf_parameter_bounds_are_enforced_before_any_work(changes: dict[str, ob
     started = time.perf_counter()
     with pytest.raises(errors.BootstrapProtocolError):
         params = replace(FAST, **changes)  # type: ignore[arg-type]
-        sec.derive_verifier(PASSWORD, params)
+        kdf.derive_verifier(PASSWORD, params)
     assert time.perf_counter() - started < 0.5
 
 
 @pytest.mark.parametrize(
     "params",
     [
-        sec.KdfParams(salt=b"\x00" * 16, log2_n=10, r=1, p=1),
-        sec.KdfParams(salt=b"\x00" * 64, log2_n=10, r=16, p=4),
+        kdf.KdfParams(salt=b"\x00" * 16, log2_n=10, r=1, p=1),
+        kdf.KdfParams(salt=b"\x00" * 64, log2_n=10, r=16, p=4),
     ],
 )
-def test_kdf_bounds_are_inclusive(params: sec.KdfParams) -> None:
-    assert len(sec.derive_verifier(PASSWORD, params)) == 32
+def test_kdf_bounds_are_inclusive(params: kdf.KdfParams) -> None:
+    assert len(kdf.derive_verifier(PASSWORD, params)) == 32
 
 
 # --- keys, PEM, fingerprints ----------------------------------------------------------------
@@ -306,9 +309,9 @@ def test_kdf_bounds_are_inclusive(params: sec.KdfParams) -> None:
 def test_key_pem_round_trip_is_unencrypted_pkcs8_p256(
     joiner_key: ec.EllipticCurvePrivateKey,
 ) -> None:
-    pem = sec.key_to_pem(joiner_key)
+    pem = certs.key_to_pem(joiner_key)
     assert pem.startswith(b"-----BEGIN PRIVATE KEY-----")
-    loaded = sec.load_key(pem)
+    loaded = certs.load_key(pem)
     assert isinstance(loaded.curve, ec.SECP256R1)
     assert loaded.private_numbers() == joiner_key.private_numbers()
 
@@ -325,9 +328,9 @@ def test_load_key_refuses_other_curves_and_algorithms(rsa_key: rsa.RSAPrivateKey
             serialization.NoEncryption(),
         )
         with pytest.raises(ValueError):
-            sec.load_key(pem)
+            certs.load_key(pem)
     with pytest.raises(ValueError):
-        sec.load_key(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+        certs.load_key(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
 
 
 def test_fingerprint_is_sha256_of_der_for_cert_pem_bytes_and_str(
@@ -335,19 +338,19 @@ def test_fingerprint_is_sha256_of_der_for_cert_pem_bytes_and_str(
 ) -> None:
     der = bootstrap_cert.public_bytes(serialization.Encoding.DER)
     expected = hashlib.sha256(der).hexdigest()
-    pem = sec.cert_to_pem(bootstrap_cert)
-    assert sec.fingerprint(bootstrap_cert) == expected
-    assert sec.fingerprint(pem) == expected
-    assert sec.fingerprint(pem.decode()) == expected  # what ssl.get_server_certificate returns
-    assert sec.load_cert(pem) == bootstrap_cert
+    pem = certs.cert_to_pem(bootstrap_cert)
+    assert certs.fingerprint(bootstrap_cert) == expected
+    assert certs.fingerprint(pem) == expected
+    assert certs.fingerprint(pem.decode()) == expected  # what ssl.get_server_certificate returns
+    assert certs.load_cert(pem) == bootstrap_cert
     with pytest.raises(ValueError):
-        sec.fingerprint(b"garbage")
+        certs.fingerprint(b"garbage")
 
 
 # --- certificates -------------------------------------------------------------------------
 
 
-def test_ca_is_a_p256_ca_whose_key_matches(ca: sec.CertificateAuthority) -> None:
+def test_ca_is_a_p256_ca_whose_key_matches(ca: certs.CertificateAuthority) -> None:
     bc = ca.cert.extensions.get_extension_for_class(x509.BasicConstraints)
     assert bc.critical and bc.value.ca
     ku = ca.cert.extensions.get_extension_for_class(x509.KeyUsage).value
@@ -361,21 +364,21 @@ def test_ca_is_a_p256_ca_whose_key_matches(ca: sec.CertificateAuthority) -> None
 
 
 def test_ca_round_trips_through_pem_and_refuses_a_mismatched_key(
-    ca: sec.CertificateAuthority,
+    ca: certs.CertificateAuthority,
 ) -> None:
-    again = sec.CertificateAuthority.from_pem(ca.key_pem(), ca.cert_pem())
+    again = certs.CertificateAuthority.from_pem(ca.key_pem(), ca.cert_pem())
     assert again.cert == ca.cert
     with pytest.raises(ValueError):
-        sec.CertificateAuthority(key=sec.generate_key(), cert=ca.cert)
+        certs.CertificateAuthority(key=certs.generate_key(), cert=ca.cert)
 
 
-def test_issued_certificate_profile(ca: sec.CertificateAuthority) -> None:
-    key = sec.generate_key()
-    cert = sec.issue_certificate(
+def test_issued_certificate_profile(ca: certs.CertificateAuthority) -> None:
+    key = certs.generate_key()
+    cert = certs.issue_certificate(
         ca,
         key.public_key(),
         node_name="compute-1",
-        role=sec.ROLE_COMPUTE,
+        role=Role.COMPUTE,
         address="10.20.0.11",
         hostname="compute-1.lab",
         now=NOW,
@@ -409,14 +412,14 @@ def test_issued_certificate_profile(ca: sec.CertificateAuthority) -> None:
     assert 0 < cert.serial_number < 2**159
     assert cert.not_valid_before_utc <= NOW
     assert cert.not_valid_after_utc == NOW + timedelta(days=365)
-    sec.verify_issued_by(ca.cert, cert, NOW)
+    certs.verify_issued_by(ca.cert, cert, NOW)
 
 
-def test_serials_are_random(ca: sec.CertificateAuthority) -> None:
-    key = sec.generate_key().public_key()
+def test_serials_are_random(ca: certs.CertificateAuthority) -> None:
+    key = certs.generate_key().public_key()
     serials = {
-        sec.issue_certificate(
-            ca, key, node_name="n", role="compute", address="n", hostname="n", now=NOW
+        certs.issue_certificate(
+            ca, key, node_name="n", role=Role.COMPUTE, address="10.0.0.1", hostname="n", now=NOW
         ).serial_number
         for _ in range(8)
     }
@@ -424,24 +427,24 @@ def test_serials_are_random(ca: sec.CertificateAuthority) -> None:
     assert max(serials).bit_length() > 140  # random, not counting up from 1
 
 
-def test_san_uses_dns_for_a_name_address_and_deduplicates(ca: sec.CertificateAuthority) -> None:
-    cert = sec.issue_certificate(
+def test_san_is_the_ip_address_and_the_names_deduplicated(ca: certs.CertificateAuthority) -> None:
+    cert = certs.issue_certificate(
         ca,
-        sec.generate_key().public_key(),
+        certs.generate_key().public_key(),
         node_name="control-1",
-        role=sec.ROLE_CONTROL,
-        address="control-1",
+        role=Role.CONTROL,
+        address="10.20.0.1",
         hostname="CONTROL-1",
         now=NOW,
     )
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.IPAddress) == []
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.20.0.1")]
     assert [n.lower() for n in san.get_values_for_type(x509.DNSName)] == ["control-1"]
-    v6 = sec.issue_certificate(
+    v6 = certs.issue_certificate(
         ca,
-        sec.generate_key().public_key(),
+        certs.generate_key().public_key(),
         node_name="c",
-        role="compute",
+        role=Role.COMPUTE,
         address="fd00::11",
         hostname="c",
         now=NOW,
@@ -450,12 +453,12 @@ def test_san_uses_dns_for_a_name_address_and_deduplicates(ca: sec.CertificateAut
     assert v6san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("fd00::11")]
 
 
-def test_leaf_never_outlives_its_ca(ca: sec.CertificateAuthority) -> None:
-    cert = sec.issue_certificate(
+def test_leaf_never_outlives_its_ca(ca: certs.CertificateAuthority) -> None:
+    cert = certs.issue_certificate(
         ca,
-        sec.generate_key().public_key(),
+        certs.generate_key().public_key(),
         node_name="n",
-        role="compute",
+        role=Role.COMPUTE,
         address="10.0.0.1",
         hostname="n",
         now=NOW + timedelta(days=3600),
@@ -474,12 +477,15 @@ def test_leaf_never_outlives_its_ca(ca: sec.CertificateAuthority) -> None:
         {"node_name": "a" * 64},
         {"node_name": "x/../../etc"},
         {"hostname": "host\x00name"},
+        {"node_name": "Upper"},
+        {"node_name": "compute"},
         {"address": "fe80::1%eth0"},
         {"address": ""},
+        {"address": "control-1"},
     ],
 )
 def test_issue_certificate_refuses_bad_identities(
-    ca: sec.CertificateAuthority, changes: dict[str, Any]
+    ca: certs.CertificateAuthority, changes: dict[str, Any]
 ) -> None:
     args: dict[str, Any] = {
         "node_name": "n",
@@ -488,20 +494,25 @@ def test_issue_certificate_refuses_bad_identities(
         "hostname": "n",
     } | changes
     with pytest.raises(errors.InvalidArgument):
-        sec.issue_certificate(ca, sec.generate_key().public_key(), now=NOW, **args)
+        certs.issue_certificate(ca, certs.generate_key().public_key(), now=NOW, **args)
 
 
 def test_issue_certificate_refuses_non_p256_keys_and_naive_time(
-    ca: sec.CertificateAuthority,
+    ca: certs.CertificateAuthority,
 ) -> None:
-    kw: dict[str, Any] = {"node_name": "n", "role": "compute", "address": "n", "hostname": "n"}
+    kw: dict[str, Any] = {
+        "node_name": "n",
+        "role": Role.COMPUTE,
+        "address": "10.0.0.1",
+        "hostname": "n",
+    }
     with pytest.raises(ValueError):
-        sec.issue_certificate(
+        certs.issue_certificate(
             ca, ec.generate_private_key(ec.SECP384R1()).public_key(), now=NOW, **kw
         )
     with pytest.raises(ValueError):
-        sec.issue_certificate(
-            ca, sec.generate_key().public_key(), now=NOW.replace(tzinfo=None), **kw
+        certs.issue_certificate(
+            ca, certs.generate_key().public_key(), now=NOW.replace(tzinfo=None), **kw
         )
 
 
@@ -511,18 +522,18 @@ def test_issue_certificate_refuses_non_p256_keys_and_naive_time(
 def test_sign_csr_issues_for_the_csr_key(world: World) -> None:
     cert = sign(world)
     assert cert.public_key() == world.joiner_key.public_key()
-    assert sec.identity_of(cert).name == HELLO.node_name
+    assert certs.identity_of(cert).name == HELLO.node_name
 
 
 def test_sign_csr_refuses_a_different_cn(world: World) -> None:
-    other = sec.make_csr(world.joiner_key, "control-1")
+    other = certs.make_csr(world.joiner_key, "control-1")
     with pytest.raises(errors.BootstrapProtocolError, match="control-1"):
         sign(world, other)
 
 
 def test_sign_csr_refuses_an_invalid_signature(world: World) -> None:
     # Same structure, CN changed under the signature: the CN now matches, the signature does not.
-    csr = sec.make_csr(world.joiner_key, "compute-0")
+    csr = certs.make_csr(world.joiner_key, "compute-0")
     der = x509.load_pem_x509_csr(csr).public_bytes(serialization.Encoding.DER)
     assert der.count(b"compute-0") == 1
     forged = x509.load_der_x509_csr(der.replace(b"compute-0", b"compute-1"))
@@ -607,7 +618,7 @@ def test_sign_csr_ignores_what_the_csr_asks_for(world: World) -> None:
     assert "control-1" not in san.get_values_for_type(x509.DNSName)
     assert ipaddress.ip_address("10.20.0.1") not in san.get_values_for_type(x509.IPAddress)
     assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    assert sec.identity_of(cert).role == sec.ROLE_COMPUTE
+    assert certs.identity_of(cert).role == Role.COMPUTE
 
 
 # --- identity_of / verify_issued_by ------------------------------------------------------------
@@ -615,10 +626,10 @@ def test_sign_csr_ignores_what_the_csr_asks_for(world: World) -> None:
 
 def test_identity_of_reads_back_what_was_issued(world: World) -> None:
     cert = sign(world)
-    identity = sec.identity_of(cert)
-    assert identity == sec.Identity(
+    identity = certs.identity_of(cert)
+    assert identity == certs.Identity(
         name=HELLO.node_name,
-        role=sec.ROLE_COMPUTE,
+        role=Role.COMPUTE,
         serial=cert.serial_number,
         not_after=NOW + timedelta(days=365),
     )
@@ -626,23 +637,23 @@ def test_identity_of_reads_back_what_was_issued(world: World) -> None:
 
 
 def test_identity_of_refuses_certificates_without_a_node_identity(
-    ca: sec.CertificateAuthority, bootstrap_cert: x509.Certificate
+    ca: certs.CertificateAuthority, bootstrap_cert: x509.Certificate
 ) -> None:
     for cert in (ca.cert, bootstrap_cert):
         with pytest.raises(errors.PermissionDenied):
-            sec.identity_of(cert)
+            certs.identity_of(cert)
 
 
 def test_verify_issued_by_refuses_another_ca(
-    world: World, other_ca: sec.CertificateAuthority
+    world: World, other_ca: certs.CertificateAuthority
 ) -> None:
     cert = sign(world)
     assert other_ca.cert.subject == world.ca.cert.subject  # same name, different key
     with pytest.raises(errors.PermissionDenied):
-        sec.verify_issued_by(other_ca.cert, cert, NOW)
+        certs.verify_issued_by(other_ca.cert, cert, NOW)
     foreign = sign(replace(world, ca=other_ca))
     with pytest.raises(errors.PermissionDenied):
-        sec.verify_issued_by(world.ca.cert, foreign, NOW)
+        certs.verify_issued_by(world.ca.cert, foreign, NOW)
 
 
 @pytest.mark.parametrize(
@@ -655,19 +666,19 @@ def test_verify_issued_by_refuses_another_ca(
 )
 def test_verify_issued_by_refuses_outside_validity(world: World, at: datetime, match: str) -> None:
     cert = sign(world)
-    sec.verify_issued_by(world.ca.cert, cert, NOW + timedelta(days=365))  # the last valid moment
-    sec.verify_issued_by(world.ca.cert, cert, NOW - timedelta(minutes=5))  # clock skew allowance
+    certs.verify_issued_by(world.ca.cert, cert, NOW + timedelta(days=365))  # the last valid moment
+    certs.verify_issued_by(world.ca.cert, cert, NOW - timedelta(minutes=5))  # clock skew allowance
     with pytest.raises(errors.PermissionDenied, match=match):
-        sec.verify_issued_by(world.ca.cert, cert, at)
+        certs.verify_issued_by(world.ca.cert, cert, at)
 
 
 def test_verify_issued_by_refuses_the_ca_itself_and_the_bootstrap_cert(
-    ca: sec.CertificateAuthority, bootstrap_cert: x509.Certificate
+    ca: certs.CertificateAuthority, bootstrap_cert: x509.Certificate
 ) -> None:
     with pytest.raises(errors.PermissionDenied):
-        sec.verify_issued_by(ca.cert, ca.cert, NOW)
+        certs.verify_issued_by(ca.cert, ca.cert, NOW)
     with pytest.raises(errors.PermissionDenied):
-        sec.verify_issued_by(ca.cert, bootstrap_cert, NOW)
+        certs.verify_issued_by(ca.cert, bootstrap_cert, NOW)
 
 
 def test_verify_issued_by_refuses_a_cert_a_node_signed_in_the_cas_name(world: World) -> None:
@@ -690,12 +701,12 @@ def test_verify_issued_by_refuses_a_cert_a_node_signed_in_the_cas_name(world: Wo
         .sign(node_key, hashes.SHA256())
     )
     with pytest.raises(errors.PermissionDenied):
-        sec.verify_issued_by(world.ca.cert, forged, NOW)
+        certs.verify_issued_by(world.ca.cert, forged, NOW)
 
 
 def test_verify_issued_by_wants_an_aware_time(world: World) -> None:
     with pytest.raises(ValueError):
-        sec.verify_issued_by(world.ca.cert, sign(world), NOW.replace(tzinfo=None))
+        certs.verify_issued_by(world.ca.cert, sign(world), NOW.replace(tzinfo=None))
 
 
 # --- TLS: the certificates work in a real (in-memory) handshake -----------------------------
@@ -703,8 +714,8 @@ def test_verify_issued_by_wants_an_aware_time(world: World) -> None:
 
 def _pem_files(tmp_path: Path, name: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate):
     cert_file, key_file = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
-    cert_file.write_bytes(sec.cert_to_pem(cert))
-    key_file.write_bytes(sec.key_to_pem(key))
+    cert_file.write_bytes(certs.cert_to_pem(cert))
+    key_file.write_bytes(certs.key_to_pem(key))
     return str(cert_file), str(key_file)
 
 
@@ -736,42 +747,42 @@ def test_bootstrap_certificate_is_its_own_trust_root(
     tmp_path: Path, bootstrap_cert: x509.Certificate
 ) -> None:
     name = bootstrap_cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
-    assert name == sec.BOOTSTRAP_SERVER_NAME == "microstackd-bootstrap"
+    assert name == certs.BOOTSTRAP_SERVER_NAME == "microstackd-bootstrap"
     san = bootstrap_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.DNSName) == [sec.BOOTSTRAP_SERVER_NAME]
+    assert san.get_values_for_type(x509.DNSName) == [certs.BOOTSTRAP_SERVER_NAME]
     bc = bootstrap_cert.extensions.get_extension_for_class(x509.BasicConstraints)
     assert bc.critical and bc.value.ca
     bootstrap_cert.verify_directly_issued_by(bootstrap_cert)
 
     # OpenSSL checks validity against the real clock: issue at the real time.
     wall = datetime.now(UTC)
-    key = sec.generate_key()
-    cert = sec.self_signed_bootstrap_certificate(key, wall)
+    key = certs.generate_key()
+    cert = certs.self_signed_bootstrap_certificate(key, wall)
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(*_pem_files(tmp_path, "boot", key, cert))
     client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies chain and host name
-    client_ctx.load_verify_locations(cadata=sec.cert_to_pem(cert).decode())
-    client, _ = _handshake(server_ctx, client_ctx, sec.BOOTSTRAP_SERVER_NAME)
+    client_ctx.load_verify_locations(cadata=certs.cert_to_pem(cert).decode())
+    client, _ = _handshake(server_ctx, client_ctx, certs.BOOTSTRAP_SERVER_NAME)
     seen = client.getpeercert(binary_form=True)
     assert seen is not None
-    assert sec.fingerprint(x509.load_der_x509_certificate(seen)) == sec.fingerprint(cert)
+    assert certs.fingerprint(x509.load_der_x509_certificate(seen)) == certs.fingerprint(cert)
 
     # A machine in the middle with its own bootstrap certificate fails a pinned client.
-    mitm_key = sec.generate_key()
+    mitm_key = certs.generate_key()
     mitm_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    mitm_cert = sec.self_signed_bootstrap_certificate(mitm_key, wall)
+    mitm_cert = certs.self_signed_bootstrap_certificate(mitm_key, wall)
     mitm_ctx.load_cert_chain(*_pem_files(tmp_path, "mitm", mitm_key, mitm_cert))
     with pytest.raises(ssl.SSLCertVerificationError):
-        _handshake(mitm_ctx, client_ctx, sec.BOOTSTRAP_SERVER_NAME)
+        _handshake(mitm_ctx, client_ctx, certs.BOOTSTRAP_SERVER_NAME)
 
 
 def test_issued_certificates_work_for_mutual_tls_by_ip(tmp_path: Path) -> None:
     wall = datetime.now(UTC)  # OpenSSL checks validity against the real clock
-    ca, other_ca = sec.create_ca(CLUSTER_ID, wall), sec.create_ca(CLUSTER_ID, wall)
+    ca, other_ca = certs.create_ca(CLUSTER_ID, wall), certs.create_ca(CLUSTER_ID, wall)
 
-    def node(ca_: sec.CertificateAuthority, name: str, role: str, address: str):
-        key = sec.generate_key()
-        cert = sec.issue_certificate(
+    def node(ca_: certs.CertificateAuthority, name: str, role: Role, address: str):
+        key = certs.generate_key()
+        cert = certs.issue_certificate(
             ca_,
             key.public_key(),
             node_name=name,
@@ -784,16 +795,16 @@ def test_issued_certificates_work_for_mutual_tls_by_ip(tmp_path: Path) -> None:
 
     ca_pem = ca.cert_pem().decode()
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(*node(ca, "control-1", "control", "10.20.0.1"))
+    server_ctx.load_cert_chain(*node(ca, "control-1", Role.CONTROL, "10.20.0.1"))
     server_ctx.verify_mode = ssl.CERT_REQUIRED
     server_ctx.load_verify_locations(cadata=ca_pem)
     client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client_ctx.load_verify_locations(cadata=ca_pem)
-    client_ctx.load_cert_chain(*node(ca, "compute-1", "compute", "10.20.0.11"))
+    client_ctx.load_cert_chain(*node(ca, "compute-1", Role.COMPUTE, "10.20.0.11"))
     _, server = _handshake(server_ctx, client_ctx, "10.20.0.1")
     peer = server.getpeercert(binary_form=True)
     assert peer is not None
-    assert sec.identity_of(x509.load_der_x509_certificate(peer)).name == "compute-1"
+    assert certs.identity_of(x509.load_der_x509_certificate(peer)).name == "compute-1"
 
     # The server's certificate names its IP: dialling another address fails.
     with pytest.raises(ssl.SSLCertVerificationError):
@@ -802,7 +813,7 @@ def test_issued_certificates_work_for_mutual_tls_by_ip(tmp_path: Path) -> None:
     # A client whose certificate comes from another CA is refused by the server.
     stranger = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     stranger.load_verify_locations(cadata=ca_pem)
-    stranger.load_cert_chain(*node(other_ca, "compute-1", "compute", "10.20.0.11"))
+    stranger.load_cert_chain(*node(other_ca, "compute-1", Role.COMPUTE, "10.20.0.11"))
     with pytest.raises(ssl.SSLError):
         _handshake(server_ctx, stranger, "10.20.0.1")
 
@@ -856,64 +867,64 @@ def test_full_bootstrap_succeeds(world: World) -> None:
     control.check_response(message, world.csr, mac)
 
     cert = sign(world)
-    cert_pem, ca_pem = sec.cert_to_pem(cert), world.ca.cert_pem()
+    cert_pem, ca_pem = certs.cert_to_pem(cert), world.ca.cert_pem()
     result = control.result_confirmation(cert_pem, ca_pem, CONTROL_NAME, CLUSTER_PORT)
     joiner.check_result(cert_pem, ca_pem, CONTROL_NAME, CLUSTER_PORT, result)
 
-    received = sec.load_cert(cert_pem)
-    pinned_ca = sec.load_cert(ca_pem)
-    sec.verify_issued_by(pinned_ca, received, NOW)
-    identity = sec.identity_of(received)
+    received = certs.load_cert(cert_pem)
+    pinned_ca = certs.load_cert(ca_pem)
+    certs.verify_issued_by(pinned_ca, received, NOW)
+    identity = certs.identity_of(received)
     assert (identity.name, identity.role, identity.serial) == (
         HELLO.node_name,
-        sec.ROLE_COMPUTE,
+        Role.COMPUTE,
         cert.serial_number,
     )
     assert received.public_key() == world.joiner_key.public_key()
 
 
 def test_full_bootstrap_with_default_kdf_params(
-    ca: sec.CertificateAuthority, bootstrap_cert: x509.Certificate
+    ca: certs.CertificateAuthority, bootstrap_cert: x509.Certificate
 ) -> None:
     # The control stores the verifier at init; the joiner derives it from the typed password.
-    stored = sec.new_kdf_params()
-    stored_verifier = sec.derive_verifier(PASSWORD, stored)
-    control = sec.ControlExchange(
-        stored_verifier, CLUSTER_ID, stored, HELLO, sec.fingerprint(bootstrap_cert)
+    stored = kdf.new_kdf_params()
+    stored_verifier = kdf.derive_verifier(PASSWORD, stored)
+    control = exchange.ControlExchange(
+        stored_verifier, CLUSTER_ID, stored, HELLO, certs.fingerprint(bootstrap_cert)
     )
     challenge = control.challenge()
     # The joiner receives (salt, params, challenge) and the certificate it saw over TLS.
-    received = sec.KdfParams(stored.salt, stored.log2_n, stored.r, stored.p)
-    joiner_key = sec.generate_key()
-    csr = sec.make_csr(joiner_key, HELLO.node_name)
-    joiner = sec.JoinerExchange(
-        sec.derive_verifier(PASSWORD, received),
+    received = kdf.KdfParams(stored.salt, stored.log2_n, stored.r, stored.p)
+    joiner_key = certs.generate_key()
+    csr = certs.make_csr(joiner_key, HELLO.node_name)
+    joiner = exchange.JoinerExchange(
+        kdf.derive_verifier(PASSWORD, received),
         CLUSTER_ID,
         received,
         HELLO,
-        sec.fingerprint(sec.cert_to_pem(bootstrap_cert)),
+        certs.fingerprint(certs.cert_to_pem(bootstrap_cert)),
         challenge,
     )
     message, mac = joiner.response(csr)
     control.check_response(message, csr, mac)
-    cert = sec.sign_csr(
+    cert = certs.sign_csr(
         ca,
         csr,
         node_name=HELLO.node_name,
-        role=sec.ROLE_COMPUTE,
+        role=Role.COMPUTE,
         address=HELLO.address,
         hostname=HELLO.hostname,
         now=NOW,
     )
-    cert_pem = sec.cert_to_pem(cert)
+    cert_pem = certs.cert_to_pem(cert)
     result = control.result_confirmation(cert_pem, ca.cert_pem(), CONTROL_NAME, CLUSTER_PORT)
     joiner.check_result(cert_pem, ca.cert_pem(), CONTROL_NAME, CLUSTER_PORT, result)
-    sec.verify_issued_by(ca.cert, cert, NOW)
+    certs.verify_issued_by(ca.cert, cert, NOW)
 
 
 def test_wrong_password_is_refused_by_the_control(world: World) -> None:
     control = control_for(world)
-    joiner = joiner_for(world, control.challenge(), verifier=sec.derive_verifier("guess", FAST))
+    joiner = joiner_for(world, control.challenge(), verifier=kdf.derive_verifier("guess", FAST))
     message, mac = joiner.response(world.csr)
     with pytest.raises(errors.WrongPassword):
         control.check_response(message, world.csr, mac)
@@ -921,7 +932,7 @@ def test_wrong_password_is_refused_by_the_control(world: World) -> None:
 
 def _fake_control_result(
     w: World, fake_verifier: bytes, fp: str, seen_fp: str | None = None
-) -> tuple[sec.JoinerExchange, bytes, bytes, bytes]:
+) -> tuple[exchange.JoinerExchange, bytes, bytes, bytes]:
     """A fake control that does not know the password but plays the protocol to the end:
     it runs SPAKE2 with its own guess and MACs a result of its choosing with the key it got."""
     fake = SPAKE2_B(fake_verifier, idA=HELLO.node_name.encode(), idB=CLUSTER_ID.encode())
@@ -929,7 +940,7 @@ def _fake_control_result(
     joiner = joiner_for(w, challenge, fp=fp if seen_fp is None else seen_fp)
     message, _ = joiner.response(w.csr)
     key = fake.finish(message)
-    transcript = sec._bootstrap_transcript(
+    transcript = tr.bootstrap_transcript(
         cluster_id=CLUSTER_ID,
         hello=HELLO,
         kdf=FAST,
@@ -938,9 +949,9 @@ def _fake_control_result(
         fingerprint=fp,
         csr_pem=w.csr,
     )
-    fake_ca = sec.create_ca(CLUSTER_ID, NOW)
-    cert_pem = sec.cert_to_pem(sign(replace(w, ca=fake_ca)))
-    mac = sec._control_confirmation(
+    fake_ca = certs.create_ca(CLUSTER_ID, NOW)
+    cert_pem = certs.cert_to_pem(sign(replace(w, ca=fake_ca)))
+    mac = tr.control_confirmation(
         key, transcript, cert_pem, fake_ca.cert_pem(), CONTROL_NAME, CLUSTER_PORT
     )
     return joiner, cert_pem, fake_ca.cert_pem(), mac
@@ -948,7 +959,7 @@ def _fake_control_result(
 
 def test_fake_control_with_another_verifier_is_refused_by_the_joiner(world: World) -> None:
     joiner, cert_pem, ca_pem, mac = _fake_control_result(
-        world, sec.derive_verifier("not the password", FAST), world.fp
+        world, kdf.derive_verifier("not the password", FAST), world.fp
     )
     with pytest.raises(errors.PeerAuthenticationFailed):
         joiner.check_result(cert_pem, ca_pem, CONTROL_NAME, CLUSTER_PORT, mac)
@@ -962,7 +973,7 @@ def test_the_fake_control_harness_is_sound(world: World) -> None:
 
 def test_man_in_the_middle_relaying_faithfully_fails(world: World) -> None:
     # The MITM terminates TLS with its own certificate: the joiner saw that one.
-    mitm_fp = sec.fingerprint(sec.self_signed_bootstrap_certificate(sec.generate_key(), NOW))
+    mitm_fp = certs.fingerprint(certs.self_signed_bootstrap_certificate(certs.generate_key(), NOW))
     control = control_for(world)  # knows its own certificate
     joiner = joiner_for(world, control.challenge(), fp=mitm_fp)  # relayed verbatim
     message, mac = joiner.response(world.csr)
@@ -973,7 +984,7 @@ def test_man_in_the_middle_relaying_faithfully_fails(world: World) -> None:
 def test_joiner_checks_the_fingerprint_in_the_result(world: World) -> None:
     # A control that knows the password, but confirms a different bootstrap certificate than
     # the one the joiner saw (it was talking to the joiner through a MITM), is refused.
-    mitm_fp = sec.fingerprint(sec.self_signed_bootstrap_certificate(sec.generate_key(), NOW))
+    mitm_fp = certs.fingerprint(certs.self_signed_bootstrap_certificate(certs.generate_key(), NOW))
     joiner, cert_pem, ca_pem, mac = _fake_control_result(
         world, world.verifier, world.fp, seen_fp=mitm_fp
     )
@@ -1036,7 +1047,7 @@ def test_substituted_csr_fails(world: World) -> None:
     control = control_for(world)
     joiner = joiner_for(world, control.challenge())
     message, mac = joiner.response(world.csr)
-    evil = sec.make_csr(sec.generate_key(), HELLO.node_name)
+    evil = certs.make_csr(certs.generate_key(), HELLO.node_name)
     with pytest.raises(errors.WrongPassword):
         control.check_response(message, evil, mac)
 
@@ -1108,7 +1119,7 @@ def test_joiner_confirmation_reflected_as_the_result_fails(world: World) -> None
     joiner = joiner_for(world, control.challenge())
     message, mac = joiner.response(world.csr)
     control.check_response(message, world.csr, mac)
-    cert_pem = sec.cert_to_pem(sign(world))
+    cert_pem = certs.cert_to_pem(sign(world))
     with pytest.raises(errors.PeerAuthenticationFailed):
         joiner.check_result(cert_pem, world.ca.cert_pem(), CONTROL_NAME, CLUSTER_PORT, mac)
 
@@ -1221,7 +1232,7 @@ def test_control_refuses_out_of_order_and_repeated_calls(world: World) -> None:
 def test_control_gives_one_guess_per_exchange(world: World) -> None:
     control = control_for(world)
     challenge = control.challenge()
-    wrong = joiner_for(world, challenge, verifier=sec.derive_verifier("guess 1", FAST))
+    wrong = joiner_for(world, challenge, verifier=kdf.derive_verifier("guess 1", FAST))
     message, mac = wrong.response(world.csr)
     with pytest.raises(errors.WrongPassword):
         control.check_response(message, world.csr, mac)
@@ -1272,7 +1283,9 @@ def test_joiner_refuses_a_confirmed_result_for_someone_elses_key(world: World) -
     joiner = joiner_for(world, control.challenge())
     message, mac = joiner.response(world.csr)
     control.check_response(message, world.csr, mac)
-    wrong_cert = sec.cert_to_pem(sign(world, sec.make_csr(sec.generate_key(), HELLO.node_name)))
+    wrong_cert = certs.cert_to_pem(
+        sign(world, certs.make_csr(certs.generate_key(), HELLO.node_name))
+    )
     ca_pem = world.ca.cert_pem()
     result = control.result_confirmation(wrong_cert, ca_pem, CONTROL_NAME, CLUSTER_PORT)
     with pytest.raises(errors.BootstrapProtocolError, match="key"):
@@ -1280,13 +1293,13 @@ def test_joiner_refuses_a_confirmed_result_for_someone_elses_key(world: World) -
 
 
 def test_joiner_refuses_a_confirmed_result_not_signed_by_the_ca(
-    world: World, other_ca: sec.CertificateAuthority
+    world: World, other_ca: certs.CertificateAuthority
 ) -> None:
     control = control_for(world)
     joiner = joiner_for(world, control.challenge())
     message, mac = joiner.response(world.csr)
     control.check_response(message, world.csr, mac)
-    cert_pem = sec.cert_to_pem(sign(world))
+    cert_pem = certs.cert_to_pem(sign(world))
     ca_pem = other_ca.cert_pem()
     result = control.result_confirmation(cert_pem, ca_pem, CONTROL_NAME, CLUSTER_PORT)
     with pytest.raises(errors.BootstrapProtocolError, match="CA"):
@@ -1297,8 +1310,8 @@ def test_joiner_refuses_a_confirmed_result_not_signed_by_the_ca(
 
 
 def test_transcript_field_boundaries_cannot_shift() -> None:
-    def transcript(hello: sec.Hello, cluster_id: str = CLUSTER_ID) -> bytes:
-        return sec._bootstrap_transcript(
+    def transcript(hello: exchange.Hello, cluster_id: str = CLUSTER_ID) -> bytes:
+        return tr.bootstrap_transcript(
             cluster_id=cluster_id,
             hello=hello,
             kdf=FAST,
@@ -1308,10 +1321,11 @@ def test_transcript_field_boundaries_cannot_shift() -> None:
             csr_pem=b"csr",
         )
 
-    a = transcript(sec.Hello(node_name="ab", address="c.d", hostname="e"))
-    b = transcript(sec.Hello(node_name="a", address="bc.d", hostname="e"))
-    c = transcript(sec.Hello(node_name="ab", address="c", hostname="de"))
-    assert len({a, b, c}) == 3
+    a = transcript(exchange.Hello(node_name="n1", address="1.0.0.1", hostname="e"))
+    b = transcript(exchange.Hello(node_name="n", address="11.0.0.1", hostname="e"))
+    c = transcript(exchange.Hello(node_name="n1", address="1.0.0.11", hostname="e"))
+    d = transcript(exchange.Hello(node_name="n1", address="1.0.0.1", hostname="1e"))
+    assert len({a, b, c, d}) == 4
     assert transcript(HELLO, "x") != transcript(HELLO, "y")
 
 
@@ -1320,6 +1334,13 @@ def test_fingerprint_case_does_not_matter_but_content_does(world: World) -> None
     joiner = joiner_for(world, control.challenge(), fp=world.fp.upper())
     message, mac = joiner.response(world.csr)
     control.check_response(message, world.csr, mac)
+    # One hex digit different: another certificate, and the confirmation fails.
+    other = ("0" if world.fp[0] != "0" else "1") + world.fp[1:]
+    control = control_for(world)
+    joiner = joiner_for(world, control.challenge(), fp=other)
+    message, mac = joiner.response(world.csr)
+    with pytest.raises(errors.WrongPassword):
+        control.check_response(message, world.csr, mac)
 
 
 def test_confirmations_follow_the_documented_construction(world: World) -> None:
@@ -1353,10 +1374,10 @@ def test_confirmations_follow_the_documented_construction(world: World) -> None:
         world.fp.encode(),
         world.csr,
     )
-    joiner_key = rfc5869_hkdf_sha256(spake_key, sec.PURPOSE_CONFIRM_JOINER, 32)
+    joiner_key = rfc5869_hkdf_sha256(spake_key, tr.PURPOSE_CONFIRM_JOINER, 32)
     assert mac == hmac.new(joiner_key, transcript, hashlib.sha256).digest()
 
-    cert_pem, ca_pem = sec.cert_to_pem(sign(world)), world.ca.cert_pem()
+    cert_pem, ca_pem = certs.cert_to_pem(sign(world)), world.ca.cert_pem()
     result = frame(
         b"microstackd bootstrap result v1",
         transcript,
@@ -1365,7 +1386,7 @@ def test_confirmations_follow_the_documented_construction(world: World) -> None:
         CONTROL_NAME.encode(),
         u64(CLUSTER_PORT),
     )
-    control_key = rfc5869_hkdf_sha256(spake_key, sec.PURPOSE_CONFIRM_CONTROL, 32)
+    control_key = rfc5869_hkdf_sha256(spake_key, tr.PURPOSE_CONFIRM_CONTROL, 32)
     assert control_key != joiner_key
     joiner.check_result(
         cert_pem,

@@ -20,11 +20,11 @@ import time
 import pytest
 
 from microstackd import errors
+from microstackd.model import ServiceRecord
 from microstackd.node import services
 from microstackd.node.services import (
     ProcessManager,
     ServiceSpec,
-    ServiceStatus,
     SnapManager,
     SystemdManager,
     make_manager,
@@ -89,9 +89,9 @@ def test_a_healthy_service_becomes_running_with_its_output_in_its_log(tmp_path):
             await manager.restart(spec)
             assert (await manager.status(spec)).state == "starting"
             started = time.monotonic()
-            assert await manager.wait_ready(spec) == ServiceStatus("web", "running")
+            assert await manager.wait_ready(spec) == ServiceRecord("web", "running")
             assert time.monotonic() - started >= 0.2
-            assert await manager.status(spec) == ServiceStatus("web", "running")
+            assert await manager.status(spec) == ServiceRecord("web", "running")
             return manager.pid(spec), await manager.log_tail(spec)
         finally:
             await manager.close()
@@ -251,7 +251,7 @@ def test_a_service_that_keeps_exiting_before_it_is_ready_is_failed_while_it_rest
             await manager.restart(spec)
             first = await manager.status(spec)
             await until(lambda: log_text(manager, spec).count("restarting in") >= 2)
-            statuses = []
+            statuses: list[ServiceRecord] = []
             while not any("keeps exiting" in s.message for s in statuses):
                 statuses.append(await manager.status(spec))
                 assert len(statuses) < 500, statuses[-3:]
@@ -349,7 +349,7 @@ def test_stop_ends_the_whole_process_group_and_it_stays_stopped(tmp_path):
             await manager.stop(spec)
             assert not alive(pid) and group_members(pid) == []
             await asyncio.sleep(0.3)  # no restart, however short the back-off
-            assert await manager.status(spec) == ServiceStatus("cinder", "stopped")
+            assert await manager.status(spec) == ServiceRecord("cinder", "stopped")
             assert log_text(manager, spec).count("] starting cinder:") == 1
             with pytest.raises(errors.ServiceFailed, match="cinder is not running"):
                 await manager.wait_ready(spec)
@@ -398,7 +398,7 @@ def test_a_missing_or_unexecutable_command_fails_naming_the_path(tmp_path):
                 with pytest.raises(errors.ServiceFailed) as failed:
                     await manager.restart(spec)
                 status = await manager.status(spec)
-                assert status == ServiceStatus(name, "failed", failed.value.message)
+                assert status == ServiceRecord(name, "failed", failed.value.message)
                 results.append(failed.value.message)
             return results
         finally:
@@ -541,7 +541,8 @@ def out(text, rc=0):
     return {"stdout": text, "rc": rc}
 
 
-NOVA = ServiceSpec("nova-compute", ("/usr/bin/nova-compute",))
+# A unit microstackd does not own (a distribution's): driven as it is.
+NOVA = ServiceSpec("nova-compute", ("/usr/bin/nova-compute",), unit="nova-compute.service")
 JOURNAL = out("Starting OpenStack Compute...\nTraceback (most recent call last):\nboom\n")
 SYSTEMD_JOURNAL = [
     "journalctl",
@@ -594,7 +595,7 @@ def test_systemd_restart_and_stop_issue_systemctl_on_the_unit(fake):
 def test_systemd_states_map_onto_service_states(fake, raw, state, rc):
     fake.script(systemctl_is_active=out(raw + "\n", rc))
     status = asyncio.run(SystemdManager().status(NOVA))
-    assert status == ServiceStatus("nova-compute", state)
+    assert status == ServiceRecord("nova-compute", state)
     assert fake.calls() == [["systemctl", "is-active", "nova-compute.service"]]
 
 
@@ -605,7 +606,7 @@ def test_a_failed_unit_reports_its_exit_status_and_journal_tail(fake):
         journalctl=JOURNAL,
     )
     status = asyncio.run(SystemdManager().status(NOVA))
-    assert status == ServiceStatus(
+    assert status == ServiceRecord(
         "nova-compute",
         "failed",
         "nova-compute exited with status 1; last log lines:\n"
@@ -623,7 +624,7 @@ def test_systemd_wait_ready_polls_until_active(fake):
         systemctl_is_active=[out("activating\n", 3), out("activating\n", 3), out("active\n")]
     )
     status = asyncio.run(SystemdManager(poll_interval=0.01).wait_ready(NOVA))
-    assert status == ServiceStatus("nova-compute", "running")
+    assert status == ServiceRecord("nova-compute", "running")
     assert fake.calls() == [["systemctl", "is-active", "nova-compute.service"]] * 3
 
 
@@ -644,7 +645,9 @@ def test_systemd_wait_ready_raises_with_the_journal_when_the_unit_fails(fake):
 
 def test_systemd_wait_ready_gives_up_after_the_start_timeout(fake):
     fake.script(systemctl_is_active=out("activating\n", 3), journalctl=JOURNAL)
-    spec = ServiceSpec("nova-compute", ("/usr/bin/nova-compute",), start_timeout=0.3)
+    spec = ServiceSpec(
+        "nova-compute", ("/usr/bin/nova-compute",), unit="nova-compute.service", start_timeout=0.3
+    )
     with pytest.raises(errors.ServiceFailed) as failed:
         asyncio.run(SystemdManager(poll_interval=0.01).wait_ready(spec))
     assert failed.value.message.startswith(
@@ -711,8 +714,8 @@ def test_snap_restart_stop_and_status_use_snapctl(fake):
         return running, stopped
 
     assert asyncio.run(main()) == (
-        ServiceStatus("nova-compute", "running"),
-        ServiceStatus("nova-compute", "stopped"),
+        ServiceRecord("nova-compute", "running"),
+        ServiceRecord("nova-compute", "stopped"),
     )
     assert fake.calls() == [
         ["snapctl", "restart", "microstack.nova-compute"],
@@ -782,9 +785,24 @@ def test_make_manager_by_name_and_auto(tmp_path, monkeypatch):
 
 
 def test_spec_defaults_and_validation():
-    assert NOVA.unit == "nova-compute.service"
-    assert NOVA.snap_service == "microstack.nova-compute"
+    spec = ServiceSpec("nova-compute", ("/usr/bin/nova-compute",))
+    assert spec.unit == "microstackd-nova-compute.service"
+    assert spec.snap_service == "microstack.nova-compute"
     with pytest.raises(errors.InvalidArgument, match="invalid service name"):
         ServiceSpec("../etc/passwd", ("/bin/true",))
     with pytest.raises(errors.InvalidArgument, match="not a valid regular expression"):
         ServiceSpec("x", ("/bin/true",), ready_pattern="(")
+
+
+def test_a_young_child_is_looked_at_often_then_at_the_poll_interval(tmp_path):
+    # wait_ready's pauses: short while a child is starting (a stand-in is
+    # ready within tens of ms), the manager's poll interval afterwards.
+    manager = ProcessManager(tmp_path, poll_interval=0.05)
+    assert [manager.poll_pause(t) for t in (0.0, 0.2, 0.49, 0.5, 30.0)] == [
+        0.01,
+        0.01,
+        0.01,
+        0.05,
+        0.05,
+    ]
+    assert ProcessManager(tmp_path, poll_interval=0.002).poll_pause(0.0) == 0.002

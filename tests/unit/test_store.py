@@ -7,7 +7,7 @@ import pytest
 
 from microstackd import errors
 from microstackd.model import EventRecord, NodeRecord, NodeState, Role, StepState
-from microstackd.store import Store, write_private_file
+from microstackd.store import Store, write_private_file, write_private_files
 
 
 def _node(name="node-1", serial="aa", state=NodeState.PENDING):
@@ -46,10 +46,50 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
     assert os.listdir(tmp_path) == ["f"]
 
 
+def test_files_written_together_are_each_replaced_atomically(tmp_path):
+    write_private_file(tmp_path / "a" / "one", b"old")
+    write_private_files(
+        [
+            (tmp_path / "a" / "one", b"new one", 0o600),
+            (tmp_path / "a" / "two", b"two", 0o640),
+            (tmp_path / "b" / "c" / "three", b"three", 0o600),
+        ],
+        dir_mode=0o750,
+    )
+    assert (tmp_path / "a" / "one").read_bytes() == b"new one"
+    assert stat.S_IMODE(os.stat(tmp_path / "a" / "two").st_mode) == 0o640
+    assert (tmp_path / "b" / "c" / "three").read_bytes() == b"three"
+    assert stat.S_IMODE(os.stat(tmp_path / "b" / "c").st_mode) == 0o750
+    assert sorted(os.listdir(tmp_path / "a")) == ["one", "two"]
+
+
+def test_files_written_together_are_all_kept_back_when_one_cannot_be(tmp_path):
+    write_private_file(tmp_path / "one", b"old")
+    (tmp_path / "blocker").write_bytes(b"a file where a directory should be")
+    with pytest.raises(errors.StorageError) as raised:
+        write_private_files(
+            [
+                (tmp_path / "one", b"new", 0o600),
+                (tmp_path / "blocker" / "two", b"two", 0o600),
+                (tmp_path / "three", b"three", 0o600),
+            ]
+        )
+    assert f"cannot write {tmp_path / 'blocker' / 'two'}" in raised.value.message
+    assert (tmp_path / "one").read_bytes() == b"old"  # nothing renamed
+    assert sorted(os.listdir(tmp_path)) == ["blocker", "one"]  # no temporary files
+
+
+def test_a_nodes_secrets_are_written_together(tmp_path):
+    store = Store(tmp_path / "state")
+    store.write_secrets({"node.key": b"k", "node.crt": b"c", "ca.crt": b"ca"})
+    assert [store.read_file(n) for n in ("node.key", "node.crt", "ca.crt")] == [b"k", b"c", b"ca"]
+    assert stat.S_IMODE(os.stat(tmp_path / "state" / "node.key").st_mode) == 0o600
+
+
 def test_events_get_increasing_sequence_numbers_and_update_steps(tmp_path):
     store = Store(tmp_path)
-    first = store.record(_event())
-    second = store.record(_event(state=StepState.DONE, final=True))
+    first = store.record_all([_event()])[0]
+    second = store.record_all([_event(state=StepState.DONE, final=True)])[0]
     assert (first.seq, second.seq) == (1, 2)
     assert store.step_states("node-1") == {"admit": StepState.DONE}
     assert [e.seq for e in store.events("node-1", after_seq=1)] == [2]
@@ -60,7 +100,7 @@ def test_events_get_increasing_sequence_numbers_and_update_steps(tmp_path):
 def test_state_survives_reopening_and_migrations_run_once(tmp_path):
     store = Store(tmp_path)
     store.put_node(_node())
-    store.record(_event())
+    store.record_all([_event()])
     store.close()
     again = Store(tmp_path)
     assert again.node("node-1") == _node()
@@ -70,10 +110,11 @@ def test_state_survives_reopening_and_migrations_run_once(tmp_path):
 def test_replacing_a_certificate_revokes_the_old_serial_and_clears_steps(tmp_path):
     store = Store(tmp_path)
     store.put_node(_node(serial="aa"))
-    store.record(_event(state=StepState.FAILED))
+    store.record_all([_event(state=StepState.FAILED)])
     store.put_node(_node(serial="bb"), replaces_serial="aa")
     assert store.is_revoked("aa") and not store.is_revoked("bb")
-    assert store.node_by_serial("bb") is not None
+    node = store.node("node-1")
+    assert node is not None and node.cert_serial == "bb"
     assert store.step_states("node-1") == {}
 
 

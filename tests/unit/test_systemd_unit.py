@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from microstackd.node.services import systemd_units
+
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "microstackd.service"
 SYSUSERS = ROOT / "systemd" / "microstackd.sysusers"
@@ -111,8 +113,13 @@ def test_paths_agree_with_the_directories_systemd_makes(unit: dict[str, list[str
     assert (
         Path(value["--control-config"]).parent == Path("/etc") / unit["ConfigurationDirectory"][0]
     )
-    # /etc/microstackd is written at control init (control.yaml).
-    assert "/etc/microstackd" in unit["ReadWritePaths"][0].split()
+    # /etc/microstackd is written at control init (control.yaml); the systemd
+    # backend writes its role units into /run/systemd/system.
+    writable = unit["ReadWritePaths"][0].split()
+    assert "/etc/microstackd" in writable
+    assert str(systemd_units.UNIT_DIR) in writable
+    # The role services' sockets under /run/microstackd/services outlive a daemon restart.
+    assert unit["RuntimeDirectoryPreserve"] == ["yes"]
 
 
 def test_lifecycle_contract(unit: dict[str, list[str]]) -> None:
@@ -129,10 +136,11 @@ def test_lifecycle_contract(unit: dict[str, list[str]]) -> None:
         "ProtectHome": "yes",
     }
     assert {key: unit[key][-1] for key in expected} == expected
-    # 0750 for the socket's directory, plus set-group-ID so the socket is the
-    # microstack group's.
-    assert unit["RuntimeDirectoryMode"] == ["2750"]
-    assert any("chgrp microstack /run/microstackd" in v for v in unit["ExecStartPre"])
+    # The socket's directory: anyone may enter it; the socket (root:microstack
+    # 0660, the daemon's doing) is the check. No chgrp of the directory: systemd
+    # would undo it before ExecStart.
+    assert unit["RuntimeDirectoryMode"] == ["0755"]
+    assert "ExecStartPre" not in unit
 
 
 def test_capabilities_are_bounded(unit: dict[str, list[str]]) -> None:

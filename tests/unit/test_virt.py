@@ -3,29 +3,44 @@ as control.yaml sets it; and where nova-compute finds libvirt."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from microstackd import errors
 from microstackd.node import virt
 
 
+def choose(setting, detected=None):
+    return asyncio.run(virt.choose(setting, detected))
+
+
+def detect():
+    return asyncio.run(virt.detect())
+
+
+async def _ran(ran, accel):
+    ran.append(accel)
+    return True, "ran"
+
+
 def test_auto_detects_and_an_explicit_choice_is_taken_as_configured():
     detected = virt.VirtChoice("qemu", "detected: no /dev/kvm")
-    assert virt.choose("auto", detected) is detected
-    assert virt.choose("", detected) is detected
-    assert virt.choose("KVM", detected) == virt.VirtChoice(
+    assert choose("auto", detected) is detected
+    assert choose("", detected) is detected
+    assert choose("KVM", detected) == virt.VirtChoice(
         "kvm", "set in control.yaml (compute.virt_type)"
     )
-    assert virt.choose("qemu", detected).virt_type == "qemu"
+    assert choose("qemu", detected).virt_type == "qemu"
     with pytest.raises(errors.InvalidArgument, match="expected auto, kvm or qemu"):
-        virt.choose("xen", detected)
+        choose("xen", detected)
 
 
 def test_no_device_or_no_cpu_flag_means_qemu_without_running_a_probe(tmp_path, monkeypatch):
-    ran = []
-    monkeypatch.setattr(virt, "probe", lambda accel: ran.append(accel) or (True, "ran"))
+    ran: list[str] = []
+    monkeypatch.setattr(virt, "probe", lambda accel: _ran(ran, accel))
     monkeypatch.setattr(virt, "KVM_DEVICE", tmp_path / "kvm")
-    choice = virt.detect()
+    choice = detect()
     assert choice.virt_type == "qemu" and "cannot open" in choice.reason
     device = tmp_path / "kvm"
     device.write_text("")
@@ -33,10 +48,10 @@ def test_no_device_or_no_cpu_flag_means_qemu_without_running_a_probe(tmp_path, m
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor : 0\nflags : fpu sse2 hypervisor\n")
     monkeypatch.setattr(virt, "CPUINFO", cpuinfo)
-    assert "no vmx/svm flag" in virt.detect().reason
+    assert "no vmx/svm flag" in detect().reason
     assert ran == []
     cpuinfo.write_text("flags : fpu svm\n")
-    assert virt.detect() == virt.VirtChoice("kvm", "detected: ran")
+    assert detect() == virt.VirtChoice("kvm", "detected: ran")
     assert ran == ["kvm"]
 
 
@@ -47,8 +62,12 @@ def test_a_kvm_probe_that_stalls_means_qemu(tmp_path, monkeypatch):
     cpuinfo.write_text("flags : vmx\n")
     monkeypatch.setattr(virt, "KVM_DEVICE", device)
     monkeypatch.setattr(virt, "CPUINFO", cpuinfo)
-    monkeypatch.setattr(virt, "probe", lambda accel: (False, "a kvm guest made no progress"))
-    assert virt.detect() == virt.VirtChoice("qemu", "detected: a kvm guest made no progress")
+
+    async def stalls(accel):
+        return False, "a kvm guest made no progress"
+
+    monkeypatch.setattr(virt, "probe", stalls)
+    assert detect() == virt.VirtChoice("qemu", "detected: a kvm guest made no progress")
 
 
 def test_the_probe_image_starts_at_the_reset_vector():

@@ -1,7 +1,8 @@
 """Render a role's configuration files into the config root.
 
 Each file is rendered completely in memory first (a missing setting fails
-before anything is written), then written atomically with mode 0640.
+before anything is written), then all are written atomically with mode 0640,
+their fsyncs together.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from microstackd import errors
 from microstackd.node.roles import RoleDefinition
-from microstackd.store import write_private_file
+from microstackd.store.files import write_private_files
 
 FILE_MODE = 0o640
 
@@ -50,13 +51,12 @@ def render_role(role: RoleDefinition, values: Mapping[str, str], root: Path) -> 
         )
         for f in role.files
     ]
-    for path, text, mode in rendered:
-        try:
-            write_private_file(path, text.encode(), mode=mode, dir_mode=0o750)
-        except errors.StorageError as exc:
-            raise errors.ConfigError(
-                f"cannot write {path} (config root {root}): {exc.message}"
-            ) from exc
+    try:
+        write_private_files(
+            [(path, text.encode(), mode) for path, text, mode in rendered], dir_mode=0o750
+        )
+    except errors.StorageError as exc:
+        raise errors.ConfigError(f"{exc.message} (config root {root})") from exc
     return [path for path, _, _ in rendered]
 
 

@@ -1,5 +1,5 @@
 """Run a role's steps on this node: start its services through the
-ServiceManager and run its one-time bootstrap commands. Shared by the node
+ServiceManager and run its one-time setup commands. Shared by the node
 agent (the compute role) and the control plane (the control role).
 
 Nothing here logs a setting's value: commands carry no secret on their
@@ -8,35 +8,31 @@ command line (roles.py), and messages name steps, files and exit statuses.
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import os
 import shutil
-import signal
 import string
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
-from microstackd import errors
+from microstackd import commands, errors
 from microstackd.config import DaemonConfig
+from microstackd.model import ServiceRecord
 from microstackd.node import render, virt
-from microstackd.node.roles import SERVICE_PATH, BootstrapStep, RoleService
-from microstackd.node.services import (
-    TAIL_LINES,
-    ServiceManager,
-    ServiceSpec,
-    ServiceStatus,
-    _read_tail,
-    detect_kind,
-)
+from microstackd.node.roles.parts import SERVICE_PATH, RoleService, SetupStep
+from microstackd.node.services import TAIL_LINES, ServiceManager, ServiceSpec, detect_kind
+from microstackd.node.services.spec import RUNNING, STARTING, read_tail
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[str], Awaitable[None]]
 
 
 def _die_with_daemon(argv: tuple[str, ...]) -> tuple[str, ...]:
-    """A bootstrap command dies with the daemon that runs it (util-linux's
+    """A setup command dies with the daemon that runs it (util-linux's
     setpriv sets its parent-death signal), so a step redone after a crash
     never races the interrupted run of itself. (Not a preexec_fn: forking
     with one makes gRPC's fork handlers log in the daemon.)"""
@@ -46,30 +42,34 @@ def _die_with_daemon(argv: tuple[str, ...]) -> tuple[str, ...]:
 
 def helpers_dir() -> Path:
     """The scripts run with the OpenStack environment's own Python
-    (``wsgi_app.py``, ``bootstrap_cloud.py``): package data, never imported here."""
+    (``wsgi_app.py``, ``setup_cloud.py``): package data, never imported here."""
     return Path(str(resources.files("microstackd.node") / "openstack_env"))
+
+
+def run_dir(config: DaemonConfig) -> Path:
+    """Where a node's services keep their Unix sockets and pid files (mysqld,
+    ovsdb, libvirt: a short path) — beside the daemon's socket and named
+    after it: two daemons whose sockets share a directory (the README's
+    by-hand cluster) must not share their services' sockets."""
+    return config.socket.with_suffix(".services")
 
 
 def base_values(config: DaemonConfig) -> dict[str, str]:
     """The placeholders every role's commands, paths and templates may use."""
-    # Beside the daemon's socket, named after it: two daemons whose sockets
-    # share a directory (the README's by-hand cluster) must not share their
-    # services' sockets and pid files.
-    run_dir = str(config.socket.with_suffix(".services"))
+    services_dir = str(run_dir(config))
     kind = detect_kind() if config.service_manager == "auto" else config.service_manager
     return {
         "config_root": str(config.config_root),
         "state_dir": str(config.state_dir),
         "state_path": str(config.state_dir / "services"),
-        # Unix sockets (mysqld, ovsdb, libvirt) need a short path: by the daemon's socket.
-        "run_dir": run_dir,
+        "run_dir": services_dir,
         "log_dir": str(config.state_dir / "logs"),
         "helpers_dir": str(helpers_dir()),
         "openstack_prefix": str(config.openstack_prefix or ""),
         # microstackd's own Python: its helpers (the uplink, stop hooks, the test image).
         "python": sys.executable,
         "node_name": config.node_name,
-        "libvirt_uri": virt.libvirt_uri(kind, run_dir),
+        "libvirt_uri": virt.libvirt_uri(kind, services_dir),
     }
 
 
@@ -112,7 +112,7 @@ def service_spec(service: RoleService, values: Mapping[str, str]) -> ServiceSpec
 
 async def start_service(
     manager: ServiceManager, service: RoleService, values: Mapping[str, str]
-) -> ServiceStatus:
+) -> ServiceRecord:
     """(Re)start the real ``service`` and wait until it is ready; a service that
     fails fails with its last log lines (``errors.ServiceFailed``)."""
     make_dirs(service.dirs, values)
@@ -121,8 +121,48 @@ async def start_service(
     return await manager.wait_ready(spec)
 
 
-async def run_bootstrap(
-    step: BootstrapStep, values: Mapping[str, str], log_dir: Path, progress: Progress
+async def restart_after_daemon(
+    manager: ServiceManager,
+    services: Sequence[RoleService],
+    spec: Callable[[RoleService], ServiceSpec],
+    values: Mapping[str, str],
+    *,
+    before: Callable[[], Awaitable[None]] | None = None,
+) -> list[RoleService]:
+    """At start-up: start the services a role had running that do not run —
+    all of them with the process manager (they died with the daemon); with
+    systemd or snapd those they no longer run (after a reboot: the units
+    microstackd writes are in /run). Services that run are left alone: a
+    daemon restart must not restart the cloud. ``before`` runs once, first,
+    when any is to be started. A service that cannot be restarted (or whose
+    state cannot be read) is logged and left for its step, or the service
+    watch, to report; the ones restarted are returned."""
+    down = []
+    for service in services:
+        if manager.kind != "process":
+            try:
+                state = (await manager.status(spec(service))).state
+            except errors.MicrostackError as exc:
+                log.warning("service state unknown service=%s error=%r", service.name, exc.message)
+                continue
+            if state in (RUNNING, STARTING):
+                continue
+        down.append(service)
+    if down and before is not None:
+        await before()
+    restarted = []
+    for service in down:
+        try:
+            make_dirs(service.dirs, values)
+            await manager.restart(spec(service))
+            restarted.append(service)
+        except errors.MicrostackError as exc:
+            log.warning("service restart failed service=%s error=%r", service.name, exc.message)
+    return restarted
+
+
+async def run_setup(
+    step: SetupStep, values: Mapping[str, str], log_dir: Path, progress: Progress
 ) -> str:
     """Run ``step``'s commands in order; return what was done. A failure is an
     ``errors.ServiceFailed`` naming the command, its status and its last log lines."""
@@ -132,7 +172,7 @@ async def run_bootstrap(
     env = {**os.environ, "PATH": _expand(SERVICE_PATH, values), **_env(step.env, values)}
     stdin = render.render_text(step.stdin_template, values).encode() if step.stdin_template else b""
     log_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-    log_path = log_dir / f"bootstrap-{step.name}.log"
+    log_path = log_dir / f"setup-{step.name}.log"
     started = time.monotonic()
     for index, command in enumerate(step.commands, start=1):
         argv = render.expand(command, values)
@@ -159,7 +199,7 @@ def _verbs(argv: tuple[str, ...]) -> list[str]:
 
 
 async def _run_logged(
-    step: BootstrapStep,
+    step: SetupStep,
     argv: tuple[str, ...],
     env: Mapping[str, str],
     stdin: bytes,
@@ -171,38 +211,25 @@ async def _run_logged(
         log.write(f"[microstackd] {step.name}: running {what}\n".encode())
         log.flush()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *_die_with_daemon(argv),
-                stdin=asyncio.subprocess.PIPE,
+            done = await commands.run(
+                _die_with_daemon(argv),
+                timeout=step.timeout,
+                input=stdin,
                 stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                env=dict(env),
-                start_new_session=True,
+                stderr=commands.STDOUT,
+                env=env,
             )
         except OSError as exc:
             raise errors.ServiceFailed(
                 f"{step.name}: cannot run {argv[0]}: {exc.strerror or exc}"
             ) from exc
-        try:
-            async with asyncio.timeout(step.timeout):
-                await proc.communicate(stdin)
-        except BaseException as exc:
-            if proc.returncode is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                await proc.wait()
-            if isinstance(exc, TimeoutError):
-                raise errors.ServiceFailed(
-                    f"{step.name}: {what} did not finish within {step.timeout:g} s; see {log_path}"
-                ) from None
-            raise
-    code = proc.returncode
-    assert code is not None
-    if code not in step.ok_codes:
-        lines = _read_tail(log_path, start, None, TAIL_LINES)
+        except TimeoutError:
+            raise errors.ServiceFailed(
+                f"{step.name}: {what} did not finish within {step.timeout:g} s; see {log_path}"
+            ) from None
+    if done.returncode not in step.ok_codes:
+        lines = read_tail(log_path, start, None, TAIL_LINES)
         raise errors.ServiceFailed(
-            f"{step.name}: {what} exited with status {code}; last log lines ({log_path}):\n"
-            + "\n".join(lines)
+            f"{step.name}: {what} exited with status {done.returncode}; "
+            f"last log lines ({log_path}):\n" + "\n".join(lines)
         )

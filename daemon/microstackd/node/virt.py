@@ -11,13 +11,12 @@ or absent: detect).
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from microstackd import errors
+from microstackd import commands, errors
 
 KVM_DEVICE = Path("/dev/kvm")
 CPUINFO = Path("/proc/cpuinfo")
@@ -66,7 +65,7 @@ def probe_image() -> bytes:
     return bytes(image)
 
 
-def probe(accel: str, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str]:
+async def probe(accel: str, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str]:
     """Run the probe guest under ``accel``; whether it finished, and how."""
     with tempfile.TemporaryDirectory(prefix="virt-probe-") as tmp:
         bios, serial = Path(tmp) / "probe.bin", Path(tmp) / "serial"
@@ -79,12 +78,12 @@ def probe(accel: str, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str]:
         ]  # fmt: skip
         started = time.monotonic()
         try:
-            result = subprocess.run(
-                argv, capture_output=True, text=True, timeout=timeout, check=False
-            )
+            result = await commands.run(argv, timeout=timeout)
         except FileNotFoundError:
             return False, f"{QEMU} is not installed"
-        except subprocess.TimeoutExpired:
+        except OSError as exc:
+            return False, f"cannot run {QEMU}: {exc.strerror or exc}"
+        except TimeoutError:
             return False, f"a {accel} guest made no progress in {timeout:g} s"
         elapsed = time.monotonic() - started
         wrote = serial.read_bytes() if serial.exists() else b""
@@ -105,7 +104,7 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def kvm_usable() -> tuple[bool, str]:
+async def kvm_usable() -> tuple[bool, str]:
     """Whether KVM can run guests here, and why (not)."""
     try:
         fd = os.open(KVM_DEVICE, os.O_RDWR | os.O_CLOEXEC)
@@ -114,20 +113,20 @@ def kvm_usable() -> tuple[bool, str]:
     os.close(fd)
     if not _cpu_flags() & {"vmx", "svm"}:
         return False, f"{KVM_DEVICE} opens but the CPU has no vmx/svm flag (nested, without help)"
-    return probe("kvm")
+    return await probe("kvm")
 
 
-def detect() -> VirtChoice:
-    ok, why = kvm_usable()
+async def detect() -> VirtChoice:
+    ok, why = await kvm_usable()
     return VirtChoice("kvm" if ok else "qemu", f"detected: {why}")
 
 
-def choose(setting: str, detected: VirtChoice | None = None) -> VirtChoice:
+async def choose(setting: str, detected: VirtChoice | None = None) -> VirtChoice:
     """The virt type for control.yaml's ``compute.virt_type``: ``auto`` (or
     empty) detects; ``kvm`` or ``qemu`` is taken as configured."""
     value = (setting or "auto").strip().lower()
     if value == "auto":
-        return detected or detect()
+        return detected or await detect()
     if value in VIRT_TYPES:
         return VirtChoice(value, "set in control.yaml (compute.virt_type)")
     raise errors.InvalidArgument(

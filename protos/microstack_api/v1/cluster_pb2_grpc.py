@@ -748,7 +748,9 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StopRole(self, request, context):
-        """Stop the role's services.
+        """Deprecated, and no longer served (UNIMPLEMENTED): Leave stops the role's
+        services. Kept so that v1 stays compatible (buf breaking); clients must
+        not call it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

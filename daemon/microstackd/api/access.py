@@ -1,0 +1,238 @@
+"""Who may call what: the one place that answers it.
+
+Rules:
+
+1. ``TABLE`` lists, for each channel (the Unix socket, the bootstrap port,
+   the mTLS cluster port), every method served there and the one kind of
+   caller it accepts. The table IS the registration: ``register`` puts on a
+   channel's server exactly the methods its table lists, each wrapped in the
+   check below, and nothing else. A method not listed is not served there
+   (UNIMPLEMENTED), so a new RPC cannot be exposed by accident, and every
+   method of the protocol must be listed somewhere or in ``RETIRED``
+   (tests/unit/test_access.py).
+2. ``Access.HEALTH`` is grpc.health.v1 and nothing else; ``Access.BOOTSTRAP``
+   is the password / token exchange, the only call a stranger may make.
+3. On the mTLS port the TLS layer has already checked the chain to the
+   cluster CA; the check then reads the caller's identity from its
+   certificate and asks the node's ``Authoriser`` (revocation, membership,
+   role) before the servicer runs. Servicers never check identity
+   themselves; they read it from ``CALLER``.
+4. Domain errors (``microstackd.errors``) raised anywhere below become
+   their gRPC status here, with the operator-facing message as details and
+   the class's name in the ``microstackd-error`` trailer (``wire/status.py``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import grpc
+
+from microstackd import errors, logcontext
+from microstackd.model import Access
+from microstackd.trust import x509
+from microstackd.wire.status import ERROR_METADATA, status_code
+
+log = logging.getLogger(__name__)
+
+_API = "microstack.cluster.v1."
+HEALTH = "grpc.health.v1.Health"
+REFLECTION = "grpc.reflection.v1alpha.ServerReflection"
+
+
+class Channel(enum.Enum):
+    LOCAL = "local"  # the Unix socket
+    BOOTSTRAP = "bootstrap"  # --listen: TLS, server certificate only
+    CLUSTER = "cluster"  # the cluster port: mutual TLS under the cluster CA
+
+
+_HEALTH = {"Check": Access.HEALTH, "Watch": Access.HEALTH}
+
+#: channel -> service -> method -> who may call it.
+TABLE: Mapping[Channel, Mapping[str, Mapping[str, Access]]] = {
+    Channel.LOCAL: {
+        _API + "AdminService": {
+            "Init": Access.LOCAL,
+            "Join": Access.LOCAL,
+            "Status": Access.LOCAL,
+            "Watch": Access.LOCAL,
+            "RemoveNode": Access.LOCAL,
+            "CreateToken": Access.LOCAL,
+            "ListTokens": Access.LOCAL,
+            "RevokeToken": Access.LOCAL,
+            "Launch": Access.LOCAL,
+        },
+        HEALTH: _HEALTH,
+        REFLECTION: {"ServerReflectionInfo": Access.LOCAL},
+    },
+    Channel.BOOTSTRAP: {
+        _API + "BootstrapService": {"Exchange": Access.BOOTSTRAP},
+        HEALTH: _HEALTH,
+    },
+    Channel.CLUSTER: {
+        _API + "ClusterService": {
+            "Enrol": Access.MEMBER,
+            "GetClusterStatus": Access.MEMBER,
+            "Heartbeat": Access.MEMBER,
+        },
+        _API + "AgentService": {
+            "ApplyRole": Access.CONTROL,
+            "GetServices": Access.CONTROL,
+            "Leave": Access.CONTROL,
+        },
+        HEALTH: _HEALTH,
+    },
+}
+
+#: Methods of the protocol that are served nowhere any more, and why.
+RETIRED: Mapping[str, str] = {
+    _API + "AgentService/StopRole": "deprecated: Leave stops the role's services",
+}
+
+#: The kinds of caller each channel can tell apart (a certificate only on the mTLS port).
+ACCEPTS: Mapping[Channel, frozenset[Access]] = {
+    Channel.LOCAL: frozenset({Access.LOCAL, Access.HEALTH}),
+    Channel.BOOTSTRAP: frozenset({Access.BOOTSTRAP, Access.HEALTH}),
+    Channel.CLUSTER: frozenset({Access.MEMBER, Access.CONTROL, Access.HEALTH}),
+}
+
+#: The verified identity of the caller on the mTLS port (None elsewhere).
+CALLER: contextvars.ContextVar[x509.Identity | None] = contextvars.ContextVar(
+    "caller", default=None
+)
+#: The caller's network address as gRPC reports it ("ipv4:1.2.3.4:5678").
+PEER: contextvars.ContextVar[str] = contextvars.ContextVar("peer", default="")
+
+
+class Authoriser(Protocol):
+    """The node's answer to "may this certificate make this kind of call?"."""
+
+    def authorise(self, identity: x509.Identity, access: Access) -> None:
+        """Raise errors.PermissionDenied to refuse."""
+
+
+#: Registers a servicer on a server, as the generated ``add_*_to_server`` do.
+Adder = Callable[[Any, Any], None]
+
+
+class _Collector:
+    """Stands in for a server to learn the method handlers an ``add_*_to_server`` makes."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        """The same handlers come again through ``add_registered_method_handlers``."""
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.handlers[service] = handlers
+
+
+def register(
+    server: Any,
+    channel: Channel,
+    servicers: Mapping[str, tuple[Adder, object]],
+    authoriser: Authoriser | None = None,
+) -> None:
+    """Serve on ``server`` exactly what ``TABLE[channel]`` lists, from
+    ``servicers`` (service name -> (its ``add_*_to_server``, the servicer))."""
+    table = TABLE[channel]
+    if set(servicers) != set(table):
+        raise ValueError(
+            f"{channel.value}: servicers for {sorted(servicers)}, table lists {sorted(table)}"
+        )
+    check = _Check(channel, authoriser)
+    for service, methods in table.items():
+        add, servicer = servicers[service]
+        collector = _Collector()
+        add(servicer, collector)
+        handlers = collector.handlers[service]
+        wrapped = {}
+        for method, access in methods.items():
+            if access not in ACCEPTS[channel]:
+                raise ValueError(f"{service}/{method}: {access} is not served on {channel.value}")
+            wrapped[method] = check.wrap(handlers[method], access)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
+
+
+class _Check:
+    """Authenticates each call of one channel, then maps domain errors to status."""
+
+    def __init__(self, channel: Channel, authoriser: Authoriser | None) -> None:
+        self._channel = channel
+        self._authoriser = authoriser
+
+    def _authenticate(self, context: Any, access: Access) -> None:
+        PEER.set(context.peer())
+        logcontext.new_request_id()
+        if access not in (Access.MEMBER, Access.CONTROL):
+            CALLER.set(None)
+            return
+        pems = context.auth_context().get("x509_pem_cert")
+        if not pems or self._authoriser is None:
+            raise errors.PermissionDenied("a cluster certificate is required for this call")
+        identity = x509.identity_of(x509.load_cert(pems[0]))
+        if identity.not_after < datetime.now(UTC):
+            raise errors.PermissionDenied(f"the certificate of {identity.name} has expired")
+        self._authoriser.authorise(identity, access)
+        CALLER.set(identity)
+
+    def wrap(self, handler: grpc.RpcMethodHandler, access: Access) -> grpc.RpcMethodHandler:
+        authenticate = self._authenticate
+
+        async def fail(context: Any, exc: errors.MicrostackError) -> None:
+            if isinstance(exc, errors.PermissionDenied):
+                log.warning("permission denied peer=%s reason=%s", context.peer(), exc.message)
+            # Which domain error it was, for clients that act on it (docs/api.md);
+            # its absence marks a transport failure.
+            context.set_trailing_metadata(((ERROR_METADATA, type(exc).__name__),))
+            await context.abort(status_code(exc), exc.message)
+
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: Any) -> Any:
+                try:
+                    authenticate(context, access)
+                    return await inner_uu(request, context)
+                except errors.MicrostackError as exc:
+                    await fail(context, exc)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        streaming = handler.unary_stream or handler.stream_stream
+        if streaming is not None:
+
+            async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                try:
+                    authenticate(context, access)
+                    async for response in _responses(streaming(request, context)):
+                        yield response
+                except errors.MicrostackError as exc:
+                    await fail(context, exc)
+
+            make = (
+                grpc.unary_stream_rpc_method_handler
+                if handler.unary_stream is not None
+                else grpc.stream_stream_rpc_method_handler
+            )
+            return make(stream, handler.request_deserializer, handler.response_serializer)
+        raise ValueError("stream-unary methods are not served")
+
+
+async def _responses(result: Any) -> AsyncIterator[Any]:
+    """A streaming handler either yields responses or writes them itself."""
+    if inspect.isawaitable(result):
+        await result
+        return
+    async for response in result:
+        yield response

@@ -1,0 +1,177 @@
+"""``AdminService`` on the Unix socket: what ``microstackctl`` asks its own daemon."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from microstack_api.v1 import cluster_pb2 as pb
+from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
+from microstackd import errors
+from microstackd.api.servicers import Context
+from microstackd.control.cluster import Cluster
+from microstackd.control.members import Members
+from microstackd.control.tokens import Tokens
+from microstackd.enrolment.events import EventBus
+from microstackd.member.join import Member
+from microstackd.model import EventRecord, Role
+from microstackd.store import Store
+from microstackd.trust import names
+from microstackd.wire import convert
+
+
+class AdminServicer(pb_grpc.AdminServiceServicer):
+    def __init__(
+        self,
+        node_name: str,
+        store: Store,
+        bus: EventBus,
+        cluster: Cluster,
+        members: Members,
+        tokens: Tokens,
+        member: Member,
+    ) -> None:
+        self._node = node_name
+        self._store = store
+        self._bus = bus
+        self._cluster = cluster
+        self._members = members
+        self._tokens = tokens
+        self._member = member
+
+    async def Init(
+        self, request: pb.InitRequest, context: Context
+    ) -> AsyncIterator[pb.InitResponse]:
+        if request.role != pb.ROLE_CONTROL:
+            raise errors.InvalidArgument(
+                "init creates a cluster with this node as its control node (role control); "
+                "a compute node joins with `microstackctl join`"
+            )
+        after = self._cluster.init(request.password, request.address)
+        async for event in self._bus.follow(self._node, after):
+            yield pb.InitResponse(event=convert.event_to_pb(event))
+
+    async def Join(
+        self, request: pb.JoinRequest, context: Context
+    ) -> AsyncIterator[pb.JoinResponse]:
+        events = self._member.join(
+            request.control,
+            request.password,
+            request.address,
+            request.token,
+            float(request.timeout_seconds),
+        )
+        async for event in events:
+            yield pb.JoinResponse(event=convert.event_to_pb(event))
+
+    async def Watch(
+        self, request: pb.WatchRequest, context: Context
+    ) -> AsyncIterator[pb.WatchResponse]:
+        cluster = self._store.cluster()
+        if cluster is None:
+            raise errors.NotInitialised()
+        node = request.node or self._node
+        names.node_name(node, "node")
+        events: AsyncIterator[EventRecord]
+        if cluster.role is Role.CONTROL:
+            if self._store.node(node) is None:
+                raise errors.NotFound(f"no node named {node!r} in the cluster")
+            events = self._bus.follow(node, request.after_seq)
+        elif node != self._node:
+            raise errors.InvalidArgument(
+                f"a compute node can only watch itself; watch {node} on the control node"
+            )
+        else:
+            events = self._member.follow(request.after_seq)
+        async for event in events:
+            yield pb.WatchResponse(event=convert.event_to_pb(event))
+
+    async def RemoveNode(
+        self, request: pb.RemoveNodeRequest, context: Context
+    ) -> pb.RemoveNodeResponse:
+        node, message = await self._members.remove(request.name, request.force)
+        return pb.RemoveNodeResponse(node=convert.node_to_pb(node), message=message)
+
+    async def CreateToken(
+        self, request: pb.CreateTokenRequest, context: Context
+    ) -> pb.CreateTokenResponse:
+        text, record = self._tokens.create(request.name, request.ttl_seconds or 3600)
+        return pb.CreateTokenResponse(
+            token=text, expires=convert.timestamp(record.expires), id=record.id
+        )
+
+    async def ListTokens(
+        self, request: pb.ListTokensRequest, context: Context
+    ) -> pb.ListTokensResponse:
+        return pb.ListTokensResponse(tokens=[convert.token_to_pb(t) for t in self._tokens.list()])
+
+    async def RevokeToken(
+        self, request: pb.RevokeTokenRequest, context: Context
+    ) -> pb.RevokeTokenResponse:
+        token = self._tokens.revoke(request.id_or_name)
+        return pb.RevokeTokenResponse(token=convert.token_to_pb(token))
+
+    async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusResponse:
+        cluster = self._store.cluster()
+        response = pb.StatusResponse(
+            local_node=self._node,
+            local_role=convert.ROLE_TO_PB[cluster.role if cluster else Role.NONE],
+        )
+        if cluster is None:
+            return response
+        nova: dict[str, dict[str, Any]] = {}
+        if cluster.role is Role.CONTROL:
+            record, nodes = self._members.status()
+            nova = await self._members.nova_view()
+        else:
+            record, nodes = await self._member.status()
+        response.cluster.CopyFrom(convert.cluster_to_pb(record))
+        for n in nodes:
+            message = convert.node_to_pb(n)
+            if n.role is Role.COMPUTE and n.name in nova:
+                message.nova.CopyFrom(convert.nova_host_to_pb(nova[n.name]))
+            response.nodes.append(message)
+        return response
+
+    async def Launch(
+        self, request: pb.LaunchRequest, context: Context
+    ) -> AsyncIterator[pb.LaunchResponse]:
+        queue: asyncio.Queue[pb.LaunchResponse | None] = asyncio.Queue()
+
+        def event(message: str, state: Any, final: bool = False) -> pb.Event:
+            return pb.Event(
+                node=self._node, step="launch", state=state, message=message, final=final
+            )
+
+        async def progress(message: str, waiting: bool) -> None:
+            state = pb.STEP_STATE_WAITING if waiting else pb.STEP_STATE_RUNNING
+            await queue.put(pb.LaunchResponse(event=event(message, state)))
+
+        fields = {
+            "image": request.image,
+            "name": request.name,
+            "flavor": request.flavor,
+            "availability_zone": request.availability_zone,
+            "network": request.network,
+            "key_name": request.key_name,
+            "public_key": request.public_key,
+        }
+
+        async def run() -> dict[str, Any]:
+            try:
+                return await self._members.launch(fields, progress)
+            finally:
+                await queue.put(None)
+
+        task = asyncio.ensure_future(run())
+        try:
+            while (item := await queue.get()) is not None:
+                yield item
+            result = await task
+        finally:
+            if not task.done():
+                task.cancel()
+        done = event(f"server {result.get('name')} is {result.get('status')}", pb.STEP_STATE_DONE)
+        done.final = True
+        yield pb.LaunchResponse(event=done, result=convert.launch_result_to_pb(result))

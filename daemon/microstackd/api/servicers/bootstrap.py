@@ -1,0 +1,66 @@
+"""``BootstrapService`` on the bootstrap port: the password / token exchange."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from microstack_api.v1 import cluster_pb2 as pb
+from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
+from microstackd import errors
+from microstackd.api.servicers import Context, source
+from microstackd.control.bootstrap import Bootstrap
+from microstackd.trust.exchange import Hello
+from microstackd.wire import convert
+
+#: How long the bootstrap waits for each of the joiner's messages, seconds.
+MESSAGE_TIMEOUT = 30
+
+
+class BootstrapServicer(pb_grpc.BootstrapServiceServicer):
+    def __init__(self, bootstrap: Bootstrap) -> None:
+        self._bootstrap = bootstrap
+
+    async def Exchange(
+        self, request_iterator: AsyncIterator[pb.ExchangeRequest], context: Context
+    ) -> AsyncIterator[pb.ExchangeResponse]:
+        requests = aiter(request_iterator)
+        first = await _next(requests, "hello")
+        if first.WhichOneof("body") != "hello":
+            raise errors.BootstrapProtocolError("the bootstrap must start with hello")
+        h = first.hello
+        hello = Hello(
+            node_name=h.node_name, address=h.address, hostname=h.hostname, version=h.version
+        )
+        if not 0 <= h.cluster_port < 65536:
+            raise errors.InvalidArgument(f"cluster port {h.cluster_port} is not a TCP port")
+        session, challenge = self._bootstrap.begin(
+            hello, source(context), h.cluster_port, h.token_id
+        )
+        kdf = challenge.kdf
+        yield pb.ExchangeResponse(
+            challenge=pb.BootstrapChallenge(
+                cluster_id=challenge.cluster_id,
+                kdf=pb.KdfParams(name="scrypt", salt=kdf.salt, log2_n=kdf.log2_n, r=kdf.r, p=kdf.p),
+                pake_message=challenge.pake_message,
+            )
+        )
+        second = await _next(requests, "response")
+        if second.WhichOneof("body") != "response":
+            raise errors.BootstrapProtocolError("expected the PAKE response after the challenge")
+        r = second.response
+        result = self._bootstrap.finish(session, r.pake_message, r.csr_pem, r.confirmation)
+        yield pb.ExchangeResponse(result=convert.bootstrap_result_to_pb(result))
+
+
+async def _next(requests: AsyncIterator[pb.ExchangeRequest], what: str) -> pb.ExchangeRequest:
+    try:
+        return await asyncio.wait_for(anext(requests), timeout=MESSAGE_TIMEOUT)
+    except StopAsyncIteration:
+        raise errors.BootstrapProtocolError(
+            f"the joiner closed the stream before its {what}"
+        ) from None
+    except TimeoutError:
+        raise errors.BootstrapProtocolError(
+            f"no {what} from the joiner within {MESSAGE_TIMEOUT} s"
+        ) from None

@@ -1,0 +1,268 @@
+"""The step engine: drives an ``enrolment.machine.Enrolment`` through a plan,
+runs each step's action, and sends every record the machine emits on. The
+only place where the pure machine meets I/O, and the one engine every plan
+runs on: a compute's enrolment and the control's init (recorded: persisted,
+then published, resumed from the store after a restart) and a node's agent
+applying a role (streamed to the caller, who re-runs it whole: every step of
+a role is idempotent).
+
+Records are group-committed: everything recorded until the event loop next
+gets control (a step finishing, the next starting, progress, the node's
+state; for every node enrolling at the time) goes into one durable SQLite
+transaction, and only then is published. Nothing is reported before it is on
+disk (store rule 1), and a join costs a few ``fdatasync`` calls instead of
+one per record. A step may therefore start before the record saying so is
+durable; that is safe because steps are idempotent and an unrecorded step is
+simply run again on resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from microstackd import errors
+from microstackd.enrolment import machine as enrolment
+from microstackd.enrolment.events import EventBus
+from microstackd.enrolment.machine import Command, Enrolment, Finish, Record, Run
+from microstackd.model import EventRecord, NodeState, NodeUpdate, StepState
+from microstackd.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A step's action returns this when it deliberately did nothing."""
+
+    reason: str
+
+
+Sink = Callable[[Record | Finish], None]
+
+
+@dataclass(eq=False)
+class _Run:
+    """One run of a plan: its machine, and where the records it emits go."""
+
+    node: str
+    machine: Enrolment
+    actions: Mapping[str, StepAction]
+    sink: Sink
+    #: The error that failed the run (a streamed run raises it to its caller).
+    error: errors.MicrostackError | None = field(default=None)
+
+
+class StepContext:
+    """What a step action may do: report progress for its own step."""
+
+    def __init__(self, runner: Runner, run: _Run, step: str) -> None:
+        self.node = run.node
+        self.step = step
+        self._runner = runner
+        self._run = run
+
+    async def progress(self, message: str, percent: int = 0, *, waiting: bool = False) -> None:
+        event = enrolment.StepProgress(self.step, message, percent, waiting)
+        await self._runner._execute(self._run, self._run.machine.handle(event))
+
+    def update_node(self, state: NodeState | None = None, *, seen: bool = False) -> None:
+        """Change this node's record in the same commit as the step's events."""
+        self._runner._queue(
+            NodeUpdate(self.node, state, last_seen=self._runner._clock() if seen else None)
+        )
+
+
+StepAction = Callable[[StepContext], Awaitable[str | Skipped]]
+
+
+class Runner:
+    """Runs at most one enrolment per node at a time."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        clock: Callable[[], float] = time.time,
+        step_delays: Mapping[str, float] | None = None,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._clock = clock
+        self._step_delays = dict(step_delays or {})
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._pending_events: list[EventRecord] = []
+        self._pending_updates: list[NodeUpdate] = []
+        self._flush_handle: asyncio.Handle | None = None
+
+    def running(self, node: str) -> bool:
+        task = self._tasks.get(node)
+        return task is not None and not task.done()
+
+    def cancel(self, node: str) -> None:
+        # What the enrolment recorded lands before anything else is written
+        # about the node (a removal must not be overwritten by a late commit).
+        self.flush()
+        task = self._tasks.pop(node, None)
+        if task is not None:
+            task.cancel()
+
+    def ensure_running(
+        self,
+        node: str,
+        plan: tuple[str, ...],
+        actions: Mapping[str, StepAction],
+        titles: Mapping[str, str] | None = None,
+    ) -> None:
+        """Start (or resume) ``node``'s enrolment unless it is already running."""
+        if self.running(node):
+            return
+        task = asyncio.get_running_loop().create_task(self._run(node, plan, actions, titles))
+        self._tasks[node] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(node, None))
+
+    async def _run(
+        self,
+        node: str,
+        plan: tuple[str, ...],
+        actions: Mapping[str, StepAction],
+        titles: Mapping[str, str] | None = None,
+    ) -> None:
+        self.flush()
+        machine = Enrolment(plan, self._store.step_states(node), titles)
+        run = _Run(node, machine, actions, lambda command: self._queue_record(node, command))
+        try:
+            await self._execute(run, machine.resume())
+        except Exception:
+            log.exception("enrolment of %s stopped", node)
+            raise
+
+    async def stream(
+        self,
+        node: str,
+        plan: tuple[str, ...],
+        actions: Mapping[str, StepAction],
+        titles: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[Record]:
+        """Run ``plan`` from its first step, recording nothing: yield each record
+        as the machine emits it; a failed step raises its error after its record."""
+        queue: asyncio.Queue[Record | None] = asyncio.Queue()
+
+        def sink(command: Record | Finish) -> None:
+            if isinstance(command, Record):
+                queue.put_nowait(command)
+
+        machine = Enrolment(plan, {}, titles)
+        run = _Run(node, machine, actions, sink)
+
+        async def go() -> None:
+            try:
+                await self._execute(run, machine.resume())
+            finally:
+                queue.put_nowait(None)
+
+        task = asyncio.get_running_loop().create_task(go())
+        try:
+            while (record := await queue.get()) is not None:
+                yield record
+            await task
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if run.error is not None:
+            raise run.error
+
+    async def _execute(self, run: _Run, commands: list[Command]) -> None:
+        pending = list(commands)
+        while pending:
+            command = pending.pop(0)
+            if isinstance(command, Run):
+                pending[:0] = await self._run_step(run, command.step)
+            else:
+                run.sink(command)
+
+    async def _run_step(self, run: _Run, step: str) -> list[Command]:
+        action = run.actions.get(step)
+        node, machine = run.node, run.machine
+        if step in self._step_delays:
+            # Land the step's "running" record first: whoever waits for this
+            # line (the fault tests) may rely on the step being visibly under way.
+            self.flush()
+            log.warning("fault injection: pausing before step=%s node=%s", step, node)
+            await asyncio.sleep(self._step_delays[step])
+        try:
+            outcome: str | Skipped = (
+                "done" if action is None else await action(StepContext(self, run, step))
+            )
+        except errors.MicrostackError as exc:
+            log.warning("step failed node=%s step=%s error=%s", node, step, exc.message)
+            run.error = exc
+            return machine.handle(enrolment.StepFailed(step, exc.message))
+        except Exception as exc:
+            log.exception("step crashed node=%s step=%s", node, step)
+            run.error = errors.MicrostackError(f"internal error: {exc}")
+            return machine.handle(enrolment.StepFailed(step, f"internal error: {exc}"))
+        if isinstance(outcome, Skipped):
+            return machine.handle(enrolment.StepSucceeded(step, outcome.reason, skipped=True))
+        return machine.handle(enrolment.StepSucceeded(step, outcome))
+
+    def _queue_record(self, node: str, command: Record | Finish) -> None:
+        """Queue for the next group commit, which persists, then publishes."""
+        if isinstance(command, Finish):
+            self._queue(NodeUpdate(node, command.state, command.message))
+            return
+        self._pending_events.append(
+            EventRecord(
+                node=node,
+                seq=0,
+                step=command.step,
+                state=command.state,
+                message=command.message,
+                percent=command.percent,
+                time=self._clock(),
+                final=command.final,
+            )
+        )
+        if command.state is StepState.WAITING:
+            # What the enrolment waits for shows in status too.
+            self._queue(NodeUpdate(node, NodeState.ENROLLING, command.message))
+        self._queue()
+
+    def _queue(self, update: NodeUpdate | None = None) -> None:
+        if update is not None:
+            self._pending_updates.append(update)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_handle = None
+        nodes = {e.node for e in self._pending_events} | {u.name for u in self._pending_updates}
+        try:
+            self.flush()
+        except Exception as exc:  # a full disk, or the store closed under a stopping daemon
+            # As when a step's own write fails: those enrolments stop, and
+            # resume (re-running the unrecorded steps) once the node retries.
+            reason = exc.message if isinstance(exc, errors.MicrostackError) else repr(exc)
+            log.error("cannot record enrolment progress of %s: %s", sorted(nodes), reason)
+            for node in nodes:
+                task = self._tasks.pop(node, None)
+                if task is not None:
+                    task.cancel()
+
+    def flush(self) -> None:
+        """Commit everything queued in one transaction, then publish it."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        events, self._pending_events = self._pending_events, []
+        updates, self._pending_updates = self._pending_updates, []
+        if not events and not updates:
+            return
+        for event in self._store.record_all(events, updates):
+            self._bus.publish(event)

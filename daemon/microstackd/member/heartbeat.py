@@ -1,0 +1,76 @@
+"""The heartbeats an enrolled member sends its control (with its services'
+states), at the interval the control asks for, and at once when its
+services changed (``beat_now``: the wiring connects the agent's ``changed``
+Signal to it)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from microstackd import errors
+from microstackd.model import Role, ServiceRecord
+from microstackd.peers.cluster import ControlClient
+from microstackd.store import Store
+
+log = logging.getLogger(__name__)
+
+#: meta key holding the last enrolment state this node saw from its control.
+ENROLMENT_META = "enrolment"
+
+ServicesProvider = Callable[[], Awaitable[list[ServiceRecord]]]
+
+
+class Heartbeats:
+    def __init__(self, store: Store, services: ServicesProvider) -> None:
+        self._store = store
+        #: This node's services as its agent reports them.
+        self._services = services
+        self._task: asyncio.Task[None] | None = None
+        #: Set to send the next heartbeat now rather than at its interval.
+        self._beat_now = asyncio.Event()
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._beat())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def beat_now(self) -> None:
+        """Send the next heartbeat at once: this node's services changed."""
+        self._beat_now.set()
+
+    def resume(self) -> None:
+        """At start-up: an enrolled member goes on sending heartbeats."""
+        cluster = self._store.cluster()
+        if cluster is not None and cluster.role is Role.COMPUTE:
+            if self._store.get_meta(ENROLMENT_META) == "active":
+                self.start()
+
+    async def _beat(self) -> None:
+        interval = 10
+        while True:
+            cluster = self._store.cluster()
+            if cluster is None:
+                return
+            self._beat_now.clear()  # a change from here on is in this beat or the next
+            client = ControlClient(cluster, self._store.credentials())
+            try:
+                interval = await client.heartbeat(await self._services()) or interval
+            except errors.PermissionDenied as exc:
+                log.warning("heartbeat refused: this node was removed? reason=%r", exc.message)
+                return
+            except errors.MicrostackError as exc:
+                log.info("heartbeat failed reason=%r", exc.message)
+            finally:
+                await client.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._beat_now.wait()

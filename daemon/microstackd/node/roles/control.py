@@ -1,0 +1,473 @@
+"""The control role: the OpenStack control plane (MariaDB, RabbitMQ,
+Keystone, Glance, Placement, Nova, Neutron) and the network node (Open
+vSwitch, the Neutron OVS, DHCP and L3 agents), as data, run by
+``microstackd.control.plane`` as steps of the control's init; its last step
+uploads the test image as ``cirros``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from microstackd.node.roles.network import (
+    DHCP_AGENT,
+    DHCP_AGENT_INI,
+    L3_AGENT,
+    L3_AGENT_INI,
+    NEUTRON_AGENT_CONF,
+    OVS_AGENT,
+    OVS_AGENT_INI,
+    ovs_db_steps,
+    ovs_services,
+)
+from microstackd.node.roles.parts import (
+    SERVICE_PATH,
+    ConfigFile,
+    RoleDefinition,
+    RoleService,
+    SetupStep,
+    service_step,
+)
+from microstackd.node.roles.parts import env as _env
+
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+
+MARIADB_CNF = "control/mariadb.cnf"
+KEYSTONE_CONF = "keystone/keystone.conf"
+GLANCE_CONF = "glance/glance-api.conf"
+PLACEMENT_CONF = "placement/placement.conf"
+NOVA_CONF = "nova/nova.conf"
+NEUTRON_SERVER_CONF = "neutron/neutron.conf"
+ML2_CONF = "neutron/ml2_conf.ini"
+RABBITMQ_CONF = "${state_path}/rabbitmq/rabbitmq.conf"
+CLOUDS_YAML = "clouds.yaml"
+#: The test image, as the test-image step links it (the cache holds the file).
+TEST_IMAGE = "${state_path}/images/cirros.qcow2"
+
+
+def _manage(binary: str, conf: str, *args: str) -> tuple[str, ...]:
+    return ("${openstack_prefix}/bin/" + binary, "--config-file", "${config_root}/" + conf, *args)
+
+
+def _api(name: str, app: str, port: str, workers: int, **env: str) -> RoleService:
+    """An OpenStack API under gunicorn, on loopback and the control address."""
+    return RoleService(
+        name=name,
+        command=(
+            "${openstack_prefix}/bin/gunicorn",
+            "--pythonpath",
+            "${helpers_dir}",
+            "-b",
+            f"127.0.0.1:${{{port}}}",
+            "-b",
+            f"${{control_address}}:${{{port}}}",
+            "--workers",
+            str(workers),
+            # Threads leak Keystone role assignments between requests (OPENSTACK.md).
+            "--threads",
+            "1",
+            "--timeout",
+            "300",
+            "--graceful-timeout",
+            "5",
+            # gunicorn 27 binds one shared control socket per user otherwise.
+            "--no-control-socket",
+            "--name",
+            name,
+            "wsgi_app:application",
+        ),
+        env=(
+            ("PATH", SERVICE_PATH),
+            ("MSOS_WSGI_APP", app),
+            ("MSOS_WSGI_PROG", name),
+            *env.items(),
+        ),
+        ready_check=f"http://${{control_address}}:${{{port}}}/",
+        ready_after=0.5,
+        start_timeout=180.0,
+        real_only=True,
+    )
+
+
+def _daemon(name: str, *command: str) -> RoleService:
+    return RoleService(
+        name=name,
+        command=command,
+        env=(("PATH", SERVICE_PATH),),
+        ready_after=3.0,
+        start_timeout=120.0,
+        real_only=True,
+    )
+
+
+CONTROL = RoleDefinition(
+    name="control",
+    settings=(
+        "control_address",
+        "region",
+        "keystone_url",
+        "transport_url",
+        "db_base_url",
+        "db_password",
+        "admin_password",
+        "rabbitmq_user",
+        "rabbitmq_password",
+        "glance_password",
+        "nova_password",
+        "neutron_password",
+        "placement_password",
+        "keystone_port",
+        "glance_port",
+        "placement_port",
+        "nova_port",
+        "neutron_port",
+        "db_port",
+        "rabbitmq_port",
+        "rabbitmq_dist_port",
+        "epmd_port",
+        "discover_hosts_interval",
+        "host",
+        "local_ip",
+        "tunnel_types",
+        "external_cidr",
+        "external_gateway_cidr",
+    ),
+    files=(
+        ConfigFile("control/mariadb.cnf", MARIADB_CNF),
+        ConfigFile("control/keystone.conf", KEYSTONE_CONF),
+        ConfigFile("control/glance-api.conf", GLANCE_CONF),
+        ConfigFile("control/placement.conf", PLACEMENT_CONF),
+        ConfigFile("control/nova.conf", NOVA_CONF),
+        # nova-api reads its paste file from OS_NOVA_CONFIG_DIR (nova 34's, unchanged).
+        ConfigFile("control/nova-api-paste.ini", "nova/api-paste.ini"),
+        ConfigFile("control/neutron.conf", NEUTRON_SERVER_CONF),
+        ConfigFile("control/ml2_conf.ini", ML2_CONF),
+        # RabbitMQ reads its config from its own directory; it holds a secret.
+        ConfigFile("control/rabbitmq.conf", "services/rabbitmq/rabbitmq.conf", "state_dir", 0o600),
+        ConfigFile("control/enabled_plugins", "services/rabbitmq/enabled_plugins", "state_dir"),
+        # The admin cloud: `openstack --os-cloud microstack`, openstacksdk.
+        ConfigFile("control/clouds.yaml", CLOUDS_YAML, "state_dir", 0o600),
+        # The network node: the same agent files as a compute's, and its own two.
+        ConfigFile("compute/neutron.conf", NEUTRON_AGENT_CONF),
+        ConfigFile("compute/openvswitch_agent.ini", OVS_AGENT_INI),
+        ConfigFile("control/dhcp_agent.ini", DHCP_AGENT_INI),
+        ConfigFile("control/dnsmasq.conf", "neutron/dnsmasq.conf"),
+        ConfigFile("control/l3_agent.ini", L3_AGENT_INI),
+    ),
+    services=(
+        RoleService(
+            name="mariadb",
+            command=("/usr/sbin/mariadbd", "--defaults-file=${config_root}/" + MARIADB_CNF),
+            dirs=("${run_dir}",),
+            ready_check="tcp://127.0.0.1:${db_port}",
+            ready_after=0.2,
+            start_timeout=60.0,
+            real_only=True,
+        ),
+        # epmd in the foreground, as a service of its own: RabbitMQ finds it on
+        # ERL_EPMD_PORT instead of forking one that outlives it.
+        RoleService(
+            name="epmd",
+            command=("/usr/bin/epmd", "-port", "${epmd_port}", "-address", "127.0.0.1"),
+            ready_check="tcp://127.0.0.1:${epmd_port}",
+            ready_after=0.1,
+            start_timeout=30.0,
+            real_only=True,
+        ),
+        RoleService(
+            name="rabbitmq",
+            command=(RABBITMQ_SERVER,),
+            env=_env(
+                HOME="${state_path}/rabbitmq",
+                RABBITMQ_NODENAME="rabbit@localhost",
+                RABBITMQ_CONF_ENV_FILE="/dev/null",
+                RABBITMQ_CONFIG_FILE=RABBITMQ_CONF,
+                RABBITMQ_ENABLED_PLUGINS_FILE="${state_path}/rabbitmq/enabled_plugins",
+                RABBITMQ_MNESIA_BASE="${state_path}/rabbitmq/mnesia",
+                RABBITMQ_LOG_BASE="${log_dir}/rabbitmq",
+                RABBITMQ_PID_FILE="${run_dir}/rabbitmq.pid",
+                RABBITMQ_DIST_PORT="${rabbitmq_dist_port}",
+                RABBITMQ_NODE_PORT="${rabbitmq_port}",
+                ERL_EPMD_PORT="${epmd_port}",
+                ERL_EPMD_ADDRESS="127.0.0.1",
+                RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
+            ),
+            dirs=("${state_path}/rabbitmq/mnesia", "${log_dir}/rabbitmq", "${run_dir}"),
+            ready_check="tcp://127.0.0.1:${rabbitmq_port}",
+            ready_after=0.5,
+            start_timeout=120.0,
+            real_only=True,
+        ),
+        _api(
+            "keystone",
+            "keystone.wsgi.api:application",
+            "keystone_port",
+            2,
+            OS_KEYSTONE_CONFIG_DIR="${config_root}/keystone",
+        ),
+        _api(
+            "glance",
+            "glance.wsgi.api:application",
+            "glance_port",
+            1,
+            OS_GLANCE_CONFIG_DIR="${config_root}/glance",
+        ),
+        _api(
+            "placement",
+            "placement.wsgi.api:application",
+            "placement_port",
+            1,
+            OS_PLACEMENT_CONFIG_DIR="${config_root}/placement",
+        ),
+        # Only OS_NOVA_CONFIG_DIR: the first of OS_NOVA_CONFIG_FILES is taken as paste config.
+        _api(
+            "nova-api",
+            "nova.wsgi.osapi_compute:application",
+            "nova_port",
+            1,
+            OS_NOVA_CONFIG_DIR="${config_root}/nova",
+        ),
+        _api(
+            "neutron-api",
+            "neutron.wsgi.api:application",
+            "neutron_port",
+            1,
+            OS_NEUTRON_CONFIG_DIR="${config_root}/neutron",
+            OS_NEUTRON_CONFIG_FILES="neutron.conf;ml2_conf.ini",
+        ),
+        _daemon(
+            "neutron-rpc-server",
+            *_manage("neutron-rpc-server", NEUTRON_SERVER_CONF),
+            "--config-file",
+            "${config_root}/" + ML2_CONF,
+        ),
+        _daemon("nova-conductor", *_manage("nova-conductor", NOVA_CONF)),
+        _daemon("nova-scheduler", *_manage("nova-scheduler", NOVA_CONF)),
+        # The network node, as in the original MicroStack.
+        *ovs_services("${control_address}", "br-ex=${external_gateway_cidr}"),
+        dataclasses.replace(OVS_AGENT, real_only=True),
+        DHCP_AGENT,
+        L3_AGENT,
+    ),
+    setup=(
+        SetupStep(
+            name="mariadb-install",
+            title="creating the MariaDB data directory",
+            commands=(
+                (
+                    "/usr/bin/mariadb-install-db",
+                    "--defaults-file=${config_root}/" + MARIADB_CNF,
+                    "--user=root",
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                ),
+            ),
+            creates="${state_path}/mysql/mysql",
+            dirs=("${state_path}/mysql", "${run_dir}"),
+            timeout=120.0,
+        ),
+        SetupStep(
+            name="databases",
+            title="creating the databases and their user",
+            commands=(("/usr/bin/mariadb", "--defaults-file=${config_root}/" + MARIADB_CNF),),
+            stdin_template="control/databases.sql",
+            timeout=60.0,
+        ),
+        SetupStep(
+            name="keystone-db-sync",
+            title="keystone-manage db_sync",
+            commands=(_manage("keystone-manage", KEYSTONE_CONF, "db_sync"),),
+            dirs=("${state_path}/keystone",),
+        ),
+        SetupStep(
+            name="keystone-keys",
+            title="creating Keystone's fernet and credential keys",
+            commands=(
+                _manage(
+                    "keystone-manage",
+                    KEYSTONE_CONF,
+                    "fernet_setup",
+                    "--keystone-user",
+                    "root",
+                    "--keystone-group",
+                    "root",
+                ),
+                _manage(
+                    "keystone-manage",
+                    KEYSTONE_CONF,
+                    "credential_setup",
+                    "--keystone-user",
+                    "root",
+                    "--keystone-group",
+                    "root",
+                ),
+            ),
+            creates="${state_path}/keystone/credential-keys/0",
+        ),
+        SetupStep(
+            name="keystone-bootstrap",
+            title="keystone-manage bootstrap (admin, region, identity endpoints)",
+            commands=(
+                _manage(
+                    "keystone-manage",
+                    KEYSTONE_CONF,
+                    "bootstrap",
+                    "--bootstrap-admin-url",
+                    "${keystone_url}",
+                    "--bootstrap-internal-url",
+                    "${keystone_url}",
+                    "--bootstrap-public-url",
+                    "${keystone_url}",
+                    "--bootstrap-region-id",
+                    "${region}",
+                ),
+            ),
+            # The password through the environment: never on a command line.
+            env=_env(OS_BOOTSTRAP_PASSWORD="${admin_password}"),
+        ),
+        SetupStep(
+            name="identity",
+            title="creating the service project, users, services and endpoints",
+            commands=(
+                (
+                    "${openstack_prefix}/bin/python",
+                    "${helpers_dir}/setup_cloud.py",
+                    "identity",
+                ),
+            ),
+            env=_env(
+                OS_CLIENT_CONFIG_FILE="${state_dir}/" + CLOUDS_YAML,
+                MSOS_API_HOST="${control_address}",
+                MSOS_REGION="${region}",
+                MSOS_GLANCE_PORT="${glance_port}",
+                MSOS_PLACEMENT_PORT="${placement_port}",
+                MSOS_NOVA_PORT="${nova_port}",
+                MSOS_NEUTRON_PORT="${neutron_port}",
+                MSOS_GLANCE_PASSWORD="${glance_password}",
+                MSOS_PLACEMENT_PASSWORD="${placement_password}",
+                MSOS_NOVA_PASSWORD="${nova_password}",
+                MSOS_NEUTRON_PASSWORD="${neutron_password}",
+            ),
+        ),
+        SetupStep(
+            name="glance-db-sync",
+            title="glance-manage db_sync",
+            commands=(_manage("glance-manage", GLANCE_CONF, "db_sync"),),
+        ),
+        SetupStep(
+            name="placement-db-sync",
+            title="placement-manage db sync",
+            commands=(_manage("placement-manage", PLACEMENT_CONF, "db", "sync"),),
+        ),
+        SetupStep(
+            name="nova-api-db-sync",
+            title="nova-manage api_db sync",
+            commands=(_manage("nova-manage", NOVA_CONF, "api_db", "sync"),),
+        ),
+        SetupStep(
+            name="nova-cells",
+            title="mapping Nova's cell0 and creating cell1",
+            commands=(
+                _manage("nova-manage", NOVA_CONF, "cell_v2", "map_cell0"),
+                _manage("nova-manage", NOVA_CONF, "cell_v2", "create_cell", "--name", "cell1"),
+            ),
+            # create_cell exits 2 when cell1 already exists (a redone step).
+            ok_codes=(0, 2),
+        ),
+        SetupStep(
+            name="nova-db-sync",
+            title="nova-manage db sync",
+            commands=(_manage("nova-manage", NOVA_CONF, "db", "sync"),),
+        ),
+        SetupStep(
+            name="neutron-db-migrations",
+            title="neutron-db-manage upgrade heads",
+            commands=(
+                (
+                    "${openstack_prefix}/bin/neutron-db-manage",
+                    "--config-file",
+                    "${config_root}/" + NEUTRON_SERVER_CONF,
+                    "--config-file",
+                    "${config_root}/" + ML2_CONF,
+                    "upgrade",
+                    "heads",
+                ),
+            ),
+        ),
+        *ovs_db_steps(),
+        SetupStep(
+            name="cloud-defaults",
+            title="creating flavor m1.tiny, networks public and private, a router, SG rules",
+            commands=(
+                (
+                    "${openstack_prefix}/bin/python",
+                    "${helpers_dir}/setup_cloud.py",
+                    "resources",
+                ),
+            ),
+            env=_env(
+                OS_CLIENT_CONFIG_FILE="${state_dir}/" + CLOUDS_YAML,
+                MSOS_EXTERNAL_CIDR="${external_cidr}",
+            ),
+        ),
+        SetupStep(
+            name="test-image",
+            title="building the test image (Debian packages, cached) and uploading it as cirros",
+            commands=(
+                (
+                    "${python}",
+                    "-m",
+                    "microstackd.node.testimage",
+                    "build",
+                    "--link",
+                    TEST_IMAGE,
+                ),
+                (
+                    "${openstack_prefix}/bin/python",
+                    "${helpers_dir}/setup_cloud.py",
+                    "image",
+                ),
+            ),
+            env=_env(
+                OS_CLIENT_CONFIG_FILE="${state_dir}/" + CLOUDS_YAML,
+                MSOS_IMAGE_FILE=TEST_IMAGE,
+            ),
+            # The first build downloads ~31 MB of Debian packages.
+            timeout=900.0,
+        ),
+    ),
+    order=(
+        "mariadb-install",
+        service_step("mariadb"),
+        service_step("epmd"),
+        service_step("rabbitmq"),
+        "databases",
+        "keystone-db-sync",
+        "keystone-keys",
+        "keystone-bootstrap",
+        service_step("keystone"),
+        "identity",
+        "glance-db-sync",
+        "placement-db-sync",
+        "nova-api-db-sync",
+        "nova-cells",
+        "nova-db-sync",
+        "neutron-db-migrations",
+        service_step("glance"),
+        service_step("placement"),
+        service_step("nova-api"),
+        service_step("neutron-api"),
+        service_step("neutron-rpc-server"),
+        service_step("nova-conductor"),
+        service_step("nova-scheduler"),
+        "ovs-db",
+        service_step("ovsdb-server"),
+        service_step("ovs-vswitchd"),
+        "ovs-bridges",
+        service_step("ovs-uplink"),
+        service_step("neutron-openvswitch-agent"),
+        service_step("neutron-dhcp-agent"),
+        service_step("neutron-l3-agent"),
+        "cloud-defaults",
+        "test-image",
+    ),
+)

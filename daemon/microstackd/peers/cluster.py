@@ -1,0 +1,138 @@
+"""Cluster calls to other members over mutual TLS, pinned to the cluster CA:
+a member to its control (``ControlClient``), the control to a member's
+agent (``AgentClient``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from microstack_api.v1 import cluster_pb2 as pb
+from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
+from microstackd import errors
+from microstackd.model import (
+    AgentStep,
+    ClusterRecord,
+    EventRecord,
+    NodeCredentials,
+    NodeRecord,
+    ServiceRecord,
+)
+from microstackd.peers.errors import error_from_rpc
+from microstackd.trust import names
+from microstackd.wire import convert
+from microstackd.wire.options import CHANNEL_OPTIONS
+
+
+def member_channel(host: str, port: int, creds: NodeCredentials, server_name: str) -> aio.Channel:
+    """An mTLS channel to a member named ``server_name``, pinned to the cluster CA."""
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=creds.ca_pem,
+        private_key=creds.key_pem,
+        certificate_chain=creds.cert_pem,
+    )
+    return aio.secure_channel(
+        names.format_host_port(host, port),
+        credentials,
+        options=[*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", server_name)],
+    )
+
+
+class ControlClient:
+    """Cluster calls from a member to its control node."""
+
+    def __init__(self, cluster: ClusterRecord, creds: NodeCredentials) -> None:
+        self._where = names.format_host_port(cluster.control_address, cluster.cluster_port)
+        self._channel = member_channel(
+            cluster.control_address, cluster.cluster_port, creds, cluster.control_name
+        )
+        self._stub = pb_grpc.ClusterServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    def _error(self, exc: aio.AioRpcError) -> errors.MicrostackError:
+        def unreachable(details: str) -> errors.MicrostackError:
+            return errors.ControlUnreachable(
+                f"cannot reach the control node at {self._where}: {details}"
+            )
+
+        return error_from_rpc(exc, unreachable)
+
+    async def enrol(self, after_seq: int | None = None) -> AsyncIterator[EventRecord]:
+        request = pb.EnrolRequest() if after_seq is None else pb.EnrolRequest(after_seq=after_seq)
+        try:
+            async for response in self._stub.Enrol(request):
+                yield convert.event_from_pb(response.event)
+        except aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+
+    async def heartbeat(self, services: list[ServiceRecord], timeout: float = 10.0) -> int:
+        request = pb.HeartbeatRequest(services=convert.services_to_pb(services))
+        try:
+            response = await self._stub.Heartbeat(request, timeout=timeout)
+        except aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+        return int(response.interval_seconds)
+
+    async def status(self, timeout: float = 10.0) -> tuple[ClusterRecord, list[NodeRecord]]:
+        try:
+            response = await self._stub.GetClusterStatus(
+                pb.GetClusterStatusRequest(), timeout=timeout
+            )
+        except aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+        return (
+            convert.cluster_from_pb(response.cluster),
+            [convert.node_from_pb(n) for n in response.nodes],
+        )
+
+
+class AgentClient:
+    """Control-to-node calls to a member's agent, with the control's identity."""
+
+    def __init__(self, node: NodeRecord, creds: NodeCredentials) -> None:
+        self._node = node.name
+        self._where = names.format_host_port(node.address, node.agent_port)
+        self._channel = member_channel(node.address, node.agent_port, creds, node.name)
+        self._stub = pb_grpc.AgentServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    def _error(self, exc: aio.AioRpcError) -> errors.MicrostackError:
+        def unreachable(details: str) -> errors.MicrostackError:
+            return errors.NodeUnreachable(
+                f"cannot reach the agent of {self._node} at {self._where}: {details}"
+            )
+
+        return error_from_rpc(
+            exc, unreachable, default=errors.EnrolmentFailed, prefix=f"{self._node}: "
+        )
+
+    async def apply_role(self, role: str, settings: dict[str, str]) -> AsyncIterator[AgentStep]:
+        request = pb.ApplyRoleRequest(role=role, settings=settings)
+        try:
+            async for response in self._stub.ApplyRole(request):
+                yield convert.agent_step_from_pb(response)
+        except aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+
+    async def _services_call(
+        self, method: Any, request: Any, timeout: float
+    ) -> list[ServiceRecord]:
+        """A unary agent call whose answer is the role's services."""
+        try:
+            response = await method(request, timeout=timeout)
+        except aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+        return convert.services_from_pb(response.services)
+
+    async def services(self, timeout: float = 10.0) -> list[ServiceRecord]:
+        return await self._services_call(self._stub.GetServices, pb.GetServicesRequest(), timeout)
+
+    async def leave(self, timeout: float = 60.0) -> list[ServiceRecord]:
+        return await self._services_call(self._stub.Leave, pb.LeaveRequest(), timeout)

@@ -1,0 +1,44 @@
+"""A failed call to a peer, as the domain error the peer raised: the class
+named in the ``microstackd-error`` trailer (``wire/status.py``), with the
+peer's message. A call that failed for want of the peer (unreachable, a
+deadline, the peer shutting down) is the caller's own "unreachable" error,
+whatever the peer said: the caller waits and tries again."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+from grpc import aio
+
+from microstackd import errors
+from microstackd.wire.status import BY_CODE, ERROR_METADATA, error_class
+
+#: Statuses that mean "the peer is not there (now)".
+UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+def trailer(exc: aio.AioRpcError) -> str:
+    """The error class name the peer sent, "" when there is none."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == ERROR_METADATA:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return ""
+
+
+def error_from_rpc(
+    exc: aio.AioRpcError,
+    unreachable: Callable[[str], errors.MicrostackError],
+    *,
+    default: type[errors.MicrostackError] = errors.MicrostackError,
+    prefix: str = "",
+) -> errors.MicrostackError:
+    """The domain error for a failed call: ``unreachable(details)`` when the
+    peer could not be reached; else the peer's own class (``default`` when it
+    named none this side knows, by status code first), its message after
+    ``prefix``."""
+    details = exc.details() or exc.code().name
+    if exc.code() in UNREACHABLE:
+        return unreachable(details)
+    cls = error_class(trailer(exc)) or BY_CODE.get(exc.code(), default)
+    return cls(prefix + details)

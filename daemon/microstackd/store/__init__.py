@@ -1,0 +1,414 @@
+"""Durable state: one SQLite database and a few key files under the state dir.
+
+Rules:
+
+1. Every write is committed (WAL, ``synchronous=FULL``) before the caller
+   reports it to anyone: an event a client has seen is on disk.
+2. Key and certificate files are written atomically (temporary file, fsync,
+   rename, fsync of the directory) with mode 0600, so a crash leaves either
+   the old file or the new one, never half of one. Files written together
+   make their fsyncs together (``write_private_files``).
+3. The schema changes only through ``MIGRATIONS`` (``store/schema.py``),
+   applied in order and recorded in ``PRAGMA user_version``.
+
+No gRPC here; errors are ``microstackd.errors`` classes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+from microstackd import errors
+from microstackd.model import (
+    ClusterRecord,
+    EventRecord,
+    NodeCredentials,
+    NodeRecord,
+    NodeState,
+    NodeUpdate,
+    Role,
+    ServiceRecord,
+    StepState,
+    TokenRecord,
+)
+from microstackd.store.files import (
+    CA_CERT,
+    NODE_CERT,
+    NODE_KEY,
+    storage_error,
+    write_private_file,
+    write_private_files,
+)
+from microstackd.store.schema import MIGRATIONS
+
+DB_NAME = "microstackd.db"
+
+
+class Store:
+    """The node's database. One instance per daemon, used from one thread."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.path = state_dir / DB_NAME
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            os.chmod(self.path, 0o600)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except (OSError, sqlite3.Error) as exc:
+            raise storage_error(state_dir / DB_NAME, exc) from exc
+
+    def close(self) -> None:
+        """Fold the WAL into the database file, then close."""
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._db.close()
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self.transaction():
+                for statement in filter(str.strip, script.split(";")):
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {number}")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic, durable unit of work."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if "disk" in str(exc) or "full" in str(exc):
+                raise errors.StorageError(
+                    f"cannot write {self.path}: the disk is full; nothing was changed"
+                ) from exc
+            raise
+
+    # ------------------------------------------------------------ meta --
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, values: dict[str, str]) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                values.items(),
+            )
+
+    def cluster(self) -> ClusterRecord | None:
+        """The cluster this node belongs to, once its membership is complete."""
+        rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if "cluster_id" not in rows:
+            return None
+        return ClusterRecord(
+            cluster_id=rows["cluster_id"],
+            role=Role(rows["role"]),
+            control_name=rows["control_name"],
+            control_address=rows["control_address"],
+            bootstrap_port=int(rows["bootstrap_port"]),
+            cluster_port=int(rows["cluster_port"]),
+            ca_fingerprint=rows["ca_fingerprint"],
+            ca_not_after=float(rows["ca_not_after"]),
+        )
+
+    def set_cluster(self, cluster: ClusterRecord) -> None:
+        self.set_meta(
+            {
+                "cluster_id": cluster.cluster_id,
+                "role": cluster.role.value,
+                "control_name": cluster.control_name,
+                "control_address": cluster.control_address,
+                "bootstrap_port": str(cluster.bootstrap_port),
+                "cluster_port": str(cluster.cluster_port),
+                "ca_fingerprint": cluster.ca_fingerprint,
+                "ca_not_after": repr(cluster.ca_not_after),
+            }
+        )
+
+    # ----------------------------------------------------------- nodes --
+
+    _NODE_COLUMNS = (
+        "name, role, address, hostname, state, message, cert_serial, cert_not_after, "
+        "joined, last_seen, agent_port"
+    )
+
+    def _node(self, row: tuple[object, ...]) -> NodeRecord:
+        name = str(row[0])
+        services = tuple(
+            ServiceRecord(str(n), str(s), str(m), str(d))
+            for n, s, m, d in self._db.execute(
+                "SELECT name, state, message, detail FROM services WHERE node = ? ORDER BY name",
+                (name,),
+            )
+        )
+        return NodeRecord(
+            name=name,
+            role=Role(str(row[1])),
+            address=str(row[2]),
+            hostname=str(row[3]),
+            state=NodeState(str(row[4])),
+            message=str(row[5]),
+            cert_serial=str(row[6]),
+            cert_not_after=float(row[7]),  # type: ignore[arg-type]
+            joined=float(row[8]),  # type: ignore[arg-type]
+            last_seen=float(row[9]),  # type: ignore[arg-type]
+            agent_port=int(row[10]),  # type: ignore[call-overload]
+            services=services,
+        )
+
+    def node(self, name: str) -> NodeRecord | None:
+        row = self._db.execute(
+            f"SELECT {self._NODE_COLUMNS} FROM nodes WHERE name = ?", (name,)
+        ).fetchone()
+        return None if row is None else self._node(row)
+
+    def nodes(self) -> list[NodeRecord]:
+        rows = self._db.execute(
+            f"SELECT {self._NODE_COLUMNS} FROM nodes ORDER BY role = 'control' DESC, joined, name"
+        ).fetchall()
+        return [self._node(row) for row in rows]
+
+    def put_node(self, node: NodeRecord, *, replaces_serial: str | None = None) -> None:
+        """Insert or replace a node; a replaced certificate serial is revoked."""
+        with self.transaction() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO nodes ({self._NODE_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    node.name,
+                    node.role.value,
+                    node.address,
+                    node.hostname,
+                    node.state.value,
+                    node.message,
+                    node.cert_serial,
+                    node.cert_not_after,
+                    node.joined,
+                    node.last_seen,
+                    node.agent_port,
+                ),
+            )
+            if replaces_serial:
+                db.execute(
+                    "INSERT OR IGNORE INTO revoked (serial, node, time) VALUES (?, ?, ?)",
+                    (replaces_serial, node.name, node.joined),
+                )
+                db.execute("DELETE FROM steps WHERE node = ?", (node.name,))
+
+    def touch_node(self, name: str, when: float) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE nodes SET last_seen = ? WHERE name = ?", (when, name))
+
+    def set_services(self, node: str, services: list[ServiceRecord]) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM services WHERE node = ?", (node,))
+            db.executemany(
+                "INSERT INTO services (node, name, state, message, detail) VALUES (?, ?, ?, ?, ?)",
+                [(node, s.name, s.state, s.message, s.detail) for s in services],
+            )
+
+    def is_revoked(self, serial: str) -> bool:
+        return (
+            self._db.execute("SELECT 1 FROM revoked WHERE serial = ?", (serial,)).fetchone()
+            is not None
+        )
+
+    # ----------------------------------------------------------- tokens --
+
+    def put_token(self, token: TokenRecord, verifier: bytes) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO tokens (id, name, verifier, created, expires, state) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (token.id, token.name, verifier, token.created, token.expires, token.state),
+            )
+
+    def tokens(self) -> list[TokenRecord]:
+        return [
+            TokenRecord(str(i), str(n), float(c), float(e), str(s))
+            for i, n, c, e, s in self._db.execute(
+                "SELECT id, name, created, expires, state FROM tokens ORDER BY created DESC"
+            )
+        ]
+
+    def token(self, token_id: str) -> tuple[TokenRecord, bytes] | None:
+        row = self._db.execute(
+            "SELECT id, name, created, expires, state, verifier FROM tokens WHERE id = ?",
+            (token_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return TokenRecord(
+            str(row[0]), str(row[1]), float(row[2]), float(row[3]), str(row[4])
+        ), bytes(row[5])
+
+    def set_token_state(self, token_id: str, state: str, *, expect: str | None = None) -> bool:
+        """Change a token's state; with ``expect``, only from that state (atomic)."""
+        with self.transaction() as db:
+            if expect is None:
+                cursor = db.execute("UPDATE tokens SET state = ? WHERE id = ?", (state, token_id))
+            else:
+                cursor = db.execute(
+                    "UPDATE tokens SET state = ? WHERE id = ? AND state = ?",
+                    (state, token_id, expect),
+                )
+        return cursor.rowcount == 1
+
+    def remove_node(self, name: str, serial: str, when: float) -> None:
+        """Mark a node removed and revoke its certificate, in one transaction."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE nodes SET state = ?, message = ? WHERE name = ?",
+                (NodeState.REMOVED.value, "removed", name),
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO revoked (serial, node, time) VALUES (?, ?, ?)",
+                (serial, name, when),
+            )
+            db.execute("DELETE FROM steps WHERE node = ?", (name,))
+            db.execute("DELETE FROM services WHERE node = ?", (name,))
+
+    def forget_cluster(self) -> None:
+        """A member that was removed forgets its cluster (keys are deleted by the caller)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM meta")
+            db.execute("DELETE FROM steps")
+            db.execute("DELETE FROM events")
+
+    def delete_file(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / name).unlink()
+
+    # ---------------------------------------------------- steps, events --
+
+    def step_states(self, node: str) -> dict[str, StepState]:
+        return {
+            str(step): StepState(str(state))
+            for step, state in self._db.execute(
+                "SELECT step, state FROM steps WHERE node = ?", (node,)
+            )
+        }
+
+    def record_all(
+        self,
+        events: Sequence[EventRecord],
+        updates: Sequence[NodeUpdate] = (),
+    ) -> list[EventRecord]:
+        """Persist step changes, their events and changes to node records in
+        one transaction: one durable commit however many there are. Returns
+        the events with their sequence numbers, in order."""
+        recorded: list[EventRecord] = []
+        with self.transaction() as db:
+            for event in events:
+                (last,) = db.execute(
+                    "SELECT COALESCE(MAX(seq), 0) FROM events WHERE node = ?", (event.node,)
+                ).fetchone()
+                seq = int(last) + 1
+                db.execute(
+                    "INSERT INTO steps (node, step, state, message) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(node, step) DO UPDATE SET state = excluded.state, "
+                    "message = excluded.message",
+                    (event.node, event.step, event.state.value, event.message),
+                )
+                db.execute(
+                    "INSERT INTO events (node, seq, step, state, message, percent, time, final) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        event.node,
+                        seq,
+                        event.step,
+                        event.state.value,
+                        event.message,
+                        event.percent,
+                        event.time,
+                        int(event.final),
+                    ),
+                )
+                recorded.append(dataclasses.replace(event, seq=seq))
+            for update in updates:
+                if update.state is not None:
+                    db.execute(
+                        "UPDATE nodes SET state = ?, message = ? WHERE name = ?",
+                        (update.state.value, update.message, update.name),
+                    )
+                if update.last_seen is not None:
+                    db.execute(
+                        "UPDATE nodes SET last_seen = ? WHERE name = ?",
+                        (update.last_seen, update.name),
+                    )
+        return recorded
+
+    def events(self, node: str, after_seq: int = 0) -> list[EventRecord]:
+        return [
+            EventRecord(
+                node=node,
+                seq=int(seq),
+                step=str(step),
+                state=StepState(str(state)),
+                message=str(message),
+                percent=int(percent),
+                time=float(time),
+                final=bool(final),
+            )
+            for seq, step, state, message, percent, time, final in self._db.execute(
+                "SELECT seq, step, state, message, percent, time, final FROM events "
+                "WHERE node = ? AND seq > ? ORDER BY seq",
+                (node, after_seq),
+            )
+        ]
+
+    def last_seq(self, node: str) -> int:
+        (last,) = self._db.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE node = ?", (node,)
+        ).fetchone()
+        return int(last)
+
+    # ------------------------------------------------------------ files --
+
+    def write_secret(self, name: str, data: bytes) -> Path:
+        path = self.state_dir / name
+        write_private_file(path, data)
+        return path
+
+    def write_secrets(self, secrets: Mapping[str, bytes]) -> None:
+        """Several key files at once (``write_private_files``): each replaced
+        atomically, none renamed unless all were written."""
+        write_private_files(
+            [(self.state_dir / name, data, 0o600) for name, data in secrets.items()]
+        )
+
+    def credentials(self) -> NodeCredentials:
+        """This node's key and certificate and the cluster CA, for mTLS."""
+        key, cert, ca = (self.read_file(n) for n in (NODE_KEY, NODE_CERT, CA_CERT))
+        if key is None or cert is None or ca is None:
+            raise errors.NotInitialised(
+                f"this node's cluster key or certificates are missing from {self.state_dir / 'tls'}"
+            )
+        return NodeCredentials(key_pem=key, cert_pem=cert, ca_pem=ca)
+
+    def read_file(self, name: str) -> bytes | None:
+        path = self.state_dir / name
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+
+__all__ = ["Store", "write_private_file", "write_private_files"]

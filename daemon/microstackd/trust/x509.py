@@ -1,0 +1,414 @@
+"""Keys, certificates and the cluster CA: the X.509 half of trust.
+
+Rules (tests/unit/test_security.py has an adversarial test for each):
+
+1. ECDSA P-256 everywhere (Ed25519 leaves fail grpc's TLS handshake here).
+   Node certificates are never CAs, never outlive their CA, and carry random
+   159-bit serials (the control revokes by serial).
+2. The control decides identity. A CSR only proves possession of a P-256 key
+   and must name the node it is for; the certificate's subject, role, SANs,
+   extensions and validity come from the control's arguments, each checked by
+   ``trust.names`` (the one identity validator).
+3. Pure: no I/O, no sockets, no clock. Callers pass ``now``, which must be
+   timezone-aware.
+
+Errors: a CSR the peer sent that is unusable raises ``BootstrapProtocolError``;
+a certificate that is not acceptable raises ``PermissionDenied``; a malformed
+identity raises ``InvalidArgument``; a local programming error ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from microstackd import errors
+from microstackd.model import Role
+from microstackd.trust import names
+
+#: Host name in the bootstrap port's self-signed certificate; the joiner sets
+#: it as grpc's ``ssl_target_name_override``.
+BOOTSTRAP_SERVER_NAME = "microstackd-bootstrap"
+#: The roles a node certificate may name (its OU).
+CERTIFICATE_ROLES = frozenset({Role.CONTROL, Role.COMPUTE})
+
+#: Certificates start this far in the past so a node whose clock is a little
+#: behind the control's still accepts a certificate issued just now.
+_CLOCK_SKEW = timedelta(minutes=10)
+_MAX_CSR_PEM = 16 * 1024
+
+
+def generate_key() -> ec.EllipticCurvePrivateKey:
+    """A new ECDSA P-256 key (Ed25519 fails grpc's TLS handshake here)."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def key_to_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """PKCS#8 PEM, unencrypted: the store protects it with file mode 0600."""
+    _require_p256(key.public_key(), ValueError)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def load_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
+    """Load a key written by :func:`key_to_pem`; anything but P-256 is refused."""
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ValueError(f"not an unencrypted PEM private key: {exc}") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError("the private key is not an ECDSA P-256 key")
+    _require_p256(key.public_key(), ValueError)
+    return key
+
+
+def cert_to_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def load_cert(pem: bytes) -> x509.Certificate:
+    """Parse one PEM certificate (raises ``ValueError`` if it is not one)."""
+    return x509.load_pem_x509_certificate(pem)
+
+
+def fingerprint(cert: x509.Certificate | bytes | str) -> str:
+    """Lower-case hex SHA-256 of the certificate's DER encoding.
+
+    ``bytes`` and ``str`` are PEM (``ssl.get_server_certificate`` returns str).
+    """
+    if isinstance(cert, str):
+        cert = cert.encode("ascii")
+    if isinstance(cert, bytes):
+        cert = load_cert(cert)
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+# --- certificates -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    """The cluster CA. The pair is checked on construction: the key must be the
+    certificate's, and the certificate a CA."""
+
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    def __post_init__(self) -> None:
+        if self.cert.public_key() != self.key.public_key():
+            raise ValueError("the CA key does not belong to the CA certificate")
+        if not is_ca(self.cert):
+            raise ValueError("the CA certificate is not a CA")
+
+    @classmethod
+    def from_pem(cls, key_pem: bytes, cert_pem: bytes) -> CertificateAuthority:
+        return cls(key=load_key(key_pem), cert=load_cert(cert_pem))
+
+    def key_pem(self) -> bytes:
+        return key_to_pem(self.key)
+
+    def cert_pem(self) -> bytes:
+        return cert_to_pem(self.cert)
+
+
+def create_ca(cluster_id: str, now: datetime, days: int = 3650) -> CertificateAuthority:
+    """A new cluster CA. It may sign node certificates only (path length 0)."""
+    names.cluster_id(cluster_id)
+    now = _utc(now)
+    key = generate_key()
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "microstackd"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, cluster_id),
+            x509.NameAttribute(NameOID.COMMON_NAME, "microstackd cluster CA"),
+        ]
+    )
+    cert = (
+        _builder(name, name, key.public_key(), now, now + timedelta(days=_days(days)))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            _key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True), critical=True
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return CertificateAuthority(key=key, cert=cert)
+
+
+def make_csr(key: ec.EllipticCurvePrivateKey, node_name: str) -> bytes:
+    """The joiner's PEM CSR. Only the subject CN is set: the control decides the rest."""
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_name)]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+
+
+def issue_certificate(
+    ca: CertificateAuthority,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    node_name: str,
+    role: Role,
+    address: str,
+    hostname: str,
+    now: datetime,
+    days: int = 365,
+) -> x509.Certificate:
+    """A node certificate, for mTLS in both directions (server and client).
+
+    CN is the node name and OU its role; the SANs let peers dial the node by
+    address (an IP SAN avoids name overrides), node name or host name. It
+    never outlives the CA.
+    """
+    names.node_name(node_name)
+    names.hostname(hostname)
+    if role not in CERTIFICATE_ROLES:
+        raise errors.InvalidArgument(
+            f"unknown role {role!r}: expected one of {sorted(CERTIFICATE_ROLES)}"
+        )
+    role = Role(role)
+    address_name = x509.IPAddress(ipaddress.ip_address(names.ip_address(address)))
+    _require_p256(public_key, ValueError)
+    now = _utc(now)
+    not_after = min(now + timedelta(days=_days(days)), ca.cert.not_valid_after_utc)
+    if not_after <= now:
+        raise ValueError("the cluster CA has expired; it cannot issue certificates")
+
+    sans: list[x509.GeneralName] = []
+    seen: set[tuple[type, str]] = set()
+    for san in (address_name, x509.DNSName(node_name), x509.DNSName(hostname)):
+        key = (type(san), str(san.value).lower())
+        if key not in seen:
+            seen.add(key)
+            sans.append(san)
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role.value),
+            x509.NameAttribute(NameOID.COMMON_NAME, node_name),
+        ]
+    )
+    return (
+        _builder(subject, ca.cert.subject, public_key, now, not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(digital_signature=True, key_agreement=True), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(_authority_key_identifier(ca), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+
+
+def sign_csr(
+    ca: CertificateAuthority,
+    csr_pem: bytes,
+    *,
+    node_name: str,
+    role: Role,
+    address: str,
+    hostname: str,
+    now: datetime,
+    days: int = 365,
+) -> x509.Certificate:
+    """Sign a joiner's CSR with the identity the control decided (rule 2).
+
+    The CSR must prove possession of a P-256 key and be for ``node_name``;
+    whatever else it asks for (SANs, CA, other subject fields) is ignored.
+    """
+    if len(csr_pem) > _MAX_CSR_PEM:
+        raise errors.BootstrapProtocolError("the CSR is too large")
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+        public_key = csr.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise errors.BootstrapProtocolError(f"the CSR is not a PEM CSR: {exc}") from exc
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+        public_key.curve, ec.SECP256R1
+    ):
+        raise errors.BootstrapProtocolError("the CSR's key is not an ECDSA P-256 key")
+    try:
+        signature_ok = csr.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm):
+        signature_ok = False
+    if not signature_ok:
+        raise errors.BootstrapProtocolError(
+            "the CSR's signature does not verify: it does not prove possession of its key"
+        )
+    cns = [attr.value for attr in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if cns != [node_name]:
+        raise errors.BootstrapProtocolError(f"the CSR is for {cns!r}, not for node {node_name!r}")
+    return issue_certificate(
+        ca,
+        public_key,
+        node_name=node_name,
+        role=role,
+        address=address,
+        hostname=hostname,
+        now=now,
+        days=days,
+    )
+
+
+def self_signed_bootstrap_certificate(
+    key: ec.EllipticCurvePrivateKey, now: datetime, days: int = 3650
+) -> x509.Certificate:
+    """The bootstrap port's certificate, which the joiner pins as its only root.
+
+    CA:TRUE (path length 0) so it is a proper trust root for any verifier;
+    grpc 1.85 and OpenSSL 3.0 also take a CA:FALSE one, stricter ones do not.
+    Its fingerprint, not its name, is what the PAKE binds (``trust.exchange``, rule 4).
+    """
+    now = _utc(now)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, BOOTSTRAP_SERVER_NAME)])
+    return (
+        _builder(name, name, key.public_key(), now, now + timedelta(days=_days(days)))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(digital_signature=True, key_cert_sign=True), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(BOOTSTRAP_SERVER_NAME)]), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a node certificate names."""
+
+    name: str
+    role: Role
+    serial: int
+    not_after: datetime
+
+
+def identity_of(cert: x509.Certificate) -> Identity:
+    """Read the node identity a certificate carries (one CN, one known role)."""
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    roles = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    valid = {r.value for r in CERTIFICATE_ROLES}
+    if is_ca(cert) or len(cns) != 1 or len(roles) != 1 or roles[0].value not in valid:
+        raise errors.PermissionDenied("the certificate does not name a cluster node")
+    return Identity(
+        name=str(cns[0].value),
+        role=Role(str(roles[0].value)),
+        serial=cert.serial_number,
+        not_after=cert.not_valid_after_utc,
+    )
+
+
+def verify_issued_by(ca_cert: x509.Certificate, cert: x509.Certificate, now: datetime) -> None:
+    """Refuse (``PermissionDenied``) a certificate that is not a node certificate
+    issued by this CA and valid at ``now``. Revocation is the caller's (by serial)."""
+    now = _utc(now)
+    if not is_ca(ca_cert):
+        raise ValueError("ca_cert is not a CA certificate")
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
+        raise errors.PermissionDenied(
+            "the certificate was not issued by this cluster's CA"
+        ) from exc
+    if is_ca(cert):
+        raise errors.PermissionDenied("a CA certificate is not a node certificate")
+    for checked, what in ((cert, "the certificate"), (ca_cert, "the cluster CA")):
+        if now < checked.not_valid_before_utc:
+            raise errors.PermissionDenied(
+                f"{what} is not valid yet (from {checked.not_valid_before_utc:%Y-%m-%d %H:%M} UTC;"
+                " is this node's clock right?)"
+            )
+        if now > checked.not_valid_after_utc:
+            raise errors.PermissionDenied(
+                f"{what} expired at {checked.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+            )
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+
+def _utc(now: datetime) -> datetime:
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware (naive datetimes are ambiguous)")
+    return now.astimezone(UTC)
+
+
+def _days(days: int) -> int:
+    if type(days) is not int or days < 1:
+        raise ValueError(f"a certificate must be valid for at least one day, not {days!r}")
+    return days
+
+
+def _require_p256(key: object, error: type[Exception]) -> None:
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise error("the key is not an ECDSA P-256 key")
+
+
+def is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _key_usage(
+    *,
+    digital_signature: bool = False,
+    key_agreement: bool = False,
+    key_cert_sign: bool = False,
+    crl_sign: bool = False,
+) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=key_agreement,
+        key_cert_sign=key_cert_sign,
+        crl_sign=crl_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _authority_key_identifier(ca: CertificateAuthority) -> x509.AuthorityKeyIdentifier:
+    try:
+        ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:  # a CA made elsewhere
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key())
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    now: datetime,
+    not_after: datetime,
+) -> x509.CertificateBuilder:
+    """Common fields: random 159-bit serial, backdated start (clock skew), SKI."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )

@@ -1,0 +1,221 @@
+"""Model records to and from protobuf messages: the only place that knows both."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from microstack_api.v1 import cluster_pb2 as pb
+from microstackd.model import (
+    AgentStep,
+    BootstrapResult,
+    ClusterRecord,
+    EventRecord,
+    NodeRecord,
+    NodeState,
+    Role,
+    ServiceRecord,
+    StepState,
+    TokenRecord,
+)
+
+ROLE_TO_PB = {
+    Role.NONE: pb.ROLE_UNSPECIFIED,
+    Role.CONTROL: pb.ROLE_CONTROL,
+    Role.COMPUTE: pb.ROLE_COMPUTE,
+}
+ROLE_FROM_PB = {v: k for k, v in ROLE_TO_PB.items()}
+STATE_TO_PB = {
+    StepState.PENDING: pb.STEP_STATE_PENDING,
+    StepState.RUNNING: pb.STEP_STATE_RUNNING,
+    StepState.DONE: pb.STEP_STATE_DONE,
+    StepState.FAILED: pb.STEP_STATE_FAILED,
+    StepState.SKIPPED: pb.STEP_STATE_SKIPPED,
+    StepState.WAITING: pb.STEP_STATE_WAITING,
+}
+STATE_FROM_PB = {v: k for k, v in STATE_TO_PB.items()}
+
+
+def timestamp(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    if seconds:
+        ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def seconds(ts: Timestamp) -> float:
+    return ts.ToNanoseconds() / 1e9
+
+
+def event_to_pb(event: EventRecord) -> pb.Event:
+    return pb.Event(
+        node=event.node,
+        seq=event.seq,
+        step=event.step,
+        state=STATE_TO_PB[event.state],
+        message=event.message,
+        percent=event.percent,
+        time=timestamp(event.time),
+        final=event.final,
+    )
+
+
+def event_from_pb(event: pb.Event) -> EventRecord:
+    return EventRecord(
+        node=event.node,
+        seq=event.seq,
+        step=event.step,
+        state=STATE_FROM_PB.get(event.state, StepState.PENDING),
+        message=event.message,
+        percent=event.percent,
+        time=seconds(event.time),
+        final=event.final,
+    )
+
+
+def node_to_pb(node: NodeRecord) -> pb.Node:
+    return pb.Node(
+        name=node.name,
+        role=ROLE_TO_PB[node.role],
+        address=node.address,
+        state=node.state.value,
+        message=node.message,
+        cert_serial=node.cert_serial,
+        cert_expires=timestamp(node.cert_not_after),
+        joined=timestamp(node.joined),
+        services=services_to_pb(node.services),
+        last_seen=timestamp(node.last_seen),
+    )
+
+
+def node_from_pb(node: pb.Node) -> NodeRecord:
+    return NodeRecord(
+        name=node.name,
+        role=ROLE_FROM_PB.get(node.role, Role.NONE),
+        address=node.address,
+        hostname="",
+        state=NodeState(node.state),
+        message=node.message,
+        cert_serial=node.cert_serial,
+        cert_not_after=seconds(node.cert_expires),
+        joined=seconds(node.joined),
+        last_seen=seconds(node.last_seen),
+        services=tuple(services_from_pb(node.services)),
+    )
+
+
+def token_to_pb(token: TokenRecord) -> pb.TokenInfo:
+    return pb.TokenInfo(
+        id=token.id,
+        name=token.name,
+        state=token.state_at(time.time()),
+        created=timestamp(token.created),
+        expires=timestamp(token.expires),
+    )
+
+
+def cluster_to_pb(cluster: ClusterRecord) -> pb.ClusterInfo:
+    return pb.ClusterInfo(
+        id=cluster.cluster_id,
+        control_name=cluster.control_name,
+        control_address=cluster.control_address,
+        bootstrap_port=cluster.bootstrap_port,
+        cluster_port=cluster.cluster_port,
+        ca_fingerprint=cluster.ca_fingerprint,
+        ca_expires=timestamp(cluster.ca_not_after),
+    )
+
+
+def cluster_from_pb(cluster: pb.ClusterInfo) -> ClusterRecord:
+    """The control's cluster as it describes it (relayed by a compute's ``status``)."""
+    return ClusterRecord(
+        cluster_id=cluster.id,
+        role=Role.CONTROL,
+        control_name=cluster.control_name,
+        control_address=cluster.control_address,
+        bootstrap_port=cluster.bootstrap_port,
+        cluster_port=cluster.cluster_port,
+        ca_fingerprint=cluster.ca_fingerprint,
+        ca_not_after=seconds(cluster.ca_expires),
+    )
+
+
+def services_to_pb(services: Iterable[ServiceRecord]) -> list[pb.ServiceStatus]:
+    return [
+        pb.ServiceStatus(name=s.name, state=s.state, message=s.message, detail=s.detail)
+        for s in services
+    ]
+
+
+def services_from_pb(services: Iterable[pb.ServiceStatus]) -> list[ServiceRecord]:
+    return [ServiceRecord(s.name, s.state, s.message, s.detail) for s in services]
+
+
+def agent_step_to_pb(step: AgentStep) -> pb.ApplyRoleResponse:
+    return pb.ApplyRoleResponse(
+        step=step.step,
+        state=STATE_TO_PB[step.state],
+        message=step.message,
+        percent=step.percent,
+        services=services_to_pb(step.services),
+        final=step.final,
+    )
+
+
+def agent_step_from_pb(step: pb.ApplyRoleResponse) -> AgentStep:
+    return AgentStep(
+        step=step.step,
+        state=STATE_FROM_PB.get(step.state, StepState.PENDING),
+        message=step.message,
+        percent=step.percent,
+        services=tuple(services_from_pb(step.services)),
+        final=step.final,
+    )
+
+
+def bootstrap_result_to_pb(result: BootstrapResult) -> pb.BootstrapResult:
+    return pb.BootstrapResult(
+        certificate_pem=result.certificate_pem,
+        ca_certificate_pem=result.ca_certificate_pem,
+        control_name=result.control_name,
+        cluster_port=result.cluster_port,
+        confirmation=result.confirmation,
+    )
+
+
+def bootstrap_result_from_pb(result: pb.BootstrapResult) -> BootstrapResult:
+    return BootstrapResult(
+        certificate_pem=result.certificate_pem,
+        ca_certificate_pem=result.ca_certificate_pem,
+        control_name=result.control_name,
+        cluster_port=result.cluster_port,
+        confirmation=result.confirmation,
+    )
+
+
+def nova_host_to_pb(view: dict[str, Any]) -> pb.NovaHost:
+    """``cloud.ops.view``'s entry for one host."""
+    return pb.NovaHost(
+        compute_service=str(view.get("compute_service") or ""),
+        hypervisor=str(view.get("hypervisor") or ""),
+        running_instances=int(view.get("running_instances") or 0),
+    )
+
+
+def launch_result_to_pb(result: dict[str, Any]) -> pb.LaunchResult:
+    """``cloud.launch.launch``'s result."""
+    addresses = result.get("addresses") or {}
+    return pb.LaunchResult(
+        name=str(result.get("name", "")),
+        id=str(result.get("id", "")),
+        host=str(result.get("host", "")),
+        status=str(result.get("status", "")),
+        addresses=[
+            pb.ServerAddresses(network=str(net), addresses=[str(a) for a in addrs])
+            for net, addrs in sorted(addresses.items())
+        ],
+        floating_ip=str(result.get("floating_ip", "")),
+    )

@@ -1,0 +1,112 @@
+"""The access table: every method of the protocol has exactly one entry (or
+is retired), every entry is a real method, and what a channel's server
+serves is exactly its table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
+
+from microstack_api.v1 import cluster_pb2 as pb
+from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
+from microstackd.api import access
+from microstackd.api.access import ACCEPTS, RETIRED, TABLE, Channel
+
+
+def _methods(*files: Any) -> set[str]:
+    return {
+        f"{service.full_name}/{method.name}"
+        for f in files
+        for service in f.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    }
+
+
+def _listed() -> dict[str, list[Channel]]:
+    found: dict[str, list[Channel]] = {}
+    for channel, services in TABLE.items():
+        for service, methods in services.items():
+            for method in methods:
+                found.setdefault(f"{service}/{method}", []).append(channel)
+    return found
+
+
+def test_every_method_of_the_protocol_has_an_access_entry() -> None:
+    listed = _listed()
+    missing = sorted(_methods(pb) - set(listed) - set(RETIRED))
+    assert not missing, f"methods with no access entry (add them to api/access.py): {missing}"
+
+
+def test_every_entry_names_a_real_method_and_retired_ones_are_served_nowhere() -> None:
+    real = _methods(pb, health_pb2, reflection_pb2)
+    assert set(_listed()) <= real
+    assert set(RETIRED) <= real and not set(RETIRED) & set(_listed())
+
+
+def test_our_methods_are_each_served_on_one_channel_only() -> None:
+    ours = {m: chans for m, chans in _listed().items() if m.startswith("microstack.")}
+    assert all(len(chans) == 1 for chans in ours.values()), ours
+
+
+def test_each_entry_is_a_kind_of_caller_its_channel_can_tell() -> None:
+    for channel, services in TABLE.items():
+        for service, methods in services.items():
+            for method, who in methods.items():
+                assert who in ACCEPTS[channel], f"{service}/{method} on {channel}"
+
+
+class _Server:
+    def __init__(self) -> None:
+        self.served: set[str] = set()
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        for handler in handlers:
+            for method in handler._method_handlers:  # grpc's generic handler: {path: handler}
+                self.served.add(method.lstrip("/"))
+
+
+def _servicers(channel: Channel) -> dict[str, tuple[Any, object]]:
+    adders = {
+        "microstack.cluster.v1.AdminService": pb_grpc.add_AdminServiceServicer_to_server,
+        "microstack.cluster.v1.BootstrapService": pb_grpc.add_BootstrapServiceServicer_to_server,
+        "microstack.cluster.v1.ClusterService": pb_grpc.add_ClusterServiceServicer_to_server,
+        "microstack.cluster.v1.AgentService": pb_grpc.add_AgentServiceServicer_to_server,
+    }
+    from grpc_health.v1 import health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2_grpc
+
+    adders[access.HEALTH] = health_pb2_grpc.add_HealthServicer_to_server
+    adders[access.REFLECTION] = reflection_pb2_grpc.add_ServerReflectionServicer_to_server
+    return {service: (adders[service], _Anything()) for service in TABLE[channel]}
+
+
+class _Anything:
+    """A servicer with every method."""
+
+    def __getattr__(self, name: str) -> Any:
+        async def method(request: Any, context: Any) -> None:
+            return None
+
+        return method
+
+
+@pytest.mark.parametrize("channel", list(Channel), ids=[c.value for c in Channel])
+def test_registration_serves_exactly_the_table(channel: Channel) -> None:
+    server = _Server()
+    access.register(server, channel, _servicers(channel))
+    expected = {f"{s}/{m}" for s, methods in TABLE[channel].items() for m in methods}
+    assert server.served == expected
+    assert "microstack.cluster.v1.AgentService/StopRole" not in server.served
+
+
+def test_registration_refuses_servicers_the_table_does_not_list() -> None:
+    servicers = _servicers(Channel.BOOTSTRAP)
+    servicers["microstack.cluster.v1.AdminService"] = (
+        pb_grpc.add_AdminServiceServicer_to_server,
+        _Anything(),
+    )
+    with pytest.raises(ValueError, match="table lists"):
+        access.register(_Server(), Channel.BOOTSTRAP, servicers)

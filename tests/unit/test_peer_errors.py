@@ -1,0 +1,105 @@
+"""A failed call to a peer comes back as the error class the peer raised
+(its ``microstackd-error`` trailer), not a guess from the status code; a
+peer that is not there is the caller's own "unreachable" error."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc import aio
+
+from microstackd import errors
+from microstackd.peers.errors import error_from_rpc
+from microstackd.wire.status import ERROR_METADATA, status_code
+
+
+def _rpc_error(
+    error: errors.MicrostackError | None, code: grpc.StatusCode | None = None
+) -> aio.AioRpcError:
+    """The AioRpcError a client sees when the peer raised ``error`` (None: no trailer)."""
+    trailer = (
+        aio.Metadata() if error is None else aio.Metadata((ERROR_METADATA, type(error).__name__))
+    )
+    return aio.AioRpcError(
+        code or status_code(error),  # type: ignore[arg-type]
+        aio.Metadata(),
+        trailer,
+        details=error.message if error is not None else "upstream connect error",
+    )
+
+
+def _unreachable(details: str) -> errors.MicrostackError:
+    return errors.ControlUnreachable(f"cannot reach the control node at 10.0.0.1:10002: {details}")
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        errors.AlreadyInitialised("this node is already a member of cluster c1"),
+        errors.NotInitialised("run init first"),
+        errors.NotControl("not the control node"),
+        errors.CloudError("no cloud configured"),
+        errors.ConfigError("template x needs setting y"),
+        errors.TokenRejected("this join token is expired"),
+        errors.WrongPassword("the control node rejected the cluster password"),
+        errors.PeerAuthenticationFailed(),
+        errors.BootstrapProtocolError("the bootstrap must start with hello"),
+        errors.InvalidArgument("node name 'X' is not valid"),
+        errors.NameTaken("a node named 'n' is already in the cluster"),
+        errors.ServiceFailed("nova-compute exited with status 1"),
+        errors.EnrolmentFailed("the enrolment failed"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_the_class_the_peer_raised_comes_back(raised: errors.MicrostackError) -> None:
+    got = error_from_rpc(_rpc_error(raised), _unreachable)
+    assert type(got) is type(raised)
+    assert got.message == raised.message
+
+
+def test_a_prefix_names_the_peer() -> None:
+    got = error_from_rpc(
+        _rpc_error(errors.ServiceFailed("nova-compute exited with status 1")),
+        _unreachable,
+        prefix="node-1: ",
+    )
+    assert isinstance(got, errors.ServiceFailed)
+    assert got.message == "node-1: nova-compute exited with status 1"
+
+
+@pytest.mark.parametrize(
+    "raised", [errors.ShuttingDown(), errors.ControlUnreachable("its own control is away")]
+)
+def test_a_peer_going_away_is_unreachable_whatever_it_said(raised: errors.MicrostackError) -> None:
+    got = error_from_rpc(_rpc_error(raised), _unreachable)
+    assert isinstance(got, errors.ControlUnreachable)
+    assert got.message.startswith("cannot reach the control node at 10.0.0.1:10002: ")
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, errors.ControlUnreachable),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, errors.ControlUnreachable),
+        (grpc.StatusCode.FAILED_PRECONDITION, errors.NotControl),
+        (grpc.StatusCode.UNAUTHENTICATED, errors.WrongPassword),
+        (grpc.StatusCode.PERMISSION_DENIED, errors.PermissionDenied),
+        (grpc.StatusCode.UNIMPLEMENTED, errors.MicrostackError),
+    ],
+)
+def test_without_a_trailer_the_status_code_decides(
+    code: grpc.StatusCode, expected: type[errors.MicrostackError]
+) -> None:
+    got = error_from_rpc(_rpc_error(None, code), _unreachable)
+    assert type(got) is expected
+
+
+def test_a_class_this_side_does_not_know_falls_back_to_the_code() -> None:
+    exc = aio.AioRpcError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        aio.Metadata(),
+        aio.Metadata((ERROR_METADATA, "SomethingNewer")),
+        details="a newer daemon's error",
+    )
+    got = error_from_rpc(exc, _unreachable, default=errors.EnrolmentFailed)
+    assert type(got) is errors.NotControl and got.message == "a newer daemon's error"
