@@ -10,11 +10,13 @@ from microstackd.node.roles.network import (
     ovs_db_steps,
     ovs_services,
 )
+from microstackd.node.roles.network import ORDER as NETWORK_ORDER
 from microstackd.node.roles.parts import (
     SERVICE_PATH,
     ConfigFile,
     RoleDefinition,
     RoleService,
+    cleanup,
     literal,
     service_step,
 )
@@ -114,26 +116,9 @@ COMPUTE = RoleDefinition(
             start_timeout=60.0,
             real_only=True,
             # Nova's domains first: QEMU leaves libvirtd's process group.
-            pre_stop=(
-                (
-                    "${python}",
-                    "-m",
-                    "microstackd.node.cleanup",
-                    "destroy-domains",
-                    "--uri",
-                    LIBVIRT_URI,
-                ),
-            ),
+            pre_stop=(cleanup("destroy-domains", "--uri", LIBVIRT_URI),),
             post_stop=(
-                (
-                    "${python}",
-                    "-m",
-                    "microstackd.node.cleanup",
-                    "kill-pidfiles",
-                    "--name",
-                    "qemu-system",
-                    "${run_dir}/libvirt/qemu/*.pid",
-                ),
+                cleanup("kill-pidfiles", "--name", "qemu-system", "${run_dir}/libvirt/qemu/*.pid"),
             ),
         ),
         RoleService(
@@ -165,12 +150,7 @@ COMPUTE = RoleDefinition(
     ),
     setup=ovs_db_steps(),
     order=(
-        "ovs-db",
-        service_step("ovsdb-server"),
-        service_step("ovs-vswitchd"),
-        "ovs-bridges",
-        service_step("ovs-uplink"),
-        service_step("neutron-openvswitch-agent"),
+        *NETWORK_ORDER,
         service_step("libvirtd"),
         service_step("nova-compute"),
     ),

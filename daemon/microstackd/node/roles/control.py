@@ -19,6 +19,7 @@ from microstackd.node.roles.network import (
     ovs_db_steps,
     ovs_services,
 )
+from microstackd.node.roles.network import ORDER as NETWORK_ORDER
 from microstackd.node.roles.parts import (
     SERVICE_PATH,
     ConfigFile,
@@ -459,12 +460,7 @@ CONTROL = RoleDefinition(
         service_step("neutron-rpc-server"),
         service_step("nova-conductor"),
         service_step("nova-scheduler"),
-        "ovs-db",
-        service_step("ovsdb-server"),
-        service_step("ovs-vswitchd"),
-        "ovs-bridges",
-        service_step("ovs-uplink"),
-        service_step("neutron-openvswitch-agent"),
+        *NETWORK_ORDER,
         service_step("neutron-dhcp-agent"),
         service_step("neutron-l3-agent"),
         "cloud-defaults",

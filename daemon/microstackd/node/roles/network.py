@@ -12,7 +12,9 @@ from microstackd.node.roles.parts import (
     SERVICE_PATH,
     RoleService,
     SetupStep,
+    cleanup,
     literal,
+    service_step,
 )
 from microstackd.node.roles.parts import env as _env
 
@@ -173,6 +175,17 @@ OVS_AGENT = neutron_agent(
     ),
 )
 
+#: The order of the network's steps, after the role's own services that
+#: come first (the control plane) and before those that need the network.
+ORDER = (
+    "ovs-db",
+    service_step("ovsdb-server"),
+    service_step("ovs-vswitchd"),
+    "ovs-bridges",
+    service_step("ovs-uplink"),
+    service_step("neutron-openvswitch-agent"),
+)
+
 # The network node's own agents (the control's), each with private /run/netns.
 DHCP_AGENT = neutron_agent(
     "neutron-dhcp-agent",
@@ -181,17 +194,7 @@ DHCP_AGENT = neutron_agent(
     command_prefix=(*IN_OWN_NETNS_DIR, "${run_dir}/netns-dhcp"),
     real_only=True,
     # dnsmasq daemonises out of the agent's process group.
-    post_stop=(
-        (
-            "${python}",
-            "-m",
-            "microstackd.node.cleanup",
-            "kill-pidfiles",
-            "--name",
-            "dnsmasq",
-            "${state_path}/neutron/dhcp/*/pid",
-        ),
-    ),
+    post_stop=(cleanup("kill-pidfiles", "--name", "dnsmasq", "${state_path}/neutron/dhcp/*/pid"),),
 )
 
 L3_AGENT = neutron_agent(

@@ -132,6 +132,11 @@ def env(**values: str) -> tuple[tuple[str, str], ...]:
     return tuple(values.items())
 
 
+def cleanup(*args: str) -> tuple[str, ...]:
+    """A stop hook of microstackd's own (``node/cleanup.py``), run with its Python."""
+    return ("${python}", "-m", "microstackd.node.cleanup", *args)
+
+
 def literal(script: str) -> str:
     """A shell script as a command argument: its ``$`` are the shell's, not placeholders."""
     return script.replace("$", "$$")
