@@ -66,6 +66,11 @@ def test_join_configures_the_node_and_status_shows_its_services(
         "nova-compute": "running",
     }
     assert len(_standin_pids(compute.root)) == 2
+    # The virt type is resolved for the rendered file; a stand-in runs no
+    # driver, so status shows no detail for it (the real nova-compute does).
+    assert nova["libvirt"]["virt_type"] in ("kvm", "qemu")
+    node = next(n for n in control.status()["nodes"] if n["name"] == "node-1")
+    assert {s["detail"] for s in node["services"]} == {""}
 
 
 def test_secrets_stay_out_of_logs_and_status(

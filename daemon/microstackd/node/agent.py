@@ -94,10 +94,12 @@ class Agent:
 
     def _keep(self, role: RoleDefinition, values: Mapping[str, str]) -> None:
         """Keep what the role's commands need at start-up, and the services'
-        details for ``status`` (never a secret: resume_settings are not)."""
+        details for ``status`` (never a secret: resume_settings are not). A
+        stand-in runs no driver: it has no detail to show."""
         keys = (*role.resume_settings, *self._node_values)
         kept = {key: values[key] for key in keys if key in values}
-        details = {s.name: render.expand((s.detail,), values)[0] for s in role.services if s.detail}
+        services = role.services if self._real else ()
+        details = {s.name: render.expand((s.detail,), values)[0] for s in services if s.detail}
         self._store.set_meta(
             {APPLIED_VALUES: json.dumps(kept), SERVICE_DETAILS: json.dumps(details)}
         )
