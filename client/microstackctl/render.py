@@ -176,6 +176,10 @@ def launch_dict(r: pb.LaunchResult, ssh: str) -> dict[str, Any]:
         "addresses": {a.network: list(a.addresses) for a in r.addresses},
         "floating_ip": r.floating_ip,
         "ssh": ssh,
+        "ssh_ready": r.ssh_ready,
+        "ssh_banner": r.ssh_banner,
+        "active_after_seconds": r.active_after_seconds,
+        "ssh_after_seconds": r.ssh_after_seconds,
     }
 
 

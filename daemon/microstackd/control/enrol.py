@@ -16,7 +16,7 @@ from microstackd.control.cluster import Cluster
 from microstackd.enrolment import machine as enrolment
 from microstackd.enrolment.backoff import Backoff
 from microstackd.enrolment.runner import Runner, Skipped, StepAction, StepContext
-from microstackd.model import NodeRecord, NodeState, Role, ServiceRecord
+from microstackd.model import NodeRecord, NodeState, Role, ServiceRecord, StepState
 from microstackd.node import watch
 from microstackd.peers.cluster import AgentClient
 from microstackd.trust.x509 import Identity
@@ -135,8 +135,8 @@ class Enrolments:
             "discover_interval": config.discover_hosts_interval,
         }
 
-        async def progress(message: str, waiting: bool) -> None:
-            await ctx.progress(message, waiting=waiting)
+        async def progress(note: cloud.Note) -> None:
+            await ctx.progress(note.message, waiting=note.state is StepState.WAITING)
 
         # A service of the node that fails meanwhile (nova-compute without its
         # virt driver) ends the wait at once, with its own last log lines.

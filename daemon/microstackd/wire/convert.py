@@ -218,4 +218,8 @@ def launch_result_to_pb(result: dict[str, Any]) -> pb.LaunchResult:
             for net, addrs in sorted(addresses.items())
         ],
         floating_ip=str(result.get("floating_ip", "")),
+        ssh_ready=bool(result.get("ssh_ready")),
+        ssh_banner=str(result.get("ssh_banner", "")),
+        active_after_seconds=float(result.get("active_after_seconds") or 0.0),
+        ssh_after_seconds=float(result.get("ssh_after_seconds") or 0.0),
     )
