@@ -190,17 +190,14 @@ class Cloud:
             ["ssh", *SSH_OPTIONS, "-i", str(key), f"cirros@{address}", command], timeout=timeout
         )
 
-    def wait_for_ssh(self, address: str, timeout: float = 300) -> float:
-        """Seconds until ``ssh cirros@ADDRESS true`` works from the control."""
+    def login(self, address: str, command: str) -> tuple[str, float]:
+        """``ssh cirros@ADDRESS COMMAND`` from the control, once: launch
+        returned, so the line it printed works now. (Its output, seconds.)"""
         started = time.monotonic()
-        last = ""
-        while time.monotonic() - started < timeout:
-            result = self.ssh(address, "true", timeout=20)
-            if result.returncode == 0:
-                return time.monotonic() - started
-            last = result.stderr.strip()
-            time.sleep(2)
-        raise AssertionError(f"no ssh to {address} within {timeout} s: {last}\n{self.diagnose()}")
+        result = self.ssh(address, command, timeout=60)
+        elapsed = time.monotonic() - started
+        assert result.returncode == 0, f"{result.stderr}\n{self.diagnose()}"
+        return result.stdout, elapsed
 
     def diagnose(self) -> str:
         """What a guest that cannot be reached needs looked at: its console,
@@ -413,35 +410,37 @@ def test_both_computes_join_with_libvirt_and_say_which_hypervisor(cloud: Cloud) 
 
 
 def _launch(cloud: Cloud, name: str, host: str) -> tuple[dict[str, Any], float]:
+    """launch, which returns once the guest's sshd answers; then its ssh
+    line, once. (launch's JSON, seconds from launch to the login's end.)"""
     started = time.monotonic()
     result = cloud.ctl(
         "launch", "cirros", "--name", name, "--availability-zone", f"nova:{host}",
         "--format", "json",
     )  # fmt: skip
-    elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr + cloud.control.daemon_log()
     data: dict[str, Any] = json.loads(result.stdout)
     assert data["host"] == host and data["status"] == "ACTIVE", data
     assert data["floating_ip"].startswith("10.20.20."), data
     assert data["ssh"] == f"ssh -i ~/.ssh/id_microstack cirros@{data['floating_ip']}", data
-    return data, elapsed
+    assert data["ssh_ready"] and data["ssh_banner"].startswith("SSH-2.0-dropbear"), data
+    assert 0 < data["active_after_seconds"] < data["ssh_after_seconds"], data
+    data["login"], _ = cloud.login(data["floating_ip"], "uname -a; id -un; hostname")
+    return data, time.monotonic() - started
 
 
 def test_real_guests_on_each_compute_answer_ssh_and_ping_each_other(cloud: Cloud) -> None:
     timings: dict[str, float] = {}
     guests: dict[str, dict[str, Any]] = {}
     for name, host, label in (("vm1", "node-1", "cold"), ("vm2", "node-2", "cold_node2")):
-        guests[name], timings[f"launch_{label}_s"] = _launch(cloud, name, host)
-        timings[f"ssh_after_launch_{label}_s"] = round(
-            timings[f"launch_{label}_s"] + cloud.wait_for_ssh(guests[name]["floating_ip"]), 1
-        )
-        timings[f"launch_{label}_s"] = round(timings[f"launch_{label}_s"], 1)
+        guests[name], login = _launch(cloud, name, host)
+        timings[f"active_after_launch_{label}_s"] = guests[name]["active_after_seconds"]
+        timings[f"sshd_after_launch_{label}_s"] = guests[name]["ssh_after_seconds"]
+        timings[f"ssh_login_after_launch_{label}_s"] = round(login, 1)
     for name, guest in guests.items():
-        out = cloud.ssh(guest["floating_ip"], "uname -a; id -un; hostname; ip -4 -o addr show eth0")
-        assert out.returncode == 0, out.stderr
-        assert out.stdout.startswith("Linux "), out.stdout
-        assert "cirros\n" in out.stdout and f"\n{name}\n" in out.stdout, out.stdout
-        assert "10.233.0." in out.stdout, out.stdout
+        assert guest["login"].startswith("Linux "), guest["login"]
+        assert guest["login"].endswith(f"\ncirros\n{name}\n"), guest["login"]
+        address, _ = cloud.login(guest["floating_ip"], "ip -4 -o addr show eth0")
+        assert "10.233.0." in address, address
     # Guest to guest across computes: over vxlan between node-1 and node-2.
     vm1_fixed = next(a for a in guests["vm1"]["addresses"]["private"] if a.startswith("10.233."))
     ping = cloud.ssh(guests["vm2"]["floating_ip"], f"ping -c 3 -W 2 {vm1_fixed}")
@@ -460,11 +459,10 @@ def test_real_guests_on_each_compute_answer_ssh_and_ping_each_other(cloud: Cloud
         }
     measure(node_rss_with_one_guest=nodes_rss)
     # Warm: the image is in node-1's cache now.
-    vm3, timings["launch_warm_s"] = _launch(cloud, "vm3", "node-1")
-    timings["ssh_after_launch_warm_s"] = round(
-        timings["launch_warm_s"] + cloud.wait_for_ssh(vm3["floating_ip"]), 1
-    )
-    timings["launch_warm_s"] = round(timings["launch_warm_s"], 1)
+    vm3, login = _launch(cloud, "vm3", "node-1")
+    timings["active_after_launch_warm_s"] = vm3["active_after_seconds"]
+    timings["sshd_after_launch_warm_s"] = vm3["ssh_after_seconds"]
+    timings["ssh_login_after_launch_warm_s"] = round(login, 1)
     assert len(qemu_pids(cloud.computes["node-1"])) == 2
     started = time.monotonic()
     osc(cloud.control, "server", "delete", "--wait", "vm3")
@@ -483,6 +481,26 @@ def test_launch_errors_name_their_cause(cloud: Cloud) -> None:
     ):
         bad = cloud.ctl("launch", *extra, timeout=300)
         assert bad.returncode != 0 and text in bad.stdout + bad.stderr, bad
+    # A host whose nova-compute is down (forced down: Nova says so at once).
+    service_set = ("compute", "service", "set", "--os-compute-api-version", "2.11")
+    osc(cloud.control, *service_set, "--down", "node-1", "nova-compute")
+    try:
+        down = cloud.ctl("launch", "cirros", "--availability-zone", "nova:node-1", timeout=300)
+    finally:
+        osc(cloud.control, *service_set, "--up", "node-1", "nova-compute")
+    assert down.returncode == 1, down
+    assert "host 'node-1' is down: its nova-compute service is down (forced down)" in down.stderr
+    # sshd not up within --ssh-timeout: the console log's last lines, the
+    # phases streamed before (plain text: not a terminal).
+    slow = cloud.ctl("launch", "cirros", "--name", "slow", "--availability-zone",
+                     "nova:node-1", "--ssh-timeout", "1", timeout=300)  # fmt: skip
+    osc(cloud.control, "server", "delete", "--wait", "slow")
+    assert slow.returncode == 1, slow
+    for phase in ("scheduling", "spawning", "floating-ip"):
+        assert re.search(rf"^✓ {phase} ", slow.stdout, re.MULTILINE), slow.stdout
+    assert re.search(r"^… booting +slow booting; waiting for sshd", slow.stdout, re.MULTILINE)
+    assert "server slow is ACTIVE but its sshd did not answer on 10.20.20." in slow.stderr
+    assert "within 1 s" in slow.stderr and "The last lines of its console log:" in slow.stderr
     # More disk than any host has: no valid host, with Nova's fault.
     osc(cloud.control, "flavor", "create", "--ram", "128", "--disk", "1000000", "--vcpus", "1",
         "huge")  # fmt: skip
