@@ -49,6 +49,7 @@ class _Cloud:
     console: str = CONSOLE
     address: str = "127.0.0.1"
     created: list[dict[str, Any]] = field(default_factory=list)
+    polls: int = 0
 
     def __post_init__(self) -> None:
         self.compute = self.image = self.network = self
@@ -88,6 +89,7 @@ class _Cloud:
         return _obj(id="s1", name=attrs["name"])
 
     def get_server(self, server_id: str) -> Any:
+        self.polls += 1
         self._last = next(self._states, self._last)
         status, task, host, fault = self._last
         return _obj(
@@ -294,6 +296,26 @@ def test_a_guest_on_another_host_than_asked_fails_at_once(
     fake = _Cloud(computes=[_compute("node-1")], states=[("BUILD", "spawning", "node-2", "")])
     message = _fails(monkeypatch, fake, availability_zone="nova:node-1")
     assert message == "server vm landed on node-2, not on node-1"
+
+
+def test_a_host_that_goes_down_while_the_server_builds_fails_the_wait(
+    monkeypatch: pytest.MonkeyPatch, fast: None
+) -> None:
+    service = _compute("node-1")
+    fake = _Cloud(computes=[service], states=[("BUILD", "spawning", "node-1", "")])
+
+    def poll(server_id: str, get: Any = fake.get_server) -> Any:
+        if fake.polls == 3:  # nova-compute stopped reporting: Nova says down
+            service.state = "down"
+        return get(server_id)
+
+    monkeypatch.setattr(fake, "get_server", poll)
+    message = _fails(monkeypatch, fake, availability_zone="nova:node-1")
+    assert message.startswith(
+        "host 'node-1' went down while server vm was being built: its nova-compute service "
+        "is down, last report 2026-12-01T17:00:00"
+    )
+    assert message.endswith("; the server is left in BUILD")
 
 
 @pytest.mark.parametrize(

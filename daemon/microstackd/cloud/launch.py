@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import time
@@ -147,12 +148,7 @@ def _zone(conn: Any, az: str) -> tuple[str, str]:
             "no-host",
         )
     if service.state != "up":
-        forced = " (forced down)" if getattr(service, "is_forced_down", False) else ""
-        raise Failure(
-            f"host {host!r} is down: its nova-compute service is {service.state}{forced}, "
-            f"last report {service.updated_at or 'never'} (see `microstackctl status`)",
-            "host-down",
-        )
+        raise Failure(f"host {host!r} is down: {_down(service)}", "host-down")
     if service.status != "enabled":
         reason = f": {service.disabled_reason}" if service.disabled_reason else ""
         raise Failure(f"host {host!r} is disabled in Nova{reason}", "host-down")
@@ -162,6 +158,22 @@ def _zone(conn: Any, az: str) -> tuple[str, str]:
             "no-host",
         )
     return zone, host
+
+
+def _down(service: Any) -> str:
+    forced = " (forced down)" if getattr(service, "is_forced_down", False) else ""
+    return (
+        f"its nova-compute service is {service.state}{forced}, "
+        f"last report {service.updated_at or 'never'} (see `microstackctl status`)"
+    )
+
+
+def _host_down(conn: Any, host: str) -> str:
+    """Why ``host``'s nova-compute is down in Nova's service list, or ""."""
+    for service in conn.compute.services(binary="nova-compute", host=host):
+        if service.host == host and service.state != "up":
+            return _down(service)
+    return ""
 
 
 def _boot_error(exc: Exception) -> Failure:
@@ -273,10 +285,22 @@ async def _until_active(
 ) -> Any:
     """Poll the server until ACTIVE, streaming ``scheduling`` then
     ``spawning``; ERROR fails with Nova's fault, a host other than the one
-    asked for fails at once."""
+    asked for fails at once, and so does a host whose nova-compute goes
+    down meanwhile (Nova would leave the server in BUILD)."""
     phase, shown, waited_from = "scheduling", "", time.monotonic()
+    checked = waited_from
     while True:
         server = await s(lambda conn: conn.compute.get_server(server_id))
+        on_host = server.compute_host or host
+        if on_host and server.status == "BUILD" and time.monotonic() - checked >= REPEAT:
+            checked = time.monotonic()
+            down = await s(functools.partial(_host_down, host=on_host))
+            if down:
+                raise Failure(
+                    f"host {on_host!r} went down while server {name} was being built: {down}; "
+                    "the server is left in BUILD",
+                    "host-down",
+                )
         task = server.task_state or ""
         state = server.status + (f", {task}" if task else "")
         elapsed = time.monotonic() - started
