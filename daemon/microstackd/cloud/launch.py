@@ -354,7 +354,8 @@ async def _until_sshd(
     )
     while True:
         tried = time.monotonic()
-        banner, why = await ssh_banner(address, SSH_PORT, BANNER_TRY)
+        left = timeout - (tried - waited_from)
+        banner, why = await ssh_banner(address, SSH_PORT, max(0.2, min(BANNER_TRY, left)))
         now = time.monotonic()
         if banner:
             await _phase(
