@@ -203,12 +203,21 @@ def remove(ctx: click.Context, node: str, force: bool, fmt: str) -> None:
     "--network", default="", help="network (default test, else private; created if missing)"
 )
 @click.option("--key-name", default="", help="Nova keypair name (default microstack)")
+@click.option("--no-wait", is_flag=True, help="return once ACTIVE, without waiting for sshd")
+@click.option(
+    "--ssh-timeout",
+    type=click.IntRange(1, 3600),
+    default=300,
+    show_default=True,
+    help="seconds to wait for sshd once the server is ACTIVE",
+)
 @FORMAT
 @click.pass_context
 @handle_errors
 def launch(ctx: click.Context, **options: Any) -> None:
     """Boot IMAGE on the cloud (on the control), give it a floating IP from
-    `public` and print how to ssh to it (key ~/.ssh/id_microstack)."""
+    `public`, wait until its sshd answers, and print how to ssh to it (key
+    ~/.ssh/id_microstack)."""
     from microstackctl import cmd_launch
 
     cmd_launch.launch(_socket(ctx), **options)

@@ -140,7 +140,10 @@ def node_dict(n: pb.Node) -> dict[str, Any]:
         "cert_expires": iso(n.cert_expires),
         "joined": iso(n.joined),
         "last_seen": iso(n.last_seen),
-        "services": [{"name": s.name, "state": s.state, "message": s.message} for s in n.services],
+        "services": [
+            {"name": s.name, "state": s.state, "message": s.message, "detail": s.detail}
+            for s in n.services
+        ],
         "nova": nova_dict(n.nova) if n.HasField("nova") else None,
     }
 
@@ -173,6 +176,10 @@ def launch_dict(r: pb.LaunchResult, ssh: str) -> dict[str, Any]:
         "addresses": {a.network: list(a.addresses) for a in r.addresses},
         "floating_ip": r.floating_ip,
         "ssh": ssh,
+        "ssh_ready": r.ssh_ready,
+        "ssh_banner": r.ssh_banner,
+        "active_after_seconds": r.active_after_seconds,
+        "ssh_after_seconds": r.ssh_after_seconds,
     }
 
 
@@ -458,6 +465,8 @@ class _StatusView:
         #: Per row: bold name, services short of running, the state's style.
         self.styles: list[tuple[bool, bool, str]] = []
         self.notes: list[tuple[str, str]] = []
+        #: What services run with (nova-compute's driver and virt_type).
+        self.details: list[tuple[str, str]] = []
         for n in status.nodes:
             up = sum(1 for s in n.services if s.state == "running")
             row = [
@@ -482,6 +491,8 @@ class _StatusView:
             if n.state == "failed" and n.message:
                 self.notes.append((n.name, _first_line(n.message)))
             for s in n.services:
+                if s.detail:
+                    self.details.append((f"{n.name} {s.name}", s.detail))
                 if s.state in ("failed", "stopped") and s.message:
                     self.notes.append((f"{n.name} {s.name}", _first_line(s.message)))
 
@@ -492,14 +503,21 @@ class _StatusView:
             return None
         w = self.label_width
         head = [f"{label:<{w}}{value}" for label, value in self.cluster]
+        details = [f"{who}: {what}" for who, what in self.details]
         notes = [f"{who}: {why}" for who, why in self.notes]
         # Two columns per character is the most any character takes.
-        if not all(_plain(line) and 2 * len(line) <= width for line in head + notes):
+        if not all(_plain(line) and 2 * len(line) <= width for line in head + details + notes):
             return None
         table = _plain_table(self.header, self.rows)
         if len(table[0]) > width:
             return None
-        return [*head, "", *table, *([""] + notes if notes else [])]
+        return [
+            *head,
+            "",
+            *table,
+            *([""] + details if details else []),
+            *([""] + notes if notes else []),
+        ]
 
 
 def print_status(status: pb.StatusResponse, console: Console | None = None) -> None:
@@ -560,6 +578,10 @@ def _print_status_rich(view: _StatusView, local: str, console: Console) -> None:
         ]
         table.add_row(*cells)
     console.print(table)
+    if view.details:
+        console.print()
+        for who, what in view.details:
+            console.print(Text.assemble((who, "bold"), ": ", what))
     if view.notes:
         console.print()
         for who, why in view.notes:

@@ -98,6 +98,8 @@ class ServiceRecord:
     state: str
     #: On failed: why (exit status and the last log lines).
     message: str = ""
+    #: What it runs with, for a person (e.g. nova-compute's virt_type).
+    detail: str = ""
 
 
 @dataclass(frozen=True)

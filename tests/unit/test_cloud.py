@@ -16,6 +16,7 @@ from microstackd.cloud import CloudRef, connection, session
 from microstackd.cloud.service import Cloud
 from microstackd.control import config as control_config
 from microstackd.enrolment import machine as enrolment
+from microstackd.model import StepState
 from microstackd.wire import convert
 
 
@@ -121,8 +122,8 @@ def test_admit_streams_what_it_waits_for_and_reuses_one_connection(fake_cloud) -
     service = Cloud(lambda: CloudRef("c", "/x/clouds.yaml"))
     seen: list[tuple[str, bool]] = []
 
-    async def progress(message: str, waiting: bool) -> None:
-        seen.append((message, waiting))
+    async def progress(note: cloud.Note) -> None:
+        seen.append((note.message, note.state is StepState.WAITING))
 
     async def go() -> tuple[dict[str, object], dict[str, object]]:
         admitted = await service.run(
@@ -193,6 +194,10 @@ def test_nova_view_and_launch_result_render() -> None:
             "status": "ACTIVE",
             "addresses": {"private": ["10.233.0.5", "10.232.0.101"]},
             "floating_ip": "10.232.0.101",
+            "ssh_ready": True,
+            "ssh_banner": "SSH-2.0-dropbear_2022.83",
+            "active_after_seconds": 11.5,
+            "ssh_after_seconds": 21.0,
         }
     )
     assert render.launch_dict(result, "ssh -i k cirros@10.232.0.101") == {
@@ -203,6 +208,10 @@ def test_nova_view_and_launch_result_render() -> None:
         "addresses": {"private": ["10.233.0.5", "10.232.0.101"]},
         "floating_ip": "10.232.0.101",
         "ssh": "ssh -i k cirros@10.232.0.101",
+        "ssh_ready": True,
+        "ssh_banner": "SSH-2.0-dropbear_2022.83",
+        "active_after_seconds": 11.5,
+        "ssh_after_seconds": 21.0,
     }
 
 

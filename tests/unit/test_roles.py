@@ -16,7 +16,8 @@ from microstackd.control import config as control_config
 from microstackd.model import NodeRecord, NodeState, Role
 from microstackd.node import render
 from microstackd.node.roles import COMPUTE, DEFINITIONS
-from microstackd.node.roles.compute import NEUTRON_CONF, NOVA_COMPUTE_CONF, OVS_AGENT_INI
+from microstackd.node.roles.compute import NOVA_COMPUTE_CONF
+from microstackd.node.roles.network import NEUTRON_AGENT_CONF, OVS_AGENT_INI
 from microstackd.node.standin import check
 
 NODE = NodeRecord(
@@ -43,6 +44,12 @@ def settings(tmp_path: Path) -> dict[str, str]:
         "log_dir": str(tmp_path / "state" / "logs"),
         "helpers_dir": str(tmp_path / "helpers"),
         "openstack_prefix": "/opt/os",
+        "python": "/usr/bin/python3",
+        "node_name": "node-1",
+        # What the node's agent adds: its hypervisor and its libvirt.
+        "virt_type": "qemu",
+        "virt_detail": "virt_type qemu (detected: no /dev/kvm)",
+        "libvirt_uri": "qemu+unix:///system?socket=/run/n1/libvirt/libvirt-sock",
     }
 
 
@@ -56,7 +63,13 @@ def test_compute_role_renders_parseable_files_with_the_issued_values(tmp_path, s
     root = tmp_path / "etc"
     paths = render.render_role(COMPUTE, settings, root)
     assert sorted(p.relative_to(root).as_posix() for p in paths) == sorted(
-        [NOVA_COMPUTE_CONF, NEUTRON_CONF, OVS_AGENT_INI]
+        [
+            NOVA_COMPUTE_CONF,
+            NEUTRON_AGENT_CONF,
+            OVS_AGENT_INI,
+            "libvirt/libvirtd.conf",
+            "libvirt/qemu.conf",
+        ]
     )
     nova = _ini(root / NOVA_COMPUTE_CONF)
     assert nova["DEFAULT"]["host"] == "node-1"
@@ -67,11 +80,26 @@ def test_compute_role_renders_parseable_files_with_the_issued_values(tmp_path, s
     assert nova["keystone_authtoken"]["password"] == settings["nova_password"]
     assert nova["placement"]["username"] == "placement"
     assert nova["neutron"]["password"] == settings["neutron_password"]
-    assert nova["libvirt"]["virt_type"] == "kvm"
+    assert nova["DEFAULT"]["compute_driver"] == "libvirt.LibvirtDriver"
+    assert nova["DEFAULT"]["force_config_drive"] == "true"
+    assert nova["DEFAULT"]["vif_plugging_is_fatal"] == "true"
+    assert nova["libvirt"]["virt_type"] == "qemu"
+    assert nova["libvirt"]["connection_uri"] == settings["libvirt_uri"]
+    assert nova["libvirt"]["hw_machine_type"] == "x86_64=pc"
+    assert nova["vnc"]["enabled"] == "false"
+    assert nova["os_vif_ovs"]["ovsdb_connection"].endswith("/run/ovs/db.sock")
+    for section in ("nova_sys_admin", "vif_plug_ovs_privileged", "privsep_osbrick"):
+        helper = nova[section]["helper_command"].split()
+        assert helper[:2] == ["/opt/os/bin/python", "/opt/os/bin/privsep-helper"], helper
+        assert helper[-1].endswith(NOVA_COMPUTE_CONF)
+    assert "nova.service=DEBUG" in nova["DEFAULT"]["default_log_levels"]
     ovs = _ini(root / OVS_AGENT_INI)
     assert ovs["ovs"]["local_ip"] == "10.0.0.2"
     assert ovs["agent"]["tunnel_types"] == "vxlan"
-    assert _ini(root / NEUTRON_CONF)["DEFAULT"]["host"] == "node-1"
+    assert _ini(root / NEUTRON_AGENT_CONF)["DEFAULT"]["host"] == "node-1"
+    qemu = (root / "libvirt" / "qemu.conf").read_text()
+    for line in ('user = "root"', 'security_driver = "none"', 'stdio_handler = "file"'):
+        assert line in qemu
     for path in paths:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
 
@@ -97,6 +125,10 @@ def test_every_role_template_renders(tmp_path, settings):
         for template in used:
             text = render.render_text(template, values)
             assert "${" not in text, template
+            if template.endswith((".conf", ".ini")) and not template.endswith(
+                ("libvirtd.conf", "qemu.conf", "dnsmasq.conf", "rabbitmq.conf")
+            ):
+                configparser.ConfigParser(interpolation=None).read_string(text)
             rendered.add(template)
     root = resources.files("microstackd.node") / "templates"
     shipped = {

@@ -11,7 +11,11 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from microstackd import errors
+
+# Note: what a launch's progress carries (the Launch servicer reads it).
+from microstackd.cloud import Note as Note
 from microstackd.cloud import Progress
+from microstackd.cloud.launch import ACTIVE_TIMEOUT, SSH_TIMEOUT
 from microstackd.cloud.service import Cloud
 from microstackd.control.cluster import Cluster
 from microstackd.enrolment.runner import Runner
@@ -132,11 +136,13 @@ class Members:
         """Nova's view per compute host for ``status`` ({} without a cloud)."""
         return await self._cloud.nova_view()
 
-    async def launch(self, request: Mapping[str, str], progress: Progress) -> dict[str, Any]:
+    async def launch(self, request: Mapping[str, Any], progress: Progress) -> dict[str, Any]:
         """Boot a server on the cloud; its result."""
         self._cluster.require()
         if self._cloud.configured() is None:
             raise errors.CloudError("cannot launch: no cloud configured")
         if not request.get("image"):
             raise errors.InvalidArgument("an image name is needed")
-        return await self._cloud.run("launch", dict(request), progress, timeout=900)
+        # Its waits (ACTIVE, then sshd), and the calls around them.
+        limit = ACTIVE_TIMEOUT + float(request.get("ssh_timeout") or SSH_TIMEOUT) + 300
+        return await self._cloud.run("launch", dict(request), progress, timeout=limit)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -29,7 +31,7 @@ from microstackd.enrolment.events import Signal
 from microstackd.enrolment.machine import DONE
 from microstackd.enrolment.runner import Runner, StepAction, StepContext
 from microstackd.model import AgentStep, Role, ServiceRecord, StepState
-from microstackd.node import render, steps
+from microstackd.node import render, steps, virt
 from microstackd.node.roles import APPLIED_BY_AGENT, DEFINITIONS, RoleDefinition
 from microstackd.node.roles.parts import RENDER_CONFIG, SERVICE_PREFIX, RoleService
 from microstackd.node.services import ServiceManager, ServiceSpec
@@ -40,6 +42,10 @@ log = logging.getLogger(__name__)
 
 #: meta key: the role this node's agent last applied.
 APPLIED_ROLE = "applied_role"
+#: meta key: the applied role's ``resume_settings`` and node values (JSON, no secret).
+APPLIED_VALUES = "applied_values"
+#: meta key: what each service runs with (JSON, for ``status``).
+SERVICE_DETAILS = "service_details"
 STANDIN_READY = "configuration complete"
 #: The step name of the agent's last message (its result), on the wire.
 RESULT_STEP = "role"
@@ -65,9 +71,38 @@ class Agent:
         restore = None if manager.kind == "process" else self._start_again
         self.watch = ServiceWatch(self._states, restore, self.changed.emit)
         self._watcher: asyncio.Task[None] | None = None
+        #: This node's own values (``_local_values``), once a role was applied.
+        self._node_values: dict[str, str] = {}
+        self._detected: virt.VirtChoice | None = None
 
     def _values(self, settings: Mapping[str, str] = {}) -> dict[str, str]:
-        return {**settings, **steps.base_values(self._config)}
+        """Placeholders for the role: the issued settings, this node's own
+        values, and, at start-up (no settings), what the last apply kept."""
+        kept = json.loads(self._store.get_meta(APPLIED_VALUES) or "{}")
+        return {**kept, **settings, **steps.base_values(self._config), **self._node_values}
+
+    async def _local_values(self, settings: Mapping[str, str]) -> dict[str, str]:
+        """What only this node knows: its hypervisor (control.yaml's
+        ``compute.virt_type``, or detected where that says ``auto``)."""
+        values: dict[str, str] = {}
+        if "virt_type" in settings:
+            choice = await virt.choose(settings["virt_type"], self._detected)
+            if settings["virt_type"] in ("", "auto"):
+                self._detected = choice
+            values.update(virt_type=choice.virt_type, virt_detail=choice.describe())
+        return values
+
+    def _keep(self, role: RoleDefinition, values: Mapping[str, str]) -> None:
+        """Keep what the role's commands need at start-up, and the services'
+        details for ``status`` (never a secret: resume_settings are not). A
+        stand-in runs no driver: it has no detail to show."""
+        keys = (*role.resume_settings, *self._node_values)
+        kept = {key: values[key] for key in keys if key in values}
+        services = role.services if self._real else ()
+        details = {s.name: render.expand((s.detail,), values)[0] for s in services if s.detail}
+        self._store.set_meta(
+            {APPLIED_VALUES: json.dumps(kept), SERVICE_DETAILS: json.dumps(details)}
+        )
 
     @property
     def _real(self) -> bool:
@@ -154,8 +189,11 @@ class Agent:
         titles = {RENDER_CONFIG: f"rendering {len(role.files)} files into {root}"}
 
         async def render_config(ctx: StepContext) -> str:
+            self._node_values = await self._local_values(values)
+            values.update(self._node_values)
             paths = await asyncio.to_thread(render.render_role, role, values, root)
             self._store.set_meta({APPLIED_ROLE: role.name})
+            self._keep(role, values)
             return "wrote " + ", ".join(str(p.relative_to(root)) for p in paths)
 
         standins = _StandIns(
@@ -209,7 +247,11 @@ class Agent:
         role = self.applied()
         if role is None:
             return []
-        return [await self.manager.status(self.spec(s)) for s in self._services_of(role)]
+        details = json.loads(self._store.get_meta(SERVICE_DETAILS) or "{}")
+        return [
+            dataclasses.replace(status, detail=details.get(status.name, ""))
+            for status in [await self.manager.status(self.spec(s)) for s in self._services_of(role)]
+        ]
 
     async def stop_role(self) -> list[ServiceRecord]:
         """This node leaves its cluster: stop its services, forget its role."""

@@ -185,9 +185,10 @@ class Store:
     def _node(self, row: tuple[object, ...]) -> NodeRecord:
         name = str(row[0])
         services = tuple(
-            ServiceRecord(str(n), str(s), str(m))
-            for n, s, m in self._db.execute(
-                "SELECT name, state, message FROM services WHERE node = ? ORDER BY name", (name,)
+            ServiceRecord(str(n), str(s), str(m), str(d))
+            for n, s, m, d in self._db.execute(
+                "SELECT name, state, message, detail FROM services WHERE node = ? ORDER BY name",
+                (name,),
             )
         )
         return NodeRecord(
@@ -272,8 +273,8 @@ class Store:
         with self.transaction() as db:
             db.execute("DELETE FROM services WHERE node = ?", (node,))
             db.executemany(
-                "INSERT INTO services (node, name, state, message) VALUES (?, ?, ?, ?)",
-                [(node, s.name, s.state, s.message) for s in services],
+                "INSERT INTO services (node, name, state, message, detail) VALUES (?, ?, ?, ?, ?)",
+                [(node, s.name, s.state, s.message, s.detail) for s in services],
             )
 
     def is_revoked(self, serial: str) -> bool:

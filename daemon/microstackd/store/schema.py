@@ -69,4 +69,8 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE nodes ADD COLUMN events_from INTEGER NOT NULL DEFAULT 0;
     """,
+    # 6: what each service runs with (e.g. nova-compute's virt_type)
+    """
+    ALTER TABLE services ADD COLUMN detail TEXT NOT NULL DEFAULT '';
+    """,
 )

@@ -144,11 +144,14 @@ def cluster_from_pb(cluster: pb.ClusterInfo) -> ClusterRecord:
 
 
 def services_to_pb(services: Iterable[ServiceRecord]) -> list[pb.ServiceStatus]:
-    return [pb.ServiceStatus(name=s.name, state=s.state, message=s.message) for s in services]
+    return [
+        pb.ServiceStatus(name=s.name, state=s.state, message=s.message, detail=s.detail)
+        for s in services
+    ]
 
 
 def services_from_pb(services: Iterable[pb.ServiceStatus]) -> list[ServiceRecord]:
-    return [ServiceRecord(s.name, s.state, s.message) for s in services]
+    return [ServiceRecord(s.name, s.state, s.message, s.detail) for s in services]
 
 
 def agent_step_to_pb(step: AgentStep) -> pb.ApplyRoleResponse:
@@ -215,4 +218,8 @@ def launch_result_to_pb(result: dict[str, Any]) -> pb.LaunchResult:
             for net, addrs in sorted(addresses.items())
         ],
         floating_ip=str(result.get("floating_ip", "")),
+        ssh_ready=bool(result.get("ssh_ready")),
+        ssh_banner=str(result.get("ssh_banner", "")),
+        active_after_seconds=float(result.get("active_after_seconds") or 0.0),
+        ssh_after_seconds=float(result.get("ssh_after_seconds") or 0.0),
     )

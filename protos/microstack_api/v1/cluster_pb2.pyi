@@ -85,14 +85,16 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServiceStatus(_message.Message):
-    __slots__ = ("name", "state", "message")
+    __slots__ = ("name", "state", "message", "detail")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: str
     message: str
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    detail: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Node(_message.Message):
     __slots__ = ("name", "role", "address", "state", "message", "cert_serial", "cert_expires", "joined", "services", "last_seen", "nova")
@@ -205,7 +207,7 @@ class RemoveNodeResponse(_message.Message):
     def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class LaunchRequest(_message.Message):
-    __slots__ = ("image", "name", "flavor", "availability_zone", "network", "key_name", "public_key")
+    __slots__ = ("image", "name", "flavor", "availability_zone", "network", "key_name", "public_key", "no_wait", "ssh_timeout_seconds")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     FLAVOR_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +215,8 @@ class LaunchRequest(_message.Message):
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     KEY_NAME_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    NO_WAIT_FIELD_NUMBER: _ClassVar[int]
+    SSH_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     image: str
     name: str
     flavor: str
@@ -220,7 +224,9 @@ class LaunchRequest(_message.Message):
     network: str
     key_name: str
     public_key: str
-    def __init__(self, image: _Optional[str] = ..., name: _Optional[str] = ..., flavor: _Optional[str] = ..., availability_zone: _Optional[str] = ..., network: _Optional[str] = ..., key_name: _Optional[str] = ..., public_key: _Optional[str] = ...) -> None: ...
+    no_wait: bool
+    ssh_timeout_seconds: int
+    def __init__(self, image: _Optional[str] = ..., name: _Optional[str] = ..., flavor: _Optional[str] = ..., availability_zone: _Optional[str] = ..., network: _Optional[str] = ..., key_name: _Optional[str] = ..., public_key: _Optional[str] = ..., no_wait: _Optional[bool] = ..., ssh_timeout_seconds: _Optional[int] = ...) -> None: ...
 
 class ServerAddresses(_message.Message):
     __slots__ = ("network", "addresses")
@@ -231,20 +237,28 @@ class ServerAddresses(_message.Message):
     def __init__(self, network: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LaunchResult(_message.Message):
-    __slots__ = ("name", "id", "host", "status", "addresses", "floating_ip")
+    __slots__ = ("name", "id", "host", "status", "addresses", "floating_ip", "ssh_ready", "ssh_banner", "active_after_seconds", "ssh_after_seconds")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     FLOATING_IP_FIELD_NUMBER: _ClassVar[int]
+    SSH_READY_FIELD_NUMBER: _ClassVar[int]
+    SSH_BANNER_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SSH_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     id: str
     host: str
     status: str
     addresses: _containers.RepeatedCompositeFieldContainer[ServerAddresses]
     floating_ip: str
-    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., host: _Optional[str] = ..., status: _Optional[str] = ..., addresses: _Optional[_Iterable[_Union[ServerAddresses, _Mapping]]] = ..., floating_ip: _Optional[str] = ...) -> None: ...
+    ssh_ready: bool
+    ssh_banner: str
+    active_after_seconds: float
+    ssh_after_seconds: float
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., host: _Optional[str] = ..., status: _Optional[str] = ..., addresses: _Optional[_Iterable[_Union[ServerAddresses, _Mapping]]] = ..., floating_ip: _Optional[str] = ..., ssh_ready: _Optional[bool] = ..., ssh_banner: _Optional[str] = ..., active_after_seconds: _Optional[float] = ..., ssh_after_seconds: _Optional[float] = ...) -> None: ...
 
 class LaunchResponse(_message.Message):
     __slots__ = ("event", "result")

@@ -11,7 +11,7 @@ from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
 from microstackd import errors
 from microstackd.api.servicers import Context
 from microstackd.control.cluster import Cluster
-from microstackd.control.members import Members
+from microstackd.control.members import Members, Note
 from microstackd.control.tokens import Tokens
 from microstackd.enrolment.events import EventBus
 from microstackd.member.join import Member
@@ -142,14 +142,14 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     ) -> AsyncIterator[pb.LaunchResponse]:
         queue: asyncio.Queue[pb.LaunchResponse | None] = asyncio.Queue()
 
-        def event(message: str, state: Any, final: bool = False) -> pb.Event:
-            return pb.Event(
-                node=self._node, step="launch", state=state, message=message, final=final
-            )
+        def event(message: str, state: Any, step: str = "launch") -> pb.Event:
+            return pb.Event(node=self._node, step=step, state=state, message=message)
 
-        async def progress(message: str, waiting: bool) -> None:
-            state = pb.STEP_STATE_WAITING if waiting else pb.STEP_STATE_RUNNING
-            await queue.put(pb.LaunchResponse(event=event(message, state)))
+        async def progress(note: Note) -> None:
+            state = convert.STATE_TO_PB[note.state]
+            await queue.put(
+                pb.LaunchResponse(event=event(note.message, state, note.phase or "launch"))
+            )
 
         fields = {
             "image": request.image,
@@ -159,6 +159,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             "network": request.network,
             "key_name": request.key_name,
             "public_key": request.public_key,
+            "wait_ssh": not request.no_wait,
+            "ssh_timeout": request.ssh_timeout_seconds,
         }
 
         async def run() -> dict[str, Any]:
@@ -175,6 +177,6 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         finally:
             if not task.done():
                 task.cancel()
-        done = event(f"server {result.get('name')} is {result.get('status')}", pb.STEP_STATE_DONE)
+        done = event(str(result.get("message", "")), pb.STEP_STATE_DONE)
         done.final = True
         yield pb.LaunchResponse(event=done, result=convert.launch_result_to_pb(result))

@@ -1,26 +1,55 @@
-"""The compute role: Open vSwitch, its Neutron agent and nova-compute."""
+"""The compute role: Open vSwitch and its Neutron agent (``network.py``), a
+libvirtd of the node's own, and nova-compute running real instances."""
 
 from __future__ import annotations
 
+from microstackd.node.roles.network import (
+    NEUTRON_AGENT_CONF,
+    OVS_AGENT,
+    OVS_AGENT_INI,
+    ovs_db_steps,
+    ovs_services,
+)
+from microstackd.node.roles.network import ORDER as NETWORK_ORDER
 from microstackd.node.roles.parts import (
     SERVICE_PATH,
     ConfigFile,
     RoleDefinition,
     RoleService,
-    SetupStep,
+    cleanup,
+    literal,
     service_step,
 )
-from microstackd.node.roles.parts import env as _env
-
-#: Where Debian's packages put what the roles run besides OpenStack itself.
-OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 
 NOVA_COMPUTE_CONF = "nova/nova.conf.d/microstackd-compute.conf"
-NEUTRON_CONF = "neutron/neutron.conf.d/microstackd-compute.conf"
-OVS_AGENT_INI = "neutron/plugins/ml2/openvswitch_agent.ini"
-OVS_DB = "${state_path}/ovs/conf.db"
-OVS_SOCK = "${run_dir}/ovs/db.sock"
-OVS_ENV = _env(OVS_RUNDIR="${run_dir}/ovs", OVS_DBDIR="${state_path}/ovs", OVS_LOGDIR="${log_dir}")
+LIBVIRT_URI = "${libvirt_uri}"
+#: libvirtd for this node alone, on a machine that may run several nodes: in
+#: a mount and UTS namespace of its own, the node's directories over
+#: libvirt's, a passwd/group with the user the QEMU driver looks up before
+#: it reads qemu.conf (libvirt-qemu: only libvirt-daemon-system makes it),
+#: and the node's name as hostname (libvirt's hostname is Nova's
+#: hypervisor_hostname and the Placement provider's name).
+#: $1 node name, $2 a directory for passwd/group, then SRC:DST pairs, --, argv.
+LIBVIRTD_IN_NODE_NAMESPACES = r"""
+node=$1 users=$2; shift 2
+while [ "$1" != -- ]; do
+    mkdir -p "${1%%:*}" "${1#*:}"; mount --bind "${1%%:*}" "${1#*:}"; shift
+done
+shift
+mkdir -p "$users"
+qemu_user='libvirt-qemu:x:64055:64055:Libvirt Qemu:/var/lib/libvirt:/usr/sbin/nologin'
+if ! grep -q '^libvirt-qemu:' /etc/passwd; then
+    { cat /etc/passwd; echo "$qemu_user"; } > "$users/passwd"
+    mount --bind "$users/passwd" /etc/passwd
+fi
+if ! grep -q '^libvirt-qemu:' /etc/group; then
+    { cat /etc/group; grep -q '^kvm:' /etc/group || echo 'kvm:x:64054:'
+      echo 'libvirt-qemu:x:64055:'; } > "$users/group"
+    mount --bind "$users/group" /etc/group
+fi
+hostname "$node"
+exec "$@"
+"""
 
 COMPUTE = RoleDefinition(
     name="compute",
@@ -46,60 +75,51 @@ COMPUTE = RoleDefinition(
     ),
     files=(
         ConfigFile("compute/nova-compute.conf", NOVA_COMPUTE_CONF),
-        ConfigFile("compute/neutron.conf", NEUTRON_CONF),
+        ConfigFile("compute/neutron.conf", NEUTRON_AGENT_CONF),
         ConfigFile("compute/openvswitch_agent.ini", OVS_AGENT_INI),
+        ConfigFile("compute/libvirtd.conf", "libvirt/libvirtd.conf"),
+        ConfigFile("compute/qemu.conf", "libvirt/qemu.conf"),
     ),
     services=(
+        *ovs_services("${my_ip}"),
+        OVS_AGENT,
         RoleService(
-            name="ovsdb-server",
+            name="libvirtd",
             command=(
-                "/usr/sbin/ovsdb-server",
-                OVS_DB,
-                "--remote=punix:" + OVS_SOCK,
-                "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
-                "--pidfile=${run_dir}/ovs/ovsdb-server.pid",
+                "/usr/bin/unshare",
+                "--mount",
+                "--uts",
+                "--propagation",
+                "private",
+                "--",
+                "/bin/sh",
+                "-ec",
+                literal(LIBVIRTD_IN_NODE_NAMESPACES),
+                "libvirtd-ns",
+                "${node_name}",
+                "${state_path}/libvirt/users",
+                "${config_root}/libvirt:/etc/libvirt",
+                "${run_dir}/libvirt:/run/libvirt",
+                "${state_path}/libvirt/lib:/var/lib/libvirt",
+                "${log_dir}/libvirt:/var/log/libvirt",
+                "${state_path}/libvirt/cache:/var/cache/libvirt",
+                "--",
+                "/usr/sbin/libvirtd",
+                "--pid-file",
+                "/run/libvirt/libvirtd.pid",
             ),
-            env=OVS_ENV,
-            dirs=("${run_dir}/ovs",),
-            ready_check="unix://" + OVS_SOCK,
-            ready_after=0.1,
-            start_timeout=30.0,
+            # Under systemd and snapd: the host's libvirt (qemu:///system).
+            unit="libvirtd.service",
+            snap_service="microstack.libvirtd",
+            ready_check="unix://${run_dir}/libvirt/libvirt-sock",
+            ready_after=0.2,
+            start_timeout=60.0,
             real_only=True,
-        ),
-        RoleService(
-            name="ovs-vswitchd",
-            command=(
-                "/usr/sbin/ovs-vswitchd",
-                "unix:" + OVS_SOCK,
-                "--pidfile=${run_dir}/ovs/ovs-vswitchd.pid",
+            # Nova's domains first: QEMU leaves libvirtd's process group.
+            pre_stop=(cleanup("destroy-domains", "--uri", LIBVIRT_URI),),
+            post_stop=(
+                cleanup("kill-pidfiles", "--name", "qemu-system", "${run_dir}/libvirt/qemu/*.pid"),
             ),
-            env=OVS_ENV,
-            ready_after=0.3,
-            start_timeout=30.0,
-            real_only=True,
-        ),
-        RoleService(
-            name="neutron-openvswitch-agent",
-            command=(
-                "${openstack_prefix}/bin/neutron-openvswitch-agent",
-                "--config-file",
-                "${config_root}/" + NEUTRON_CONF,
-                "--config-file",
-                "${config_root}/" + OVS_AGENT_INI,
-            ),
-            requires=(
-                f"{NEUTRON_CONF}:DEFAULT.transport_url",
-                f"{NEUTRON_CONF}:DEFAULT.host",
-                f"{OVS_AGENT_INI}:ovs.local_ip",
-                f"{OVS_AGENT_INI}:agent.tunnel_types",
-            ),
-            snap_service="microstack.neutron-openvswitch-agent",
-            env=(("PATH", SERVICE_PATH), *OVS_ENV),
-            dirs=("${state_path}/neutron/lock",),
-            # The first RPC loop done: it reported to the control and wired br-int/br-tun.
-            ready_pattern=r"rpc_loop - iteration:0 completed",
-            ready_after=1.0,
-            start_timeout=180.0,
         ),
         RoleService(
             name="nova-compute",
@@ -119,48 +139,20 @@ COMPUTE = RoleDefinition(
             ),
             snap_service="microstack.nova-compute",
             env=(("PATH", SERVICE_PATH),),
-            dirs=("${state_path}/nova/lock",),
-            ready_after=3.0,
+            dirs=("${state_path}/nova/lock", "${state_path}/nova/instances"),
+            # Logged once its driver is up and its RPC server listens (nova.service
+            # logs at DEBUG: nova-compute.conf raises that one logger).
+            ready_pattern=r"Join ServiceGroup membership for this service compute",
+            ready_after=0.5,
+            start_timeout=300.0,
+            detail="${compute_driver}, ${virt_detail}",
         ),
     ),
-    setup=(
-        SetupStep(
-            name="ovs-db",
-            title="creating this node's Open vSwitch database",
-            commands=(("/usr/bin/ovsdb-tool", "create", OVS_DB, OVS_SCHEMA),),
-            creates=OVS_DB,
-            dirs=("${state_path}/ovs", "${run_dir}/ovs"),
-            timeout=30.0,
-        ),
-        SetupStep(
-            name="ovs-bridges",
-            title="creating the Open vSwitch bridges (br-ex, userspace datapath)",
-            commands=(
-                (
-                    "/usr/bin/ovs-vsctl",
-                    "--db=unix:" + OVS_SOCK,
-                    "--timeout=60",
-                    "--",
-                    "--may-exist",
-                    "add-br",
-                    "br-ex",
-                    "--",
-                    "set",
-                    "bridge",
-                    "br-ex",
-                    "datapath_type=netdev",
-                ),
-            ),
-            env=OVS_ENV,
-            timeout=90.0,
-        ),
-    ),
+    setup=ovs_db_steps(),
     order=(
-        "ovs-db",
-        service_step("ovsdb-server"),
-        service_step("ovs-vswitchd"),
-        "ovs-bridges",
-        service_step("neutron-openvswitch-agent"),
+        *NETWORK_ORDER,
+        service_step("libvirtd"),
         service_step("nova-compute"),
     ),
+    resume_settings=("my_ip",),
 )
