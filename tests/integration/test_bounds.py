@@ -54,8 +54,18 @@ BIG = "x" * (3_900_000)
         [pb.ServiceStatus(name="n" * 5000, state="running")],
         [pb.ServiceStatus(name="nova-compute", state="r" * 5000)],
         [pb.ServiceStatus(name=f"s{i}", state="failed", message="m" * 8000) for i in range(40)],
+        [pb.ServiceStatus(name="nova-compute", state="running", detail=BIG)],
+        [pb.ServiceStatus(name=f"s{i}", state="running", detail="d" * 8000) for i in range(40)],
     ],
-    ids=["one-huge-message", "too-many-services", "long-name", "unknown-state", "too-much-text"],
+    ids=[
+        "one-huge-message",
+        "too-many-services",
+        "long-name",
+        "unknown-state",
+        "too-much-text",
+        "one-huge-detail",
+        "too-much-detail",
+    ],
 )
 def test_an_oversized_heartbeat_is_refused_and_status_keeps_working(
     control: Node,
@@ -72,4 +82,6 @@ def test_an_oversized_heartbeat_is_refused_and_status_keeps_working(
     ok = [pb.ServiceStatus(name="nova-compute", state="failed", message="m" * 6000)]
     assert _beat(control, member, ok) is grpc.StatusCode.OK
     shown = control.status()["nodes"][1]["services"]
-    assert shown == [{"name": "nova-compute", "state": "failed", "message": "m" * 6000}]
+    assert shown == [
+        {"name": "nova-compute", "state": "failed", "message": "m" * 6000, "detail": ""}
+    ]

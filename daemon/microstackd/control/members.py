@@ -56,7 +56,9 @@ def check_services(services: list[ServiceRecord], node: str) -> list[ServiceReco
             refuse(f"service {service.name} in state {service.state[:40]!r}")
         if len(service.message) > MAX_SERVICE_MESSAGE:
             refuse(f"a message of {len(service.message)} characters for {service.name}")
-        text += len(service.message)
+        if len(service.detail) > MAX_SERVICE_MESSAGE:
+            refuse(f"a detail of {len(service.detail)} characters for {service.name}")
+        text += len(service.message) + len(service.detail)
     if text > MAX_SERVICES_TEXT:
         refuse(f"{text} characters of service messages (at most {MAX_SERVICES_TEXT})")
     return services
