@@ -205,6 +205,7 @@ def status_dict(status: pb.StatusResponse) -> dict[str, Any]:
             "name": status.local_node,
             "role": ROLE_NAMES.get(status.local_role, ""),
             "bootstrap_fingerprint": status.bootstrap_fingerprint,
+            "bootstrap_expires": iso(status.bootstrap_expires),
         },
         "nodes": [node_dict(n) for n in status.nodes],
     }
@@ -410,6 +411,7 @@ _STATE_STYLE = {
     "pending": "yellow",
     "removed": "dim",
     "unreachable": "bold yellow",
+    "warning": "bold yellow",
 }
 
 
@@ -447,7 +449,11 @@ class _StatusView:
             ),
             ("CA", f"expires {expires}, fingerprint {c.ca_fingerprint[:16]}…"),
             # In full: a joiner told it may be intercepted compares it with what it was shown.
-            ("bootstrap", f"certificate {status.bootstrap_fingerprint} ({status.local_node})"),
+            (
+                "bootstrap",
+                f"certificate {status.bootstrap_fingerprint} ({status.local_node}, expires "
+                f"{(iso(status.bootstrap_expires) or '-')[:10]})",
+            ),
         ]
         self.nova = any(n.HasField("nova") for n in status.nodes)
         columns = ["NAME", "ROLE", "ADDRESS", "STATE", "SERVICES", "LAST SEEN", "CERT EXPIRES"]
@@ -477,7 +483,7 @@ class _StatusView:
                     _STATE_STYLE.get(n.state, ""),
                 )
             )
-            if n.state == "failed" and n.message:
+            if n.state in ("failed", "warning") and n.message:
                 self.notes.append((n.name, _first_line(n.message)))
             for s in n.services:
                 if s.state in ("failed", "stopped") and s.message:

@@ -86,6 +86,7 @@ TABLE: Mapping[Channel, Mapping[str, Mapping[str, Access]]] = {
             "Enrol": Access.MEMBER,
             "GetClusterStatus": Access.MEMBER,
             "Heartbeat": Access.MEMBER,
+            "RenewCertificate": Access.MEMBER,
         },
         _API + "AgentService": {
             "ApplyRole": Access.CONTROL,

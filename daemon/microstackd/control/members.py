@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 from microstackd import errors
 from microstackd.cloud import Progress
 from microstackd.cloud.service import Cloud
+from microstackd.control.certs import expiry_warning
 from microstackd.control.cluster import Cluster
 from microstackd.enrolment.runner import Runner
 from microstackd.model import (
@@ -119,13 +120,22 @@ class Members:
         """The cluster and its nodes; an active member not heard from within
         ``unreachable_after`` is shown ``unreachable``."""
         cluster = self._cluster.require()
-        stale = time.time() - self._cluster.config.unreachable_after
+        at = time.time()
+        stale = at - self._cluster.config.unreachable_after
         nodes = [
             dataclasses.replace(n, state=NodeState.UNREACHABLE)
             if n.role is Role.COMPUTE and n.state is NodeState.ACTIVE and n.last_seen < stale
             else n
             for n in self._store.nodes()
         ]
+        renew_before = self._cluster.config.renew_before
+        for i, n in enumerate(nodes):
+            warning = expiry_warning(n, at, renew_before)
+            if warning:
+                unreachable = " (and it is unreachable)" if n.state is NodeState.UNREACHABLE else ""
+                nodes[i] = dataclasses.replace(
+                    n, state=NodeState.WARNING, message=warning + unreachable
+                )
         return cluster, nodes
 
     async def nova_view(self) -> dict[str, dict[str, Any]]:

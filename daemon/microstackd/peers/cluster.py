@@ -81,6 +81,16 @@ class ControlClient:
             raise self._error(exc) from exc
         return int(response.interval_seconds)
 
+    async def renew_certificate(self, csr_pem: bytes, timeout: float = 30.0) -> tuple[bytes, bytes]:
+        """A new certificate for the key ``csr_pem`` proves, and the trust bundle."""
+        try:
+            response = await self._stub.RenewCertificate(
+                pb.RenewCertificateRequest(csr_pem=csr_pem), timeout=timeout
+            )
+        except aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+        return bytes(response.certificate_pem), bytes(response.ca_certificates_pem)
+
     async def status(self, timeout: float = 10.0) -> tuple[ClusterRecord, list[NodeRecord]]:
         try:
             response = await self._stub.GetClusterStatus(

@@ -69,4 +69,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE nodes ADD COLUMN events_from INTEGER NOT NULL DEFAULT 0;
     """,
+    # 6: a renewed certificate not yet used: it becomes the node's (and the
+    # old serial revoked) at the node's first call with it
+    """
+    ALTER TABLE nodes ADD COLUMN pending_serial TEXT NOT NULL DEFAULT '';
+    ALTER TABLE nodes ADD COLUMN pending_not_after REAL NOT NULL DEFAULT 0;
+    """,
 )

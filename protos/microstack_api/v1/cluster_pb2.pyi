@@ -149,18 +149,20 @@ class ClusterInfo(_message.Message):
     def __init__(self, id: _Optional[str] = ..., control_name: _Optional[str] = ..., control_address: _Optional[str] = ..., bootstrap_port: _Optional[int] = ..., cluster_port: _Optional[int] = ..., ca_fingerprint: _Optional[str] = ..., ca_expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("cluster", "nodes", "local_node", "local_role", "bootstrap_fingerprint")
+    __slots__ = ("cluster", "nodes", "local_node", "local_role", "bootstrap_fingerprint", "bootstrap_expires")
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     LOCAL_NODE_FIELD_NUMBER: _ClassVar[int]
     LOCAL_ROLE_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAP_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_EXPIRES_FIELD_NUMBER: _ClassVar[int]
     cluster: ClusterInfo
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     local_node: str
     local_role: Role
     bootstrap_fingerprint: str
-    def __init__(self, cluster: _Optional[_Union[ClusterInfo, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., local_node: _Optional[str] = ..., local_role: _Optional[_Union[Role, str]] = ..., bootstrap_fingerprint: _Optional[str] = ...) -> None: ...
+    bootstrap_expires: _timestamp_pb2.Timestamp
+    def __init__(self, cluster: _Optional[_Union[ClusterInfo, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., local_node: _Optional[str] = ..., local_role: _Optional[_Union[Role, str]] = ..., bootstrap_fingerprint: _Optional[str] = ..., bootstrap_expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class InitResponse(_message.Message):
     __slots__ = ("event",)
@@ -423,6 +425,20 @@ class HeartbeatResponse(_message.Message):
     INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     interval_seconds: int
     def __init__(self, interval_seconds: _Optional[int] = ...) -> None: ...
+
+class RenewCertificateRequest(_message.Message):
+    __slots__ = ("csr_pem",)
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    csr_pem: bytes
+    def __init__(self, csr_pem: _Optional[bytes] = ...) -> None: ...
+
+class RenewCertificateResponse(_message.Message):
+    __slots__ = ("certificate_pem", "ca_certificates_pem")
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_CERTIFICATES_PEM_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: bytes
+    ca_certificates_pem: bytes
+    def __init__(self, certificate_pem: _Optional[bytes] = ..., ca_certificates_pem: _Optional[bytes] = ...) -> None: ...
 
 class ApplyRoleRequest(_message.Message):
     __slots__ = ("role", "settings")

@@ -557,6 +557,11 @@ class ClusterServiceStub:
                 request_serializer=microstack__api_dot_v1_dot_cluster__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.RenewCertificate = channel.unary_unary(
+                '/microstack.cluster.v1.ClusterService/RenewCertificate',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.RenewCertificateRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RenewCertificateResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServiceServicer:
@@ -584,6 +589,14 @@ class ClusterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewCertificate(self, request, context):
+        """Sign a new certificate for the caller (same identity, new key) before
+        its current one expires.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -601,6 +614,11 @@ def add_ClusterServiceServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.HeartbeatRequest.FromString,
                     response_serializer=microstack__api_dot_v1_dot_cluster__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'RenewCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewCertificate,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RenewCertificateRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.RenewCertificateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -685,6 +703,33 @@ class ClusterService:
             '/microstack.cluster.v1.ClusterService/Heartbeat',
             microstack__api_dot_v1_dot_cluster__pb2.HeartbeatRequest.SerializeToString,
             microstack__api_dot_v1_dot_cluster__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/microstack.cluster.v1.ClusterService/RenewCertificate',
+            microstack__api_dot_v1_dot_cluster__pb2.RenewCertificateRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.RenewCertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,7 +15,7 @@ from microstackd.control.members import Members
 from microstackd.control.tokens import Tokens
 from microstackd.enrolment.events import EventBus
 from microstackd.member.join import Member
-from microstackd.model import EventRecord, Role
+from microstackd.model import BootstrapCertificate, EventRecord, Role
 from microstackd.store import Store
 from microstackd.trust import names
 from microstackd.wire import convert
@@ -31,10 +31,10 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         members: Members,
         tokens: Tokens,
         member: Member,
-        bootstrap_fingerprint: str,
+        bootstrap: BootstrapCertificate,
     ) -> None:
         self._node = node_name
-        self._fingerprint = bootstrap_fingerprint
+        self._bootstrap = bootstrap
         self._store = store
         self._bus = bus
         self._cluster = cluster
@@ -119,7 +119,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         response = pb.StatusResponse(
             local_node=self._node,
             local_role=convert.ROLE_TO_PB[cluster.role if cluster else Role.NONE],
-            bootstrap_fingerprint=self._fingerprint,
+            bootstrap_fingerprint=self._bootstrap.fingerprint,
+            bootstrap_expires=convert.timestamp(self._bootstrap.not_after),
         )
         if cluster is None:
             return response
