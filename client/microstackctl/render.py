@@ -198,6 +198,10 @@ def status_dict(status: pb.StatusResponse) -> dict[str, Any]:
             "cluster_port": c.cluster_port,
             "ca_fingerprint": c.ca_fingerprint,
             "ca_expires": iso(c.ca_expires),
+            "cas": [
+                {"fingerprint": a.fingerprint, "expires": iso(a.expires), "state": a.state}
+                for a in c.cas
+            ],
         }
     return {
         "cluster": cluster,
@@ -447,7 +451,17 @@ class _StatusView:
                 f"{c.control_name} at {c.control_address} "
                 f"(bootstrap port {c.bootstrap_port}, cluster port {c.cluster_port})",
             ),
-            ("CA", f"expires {expires}, fingerprint {c.ca_fingerprint[:16]}…"),
+            *(
+                [("CA", f"expires {expires}, fingerprint {c.ca_fingerprint[:16]}…")]
+                if len(c.cas) < 2
+                else [
+                    (
+                        "CA",
+                        f"{a.state} {a.fingerprint[:16]}…, expires {(iso(a.expires) or '-')[:10]}",
+                    )
+                    for a in c.cas
+                ]
+            ),
             # In full: a joiner told it may be intercepted compares it with what it was shown.
             (
                 "bootstrap",

@@ -51,6 +51,7 @@ from microstackd.control.cluster import Cluster
 from microstackd.control.enrol import Enrolments
 from microstackd.control.members import Members
 from microstackd.control.plane import ControlPlane
+from microstackd.control.rotation import Rotation
 from microstackd.control.tokens import Tokens
 from microstackd.enrolment.events import EventBus, Signal
 from microstackd.enrolment.runner import Runner
@@ -120,6 +121,7 @@ class Daemon:
         self.tokens = Tokens(self.cluster, bootstrap_cert)
         self.bootstrap = Bootstrap(self.cluster, bootstrap_cert)
         self.certificates = Certificates(self.cluster)
+        self.rotation = Rotation(self.cluster, self.certificates, self.renewed)
         self.agent = Agent(config, store, self.services, self.runner, self.services_changed)
         self.heartbeats = Heartbeats(store, self.agent.services)
         self.services_changed.subscribe(self.heartbeats.beat_now)
@@ -225,7 +227,7 @@ class Daemon:
         self._local = server = aio.server(options=SERVER_OPTIONS)
         admin = AdminServicer(
             self.config.node_name, self.store, self.bus, self.cluster, self.members,
-            self.tokens, self.member, self.bootstrap_cert,
+            self.tokens, self.member, self.bootstrap_cert, self.rotation,
         )  # fmt: skip
         reflector = reflection.aio.ReflectionServicer(REFLECTED_SERVICES)
         access.register(
@@ -305,11 +307,13 @@ class Daemon:
             {
                 _API + "ClusterService": (
                     pb_grpc.add_ClusterServiceServicer_to_server,
-                    ClusterServicer(self.enrolments, self.members, self.bus, self.certificates),
+                    ClusterServicer(
+                        self.enrolments, self.members, self.bus, self.certificates, self.rotation
+                    ),
                 ),
                 _API + "AgentService": (
                     pb_grpc.add_AgentServiceServicer_to_server,
-                    AgentServicer(self.agent, self.member),
+                    AgentServicer(self.agent, self.member, self.renewal),
                 ),
                 HEALTH: self._health(),
             },
@@ -392,6 +396,7 @@ class Daemon:
             await self._closing
         await self.heartbeats.stop()
         await self.renewal.stop()
+        await self.rotation.close()
         await self.agent.close()
         await self.plane.close()
         await self.services.close()

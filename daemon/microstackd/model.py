@@ -168,6 +168,16 @@ class BootstrapCertificate:
 
 
 @dataclass(frozen=True)
+class TrustedCA:
+    """A CA the cluster trusts (two during a CA rotation)."""
+
+    fingerprint: str
+    not_after: float
+    #: "signing" or "retiring".
+    state: str
+
+
+@dataclass(frozen=True)
 class ClusterRecord:
     """What every member knows about its cluster."""
 
@@ -179,6 +189,8 @@ class ClusterRecord:
     cluster_port: int
     ca_fingerprint: str
     ca_not_after: float
+    #: Every CA trusted, for ``status`` (not stored: read from the trust bundle).
+    cas: tuple[TrustedCA, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -405,3 +405,24 @@ def test_the_bootstrap_certificate_renews_and_waits_for_valid_tokens(tmp_path: P
     bootstrap_key = store.read_file(BOOTSTRAP_KEY)
     assert bootstrap_key is not None
     x509.check_pair(bootstrap_key, fresh)
+
+
+def test_a_node_trusts_only_ca_bundles_of_its_own_cluster(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    renewal, store, raised = _renewal(world, tmp_path)
+    cluster = world.store.cluster()
+    assert cluster is not None
+    store.set_cluster(cluster)
+    store.write_secrets({CA_CERT: world.ca.cert_pem()})
+    stranger = x509.create_ca("fedcba9876543210", datetime.now(UTC))
+    new = x509.create_ca(CLUSTER_ID, datetime.now(UTC))
+
+    async def main() -> None:
+        with pytest.raises(errors.PermissionDenied, match="not one of cluster"):
+            await renewal.trust(new.cert_pem() + stranger.cert_pem(), renew=False)
+        with pytest.raises(errors.InvalidArgument, match="unusable"):
+            await renewal.trust(b"garbage", renew=False)
+        assert store.read_file(CA_CERT) == world.ca.cert_pem()  # nothing changed
+        assert raised == []
+
+    asyncio.run(main())

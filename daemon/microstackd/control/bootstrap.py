@@ -25,6 +25,7 @@ from microstackd.control.cluster import Cluster, now
 from microstackd.control.ratelimit import FailureLimiter, OpenLimit, Quiet, source_key
 from microstackd.model import BootstrapCertificate, BootstrapResult, NodeRecord, NodeState, Role
 from microstackd.store import Store
+from microstackd.store.files import CA_CERT
 from microstackd.trust import exchange, names, x509
 from microstackd.trust.exchange import Challenge, Hello
 
@@ -228,7 +229,8 @@ class Bootstrap:
             identity.serial,
         )
         cert_pem = x509.cert_to_pem(cert)
-        ca_pem = x509.cert_to_pem(ca.cert)
+        # The trust bundle: the signing CA first, and during a CA rotation the old one too.
+        ca_pem = self._store.read_file(CA_CERT) or x509.cert_to_pem(ca.cert)
         return BootstrapResult(
             certificate_pem=cert_pem,
             ca_certificate_pem=ca_pem,

@@ -22,8 +22,8 @@ from datetime import timedelta
 
 from microstackd import errors
 from microstackd.control.cluster import Cluster, now
-from microstackd.model import NodeRecord, NodeState
-from microstackd.store.files import CA_CERT
+from microstackd.model import NodeRecord, NodeState, TrustedCA
+from microstackd.store.files import CA_CERT, CA_RETIRING_CERT, CA_RETIRING_KEY
 from microstackd.trust import x509
 from microstackd.trust.x509 import Identity
 
@@ -47,8 +47,25 @@ class Certificates:
             raise errors.StorageError(f"{self._store.state_dir / CA_CERT} is missing")
         return bundle
 
-    def _sign(self, node: NodeRecord, csr_pem: bytes) -> tuple[bytes, x509.Identity]:
-        ca, _verifier, _params = self._cluster.secrets()
+    def retiring_ca(self) -> x509.CertificateAuthority | None:
+        """The old CA during a CA rotation (None otherwise)."""
+        key = self._store.read_file(CA_RETIRING_KEY)
+        cert = self._store.read_file(CA_RETIRING_CERT)
+        if key is None or cert is None:
+            return None
+        try:
+            return x509.CertificateAuthority.from_pem(key, cert)
+        except ValueError as exc:
+            raise errors.StorageError(
+                f"{self._store.state_dir / CA_RETIRING_KEY} or {CA_RETIRING_CERT} is not a "
+                f"usable CA: {exc}"
+            ) from exc
+
+    def _sign(
+        self, node: NodeRecord, csr_pem: bytes, ca: x509.CertificateAuthority | None = None
+    ) -> tuple[bytes, x509.Identity]:
+        if ca is None:
+            ca, _verifier, _params = self._cluster.secrets()
         cert = x509.sign_csr(
             ca,
             csr_pem,
@@ -88,12 +105,13 @@ class Certificates:
         """The control's own new certificate (cluster port, and its calls to
         agents), for the key its CSR proves. It is the control's at once:
         the control presents it from its next handshake on, and its old
-        serial is revoked."""
+        serial is revoked. During a CA rotation the old CA signs it, so that
+        a member that has not moved yet still trusts the control."""
         self._cluster.require()
         me = self._store.node(self._config.node_name)
         if me is None:
             raise errors.NotControl("this control has no record of itself")
-        cert_pem, issued = self._sign(me, csr_pem)
+        cert_pem, issued = self._sign(me, csr_pem, self.retiring_ca())
         serial = format(issued.serial, "x")
         self._store.replace_certificate(me.name, serial, issued.not_after.timestamp(), time.time())
         return cert_pem, self.trust_bundle()
@@ -121,4 +139,20 @@ def expiry_warning(node: NodeRecord, at: float, renew_before: float) -> str:
     return (
         f"its certificate expires at {when} and was not renewed (is the node up and "
         "reaching the control? its log says why a renewal failed)"
+    )
+
+
+def trusted_cas(bundle: bytes) -> tuple[TrustedCA, ...]:
+    """The CAs of a trust bundle for ``status``: the first signs, any other retires."""
+    try:
+        cas = x509.load_bundle(bundle)
+    except ValueError:
+        return ()
+    return tuple(
+        TrustedCA(
+            x509.fingerprint(ca),
+            ca.not_valid_after_utc.timestamp(),
+            "signing" if i == 0 else "retiring",
+        )
+        for i, ca in enumerate(cas)
     )

@@ -253,6 +253,10 @@ class Cluster:
                 ) from None
         return self._ca, *self._verifier
 
+    def reload_secrets(self) -> None:
+        """The CA files changed (a CA rotation): read them again at next use."""
+        self._ca = None
+
     def _load_secrets(self) -> tuple[x509.CertificateAuthority, tuple[bytes, kdf.KdfParams]]:
         read = {name: self.store.read_file(name) for name in (CA_KEY, CA_CERT, VERIFIER)}
         missing = [name for name, data in read.items() if data is None]

@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 from microstackd import errors
 from microstackd.cloud import Progress
 from microstackd.cloud.service import Cloud
-from microstackd.control.certs import expiry_warning
+from microstackd.control.certs import expiry_warning, trusted_cas
 from microstackd.control.cluster import Cluster
 from microstackd.enrolment.runner import Runner
 from microstackd.model import (
@@ -29,6 +29,7 @@ from microstackd.model import (
     ServiceRecord,
 )
 from microstackd.peers.cluster import AgentClient
+from microstackd.store.files import CA_CERT
 from microstackd.trust import names
 from microstackd.trust.x509 import Identity
 
@@ -136,6 +137,9 @@ class Members:
                 nodes[i] = dataclasses.replace(
                     n, state=NodeState.WARNING, message=warning + unreachable
                 )
+        bundle = self._store.read_file(CA_CERT)
+        if bundle is not None:
+            cluster = dataclasses.replace(cluster, cas=trusted_cas(bundle))
         return cluster, nodes
 
     async def nova_view(self) -> dict[str, dict[str, Any]]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from microstackd import errors
 from microstackd.config import DaemonConfig
 from microstackd.enrolment.events import Signal
-from microstackd.model import BootstrapCertificate, ClusterRecord, Role
+from microstackd.model import BootstrapCertificate, ClusterRecord, NodeCredentials, Role
 from microstackd.peers.cluster import ControlClient
 from microstackd.store import Store
 from microstackd.store.files import BOOTSTRAP_CERT, BOOTSTRAP_KEY, CA_CERT, NODE_CERT, NODE_KEY
@@ -68,6 +69,7 @@ class Renewal:
         self.bootstrap_renewed = bootstrap_renewed
         self._renew_before = timedelta(seconds=config.renew_before)
         self._task: asyncio.Task[None] | None = None
+        self._renewing = asyncio.Lock()
         #: The last failure (and expired notice) logged, to log each once.
         self._said = ""
         #: Renewals made since the start, per kind (for tests and logs).
@@ -126,24 +128,37 @@ class Renewal:
                 "keeps its name and its Nova host)",
             )
             return
-        key = x509.generate_key()
-        csr = x509.make_csr(key, self._config.node_name)
         try:
-            if cluster.role is Role.CONTROL:
-                cert_pem, bundle = self._sign_own(csr)
-            else:
-                client = ControlClient(cluster, creds)
-                try:
-                    cert_pem, bundle = await client.renew_certificate(csr)
-                finally:
-                    await client.close()
-            fresh = self._checked(key, cert_pem, bundle, at)
+            await self._renew(cluster, at)
         except errors.MicrostackError as exc:
             self._say(
                 logging.WARNING,
                 f"certificate renewal failed expires={_when(cert)} reason={exc.message!r}",
             )
-            return
+
+    async def _renew(self, cluster: ClusterRecord, at: datetime) -> x509.Certificate:
+        """Renew now: a fresh key, its CSR signed, the three files written.
+        One at a time: a renewal the control replaced is revoked, so the
+        last one signed must be the last one written."""
+        async with self._renewing:
+            # What is on disk now: a renewal just before may have replaced it.
+            return await self._renew_now(cluster, self._store.credentials(), at)
+
+    async def _renew_now(
+        self, cluster: ClusterRecord, creds: NodeCredentials, at: datetime
+    ) -> x509.Certificate:
+        cert = x509.load_cert(creds.cert_pem)
+        key = x509.generate_key()
+        csr = x509.make_csr(key, self._config.node_name)
+        if cluster.role is Role.CONTROL:
+            cert_pem, bundle = self._sign_own(csr)
+        else:
+            client = ControlClient(cluster, creds)
+            try:
+                cert_pem, bundle = await client.renew_certificate(csr)
+            finally:
+                await client.close()
+        fresh = self._checked(key, cert_pem, bundle, at)
         self._store.write_secrets(
             {NODE_KEY: x509.key_to_pem(key), NODE_CERT: cert_pem, CA_CERT: bundle}
         )
@@ -155,6 +170,42 @@ class Renewal:
             cert.serial_number, _when(cert),
         )  # fmt: skip
         await self.renewed.emit()
+        return fresh
+
+    async def trust(self, bundle: bytes, renew: bool) -> str:
+        """The control's CA rotation: trust the CAs of ``bundle`` from the next
+        handshake on (the first signs), and renew under it when asked. The
+        serial of the certificate this node holds afterwards (hex)."""
+        cluster = self._store.cluster()
+        if cluster is None:
+            raise errors.NotInitialised("this node is in no cluster")
+        try:
+            cas = x509.load_bundle(bundle)
+        except ValueError as exc:
+            raise errors.InvalidArgument(f"the CA bundle is unusable: {exc}") from exc
+        for ca in cas:
+            try:
+                theirs = x509.ca_cluster_id(ca)
+            except (ValueError, errors.MicrostackError):
+                theirs = ""
+            if theirs != cluster.cluster_id:
+                raise errors.PermissionDenied(
+                    f"a CA of the bundle is not one of cluster {cluster.cluster_id}"
+                )
+        self._store.write_secret(CA_CERT, bundle)
+        self._store.set_cluster(
+            dataclasses.replace(
+                cluster,
+                ca_fingerprint=x509.fingerprint(cas[0]),
+                ca_not_after=cas[0].not_valid_after_utc.timestamp(),
+            )
+        )
+        log.info("trusting CAs %s", ",".join(x509.fingerprint(c)[:16] for c in cas))
+        await self.renewed.emit()  # the mTLS port trusts them from its next handshake
+        cert = x509.load_cert(self._store.credentials().cert_pem)
+        if renew:
+            cert = await self._renew(cluster, datetime.now(UTC))
+        return format(cert.serial_number, "x")
 
     def _checked(
         self, key: x509.PrivateKey, cert_pem: bytes, bundle: bytes, at: datetime

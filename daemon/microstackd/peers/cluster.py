@@ -147,5 +147,14 @@ class AgentClient:
     async def services(self, timeout: float = 10.0) -> list[ServiceRecord]:
         return await self._services_call(self._stub.GetServices, pb.GetServicesRequest(), timeout)
 
+    async def trust_ca(self, bundle: bytes, renew: bool, timeout: float = 60.0) -> str:
+        """Have the node trust ``bundle`` (and renew under its first CA); its serial now."""
+        request = pb.TrustCARequest(ca_certificates_pem=bundle, renew=renew)
+        try:
+            response = await self._stub.TrustCA(request, timeout=timeout)
+        except aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+        return str(response.cert_serial)
+
     async def leave(self, timeout: float = 60.0) -> list[ServiceRecord]:
         return await self._services_call(self._stub.Leave, pb.LeaveRequest(), timeout)

@@ -12,6 +12,7 @@ from microstackd import errors
 from microstackd.api.servicers import Context
 from microstackd.control.cluster import Cluster
 from microstackd.control.members import Members
+from microstackd.control.rotation import Rotation
 from microstackd.control.tokens import Tokens
 from microstackd.enrolment.events import EventBus
 from microstackd.member.join import Member
@@ -32,9 +33,11 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         tokens: Tokens,
         member: Member,
         bootstrap: BootstrapCertificate,
+        rotation: Rotation,
     ) -> None:
         self._node = node_name
         self._bootstrap = bootstrap
+        self._rotation = rotation
         self._store = store
         self._bus = bus
         self._cluster = cluster
@@ -179,3 +182,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         done = event(f"server {result.get('name')} is {result.get('status')}", pb.STEP_STATE_DONE)
         done.final = True
         yield pb.LaunchResponse(event=done, result=convert.launch_result_to_pb(result))
+
+    async def RotateCA(
+        self, request: pb.RotateCARequest, context: Context
+    ) -> AsyncIterator[pb.RotateCAResponse]:
+        async for event in self._rotation.rotate():
+            yield pb.RotateCAResponse(event=convert.event_to_pb(event))

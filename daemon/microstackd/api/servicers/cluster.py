@@ -10,6 +10,7 @@ from microstackd.api.servicers import Context, caller
 from microstackd.control.certs import Certificates
 from microstackd.control.enrol import Enrolments
 from microstackd.control.members import Members
+from microstackd.control.rotation import Rotation
 from microstackd.enrolment.events import EventBus
 from microstackd.wire import convert
 
@@ -21,11 +22,13 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
         members: Members,
         bus: EventBus,
         certificates: Certificates,
+        rotation: Rotation,
     ) -> None:
         self._enrolments = enrolments
         self._members = members
         self._bus = bus
         self._certificates = certificates
+        self._rotation = rotation
 
     async def Enrol(
         self, request: pb.EnrolRequest, context: Context
@@ -40,7 +43,9 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
         self, request: pb.HeartbeatRequest, context: Context
     ) -> pb.HeartbeatResponse:
         services = convert.services_from_pb(request.services)
-        interval = self._members.heartbeat(caller(), services)
+        identity = caller()
+        interval = self._members.heartbeat(identity, services)
+        self._rotation.noticed(identity)  # a member back during a CA rotation moves now
         return pb.HeartbeatResponse(interval_seconds=interval)
 
     async def GetClusterStatus(
