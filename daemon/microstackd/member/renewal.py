@@ -148,6 +148,7 @@ class Renewal:
         self, cluster: ClusterRecord, creds: NodeCredentials, at: datetime
     ) -> x509.Certificate:
         cert = x509.load_cert(creds.cert_pem)
+        started = time.perf_counter()
         key = x509.generate_key()
         csr = x509.make_csr(key, self._config.node_name)
         if cluster.role is Role.CONTROL:
@@ -165,9 +166,10 @@ class Renewal:
         self._said = ""
         self.count["cluster"] += 1
         log.info(
-            "certificate renewed node=%s serial=%x expires=%s previous=%x previous_expires=%s",
+            "certificate renewed node=%s serial=%x expires=%s previous=%x previous_expires=%s "
+            "took=%.3fs",
             self._config.node_name, fresh.serial_number, _when(fresh),
-            cert.serial_number, _when(cert),
+            cert.serial_number, _when(cert), time.perf_counter() - started,
         )  # fmt: skip
         await self.renewed.emit()
         return fresh
