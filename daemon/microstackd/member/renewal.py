@@ -25,7 +25,6 @@ next look (every eighth of ``--renew-before``, at most every hour).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -35,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from microstackd import errors
 from microstackd.config import DaemonConfig
 from microstackd.enrolment.events import Signal
+from microstackd.member.background import Background
 from microstackd.model import BootstrapCertificate, ClusterRecord, NodeCredentials, Role
 from microstackd.peers.cluster import ControlClient
 from microstackd.store import Store
@@ -68,7 +68,7 @@ class Renewal:
         self.renewed = renewed
         self.bootstrap_renewed = bootstrap_renewed
         self._renew_before = timedelta(seconds=config.renew_before)
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Background(self._run)
         self._renewing = asyncio.Lock()
         #: The last failure (and expired notice) logged, to log each once.
         self._said = ""
@@ -76,15 +76,10 @@ class Renewal:
         self.count = {"cluster": 0, "bootstrap": 0}
 
     def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
     async def _run(self) -> None:
         while True:

@@ -226,11 +226,7 @@ class Store:
         with self.transaction() as db:
             if replaces_serial:
                 events_from = self._last_seq(db, node.name)
-                db.execute(  # a renewal it never used
-                    "INSERT INTO revoked (serial, node, time) SELECT pending_serial, name, ? "
-                    "FROM nodes WHERE name = ? AND pending_serial != '' ON CONFLICT DO NOTHING",
-                    (node.joined, node.name),
-                )
+                self._revoke_pending(db, node.name, node.joined)  # a renewal it never used
             else:
                 row = db.execute(
                     "SELECT events_from FROM nodes WHERE name = ?", (node.name,)
@@ -256,10 +252,7 @@ class Store:
                 ),
             )
             if replaces_serial:
-                db.execute(
-                    "INSERT OR IGNORE INTO revoked (serial, node, time) VALUES (?, ?, ?)",
-                    (replaces_serial, node.name, node.joined),
-                )
+                self._revoke(db, replaces_serial, node.name, node.joined)
                 db.execute("DELETE FROM steps WHERE node = ?", (node.name,))
                 db.execute("DELETE FROM events WHERE node = ?", (node.name,))
 
@@ -278,10 +271,7 @@ class Store:
             row = db.execute("SELECT cert_serial FROM nodes WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise errors.NotFound(f"no node named {name!r}")
-            db.execute(
-                "INSERT OR IGNORE INTO revoked (serial, node, time) VALUES (?, ?, ?)",
-                (str(row[0]), name, when),
-            )
+            self._revoke(db, str(row[0]), name, when)
             db.execute(
                 "UPDATE nodes SET cert_serial = ?, cert_not_after = ? WHERE name = ?",
                 (serial, not_after, name),
@@ -298,10 +288,7 @@ class Store:
             if row is None:
                 raise errors.NotFound(f"no node named {name!r}")
             if row[0]:
-                db.execute(
-                    "INSERT OR IGNORE INTO revoked (serial, node, time) VALUES (?, ?, ?)",
-                    (str(row[0]), name, when),
-                )
+                self._revoke(db, str(row[0]), name, when)
             db.execute(
                 "UPDATE nodes SET pending_serial = ?, pending_not_after = ? WHERE name = ?",
                 (serial, not_after, name),
@@ -319,16 +306,29 @@ class Store:
             ).fetchone()
             if row is None:
                 return False
-            db.execute(
-                "INSERT OR IGNORE INTO revoked (serial, node, time) VALUES (?, ?, ?)",
-                (str(row[0]), name, when),
-            )
+            self._revoke(db, str(row[0]), name, when)
             db.execute(
                 "UPDATE nodes SET cert_serial = ?, cert_not_after = ?, pending_serial = '', "
                 "pending_not_after = 0 WHERE name = ?",
                 (serial, float(row[1]), name),
             )
         return True
+
+    @staticmethod
+    def _revoke(db: sqlite3.Connection, serial: str, node: str, when: float) -> None:
+        db.execute(
+            "INSERT OR IGNORE INTO revoked (serial, node, time) VALUES (?, ?, ?)",
+            (serial, node, when),
+        )
+
+    @staticmethod
+    def _revoke_pending(db: sqlite3.Connection, node: str, when: float) -> None:
+        """Revoke the node's renewed certificate that it never used, if any."""
+        db.execute(
+            "INSERT OR IGNORE INTO revoked (serial, node, time) SELECT pending_serial, name, ? "
+            "FROM nodes WHERE name = ? AND pending_serial != ''",
+            (when, node),
+        )
 
     def touch_node(self, name: str, when: float) -> None:
         with self.transaction() as db:
@@ -396,16 +396,8 @@ class Store:
                 "UPDATE nodes SET state = ?, message = ? WHERE name = ?",
                 (NodeState.REMOVED.value, "removed", name),
             )
-            db.execute(
-                "INSERT OR IGNORE INTO revoked (serial, node, time) VALUES (?, ?, ?)",
-                (serial, name, when),
-            )
-            db.execute(
-                "INSERT INTO revoked (serial, node, time) SELECT pending_serial, name, ? "
-                "FROM nodes WHERE name = ? AND pending_serial != '' "
-                "ON CONFLICT DO NOTHING",
-                (when, name),
-            )
+            self._revoke(db, serial, name, when)
+            self._revoke_pending(db, name, when)
             db.execute("DELETE FROM steps WHERE node = ?", (name,))
             db.execute("DELETE FROM services WHERE node = ?", (name,))
 
