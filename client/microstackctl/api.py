@@ -153,8 +153,8 @@ class Api:
     def launch(self, request: pb.LaunchRequest) -> Iterator[pb.LaunchResponse]:
         return cast(Iterator[pb.LaunchResponse], self._stream(self.stub.Launch, request))
 
-    def rotate_ca(self) -> Iterator[pb.Event]:
-        request = pb.RotateCARequest()
+    def rotate_ca(self, cluster_id: str) -> Iterator[pb.Event]:
+        request = pb.RotateCARequest(cluster_id=cluster_id)
         return (response.event for response in self._stream(self.stub.RotateCA, request))
 
     def create_token(self, name: str, ttl: int) -> pb.CreateTokenResponse:

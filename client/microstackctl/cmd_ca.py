@@ -24,9 +24,13 @@ def show(socket: str | None, fmt: str) -> None:
 
 
 def rotate(socket: str | None, fmt: str) -> None:
+    api = connect(socket)
+    status = api.status()
+    if not status.HasField("cluster"):
+        raise CommandError(f"{status.local_node} is not part of a cluster")
     last: pb.Event | None = None
     with render.Progress(fmt) as progress:
-        for event in connect(socket).rotate_ca():
+        for event in api.rotate_ca(status.cluster.id):
             last = event
             progress.show(event)
     if last is None or not last.final:

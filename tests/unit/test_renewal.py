@@ -426,3 +426,20 @@ def test_a_node_trusts_only_ca_bundles_of_its_own_cluster(tmp_path: Path) -> Non
         assert raised == []
 
     asyncio.run(main())
+
+
+def test_a_ca_rotation_needs_this_controls_cluster_id(tmp_path: Path) -> None:
+    from microstackd.control.rotation import Rotation
+
+    world = World(tmp_path)
+    rotation = Rotation(world.cluster, world.certificates, Signal("renewed"))
+
+    async def main() -> None:
+        for wrong in ("", "fedcba9876543210"):
+            with pytest.raises(errors.InvalidArgument, match="nothing was rotated"):
+                async for _ in rotation.rotate(wrong):
+                    pass
+
+    asyncio.run(main())
+    assert world.store.read_file(CA_CERT) == world.ca.cert_pem()
+    assert rotation.state() is None

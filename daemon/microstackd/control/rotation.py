@@ -102,9 +102,15 @@ class Rotation:
 
     # ----------------------------------------------------------- rotate --
 
-    async def rotate(self) -> AsyncIterator[EventRecord]:
-        """Begin a rotation (or go on with the one under way) and stream it."""
-        self._cluster.require()
+    async def rotate(self, cluster_id: str) -> AsyncIterator[EventRecord]:
+        """Begin a rotation (or go on with the one under way) and stream it.
+        ``cluster_id`` must be this control's: nothing rotates by accident."""
+        cluster = self._cluster.require()
+        if cluster_id != cluster.cluster_id:
+            raise errors.InvalidArgument(
+                f"cluster id {cluster_id[:40]!r} is not this control's ({cluster.cluster_id}): "
+                "nothing was rotated"
+            )
         if self._lock.locked():
             raise errors.AlreadyInitialised("a CA rotation is already running on this control")
         async with self._lock:

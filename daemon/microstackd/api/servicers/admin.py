@@ -186,5 +186,5 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def RotateCA(
         self, request: pb.RotateCARequest, context: Context
     ) -> AsyncIterator[pb.RotateCAResponse]:
-        async for event in self._rotation.rotate():
+        async for event in self._rotation.rotate(request.cluster_id):
             yield pb.RotateCAResponse(event=convert.event_to_pb(event))
