@@ -153,6 +153,10 @@ class Api:
     def launch(self, request: pb.LaunchRequest) -> Iterator[pb.LaunchResponse]:
         return cast(Iterator[pb.LaunchResponse], self._stream(self.stub.Launch, request))
 
+    def rotate_ca(self, cluster_id: str) -> Iterator[pb.Event]:
+        request = pb.RotateCARequest(cluster_id=cluster_id)
+        return (response.event for response in self._stream(self.stub.RotateCA, request))
+
     def create_token(self, name: str, ttl: int) -> pb.CreateTokenResponse:
         request = pb.CreateTokenRequest(name=name, ttl_seconds=ttl)
         return cast(pb.CreateTokenResponse, self._unary(self.stub.CreateToken, request, 30))

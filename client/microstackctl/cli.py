@@ -274,6 +274,33 @@ def status(ctx: click.Context, fmt: str) -> None:
     cmd_status.status(_socket(ctx), fmt)
 
 
+@main.group(invoke_without_command=True)
+@FORMAT
+@click.pass_context
+@handle_errors
+def ca(ctx: click.Context, fmt: str) -> None:
+    """List the CAs the cluster trusts (two during a rotation); `ca rotate`
+    replaces the CA (on the control)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from microstackctl import cmd_ca
+
+    cmd_ca.show(_socket(ctx), fmt)
+
+
+@ca.command("rotate")
+@FORMAT
+@click.pass_context
+@handle_errors
+def ca_rotate(ctx: click.Context, fmt: str) -> None:
+    """Replace the cluster CA without downtime: a new CA trusted beside the
+    old, every member moved to it one at a time, then the old one retired
+    (members that are down move when they are back)."""
+    from microstackctl import cmd_ca
+
+    cmd_ca.rotate(_socket(ctx), fmt)
+
+
 def run() -> NoReturn:
     """The console script: run the command, flush, and leave at once.
 

@@ -205,6 +205,10 @@ def status_dict(status: pb.StatusResponse) -> dict[str, Any]:
             "cluster_port": c.cluster_port,
             "ca_fingerprint": c.ca_fingerprint,
             "ca_expires": iso(c.ca_expires),
+            "cas": [
+                {"fingerprint": a.fingerprint, "expires": iso(a.expires), "state": a.state}
+                for a in c.cas
+            ],
         }
     return {
         "cluster": cluster,
@@ -212,6 +216,7 @@ def status_dict(status: pb.StatusResponse) -> dict[str, Any]:
             "name": status.local_node,
             "role": ROLE_NAMES.get(status.local_role, ""),
             "bootstrap_fingerprint": status.bootstrap_fingerprint,
+            "bootstrap_expires": iso(status.bootstrap_expires),
         },
         "nodes": [node_dict(n) for n in status.nodes],
     }
@@ -417,6 +422,7 @@ _STATE_STYLE = {
     "pending": "yellow",
     "removed": "dim",
     "unreachable": "bold yellow",
+    "warning": "bold yellow",
 }
 
 
@@ -452,9 +458,23 @@ class _StatusView:
                 f"{c.control_name} at {c.control_address} "
                 f"(bootstrap port {c.bootstrap_port}, cluster port {c.cluster_port})",
             ),
-            ("CA", f"expires {expires}, fingerprint {c.ca_fingerprint[:16]}…"),
+            *(
+                [("CA", f"expires {expires}, fingerprint {c.ca_fingerprint[:16]}…")]
+                if len(c.cas) < 2
+                else [
+                    (
+                        "CA",
+                        f"{a.state} {a.fingerprint[:16]}…, expires {(iso(a.expires) or '-')[:10]}",
+                    )
+                    for a in c.cas
+                ]
+            ),
             # In full: a joiner told it may be intercepted compares it with what it was shown.
-            ("bootstrap", f"certificate {status.bootstrap_fingerprint} ({status.local_node})"),
+            (
+                "bootstrap",
+                f"certificate {status.bootstrap_fingerprint} ({status.local_node}, expires "
+                f"{(iso(status.bootstrap_expires) or '-')[:10]})",
+            ),
         ]
         #: The cluster lines' labels, padded to the longest and two spaces.
         self.label_width = max(len(label) for label, _ in self.cluster) + 2
@@ -488,7 +508,7 @@ class _StatusView:
                     _STATE_STYLE.get(n.state, ""),
                 )
             )
-            if n.state == "failed" and n.message:
+            if n.state in ("failed", "warning") and n.message:
                 self.notes.append((n.name, _first_line(n.message)))
             for s in n.services:
                 if s.detail:

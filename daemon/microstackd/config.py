@@ -53,6 +53,17 @@ class DaemonConfig:
     step_delays: dict[str, float] = field(default_factory=dict)
     #: The control's cluster configuration (control.yaml); default under the state dir.
     control_config: Path | None = None
+    #: (control) How long the node certificates it issues are valid, seconds.
+    cert_lifetime: float = 365 * 86400.0
+    #: How long this node's bootstrap-port certificate is valid, seconds.
+    bootstrap_cert_lifetime: float = 3650 * 86400.0
+    #: A certificate is renewed once less than this is left of it, seconds.
+    renew_before: float = 30 * 86400.0
+
+    @property
+    def renewal_check(self) -> float:
+        """Seconds between two looks at this node's certificates' expiry."""
+        return max(0.5, min(self.renew_before / 8, 3600.0))
 
     @property
     def control_config_path(self) -> Path:

@@ -44,6 +44,9 @@ class NodeState(enum.StrEnum):
     REMOVED = "removed"
     #: Shown, never stored: an active member whose heartbeats stopped.
     UNREACHABLE = "unreachable"
+    #: Shown, never stored: a member whose certificate is close to expiry and
+    #: was not renewed (its renewal fails, or it does not run).
+    WARNING = "warning"
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,29 @@ class NodeRecord:
     #: The node's mTLS port, where its agent listens (0: unknown).
     agent_port: int = 0
     services: tuple[ServiceRecord, ...] = field(default_factory=tuple)
+    #: A renewed certificate issued but not used yet (hex serial; "" none).
+    pending_serial: str = ""
+
+
+@dataclass
+class BootstrapCertificate:
+    """The bootstrap port's certificate as served now: it renews itself, and
+    what pins it (the exchange's transcript, new join tokens, ``status``)
+    reads it here."""
+
+    fingerprint: str
+    #: time.time() it expires.
+    not_after: float
+
+
+@dataclass(frozen=True)
+class TrustedCA:
+    """A CA the cluster trusts (two during a CA rotation)."""
+
+    fingerprint: str
+    not_after: float
+    #: "signing" or "retiring".
+    state: str
 
 
 @dataclass(frozen=True)
@@ -165,6 +191,8 @@ class ClusterRecord:
     cluster_port: int
     ca_fingerprint: str
     ca_not_after: float
+    #: Every CA trusted, for ``status`` (not stored: read from the trust bundle).
+    cas: tuple[TrustedCA, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ SERVED = {
         "Join",
         "AdminService/Watch",
         "Launch",
+        "RotateCA",
         "Health/Watch",
         "ServerReflectionInfo",
     },

@@ -12,6 +12,7 @@ import pytest
 
 from microstackctl import (
     cli,
+    cmd_ca,
     cmd_init,
     cmd_join,
     cmd_launch,
@@ -31,6 +32,8 @@ WORK: dict[tuple[str, ...], Callable[..., Any]] = {
     ("tokens",): cmd_tokens.list_tokens,
     ("tokens", "revoke"): cmd_tokens.revoke,
     ("status",): cmd_status.status,
+    ("ca",): cmd_ca.show,
+    ("ca", "rotate"): cmd_ca.rotate,
 }
 
 

@@ -449,7 +449,7 @@ def test_the_launch_servicer_streams_each_phase_as_its_step() -> None:
             return {"name": "vm", "status": "ACTIVE", "message": "server vm is ACTIVE on n1"}
 
     none: Any = None
-    servicer = AdminServicer("ctl", none, none, none, cast(Any, Members()), none, none, "")
+    servicer = AdminServicer("ctl", none, none, none, cast(Any, Members()), none, none, none, none)
     request = pb.LaunchRequest(image="cirros", no_wait=True)
 
     async def go() -> list[pb.LaunchResponse]:

@@ -18,12 +18,14 @@ import logging
 import math
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 from microstackd import errors
 from microstackd.control.cluster import Cluster, now
 from microstackd.control.ratelimit import FailureLimiter, OpenLimit, Quiet, source_key
-from microstackd.model import BootstrapResult, NodeRecord, NodeState, Role
+from microstackd.model import BootstrapCertificate, BootstrapResult, NodeRecord, NodeState, Role
 from microstackd.store import Store
+from microstackd.store.files import CA_CERT
 from microstackd.trust import exchange, names, x509
 from microstackd.trust.exchange import Challenge, Hello
 
@@ -51,10 +53,14 @@ class BootstrapSession:
 
 
 def check_name_free(store: Store, name: str) -> NodeRecord | None:
-    """The node of that name that a joiner may replace (removed, or still
-    pending), None when there is none; ``errors.NameTaken`` otherwise."""
+    """The node of that name that a joiner may replace (removed, still
+    pending, or a compute whose certificate expired: it was off for longer
+    than its certificate had left, and comes back under its name), None
+    when there is none; ``errors.NameTaken`` otherwise."""
     existing = store.node(name)
     if existing is None or existing.state in (NodeState.REMOVED, NodeState.PENDING):
+        return existing
+    if existing.role is Role.COMPUTE and existing.cert_not_after < time.time():
         return existing
     raise errors.NameTaken(
         f"a node named {name!r} is already in the cluster ({existing.state.value}, "
@@ -89,10 +95,11 @@ def check_identity_free(store: Store, hello: Hello) -> None:
 
 
 class Bootstrap:
-    def __init__(self, cluster: Cluster, bootstrap_fingerprint: str) -> None:
+    def __init__(self, cluster: Cluster, bootstrap: BootstrapCertificate) -> None:
         self._cluster = cluster
         self._store = cluster.store
-        self._fingerprint = bootstrap_fingerprint
+        #: The certificate the bootstrap port serves now (the transcript binds it).
+        self._bootstrap = bootstrap
         config = cluster.config
         self._limiter = FailureLimiter(config.bootstrap_backoff, config.bootstrap_backoff_max)
         self._open = OpenLimit(config.bootstrap_per_source)
@@ -143,7 +150,7 @@ class Bootstrap:
         if token_id:
             verifier = self._token_verifier(token_id, hello.node_name)
         control = exchange.ControlExchange(
-            verifier, cluster.cluster_id, params, hello, self._fingerprint
+            verifier, cluster.cluster_id, params, hello, self._bootstrap.fingerprint
         )
         return (
             BootstrapSession(hello, control, source, agent_port, token_id),
@@ -197,6 +204,7 @@ class Bootstrap:
             address=hello.address,
             hostname=hello.hostname,
             now=now(),
+            lifetime=timedelta(seconds=self._cluster.config.cert_lifetime),
         )
         identity = x509.identity_of(cert)
         self._store.put_node(
@@ -221,7 +229,8 @@ class Bootstrap:
             identity.serial,
         )
         cert_pem = x509.cert_to_pem(cert)
-        ca_pem = x509.cert_to_pem(ca.cert)
+        # The trust bundle: the signing CA first, and during a CA rotation the old one too.
+        ca_pem = self._store.read_file(CA_CERT) or x509.cert_to_pem(ca.cert)
         return BootstrapResult(
             certificate_pem=cert_pem,
             ca_certificate_pem=ca_pem,

@@ -17,6 +17,7 @@ from microstackd.cloud import Note as Note
 from microstackd.cloud import Progress
 from microstackd.cloud.launch import ACTIVE_TIMEOUT, SSH_TIMEOUT
 from microstackd.cloud.service import Cloud
+from microstackd.control.certs import expiry_warning, trusted_cas
 from microstackd.control.cluster import Cluster
 from microstackd.enrolment.runner import Runner
 from microstackd.model import (
@@ -32,6 +33,7 @@ from microstackd.model import (
     ServiceRecord,
 )
 from microstackd.peers.cluster import AgentClient
+from microstackd.store.files import CA_CERT
 from microstackd.trust import names
 from microstackd.trust.x509 import Identity
 
@@ -125,13 +127,25 @@ class Members:
         """The cluster and its nodes; an active member not heard from within
         ``unreachable_after`` is shown ``unreachable``."""
         cluster = self._cluster.require()
-        stale = time.time() - self._cluster.config.unreachable_after
+        at = time.time()
+        stale = at - self._cluster.config.unreachable_after
         nodes = [
             dataclasses.replace(n, state=NodeState.UNREACHABLE)
             if n.role is Role.COMPUTE and n.state is NodeState.ACTIVE and n.last_seen < stale
             else n
             for n in self._store.nodes()
         ]
+        renew_before = self._cluster.config.renew_before
+        for i, n in enumerate(nodes):
+            warning = expiry_warning(n, at, renew_before)
+            if warning:
+                unreachable = " (and it is unreachable)" if n.state is NodeState.UNREACHABLE else ""
+                nodes[i] = dataclasses.replace(
+                    n, state=NodeState.WARNING, message=warning + unreachable
+                )
+        bundle = self._store.read_file(CA_CERT)
+        if bundle is not None:
+            cluster = dataclasses.replace(cluster, cas=trusted_cas(bundle))
         return cluster, nodes
 
     async def nova_view(self) -> dict[str, dict[str, Any]]:

@@ -86,9 +86,14 @@ async def run(
             result.cluster_port,
             result.confirmation,
         )
-    ca = x509.load_cert(result.ca_certificate_pem)
+    # One CA, or two during a CA rotation: the first signs, the token may name either.
+    try:
+        cas = x509.load_bundle(result.ca_certificate_pem)
+    except ValueError as exc:
+        raise errors.BootstrapProtocolError(f"the control sent no usable CA: {exc}") from exc
+    ca = cas[0]
     x509.verify_issued_by(ca, x509.load_cert(result.certificate_pem), datetime.now(UTC))
-    if token is not None and x509.fingerprint(ca) != token.ca_fingerprint:
+    if token is not None and token.ca_fingerprint not in {x509.fingerprint(c) for c in cas}:
         raise errors.PeerAuthenticationFailed(
             "the cluster CA the control sent is not the one the join token names"
         )

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from microstackd import errors
+from microstackd.member.background import Background
 from microstackd.model import (
     MAX_SERVICE_MESSAGE,
     MAX_SERVICE_NAME,
@@ -51,20 +52,15 @@ class Heartbeats:
         self._store = store
         #: This node's services as its agent reports them.
         self._services = services
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Background(self._beat)
         #: Set to send the next heartbeat now rather than at its interval.
         self._beat_now = asyncio.Event()
 
     def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._beat())
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
     async def beat_now(self) -> None:
         """Send the next heartbeat at once: this node's services changed."""

@@ -81,6 +81,16 @@ class ControlClient:
             raise self._error(exc) from exc
         return int(response.interval_seconds)
 
+    async def renew_certificate(self, csr_pem: bytes, timeout: float = 30.0) -> tuple[bytes, bytes]:
+        """A new certificate for the key ``csr_pem`` proves, and the trust bundle."""
+        try:
+            response = await self._stub.RenewCertificate(
+                pb.RenewCertificateRequest(csr_pem=csr_pem), timeout=timeout
+            )
+        except aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+        return bytes(response.certificate_pem), bytes(response.ca_certificates_pem)
+
     async def status(self, timeout: float = 10.0) -> tuple[ClusterRecord, list[NodeRecord]]:
         try:
             response = await self._stub.GetClusterStatus(
@@ -136,6 +146,15 @@ class AgentClient:
 
     async def services(self, timeout: float = 10.0) -> list[ServiceRecord]:
         return await self._services_call(self._stub.GetServices, pb.GetServicesRequest(), timeout)
+
+    async def trust_ca(self, bundle: bytes, renew: bool, timeout: float = 60.0) -> str:
+        """Have the node trust ``bundle`` (and renew under its first CA); its serial now."""
+        request = pb.TrustCARequest(ca_certificates_pem=bundle, renew=renew)
+        try:
+            response = await self._stub.TrustCA(request, timeout=timeout)
+        except aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+        return str(response.cert_serial)
 
     async def leave(self, timeout: float = 60.0) -> list[ServiceRecord]:
         return await self._services_call(self._stub.Leave, pb.LeaveRequest(), timeout)

@@ -179,7 +179,7 @@ class Store:
 
     _NODE_COLUMNS = (
         "name, role, address, hostname, state, message, cert_serial, cert_not_after, "
-        "joined, last_seen, agent_port"
+        "joined, last_seen, agent_port, pending_serial"
     )
 
     def _node(self, row: tuple[object, ...]) -> NodeRecord:
@@ -204,6 +204,7 @@ class Store:
             last_seen=float(row[9]),  # type: ignore[arg-type]
             agent_port=int(row[10]),  # type: ignore[call-overload]
             services=services,
+            pending_serial=str(row[11]),
         )
 
     def node(self, name: str) -> NodeRecord | None:
@@ -226,6 +227,7 @@ class Store:
         with self.transaction() as db:
             if replaces_serial:
                 events_from = self._last_seq(db, node.name)
+                self._revoke_pending(db, node.name, node.joined)  # a renewal it never used
             else:
                 row = db.execute(
                     "SELECT events_from FROM nodes WHERE name = ?", (node.name,)
@@ -233,7 +235,7 @@ class Store:
                 events_from = int(row[0]) if row else 0
             db.execute(
                 f"INSERT OR REPLACE INTO nodes ({self._NODE_COLUMNS}, events_from) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     node.name,
                     node.role.value,
@@ -246,14 +248,12 @@ class Store:
                     node.joined,
                     node.last_seen,
                     node.agent_port,
+                    node.pending_serial,
                     events_from,
                 ),
             )
             if replaces_serial:
-                db.execute(
-                    "INSERT OR IGNORE INTO revoked (serial, node, time) VALUES (?, ?, ?)",
-                    (replaces_serial, node.name, node.joined),
-                )
+                self._revoke(db, replaces_serial, node.name, node.joined)
                 db.execute("DELETE FROM steps WHERE node = ?", (node.name,))
                 db.execute("DELETE FROM events WHERE node = ?", (node.name,))
 
@@ -264,6 +264,72 @@ class Store:
                 "UPDATE nodes SET cert_serial = ?, cert_not_after = ? WHERE name = ?",
                 (serial, not_after, name),
             )
+
+    def replace_certificate(self, name: str, serial: str, not_after: float, when: float) -> None:
+        """The node holds a new certificate now (a renewal the node made
+        itself: the control's own): the old serial is revoked at once."""
+        with self.transaction() as db:
+            row = db.execute("SELECT cert_serial FROM nodes WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise errors.NotFound(f"no node named {name!r}")
+            self._revoke(db, str(row[0]), name, when)
+            db.execute(
+                "UPDATE nodes SET cert_serial = ?, cert_not_after = ? WHERE name = ?",
+                (serial, not_after, name),
+            )
+
+    def set_pending_certificate(
+        self, name: str, serial: str, not_after: float, when: float
+    ) -> None:
+        """A renewed certificate issued to the node, not used yet: the old one
+        stays the node's until ``promote_certificate``. A pending one it
+        replaces was never used, and is revoked."""
+        with self.transaction() as db:
+            row = db.execute("SELECT pending_serial FROM nodes WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise errors.NotFound(f"no node named {name!r}")
+            if row[0]:
+                self._revoke(db, str(row[0]), name, when)
+            db.execute(
+                "UPDATE nodes SET pending_serial = ?, pending_not_after = ? WHERE name = ?",
+                (serial, not_after, name),
+            )
+
+    def promote_certificate(self, name: str, serial: str, when: float) -> bool:
+        """The node used its pending certificate ``serial``: it becomes the
+        node's, and the one it replaces is revoked. False when ``serial`` is
+        not (or no longer) the node's pending one."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT cert_serial, pending_not_after FROM nodes "
+                "WHERE name = ? AND pending_serial = ? AND pending_serial != ''",
+                (name, serial),
+            ).fetchone()
+            if row is None:
+                return False
+            self._revoke(db, str(row[0]), name, when)
+            db.execute(
+                "UPDATE nodes SET cert_serial = ?, cert_not_after = ?, pending_serial = '', "
+                "pending_not_after = 0 WHERE name = ?",
+                (serial, float(row[1]), name),
+            )
+        return True
+
+    @staticmethod
+    def _revoke(db: sqlite3.Connection, serial: str, node: str, when: float) -> None:
+        db.execute(
+            "INSERT OR IGNORE INTO revoked (serial, node, time) VALUES (?, ?, ?)",
+            (serial, node, when),
+        )
+
+    @staticmethod
+    def _revoke_pending(db: sqlite3.Connection, node: str, when: float) -> None:
+        """Revoke the node's renewed certificate that it never used, if any."""
+        db.execute(
+            "INSERT OR IGNORE INTO revoked (serial, node, time) SELECT pending_serial, name, ? "
+            "FROM nodes WHERE name = ? AND pending_serial != ''",
+            (when, node),
+        )
 
     def touch_node(self, name: str, when: float) -> None:
         with self.transaction() as db:
@@ -331,10 +397,8 @@ class Store:
                 "UPDATE nodes SET state = ?, message = ? WHERE name = ?",
                 (NodeState.REMOVED.value, "removed", name),
             )
-            db.execute(
-                "INSERT OR IGNORE INTO revoked (serial, node, time) VALUES (?, ?, ?)",
-                (serial, name, when),
-            )
+            self._revoke(db, serial, name, when)
+            self._revoke_pending(db, name, when)
             db.execute("DELETE FROM steps WHERE node = ?", (name,))
             db.execute("DELETE FROM services WHERE node = ?", (name,))
 

@@ -73,4 +73,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE services ADD COLUMN detail TEXT NOT NULL DEFAULT '';
     """,
+    # 7: a renewed certificate not yet used: it becomes the node's (and the
+    # old serial revoked) at the node's first call with it
+    """
+    ALTER TABLE nodes ADD COLUMN pending_serial TEXT NOT NULL DEFAULT '';
+    ALTER TABLE nodes ADD COLUMN pending_not_after REAL NOT NULL DEFAULT 0;
+    """,
 )

@@ -20,6 +20,7 @@ from microstackd.model import (
     ServiceRecord,
     StepState,
     TokenRecord,
+    TrustedCA,
 )
 
 ROLE_TO_PB = {
@@ -126,6 +127,10 @@ def cluster_to_pb(cluster: ClusterRecord) -> pb.ClusterInfo:
         cluster_port=cluster.cluster_port,
         ca_fingerprint=cluster.ca_fingerprint,
         ca_expires=timestamp(cluster.ca_not_after),
+        cas=[
+            pb.TrustedCA(fingerprint=c.fingerprint, expires=timestamp(c.not_after), state=c.state)
+            for c in cluster.cas
+        ],
     )
 
 
@@ -140,6 +145,7 @@ def cluster_from_pb(cluster: pb.ClusterInfo) -> ClusterRecord:
         cluster_port=cluster.cluster_port,
         ca_fingerprint=cluster.ca_fingerprint,
         ca_not_after=seconds(cluster.ca_expires),
+        cas=tuple(TrustedCA(c.fingerprint, seconds(c.expires), c.state) for c in cluster.cas),
     )
 
 

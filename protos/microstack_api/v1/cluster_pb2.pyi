@@ -133,7 +133,7 @@ class NovaHost(_message.Message):
     def __init__(self, compute_service: _Optional[str] = ..., hypervisor: _Optional[str] = ..., running_instances: _Optional[int] = ...) -> None: ...
 
 class ClusterInfo(_message.Message):
-    __slots__ = ("id", "control_name", "control_address", "bootstrap_port", "cluster_port", "ca_fingerprint", "ca_expires")
+    __slots__ = ("id", "control_name", "control_address", "bootstrap_port", "cluster_port", "ca_fingerprint", "ca_expires", "cas")
     ID_FIELD_NUMBER: _ClassVar[int]
     CONTROL_NAME_FIELD_NUMBER: _ClassVar[int]
     CONTROL_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +141,7 @@ class ClusterInfo(_message.Message):
     CLUSTER_PORT_FIELD_NUMBER: _ClassVar[int]
     CA_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     CA_EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    CAS_FIELD_NUMBER: _ClassVar[int]
     id: str
     control_name: str
     control_address: str
@@ -148,21 +149,34 @@ class ClusterInfo(_message.Message):
     cluster_port: int
     ca_fingerprint: str
     ca_expires: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., control_name: _Optional[str] = ..., control_address: _Optional[str] = ..., bootstrap_port: _Optional[int] = ..., cluster_port: _Optional[int] = ..., ca_fingerprint: _Optional[str] = ..., ca_expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    cas: _containers.RepeatedCompositeFieldContainer[TrustedCA]
+    def __init__(self, id: _Optional[str] = ..., control_name: _Optional[str] = ..., control_address: _Optional[str] = ..., bootstrap_port: _Optional[int] = ..., cluster_port: _Optional[int] = ..., ca_fingerprint: _Optional[str] = ..., ca_expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cas: _Optional[_Iterable[_Union[TrustedCA, _Mapping]]] = ...) -> None: ...
+
+class TrustedCA(_message.Message):
+    __slots__ = ("fingerprint", "expires", "state")
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    fingerprint: str
+    expires: _timestamp_pb2.Timestamp
+    state: str
+    def __init__(self, fingerprint: _Optional[str] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("cluster", "nodes", "local_node", "local_role", "bootstrap_fingerprint")
+    __slots__ = ("cluster", "nodes", "local_node", "local_role", "bootstrap_fingerprint", "bootstrap_expires")
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     LOCAL_NODE_FIELD_NUMBER: _ClassVar[int]
     LOCAL_ROLE_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAP_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_EXPIRES_FIELD_NUMBER: _ClassVar[int]
     cluster: ClusterInfo
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     local_node: str
     local_role: Role
     bootstrap_fingerprint: str
-    def __init__(self, cluster: _Optional[_Union[ClusterInfo, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., local_node: _Optional[str] = ..., local_role: _Optional[_Union[Role, str]] = ..., bootstrap_fingerprint: _Optional[str] = ...) -> None: ...
+    bootstrap_expires: _timestamp_pb2.Timestamp
+    def __init__(self, cluster: _Optional[_Union[ClusterInfo, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., local_node: _Optional[str] = ..., local_role: _Optional[_Union[Role, str]] = ..., bootstrap_fingerprint: _Optional[str] = ..., bootstrap_expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class InitResponse(_message.Message):
     __slots__ = ("event",)
@@ -322,6 +336,18 @@ class RevokeTokenResponse(_message.Message):
     token: TokenInfo
     def __init__(self, token: _Optional[_Union[TokenInfo, _Mapping]] = ...) -> None: ...
 
+class RotateCARequest(_message.Message):
+    __slots__ = ("cluster_id",)
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    cluster_id: str
+    def __init__(self, cluster_id: _Optional[str] = ...) -> None: ...
+
+class RotateCAResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: Event
+    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ...) -> None: ...
+
 class KdfParams(_message.Message):
     __slots__ = ("name", "salt", "log2_n", "r", "p")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -438,6 +464,20 @@ class HeartbeatResponse(_message.Message):
     interval_seconds: int
     def __init__(self, interval_seconds: _Optional[int] = ...) -> None: ...
 
+class RenewCertificateRequest(_message.Message):
+    __slots__ = ("csr_pem",)
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    csr_pem: bytes
+    def __init__(self, csr_pem: _Optional[bytes] = ...) -> None: ...
+
+class RenewCertificateResponse(_message.Message):
+    __slots__ = ("certificate_pem", "ca_certificates_pem")
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_CERTIFICATES_PEM_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: bytes
+    ca_certificates_pem: bytes
+    def __init__(self, certificate_pem: _Optional[bytes] = ..., ca_certificates_pem: _Optional[bytes] = ...) -> None: ...
+
 class ApplyRoleRequest(_message.Message):
     __slots__ = ("role", "settings")
     class SettingsEntry(_message.Message):
@@ -498,3 +538,17 @@ class LeaveResponse(_message.Message):
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
     def __init__(self, services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ...) -> None: ...
+
+class TrustCARequest(_message.Message):
+    __slots__ = ("ca_certificates_pem", "renew")
+    CA_CERTIFICATES_PEM_FIELD_NUMBER: _ClassVar[int]
+    RENEW_FIELD_NUMBER: _ClassVar[int]
+    ca_certificates_pem: bytes
+    renew: bool
+    def __init__(self, ca_certificates_pem: _Optional[bytes] = ..., renew: _Optional[bool] = ...) -> None: ...
+
+class TrustCAResponse(_message.Message):
+    __slots__ = ("cert_serial",)
+    CERT_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    cert_serial: str
+    def __init__(self, cert_serial: _Optional[str] = ...) -> None: ...

@@ -80,6 +80,11 @@ class AdminServiceStub:
                 request_serializer=microstack__api_dot_v1_dot_cluster__pb2.LaunchRequest.SerializeToString,
                 response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.LaunchResponse.FromString,
                 _registered_method=True)
+        self.RotateCA = channel.unary_stream(
+                '/microstack.cluster.v1.AdminService/RotateCA',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.RotateCARequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RotateCAResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -151,6 +156,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateCA(self, request, context):
+        """Start (or go on with) a rotation of the cluster CA: a new CA, trusted
+        beside the old, every member's certificate re-issued under it node by
+        node, then the old CA retired once every node has moved (control only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -198,6 +212,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.Launch,
                     request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.LaunchRequest.FromString,
                     response_serializer=microstack__api_dot_v1_dot_cluster__pb2.LaunchResponse.SerializeToString,
+            ),
+            'RotateCA': grpc.unary_stream_rpc_method_handler(
+                    servicer.RotateCA,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RotateCARequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.RotateCAResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -454,6 +473,33 @@ class AdminService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def RotateCA(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/microstack.cluster.v1.AdminService/RotateCA',
+            microstack__api_dot_v1_dot_cluster__pb2.RotateCARequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.RotateCAResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class BootstrapServiceStub:
     """Password-authenticated bootstrap, on the public TLS port.
@@ -557,6 +603,11 @@ class ClusterServiceStub:
                 request_serializer=microstack__api_dot_v1_dot_cluster__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.RenewCertificate = channel.unary_unary(
+                '/microstack.cluster.v1.ClusterService/RenewCertificate',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.RenewCertificateRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RenewCertificateResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServiceServicer:
@@ -584,6 +635,14 @@ class ClusterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewCertificate(self, request, context):
+        """Sign a new certificate for the caller (same identity, new key) before
+        its current one expires.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -601,6 +660,11 @@ def add_ClusterServiceServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.HeartbeatRequest.FromString,
                     response_serializer=microstack__api_dot_v1_dot_cluster__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'RenewCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewCertificate,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RenewCertificateRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.RenewCertificateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -695,6 +759,33 @@ class ClusterService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def RenewCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/microstack.cluster.v1.ClusterService/RenewCertificate',
+            microstack__api_dot_v1_dot_cluster__pb2.RenewCertificateRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.RenewCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class AgentServiceStub:
     """Control-to-node calls, on the node's mTLS port; only the control may call.
@@ -725,6 +816,11 @@ class AgentServiceStub:
                 '/microstack.cluster.v1.AgentService/Leave',
                 request_serializer=microstack__api_dot_v1_dot_cluster__pb2.LeaveRequest.SerializeToString,
                 response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.LeaveResponse.FromString,
+                _registered_method=True)
+        self.TrustCA = channel.unary_unary(
+                '/microstack.cluster.v1.AgentService/TrustCA',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.TrustCARequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.TrustCAResponse.FromString,
                 _registered_method=True)
 
 
@@ -763,6 +859,14 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TrustCA(self, request, context):
+        """Trust these CAs from the next handshake on, and renew under the first
+        when asked (a CA rotation).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -785,6 +889,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Leave,
                     request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.LeaveRequest.FromString,
                     response_serializer=microstack__api_dot_v1_dot_cluster__pb2.LeaveResponse.SerializeToString,
+            ),
+            'TrustCA': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrustCA,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.TrustCARequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.TrustCAResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -896,6 +1005,33 @@ class AgentService:
             '/microstack.cluster.v1.AgentService/Leave',
             microstack__api_dot_v1_dot_cluster__pb2.LeaveRequest.SerializeToString,
             microstack__api_dot_v1_dot_cluster__pb2.LeaveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrustCA(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/microstack.cluster.v1.AgentService/TrustCA',
+            microstack__api_dot_v1_dot_cluster__pb2.TrustCARequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.TrustCAResponse.FromString,
             options,
             channel_credentials,
             insecure,

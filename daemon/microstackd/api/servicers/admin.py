@@ -12,10 +12,11 @@ from microstackd import errors
 from microstackd.api.servicers import Context
 from microstackd.control.cluster import Cluster
 from microstackd.control.members import Members, Note
+from microstackd.control.rotation import Rotation
 from microstackd.control.tokens import Tokens
 from microstackd.enrolment.events import EventBus
 from microstackd.member.join import Member
-from microstackd.model import EventRecord, Role
+from microstackd.model import BootstrapCertificate, EventRecord, Role
 from microstackd.store import Store
 from microstackd.trust import names
 from microstackd.wire import convert
@@ -31,10 +32,12 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         members: Members,
         tokens: Tokens,
         member: Member,
-        bootstrap_fingerprint: str,
+        bootstrap: BootstrapCertificate,
+        rotation: Rotation,
     ) -> None:
         self._node = node_name
-        self._fingerprint = bootstrap_fingerprint
+        self._bootstrap = bootstrap
+        self._rotation = rotation
         self._store = store
         self._bus = bus
         self._cluster = cluster
@@ -119,7 +122,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         response = pb.StatusResponse(
             local_node=self._node,
             local_role=convert.ROLE_TO_PB[cluster.role if cluster else Role.NONE],
-            bootstrap_fingerprint=self._fingerprint,
+            bootstrap_fingerprint=self._bootstrap.fingerprint,
+            bootstrap_expires=convert.timestamp(self._bootstrap.not_after),
         )
         if cluster is None:
             return response
@@ -180,3 +184,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         done = event(str(result.get("message", "")), pb.STEP_STATE_DONE)
         done.final = True
         yield pb.LaunchResponse(event=done, result=convert.launch_result_to_pb(result))
+
+    async def RotateCA(
+        self, request: pb.RotateCARequest, context: Context
+    ) -> AsyncIterator[pb.RotateCAResponse]:
+        async for event in self._rotation.rotate(request.cluster_id):
+            yield pb.RotateCAResponse(event=convert.event_to_pb(event))

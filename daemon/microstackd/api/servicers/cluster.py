@@ -7,17 +7,28 @@ from collections.abc import AsyncIterator
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
 from microstackd.api.servicers import Context, caller
+from microstackd.control.certs import Certificates
 from microstackd.control.enrol import Enrolments
 from microstackd.control.members import Members
+from microstackd.control.rotation import Rotation
 from microstackd.enrolment.events import EventBus
 from microstackd.wire import convert
 
 
 class ClusterServicer(pb_grpc.ClusterServiceServicer):
-    def __init__(self, enrolments: Enrolments, members: Members, bus: EventBus) -> None:
+    def __init__(
+        self,
+        enrolments: Enrolments,
+        members: Members,
+        bus: EventBus,
+        certificates: Certificates,
+        rotation: Rotation,
+    ) -> None:
         self._enrolments = enrolments
         self._members = members
         self._bus = bus
+        self._certificates = certificates
+        self._rotation = rotation
 
     async def Enrol(
         self, request: pb.EnrolRequest, context: Context
@@ -32,7 +43,9 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
         self, request: pb.HeartbeatRequest, context: Context
     ) -> pb.HeartbeatResponse:
         services = convert.services_from_pb(request.services)
-        interval = self._members.heartbeat(caller(), services)
+        identity = caller()
+        interval = self._members.heartbeat(identity, services)
+        self._rotation.noticed(identity)  # a member back during a CA rotation moves now
         return pb.HeartbeatResponse(interval_seconds=interval)
 
     async def GetClusterStatus(
@@ -42,3 +55,9 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
         return pb.GetClusterStatusResponse(
             cluster=convert.cluster_to_pb(cluster), nodes=[convert.node_to_pb(n) for n in nodes]
         )
+
+    async def RenewCertificate(
+        self, request: pb.RenewCertificateRequest, context: Context
+    ) -> pb.RenewCertificateResponse:
+        cert_pem, bundle = self._certificates.renew_member(caller(), bytes(request.csr_pem))
+        return pb.RenewCertificateResponse(certificate_pem=cert_pem, ca_certificates_pem=bundle)
