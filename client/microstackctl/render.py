@@ -145,6 +145,9 @@ def node_dict(n: pb.Node) -> dict[str, Any]:
             for s in n.services
         ],
         "nova": nova_dict(n.nova) if n.HasField("nova") else None,
+        "version": n.microstackd_version,
+        "api_version": n.api_version,
+        "version_refused": n.version_refused,
     }
 
 
@@ -447,7 +450,16 @@ class _StatusView:
             ("CA", f"expires {expires}, fingerprint {c.ca_fingerprint[:16]}…"),
         ]
         self.nova = any(n.HasField("nova") for n in status.nodes)
-        columns = ["NAME", "ROLE", "ADDRESS", "STATE", "SERVICES", "LAST SEEN", "CERT EXPIRES"]
+        columns = [
+            "NAME",
+            "ROLE",
+            "ADDRESS",
+            "STATE",
+            "SERVICES",
+            "VERSION",
+            "LAST SEEN",
+            "CERT EXPIRES",
+        ]
         self.header = [*columns, "NOVA"] if self.nova else columns
         self.rows: list[list[str]] = []
         #: Per row: bold name, services short of running, the state's style.
@@ -463,6 +475,7 @@ class _StatusView:
                 n.address,
                 n.state,
                 f"{up}/{len(n.services)}" if n.services else "-",
+                n.microstackd_version or "-",
                 _ago(n.last_seen, now),
                 (iso(n.cert_expires) or "-")[:10],
             ]
@@ -478,6 +491,8 @@ class _StatusView:
             )
             if n.state == "failed" and n.message:
                 self.notes.append((n.name, _first_line(n.message)))
+            if n.version_refused:
+                self.notes.append((n.name, _first_line(n.version_refused)))
             for s in n.services:
                 if s.detail:
                     self.details.append((f"{n.name} {s.name}", s.detail))

@@ -6,6 +6,9 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from microstackd import versions
+from microstackd.model import Software
+
 DEFAULT_STATE_DIR = Path("/var/lib/microstackd")
 DEFAULT_SOCKET = Path("/run/microstackd/microstackd.sock")
 DEFAULT_LISTEN = "0.0.0.0:10002"
@@ -48,6 +51,13 @@ class DaemonConfig:
     step_delays: dict[str, float] = field(default_factory=dict)
     #: The control's cluster configuration (control.yaml); default under the state dir.
     control_config: Path | None = None
+    #: The microstackd version this node declares: its own, unless a test
+    #: makes it declare another (the hidden ``--report-version``).
+    version: str = versions.VERSION
+
+    @property
+    def software(self) -> Software:
+        return Software(self.version, versions.API_VERSION)
 
     @property
     def control_config_path(self) -> Path:

@@ -97,7 +97,7 @@ class Daemon:
         self.tokens = Tokens(self.cluster, fingerprint)
         self.bootstrap = Bootstrap(self.cluster, fingerprint)
         self.agent = Agent(config, store, self.services, self.runner, self.services_changed)
-        self.heartbeats = Heartbeats(store, self.agent.services)
+        self.heartbeats = Heartbeats(store, self.agent.services, config.software)
         self.services_changed.subscribe(self.heartbeats.beat_now)
         self.member = Member(config, store, self.heartbeats, self.ports, self.joined, self.left)
         self.callers = Callers(store)

@@ -145,3 +145,10 @@ class CloudError(MicrostackError):
     """An operation on the control's OpenStack cloud failed (Nova, Neutron, Glance)."""
 
     code = "FAILED_PRECONDITION"
+
+
+class VersionSkew(MicrostackError):
+    """This node's microstackd version is outside the cluster's skew window:
+    the message says which side to upgrade (docs/api.md, "Versions")."""
+
+    code = "FAILED_PRECONDITION"

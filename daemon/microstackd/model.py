@@ -119,6 +119,15 @@ class NodeCredentials:
 
 
 @dataclass(frozen=True)
+class Software:
+    """What a node declares it runs: its microstackd version and the gRPC API
+    it speaks (``versions``: the skew window)."""
+
+    version: str
+    api: str
+
+
+@dataclass(frozen=True)
 class NodeRecord:
     name: str
     role: Role
@@ -133,6 +142,11 @@ class NodeRecord:
     #: The node's mTLS port, where its agent listens (0: unknown).
     agent_port: int = 0
     services: tuple[ServiceRecord, ...] = field(default_factory=tuple)
+    #: The microstackd version and API the node last declared ("": none yet).
+    version: str = ""
+    api_version: str = ""
+    #: Why the control refuses that version (not stored: ``status`` works it out).
+    version_refused: str = ""
 
 
 @dataclass(frozen=True)

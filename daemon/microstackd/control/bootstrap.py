@@ -8,15 +8,18 @@ from __future__ import annotations
 import logging
 import time
 
-from microstackd import errors
+from microstackd import errors, versions
 from microstackd.control.cluster import Cluster, now
 from microstackd.control.ratelimit import FailureLimiter
-from microstackd.model import BootstrapResult, NodeRecord, NodeState, Role
+from microstackd.model import BootstrapResult, NodeRecord, NodeState, Role, Software
 from microstackd.store import Store
 from microstackd.trust import exchange, x509
 from microstackd.trust.exchange import Challenge, Hello
 
 log = logging.getLogger(__name__)
+
+#: A joiner that declared no version (outside every skew window).
+UNDECLARED = Software("", "")
 
 
 class BootstrapSession:
@@ -29,8 +32,11 @@ class BootstrapSession:
         source: str,
         agent_port: int,
         token_id: str = "",
+        software: Software = UNDECLARED,
     ) -> None:
         self.hello = hello
+        #: What the joiner declares it runs (checked once it proved the password).
+        self.software = software
         self.exchange = control
         self.source = source
         self.agent_port = agent_port
@@ -58,7 +64,12 @@ class Bootstrap:
         self._limiter = FailureLimiter(config.bootstrap_backoff, config.bootstrap_backoff_max)
 
     def begin(
-        self, hello: Hello, source: str, agent_port: int = 0, token_id: str = ""
+        self,
+        hello: Hello,
+        source: str,
+        agent_port: int = 0,
+        token_id: str = "",
+        software: Software = UNDECLARED,
     ) -> tuple[BootstrapSession, Challenge]:
         cluster = self._cluster.require()
         wait = self._limiter.retry_after(source, time.monotonic())
@@ -77,7 +88,7 @@ class Bootstrap:
             verifier, cluster.cluster_id, params, hello, self._fingerprint
         )
         return (
-            BootstrapSession(hello, control, source, agent_port, token_id),
+            BootstrapSession(hello, control, source, agent_port, token_id, software),
             Challenge(cluster.cluster_id, params, control.challenge()),
         )
 
@@ -107,6 +118,25 @@ class Bootstrap:
                 ) from None
             raise
         self._limiter.succeeded(session.source)
+        # Told only after the proof (the control's version is nothing for
+        # strangers), and before a token is spent or a name taken.
+        software = session.software
+        try:
+            versions.check_member(
+                node=hello.node_name,
+                version=software.version,
+                api=software.api,
+                control_version=self._cluster.config.version,
+            )
+        except errors.VersionSkew as exc:
+            log.warning(
+                "bootstrap refused source=%s node=%s reason=version version=%r api=%r",
+                session.source,
+                hello.node_name,
+                software.version,
+                software.api,
+            )
+            raise errors.VersionSkew(f"join refused: {exc.message}") from None
         existing = check_name_free(self._store, hello.node_name)
         if session.token_id and not self._store.set_token_state(
             session.token_id, "used", expect="valid"
@@ -135,6 +165,8 @@ class Bootstrap:
                 cert_not_after=identity.not_after.timestamp(),
                 joined=time.time(),
                 agent_port=session.agent_port,
+                version=software.version,
+                api_version=software.api,
             ),
             replaces_serial=existing.cert_serial if existing else None,
         )

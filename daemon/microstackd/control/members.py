@@ -10,12 +10,19 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from microstackd import errors
+from microstackd import errors, versions
 from microstackd.cloud import Progress
 from microstackd.cloud.service import Cloud
 from microstackd.control.cluster import Cluster
 from microstackd.enrolment.runner import Runner
-from microstackd.model import ClusterRecord, NodeRecord, NodeState, Role, ServiceRecord
+from microstackd.model import (
+    ClusterRecord,
+    NodeRecord,
+    NodeState,
+    Role,
+    ServiceRecord,
+    Software,
+)
 from microstackd.peers.cluster import AgentClient
 from microstackd.trust import names
 from microstackd.trust.x509 import Identity
@@ -69,7 +76,21 @@ class Members:
                 message += f"; its Nova compute service could not be deleted: {exc.message}"
         return removed, message
 
-    def heartbeat(self, identity: Identity, services: list[ServiceRecord]) -> int:
+    def heartbeat(
+        self, identity: Identity, services: list[ServiceRecord], software: Software
+    ) -> int:
+        """Take a member's sign of life; ``errors.VersionSkew`` when the version
+        it declares is outside the window (recorded, so ``status`` shows it,
+        but the member is not seen: it turns unreachable)."""
+        known = self._store.node(identity.name)
+        if known is None or (known.version, known.api_version) != (software.version, software.api):
+            self._store.set_software(identity.name, software)
+        versions.check_member(
+            node=identity.name,
+            version=software.version,
+            api=software.api,
+            control_version=self._cluster.config.version,
+        )
         self._store.touch_node(identity.name, time.time())
         if services:
             self._store.set_services(identity.name, services)
@@ -84,13 +105,32 @@ class Members:
         ``unreachable_after`` is shown ``unreachable``."""
         cluster = self._cluster.require()
         stale = time.time() - self._cluster.config.unreachable_after
-        nodes = [
-            dataclasses.replace(n, state=NodeState.UNREACHABLE)
-            if n.role is Role.COMPUTE and n.state is NodeState.ACTIVE and n.last_seen < stale
-            else n
-            for n in self._store.nodes()
-        ]
+        nodes = []
+        for n in self._store.nodes():
+            if n.role is Role.CONTROL:
+                own = self._cluster.config.software
+                n = dataclasses.replace(n, version=own.version, api_version=own.api)
+            elif n.state is not NodeState.REMOVED:
+                if n.state is NodeState.ACTIVE and n.last_seen < stale:
+                    n = dataclasses.replace(n, state=NodeState.UNREACHABLE)
+                n = dataclasses.replace(n, version_refused=self._refusal(n))
+            nodes.append(n)
         return cluster, nodes
+
+    def _refusal(self, node: NodeRecord) -> str:
+        """Why the window refuses the version ``node`` last declared ("": it does not)."""
+        if not node.version and not node.api_version:
+            return ""  # nothing declared yet (a bare API client, the benchmarks' nodes)
+        try:
+            versions.check_member(
+                node=node.name,
+                version=node.version,
+                api=node.api_version,
+                control_version=self._cluster.config.version,
+            )
+        except errors.VersionSkew as exc:
+            return exc.message
+        return ""
 
     async def nova_view(self) -> dict[str, dict[str, Any]]:
         """Nova's view per compute host for ``status`` ({} without a cloud)."""

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from microstackd import errors
-from microstackd.model import Role, ServiceRecord
+from microstackd.model import Role, ServiceRecord, Software
 from microstackd.peers.cluster import ControlClient
 from microstackd.store import Store
 
@@ -24,8 +24,10 @@ ServicesProvider = Callable[[], Awaitable[list[ServiceRecord]]]
 
 
 class Heartbeats:
-    def __init__(self, store: Store, services: ServicesProvider) -> None:
+    def __init__(self, store: Store, services: ServicesProvider, software: Software) -> None:
         self._store = store
+        #: What this node declares it runs, in every heartbeat.
+        self._software = software
         #: This node's services as its agent reports them.
         self._services = services
         self._task: asyncio.Task[None] | None = None
@@ -63,10 +65,15 @@ class Heartbeats:
             self._beat_now.clear()  # a change from here on is in this beat or the next
             client = ControlClient(cluster, self._store.credentials())
             try:
-                interval = await client.heartbeat(await self._services()) or interval
+                interval = (
+                    await client.heartbeat(await self._services(), self._software) or interval
+                )
             except errors.PermissionDenied as exc:
                 log.warning("heartbeat refused: this node was removed? reason=%r", exc.message)
                 return
+            except errors.VersionSkew as exc:
+                # Keep beating: once one side is upgraded the control takes it again.
+                log.warning("heartbeat refused: version outside the window reason=%r", exc.message)
             except errors.MicrostackError as exc:
                 log.info("heartbeat failed reason=%r", exc.message)
             finally:

@@ -219,6 +219,7 @@ class Member:
             credential.verifier(),
             cluster_port=self._ports.cluster,
             token=token,
+            software=self._config.software,
         )
         creds = trusted.credentials
         self._store.write_secrets(

@@ -20,6 +20,7 @@ from microstackd.model import (
     NodeCredentials,
     NodeRecord,
     ServiceRecord,
+    Software,
 )
 from microstackd.peers.errors import error_from_rpc
 from microstackd.trust import names
@@ -70,8 +71,14 @@ class ControlClient:
         except aio.AioRpcError as exc:
             raise self._error(exc) from exc
 
-    async def heartbeat(self, services: list[ServiceRecord], timeout: float = 10.0) -> int:
-        request = pb.HeartbeatRequest(services=convert.services_to_pb(services))
+    async def heartbeat(
+        self, services: list[ServiceRecord], software: Software, timeout: float = 10.0
+    ) -> int:
+        request = pb.HeartbeatRequest(
+            services=convert.services_to_pb(services),
+            microstackd_version=software.version,
+            api_version=software.api,
+        )
         try:
             response = await self._stub.Heartbeat(request, timeout=timeout)
         except aio.AioRpcError as exc:

@@ -33,6 +33,7 @@ from microstackd.model import (
     NodeUpdate,
     Role,
     ServiceRecord,
+    Software,
     StepState,
     TokenRecord,
 )
@@ -146,7 +147,7 @@ class Store:
 
     _NODE_COLUMNS = (
         "name, role, address, hostname, state, message, cert_serial, cert_not_after, "
-        "joined, last_seen, agent_port"
+        "joined, last_seen, agent_port, version, api_version"
     )
 
     def _node(self, row: tuple[object, ...]) -> NodeRecord:
@@ -171,6 +172,8 @@ class Store:
             last_seen=float(row[9]),  # type: ignore[arg-type]
             agent_port=int(row[10]),  # type: ignore[call-overload]
             services=services,
+            version=str(row[11]),
+            api_version=str(row[12]),
         )
 
     def node(self, name: str) -> NodeRecord | None:
@@ -190,7 +193,7 @@ class Store:
         with self.transaction() as db:
             db.execute(
                 f"INSERT OR REPLACE INTO nodes ({self._NODE_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     node.name,
                     node.role.value,
@@ -203,6 +206,8 @@ class Store:
                     node.joined,
                     node.last_seen,
                     node.agent_port,
+                    node.version,
+                    node.api_version,
                 ),
             )
             if replaces_serial:
@@ -211,6 +216,14 @@ class Store:
                     (replaces_serial, node.name, node.joined),
                 )
                 db.execute("DELETE FROM steps WHERE node = ?", (node.name,))
+
+    def set_software(self, name: str, software: Software) -> None:
+        """Record the version a node declared (at its bootstrap, in each heartbeat)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE nodes SET version = ?, api_version = ? WHERE name = ?",
+                (software.version, software.api, name),
+            )
 
     def touch_node(self, name: str, when: float) -> None:
         with self.transaction() as db:

@@ -68,4 +68,9 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE services ADD COLUMN detail TEXT NOT NULL DEFAULT '';
     """,
+    # 6: the microstackd version and API each node last declared (versions.py)
+    """
+    ALTER TABLE nodes ADD COLUMN version TEXT NOT NULL DEFAULT '';
+    ALTER TABLE nodes ADD COLUMN api_version TEXT NOT NULL DEFAULT '';
+    """,
 )

@@ -88,6 +88,9 @@ def node_to_pb(node: NodeRecord) -> pb.Node:
         joined=timestamp(node.joined),
         services=services_to_pb(node.services),
         last_seen=timestamp(node.last_seen),
+        microstackd_version=node.version,
+        api_version=node.api_version,
+        version_refused=node.version_refused,
     )
 
 
@@ -104,6 +107,9 @@ def node_from_pb(node: pb.Node) -> NodeRecord:
         joined=seconds(node.joined),
         last_seen=seconds(node.last_seen),
         services=tuple(services_from_pb(node.services)),
+        version=node.microstackd_version,
+        api_version=node.api_version,
+        version_refused=node.version_refused,
     )
 
 

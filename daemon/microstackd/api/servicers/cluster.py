@@ -10,6 +10,7 @@ from microstackd.api.servicers import Context, caller
 from microstackd.control.enrol import Enrolments
 from microstackd.control.members import Members
 from microstackd.enrolment.events import EventBus
+from microstackd.model import Software
 from microstackd.wire import convert
 
 
@@ -32,7 +33,8 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
         self, request: pb.HeartbeatRequest, context: Context
     ) -> pb.HeartbeatResponse:
         services = convert.services_from_pb(request.services)
-        interval = self._members.heartbeat(caller(), services)
+        software = Software(request.microstackd_version, request.api_version)
+        interval = self._members.heartbeat(caller(), services, software)
         return pb.HeartbeatResponse(interval_seconds=interval)
 
     async def GetClusterStatus(
