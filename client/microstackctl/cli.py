@@ -157,13 +157,18 @@ def watch(ctx: click.Context, node: str, after: int, fmt: str) -> None:
 
 @main.command()
 @click.argument("node")
-@click.option("--force", is_flag=True, help="remove it even if its services cannot be stopped")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="remove it even if it cannot be reached or still hosts instances (says what is left)",
+)
 @FORMAT
 @click.pass_context
 @handle_errors
 def remove(ctx: click.Context, node: str, force: bool, fmt: str) -> None:
-    """Remove NODE from the cluster (on the control): stop its services,
-    revoke its certificate."""
+    """Remove NODE from the cluster (on the control): refused while it hosts
+    instances; stop its services, revoke its certificate, delete what the
+    cloud holds for it (compute service, resource provider, Neutron agents)."""
     from microstackctl import cmd_remove
 
     cmd_remove.remove(_socket(ctx), node, force, fmt)

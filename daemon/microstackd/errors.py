@@ -147,6 +147,12 @@ class CloudError(MicrostackError):
     code = "FAILED_PRECONDITION"
 
 
+class NodeNotEmpty(MicrostackError):
+    """The compute still hosts instances: move them away first, or remove it by force."""
+
+    code = "FAILED_PRECONDITION"
+
+
 class VersionSkew(MicrostackError):
     """This node's microstackd version is outside the cluster's skew window:
     the message says which side to upgrade (docs/api.md, "Versions")."""

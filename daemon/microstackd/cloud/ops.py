@@ -2,7 +2,7 @@
 
     admit    wait for HOST's nova-compute to be up, map it into a cell, wait
              for its hypervisor
-    remove   disable and delete HOST's nova-compute service
+    remove   HOST's compute service, agents and provider (``cloud/hosts.py``)
     launch   boot a server like microstack.launch
     view     Nova's view of every compute host
 
@@ -15,7 +15,6 @@ the message to show. Prints no secret. ``launch`` is in ``cloud/launch.py``.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -121,37 +120,6 @@ async def admit(s: Session, req: Mapping[str, Any]) -> dict[str, Any]:
             await asyncio.sleep(min(POLL, max(0.0, deadline - time.monotonic())))
         mapping = f"mapped by {how} (one period waited)"
     return {"host": host, "service": service, "mapping": mapping, "hypervisor": hypervisor}
-
-
-# --------------------------------------------------------------- remove --
-
-
-def _disable(conn: Any, svc: Any) -> None:
-    conn.compute.disable_service(
-        svc, host=svc.host, binary=svc.binary, disabled_reason="removed by microstackd"
-    )
-
-
-def _delete(conn: Any, svc: Any) -> None:
-    conn.compute.delete_service(svc, ignore_missing=True)
-
-
-async def remove(s: Session, req: Mapping[str, Any]) -> dict[str, Any]:
-    host = req["host"]
-    found = await s(lambda conn: _compute_services(conn, host))
-    if not found:
-        return {"host": host, "deleted": 0, "message": f"Nova has no compute service on {host}"}
-    for svc in found:
-        if svc.status != "disabled":
-            await s(functools.partial(_disable, svc=svc))
-            await s.progress(f"nova-compute on {host} disabled")
-        await s(functools.partial(_delete, svc=svc))
-        await s.progress(f"nova-compute on {host} deleted")
-    return {
-        "host": host,
-        "deleted": len(found),
-        "message": f"Nova compute service on {host} disabled and deleted",
-    }
 
 
 # ----------------------------------------------------------------- view --

@@ -51,7 +51,9 @@ def check_name_free(store: Store, name: str) -> NodeRecord | None:
         return existing
     raise errors.NameTaken(
         f"a node named {name!r} is already in the cluster ({existing.state.value}, "
-        f"address {existing.address}); remove it first or join under another name"
+        f"address {existing.address}); if this machine replaces it (reinstalled, its state "
+        f"lost), free the name on the control with `microstackctl remove {name} --force`, "
+        "then join again; or join under another name"
     )
 
 

@@ -1,6 +1,7 @@
-"""The control's members once enrolled: remove one (stop its services,
-revoke its certificate, delete its compute service in Nova), take its
-heartbeats, and answer for the cluster's state."""
+"""The control's members once enrolled: remove one (refused while it hosts
+instances unless forced; stop its services, revoke its certificate, take
+away what the cloud holds for its host), take its heartbeats, and answer
+for the cluster's state."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from microstackd import errors, versions
-from microstackd.cloud import Progress
+from microstackd.cloud import Progress, hosts
 from microstackd.cloud.service import Cloud
 from microstackd.control.cluster import Cluster
 from microstackd.enrolment.runner import Runner
@@ -38,6 +39,10 @@ class Members:
         self._cloud = cloud
 
     async def remove(self, name: str, force: bool) -> tuple[NodeRecord, str]:
+        """Take a compute out of the cluster and out of the cloud. One that
+        still hosts instances is refused unless ``force`` (what is left
+        behind is said). Removing a removed node again retries the cloud's
+        cleanup (after its instances were evacuated or deleted, say)."""
         cluster = self._cluster.require()
         node = self._store.node(names.node_name(name, "node name"))
         if node is None:
@@ -45,7 +50,17 @@ class Members:
         if node.role is Role.CONTROL or node.name == cluster.control_name:
             raise errors.InvalidArgument("the control node cannot be removed from its own cluster")
         if node.state is NodeState.REMOVED:
-            return node, f"{name} was already removed"
+            if self._cloud.configured() is None:
+                return node, f"{name} was already removed"
+            return node, f"{name} was already removed; {await self._cloud_cleanup(node.name)}"
+        left = await self._instances(node.name, force)
+        if left and not force:
+            raise errors.NodeNotEmpty(
+                f"{name} still hosts {len(left)} instance(s): {hosts.describe(left)}. Move them "
+                f"to another compute first, or remove {name} anyway with --force (they stay in "
+                f"Nova on a host that is gone, and its compute service is kept, disabled and "
+                f"forced down, until they are evacuated or deleted)"
+            )
         self._runner.cancel(node.name)
         told = "it runs no agent"
         if node.agent_port:
@@ -67,14 +82,44 @@ class Members:
         removed = self._store.node(node.name)
         assert removed is not None
         message = f"{name} removed: certificate {node.cert_serial[:16]} revoked; {told}"
+        if left:
+            message += (
+                f"; left behind: {len(left)} instance(s) Nova still places on {name}: "
+                f"{hosts.describe(left)} (evacuate or delete them, then `microstackctl remove "
+                f"{name}` again deletes its compute service)"
+            )
         if self._cloud.configured() is not None:
-            try:
-                result = await self._cloud.run("remove", {"host": node.name}, timeout=90)
-                message += f"; {result.get('message', 'Nova compute service deleted')}"
-            except errors.CloudError as exc:
-                log.warning("nova service delete failed node=%s error=%s", node.name, exc.message)
-                message += f"; its Nova compute service could not be deleted: {exc.message}"
+            message += f"; {await self._cloud_cleanup(node.name)}"
         return removed, message
+
+    async def _instances(self, host: str, force: bool) -> list[dict[str, str]]:
+        """The servers Nova places on ``host`` ([] without a cloud). When Nova
+        cannot be asked, only ``force`` goes on (without knowing)."""
+        if self._cloud.configured() is None:
+            return []
+        try:
+            result = await self._cloud.run("instances", {"host": host}, timeout=60)
+        except errors.CloudError as exc:
+            if force:
+                log.warning("cannot list instances node=%s error=%s", host, exc.message)
+                return []
+            raise errors.CloudError(
+                f"cannot tell whether {host} still hosts instances: {exc.message}; remove it "
+                "anyway with --force"
+            ) from exc
+        return list(result["instances"])
+
+    async def _cloud_cleanup(self, host: str) -> str:
+        """Take away what the cloud holds for ``host``; what was done, or why not."""
+        try:
+            result = await self._cloud.run("remove", {"host": host}, timeout=120)
+        except errors.CloudError as exc:
+            log.warning("cloud cleanup failed node=%s error=%s", host, exc.message)
+            return (
+                f"what the cloud holds for it could not all be deleted: {exc.message} "
+                f"(`microstackctl remove {host}` again retries)"
+            )
+        return str(result["message"])
 
     def heartbeat(
         self, identity: Identity, services: list[ServiceRecord], software: Software
