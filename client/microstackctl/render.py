@@ -156,6 +156,7 @@ def nova_dict(v: pb.NovaHost) -> dict[str, Any]:
         "compute_service": v.compute_service,
         "hypervisor": v.hypervisor,
         "running_instances": v.running_instances,
+        "drained": v.drained,
     }
 
 
@@ -165,8 +166,8 @@ def nova_text(n: pb.Node) -> str:
         return "-"
     v = n.nova
     return (
-        f"{v.compute_service or 'no service'}, hv {v.hypervisor or 'none'}, "
-        f"{v.running_instances} running"
+        f"{v.compute_service or 'no service'}{' drained' if v.drained else ''}, "
+        f"hv {v.hypervisor or 'none'}, {v.running_instances} running"
     )
 
 
@@ -180,6 +181,10 @@ def launch_dict(r: pb.LaunchResult, ssh: str) -> dict[str, Any]:
         "floating_ip": r.floating_ip,
         "ssh": ssh,
     }
+
+
+def moved_dict(m: pb.MovedInstance) -> dict[str, Any]:
+    return {"name": m.name, "id": m.id, "how": m.how, "host": m.host, "status": m.status}
 
 
 def token_dict(t: pb.TokenInfo) -> dict[str, Any]:

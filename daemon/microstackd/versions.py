@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import microstackd
 from microstackd import errors
+from microstackd.model import Software
 
 #: The gRPC API this code speaks: the protocol package's version.
 API_VERSION = "v1"
@@ -68,9 +69,10 @@ def oldest_allowed(control: Release) -> Release:
     return Release(control.major, max(0, control.minor - MINOR_BEHIND))
 
 
-def check_member(*, node: str, version: str, api: str, control_version: str) -> None:
-    """Refuse (``errors.VersionSkew``) a member ``node`` running ``version``
-    and speaking ``api`` outside the window of a control at ``control_version``."""
+def check_member(node: str, software: Software, control_version: str) -> None:
+    """Refuse (``errors.VersionSkew``) a member ``node`` that declares
+    ``software`` outside the window of a control at ``control_version``."""
+    version, api = software.version, software.api
     control = release(control_version)
     if control is None:  # our own version: a bug in the build, not the member's fault
         raise errors.ConfigError(f"the control's own version {control_version!r} is not a version")

@@ -4,12 +4,17 @@ microstackd in its own network namespace with the real OpenStack), exactly
 the CLI an operator types.
 
 In order, the destructive ones last: ``remove`` refuses a compute that
-still hosts an instance and changes nothing; then a compute is lost with
-its state directory (the machine reinstalled), removed with ``--force``,
-which takes away everything the cloud held for the host (its nova-compute
-service, compute node, Placement resource provider and Neutron agents:
-each checked through the APIs), and the fresh machine rejoins under the
-same name and receives a new instance.
+still hosts two instances and changes nothing; ``drain`` moves both live
+(libvirtd to libvirtd over TLS with the nodes' certificates, QEMU's own TLS
+for memory and disks, no shared storage) to the other compute, where they
+end ACTIVE, and ``undrain`` opens the host again; then the other compute
+is lost (its daemon and services stop) and its drain evacuates both back;
+then that compute's state directory is wiped too (the machine reinstalled),
+it is removed with ``--force``, which tells the remaining compute's
+libvirtd to refuse its certificate and takes away everything the cloud
+held for the host (its nova-compute service, compute node, Placement
+resource provider and Neutron agents: each checked through the APIs), and
+the fresh machine rejoins under the same name and receives a new instance.
 
 Slow (minutes): marked ``openstack`` and ``e2e``, as tests/e2e/test_openstack.py.
 """
@@ -30,7 +35,7 @@ from sandbox import netns
 from sandbox.netns import Host, Network, clean_env
 from sandbox.openstack_env import PREFIX, measure
 from tests.e2e.conftest import NETWORKS, PASSWORD
-from tests.e2e.test_openstack import Cloud, _join_all, _launch, _start, osc, qemu_pids
+from tests.e2e.test_openstack import Cloud, _join_all, _launch, _start, osc_json, qemu_pids
 
 pytestmark = [pytest.mark.e2e, pytest.mark.openstack, pytest.mark.timeout(1800)]
 
@@ -129,28 +134,108 @@ def _logs_on_failure(request: pytest.FixtureRequest) -> None:
 # ------------------------------------------------------------------ tests --
 
 
-def test_remove_refuses_a_compute_that_still_hosts_an_instance(cloud: Cloud) -> None:
-    _launch(cloud, "vm-a", "node-2")
-    before = node_of(cloud.control.status(), "node-2")
+def test_remove_refuses_a_compute_that_still_hosts_instances(cloud: Cloud) -> None:
+    _launch(cloud, "vm-a", "node-1")
+    _launch(cloud, "vm-b", "node-1")
+    before = node_of(cloud.control.status(), "node-1")
 
-    refused = cloud.ctl("remove", "node-2", timeout=300)
+    refused = cloud.ctl("remove", "node-1", timeout=300)
     assert refused.returncode == EXIT_ERROR, refused.stdout + refused.stderr
-    assert "node-2 still hosts 1 instance(s): vm-a (ACTIVE)" in refused.stderr, refused.stderr
+    assert "node-1 still hosts 2 instance(s): vm-" in refused.stderr, refused.stderr
     assert "--force" in refused.stderr, refused.stderr
-    # Nothing changed: the node, its guest, its place in Nova.
-    after = node_of(cloud.control.status(), "node-2")
+    # Nothing changed: the node, its guests, its place in Nova.
+    after = node_of(cloud.control.status(), "node-1")
     assert (after["state"], after["cert_serial"]) == (before["state"], before["cert_serial"])
-    assert len(qemu_pids(cloud.computes["node-2"])) == 1
-    assert held(cloud, "node-2")["servers"] == ["vm-a"]
-    osc(cloud.control, "server", "delete", "--wait", "vm-a")
+    assert len(qemu_pids(cloud.computes["node-1"])) == 2
+    assert sorted(held(cloud, "node-1")["servers"]) == ["vm-a", "vm-b"]
+
+
+def test_drain_moves_both_instances_live_to_the_other_compute(cloud: Cloud) -> None:
+    node1, node2 = cloud.computes["node-1"], cloud.computes["node-2"]
+    started = time.monotonic()
+    drained = cloud.ctl("drain", "node-1", "--instance-timeout", "400", timeout=1200)
+    cloud.timings["drain_two_live_s"] = round(time.monotonic() - started, 1)
+    assert drained.returncode == 0, drained.stdout + drained.stderr + _nova_logs(cloud)
+    out = drained.stdout
+    assert "nova-compute on node-1 disabled" in out, out
+    assert "live migration over TLS started" in out, out
+    for name in ("vm-a", "vm-b"):
+        assert f"{name}  live to node-2  ACTIVE" in out, out
+    assert "node-1 is drained: 2 instance(s) moved, none left" in out, out
+    servers = osc_json(cloud.control, "server", "list", "--all-projects", "--long")
+    assert {(s["Name"], s["Host"], s["Status"]) for s in servers} == {
+        ("vm-a", "node-2", "ACTIVE"),
+        ("vm-b", "node-2", "ACTIVE"),
+    }, servers
+    assert qemu_pids(node1) == [] and len(qemu_pids(node2)) == 2
+    nova = node_of(cloud.control.status(), "node-1")["nova"]
+    assert nova["drained"] and "disabled" in nova["compute_service"], nova
+    assert "drained" in cloud.ctl("status").stdout
+    # Again: nothing left to move.
+    again = cloud.ctl("drain", "node-1", "--format", "json", timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads(again.stdout) == {"node": "node-1", "moved": []}
+
+    opened = cloud.ctl("undrain", "node-1")
+    assert opened.returncode == 0 and "enabled" in opened.stdout, opened.stdout + opened.stderr
+    assert not node_of(cloud.control.status(), "node-1")["nova"]["drained"]
+    measure(nodes_cloud=cloud.timings)
+
+
+def _client_pki(host: Host) -> Path:
+    """A copy of ``host``'s key, certificate and CA as libvirt's client wants them."""
+    assert host.state_dir is not None
+    pki = host.workdir.parent / f"{host.name}-old-pki"
+    pki.mkdir(exist_ok=True)
+    for name, source in (("cacert.pem", "ca.crt"), ("clientcert.pem", "node.crt"),
+                         ("clientkey.pem", "node.key")):  # fmt: skip
+        shutil.copy(host.state_dir / "tls" / source, pki / name)
+    return pki
+
+
+def _virsh_hostname(client: Host, server: Host, pki: Path) -> tuple[int, str]:
+    """``virsh hostname`` on ``server``'s libvirtd over TLS, from ``client``'s namespace."""
+    uri = f"qemu+tls://{server.address}/system?pkipath={pki}"
+    result = client.run(["virsh", "-c", uri, "hostname"], timeout=60)
+    return result.returncode, result.stdout.strip()
 
 
 def _wipe(host: Host) -> None:
     """The machine is reinstalled: its daemon and everything it kept are gone."""
     assert host.state_dir is not None and host.socket is not None
-    host.stop_daemon(timeout=120)
+    host.stop_daemon(timeout=120)  # a no-op when it is stopped already
     for path in (host.state_dir, host.workdir / "etc", host.socket.with_suffix(".services")):
         shutil.rmtree(path, ignore_errors=True)
+
+
+def test_drain_of_a_compute_that_is_gone_evacuates_its_instances(cloud: Cloud) -> None:
+    """node-2 (hosting vm-a and vm-b since the drain above) is lost: its
+    daemon and every service stop. Its drain rebuilds both on node-1."""
+    node2 = cloud.computes["node-2"]
+    cloud.timings["node_stop_s"] = _timed(lambda: node2.stop_daemon(timeout=120))
+    assert qemu_pids(node2) == []
+    started = time.monotonic()
+    drained = cloud.ctl("drain", "node-2", "--instance-timeout", "400", timeout=1200)
+    cloud.timings["drain_two_evacuated_s"] = round(time.monotonic() - started, 1)
+    assert drained.returncode == 0, drained.stdout + drained.stderr + _nova_logs(cloud)
+    out = drained.stdout
+    assert "node-2 cannot be reached" in out and "taken as down" in out, out
+    assert "forced down" in out, out
+    for name in ("vm-a", "vm-b"):
+        assert f"{name}  evacuated to node-1  ACTIVE" in out, out
+    servers = osc_json(cloud.control, "server", "list", "--all-projects", "--long")
+    assert {(s["Name"], s["Host"], s["Status"]) for s in servers} == {
+        ("vm-a", "node-1", "ACTIVE"),
+        ("vm-b", "node-1", "ACTIVE"),
+    }, servers
+    assert len(qemu_pids(cloud.computes["node-1"])) == 2
+    measure(nodes_cloud=cloud.timings)
+
+
+def _timed(fn: Any) -> float:
+    started = time.monotonic()
+    fn()
+    return round(time.monotonic() - started, 1)
 
 
 def test_a_compute_reinstalled_rejoins_under_its_name_and_gets_a_new_instance(
@@ -161,6 +246,12 @@ def test_a_compute_reinstalled_rejoins_under_its_name_and_gets_a_new_instance(
     assert len(was["services"]) == len(was["hypervisors"]) == len(was["providers"]) == 1, was
     assert "neutron-openvswitch-agent" in was["agents"], was
 
+    # node-2's certificate reaches node-1's libvirtd over TLS (the migration
+    # transport), kept aside as a client's pkipath before the machine is wiped.
+    node1 = cloud.computes["node-1"]
+    pki = _client_pki(node2)
+    assert _virsh_hostname(node2, node1, pki) == (0, "node-1")
+
     _wipe(node2)
     removed = cloud.ctl("remove", "node-2", "--force", timeout=300)
     assert removed.returncode == 0, removed.stdout + removed.stderr
@@ -168,6 +259,10 @@ def test_a_compute_reinstalled_rejoins_under_its_name_and_gets_a_new_instance(
     assert "node-2 removed" in message and "removed by force" in message, message
     assert "Nova compute service on node-2 deleted" in message, message
     assert "1 Neutron agent(s) deleted" in message, message
+    # The removal told node-1: its libvirtd refuses node-2's certificate now.
+    assert "1 other compute(s) refuse its certificate from now on" in message, message
+    code, _out = _virsh_hostname(node2, node1, pki)
+    assert code != 0
     gone = held(cloud, "node-2")
     assert gone == {"services": [], "hypervisors": [], "providers": [], "agents": [],
                     "servers": []}, gone  # fmt: skip
@@ -187,7 +282,7 @@ def test_a_compute_reinstalled_rejoins_under_its_name_and_gets_a_new_instance(
     assert now["services"] != was["services"] and now["providers"] != was["providers"], now
 
     try:
-        data, elapsed = _launch(cloud, "vm-b", "node-2")
+        data, elapsed = _launch(cloud, "vm-c", "node-2")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{_nova_logs(cloud)}") from None
     cloud.timings["launch_after_rejoin_s"] = round(elapsed, 1)

@@ -67,6 +67,7 @@ def test_control_config_reads_the_cloud_section(tmp_path: Path) -> None:
 class _Service:
     def __init__(self, host: str, state: str, status: str = "enabled") -> None:
         self.host, self.binary, self.state, self.status = host, "nova-compute", state, status
+        self.disabled_reason = None
 
 
 class _Compute:
@@ -88,9 +89,27 @@ class _Compute:
         return []
 
 
+class _Placement:
+    """Placement as nova-compute left it: the host's provider and its inventory."""
+
+    def resource_providers(self, **query: str) -> list[object]:
+        class P:
+            id, name = "p1", "node1"
+
+        return [P()]
+
+    def resource_provider_inventories(self, provider: object) -> list[object]:
+        class Inventory:
+            def __init__(self, rc: str) -> None:
+                self.resource_class = rc
+
+        return [Inventory("VCPU"), Inventory("MEMORY_MB"), Inventory("DISK_GB")]
+
+
 class _Conn:
     def __init__(self) -> None:
         self.compute = _Compute()
+        self.placement = _Placement()
         self.closed = False
 
     def close(self) -> None:
@@ -128,6 +147,7 @@ def test_admit_streams_what_it_waits_for_and_reuses_one_connection(fake_cloud) -
     admitted, viewed = asyncio.run(go())
     assert admitted["service"] == "nova-compute up, enabled"
     assert admitted["hypervisor"] == "hypervisor node1 up, enabled"
+    assert admitted["provider"] == "resource provider p1 with DISK_GB, MEMORY_MB, VCPU"
     assert re.fullmatch(
         r"waiting for nova-compute on node1 to be up \(\d+ s so far; nova-compute down, enabled\)",
         seen[0][0],
@@ -170,14 +190,15 @@ def test_nova_view_and_launch_result_render() -> None:
     assert render.node_dict(node)["nova"] is None
     node.nova.CopyFrom(
         convert.nova_host_to_pb(
-            {"compute_service": "up", "hypervisor": "up", "running_instances": 2}
+            {"compute_service": "up", "hypervisor": "up", "running_instances": 2, "drained": True}
         )
     )
-    assert render.nova_text(node) == "up, hv up, 2 running"
+    assert render.nova_text(node) == "up drained, hv up, 2 running"
     assert render.node_dict(node)["nova"] == {
         "compute_service": "up",
         "hypervisor": "up",
         "running_instances": 2,
+        "drained": True,
     }
     result = convert.launch_result_to_pb(
         {

@@ -26,6 +26,7 @@ class Thing:
     state: str = "up"
     is_forced_down: bool = False
     compute_host: str = ""
+    task_state: str | None = None
     service_details: dict[str, str] = field(default_factory=dict)
 
 
@@ -116,8 +117,8 @@ class Placement:
 
 
 class Conn:
-    def __init__(self, cloud: FakeCloud) -> None:
-        self.compute, self.network, self.placement = Nova(cloud), Neutron(cloud), Placement(cloud)
+    def __init__(self, cloud: FakeCloud, nova: type[Nova] = Nova) -> None:
+        self.compute, self.network, self.placement = nova(cloud), Neutron(cloud), Placement(cloud)
 
     def close(self) -> None:
         pass
@@ -195,4 +196,151 @@ def test_describe_names_a_few_and_counts_the_rest() -> None:
     servers = [{"name": f"vm{i}", "status": "ACTIVE"} for i in range(7)]
     assert hosts.describe(servers) == (
         "vm0 (ACTIVE), vm1 (ACTIVE), vm2 (ACTIVE), vm3 (ACTIVE), vm4 (ACTIVE) and 2 more"
+    )
+
+
+# ---------------------------------------------------------------- drain --
+
+
+class Moving(Nova):
+    """Nova moving servers: a live migration, a start, a stop or an
+    evacuation takes effect at the next look; ``stuck`` never moves."""
+
+    def __init__(self, cloud: FakeCloud) -> None:
+        super().__init__(cloud)
+        self.pending: dict[str, tuple[str, str]] = {}
+        self.stuck = False
+        self.aborted: list[str] = []
+
+    def _find(self, server_id: str) -> Thing:
+        return next(s for s in self.c.servers if s.id == server_id)
+
+    def get_server(self, server_id: str) -> Thing:
+        server = self._find(server_id)
+        if server_id in self.pending and not self.stuck:
+            server.compute_host, server.status = self.pending.pop(server_id)
+        return server
+
+    def live_migrate_server(self, server_id: str, block_migration: str = "") -> None:
+        self.c.calls.append(f"live {server_id} {block_migration}")
+        server = self._find(server_id)
+        server.status = "MIGRATING"
+        self.pending[server_id] = ("node-1", "ACTIVE")
+
+    def start_server(self, server_id: str) -> None:
+        self.c.calls.append(f"start {server_id}")
+        self.pending[server_id] = (self._find(server_id).compute_host, "ACTIVE")
+
+    def stop_server(self, server_id: str) -> None:
+        self.c.calls.append(f"stop {server_id}")
+        self.pending[server_id] = (self._find(server_id).compute_host, "SHUTOFF")
+
+    def post(self, url: str, json: dict[str, Any], microversion: str) -> Any:
+        server_id = url.split("/")[2]
+        assert url == f"/servers/{server_id}/action" and "evacuate" in json, (url, json)
+        self.c.calls.append(f"evacuate {server_id} at {microversion}")
+        self.pending[server_id] = ("node-1", "ACTIVE")
+
+        class Response:
+            status_code = 202
+            headers: dict[str, str] = {}
+
+        return Response()
+
+    def migrations(self, **query: str) -> list[Thing]:
+        return []
+
+    def server_migrations(self, server_id: str) -> list[str]:
+        return [f"migration-of-{server_id}"]
+
+    def abort_server_migration(self, migration: str, server_id: str, **kw: object) -> None:
+        self.aborted.append(migration)
+
+    def enable_service(self, svc: Thing, **kw: str) -> None:
+        self.c.calls.append(f"enable {svc.id}")
+        svc.status = "enabled"
+
+
+@pytest.fixture
+def moving(monkeypatch: pytest.MonkeyPatch) -> Moving:
+    made = Conn(FakeCloud(), Moving)
+    monkeypatch.setattr(connection, "_connect", lambda ref: made)
+    monkeypatch.setattr(session, "POLL", 0.01)
+    monkeypatch.setattr(hosts, "POLL", 0.01)
+    assert isinstance(made.compute, Moving)
+    return made.compute
+
+
+def drain(request: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    service = Cloud(lambda: CloudRef("c", "/x/clouds.yaml"))
+    seen: list[str] = []
+
+    async def progress(message: str, waiting: bool) -> None:
+        seen.append(message)
+
+    try:
+        return asyncio.run(service.run("drain", request, progress)), seen
+    finally:
+        service.close()
+
+
+def test_drain_moves_running_servers_live_and_stopped_ones_started_and_stopped(
+    moving: Moving,
+) -> None:
+    c = moving.c
+    c.servers = [
+        Thing("v1", name="vm1", status="ACTIVE", compute_host="node-2"),
+        Thing("v2", name="vm2", status="SHUTOFF", compute_host="node-2"),
+    ]
+    result, seen = drain({"host": "node-2"})
+    assert c.calls == ["disable s2", "live v1 auto", "start v2", "live v2 auto", "stop v2"]
+    assert [(m["name"], m["how"], m["host"], m["status"]) for m in result["moved"]] == [
+        ("vm1", "live", "node-1", "ACTIVE"),
+        ("vm2", "cold", "node-1", "SHUTOFF"),
+    ]
+    assert seen[0] == "nova-compute on node-2 disabled: no new instance lands there"
+    assert any(m.startswith("vm1 (1 of 2): live to node-1 in") for m in seen), seen
+    assert c.services[1].status == "disabled"
+
+
+def test_drain_of_a_host_that_is_down_forces_it_down_and_evacuates(moving: Moving) -> None:
+    c = moving.c
+    c.servers = [Thing("v1", name="vm1", status="ACTIVE", compute_host="node-2")]
+    result, seen = drain({"host": "node-2", "host_down": True})
+    assert c.calls == ["disable s2", "force-down s2", "evacuate v1 at 2.29"]
+    assert result["moved"][0]["how"] == "evacuated"
+
+
+def test_a_move_past_its_deadline_is_aborted_and_fails_naming_the_server(moving: Moving) -> None:
+    c = moving.c
+    c.servers = [Thing("v1", name="vm1", status="ACTIVE", compute_host="node-2")]
+    moving.stuck = True
+    with pytest.raises(errors.CloudError, match=r"vm1: live migration did not finish within 0 s"):
+        drain({"host": "node-2", "instance_timeout": 0.05})
+    assert moving.aborted == ["migration-of-v1"]
+
+
+def test_a_server_in_error_on_a_host_that_is_up_is_not_moved(moving: Moving) -> None:
+    c = moving.c
+    c.servers = [Thing("v1", name="vm1", status="ERROR", compute_host="node-2")]
+    with pytest.raises(errors.CloudError, match="vm1 is ERROR on node-2, which is up"):
+        drain({"host": "node-2"})
+
+
+def test_a_drain_with_nowhere_to_go_moves_nothing_and_says_so(moving: Moving) -> None:
+    c = moving.c
+    c.servers = [Thing("v1", name="vm1", status="ACTIVE", compute_host="node-2")]
+    c.services[0].status = "disabled"  # node-1, the only other compute
+    with pytest.raises(errors.CloudError, match="no other compute can take them"):
+        drain({"host": "node-2"})
+    assert c.calls == ["disable s2"]
+
+
+def test_undrain_enables_the_service_again(moving: Moving) -> None:
+    c = moving.c
+    c.services[1].status, c.services[1].is_forced_down = "disabled", True
+    result = run("undrain", "node-2")
+    assert c.calls == ["force-down s2", "enable s2"]
+    assert result["message"] == (
+        "nova-compute on node-2 no longer forced down and enabled: instances may land there again"
     )

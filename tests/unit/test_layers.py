@@ -28,7 +28,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "errors": frozenset(),
     "config": BASE,
     # The skew window: pure; reads the package's __version__.
-    "versions": frozenset({"", "errors"}),
+    "versions": frozenset({"", "errors", "model"}),
     "logcontext": frozenset(),
     "notify": frozenset(),
     "commands": frozenset(),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from microstackd import errors, versions
+from microstackd.model import Software
 from microstackd.versions import Release
 
 
@@ -32,15 +33,12 @@ def test_a_release_is_major_and_minor(text: str, expected: Release | None) -> No
 
 @pytest.mark.parametrize("member", ["0.3.0", "0.3.7", "0.2.0", "0.2.9", "0.3.0.dev2"])
 def test_the_control_minor_and_the_one_before_are_inside(member: str) -> None:
-    versions.check_member(node="node-1", version=member, api="v1", control_version="0.3.2")
+    versions.check_member("node-1", Software(member, "v1"), "0.3.2")
 
 
 def test_the_build_is_inside_its_own_window() -> None:
     versions.check_member(
-        node="node-1",
-        version=versions.VERSION,
-        api=versions.API_VERSION,
-        control_version=versions.VERSION,
+        "node-1", Software(versions.VERSION, versions.API_VERSION), versions.VERSION
     )
 
 
@@ -66,16 +64,16 @@ def test_outside_the_window_is_refused_naming_the_side_to_upgrade(
     member: str, api: str, words: list[str]
 ) -> None:
     with pytest.raises(errors.VersionSkew) as caught:
-        versions.check_member(node="node-1", version=member, api=api, control_version="0.3.2")
+        versions.check_member("node-1", Software(member, api), "0.3.2")
     for word in words:
         assert word in caught.value.message
     assert caught.value.code == "FAILED_PRECONDITION"
 
 
 def test_at_minor_zero_only_that_minor_is_inside() -> None:
-    versions.check_member(node="n", version="1.0.3", api="v1", control_version="1.0.0")
+    versions.check_member("n", Software("1.0.3", "v1"), "1.0.0")
     with pytest.raises(errors.VersionSkew, match="computes run 1.0"):
-        versions.check_member(node="n", version="0.9.0", api="v1", control_version="1.0.0")
+        versions.check_member("n", Software("0.9.0", "v1"), "1.0.0")
 
 
 def test_a_test_version_must_look_like_one() -> None:

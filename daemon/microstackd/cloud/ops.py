@@ -56,6 +56,19 @@ def _hypervisor_state(conn: Any, host: str) -> tuple[bool, str]:
     return True, f"hypervisor {h.name} {h.state}, {h.status}"
 
 
+def _provider_state(conn: Any, host: str) -> tuple[bool, str]:
+    """Whether Placement has the host's resource provider with its memory:
+    until nova-compute reported it, the scheduler finds no room there
+    ("No valid host" for a launch right after the join)."""
+    providers = [p for p in conn.placement.resource_providers(name=host) if p.name == host]
+    if not providers:
+        return False, "no resource provider in Placement yet"
+    classes = {i.resource_class for i in conn.placement.resource_provider_inventories(providers[0])}
+    if "MEMORY_MB" not in classes:
+        return False, f"resource provider {providers[0].id} has no memory inventory yet"
+    return True, f"resource provider {providers[0].id} with {', '.join(sorted(classes))}"
+
+
 async def _manage(argv: list[str], *args: str) -> str:
     try:
         result = await commands.run([*argv, *args], timeout=300)
@@ -106,6 +119,11 @@ async def admit(s: Session, req: Mapping[str, Any]) -> dict[str, Any]:
     hypervisor = await wait(
         s, f"the hypervisor of {host} to be listed", hypervisor_state, timeout, host
     )
+
+    async def provider_state() -> tuple[bool, str]:
+        return await s(lambda conn: _provider_state(conn, host))
+
+    provider = await wait(s, f"the resources of {host} in Placement", provider_state, timeout, host)
     if not manage:
         # The host mapping is not visible through the API: give the scheduler
         # one full discovery period after the compute node exists.
@@ -119,7 +137,13 @@ async def admit(s: Session, req: Mapping[str, Any]) -> dict[str, Any]:
             )
             await asyncio.sleep(min(POLL, max(0.0, deadline - time.monotonic())))
         mapping = f"mapped by {how} (one period waited)"
-    return {"host": host, "service": service, "mapping": mapping, "hypervisor": hypervisor}
+    return {
+        "host": host,
+        "service": service,
+        "mapping": mapping,
+        "hypervisor": hypervisor,
+        "provider": provider,
+    }
 
 
 # ----------------------------------------------------------------- view --
@@ -130,7 +154,8 @@ def _view(conn: Any) -> dict[str, Any]:
 
     def entry(host: str) -> dict[str, Any]:
         return hosts.setdefault(
-            host, {"compute_service": "", "hypervisor": "", "running_instances": 0}
+            host,
+            {"compute_service": "", "hypervisor": "", "running_instances": 0, "drained": False},
         )
 
     for s in conn.compute.services(binary="nova-compute"):
@@ -138,6 +163,8 @@ def _view(conn: Any) -> dict[str, Any]:
             entry(s.host)["compute_service"] = f"{s.state}" + (
                 "" if s.status == "enabled" else f" ({s.status})"
             )
+            # cloud/hosts.py's DRAINED_REASON (not imported: hosts imports this module).
+            entry(s.host)["drained"] = s.disabled_reason == "drained by microstackd"
     for h in conn.compute.hypervisors(details=True):
         owner = (h.service_details or {}).get("host") or h.name
         entry(owner)["hypervisor"] = f"{h.state}" + (

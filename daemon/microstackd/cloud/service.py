@@ -27,6 +27,8 @@ OPERATIONS: dict[str, Operation] = {
     "admit": ops.admit,
     "instances": hosts.instances,
     "remove": hosts.remove,
+    "drain": hosts.drain,
+    "undrain": hosts.undrain,
     "launch": launch.launch,
     "view": ops.view,
 }

@@ -124,12 +124,7 @@ class Bootstrap:
         # strangers), and before a token is spent or a name taken.
         software = session.software
         try:
-            versions.check_member(
-                node=hello.node_name,
-                version=software.version,
-                api=software.api,
-                control_version=self._cluster.config.version,
-            )
+            versions.check_member(hello.node_name, software, self._cluster.config.version)
         except errors.VersionSkew as exc:
             log.warning(
                 "bootstrap refused source=%s node=%s reason=version version=%r api=%r",

@@ -189,6 +189,11 @@ class Cluster:
             self._verifier = kdf.decode_verifier(blob)
         return self._ca, *self._verifier
 
+    def revocation_list(self) -> bytes:
+        """The CRL of every revoked node certificate (PEM), signed now."""
+        ca, _verifier, _kdf = self.secrets()
+        return x509.revocation_list(ca, self.store.revoked_serials(), now())
+
     def load_control_config(self) -> control_config.ControlConfig:
         """control.yaml, re-read only when the file changed (every join needs
         it twice; parsing and re-dumping it was a measurable part of a join)."""

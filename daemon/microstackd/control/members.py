@@ -88,9 +88,39 @@ class Members:
                 f"{hosts.describe(left)} (evacuate or delete them, then `microstackctl remove "
                 f"{name}` again deletes its compute service)"
             )
+        message += f"; {await self._push_revocations(node.name)}"
         if self._cloud.configured() is not None:
             message += f"; {await self._cloud_cleanup(node.name)}"
         return removed, message
+
+    async def _push_revocations(self, removed: str) -> str:
+        """Every other compute's libvirtd and QEMU refuse the removed node's
+        certificate from now on (the migration transport trusts the CA)."""
+        crl = self._cluster.revocation_list()
+        others = [
+            n
+            for n in self._store.nodes()
+            if n.role is Role.COMPUTE and n.state is NodeState.ACTIVE and n.agent_port
+        ]
+        if not others:
+            return "no other compute to tell about its certificate"
+        missed = []
+        for node in others:
+            client = AgentClient(node, self._store.credentials())
+            try:
+                await client.update_revocations(crl, timeout=10)
+            except errors.MicrostackError as exc:
+                log.warning("revocations not pushed node=%s error=%s", node.name, exc.message)
+                missed.append(f"{node.name} ({exc.message})")
+            finally:
+                await client.close()
+        told = f"{len(others) - len(missed)} other compute(s) refuse its certificate from now on"
+        if missed:
+            told += (
+                f"; not told: {', '.join(missed)} (until their next enrolment their libvirtd "
+                f"still accepts {removed}'s certificate)"
+            )
+        return told
 
     async def _instances(self, host: str, force: bool) -> list[dict[str, str]]:
         """The servers Nova places on ``host`` ([] without a cloud). When Nova
@@ -121,6 +151,51 @@ class Members:
             )
         return str(result["message"])
 
+    async def drain(
+        self, name: str, instance_timeout: float, progress: Progress
+    ) -> list[dict[str, str]]:
+        """Disable a compute's nova-compute and move its instances away; the
+        instances moved. A compute whose agent answers is up (live moves);
+        one that does not is down (evacuation)."""
+        node = self._compute(name)
+        if self._cloud.configured() is None:
+            raise errors.CloudError(f"cannot drain {name}: no cloud configured")
+        down = False
+        if node.state is NodeState.REMOVED:
+            down = True  # its services were stopped: what Nova still places there is evacuated
+        elif node.agent_port:
+            client = AgentClient(node, self._store.credentials())
+            try:
+                await client.services(timeout=10)
+            except errors.NodeUnreachable as exc:
+                await progress(f"{name} cannot be reached ({exc.message}): taken as down", False)
+                down = True
+            finally:
+                await client.close()
+        request = {"host": node.name, "instance_timeout": instance_timeout, "host_down": down}
+        # Each move has its own deadline (aborted past it): this one only bounds a hang.
+        timeout = 120 + instance_timeout * (1 + len(await self._instances(node.name, False)))
+        result = await self._cloud.run("drain", request, progress, timeout=timeout)
+        return list(result["moved"])
+
+    async def undrain(self, name: str) -> str:
+        node = self._compute(name)
+        if node.state is NodeState.REMOVED:
+            raise errors.InvalidArgument(f"{name} was removed: join it again instead")
+        if self._cloud.configured() is None:
+            raise errors.CloudError(f"cannot undrain {name}: no cloud configured")
+        result = await self._cloud.run("undrain", {"host": node.name}, timeout=60)
+        return str(result["message"])
+
+    def _compute(self, name: str) -> NodeRecord:
+        cluster = self._cluster.require()
+        node = self._store.node(names.node_name(name, "node name"))
+        if node is None:
+            raise errors.NotFound(f"no node named {name!r} in the cluster")
+        if node.role is Role.CONTROL or node.name == cluster.control_name:
+            raise errors.InvalidArgument(f"{name} is the control node: it runs no instances")
+        return node
+
     def heartbeat(
         self, identity: Identity, services: list[ServiceRecord], software: Software
     ) -> int:
@@ -130,12 +205,7 @@ class Members:
         known = self._store.node(identity.name)
         if known is None or (known.version, known.api_version) != (software.version, software.api):
             self._store.set_software(identity.name, software)
-        versions.check_member(
-            node=identity.name,
-            version=software.version,
-            api=software.api,
-            control_version=self._cluster.config.version,
-        )
+        versions.check_member(identity.name, software, self._cluster.config.version)
         self._store.touch_node(identity.name, time.time())
         if services:
             self._store.set_services(identity.name, services)
@@ -166,13 +236,9 @@ class Members:
         """Why the window refuses the version ``node`` last declared ("": it does not)."""
         if not node.version and not node.api_version:
             return ""  # nothing declared yet (a bare API client, the benchmarks' nodes)
+        software = Software(node.version, node.api_version)
         try:
-            versions.check_member(
-                node=node.name,
-                version=node.version,
-                api=node.api_version,
-                control_version=self._cluster.config.version,
-            )
+            versions.check_member(node.name, software, self._cluster.config.version)
         except errors.VersionSkew as exc:
             return exc.message
         return ""

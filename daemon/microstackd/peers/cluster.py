@@ -141,5 +141,14 @@ class AgentClient:
     async def services(self, timeout: float = 10.0) -> list[ServiceRecord]:
         return await self._services_call(self._stub.GetServices, pb.GetServicesRequest(), timeout)
 
+    async def update_revocations(self, crl_pem: bytes, timeout: float = 60.0) -> str:
+        try:
+            response = await self._stub.UpdateRevocations(
+                pb.UpdateRevocationsRequest(crl_pem=crl_pem), timeout=timeout
+            )
+        except aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+        return str(response.message)
+
     async def leave(self, timeout: float = 60.0) -> list[ServiceRecord]:
         return await self._services_call(self._stub.Leave, pb.LeaveRequest(), timeout)

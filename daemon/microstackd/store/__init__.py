@@ -237,6 +237,12 @@ class Store:
                 [(node, s.name, s.state, s.message, s.detail) for s in services],
             )
 
+    def revoked_serials(self) -> list[str]:
+        """Every revoked certificate serial (hex), for the CRL."""
+        return [
+            str(row[0]) for row in self._db.execute("SELECT serial FROM revoked ORDER BY serial")
+        ]
+
     def is_revoked(self, serial: str) -> bool:
         return (
             self._db.execute("SELECT 1 FROM revoked WHERE serial = ?", (serial,)).fetchone()

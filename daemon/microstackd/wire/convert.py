@@ -208,6 +208,7 @@ def nova_host_to_pb(view: dict[str, Any]) -> pb.NovaHost:
         compute_service=str(view.get("compute_service") or ""),
         hypervisor=str(view.get("hypervisor") or ""),
         running_instances=int(view.get("running_instances") or 0),
+        drained=bool(view.get("drained")),
     )
 
 

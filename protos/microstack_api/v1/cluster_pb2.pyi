@@ -129,14 +129,16 @@ class Node(_message.Message):
     def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., cert_serial: _Optional[str] = ..., cert_expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., joined: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., nova: _Optional[_Union[NovaHost, _Mapping]] = ..., microstackd_version: _Optional[str] = ..., api_version: _Optional[str] = ..., version_refused: _Optional[str] = ...) -> None: ...
 
 class NovaHost(_message.Message):
-    __slots__ = ("compute_service", "hypervisor", "running_instances")
+    __slots__ = ("compute_service", "hypervisor", "running_instances", "drained")
     COMPUTE_SERVICE_FIELD_NUMBER: _ClassVar[int]
     HYPERVISOR_FIELD_NUMBER: _ClassVar[int]
     RUNNING_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    DRAINED_FIELD_NUMBER: _ClassVar[int]
     compute_service: str
     hypervisor: str
     running_instances: int
-    def __init__(self, compute_service: _Optional[str] = ..., hypervisor: _Optional[str] = ..., running_instances: _Optional[int] = ...) -> None: ...
+    drained: bool
+    def __init__(self, compute_service: _Optional[str] = ..., hypervisor: _Optional[str] = ..., running_instances: _Optional[int] = ..., drained: _Optional[bool] = ...) -> None: ...
 
 class ClusterInfo(_message.Message):
     __slots__ = ("id", "control_name", "control_address", "bootstrap_port", "cluster_port", "ca_fingerprint", "ca_expires")
@@ -259,6 +261,48 @@ class LaunchResponse(_message.Message):
     event: Event
     result: LaunchResult
     def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., result: _Optional[_Union[LaunchResult, _Mapping]] = ...) -> None: ...
+
+class DrainRequest(_message.Message):
+    __slots__ = ("name", "instance_timeout_seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    instance_timeout_seconds: int
+    def __init__(self, name: _Optional[str] = ..., instance_timeout_seconds: _Optional[int] = ...) -> None: ...
+
+class MovedInstance(_message.Message):
+    __slots__ = ("name", "id", "how", "host", "status")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    HOW_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    id: str
+    how: str
+    host: str
+    status: str
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., how: _Optional[str] = ..., host: _Optional[str] = ..., status: _Optional[str] = ...) -> None: ...
+
+class DrainResponse(_message.Message):
+    __slots__ = ("event", "moved")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    MOVED_FIELD_NUMBER: _ClassVar[int]
+    event: Event
+    moved: _containers.RepeatedCompositeFieldContainer[MovedInstance]
+    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., moved: _Optional[_Iterable[_Union[MovedInstance, _Mapping]]] = ...) -> None: ...
+
+class UndrainRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class UndrainResponse(_message.Message):
+    __slots__ = ("message",)
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    def __init__(self, message: _Optional[str] = ...) -> None: ...
 
 class CreateTokenRequest(_message.Message):
     __slots__ = ("name", "ttl_seconds")
@@ -498,3 +542,15 @@ class LeaveResponse(_message.Message):
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
     def __init__(self, services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ...) -> None: ...
+
+class UpdateRevocationsRequest(_message.Message):
+    __slots__ = ("crl_pem",)
+    CRL_PEM_FIELD_NUMBER: _ClassVar[int]
+    crl_pem: bytes
+    def __init__(self, crl_pem: _Optional[bytes] = ...) -> None: ...
+
+class UpdateRevocationsResponse(_message.Message):
+    __slots__ = ("message",)
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    def __init__(self, message: _Optional[str] = ...) -> None: ...
