@@ -257,7 +257,7 @@ class Agent:
 
     async def update_revocations(self, crl_pem: bytes) -> str:
         """The control revoked a node's certificate: rewrite the CRL that this
-        node's libvirtd and QEMU check (QEMU reads it at each migration) and
+        node's libvirtd and QEMU check (QEMU re-reads its TLS directory at each migration) and
         have the node's own libvirtd reload its TLS files without a restart."""
         role = self.applied()
         if role is None or MIGRATION_CRL not in {f.path for f in role.files}:
