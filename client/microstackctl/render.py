@@ -145,6 +145,9 @@ def node_dict(n: pb.Node) -> dict[str, Any]:
             for s in n.services
         ],
         "nova": nova_dict(n.nova) if n.HasField("nova") else None,
+        "version": n.microstackd_version,
+        "api_version": n.api_version,
+        "version_refused": n.version_refused,
     }
 
 
@@ -153,6 +156,7 @@ def nova_dict(v: pb.NovaHost) -> dict[str, Any]:
         "compute_service": v.compute_service,
         "hypervisor": v.hypervisor,
         "running_instances": v.running_instances,
+        "drained": v.drained,
     }
 
 
@@ -162,8 +166,8 @@ def nova_text(n: pb.Node) -> str:
         return "-"
     v = n.nova
     return (
-        f"{v.compute_service or 'no service'}, hv {v.hypervisor or 'none'}, "
-        f"{v.running_instances} running"
+        f"{v.compute_service or 'no service'}{' drained' if v.drained else ''}, "
+        f"hv {v.hypervisor or 'none'}, {v.running_instances} running"
     )
 
 
@@ -181,6 +185,10 @@ def launch_dict(r: pb.LaunchResult, ssh: str) -> dict[str, Any]:
         "active_after_seconds": r.active_after_seconds,
         "ssh_after_seconds": r.ssh_after_seconds,
     }
+
+
+def moved_dict(m: pb.MovedInstance) -> dict[str, Any]:
+    return {"name": m.name, "id": m.id, "how": m.how, "host": m.host, "status": m.status}
 
 
 def token_dict(t: pb.TokenInfo) -> dict[str, Any]:
@@ -479,7 +487,16 @@ class _StatusView:
         #: The cluster lines' labels, padded to the longest and two spaces.
         self.label_width = max(len(label) for label, _ in self.cluster) + 2
         self.nova = any(n.HasField("nova") for n in status.nodes)
-        columns = ["NAME", "ROLE", "ADDRESS", "STATE", "SERVICES", "LAST SEEN", "CERT EXPIRES"]
+        columns = [
+            "NAME",
+            "ROLE",
+            "ADDRESS",
+            "STATE",
+            "SERVICES",
+            "VERSION",
+            "LAST SEEN",
+            "CERT EXPIRES",
+        ]
         self.header = [*columns, "NOVA"] if self.nova else columns
         self.rows: list[list[str]] = []
         #: Per row: bold name, services short of running, the state's style.
@@ -495,6 +512,7 @@ class _StatusView:
                 n.address,
                 n.state,
                 f"{up}/{len(n.services)}" if n.services else "-",
+                n.microstackd_version or "-",
                 _ago(n.last_seen, now),
                 (iso(n.cert_expires) or "-")[:10],
             ]
@@ -510,6 +528,8 @@ class _StatusView:
             )
             if n.state in ("failed", "warning") and n.message:
                 self.notes.append((n.name, _first_line(n.message)))
+            if n.version_refused:
+                self.notes.append((n.name, _first_line(n.version_refused)))
             for s in n.services:
                 if s.detail:
                     self.details.append((f"{n.name} {s.name}", s.detail))

@@ -6,6 +6,9 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from microstackd import versions
+from microstackd.model import Software
+
 DEFAULT_STATE_DIR = Path("/var/lib/microstackd")
 DEFAULT_SOCKET = Path("/run/microstackd/microstackd.sock")
 DEFAULT_LISTEN = "0.0.0.0:10002"
@@ -64,6 +67,14 @@ class DaemonConfig:
     def renewal_check(self) -> float:
         """Seconds between two looks at this node's certificates' expiry."""
         return max(0.5, min(self.renew_before / 8, 3600.0))
+
+    #: The microstackd version this node declares: its own, unless a test
+    #: makes it declare another (the hidden ``--report-version``).
+    version: str = versions.VERSION
+
+    @property
+    def software(self) -> Software:
+        return Software(self.version, versions.API_VERSION)
 
     @property
     def control_config_path(self) -> Path:

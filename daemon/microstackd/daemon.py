@@ -123,7 +123,7 @@ class Daemon:
         self.certificates = Certificates(self.cluster)
         self.rotation = Rotation(self.cluster, self.certificates, self.renewed)
         self.agent = Agent(config, store, self.services, self.runner, self.services_changed)
-        self.heartbeats = Heartbeats(store, self.agent.services)
+        self.heartbeats = Heartbeats(store, self.agent.services, config.software)
         self.services_changed.subscribe(self.heartbeats.beat_now)
         # A renewed certificate's first use is the heartbeat it triggers.
         self.renewed.subscribe(self.heartbeats.beat_now)

@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from microstackd import __version__, errors, logcontext, notify
+from microstackd import __version__, errors, logcontext, notify, versions
 from microstackd.config import (
     DEFAULT_CONFIG_FILE,
     DEFAULT_CONFIG_ROOT,
@@ -203,6 +203,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="STEP=SECONDS",
         help="fault-injection aid for tests: pause before running STEP (repeatable)",
     )
+    # For tests only (docs/api.md, "Versions"): declare another microstackd
+    # version than this build's, to see the control's skew window at work.
+    parser.add_argument("--report-version", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     parser.add_argument("--version", action="version", version=f"microstackd {__version__}")
     return parser.parse_args(argv)
@@ -330,6 +333,9 @@ def build_config(args: argparse.Namespace) -> DaemonConfig:
         cert_lifetime=lifetime,
         bootstrap_cert_lifetime=bootstrap_lifetime,
         renew_before=renew_before,
+        version=versions.check_version(args.report_version, "--report-version")
+        if args.report_version
+        else __version__,
     )
 
 

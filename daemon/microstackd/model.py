@@ -140,6 +140,15 @@ class NodeCredentials:
 
 
 @dataclass(frozen=True)
+class Software:
+    """What a node declares it runs: its microstackd version and the gRPC API
+    it speaks (``versions``: the skew window)."""
+
+    version: str
+    api: str
+
+
+@dataclass(frozen=True)
 class NodeRecord:
     name: str
     role: Role
@@ -156,6 +165,11 @@ class NodeRecord:
     services: tuple[ServiceRecord, ...] = field(default_factory=tuple)
     #: A renewed certificate issued but not used yet (hex serial; "" none).
     pending_serial: str = ""
+    #: The microstackd version and API the node last declared ("": none yet).
+    version: str = ""
+    api_version: str = ""
+    #: Why the control refuses that version (not stored: ``status`` works it out).
+    version_refused: str = ""
 
 
 @dataclass

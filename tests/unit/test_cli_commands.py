@@ -13,6 +13,7 @@ import pytest
 from microstackctl import (
     cli,
     cmd_ca,
+    cmd_drain,
     cmd_init,
     cmd_join,
     cmd_launch,
@@ -27,6 +28,8 @@ WORK: dict[tuple[str, ...], Callable[..., Any]] = {
     ("join",): cmd_join.join,
     ("watch",): cmd_watch.watch,
     ("remove",): cmd_remove.remove,
+    ("drain",): cmd_drain.drain,
+    ("undrain",): cmd_drain.undrain,
     ("launch",): cmd_launch.launch,
     ("add-node",): cmd_tokens.add_node,
     ("tokens",): cmd_tokens.list_tokens,

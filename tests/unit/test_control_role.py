@@ -27,6 +27,9 @@ from microstackd.node import render, steps
 from microstackd.node.roles import COMPUTE, CONTROL, DEFINITIONS, RoleDefinition
 from microstackd.node.roles.parts import SERVICE_PREFIX, SetupStep
 
+#: A CRL as the control issues it (its content does not matter here).
+CRL = "-----BEGIN X509 CRL-----\n-----END X509 CRL-----"
+
 NODE = NodeRecord(
     name="node-1",
     role=Role.COMPUTE,
@@ -65,7 +68,11 @@ def _values(tmp_path: Path, config: control_config.ControlConfig, role: RoleDefi
         return {**base, **control_config.control_settings(config), "host": "control"}
     # as the node's agent adds them (agent.py)
     node = {"virt_type": "qemu", "virt_detail": "virt_type qemu (detected: no /dev/kvm)"}
-    return {**base, **control_config.issue_compute_settings(config, NODE), **node}
+    return {
+        **base,
+        **control_config.issue_compute_settings(config, NODE, revocation_list=CRL),
+        **node,
+    }
 
 
 def _secrets(config: control_config.ControlConfig) -> set[str]:
@@ -209,7 +216,7 @@ def test_without_an_openstack_environment_every_control_step_is_skipped(tmp_path
 
 
 def test_compute_settings_follow_the_driver(config):
-    settings = control_config.issue_compute_settings(config, NODE)
+    settings = control_config.issue_compute_settings(config, NODE, revocation_list=CRL)
     assert (settings["vif_plugging_is_fatal"], settings["compute_driver"]) == (
         "true",
         "libvirt.LibvirtDriver",

@@ -8,14 +8,16 @@ import asyncio
 
 import pytest
 
+from microstackd import errors
 from microstackd.enrolment.events import Signal
 from microstackd.member import heartbeat
 from microstackd.member.heartbeat import Heartbeats
-from microstackd.model import ClusterRecord, Role, ServiceRecord
+from microstackd.model import ClusterRecord, Role, ServiceRecord, Software
 
 CLUSTER = ClusterRecord("c1", Role.COMPUTE, "control", "10.0.0.1", 10002, 10003, "ff", 0.0)
 #: The control's interval: far longer than any test waits.
 AN_HOUR = 3600
+SOFTWARE = Software("0.1.0", "v1")
 
 
 class FakeStore:
@@ -30,12 +32,19 @@ class FakeControl:
     """The control's side of ``ControlClient.heartbeat``: what each beat carried."""
 
     beats: asyncio.Queue[list[ServiceRecord]]
+    #: The versions each beat declared.
+    declared: list[Software] = []
+    #: Refuse every beat as outside the skew window.
+    refuse = False
 
     def __init__(self, cluster: ClusterRecord, credentials: object) -> None:
         pass
 
-    async def heartbeat(self, services: list[ServiceRecord]) -> int:
+    async def heartbeat(self, services: list[ServiceRecord], software: Software) -> int:
+        FakeControl.declared.append(software)
         await FakeControl.beats.put(services)
+        if FakeControl.refuse:
+            raise errors.VersionSkew("node-1 runs microstackd 0.9.0: upgrade the control first")
         return AN_HOUR
 
     async def close(self) -> None:
@@ -45,6 +54,8 @@ class FakeControl:
 @pytest.fixture
 def control(monkeypatch: pytest.MonkeyPatch) -> type[FakeControl]:
     monkeypatch.setattr(heartbeat, "ControlClient", FakeControl)
+    monkeypatch.setattr(FakeControl, "declared", [])
+    monkeypatch.setattr(FakeControl, "refuse", False)
     return FakeControl
 
 
@@ -57,7 +68,7 @@ def test_a_change_is_sent_at_once_not_at_the_next_interval(control: type[FakeCon
     async def main() -> list[list[ServiceRecord]]:
         control.beats = asyncio.Queue()
         changed = Signal("services changed")
-        beats = Heartbeats(FakeStore(), states)  # type: ignore[arg-type]
+        beats = Heartbeats(FakeStore(), states, SOFTWARE)  # type: ignore[arg-type]
         changed.subscribe(beats.beat_now)
         beats.start()
         try:
@@ -82,7 +93,7 @@ def test_without_a_change_the_next_beat_waits_for_the_interval(control: type[Fak
 
     async def main() -> bool:
         control.beats = asyncio.Queue()
-        beats = Heartbeats(FakeStore(), states)  # type: ignore[arg-type]
+        beats = Heartbeats(FakeStore(), states, SOFTWARE)  # type: ignore[arg-type]
         beats.start()
         try:
             await asyncio.wait_for(control.beats.get(), 30)
@@ -92,3 +103,28 @@ def test_without_a_change_the_next_beat_waits_for_the_interval(control: type[Fak
             await beats.stop()
 
     assert asyncio.run(main())
+
+
+def test_a_beat_refused_for_its_version_does_not_end_the_heartbeats(
+    control: type[FakeControl],
+) -> None:
+    """Unlike a revoked certificate: once one side is upgraded, the control
+    takes the member's beats again, so the member keeps sending them."""
+    control.refuse = True
+
+    async def states() -> list[ServiceRecord]:
+        return []
+
+    async def main() -> None:
+        control.beats = asyncio.Queue()
+        beats = Heartbeats(FakeStore(), states, SOFTWARE)  # type: ignore[arg-type]
+        beats.start()
+        try:
+            await asyncio.wait_for(control.beats.get(), 30)
+            await beats.beat_now()
+            await asyncio.wait_for(control.beats.get(), 30)
+        finally:
+            await beats.stop()
+
+    asyncio.run(main())
+    assert control.declared == [SOFTWARE, SOFTWARE]

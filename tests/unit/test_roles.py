@@ -20,6 +20,9 @@ from microstackd.node.roles.compute import NOVA_COMPUTE_CONF
 from microstackd.node.roles.network import NEUTRON_AGENT_CONF, OVS_AGENT_INI
 from microstackd.node.standin import check
 
+#: A CRL as the control issues it (its content does not matter here).
+CRL = "-----BEGIN X509 CRL-----\n-----END X509 CRL-----"
+
 NODE = NodeRecord(
     name="node-1",
     role=Role.COMPUTE,
@@ -36,7 +39,7 @@ NODE = NodeRecord(
 @pytest.fixture
 def settings(tmp_path: Path) -> dict[str, str]:
     config = control_config.ensure(tmp_path / "control.yaml", "10.0.0.1")
-    return control_config.issue_compute_settings(config, NODE) | {
+    return control_config.issue_compute_settings(config, NODE, revocation_list=CRL) | {
         "config_root": str(tmp_path / "etc"),
         "state_dir": str(tmp_path / "state"),
         "state_path": str(tmp_path / "state" / "services"),
@@ -50,6 +53,7 @@ def settings(tmp_path: Path) -> dict[str, str]:
         "virt_type": "qemu",
         "virt_detail": "virt_type qemu (detected: no /dev/kvm)",
         "libvirt_uri": "qemu+unix:///system?socket=/run/n1/libvirt/libvirt-sock",
+        "instances_bind": "yes",
     }
 
 
@@ -69,6 +73,7 @@ def test_compute_role_renders_parseable_files_with_the_issued_values(tmp_path, s
             OVS_AGENT_INI,
             "libvirt/libvirtd.conf",
             "libvirt/qemu.conf",
+            "libvirt/pki/ca-crl.pem",
         ]
     )
     nova = _ini(root / NOVA_COMPUTE_CONF)
@@ -100,6 +105,24 @@ def test_compute_role_renders_parseable_files_with_the_issued_values(tmp_path, s
     qemu = (root / "libvirt" / "qemu.conf").read_text()
     for line in ('user = "root"', 'security_driver = "none"', 'stdio_handler = "file"'):
         assert line in qemu
+    # The migration transport: TLS only, on the node's address, its own certificate.
+    for line in ("migrate_tls_force = 1", 'migration_address = "10.0.0.2"'):
+        assert line in qemu
+    libvirtd = (root / "libvirt" / "libvirtd.conf").read_text()
+    for line in (
+        'listen_addr = "10.0.0.2"',
+        "listen_tcp = 0",
+        'tls_allowed_dn_list = ["OU=compute',
+    ):
+        assert line in libvirtd
+    assert (root / "libvirt" / "pki" / "ca-crl.pem").read_text().strip() == settings[
+        "migration_crl"
+    ]
+    assert nova["DEFAULT"]["instances_path"] == "/var/lib/nova/instances"
+    assert nova["libvirt"]["live_migration_uri"].startswith("qemu+tls://%s/system?pkipath=")
+    assert nova["libvirt"]["live_migration_inbound_addr"] == "10.0.0.2"
+    assert nova["libvirt"]["live_migration_with_native_tls"] == "true"
+    assert nova["compute"]["live_migration_wait_for_vif_plug"] == "false"
     for path in paths:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
 
@@ -171,7 +194,16 @@ def test_template_errors_name_the_template():
 def test_commands_expand(settings):
     service = COMPUTE.service("nova-compute")
     argv = render.expand(service.command, settings)
-    assert argv[0] == "/opt/os/bin/nova-compute" and argv[-1].endswith(NOVA_COMPUTE_CONF)
+    # In a mount namespace of its own where the node's instances are bound
+    # over the common path (as in its libvirtd's).
+    assert argv[0] == "/usr/bin/unshare" and argv[-1].endswith(NOVA_COMPUTE_CONF)
+    program = argv.index("--", argv.index("nova-compute-ns")) + 1
+    assert argv[program] == "/opt/os/bin/nova-compute"
+    assert list(argv[argv.index("nova-compute-ns") + 1 : program - 1]) == [
+        "yes",
+        settings["state_path"] + "/nova/instances",
+        "/var/lib/nova/instances",
+    ]
 
 
 def test_standin_reports_every_missing_key(tmp_path):

@@ -20,16 +20,26 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 
-from microstackd import errors
+from microstackd import errors, versions
 from microstackd.control.cluster import Cluster, now
 from microstackd.control.ratelimit import FailureLimiter, OpenLimit, Quiet, source_key
-from microstackd.model import BootstrapCertificate, BootstrapResult, NodeRecord, NodeState, Role
+from microstackd.model import (
+    BootstrapCertificate,
+    BootstrapResult,
+    NodeRecord,
+    NodeState,
+    Role,
+    Software,
+)
 from microstackd.store import Store
 from microstackd.store.files import CA_CERT
 from microstackd.trust import exchange, names, x509
 from microstackd.trust.exchange import Challenge, Hello
 
 log = logging.getLogger(__name__)
+
+#: A joiner that declared no version (outside every skew window).
+UNDECLARED = Software("", "")
 
 
 class BootstrapSession:
@@ -42,8 +52,11 @@ class BootstrapSession:
         source: str,
         agent_port: int,
         token_id: str = "",
+        software: Software = UNDECLARED,
     ) -> None:
         self.hello = hello
+        #: What the joiner declares it runs (checked once it proved the password).
+        self.software = software
         self.exchange = control
         self.source = source
         #: What its failures count against (an address, or an IPv6 /64).
@@ -64,7 +77,9 @@ def check_name_free(store: Store, name: str) -> NodeRecord | None:
         return existing
     raise errors.NameTaken(
         f"a node named {name!r} is already in the cluster ({existing.state.value}, "
-        f"address {existing.address}); remove it first or join under another name"
+        f"address {existing.address}); if this machine replaces it (reinstalled, its state "
+        f"lost), free the name on the control with `microstackctl remove {name} --force`, "
+        "then join again; or join under another name"
     )
 
 
@@ -139,7 +154,12 @@ class Bootstrap:
             )  # fmt: skip
 
     def begin(
-        self, hello: Hello, source: str, agent_port: int = 0, token_id: str = ""
+        self,
+        hello: Hello,
+        source: str,
+        agent_port: int = 0,
+        token_id: str = "",
+        software: Software = UNDECLARED,
     ) -> tuple[BootstrapSession, Challenge]:
         cluster = self._cluster.require()
         self._locked_out(source, source_key(source))  # early: no PAKE work for it
@@ -153,7 +173,7 @@ class Bootstrap:
             verifier, cluster.cluster_id, params, hello, self._bootstrap.fingerprint
         )
         return (
-            BootstrapSession(hello, control, source, agent_port, token_id),
+            BootstrapSession(hello, control, source, agent_port, token_id, software),
             Challenge(cluster.cluster_id, params, control.challenge()),
         )
 
@@ -189,6 +209,20 @@ class Bootstrap:
                 ) from None
             raise
         self._limiter.succeeded(session.key)
+        # Told only after the proof (the control's version is nothing for
+        # strangers), and before a token is spent or a name taken.
+        software = session.software
+        try:
+            versions.check_member(hello.node_name, software, self._cluster.config.version)
+        except errors.VersionSkew as exc:
+            log.warning(
+                "bootstrap refused source=%s node=%s reason=version version=%r api=%r",
+                session.source,
+                hello.node_name,
+                software.version,
+                software.api,
+            )
+            raise errors.VersionSkew(f"join refused: {exc.message}") from None
         existing = check_name_free(self._store, hello.node_name)
         check_identity_free(self._store, hello)
         if session.token_id and not self._store.set_token_state(
@@ -219,6 +253,8 @@ class Bootstrap:
                 cert_not_after=identity.not_after.timestamp(),
                 joined=time.time(),
                 agent_port=session.agent_port,
+                version=software.version,
+                api_version=software.api,
             ),
             replaces_serial=existing.cert_serial if existing else None,
         )

@@ -276,6 +276,11 @@ class Cluster:
             raise errors.StorageError(f"{self.store.state_dir / VERIFIER}: {exc.message}") from exc
         return ca, verifier
 
+    def revocation_list(self) -> bytes:
+        """The CRL of every revoked node certificate (PEM), signed now."""
+        ca, _verifier, _kdf = self.secrets()
+        return x509.revocation_list(ca, self.store.revoked_serials(), now())
+
     def load_control_config(self) -> control_config.ControlConfig:
         """control.yaml, re-read only when the file changed (every join needs
         it twice; parsing and re-dumping it was a measurable part of a join)."""

@@ -239,8 +239,11 @@ def _cloud_section(value: object) -> tuple[tuple[str, str], ...]:
     return tuple((str(k), str(v)) for k, v in value.items() if k in ("name", "clouds_yaml") and v)
 
 
-def issue_compute_settings(config: ControlConfig, node: NodeRecord) -> dict[str, str]:
-    """The compute role's settings for ``node`` (secrets included)."""
+def issue_compute_settings(
+    config: ControlConfig, node: NodeRecord, *, revocation_list: str
+) -> dict[str, str]:
+    """The compute role's settings for ``node`` (secrets included), with the
+    cluster's CRL (PEM) for its libvirtd and QEMU."""
     settings = {
         "host": node.name,
         "my_ip": node.address,
@@ -257,6 +260,7 @@ def issue_compute_settings(config: ControlConfig, node: NodeRecord) -> dict[str,
         "tunnel_types": config.tunnel_types,
         "ovn_sb_connection": config.ovn_sb_connection,
         "metadata_secret": config.metadata_secret,
+        "migration_crl": revocation_list,
     }
     for user in SERVICE_USERS:
         settings[f"{user}_username"] = user

@@ -86,7 +86,9 @@ class Enrolments:
     async def _issue_config(self, ctx: StepContext) -> str:
         node = self._node(ctx.node)
         config = self._cluster.load_control_config()
-        settings = control_config.issue_compute_settings(config, node)
+        settings = control_config.issue_compute_settings(
+            config, node, revocation_list=self._cluster.revocation_list().decode()
+        )
         return f"{len(settings)} settings for {node.name}: {config.public_summary()}"
 
     async def _configure_node(self, ctx: StepContext) -> str | Skipped:
@@ -96,7 +98,10 @@ class Enrolments:
             # benchmarks' simulated nodes) has no services to configure.
             return Skipped(f"{node.name} runs no agent: no services to configure")
         config = self._cluster.load_control_config()
-        settings = control_config.issue_compute_settings(config, node)
+        # The CRL is public: what the compute's libvirtd and QEMU refuse (removed nodes).
+        settings = control_config.issue_compute_settings(
+            config, node, revocation_list=self._cluster.revocation_list().decode()
+        )
         backoff = Backoff()
         while True:
             client = AgentClient(node, self._store.credentials())
@@ -152,13 +157,13 @@ class Enrolments:
 
         # A service of the node that fails meanwhile (nova-compute without its
         # virt driver) ends the wait at once, with its own last log lines.
-        admit = self._cloud.run("admit", request, progress, timeout=4 * ADMIT_TIMEOUT)
+        admit = self._cloud.run("admit", request, progress, timeout=5 * ADMIT_TIMEOUT)
         result = await watch.unless_a_service_fails(
             admit, self._agent_services(node), node.name, "it was being admitted to Nova"
         )
         return (
             f"{node.name} admitted to Nova: {result.get('service')}; "
-            f"{result.get('mapping')}; {result.get('hypervisor')}"
+            f"{result.get('mapping')}; {result.get('hypervisor')}; {result.get('provider')}"
         )
 
     def _agent_services(self, node: NodeRecord) -> watch.Statuses:

@@ -1,6 +1,7 @@
-"""The control's members once enrolled: remove one (stop its services,
-revoke its certificate, delete its compute service in Nova), take its
-heartbeats, and answer for the cluster's state."""
+"""The control's members once enrolled: remove one (refused while it hosts
+instances unless forced; stop its services, revoke its certificate, take
+away what the cloud holds for its host), take its heartbeats, and answer
+for the cluster's state."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import time
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
-from microstackd import errors
+from microstackd import errors, versions
 
 # Note: what a launch's progress carries (the Launch servicer reads it).
 from microstackd.cloud import Note as Note
-from microstackd.cloud import Progress
+from microstackd.cloud import Progress, hosts
 from microstackd.cloud.launch import ACTIVE_TIMEOUT, SSH_TIMEOUT
 from microstackd.cloud.service import Cloud
 from microstackd.control.certs import expiry_warning, trusted_cas
@@ -31,6 +32,7 @@ from microstackd.model import (
     NodeState,
     Role,
     ServiceRecord,
+    Software,
 )
 from microstackd.peers.cluster import AgentClient
 from microstackd.store.files import CA_CERT
@@ -74,6 +76,10 @@ class Members:
         self._cloud = cloud
 
     async def remove(self, name: str, force: bool) -> tuple[NodeRecord, str]:
+        """Take a compute out of the cluster and out of the cloud. One that
+        still hosts instances is refused unless ``force`` (what is left
+        behind is said). Removing a removed node again retries the cloud's
+        cleanup (after its instances were evacuated or deleted, say)."""
         cluster = self._cluster.require()
         node = self._store.node(names.node_name(name, "node name"))
         if node is None:
@@ -81,7 +87,17 @@ class Members:
         if node.role is Role.CONTROL or node.name == cluster.control_name:
             raise errors.InvalidArgument("the control node cannot be removed from its own cluster")
         if node.state is NodeState.REMOVED:
-            return node, f"{name} was already removed"
+            if self._cloud.configured() is None:
+                return node, f"{name} was already removed"
+            return node, f"{name} was already removed; {await self._cloud_cleanup(node.name)}"
+        left = await self._instances(node.name, force)
+        if left and not force:
+            raise errors.NodeNotEmpty(
+                f"{name} still hosts {len(left)} instance(s): {hosts.describe(left)}. Move them "
+                f"to another compute first, or remove {name} anyway with --force (they stay in "
+                f"Nova on a host that is gone, and its compute service is kept, disabled and "
+                f"forced down, until they are evacuated or deleted)"
+            )
         self._runner.cancel(node.name)
         told = "it runs no agent"
         if node.agent_port:
@@ -103,17 +119,131 @@ class Members:
         removed = self._store.node(node.name)
         assert removed is not None
         message = f"{name} removed: certificate {node.cert_serial[:16]} revoked; {told}"
+        if left:
+            message += (
+                f"; left behind: {len(left)} instance(s) Nova still places on {name}: "
+                f"{hosts.describe(left)} (evacuate or delete them, then `microstackctl remove "
+                f"{name}` again deletes its compute service)"
+            )
+        message += f"; {await self._push_revocations(node.name)}"
         if self._cloud.configured() is not None:
-            try:
-                result = await self._cloud.run("remove", {"host": node.name}, timeout=90)
-                message += f"; {result.get('message', 'Nova compute service deleted')}"
-            except errors.CloudError as exc:
-                log.warning("nova service delete failed node=%s error=%s", node.name, exc.message)
-                message += f"; its Nova compute service could not be deleted: {exc.message}"
+            message += f"; {await self._cloud_cleanup(node.name)}"
         return removed, message
 
-    def heartbeat(self, identity: Identity, services: list[ServiceRecord]) -> int:
+    async def _push_revocations(self, removed: str) -> str:
+        """Every other compute's libvirtd and QEMU refuse the removed node's
+        certificate from now on (the migration transport trusts the CA)."""
+        crl = self._cluster.revocation_list()
+        others = [
+            n
+            for n in self._store.nodes()
+            if n.role is Role.COMPUTE and n.state is NodeState.ACTIVE and n.agent_port
+        ]
+        if not others:
+            return "no other compute to tell about its certificate"
+        missed = []
+        for node in others:
+            client = AgentClient(node, self._store.credentials())
+            try:
+                await client.update_revocations(crl, timeout=10)
+            except errors.MicrostackError as exc:
+                log.warning("revocations not pushed node=%s error=%s", node.name, exc.message)
+                missed.append(f"{node.name} ({exc.message})")
+            finally:
+                await client.close()
+        told = f"{len(others) - len(missed)} other compute(s) refuse its certificate from now on"
+        if missed:
+            told += (
+                f"; not told: {', '.join(missed)} (until their next enrolment their libvirtd "
+                f"still accepts {removed}'s certificate)"
+            )
+        return told
+
+    async def _instances(self, host: str, force: bool) -> list[dict[str, str]]:
+        """The servers Nova places on ``host`` ([] without a cloud). When Nova
+        cannot be asked, only ``force`` goes on (without knowing)."""
+        if self._cloud.configured() is None:
+            return []
+        try:
+            result = await self._cloud.run("instances", {"host": host}, timeout=60)
+        except errors.CloudError as exc:
+            if force:
+                log.warning("cannot list instances node=%s error=%s", host, exc.message)
+                return []
+            raise errors.CloudError(
+                f"cannot tell whether {host} still hosts instances: {exc.message}; remove it "
+                "anyway with --force"
+            ) from exc
+        return list(result["instances"])
+
+    async def _cloud_cleanup(self, host: str) -> str:
+        """Take away what the cloud holds for ``host``; what was done, or why not."""
+        try:
+            result = await self._cloud.run("remove", {"host": host}, timeout=120)
+        except errors.CloudError as exc:
+            log.warning("cloud cleanup failed node=%s error=%s", host, exc.message)
+            return (
+                f"what the cloud holds for it could not all be deleted: {exc.message} "
+                f"(`microstackctl remove {host}` again retries)"
+            )
+        return str(result["message"])
+
+    async def drain(
+        self, name: str, instance_timeout: float, progress: Progress
+    ) -> list[dict[str, str]]:
+        """Disable a compute's nova-compute and move its instances away; the
+        instances moved. A compute whose agent answers is up (live moves);
+        one that does not is down (evacuation)."""
+        node = self._compute(name)
+        if self._cloud.configured() is None:
+            raise errors.CloudError(f"cannot drain {name}: no cloud configured")
+        down = False
+        if node.state is NodeState.REMOVED:
+            down = True  # its services were stopped: what Nova still places there is evacuated
+        elif node.agent_port:
+            client = AgentClient(node, self._store.credentials())
+            try:
+                await client.services(timeout=10)
+            except errors.NodeUnreachable as exc:
+                await progress(Note(f"{name} cannot be reached ({exc.message}): taken as down"))
+                down = True
+            finally:
+                await client.close()
+        request = {"host": node.name, "instance_timeout": instance_timeout, "host_down": down}
+        # Each move has its own deadline (aborted past it): this one only bounds a hang.
+        timeout = 120 + instance_timeout * (1 + len(await self._instances(node.name, False)))
+        result = await self._cloud.run("drain", request, progress, timeout=timeout)
+        return list(result["moved"])
+
+    async def undrain(self, name: str) -> str:
+        node = self._compute(name)
+        if node.state is NodeState.REMOVED:
+            raise errors.InvalidArgument(f"{name} was removed: join it again instead")
+        if self._cloud.configured() is None:
+            raise errors.CloudError(f"cannot undrain {name}: no cloud configured")
+        result = await self._cloud.run("undrain", {"host": node.name}, timeout=60)
+        return str(result["message"])
+
+    def _compute(self, name: str) -> NodeRecord:
+        cluster = self._cluster.require()
+        node = self._store.node(names.node_name(name, "node name"))
+        if node is None:
+            raise errors.NotFound(f"no node named {name!r} in the cluster")
+        if node.role is Role.CONTROL or node.name == cluster.control_name:
+            raise errors.InvalidArgument(f"{name} is the control node: it runs no instances")
+        return node
+
+    def heartbeat(
+        self, identity: Identity, services: list[ServiceRecord], software: Software
+    ) -> int:
+        """Take a member's sign of life; ``errors.VersionSkew`` when the version
+        it declares is outside the window (recorded, so ``status`` shows it,
+        but the member is not seen: it turns unreachable)."""
         check_services(services, identity.name)
+        known = self._store.node(identity.name)
+        if known is None or (known.version, known.api_version) != (software.version, software.api):
+            self._store.set_software(identity.name, software)
+        versions.check_member(identity.name, software, self._cluster.config.version)
         self._store.touch_node(identity.name, time.time())
         if services:
             self._store.set_services(identity.name, services)
@@ -129,24 +259,36 @@ class Members:
         cluster = self._cluster.require()
         at = time.time()
         stale = at - self._cluster.config.unreachable_after
-        nodes = [
-            dataclasses.replace(n, state=NodeState.UNREACHABLE)
-            if n.role is Role.COMPUTE and n.state is NodeState.ACTIVE and n.last_seen < stale
-            else n
-            for n in self._store.nodes()
-        ]
         renew_before = self._cluster.config.renew_before
-        for i, n in enumerate(nodes):
+        nodes = []
+        for n in self._store.nodes():
+            if n.role is Role.CONTROL:
+                own = self._cluster.config.software
+                n = dataclasses.replace(n, version=own.version, api_version=own.api)
+            elif n.state is not NodeState.REMOVED:
+                if n.state is NodeState.ACTIVE and n.last_seen < stale:
+                    n = dataclasses.replace(n, state=NodeState.UNREACHABLE)
+                n = dataclasses.replace(n, version_refused=self._refusal(n))
             warning = expiry_warning(n, at, renew_before)
             if warning:
                 unreachable = " (and it is unreachable)" if n.state is NodeState.UNREACHABLE else ""
-                nodes[i] = dataclasses.replace(
-                    n, state=NodeState.WARNING, message=warning + unreachable
-                )
+                n = dataclasses.replace(n, state=NodeState.WARNING, message=warning + unreachable)
+            nodes.append(n)
         bundle = self._store.read_file(CA_CERT)
         if bundle is not None:
             cluster = dataclasses.replace(cluster, cas=trusted_cas(bundle))
         return cluster, nodes
+
+    def _refusal(self, node: NodeRecord) -> str:
+        """Why the window refuses the version ``node`` last declared ("": it does not)."""
+        if not node.version and not node.api_version:
+            return ""  # nothing declared yet (a bare API client, the benchmarks' nodes)
+        software = Software(node.version, node.api_version)
+        try:
+            versions.check_member(node.name, software, self._cluster.config.version)
+        except errors.VersionSkew as exc:
+            return exc.message
+        return ""
 
     async def nova_view(self) -> dict[str, dict[str, Any]]:
         """Nova's view per compute host for ``status`` ({} without a cloud)."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from microstackd import errors
-from microstackd.model import ClusterRecord, NodeCredentials, Role
+from microstackd.model import ClusterRecord, NodeCredentials, Role, Software
 from microstackd.peers.bootstrap import BootstrapCall
 from microstackd.trust import exchange, kdf, names, x509
 from microstackd.trust.tokens import JoinToken
@@ -48,6 +48,7 @@ async def run(
     cluster_port: int = 0,
     token: JoinToken | None = None,
     phases: dict[str, float] | None = None,
+    software: Software | None = None,
 ) -> Trusted:
     """One bootstrap with the control at ``host:port``, whose bootstrap port
     presented ``certificate_pem`` (``peers.bootstrap.fetch_bootstrap_certificate``).
@@ -64,7 +65,7 @@ async def run(
     t = time.perf_counter()
     key = x509.generate_key()
     async with BootstrapCall(host, port, certificate_pem) as call:
-        challenge = await call.hello(hello, cluster_port, token.id if token else "")
+        challenge = await call.hello(hello, cluster_port, token.id if token else "", software)
         times["hello"] = (t1 := time.perf_counter()) - t
         joiner = exchange.JoinerExchange(
             await verifier(challenge.kdf),

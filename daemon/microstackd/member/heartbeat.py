@@ -19,6 +19,7 @@ from microstackd.model import (
     MAX_SERVICES_TEXT,
     Role,
     ServiceRecord,
+    Software,
     clip,
 )
 from microstackd.peers.cluster import ControlClient
@@ -48,8 +49,10 @@ def bounded(services: list[ServiceRecord]) -> list[ServiceRecord]:
 
 
 class Heartbeats:
-    def __init__(self, store: Store, services: ServicesProvider) -> None:
+    def __init__(self, store: Store, services: ServicesProvider, software: Software) -> None:
         self._store = store
+        #: What this node declares it runs, in every heartbeat.
+        self._software = software
         #: This node's services as its agent reports them.
         self._services = services
         self._loop = Background(self._beat)
@@ -83,10 +86,13 @@ class Heartbeats:
             client = ControlClient(cluster, self._store.credentials())
             try:
                 services = bounded(await self._services())
-                interval = await client.heartbeat(services) or interval
+                interval = await client.heartbeat(services, self._software) or interval
             except errors.PermissionDenied as exc:
                 log.warning("heartbeat refused: this node was removed? reason=%r", exc.message)
                 return
+            except errors.VersionSkew as exc:
+                # Keep beating: once one side is upgraded the control takes it again.
+                log.warning("heartbeat refused: version outside the window reason=%r", exc.message)
             except errors.MicrostackError as exc:
                 log.info("heartbeat failed reason=%r", exc.message)
             finally:

@@ -237,6 +237,7 @@ class Member:
                 credential.verifier(),
                 cluster_port=self._ports.cluster,
                 token=token,
+                software=self._config.software,
             )
         except errors.WrongPassword as exc:
             if token is not None:  # the fingerprint was checked against the token's

@@ -25,7 +25,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Mapping
 
-from microstackd import errors
+from microstackd import commands, errors
 from microstackd.config import DaemonConfig
 from microstackd.enrolment.events import Signal
 from microstackd.enrolment.machine import DONE
@@ -33,10 +33,12 @@ from microstackd.enrolment.runner import Runner, StepAction, StepContext
 from microstackd.model import AgentStep, Role, ServiceRecord, StepState
 from microstackd.node import render, steps, virt
 from microstackd.node.roles import APPLIED_BY_AGENT, DEFINITIONS, RoleDefinition
+from microstackd.node.roles.compute import MIGRATION_CRL
 from microstackd.node.roles.parts import RENDER_CONFIG, SERVICE_PREFIX, RoleService
 from microstackd.node.services import ServiceManager, ServiceSpec
 from microstackd.node.watch import ServiceWatch
 from microstackd.store import Store
+from microstackd.store.files import write_private_file
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +254,37 @@ class Agent:
             dataclasses.replace(status, detail=details.get(status.name, ""))
             for status in [await self.manager.status(self.spec(s)) for s in self._services_of(role)]
         ]
+
+    async def update_revocations(self, crl_pem: bytes) -> str:
+        """The control revoked a node's certificate: rewrite the CRL that this
+        node's libvirtd and QEMU check (QEMU re-reads its TLS directory at each migration) and
+        have the node's own libvirtd reload its TLS files without a restart."""
+        role = self.applied()
+        if role is None or MIGRATION_CRL not in {f.path for f in role.files}:
+            return "no migration transport on this node: nothing to update"
+        if not crl_pem.startswith(b"-----BEGIN X509 CRL-----"):
+            raise errors.InvalidArgument("the revocation list is not a PEM CRL")
+        path = self._config.config_root / MIGRATION_CRL
+        try:
+            write_private_file(path, crl_pem, mode=0o640, dir_mode=0o750)
+        except OSError as exc:
+            raise errors.ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        kind = self.manager.kind
+        if not self._real or kind != "process":
+            return f"{path} written (libvirtd is not this node's own: not reloaded)"
+        admin = steps.run_dir(self._config) / "libvirt" / "libvirt-admin-sock"
+        argv = ["virt-admin", "-c", f"libvirtd:///system?socket={admin}", "server-update-tls"]
+        try:
+            result = await commands.run([*argv, "libvirtd"], timeout=30)
+        except (OSError, TimeoutError) as exc:
+            raise errors.ServiceFailed(f"{path} written, but libvirtd not reloaded: {exc}") from exc
+        if result.returncode != 0:
+            raise errors.ServiceFailed(
+                f"{path} written, but libvirtd did not reload it: "
+                f"{(result.stderr or result.stdout).strip()[-300:]}"
+            )
+        log.info("revocations updated path=%s", path)
+        return f"{path} written and reloaded by libvirtd"
 
     async def stop_role(self) -> list[ServiceRecord]:
         """This node leaves its cluster: stop its services, forget its role."""

@@ -70,6 +70,9 @@ def base_values(config: DaemonConfig) -> dict[str, str]:
         "python": sys.executable,
         "node_name": config.node_name,
         "libvirt_uri": virt.libvirt_uri(kind, services_dir),
+        # nova-compute binds the node's instances over the common path only
+        # where its libvirtd is the node's own (the process manager).
+        "instances_bind": "yes" if kind == "process" else "",
     }
 
 

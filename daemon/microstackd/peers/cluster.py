@@ -20,6 +20,7 @@ from microstackd.model import (
     NodeCredentials,
     NodeRecord,
     ServiceRecord,
+    Software,
 )
 from microstackd.peers.errors import error_from_rpc
 from microstackd.trust import names
@@ -73,8 +74,14 @@ class ControlClient:
         except aio.AioRpcError as exc:
             raise self._error(exc) from exc
 
-    async def heartbeat(self, services: list[ServiceRecord], timeout: float = 10.0) -> int:
-        request = pb.HeartbeatRequest(services=convert.services_to_pb(services))
+    async def heartbeat(
+        self, services: list[ServiceRecord], software: Software, timeout: float = 10.0
+    ) -> int:
+        request = pb.HeartbeatRequest(
+            services=convert.services_to_pb(services),
+            microstackd_version=software.version,
+            api_version=software.api,
+        )
         try:
             response = await self._stub.Heartbeat(request, timeout=timeout)
         except aio.AioRpcError as exc:
@@ -155,6 +162,15 @@ class AgentClient:
         except aio.AioRpcError as exc:
             raise self._error(exc) from exc
         return str(response.cert_serial)
+
+    async def update_revocations(self, crl_pem: bytes, timeout: float = 60.0) -> str:
+        try:
+            response = await self._stub.UpdateRevocations(
+                pb.UpdateRevocationsRequest(crl_pem=crl_pem), timeout=timeout
+            )
+        except aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+        return str(response.message)
 
     async def leave(self, timeout: float = 60.0) -> list[ServiceRecord]:
         return await self._services_call(self._stub.Leave, pb.LeaveRequest(), timeout)

@@ -33,6 +33,7 @@ from microstackd.model import (
     NodeUpdate,
     Role,
     ServiceRecord,
+    Software,
     StepState,
     TokenRecord,
 )
@@ -179,7 +180,7 @@ class Store:
 
     _NODE_COLUMNS = (
         "name, role, address, hostname, state, message, cert_serial, cert_not_after, "
-        "joined, last_seen, agent_port, pending_serial"
+        "joined, last_seen, agent_port, pending_serial, version, api_version"
     )
 
     def _node(self, row: tuple[object, ...]) -> NodeRecord:
@@ -205,6 +206,8 @@ class Store:
             agent_port=int(row[10]),  # type: ignore[call-overload]
             services=services,
             pending_serial=str(row[11]),
+            version=str(row[12]),
+            api_version=str(row[13]),
         )
 
     def node(self, name: str) -> NodeRecord | None:
@@ -235,7 +238,7 @@ class Store:
                 events_from = int(row[0]) if row else 0
             db.execute(
                 f"INSERT OR REPLACE INTO nodes ({self._NODE_COLUMNS}, events_from) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     node.name,
                     node.role.value,
@@ -249,6 +252,8 @@ class Store:
                     node.last_seen,
                     node.agent_port,
                     node.pending_serial,
+                    node.version,
+                    node.api_version,
                     events_from,
                 ),
             )
@@ -331,6 +336,14 @@ class Store:
             (when, node),
         )
 
+    def set_software(self, name: str, software: Software) -> None:
+        """Record the version a node declared (at its bootstrap, in each heartbeat)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE nodes SET version = ?, api_version = ? WHERE name = ?",
+                (software.version, software.api, name),
+            )
+
     def touch_node(self, name: str, when: float) -> None:
         with self.transaction() as db:
             db.execute("UPDATE nodes SET last_seen = ? WHERE name = ?", (when, name))
@@ -342,6 +355,12 @@ class Store:
                 "INSERT INTO services (node, name, state, message, detail) VALUES (?, ?, ?, ?, ?)",
                 [(node, s.name, s.state, s.message, s.detail) for s in services],
             )
+
+    def revoked_serials(self) -> list[str]:
+        """Every revoked certificate serial (hex), for the CRL."""
+        return [
+            str(row[0]) for row in self._db.execute("SELECT serial FROM revoked ORDER BY serial")
+        ]
 
     def is_revoked(self, serial: str) -> bool:
         return (

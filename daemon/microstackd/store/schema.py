@@ -79,4 +79,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE nodes ADD COLUMN pending_serial TEXT NOT NULL DEFAULT '';
     ALTER TABLE nodes ADD COLUMN pending_not_after REAL NOT NULL DEFAULT 0;
     """,
+    # 8: the microstackd version and API each node last declared (versions.py)
+    """
+    ALTER TABLE nodes ADD COLUMN version TEXT NOT NULL DEFAULT '';
+    ALTER TABLE nodes ADD COLUMN api_version TEXT NOT NULL DEFAULT '';
+    """,
 )

@@ -257,7 +257,13 @@ def issue_certificate(
     return (
         _builder(subject, ca.cert.subject, public_key, now, not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(digital_signature=True, key_agreement=True), critical=True)
+        # keyEncipherment means nothing for an ECDSA key, but libvirt (gnutls)
+        # refuses a certificate without it, and the node certificate is also
+        # its libvirtd's and QEMU's for live migration (docs/architecture.md).
+        .add_extension(
+            _key_usage(digital_signature=True, key_encipherment=True, key_agreement=True),
+            critical=True,
+        )
         .add_extension(
             x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -320,6 +326,29 @@ def sign_csr(
         days=days,
         lifetime=lifetime,
     )
+
+
+def revocation_list(
+    ca: CertificateAuthority, serials: list[str], now: datetime, days: int = 30
+) -> bytes:
+    """A CRL (PEM) revoking ``serials`` (hex): what the computes' libvirtd and
+    QEMU refuse, so a removed node's certificate no longer moves guests."""
+    now = _utc(now)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now - _CLOCK_SKEW)
+        .next_update(min(now + timedelta(days=_days(days)), ca.cert.not_valid_after_utc))
+        .add_extension(_authority_key_identifier(ca), critical=False)
+    )
+    for serial in sorted(set(serials)):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(int(serial, 16))
+            .revocation_date(now - _CLOCK_SKEW)
+            .build()
+        )
+    return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
 def self_signed_bootstrap_certificate(
@@ -463,6 +492,7 @@ def is_ca(cert: x509.Certificate) -> bool:
 def _key_usage(
     *,
     digital_signature: bool = False,
+    key_encipherment: bool = False,
     key_agreement: bool = False,
     key_cert_sign: bool = False,
     crl_sign: bool = False,
@@ -470,7 +500,7 @@ def _key_usage(
     return x509.KeyUsage(
         digital_signature=digital_signature,
         content_commitment=False,
-        key_encipherment=False,
+        key_encipherment=key_encipherment,
         data_encipherment=False,
         key_agreement=key_agreement,
         key_cert_sign=key_cert_sign,

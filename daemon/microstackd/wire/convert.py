@@ -89,6 +89,9 @@ def node_to_pb(node: NodeRecord) -> pb.Node:
         joined=timestamp(node.joined),
         services=services_to_pb(node.services),
         last_seen=timestamp(node.last_seen),
+        microstackd_version=node.version,
+        api_version=node.api_version,
+        version_refused=node.version_refused,
     )
 
 
@@ -105,6 +108,9 @@ def node_from_pb(node: pb.Node) -> NodeRecord:
         joined=seconds(node.joined),
         last_seen=seconds(node.last_seen),
         services=tuple(services_from_pb(node.services)),
+        version=node.microstackd_version,
+        api_version=node.api_version,
+        version_refused=node.version_refused,
     )
 
 
@@ -208,6 +214,7 @@ def nova_host_to_pb(view: dict[str, Any]) -> pb.NovaHost:
         compute_service=str(view.get("compute_service") or ""),
         hypervisor=str(view.get("hypervisor") or ""),
         running_instances=int(view.get("running_instances") or 0),
+        drained=bool(view.get("drained")),
     )
 
 

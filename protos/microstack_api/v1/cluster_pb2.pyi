@@ -97,7 +97,7 @@ class ServiceStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("name", "role", "address", "state", "message", "cert_serial", "cert_expires", "joined", "services", "last_seen", "nova")
+    __slots__ = ("name", "role", "address", "state", "message", "cert_serial", "cert_expires", "joined", "services", "last_seen", "nova", "microstackd_version", "api_version", "version_refused")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +109,9 @@ class Node(_message.Message):
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     NOVA_FIELD_NUMBER: _ClassVar[int]
+    MICROSTACKD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    API_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_REFUSED_FIELD_NUMBER: _ClassVar[int]
     name: str
     role: Role
     address: str
@@ -120,17 +123,22 @@ class Node(_message.Message):
     services: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
     last_seen: _timestamp_pb2.Timestamp
     nova: NovaHost
-    def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., cert_serial: _Optional[str] = ..., cert_expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., joined: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., nova: _Optional[_Union[NovaHost, _Mapping]] = ...) -> None: ...
+    microstackd_version: str
+    api_version: str
+    version_refused: str
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., cert_serial: _Optional[str] = ..., cert_expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., joined: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., nova: _Optional[_Union[NovaHost, _Mapping]] = ..., microstackd_version: _Optional[str] = ..., api_version: _Optional[str] = ..., version_refused: _Optional[str] = ...) -> None: ...
 
 class NovaHost(_message.Message):
-    __slots__ = ("compute_service", "hypervisor", "running_instances")
+    __slots__ = ("compute_service", "hypervisor", "running_instances", "drained")
     COMPUTE_SERVICE_FIELD_NUMBER: _ClassVar[int]
     HYPERVISOR_FIELD_NUMBER: _ClassVar[int]
     RUNNING_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    DRAINED_FIELD_NUMBER: _ClassVar[int]
     compute_service: str
     hypervisor: str
     running_instances: int
-    def __init__(self, compute_service: _Optional[str] = ..., hypervisor: _Optional[str] = ..., running_instances: _Optional[int] = ...) -> None: ...
+    drained: bool
+    def __init__(self, compute_service: _Optional[str] = ..., hypervisor: _Optional[str] = ..., running_instances: _Optional[int] = ..., drained: _Optional[bool] = ...) -> None: ...
 
 class ClusterInfo(_message.Message):
     __slots__ = ("id", "control_name", "control_address", "bootstrap_port", "cluster_port", "ca_fingerprint", "ca_expires", "cas")
@@ -282,6 +290,48 @@ class LaunchResponse(_message.Message):
     result: LaunchResult
     def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., result: _Optional[_Union[LaunchResult, _Mapping]] = ...) -> None: ...
 
+class DrainRequest(_message.Message):
+    __slots__ = ("name", "instance_timeout_seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    instance_timeout_seconds: int
+    def __init__(self, name: _Optional[str] = ..., instance_timeout_seconds: _Optional[int] = ...) -> None: ...
+
+class MovedInstance(_message.Message):
+    __slots__ = ("name", "id", "how", "host", "status")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    HOW_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    id: str
+    how: str
+    host: str
+    status: str
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., how: _Optional[str] = ..., host: _Optional[str] = ..., status: _Optional[str] = ...) -> None: ...
+
+class DrainResponse(_message.Message):
+    __slots__ = ("event", "moved")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    MOVED_FIELD_NUMBER: _ClassVar[int]
+    event: Event
+    moved: _containers.RepeatedCompositeFieldContainer[MovedInstance]
+    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., moved: _Optional[_Iterable[_Union[MovedInstance, _Mapping]]] = ...) -> None: ...
+
+class UndrainRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class UndrainResponse(_message.Message):
+    __slots__ = ("message",)
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    def __init__(self, message: _Optional[str] = ...) -> None: ...
+
 class CreateTokenRequest(_message.Message):
     __slots__ = ("name", "ttl_seconds")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -363,20 +413,24 @@ class KdfParams(_message.Message):
     def __init__(self, name: _Optional[str] = ..., salt: _Optional[bytes] = ..., log2_n: _Optional[int] = ..., r: _Optional[int] = ..., p: _Optional[int] = ...) -> None: ...
 
 class BootstrapHello(_message.Message):
-    __slots__ = ("version", "node_name", "address", "hostname", "cluster_port", "token_id")
+    __slots__ = ("version", "node_name", "address", "hostname", "cluster_port", "token_id", "microstackd_version", "api_version")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_PORT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    MICROSTACKD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    API_VERSION_FIELD_NUMBER: _ClassVar[int]
     version: int
     node_name: str
     address: str
     hostname: str
     cluster_port: int
     token_id: str
-    def __init__(self, version: _Optional[int] = ..., node_name: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., cluster_port: _Optional[int] = ..., token_id: _Optional[str] = ...) -> None: ...
+    microstackd_version: str
+    api_version: str
+    def __init__(self, version: _Optional[int] = ..., node_name: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., cluster_port: _Optional[int] = ..., token_id: _Optional[str] = ..., microstackd_version: _Optional[str] = ..., api_version: _Optional[str] = ...) -> None: ...
 
 class BootstrapChallenge(_message.Message):
     __slots__ = ("cluster_id", "kdf", "pake_message")
@@ -453,10 +507,14 @@ class GetClusterStatusResponse(_message.Message):
     def __init__(self, cluster: _Optional[_Union[ClusterInfo, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("services",)
+    __slots__ = ("services", "microstackd_version", "api_version")
     SERVICES_FIELD_NUMBER: _ClassVar[int]
+    MICROSTACKD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    API_VERSION_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
-    def __init__(self, services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ...) -> None: ...
+    microstackd_version: str
+    api_version: str
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., microstackd_version: _Optional[str] = ..., api_version: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("interval_seconds",)
@@ -552,3 +610,15 @@ class TrustCAResponse(_message.Message):
     CERT_SERIAL_FIELD_NUMBER: _ClassVar[int]
     cert_serial: str
     def __init__(self, cert_serial: _Optional[str] = ...) -> None: ...
+
+class UpdateRevocationsRequest(_message.Message):
+    __slots__ = ("crl_pem",)
+    CRL_PEM_FIELD_NUMBER: _ClassVar[int]
+    crl_pem: bytes
+    def __init__(self, crl_pem: _Optional[bytes] = ...) -> None: ...
+
+class UpdateRevocationsResponse(_message.Message):
+    __slots__ = ("message",)
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    def __init__(self, message: _Optional[str] = ...) -> None: ...

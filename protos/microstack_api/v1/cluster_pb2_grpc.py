@@ -85,6 +85,16 @@ class AdminServiceStub:
                 request_serializer=microstack__api_dot_v1_dot_cluster__pb2.RotateCARequest.SerializeToString,
                 response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RotateCAResponse.FromString,
                 _registered_method=True)
+        self.Drain = channel.unary_stream(
+                '/microstack.cluster.v1.AdminService/Drain',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.DrainRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.DrainResponse.FromString,
+                _registered_method=True)
+        self.Undrain = channel.unary_unary(
+                '/microstack.cluster.v1.AdminService/Undrain',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.UndrainRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.UndrainResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -165,6 +175,22 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Drain(self, request, context):
+        """Disable a compute's nova-compute service and move its instances away
+        (live, cold or evacuated), streaming each move; ends when the host is
+        empty (local socket, on the control).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Undrain(self, request, context):
+        """Enable a drained compute's nova-compute service again (on the control).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +243,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RotateCA,
                     request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RotateCARequest.FromString,
                     response_serializer=microstack__api_dot_v1_dot_cluster__pb2.RotateCAResponse.SerializeToString,
+            ),
+            'Drain': grpc.unary_stream_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.DrainRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.DrainResponse.SerializeToString,
+            ),
+            'Undrain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Undrain,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.UndrainRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.UndrainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -490,6 +526,60 @@ class AdminService:
             '/microstack.cluster.v1.AdminService/RotateCA',
             microstack__api_dot_v1_dot_cluster__pb2.RotateCARequest.SerializeToString,
             microstack__api_dot_v1_dot_cluster__pb2.RotateCAResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/microstack.cluster.v1.AdminService/Drain',
+            microstack__api_dot_v1_dot_cluster__pb2.DrainRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.DrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Undrain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/microstack.cluster.v1.AdminService/Undrain',
+            microstack__api_dot_v1_dot_cluster__pb2.UndrainRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.UndrainResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -822,6 +912,11 @@ class AgentServiceStub:
                 request_serializer=microstack__api_dot_v1_dot_cluster__pb2.TrustCARequest.SerializeToString,
                 response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.TrustCAResponse.FromString,
                 _registered_method=True)
+        self.UpdateRevocations = channel.unary_unary(
+                '/microstack.cluster.v1.AgentService/UpdateRevocations',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.UpdateRevocationsRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.UpdateRevocationsResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -867,6 +962,14 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateRevocations(self, request, context):
+        """Write the cluster's new CRL and have libvirtd reload its TLS files: a
+        removed node can no longer move guests here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -894,6 +997,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.TrustCA,
                     request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.TrustCARequest.FromString,
                     response_serializer=microstack__api_dot_v1_dot_cluster__pb2.TrustCAResponse.SerializeToString,
+            ),
+            'UpdateRevocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRevocations,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.UpdateRevocationsRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.UpdateRevocationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1032,6 +1140,33 @@ class AgentService:
             '/microstack.cluster.v1.AgentService/TrustCA',
             microstack__api_dot_v1_dot_cluster__pb2.TrustCARequest.SerializeToString,
             microstack__api_dot_v1_dot_cluster__pb2.TrustCAResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/microstack.cluster.v1.AgentService/UpdateRevocations',
+            microstack__api_dot_v1_dot_cluster__pb2.UpdateRevocationsRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.UpdateRevocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,12 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
     ) -> pb.GetServicesResponse:
         return pb.GetServicesResponse(services=convert.services_to_pb(await self._agent.services()))
 
+    async def UpdateRevocations(
+        self, request: pb.UpdateRevocationsRequest, context: Context
+    ) -> pb.UpdateRevocationsResponse:
+        message = await self._agent.update_revocations(request.crl_pem)
+        return pb.UpdateRevocationsResponse(message=message)
+
     async def Leave(self, request: pb.LeaveRequest, context: Context) -> pb.LeaveResponse:
         """This node was removed: stop its services and forget the cluster."""
         log.info("removed from the cluster; stopping services caller=%s", caller().name)

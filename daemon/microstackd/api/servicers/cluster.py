@@ -12,6 +12,7 @@ from microstackd.control.enrol import Enrolments
 from microstackd.control.members import Members
 from microstackd.control.rotation import Rotation
 from microstackd.enrolment.events import EventBus
+from microstackd.model import Software
 from microstackd.wire import convert
 
 
@@ -44,7 +45,8 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
     ) -> pb.HeartbeatResponse:
         services = convert.services_from_pb(request.services)
         identity = caller()
-        interval = self._members.heartbeat(identity, services)
+        software = Software(request.microstackd_version, request.api_version)
+        interval = self._members.heartbeat(identity, services, software)
         self._rotation.noticed(identity)  # a member back during a CA rotation moves now
         return pb.HeartbeatResponse(interval_seconds=interval)
 

@@ -12,16 +12,20 @@ from microstackd.node.roles.network import (
 )
 from microstackd.node.roles.network import ORDER as NETWORK_ORDER
 from microstackd.node.roles.parts import (
+    IN_PRIVATE_MOUNTS,
     SERVICE_PATH,
     ConfigFile,
     RoleDefinition,
     RoleService,
+    SetupStep,
     cleanup,
     literal,
     service_step,
 )
 
 NOVA_COMPUTE_CONF = "nova/nova.conf.d/microstackd-compute.conf"
+#: The cluster's CRL as the control issued it (libvirtd's and QEMU's).
+MIGRATION_CRL = "libvirt/pki/ca-crl.pem"
 LIBVIRT_URI = "${libvirt_uri}"
 #: libvirtd for this node alone, on a machine that may run several nodes: in
 #: a mount and UTS namespace of its own, the node's directories over
@@ -51,6 +55,45 @@ hostname "$node"
 exec "$@"
 """
 
+#: Where nova-compute and its libvirtd see the instances: the same path on
+#: every compute (Nova does not rewrite local disk paths when it moves a
+#: guest), the node's own directory under it (``INSTANCES_BIND``).
+INSTANCES_PATH = "/var/lib/nova/instances"
+#: nova-compute in a mount namespace of its own where ${instances_bind}
+#: (the process manager: several nodes on one machine) puts the node's
+#: instances directory over INSTANCES_PATH, as in its libvirtd's namespace.
+#: $1 bind? (non-empty: yes), $2 the node's directory, $3 INSTANCES_PATH, --, argv.
+NOVA_IN_NODE_MOUNTS = r"""
+bind=$1 src=$2 dst=$3; shift 3; shift
+if [ -n "$bind" ]; then
+    mkdir -p "$src" "$dst"; mount --bind "$src" "$dst"
+fi
+exec "$@"
+"""
+#: The migration transport's files: libvirt's client directory (the source
+#: libvirtd dials the destination's with them: ``pkipath=``), QEMU's
+#: (memory and disks over TLS) and libvirtd's own /etc/pki (bound there in
+#: its mount namespace: ``virt-admin server-update-tls`` reloads only from
+#: the default paths), each a link to the node's own key, certificate and
+#: cluster CA, and the CRL the control issued.
+#: $1 the node's tls directory, $2 the pki directory, $3 the CRL.
+PKI_LINKS = r"""
+tls=$1 pki=$2 crl=$3
+mkdir -p "$pki/client" "$pki/qemu" "$pki/etc/CA" "$pki/etc/libvirt/private"
+ln -sfn "$tls/ca.crt" "$pki/etc/CA/cacert.pem"
+ln -sfn "$crl" "$pki/etc/CA/cacrl.pem"
+ln -sfn "$tls/node.crt" "$pki/etc/libvirt/servercert.pem"
+ln -sfn "$tls/node.key" "$pki/etc/libvirt/private/serverkey.pem"
+for pair in cacert.pem:ca.crt clientcert.pem:node.crt clientkey.pem:node.key; do
+    ln -sfn "$tls/${pair#*:}" "$pki/client/${pair%%:*}"
+done
+for pair in ca-cert.pem:ca.crt server-cert.pem:node.crt server-key.pem:node.key \
+            client-cert.pem:node.crt client-key.pem:node.key; do
+    ln -sfn "$tls/${pair#*:}" "$pki/qemu/${pair%%:*}"
+done
+ln -sfn "$crl" "$pki/qemu/ca-crl.pem"
+"""
+
 COMPUTE = RoleDefinition(
     name="compute",
     settings=(
@@ -72,6 +115,7 @@ COMPUTE = RoleDefinition(
         "neutron_password",
         "placement_username",
         "placement_password",
+        "migration_crl",
     ),
     files=(
         ConfigFile("compute/nova-compute.conf", NOVA_COMPUTE_CONF),
@@ -79,6 +123,7 @@ COMPUTE = RoleDefinition(
         ConfigFile("compute/openvswitch_agent.ini", OVS_AGENT_INI),
         ConfigFile("compute/libvirtd.conf", "libvirt/libvirtd.conf"),
         ConfigFile("compute/qemu.conf", "libvirt/qemu.conf"),
+        ConfigFile("compute/ca-crl.pem", MIGRATION_CRL),
     ),
     services=(
         *ovs_services("${my_ip}"),
@@ -103,8 +148,12 @@ COMPUTE = RoleDefinition(
                 "${state_path}/libvirt/lib:/var/lib/libvirt",
                 "${log_dir}/libvirt:/var/log/libvirt",
                 "${state_path}/libvirt/cache:/var/cache/libvirt",
+                "${state_path}/nova/instances:" + INSTANCES_PATH,
+                "${state_path}/libvirt/pki/etc:/etc/pki",
                 "--",
                 "/usr/sbin/libvirtd",
+                # The TLS listener (libvirtd.conf): the migration transport.
+                "--listen",
                 "--pid-file",
                 "/run/libvirt/libvirtd.pid",
             ),
@@ -124,6 +173,13 @@ COMPUTE = RoleDefinition(
         RoleService(
             name="nova-compute",
             command=(
+                *IN_PRIVATE_MOUNTS,
+                literal(NOVA_IN_NODE_MOUNTS),
+                "nova-compute-ns",
+                "${instances_bind}",
+                "${state_path}/nova/instances",
+                INSTANCES_PATH,
+                "--",
                 "${openstack_prefix}/bin/nova-compute",
                 "--config-file",
                 "${config_root}/" + NOVA_COMPUTE_CONF,
@@ -148,9 +204,28 @@ COMPUTE = RoleDefinition(
             detail="${compute_driver}, ${virt_detail}",
         ),
     ),
-    setup=ovs_db_steps(),
+    setup=(
+        *ovs_db_steps(),
+        SetupStep(
+            name="migration-pki",
+            title="linking this node's certificate for libvirt's and QEMU's migration TLS",
+            commands=(
+                (
+                    "/bin/sh",
+                    "-ec",
+                    literal(PKI_LINKS),
+                    "pki-links",
+                    "${state_dir}/tls",
+                    "${state_path}/libvirt/pki",
+                    "${config_root}/" + MIGRATION_CRL,
+                ),
+            ),
+            timeout=30.0,
+        ),
+    ),
     order=(
         *NETWORK_ORDER,
+        "migration-pki",
         service_step("libvirtd"),
         service_step("nova-compute"),
     ),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from microstackd.node.roles.parts import (
+    IN_PRIVATE_MOUNTS,
     SERVICE_PATH,
     RoleService,
     SetupStep,
@@ -33,13 +34,7 @@ OVS_ENV = _env(OVS_RUNDIR="${run_dir}/ovs", OVS_DBDIR="${state_path}/ovs", OVS_L
 #: node's alone (two nodes' DHCP agents would clash on qdhcp-NET) and go
 #: when the agent and what it started are gone.
 IN_OWN_NETNS_DIR = (
-    "/usr/bin/unshare",
-    "--mount",
-    "--propagation",
-    "private",
-    "--",
-    "/bin/sh",
-    "-ec",
+    *IN_PRIVATE_MOUNTS,
     literal('mkdir -p "$1" /run/netns; mount --bind "$1" /run/netns; shift; exec "$@"'),
     "netns-dir",
 )

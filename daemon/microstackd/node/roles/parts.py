@@ -137,6 +137,19 @@ def cleanup(*args: str) -> tuple[str, ...]:
     return ("${python}", "-m", "microstackd.node.cleanup", *args)
 
 
+#: A command's prefix that runs a shell script (then its arguments) in a
+#: mount namespace of its own: what it mounts is the service's alone.
+IN_PRIVATE_MOUNTS = (
+    "/usr/bin/unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "--",
+    "/bin/sh",
+    "-ec",
+)
+
+
 def literal(script: str) -> str:
     """A shell script as a command argument: its ``$`` are the shell's, not placeholders."""
     return script.replace("$", "$$")
