@@ -14,6 +14,7 @@ from grpc import aio
 
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
+from microstackd import versions
 from microstackd.model import NodeCredentials
 from microstackd.peers.cluster import member_channel
 from microstackd.trust.x509 import CONTROL_SERVER_NAME
@@ -32,7 +33,12 @@ def _beat(control: Node, member: Node, services: list[pb.ServiceStatus]) -> grpc
         channel = member_channel(control.address, control.cluster_port, creds, CONTROL_SERVER_NAME)
         try:
             await pb_grpc.ClusterServiceStub(channel).Heartbeat(
-                pb.HeartbeatRequest(services=services), timeout=30
+                pb.HeartbeatRequest(
+                    services=services,
+                    microstackd_version=versions.VERSION,
+                    api_version=versions.API_VERSION,
+                ),
+                timeout=30,
             )
         except aio.AioRpcError as exc:
             return exc.code()

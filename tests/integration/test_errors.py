@@ -90,6 +90,7 @@ SERVED = {
         "AdminService/Watch",
         "Launch",
         "RotateCA",
+        "Drain",
         "Health/Watch",
         "ServerReflectionInfo",
     },
