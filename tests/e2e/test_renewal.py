@@ -54,16 +54,16 @@ def _log(host: Host) -> str:
 #: key and certificate given; prints the gRPC status code's name.
 _CALL = """
 import asyncio, sys
-from microstackd.model import ClusterRecord, NodeCredentials, Role
+from microstackd.model import ClusterRecord, NodeCredentials, Role, Software
 from microstackd.peers.cluster import ControlClient
-from microstackd import errors
+from microstackd import errors, versions
 key, cert, ca, address, port = sys.argv[1:]
 creds = NodeCredentials(open(key, "rb").read(), open(cert, "rb").read(), open(ca, "rb").read())
 cluster = ClusterRecord("x", Role.COMPUTE, "control", address, 0, int(port), "", 0.0)
 async def main():
     client = ControlClient(cluster, creds)
     try:
-        await client.heartbeat([])
+        await client.heartbeat([], Software(versions.VERSION, versions.API_VERSION))
         print("accepted")
     except errors.MicrostackError as exc:
         print(type(exc).__name__, exc.message)
