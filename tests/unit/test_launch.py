@@ -362,24 +362,27 @@ def test_the_banner_probe_reads_past_other_lines_and_names_a_refusal() -> None:
 # ------------------------------------------------------------- the CLI --
 
 
+def _result(ssh_ready: bool) -> dict[str, Any]:
+    """What launch returns (as the CLI's JSON shows it, but for ``ssh``)."""
+    return {
+        "name": "vm",
+        "id": "s1",
+        "host": "node-1",
+        "status": "ACTIVE",
+        "addresses": {"private": ["10.233.0.5", "10.20.20.7"]},
+        "floating_ip": "10.20.20.7",
+        "ssh_ready": ssh_ready,
+        "ssh_banner": "SSH-2.0-dropbear_2022.83" if ssh_ready else "",
+        "active_after_seconds": 11.5,
+        "ssh_after_seconds": 21.0 if ssh_ready else 0.0,
+    }
+
+
 def _stream(ssh_ready: bool) -> list[pb.LaunchResponse]:
     def event(step: str, state: pb.StepState, message: str) -> pb.Event:
         return pb.Event(node="ctl", step=step, state=state, message=message)
 
-    result = convert.launch_result_to_pb(
-        {
-            "name": "vm",
-            "id": "s1",
-            "host": "node-1",
-            "status": "ACTIVE",
-            "addresses": {"private": ["10.233.0.5", "10.20.20.7"]},
-            "floating_ip": "10.20.20.7",
-            "ssh_ready": ssh_ready,
-            "ssh_banner": "SSH-2.0-dropbear_2022.83" if ssh_ready else "",
-            "active_after_seconds": 11.5,
-            "ssh_after_seconds": 21.0 if ssh_ready else 0.0,
-        }
-    )
+    result = convert.launch_result_to_pb(_result(ssh_ready))
     booting = (
         event("booting", pb.STEP_STATE_DONE, "sshd up on 10.20.20.7:22 (SSH-2.0-dropbear_2022.83)")
         if ssh_ready
@@ -416,10 +419,8 @@ def test_the_cli_prints_the_ssh_line_only_once_sshd_answered(
         cmd_launch.launch(None, "cirros", "vm", "", "nova:node-1", "", "", not ssh_ready, 60, fmt)
         out = capsys.readouterr().out
         if fmt == "json":
-            data = json.loads(out)
-            assert data["ssh"] == f"ssh -i {key} cirros@10.20.20.7"
-            assert data["ssh_ready"] is ssh_ready
-            assert data["active_after_seconds"] == 11.5
+            ssh = f"ssh -i {key} cirros@10.20.20.7"
+            assert json.loads(out) == {**_result(ssh_ready), "ssh": ssh}
             continue
         lines = out.splitlines()
         assert any(line.split()[:2] == ["✓", "scheduling"] for line in lines), out
