@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -35,14 +36,17 @@ ServicesProvider = Callable[[], Awaitable[list[ServiceRecord]]]
 
 def bounded(services: list[ServiceRecord]) -> list[ServiceRecord]:
     """This node's services clipped to what the control accepts (model.MAX_*):
-    the first MAX_SERVICES, each message cut to its share of the total."""
+    the first MAX_SERVICES, each message and detail cut to its share of the
+    total; every other field as it is."""
     services = services[:MAX_SERVICES]
-    share = min(MAX_SERVICE_MESSAGE, MAX_SERVICES_TEXT // max(1, len(services)))
+    # A message and a detail per service share the total.
+    share = min(MAX_SERVICE_MESSAGE, MAX_SERVICES_TEXT // max(1, 2 * len(services)))
     return [
-        ServiceRecord(
-            s.name[:MAX_SERVICE_NAME],
-            s.state,
-            clip(s.message, share),
+        dataclasses.replace(
+            s,
+            name=s.name[:MAX_SERVICE_NAME],
+            message=clip(s.message, share),
+            detail=clip(s.detail, share),
         )
         for s in services
     ]
