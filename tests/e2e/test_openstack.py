@@ -576,10 +576,16 @@ def test_a_node_whose_nova_compute_crash_loops_fails_its_join_with_its_log(
 def test_removing_a_compute_stops_its_guest_and_services(cloud: Cloud) -> None:
     node2 = cloud.computes["node-2"]
     assert len(qemu_pids(node2)) == 1  # vm2 runs there
-    removed = cloud.control.ctl("remove", "node-2", timeout=300).stdout
+    # A compute that still hosts an instance is not removed by mistake.
+    refused = cloud.control.ctl("remove", "node-2", timeout=300, check=False)
+    assert refused.returncode != 0, refused.stdout
+    assert "vm2" in refused.stderr and "--force" in refused.stderr, refused.stderr
+    assert len(qemu_pids(node2)) == 1
+    removed = cloud.control.ctl("remove", "node-2", "--force", timeout=300).stdout
     assert "node-2 removed" in removed and "its services were stopped (6)" in removed, removed
-    # Nova keeps a compute service that hosts a server, and says so (drain first).
-    assert "hosting instances" in removed, removed
+    # What --force leaves, said: the server, and Nova's compute service kept for it.
+    assert "left behind: 1 instance(s)" in removed and "vm2" in removed, removed
+    assert "forced down but kept" in removed, removed
     # Its daemon stopped every service: the guest first (libvirtd's stop hook).
     assert qemu_pids(node2) == []
     daemon = node2.daemon.pid if node2.daemon else -1
@@ -587,11 +593,10 @@ def test_removing_a_compute_stops_its_guest_and_services(cloud: Cloud) -> None:
     assert left == [], left
     assert "ovs-uplink" in (node2.state_dir / "logs" / "ovs-uplink.log").read_text()  # type: ignore[operator]
     assert node2.address in node2.run(["ip", "-br", "-4", "addr", "show", "eth0"]).stdout
-    # With its server gone, the next removal attempt's cleanup deletes it from Nova.
+    # With its server gone, removing it again deletes what Nova kept for it.
     osc(cloud.control, "server", "delete", "--wait", "vm2")
-    osc(cloud.control, "compute", "service", "delete",
-        next(s["ID"] for s in osc_json(cloud.control, "compute", "service", "list")
-             if s["Host"] == "node-2"))  # fmt: skip
+    again = cloud.control.ctl("remove", "node-2", timeout=300).stdout
+    assert "already removed" in again and "Nova compute service on node-2 deleted" in again, again
     hosts = {s["Host"] for s in osc_json(cloud.control, "compute", "service", "list")}
     assert "node-2" not in hosts and "node-1" in hosts
 
