@@ -25,6 +25,14 @@ Rules:
    the real source, for the failure limiter and the logs.
 4. Refusals are logged once per reason per 10 s, with a count: they are
    what a flood is made of.
+5. Nothing a connection sends is lost while its relay is being set up:
+   bytes that arrive before the loopback connection is there are held (at
+   most ``_HIGH_WATER``; past that the connection is closed) and go first
+   once it is. A TLS client speaks first, at once, and the gate cannot
+   count on not reading until then: asyncio before CPython gh-103607
+   (Debian 12's Python 3.11.2) ignores ``pause_reading()`` called from
+   ``connection_made`` and reads anyway. Dropping that ClientHello left the
+   joiner's handshake waiting until its timeout, at every try.
 
 No gRPC here: bytes in, bytes out.
 """
@@ -77,6 +85,9 @@ class _Pipe(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: _Pipe | None = None
         self.closed = False
+        #: What arrived before the other side was there (rule 5).
+        self._early: list[bytes] = []
+        self._early_bytes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -85,8 +96,28 @@ class _Pipe(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         peer = self.peer
-        if peer is not None and peer.transport is not None and not peer.closed:
+        if peer is None:
+            self._hold(data)
+        elif peer.transport is not None and not peer.closed:
             peer.transport.write(data)
+
+    def _hold(self, data: bytes) -> None:
+        self._early.append(data)
+        self._early_bytes += len(data)
+        if self._early_bytes > _HIGH_WATER and self.transport is not None:
+            self._early, self._early_bytes = [], 0
+            self._overflowed()
+            self.transport.abort()
+
+    def _overflowed(self) -> None:
+        """More arrived than is held before the relay is up (rule 5)."""
+
+    def link(self, peer: _Pipe) -> None:
+        """Relay to ``peer`` from now on, starting with what was held."""
+        self.peer = peer
+        early, self._early, self._early_bytes = self._early, [], 0
+        if early and peer.transport is not None and not peer.closed:
+            peer.transport.write(b"".join(early))
 
     def eof_received(self) -> bool | None:
         return False  # close: TLS has said goodbye before any FIN
@@ -126,12 +157,15 @@ class _Inbound(_Pipe):
         if not self._gate._admit(self):
             self.transport.abort()
             return
-        self.transport.pause_reading()  # nothing is read before the backend is there
+        self.transport.pause_reading()  # what is read anyway is held (rule 5)
         self._gate._connect(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._gate._release(self)
+
+    def _overflowed(self) -> None:
+        self._gate._refused("early-bytes", self)
 
 
 def _normalise(address: str) -> str:
@@ -252,7 +286,7 @@ class Gate:
             log.warning(
                 "bootstrap port connection %s source=%s key=%s per_source=%d total=%d open=%d "
                 "refused_quietly=%d",
-                "closed" if reason == "evicted" else "refused",
+                "refused" if reason in ("per-source", "total") else "closed",
                 inbound.address, inbound.key, self.limits.per_source, self.limits.total,
                 self._count, quiet,
             )  # fmt: skip
@@ -287,5 +321,6 @@ class Gate:
             return
         inbound.backend_port = int(outbound.transport.get_extra_info("sockname")[1])
         self._sources[inbound.backend_port] = inbound.address
-        inbound.peer, outbound.peer = outbound, inbound
+        outbound.link(inbound)
+        inbound.link(outbound)
         inbound.transport.resume_reading()

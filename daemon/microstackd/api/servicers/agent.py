@@ -28,6 +28,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
     ) -> AsyncIterator[pb.ApplyRoleResponse]:
         log.info("applying role role=%s caller=%s", request.role, caller().name)
         async for step in self._agent.apply_role(request.role, dict(request.settings)):
+            if step.final:  # the end shows in the journal too, not only on the control
+                log.info("role applied role=%s result=%r", request.role, step.message)
             yield convert.agent_step_to_pb(step)
 
     async def GetServices(
