@@ -133,16 +133,28 @@ async def open_exchange(
     return Guess(call, hello, response.challenge)
 
 
-async def answer(guess: Guess, fingerprint: str, password: str | None) -> grpc.StatusCode:
-    """Answer with a guess (``password`` None: a random verifier) or the
-    password itself; the status the control ends the exchange with."""
+async def derive(guess: Guess, password: str) -> bytes:
+    """The verifier ``password`` gives under the challenge's KDF parameters
+    (the deliberately slow part of a join, done before answering)."""
     c = guess.challenge
     params = kdf.KdfParams(salt=c.kdf.salt, log2_n=c.kdf.log2_n, r=c.kdf.r, p=c.kdf.p)
-    verifier = (
-        secrets.token_bytes(kdf.VERIFIER_BYTES)
-        if password is None
-        else await asyncio.to_thread(kdf.derive_verifier, password, params)
-    )
+    return await asyncio.to_thread(kdf.derive_verifier, password, params)
+
+
+async def answer(
+    guess: Guess, fingerprint: str, password: str | None, *, verifier: bytes | None = None
+) -> grpc.StatusCode:
+    """Answer with a guess (``password`` None: a random verifier), the
+    password itself, or a ``verifier`` derived beforehand; the status the
+    control ends the exchange with."""
+    c = guess.challenge
+    params = kdf.KdfParams(salt=c.kdf.salt, log2_n=c.kdf.log2_n, r=c.kdf.r, p=c.kdf.p)
+    if verifier is None:
+        verifier = (
+            secrets.token_bytes(kdf.VERIFIER_BYTES)
+            if password is None
+            else await derive(guess, password)
+        )
     joiner = exchange.JoinerExchange(
         verifier, c.cluster_id, params, guess.hello, fingerprint, c.pake_message
     )

@@ -271,7 +271,15 @@ def test_a_service_that_keeps_exiting_before_it_is_ready_is_failed_while_it_rest
 
 
 def test_a_crash_after_being_ready_is_not_a_crash_loop(tmp_path):
-    spec = sh("glance", "echo ready; sleep 0.3; exit 1", ready_pattern="ready", ready_after=0)
+    # The first run crashes after its ready line; the second stays up. (A
+    # timed crash raced the status read on a loaded machine.)
+    crashed = tmp_path / "crashed"
+    spec = sh(
+        "glance",
+        f"echo ready; [ -e {crashed} ] && exec sleep 30; touch {crashed}; exit 1",
+        ready_pattern="ready",
+        ready_after=0,
+    )
 
     async def main():
         manager = ProcessManager(tmp_path, backoff_base=0.05, backoff_cap=0.05)
@@ -645,13 +653,15 @@ def test_systemd_wait_ready_raises_with_the_journal_when_the_unit_fails(fake):
 
 def test_systemd_wait_ready_gives_up_after_the_start_timeout(fake):
     fake.script(systemctl_is_active=out("activating\n", 3), journalctl=JOURNAL)
+    # Long enough for the fake systemctl to answer at least once on a loaded
+    # machine (0.3 s was not, at load 30).
     spec = ServiceSpec(
-        "nova-compute", ("/usr/bin/nova-compute",), unit="nova-compute.service", start_timeout=0.3
+        "nova-compute", ("/usr/bin/nova-compute",), unit="nova-compute.service", start_timeout=3
     )
     with pytest.raises(errors.ServiceFailed) as failed:
-        asyncio.run(SystemdManager(poll_interval=0.01).wait_ready(spec))
+        asyncio.run(SystemdManager(poll_interval=0.05).wait_ready(spec))
     assert failed.value.message.startswith(
-        "nova-compute did not become ready within 0.3 s (it is activating); last log lines:\n"
+        "nova-compute did not become ready within 3 s (it is activating); last log lines:\n"
         "Starting OpenStack Compute..."
     )
     assert fake.calls()[-1] == SYSTEMD_JOURNAL
