@@ -166,6 +166,13 @@ class Api:
         request = pb.UndrainRequest(name=name)
         return cast(pb.UndrainResponse, self._unary(self.stub.Undrain, request, 90))
 
+    def backup(self, no_images: bool) -> Iterator[pb.BackupResponse]:
+        request = pb.BackupRequest(no_images=no_images)
+        return cast(Iterator[pb.BackupResponse], self._stream(self.stub.Backup, request))
+
+    def restore(self, pieces: Iterator[pb.RestoreRequest]) -> Iterator[pb.Event]:
+        return (response.event for response in self._stream(self.stub.Restore, pieces))
+
     def create_token(self, name: str, ttl: int) -> pb.CreateTokenResponse:
         request = pb.CreateTokenRequest(name=name, ttl_seconds=ttl)
         return cast(pb.CreateTokenResponse, self._unary(self.stub.CreateToken, request, 30))
