@@ -182,13 +182,16 @@ class Restores:
                 "by that name)"
             )
         address = str(cluster["control_address"])
-        if not _is_local(address):
+        listen = self._config.listen_host
+        if not _is_local(address) or listen not in ("0.0.0.0", "::", "", address):
             raise errors.RestoreRefused(
-                f"the archive's control address {address} is not an address of this machine. "
+                f"the archive's control address {address} is not an address of this machine, or "
+                f"not the one this microstackd listens on ({listen}). "
                 "Every member pins the control's address (its certificate carries it, and so "
                 "do the computes' configuration and Keystone's endpoints), so a restore goes "
                 f"only to a machine with that address: give this machine {address} (e.g. `ip "
-                f"addr add {address}/PREFIX dev IFACE`) and run restore again. Moving a cluster "
+                f"addr add {address}/PREFIX dev IFACE`), start microstackd with --listen "
+                f"{address}:PORT (or 0.0.0.0:PORT) and run restore again. Moving a cluster "
                 "to another address is not supported: see docs/backup.md"
             )
         wanted = (int(cluster["bootstrap_port"]), int(cluster["cluster_port"]))
