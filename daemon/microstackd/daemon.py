@@ -249,6 +249,7 @@ class Daemon:
         )
         self._bind(server, f"unix:{path}", None, f"the socket {path}")
         self._socket_bound = True
+        self.backups.write_proof()
         await server.start()
         os.chmod(path, 0o660)
         _hand_to_group(path, SOCKET_GROUP)
@@ -414,6 +415,7 @@ class Daemon:
         if self._socket_bound:
             with contextlib.suppress(FileNotFoundError):
                 self.config.socket.unlink()
+            self.backups.remove_proof()
         self.runner.stop()
         with contextlib.suppress(errors.MicrostackError):
             self.runner.flush()

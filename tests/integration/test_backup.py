@@ -253,3 +253,27 @@ def test_a_certificate_renewed_after_the_backup_is_accepted_after_the_restore(
     assert serial != backed_up  # the renewed one (or a later renewal) is node-1's now
     log = control.log.read_text()
     assert "certificate renewed after the restored backup taken as the member's" in log, log
+
+
+def test_only_root_may_take_a_backup(pair: tuple[Node, Node]) -> None:
+    """A caller of the socket who cannot read the root-only proof beside it
+    (a member of the socket's group) is refused: the archive holds the CA key."""
+    import grpc
+
+    from microstack_api.v1 import cluster_pb2 as pb
+    from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
+
+    control, _compute = pair
+    proof = control.socket.with_suffix(".root-proof")
+    assert proof.stat().st_mode & 0o777 == 0o600 and len(proof.read_bytes()) == 64
+    with grpc.insecure_channel(f"unix:{control.socket}") as channel:
+        stub = pb_grpc.AdminServiceStub(channel)
+        for wrong in (b"", b"0" * 64, proof.read_bytes()[:-1]):
+            with pytest.raises(grpc.RpcError) as refused:
+                list(stub.Backup(pb.BackupRequest(proof=wrong), timeout=30))
+            assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            assert "only root may take a backup" in (refused.value.details() or "")
+        first = next(iter(stub.Backup(pb.BackupRequest(proof=proof.read_bytes()), timeout=30)))
+        assert first.message or first.chunk
+    control.stop()
+    assert not proof.exists()  # gone with the daemon; a new one at the next start

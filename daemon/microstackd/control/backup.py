@@ -21,6 +21,8 @@ No gRPC here: ``api/servicers/admin.py`` streams the file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hmac
 import logging
 import secrets
 import shutil
@@ -49,6 +51,7 @@ from microstackd.store.files import (
     NODE_KEY,
     VERIFIER,
     storage_error,
+    write_private_file,
 )
 
 log = logging.getLogger(__name__)
@@ -77,17 +80,48 @@ def rabbitmq_env(values: dict[str, str]) -> dict[str, str]:
     return {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", **spec.env}
 
 
+def proof_path(config: DaemonConfig) -> Path:
+    """The root-only file whose content a backup request must carry."""
+    return config.socket.with_suffix(".root-proof")
+
+
 class Backups:
+    """Backups are for root alone (docs/security.md): the archive holds the
+    cluster CA's key, and the socket's group may not have it. The daemon
+    keeps a random proof in a file only root can read, beside the socket
+    (``proof_path``); a request without it is refused."""
+
     def __init__(self, config: DaemonConfig, cluster: Cluster, plane: ControlPlane) -> None:
+        self._proof = b""
         self._config = config
         self._cluster = cluster
         self._store = cluster.store
         self._plane = plane
         self._lock = asyncio.Lock()
 
-    async def create(self, no_images: bool, progress: Progress) -> tuple[Path, archive.Manifest]:
+    def write_proof(self) -> None:
+        """At start: a new proof, 0600, beside the socket."""
+        self._proof = secrets.token_hex(32).encode()
+        write_private_file(proof_path(self._config), self._proof, dir_mode=0o755)
+
+    def remove_proof(self) -> None:
+        with contextlib.suppress(OSError):
+            proof_path(self._config).unlink()
+
+    def check_proof(self, proof: bytes) -> None:
+        if not self._proof or not hmac.compare_digest(proof, self._proof):
+            raise errors.PermissionDenied(
+                "only root may take a backup: the archive holds the cluster CA's private key "
+                f"(the request must carry {proof_path(self._config)}, readable by root alone); "
+                "run it as root (sudo microstackctl backup FILE)"
+            )
+
+    async def create(
+        self, no_images: bool, progress: Progress, proof: bytes = b""
+    ) -> tuple[Path, archive.Manifest]:
         """Make the archive; return its path (the caller streams, then
         deletes it with ``discard``) and its manifest."""
+        self.check_proof(proof)
         cluster = self._cluster.require()
         if self._lock.locked():
             raise errors.RestoreRefused("a backup is already being made on this control; wait")

@@ -399,10 +399,12 @@ class RotateCAResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ...) -> None: ...
 
 class BackupRequest(_message.Message):
-    __slots__ = ("no_images",)
+    __slots__ = ("no_images", "proof")
     NO_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
     no_images: bool
-    def __init__(self, no_images: _Optional[bool] = ...) -> None: ...
+    proof: bytes
+    def __init__(self, no_images: _Optional[bool] = ..., proof: _Optional[bytes] = ...) -> None: ...
 
 class BackupResponse(_message.Message):
     __slots__ = ("chunk", "done", "sha256", "manifest", "message")

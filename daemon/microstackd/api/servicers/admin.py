@@ -249,6 +249,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     ) -> AsyncIterator[pb.BackupResponse]:
         if self._backups is None:
             raise errors.NotControl("this daemon makes no backups")
+        self._backups.check_proof(request.proof)
         notes: asyncio.Queue[str | None] = asyncio.Queue()
 
         async def progress(message: str) -> None:
@@ -257,7 +258,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         async def make() -> tuple[Any, Any]:
             assert self._backups is not None
             try:
-                return await self._backups.create(request.no_images, progress)
+                return await self._backups.create(request.no_images, progress, request.proof)
             finally:
                 await notes.put(None)
 
