@@ -106,7 +106,7 @@ def test_a_restored_control_takes_its_computes_back(
 def test_restore_over_an_existing_cluster_is_refused_and_changes_nothing(
     pair: tuple[Node, Node], tmp_path: Path
 ) -> None:
-    control, _compute = pair
+    control, compute = pair
     archive = tmp_path / "backup.tar"
     control.ctl("backup", str(archive))
     before = control.status()
@@ -122,6 +122,10 @@ def test_restore_over_an_existing_cluster_is_refused_and_changes_nothing(
     ]
     exists = control.ctl("backup", str(archive), check=False)
     assert exists.returncode == EXIT_ERROR and "exists" in exists.stderr
+    on_compute = compute.ctl("backup", str(archive.with_name("c.tar")), check=False)
+    assert on_compute.returncode == EXIT_ERROR
+    assert "backup runs on the control (ctl at " in on_compute.stderr, on_compute.stderr
+    assert not archive.with_name("c.tar").exists()
 
 
 def _repack(source: Path, target: Path, manifest: Callable[[dict[str, Any]], None]) -> None:

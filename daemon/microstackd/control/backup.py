@@ -37,6 +37,7 @@ from microstackd.config import DaemonConfig
 from microstackd.control import archive
 from microstackd.control.cluster import Cluster
 from microstackd.control.plane import ControlPlane
+from microstackd.model import Role
 from microstackd.node import steps
 from microstackd.node.roles import CONTROL
 from microstackd.node.roles.control import MARIADB_CNF
@@ -122,6 +123,13 @@ class Backups:
         """Make the archive; return its path (the caller streams, then
         deletes it with ``discard``) and its manifest."""
         self.check_proof(proof)
+        member = self._store.cluster()
+        if member is not None and member.role is not Role.CONTROL:
+            raise errors.NotControl(
+                f"backup runs on the control ({member.control_name} at {member.control_address}): "
+                "it holds the cluster; a compute's own state is its key and certificate, and a "
+                "lost compute comes back by joining again"
+            )
         cluster = self._cluster.require()
         if self._lock.locked():
             raise errors.RestoreRefused("a backup is already being made on this control; wait")
