@@ -131,3 +131,19 @@ def test_what_is_not_a_backup_is_refused(tmp_path: Path) -> None:
         out.addfile(info, io.BytesIO(blob))
     with pytest.raises(errors.BadArchive, match="manifest is not valid"):
         archive.read(forged)
+
+
+def test_the_restore_plan_loads_the_data_after_its_service_and_makes_nothing_again() -> None:
+    from microstackd.control import restore
+    from microstackd.node.roles import CONTROL
+
+    plan = restore.plan()
+    assert plan[-1] == "done"
+    assert plan.index("restore-databases") == plan.index("service mariadb") + 1
+    assert plan.index("restore-databases") < plan.index("databases")
+    assert plan.index("restore-rabbitmq") == plan.index("service rabbitmq") + 1
+    for step in restore.NOT_AGAIN:
+        assert step in CONTROL.order and step not in plan
+    assert [s for s in plan if s in CONTROL.order] == [
+        s for s in CONTROL.order if s not in restore.NOT_AGAIN
+    ]

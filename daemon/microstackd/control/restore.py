@@ -17,9 +17,11 @@ Rules:
    run again from the first (each is idempotent): MariaDB on a fresh data
    directory is loaded from the dump before the databases step, RabbitMQ
    gets its definitions back, the db syncs find their schemas done. The
-   steps that create the cloud's defaults and upload the test image are
-   not run: the restored databases have what they made, or what the
-   operator changed since. A restore interrupted there is resumed by
+   steps that make what the restored databases already hold are not run
+   (Keystone's bootstrap, the identity step, Nova's cells, the cloud's
+   defaults, the test image): they would undo what the operator changed
+   since (the bootstrap resets the admin's password). A restore
+   interrupted there is resumed by
    running it again with the same archive.
 4. What changed after the backup is not in it. A member whose certificate
    was renewed after the backup presents a serial the restored store does
@@ -63,8 +65,11 @@ log = logging.getLogger(__name__)
 RESTORE_DATABASES = "restore-databases"
 RESTORE_RABBITMQ = "restore-rabbitmq"
 DONE = "done"
-#: The control role's steps a restore does not run again (rule 3).
-NOT_AGAIN = ("cloud-defaults", "test-image")
+#: The control role's steps a restore does not run again (rule 3): they
+#: create what the restored databases hold (users, endpoints, cells, the
+#: cloud's defaults, the test image) and would undo what the operator
+#: changed since (keystone-manage bootstrap resets the admin's password).
+NOT_AGAIN = ("keystone-bootstrap", "identity", "nova-cells", "cloud-defaults", "test-image")
 #: Where the dump and the definitions wait for their steps (0700).
 PENDING_DIR = "restore"
 #: store meta: the backup restored, and when it was made (``member.callers``).
