@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import socket
 import tempfile
@@ -251,20 +252,22 @@ class Restores:
     def _commit(self, manifest: archive.Manifest, staging: Path) -> None:
         state = self._config.state_dir
         files: list[tuple[Path, bytes, int]] = []
+        moves: list[tuple[Path, Path]] = []
         for member in manifest.members:
             source = staging / member.name
             if member.name == archive.DATABASE:
                 continue
             if member.name == archive.CONTROL_YAML:
-                target = self._config.control_config_path
+                files.append((self._config.control_config_path, source.read_bytes(), 0o600))
             elif member.name.startswith("state/"):
                 target = state / member.name.removeprefix("state/")
+                files.append((target, source.read_bytes(), 0o600))
             elif member.name in (archive.MARIADB_DUMP, archive.RABBITMQ_DEFINITIONS):
-                target = state / PENDING_DIR / Path(member.name).name
-            else:  # openstack/keystone/..., openstack/glance/images/...
-                target = state / "services" / member.name.removeprefix("openstack/")
-            files.append((target, source.read_bytes(), 0o600))
+                moves.append((source, state / PENDING_DIR / Path(member.name).name))
+            else:  # openstack/keystone/..., openstack/glance/images/... (images may be big)
+                moves.append((source, state / "services" / member.name.removeprefix("openstack/")))
         write_private_files(files)
+        _move_into_place(moves)
         self._store.restore_from(staging / archive.DATABASE)
         name = self._config.node_name
         self._store.forget_steps(name)
@@ -342,6 +345,25 @@ async def _run(
     if done.returncode != 0:
         text = (done.stderr + done.stdout).strip()
         raise errors.ServiceFailed(f"{step}: {argv[0]} exited {done.returncode}: {text[-600:]}")
+
+
+def _move_into_place(moves: list[tuple[Path, Path]]) -> None:
+    """Rename each checked file from the staging directory (on the state
+    directory's filesystem) to its place: no copy, however big an image is."""
+    directories = set()
+    for source, target in moves:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.replace(source, target)
+        except OSError as exc:
+            raise storage_error(target, exc) from exc
+        directories.add(target.parent)
+    for directory in directories:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _is_local(address: str) -> bool:
