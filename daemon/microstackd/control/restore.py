@@ -37,6 +37,7 @@ the restore's events.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -221,7 +222,10 @@ class Restores:
         (rule 2), start the plane's steps (rule 3); the seq to follow from."""
         self.refuse_over_a_cluster()
         staging = work / "x"
-        manifest = archive.read(path, staging)
+        # Off the event loop (an archive with images may be gigabytes); what
+        # follows, from the checks to the commit, runs without an await.
+        manifest = await asyncio.to_thread(archive.read, path, staging)
+        self.refuse_over_a_cluster()
         self._check(manifest)
         name = self._config.node_name
         if self._store.cluster() is not None:
