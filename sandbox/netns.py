@@ -337,6 +337,14 @@ class Host:
         _ip("-n", self.ns, "link", "set", self.iface, "up")
         _checksums_in_software(self.ns, self.iface)
 
+    def replace(self) -> None:
+        """The machine is lost and another takes its place with the same
+        address: its daemon stops, everything in its namespace is killed,
+        the namespace (and its veth) is deleted and made again, empty."""
+        self.close()
+        delete_namespace(self.ns)
+        self._create()
+
     # -------------------------------------------------------- commands --
 
     def argv(self, argv: Sequence[str]) -> list[str]:

@@ -107,6 +107,15 @@ class Api:
     def close(self) -> None:
         self._channel.close()
 
+    def _root_proof(self) -> bytes:
+        """The daemon's root-only proof beside its socket (empty if this
+        user cannot read it: the daemon then refuses a backup)."""
+        try:
+            with open(os.path.splitext(self.path)[0] + ".root-proof", "rb") as f:
+                return f.read(4096)
+        except OSError:
+            return b""
+
     # The two ways to call the daemon; every RpcError is mapped here, once.
 
     def _unary(self, method: Callable[..., Any], request: Any, timeout: float) -> Any:
@@ -165,6 +174,13 @@ class Api:
     def undrain(self, name: str) -> pb.UndrainResponse:
         request = pb.UndrainRequest(name=name)
         return cast(pb.UndrainResponse, self._unary(self.stub.Undrain, request, 90))
+
+    def backup(self, no_images: bool) -> Iterator[pb.BackupResponse]:
+        request = pb.BackupRequest(no_images=no_images, proof=self._root_proof())
+        return cast(Iterator[pb.BackupResponse], self._stream(self.stub.Backup, request))
+
+    def restore(self, pieces: Iterator[pb.RestoreRequest]) -> Iterator[pb.Event]:
+        return (response.event for response in self._stream(self.stub.Restore, pieces))
 
     def create_token(self, name: str, ttl: int) -> pb.CreateTokenResponse:
         request = pb.CreateTokenRequest(name=name, ttl_seconds=ttl)

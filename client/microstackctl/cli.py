@@ -1,5 +1,6 @@
 """microstackctl: the operator's commands (init, join, status, watch, remove,
-drain, undrain, add-node, tokens, launch), each a call to the local microstackd's socket.
+drain, undrain, add-node, tokens, launch, backup, restore), each a call to
+the local microstackd's socket.
 
 This module is the argument parsing, and only that: every command's work
 is in ``cmd_NAME.py``, imported when the command runs. So ``--help``,
@@ -338,6 +339,34 @@ def ca_rotate(ctx: click.Context, fmt: str) -> None:
     from microstackctl import cmd_ca
 
     cmd_ca.rotate(_socket(ctx), fmt)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--no-images", is_flag=True, help="leave Glance's images out of the archive")
+@click.option("--list", "list_", is_flag=True, help="list FILE's content and check it (no daemon)")
+@FORMAT
+@click.pass_context
+@handle_errors
+def backup(ctx: click.Context, **options: Any) -> None:
+    """Write a backup of this control to FILE (mode 0600: it holds the CA's
+    key), or with --list show what FILE holds."""
+    from microstackctl import cmd_backup
+
+    cmd_backup.backup(_socket(ctx), **options)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@FORMAT
+@click.pass_context
+@handle_errors
+def restore(ctx: click.Context, **options: Any) -> None:
+    """Restore a control from its backup FILE on a fresh machine with the
+    control's address; the computes reconnect by themselves."""
+    from microstackctl import cmd_restore
+
+    cmd_restore.restore(_socket(ctx), **options)
 
 
 def run() -> NoReturn:

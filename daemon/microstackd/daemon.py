@@ -45,12 +45,14 @@ from microstackd.api.servicers.bootstrap import BootstrapServicer
 from microstackd.api.servicers.cluster import ClusterServicer
 from microstackd.cloud.service import Cloud
 from microstackd.config import SOCKET_GROUP, DaemonConfig, Ports
+from microstackd.control.backup import Backups
 from microstackd.control.bootstrap import Bootstrap
 from microstackd.control.certs import Certificates
 from microstackd.control.cluster import Cluster
 from microstackd.control.enrol import Enrolments
 from microstackd.control.members import Members
 from microstackd.control.plane import ControlPlane
+from microstackd.control.restore import Restores
 from microstackd.control.rotation import Rotation
 from microstackd.control.tokens import Tokens
 from microstackd.enrolment.events import EventBus, Signal
@@ -122,6 +124,11 @@ class Daemon:
         self.bootstrap = Bootstrap(self.cluster, bootstrap_cert)
         self.certificates = Certificates(self.cluster)
         self.rotation = Rotation(self.cluster, self.certificates, self.renewed)
+        self.backups = Backups(config, self.cluster, self.plane)
+        self.restores = Restores(
+            config, self.cluster, self.runner, self.plane, self.ports, self.joined,
+            bootstrap_cert, self.bootstrap_renewed,
+        )  # fmt: skip
         self.agent = Agent(config, store, self.services, self.runner, self.services_changed)
         self.heartbeats = Heartbeats(store, self.agent.services, config.software)
         self.services_changed.subscribe(self.heartbeats.beat_now)
@@ -228,6 +235,7 @@ class Daemon:
         admin = AdminServicer(
             self.config.node_name, self.store, self.bus, self.cluster, self.members,
             self.tokens, self.member, self.bootstrap_cert, self.rotation,
+            self.backups, self.restores,
         )  # fmt: skip
         reflector = reflection.aio.ReflectionServicer(REFLECTED_SERVICES)
         access.register(
@@ -241,6 +249,7 @@ class Daemon:
         )
         self._bind(server, f"unix:{path}", None, f"the socket {path}")
         self._socket_bound = True
+        self.backups.write_proof()
         await server.start()
         os.chmod(path, 0o660)
         _hand_to_group(path, SOCKET_GROUP)
@@ -406,6 +415,7 @@ class Daemon:
         if self._socket_bound:
             with contextlib.suppress(FileNotFoundError):
                 self.config.socket.unlink()
+            self.backups.remove_proof()
         self.runner.stop()
         with contextlib.suppress(errors.MicrostackError):
             self.runner.flush()

@@ -175,3 +175,18 @@ class VersionSkew(MicrostackError):
     the message says which side to upgrade (docs/api.md, "Versions")."""
 
     code = "FAILED_PRECONDITION"
+
+
+class BadArchive(MicrostackError):
+    """The backup archive is not a whole microstackd backup: cut short,
+    damaged, or not one at all. Nothing was changed."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class RestoreRefused(MicrostackError):
+    """A backup cannot be restored here (this node is in a cluster already,
+    or the archive was made for another address, name or version); the
+    message says what to do. Nothing was changed."""
+
+    code = "FAILED_PRECONDITION"

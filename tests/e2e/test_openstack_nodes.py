@@ -22,6 +22,7 @@ Slow (minutes): marked ``openstack`` and ``e2e``, as tests/e2e/test_openstack.py
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ import pytest
 
 from microstackd.node import testimage
 from sandbox import netns
-from sandbox.netns import Host, Network, clean_env
+from sandbox.netns import Host, Network, clean_env, wait_for
 from sandbox.openstack_env import PREFIX, measure
 from tests.e2e.conftest import NETWORKS, PASSWORD
 from tests.e2e.test_openstack import Cloud, _join_all, _launch, _start, osc_json, qemu_pids
@@ -288,4 +289,94 @@ def test_a_compute_reinstalled_rejoins_under_its_name_and_gets_a_new_instance(
     cloud.timings["launch_after_rejoin_s"] = round(elapsed, 1)
     assert data["host"] == "node-2"
     assert len(qemu_pids(node2)) == 1
+    measure(nodes_cloud=cloud.timings)
+
+
+def _servers(cloud: Cloud) -> dict[str, tuple[str, str, str]]:
+    """name -> (host, status, networks) as Nova lists them."""
+    listed = osc_json(cloud.control, "server", "list", "--all-projects", "--long")
+    return {s["Name"]: (s["Host"], s["Status"], json.dumps(s["Networks"], sort_keys=True))
+            for s in listed}  # fmt: skip
+
+
+def _computes_back(cloud: Cloud) -> bool:
+    """Both computes active again, heard from, and Nova sees their services up."""
+    nodes = {n["name"]: n for n in cloud.control.status()["nodes"]}
+    return all(
+        nodes[name]["state"] == "active"
+        and (nodes[name].get("nova") or {}).get("compute_service", "").startswith("up")
+        for name in cloud.computes
+    )
+
+
+def test_a_lost_control_is_restored_from_its_backup(
+    cloud: Cloud, openstack_prefix: Path, tmp_path: Path
+) -> None:
+    """Backup of the running control (two computes, instances on them); the
+    control machine is lost (its namespace and state destroyed), a fresh one
+    with the same address restores the backup: the computes come back by
+    themselves, every instance is listed on its host with its network, and
+    a guest still answers ssh on its floating IP through the new control."""
+    control = cloud.control
+    if not _servers(cloud):  # run alone: one instance to find again
+        _launch(cloud, "vm-r", "node-1")
+    before = _servers(cloud)
+    networks = {n["Name"] for n in osc_json(control, "network", "list")}
+    members = {n["name"]: n["cert_serial"] for n in control.status()["nodes"]}
+
+    archive = tmp_path / "control.backup"
+    started = time.monotonic()
+    made = cloud.ctl("backup", str(archive), "--format", "json", timeout=600)
+    cloud.timings["backup_s"] = round(time.monotonic() - started, 1)
+    assert made.returncode == 0, made.stdout + made.stderr
+    result = json.loads(made.stdout)
+    assert archive.stat().st_mode & 0o777 == 0o600
+    assert result["bytes"] == archive.stat().st_size
+    names = {f["name"] for f in result["manifest"]["files"]}
+    for name in ("state/microstackd.db", "state/tls/ca.key", "state/verifier.json",
+                 "state/control.yaml", "openstack/databases.sql",
+                 "openstack/rabbitmq-definitions.json"):  # fmt: skip
+        assert name in names, sorted(names)
+    assert any(n.startswith("openstack/glance/images/") for n in names), sorted(names)
+    assert any(n.startswith("openstack/keystone/credential-keys/") for n in names), sorted(names)
+    listed = cloud.ctl("backup", "--list", str(archive))
+    assert listed.returncode == 0 and "every checksum matches" in listed.stdout, listed.stderr
+    cloud.timings["backup_bytes"] = result["bytes"]
+
+    # The control machine is lost: its daemon, services, namespace and state.
+    assert control.state_dir is not None and control.socket is not None
+    control.replace()
+    for path in (control.state_dir, control.workdir / "etc",
+                 control.socket.with_suffix(".services")):  # fmt: skip
+        shutil.rmtree(path, ignore_errors=True)
+    assert netns.namespace_pids(control.ns) == []
+
+    # A fresh machine with the same address and name restores it.
+    _start(control, "control", openstack_prefix)
+    started = time.monotonic()
+    restored = cloud.ctl("restore", str(archive), timeout=1500)
+    cloud.timings["restore_s"] = round(time.monotonic() - started, 1)
+    assert restored.returncode == 0, restored.stdout + restored.stderr + control.daemon_log(80)
+    assert "restore-databases" in restored.stdout and "loaded databases.sql" in restored.stdout
+    assert "restored from backup" in restored.stdout, restored.stdout
+    started = time.monotonic()
+    wait_for(lambda: _computes_back(cloud), 300, "both computes active and up in Nova", 3)
+    cloud.timings["computes_back_after_restore_s"] = round(time.monotonic() - started, 1)
+    status = control.status()
+    assert {n["name"]: n["cert_serial"] for n in status["nodes"]} == members
+    assert _servers(cloud) == before
+    assert networks <= {n["Name"] for n in osc_json(control, "network", "list")}
+
+    # The network node came back too: a guest answers on its floating IP.
+    name = sorted(before)[0]
+    floating = [a for a in re.findall(r"\d+\.\d+\.\d+\.\d+", before[name][2])
+                if a.startswith("10.20.20.")]  # fmt: skip
+    assert floating, before[name]
+    wait_for(lambda: cloud.ssh(floating[0], "true").returncode == 0, 240,
+             f"ssh to {name} at {floating[0]} through the restored control", 5)  # fmt: skip
+
+    # A second restore over the restored cluster is refused, changing nothing.
+    again = cloud.ctl("restore", str(archive))
+    assert again.returncode == EXIT_ERROR, again.stdout + again.stderr
+    assert "already the control node of cluster" in again.stderr, again.stderr
     measure(nodes_cloud=cloud.timings)

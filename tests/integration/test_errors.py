@@ -91,6 +91,8 @@ SERVED = {
         "Launch",
         "RotateCA",
         "Drain",
+        "Backup",
+        "Restore",
         "Health/Watch",
         "ServerReflectionInfo",
     },

@@ -12,12 +12,14 @@ import pytest
 
 from microstackctl import (
     cli,
+    cmd_backup,
     cmd_ca,
     cmd_drain,
     cmd_init,
     cmd_join,
     cmd_launch,
     cmd_remove,
+    cmd_restore,
     cmd_status,
     cmd_tokens,
     cmd_watch,
@@ -37,6 +39,8 @@ WORK: dict[tuple[str, ...], Callable[..., Any]] = {
     ("status",): cmd_status.status,
     ("ca",): cmd_ca.show,
     ("ca", "rotate"): cmd_ca.rotate,
+    ("backup",): cmd_backup.backup,
+    ("restore",): cmd_restore.restore,
 }
 
 

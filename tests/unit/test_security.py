@@ -662,6 +662,7 @@ def test_identity_of_reads_back_what_was_issued(world: World) -> None:
         role=Role.COMPUTE,
         serial=cert.serial_number,
         not_after=NOW + timedelta(days=365),
+        not_before=NOW - certs.CLOCK_SKEW,
     )
     assert identity.not_after.tzinfo is not None
 

@@ -76,6 +76,8 @@ TABLE: Mapping[Channel, Mapping[str, Mapping[str, Access]]] = {
             "RotateCA": Access.LOCAL,
             "Drain": Access.LOCAL,
             "Undrain": Access.LOCAL,
+            "Backup": Access.LOCAL,
+            "Restore": Access.LOCAL,
         },
         HEALTH: _HEALTH,
         REFLECTION: {"ServerReflectionInfo": Access.LOCAL},

@@ -155,6 +155,15 @@ class ControlPlane:
             return []
         return [await self._manager.status(steps.service_spec(s, values)) for s in self._started()]
 
+    def settings(self) -> dict[str, str] | None:
+        """The placeholders of the control role as it runs here (paths,
+        ports, secrets), or None outside a cluster."""
+        return self._cached_values() if self.enabled else None
+
+    def started(self, service: str) -> bool:
+        """Whether init started the control role's ``service``."""
+        return any(s.name == service for s in self._started())
+
     def _cached_values(self) -> dict[str, str] | None:
         cluster = self._store.cluster()
         if cluster is None:

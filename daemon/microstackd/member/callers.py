@@ -6,6 +6,13 @@ mTLS port, after TLS has checked the chain to the cluster CA.
   only the control itself for control calls. A member's first call with
   its renewed certificate makes it the member's, and revokes the old one.
 * On a compute: only its control node, and only for control calls (its agent).
+* On a control restored from a backup: a member's certificate renewed
+  after the backup (a serial the restored store never saw) is its own when
+  it names that member and its role and was issued after the backup was
+  made: only the holder of the cluster CA's key can have issued it, and a
+  renewal is signed for the identity the control recorded. It becomes the
+  member's certificate, and the one the backup knew is revoked
+  (docs/backup.md, "What changed since the backup").
 """
 
 from __future__ import annotations
@@ -15,8 +22,8 @@ import time
 
 from microstackd import errors
 from microstackd.model import Access, NodeState, Role
-from microstackd.store import Store
-from microstackd.trust.x509 import Identity
+from microstackd.store import RESTORED_BACKUP_TIME, Store
+from microstackd.trust.x509 import CLOCK_SKEW, Identity
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +68,34 @@ class Callers:
                 node.name, serial[:16], node.cert_serial[:16],
             )  # fmt: skip
             return
+        if (
+            node is not None
+            and node.state is not NodeState.REMOVED
+            and node.cert_serial != serial
+            and self._renewed_since_backup(identity, node.role)
+        ):
+            self._store.replace_certificate(
+                node.name, serial, identity.not_after.timestamp(), time.time()
+            )
+            log.warning(
+                "certificate renewed after the restored backup taken as the member's node=%s "
+                "serial=%s replaces=%s",
+                node.name, serial[:16], node.cert_serial[:16],
+            )  # fmt: skip
+            return
         if node is None or node.cert_serial != serial or node.state is NodeState.REMOVED:
             raise errors.PermissionDenied(
                 f"{identity.name} (certificate {serial[:16]}) is not a member of this cluster"
             )
+
+    def _renewed_since_backup(self, identity: Identity, role: Role) -> bool:
+        made = self._store.get_meta(RESTORED_BACKUP_TIME)
+        if not made or identity.not_before is None or identity.role is not role:
+            return False
+        try:
+            backup_time = float(made)
+        except ValueError:
+            return False
+        # not_before is the issue time less the clock-skew allowance.
+        issued = identity.not_before.timestamp() + CLOCK_SKEW.total_seconds()
+        return issued > backup_time

@@ -50,6 +50,8 @@ from microstackd.store.files import (
 from microstackd.store.schema import MIGRATIONS
 
 DB_NAME = "microstackd.db"
+#: meta: when the backup this control was restored from was made (time.time()).
+RESTORED_BACKUP_TIME = "restored_backup_time"
 
 
 class Store:
@@ -131,6 +133,51 @@ class Store:
         except OSError:
             return 0
         return found.f_bavail * found.f_frsize
+
+    # ---------------------------------------------- backup and restore --
+
+    def schema_version(self) -> int:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        return int(version)
+
+    def backup_to(self, path: Path) -> None:
+        """A consistent copy of the database at ``path`` (SQLite's online
+        backup: committed state only, while the daemon goes on writing)."""
+        try:
+            target = sqlite3.connect(path)
+        except sqlite3.Error as exc:
+            raise storage_error(path, exc) from exc
+        try:
+            os.chmod(path, 0o600)
+            self._db.backup(target)
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc):
+                raise errors.DiskFull(
+                    f"cannot write {path}: the disk is full; nothing was changed"
+                ) from exc
+            raise storage_error(path, exc) from exc
+        except (OSError, sqlite3.Error) as exc:
+            raise storage_error(path, exc) from exc
+        finally:
+            target.close()
+
+    def restore_from(self, path: Path) -> None:
+        """Replace the whole database with the one at ``path`` (a backup's),
+        in one step through SQLite's backup API, then bring its schema up to
+        this build's (``MIGRATIONS``)."""
+        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            source.backup(self._db)
+        except sqlite3.Error as exc:
+            raise storage_error(self.path, exc) from exc
+        finally:
+            source.close()
+        self._migrate()
+
+    def forget_steps(self, node: str) -> None:
+        """``node``'s recorded steps are to be run again (its events stay)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM steps WHERE node = ?", (node,))
 
     # ------------------------------------------------------------ meta --
 

@@ -47,7 +47,7 @@ CERTIFICATE_ROLES = frozenset({Role.CONTROL, Role.COMPUTE})
 
 #: Certificates start this far in the past so a node whose clock is a little
 #: behind the control's still accepts a certificate issued just now.
-_CLOCK_SKEW = timedelta(minutes=10)
+CLOCK_SKEW = _CLOCK_SKEW = timedelta(minutes=10)
 #: Bundles of CA certificates (the trust a node holds) hold at most this many.
 MAX_BUNDLE = 8
 
@@ -386,6 +386,8 @@ class Identity:
     role: Role
     serial: int
     not_after: datetime
+    #: When it starts to be valid (issued then, less the clock-skew allowance).
+    not_before: datetime | None = None
 
 
 def identity_of(cert: x509.Certificate) -> Identity:
@@ -400,6 +402,7 @@ def identity_of(cert: x509.Certificate) -> Identity:
         role=Role(str(roles[0].value)),
         serial=cert.serial_number,
         not_after=cert.not_valid_after_utc,
+        not_before=cert.not_valid_before_utc,
     )
 
 

@@ -398,6 +398,42 @@ class RotateCAResponse(_message.Message):
     event: Event
     def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ...) -> None: ...
 
+class BackupRequest(_message.Message):
+    __slots__ = ("no_images", "proof")
+    NO_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    no_images: bool
+    proof: bytes
+    def __init__(self, no_images: _Optional[bool] = ..., proof: _Optional[bytes] = ...) -> None: ...
+
+class BackupResponse(_message.Message):
+    __slots__ = ("chunk", "done", "sha256", "manifest", "message")
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    chunk: bytes
+    done: bool
+    sha256: str
+    manifest: str
+    message: str
+    def __init__(self, chunk: _Optional[bytes] = ..., done: _Optional[bool] = ..., sha256: _Optional[str] = ..., manifest: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class RestoreRequest(_message.Message):
+    __slots__ = ("chunk", "done")
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    chunk: bytes
+    done: bool
+    def __init__(self, chunk: _Optional[bytes] = ..., done: _Optional[bool] = ...) -> None: ...
+
+class RestoreResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: Event
+    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ...) -> None: ...
+
 class KdfParams(_message.Message):
     __slots__ = ("name", "salt", "log2_n", "r", "p")
     NAME_FIELD_NUMBER: _ClassVar[int]

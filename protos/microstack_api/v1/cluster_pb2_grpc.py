@@ -95,6 +95,16 @@ class AdminServiceStub:
                 request_serializer=microstack__api_dot_v1_dot_cluster__pb2.UndrainRequest.SerializeToString,
                 response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.UndrainResponse.FromString,
                 _registered_method=True)
+        self.Backup = channel.unary_stream(
+                '/microstack.cluster.v1.AdminService/Backup',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.BackupRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.BackupResponse.FromString,
+                _registered_method=True)
+        self.Restore = channel.stream_stream(
+                '/microstack.cluster.v1.AdminService/Restore',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.RestoreRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RestoreResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -191,6 +201,21 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Backup(self, request, context):
+        """Stream a consistent backup archive of this control (on the control).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Restore(self, request_iterator, context):
+        """Restore a control from a backup archive on a node in no cluster,
+        streaming the restore's steps.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -253,6 +278,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.Undrain,
                     request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.UndrainRequest.FromString,
                     response_serializer=microstack__api_dot_v1_dot_cluster__pb2.UndrainResponse.SerializeToString,
+            ),
+            'Backup': grpc.unary_stream_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.BackupRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.BackupResponse.SerializeToString,
+            ),
+            'Restore': grpc.stream_stream_rpc_method_handler(
+                    servicer.Restore,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RestoreRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.RestoreResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -580,6 +615,60 @@ class AdminService:
             '/microstack.cluster.v1.AdminService/Undrain',
             microstack__api_dot_v1_dot_cluster__pb2.UndrainRequest.SerializeToString,
             microstack__api_dot_v1_dot_cluster__pb2.UndrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/microstack.cluster.v1.AdminService/Backup',
+            microstack__api_dot_v1_dot_cluster__pb2.BackupRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.BackupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Restore(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/microstack.cluster.v1.AdminService/Restore',
+            microstack__api_dot_v1_dot_cluster__pb2.RestoreRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.RestoreResponse.FromString,
             options,
             channel_credentials,
             insecure,

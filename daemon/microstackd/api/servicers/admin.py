@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -10,8 +11,10 @@ from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
 from microstackd import errors
 from microstackd.api.servicers import Context
+from microstackd.control.backup import Backups
 from microstackd.control.cluster import Cluster
 from microstackd.control.members import Members, Note
+from microstackd.control.restore import Restores
 from microstackd.control.rotation import Rotation
 from microstackd.control.tokens import Tokens
 from microstackd.enrolment.events import EventBus
@@ -21,6 +24,8 @@ from microstackd.store import Store
 from microstackd.trust import names
 from microstackd.wire import convert
 
+#: The size of each piece of an archive on the wire (gRPC's limit is 4 MiB).
+CHUNK = 1 << 20
 #: Where a long operation says how it goes (``cloud.Progress``): one note at a time.
 Progress = Callable[[Note], Awaitable[None]]
 
@@ -37,7 +42,11 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         member: Member,
         bootstrap: BootstrapCertificate,
         rotation: Rotation,
+        backups: Backups | None = None,
+        restores: Restores | None = None,
     ) -> None:
+        self._backups = backups
+        self._restores = restores
         self._node = node_name
         self._bootstrap = bootstrap
         self._rotation = rotation
@@ -234,3 +243,69 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     ) -> AsyncIterator[pb.RotateCAResponse]:
         async for event in self._rotation.rotate(request.cluster_id):
             yield pb.RotateCAResponse(event=convert.event_to_pb(event))
+
+    async def Backup(
+        self, request: pb.BackupRequest, context: Context
+    ) -> AsyncIterator[pb.BackupResponse]:
+        if self._backups is None:
+            raise errors.NotControl("this daemon makes no backups")
+        self._backups.check_proof(request.proof)
+        notes: asyncio.Queue[str | None] = asyncio.Queue()
+
+        async def progress(message: str) -> None:
+            await notes.put(message)
+
+        async def make() -> tuple[Any, Any]:
+            assert self._backups is not None
+            try:
+                return await self._backups.create(request.no_images, progress, request.proof)
+            finally:
+                await notes.put(None)
+
+        task = asyncio.ensure_future(make())
+        try:
+            while (note := await notes.get()) is not None:
+                yield pb.BackupResponse(message=note)
+            path, manifest = await task
+        finally:
+            if not task.done():
+                task.cancel()
+        digest = hashlib.sha256()
+        try:
+            with path.open("rb") as f:
+                while chunk := await asyncio.to_thread(f.read, CHUNK):
+                    digest.update(chunk)
+                    yield pb.BackupResponse(chunk=chunk)
+            yield pb.BackupResponse(done=True, sha256=digest.hexdigest(), manifest=manifest.text())
+        finally:
+            self._backups.discard(path)
+
+    async def Restore(
+        self, request_iterator: AsyncIterator[pb.RestoreRequest], context: Context
+    ) -> AsyncIterator[pb.RestoreResponse]:
+        if self._restores is None:
+            raise errors.NotControl("this daemon restores no backups")
+        self._restores.refuse_over_a_cluster()  # before the archive is sent
+        work = self._restores.workdir()
+        try:
+            path = work / "archive.tar"
+            complete = False
+            with path.open("xb") as f:
+                path.chmod(0o600)
+                async for request in request_iterator:
+                    if request.chunk:
+                        await asyncio.to_thread(f.write, request.chunk)
+                    if request.done:
+                        complete = True
+                        break
+            if not complete:
+                raise errors.BadArchive(
+                    "the archive's upload ended before its end; nothing was changed"
+                )
+            after = await self._restores.start(path, work)
+        except OSError as exc:
+            raise errors.StorageError(f"cannot receive the archive: {exc.strerror or exc}") from exc
+        finally:
+            self._restores.discard(work)
+        async for event in self._bus.follow(self._node, after):
+            yield pb.RestoreResponse(event=convert.event_to_pb(event))
