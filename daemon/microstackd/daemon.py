@@ -50,6 +50,7 @@ from microstackd.control.certs import Certificates
 from microstackd.control.cluster import Cluster
 from microstackd.control.enrol import Enrolments
 from microstackd.control.members import Members
+from microstackd.control.node_accounts import NodeAccounts
 from microstackd.control.plane import ControlPlane
 from microstackd.control.rotation import Rotation
 from microstackd.control.tokens import Tokens
@@ -116,8 +117,14 @@ class Daemon:
         self.plane = ControlPlane(config, store, self.services)
         self.cluster = Cluster(config, store, self.runner, self.ports, self.joined, self.plane)
         self.cloud = Cloud(self.cluster.cloud)
-        self.enrolments = Enrolments(self.cluster, self.runner, self.cloud)
-        self.members = Members(self.cluster, self.runner, self.cloud)
+        self.accounts = NodeAccounts(
+            store,
+            self.plane,
+            self.cloud,
+            lambda: self.plane.values(self.cluster.load_control_config()),
+        )
+        self.enrolments = Enrolments(self.cluster, self.runner, self.cloud, self.accounts)
+        self.members = Members(self.cluster, self.runner, self.cloud, self.accounts)
         self.tokens = Tokens(self.cluster, bootstrap_cert)
         self.bootstrap = Bootstrap(self.cluster, bootstrap_cert)
         self.certificates = Certificates(self.cluster)

@@ -37,12 +37,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from microstackd.node import testimage
 from sandbox import netns
 from sandbox.netns import MICROSTACKCTL, Host, Network, clean_env, join, wait_for
 from sandbox.openstack_env import PREFIX, measure
 from tests.e2e.conftest import NETWORKS, PASSWORD
+from tests.e2e.credentials import (
+    hold_login,
+    rabbitmqctl,
+    rendered_credentials,
+    try_credentials,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.openstack, pytest.mark.timeout(1800)]
 
@@ -341,7 +348,10 @@ def test_control_init_resumes_after_a_sigkill_and_makes_the_network_node(cloud: 
     assert {"identity", "image", "placement", "compute", "network"} <= catalog
     # No duplicates from the interrupted identity step and the redone one.
     users = [u["Name"] for u in osc_json(control, "user", "list")]
-    assert sorted(users) == sorted(["admin", "glance", "placement", "nova", "neutron"]), users
+    shared = sorted(u for u in users if not u.startswith("compute-"))
+    assert shared == sorted(["admin", "glance", "placement", "nova", "neutron"]), users
+    # The computes joined already (the fixture): each has its own user, no more.
+    assert sorted(set(users) - set(shared)) == ["compute-node-1", "compute-node-2"], users
     assert len(osc_json(control, "endpoint", "list")) == 15  # 5 services x 3 interfaces
     flavors = osc_json(control, "flavor", "list")
     assert [(f["Name"], f["RAM"], f["Disk"]) for f in flavors] == [("m1.tiny", 128, 1)]
@@ -407,6 +417,46 @@ def test_both_computes_join_with_libvirt_and_say_which_hypervisor(cloud: Cloud) 
             assert "(detected: " in detail, detail
     table = cloud.control.ctl("status").stdout
     assert "node-1 nova-compute: libvirt.LibvirtDriver, virt_type" in table, table
+
+
+def test_each_compute_holds_its_own_openstack_credentials_and_no_shared_one(
+    cloud: Cloud,
+) -> None:
+    """Every secret in a compute's rendered files is its own: its RabbitMQ
+    user (nova-compute and the Open vSwitch agent), its Keystone user (role
+    ``service`` only); none of control.yaml's; and its RabbitMQ user cannot
+    take another compute's RPC traffic."""
+    control = cloud.control
+    assert control.state_dir is not None
+    shared = yaml.safe_load((control.state_dir / "control.yaml").read_text())
+    secrets = [shared["rabbitmq"]["password"], shared["metadata_secret"]]
+    secrets += [shared["database"]["password"], shared["admin"]["password"]]
+    secrets += [entry["password"] for entry in shared["service_users"].values()]
+    seen = {}
+    for name, host in cloud.computes.items():
+        creds = rendered_credentials(host)
+        own = f"compute-{name}"
+        assert creds["rabbitmq_user"] == own and creds["agent_url"] == creds["url"], name
+        for section in ("keystone_authtoken", "service_user", "placement", "neutron"):
+            assert creds[f"{section}_user"] == own, (name, section)
+        for path in (host.workdir / "etc").rglob("*"):
+            if path.is_file():
+                text = path.read_text(errors="replace")
+                assert not [s for s in secrets if s in text], path  # no shared secret anywhere
+        other = next(n for n in cloud.computes if n != name)
+        tried = try_credentials(host, creds, other=other)
+        assert tried["rabbitmq"] == "ok" and tried["keystone"] == 201, tried
+        assert tried["roles"] == ["service"], tried  # not admin
+        assert "ACCESS_REFUSED" in tried["consume_other"], tried
+        assert f"access to topic 'compute.{other}'" in tried["bind_other"], tried
+        seen[name] = (creds["url"], creds["placement_password"])
+    assert seen["node-1"] != seen["node-2"]
+    # The running services log in as their node's own user, from its address.
+    listed = rabbitmqctl(control, "list_connections", "user", "peer_host").splitlines()[1:]
+    logins = {tuple(line.split("\t")) for line in listed}
+    for name, host in cloud.computes.items():
+        assert (f"compute-{name}", host.address) in logins, logins
+        assert ("openstack", host.address) not in logins, logins
 
 
 def _launch(cloud: Cloud, name: str, host: str) -> tuple[dict[str, Any], float]:
@@ -576,8 +626,29 @@ def test_a_node_whose_nova_compute_crash_loops_fails_its_join_with_its_log(
 def test_removing_a_compute_stops_its_guest_and_services(cloud: Cloud) -> None:
     node2 = cloud.computes["node-2"]
     assert len(qemu_pids(node2)) == 1  # vm2 runs there
-    removed = cloud.control.ctl("remove", "node-2", timeout=300).stdout
+    # A copy of its credentials, and a RabbitMQ login made with them and kept open.
+    stolen = rendered_credentials(node2)
+    held = hold_login(node2, stolen)
+    try:
+        removed = cloud.control.ctl("remove", "node-2", timeout=300).stdout
+        # RabbitMQ closed the open login of the deleted user at once.
+        out, _ = held.communicate(timeout=60)
+    finally:
+        held.kill()
     assert "node-2 removed" in removed and "its services were stopped (6)" in removed, removed
+    assert "RabbitMQ user compute-node-2 deleted" in removed, removed
+    assert "Keystone user compute-node-2 deleted" in removed, removed
+    assert "closed" in json.loads(out), out
+    # What was copied from node-2 no longer works anywhere on the cloud.
+    tried = try_credentials(node2, stolen)
+    assert "ACCESS_REFUSED - Login was refused" in tried["rabbitmq"], tried
+    assert tried["keystone"] == 401, tried
+    # node-1's own still do, and its services still report.
+    node1 = cloud.computes["node-1"]
+    kept = try_credentials(node1, rendered_credentials(node1))
+    assert kept["rabbitmq"] == "ok" and kept["keystone"] == 201, kept
+    services = {s["Host"]: s for s in osc_json(cloud.control, "compute", "service", "list")}
+    assert services["node-1"]["State"] == "up", services
     # Nova keeps a compute service that hosts a server, and says so (drain first).
     assert "hosting instances" in removed, removed
     # Its daemon stopped every service: the guest first (libvirtd's stop hook).
