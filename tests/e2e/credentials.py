@@ -33,10 +33,8 @@ def rendered_credentials(host: Host) -> dict[str, str]:
         "agent_url": agent["DEFAULT"]["transport_url"],
         "auth_url": parser["placement"]["auth_url"],
         "rabbitmq_user": urlsplit(parser["DEFAULT"]["transport_url"]).username or "",
-        **{f"{s}_user": parser[s]["username"] for s in ("placement", "neutron", "service_user")},
-        **{
-            f"{s}_password": parser[s]["password"] for s in ("placement", "neutron", "service_user")
-        },
+        **{f"{s}_user": parser[s]["username"] for s in SECTIONS},
+        **{f"{s}_password": parser[s]["password"] for s in SECTIONS},
     }
 
 
