@@ -7,6 +7,8 @@ line) and Keystone, idempotently."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import os
 import re
@@ -239,19 +241,32 @@ def _rabbit(tmp_path: Path, down: bool = False) -> rabbitmq.RabbitMQ:
     return rabbitmq.RabbitMQ(env, "rabbit@localhost")
 
 
-def test_rabbitmqctl_gets_the_password_on_stdin_and_creates_then_rotates(
-    tmp_path: Path, fake_ctl: Path
-) -> None:
+def test_rabbitmqctl_gets_only_the_passwords_hash_on_stdin(tmp_path: Path, fake_ctl: Path) -> None:
     rabbit = _rabbit(tmp_path)
     perms = permissions("node-1")
-    assert asyncio.run(rabbit.ensure_user("compute-node-1", "s3cret-one", perms)) == "created"
-    assert asyncio.run(rabbit.ensure_user("compute-node-1", "s3cret-two", perms)) == "updated"
+    assert asyncio.run(rabbit.ensure_user("compute-node-1", "s3cret-one", perms)).startswith("set")
     log = fake_ctl.read_text()
-    argv_lines = [line for line in log.splitlines() if line.startswith("argv:")]
-    assert not any("s3cret" in line for line in argv_lines), argv_lines  # never on argv
-    assert "stdin:s3cret-one" in log and "stdin:s3cret-two" in log
-    assert f"set_permissions -p / -- compute-node-1 {perms.configure}" in log
-    assert "set_topic_permissions -p / -- compute-node-1 nova" in log
+    assert "s3cret" not in log  # neither on its command line nor on its stdin
+    assert "argv:-n rabbit@localhost import_definitions --format json" in log
+    definitions = json.loads(log.split("stdin:", 1)[1])
+    (user,) = definitions["users"]
+    assert user["name"] == "compute-node-1"
+    assert user["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+    raw = base64.b64decode(user["password_hash"])
+    assert raw[4:] == hashlib.sha256(raw[:4] + b"s3cret-one").digest()
+    assert definitions["permissions"] == [
+        {"user": "compute-node-1", "vhost": "/", "configure": perms.configure,
+         "write": perms.write, "read": perms.read}
+    ]  # fmt: skip
+    assert {t["exchange"] for t in definitions["topic_permissions"]} == {"nova", "neutron"}
+    # Each hash has its own salt: the same password twice, two hashes.
+    assert rabbitmq.password_hash("x") != rabbitmq.password_hash("x")
+    assert rabbitmq.password_hash("x", b"abcd") == rabbitmq.password_hash("x", b"abcd")
+
+
+def test_rabbitmqctl_deletes_a_user_once(tmp_path: Path, fake_ctl: Path) -> None:
+    (tmp_path / "users").write_text("compute-node-1\n")
+    rabbit = _rabbit(tmp_path)
     assert asyncio.run(rabbit.delete_user("compute-node-1")) is True
     assert asyncio.run(rabbit.delete_user("compute-node-1")) is False  # gone already: fine
 
