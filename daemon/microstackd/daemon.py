@@ -52,6 +52,7 @@ from microstackd.control.enrol import Enrolments
 from microstackd.control.members import Members
 from microstackd.control.node_accounts import NodeAccounts
 from microstackd.control.plane import ControlPlane
+from microstackd.control.reconfigure import Reconfigure
 from microstackd.control.rotation import Rotation
 from microstackd.control.tokens import Tokens
 from microstackd.enrolment.events import EventBus, Signal
@@ -125,6 +126,7 @@ class Daemon:
         )
         self.enrolments = Enrolments(self.cluster, self.runner, self.cloud, self.accounts)
         self.members = Members(self.cluster, self.runner, self.cloud, self.accounts)
+        self.reconfigure = Reconfigure(self.cluster, self.accounts)
         self.tokens = Tokens(self.cluster, bootstrap_cert)
         self.bootstrap = Bootstrap(self.cluster, bootstrap_cert)
         self.certificates = Certificates(self.cluster)
@@ -206,6 +208,7 @@ class Daemon:
         await self.agent.resume()
         await self.plane.resume()
         self.enrolments.resume()
+        self.reconfigure.start()
         self.heartbeats.resume()
         self.renewal.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -235,6 +238,7 @@ class Daemon:
         admin = AdminServicer(
             self.config.node_name, self.store, self.bus, self.cluster, self.members,
             self.tokens, self.member, self.bootstrap_cert, self.rotation,
+            reconfigure=self.reconfigure,
         )  # fmt: skip
         reflector = reflection.aio.ReflectionServicer(REFLECTED_SERVICES)
         access.register(
@@ -401,6 +405,7 @@ class Daemon:
         await asyncio.gather(*(s.stop(grace) for s in servers))
         if self._closing is not None:
             await self._closing
+        await self.reconfigure.close()
         await self.heartbeats.stop()
         await self.renewal.stop()
         await self.rotation.close()

@@ -91,6 +91,7 @@ SERVED = {
         "Launch",
         "RotateCA",
         "Drain",
+        "Reconfigure",
         "Health/Watch",
         "ServerReflectionInfo",
     },

@@ -76,6 +76,7 @@ TABLE: Mapping[Channel, Mapping[str, Mapping[str, Access]]] = {
             "RotateCA": Access.LOCAL,
             "Drain": Access.LOCAL,
             "Undrain": Access.LOCAL,
+            "Reconfigure": Access.LOCAL,
         },
         HEALTH: _HEALTH,
         REFLECTION: {"ServerReflectionInfo": Access.LOCAL},
