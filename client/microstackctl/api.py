@@ -171,6 +171,10 @@ class Api:
         request = pb.DrainRequest(name=name, instance_timeout_seconds=instance_timeout)
         return cast(Iterator[pb.DrainResponse], self._stream(self.stub.Drain, request))
 
+    def reconfigure(self, nodes: list[str]) -> Iterator[pb.ReconfigureResponse]:
+        request = pb.ReconfigureRequest(nodes=nodes)
+        return cast(Iterator[pb.ReconfigureResponse], self._stream(self.stub.Reconfigure, request))
+
     def undrain(self, name: str) -> pb.UndrainResponse:
         request = pb.UndrainRequest(name=name)
         return cast(pb.UndrainResponse, self._unary(self.stub.Undrain, request, 90))

@@ -1,6 +1,6 @@
 """microstackctl: the operator's commands (init, join, status, watch, remove,
-drain, undrain, add-node, tokens, launch, backup, restore), each a call to
-the local microstackd's socket.
+drain, undrain, reconfigure, add-node, tokens, launch, backup, restore),
+each a call to the local microstackd's socket.
 
 This module is the argument parsing, and only that: every command's work
 is in ``cmd_NAME.py``, imported when the command runs. So ``--help``,
@@ -218,6 +218,21 @@ def drain(ctx: click.Context, node: str, instance_timeout: int, fmt: str) -> Non
     from microstackctl import cmd_drain
 
     cmd_drain.drain(_socket(ctx), node, instance_timeout, fmt)
+
+
+@main.command()
+@click.argument("nodes", nargs=-1, metavar="[NODE]...")
+@FORMAT
+@click.pass_context
+@handle_errors
+def reconfigure(ctx: click.Context, nodes: tuple[str, ...], fmt: str) -> None:
+    """Issue the compute configuration again from control.yaml and apply it
+    to NODEs (default: every active compute), one at a time, restarting only
+    the services whose files changed (on the control). A compute still on
+    the shared OpenStack credentials gets its own."""
+    from microstackctl import cmd_reconfigure
+
+    cmd_reconfigure.reconfigure(_socket(ctx), nodes, fmt)
 
 
 @main.command()

@@ -51,7 +51,9 @@ from microstackd.control.certs import Certificates
 from microstackd.control.cluster import Cluster
 from microstackd.control.enrol import Enrolments
 from microstackd.control.members import Members
+from microstackd.control.node_accounts import NodeAccounts
 from microstackd.control.plane import ControlPlane
+from microstackd.control.reconfigure import Reconfigure
 from microstackd.control.restore import Restores
 from microstackd.control.rotation import Rotation
 from microstackd.control.tokens import Tokens
@@ -118,8 +120,15 @@ class Daemon:
         self.plane = ControlPlane(config, store, self.services)
         self.cluster = Cluster(config, store, self.runner, self.ports, self.joined, self.plane)
         self.cloud = Cloud(self.cluster.cloud)
-        self.enrolments = Enrolments(self.cluster, self.runner, self.cloud)
-        self.members = Members(self.cluster, self.runner, self.cloud)
+        self.accounts = NodeAccounts(
+            store,
+            self.plane,
+            self.cloud,
+            lambda: self.plane.values(self.cluster.load_control_config()),
+        )
+        self.enrolments = Enrolments(self.cluster, self.runner, self.cloud, self.accounts)
+        self.members = Members(self.cluster, self.runner, self.cloud, self.accounts)
+        self.reconfigure = Reconfigure(self.cluster, self.accounts)
         self.tokens = Tokens(self.cluster, bootstrap_cert)
         self.bootstrap = Bootstrap(self.cluster, bootstrap_cert)
         self.certificates = Certificates(self.cluster)
@@ -206,6 +215,7 @@ class Daemon:
         await self.agent.resume()
         await self.plane.resume()
         self.enrolments.resume()
+        self.reconfigure.start()
         self.heartbeats.resume()
         self.renewal.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -236,6 +246,7 @@ class Daemon:
             self.config.node_name, self.store, self.bus, self.cluster, self.members,
             self.tokens, self.member, self.bootstrap_cert, self.rotation,
             self.backups, self.restores,
+            reconfigure=self.reconfigure,
         )  # fmt: skip
         reflector = reflection.aio.ReflectionServicer(REFLECTED_SERVICES)
         access.register(
@@ -403,6 +414,7 @@ class Daemon:
         await asyncio.gather(*(s.stop(grace) for s in servers))
         if self._closing is not None:
             await self._closing
+        await self.reconfigure.close()
         await self.heartbeats.stop()
         await self.renewal.stop()
         await self.rotation.close()

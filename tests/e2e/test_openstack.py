@@ -37,12 +37,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from microstackd.node import testimage
 from sandbox import netns
 from sandbox.netns import MICROSTACKCTL, Host, Network, clean_env, join, wait_for
 from sandbox.openstack_env import PREFIX, measure
 from tests.e2e.conftest import NETWORKS, PASSWORD
+from tests.e2e.credentials import (
+    hold_login,
+    rabbitmqctl,
+    rendered_credentials,
+    try_credentials,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.openstack, pytest.mark.timeout(1800)]
 
@@ -341,7 +348,10 @@ def test_control_init_resumes_after_a_sigkill_and_makes_the_network_node(cloud: 
     assert {"identity", "image", "placement", "compute", "network"} <= catalog
     # No duplicates from the interrupted identity step and the redone one.
     users = [u["Name"] for u in osc_json(control, "user", "list")]
-    assert sorted(users) == sorted(["admin", "glance", "placement", "nova", "neutron"]), users
+    shared = sorted(u for u in users if not u.startswith("compute-"))
+    assert shared == sorted(["admin", "glance", "placement", "nova", "neutron"]), users
+    # The computes joined already (the fixture): each has its own user, no more.
+    assert sorted(set(users) - set(shared)) == ["compute-node-1", "compute-node-2"], users
     assert len(osc_json(control, "endpoint", "list")) == 15  # 5 services x 3 interfaces
     flavors = osc_json(control, "flavor", "list")
     assert [(f["Name"], f["RAM"], f["Disk"]) for f in flavors] == [("m1.tiny", 128, 1)]
@@ -409,6 +419,46 @@ def test_both_computes_join_with_libvirt_and_say_which_hypervisor(cloud: Cloud) 
     assert "node-1 nova-compute: libvirt.LibvirtDriver, virt_type" in table, table
 
 
+def test_each_compute_holds_its_own_openstack_credentials_and_no_shared_one(
+    cloud: Cloud,
+) -> None:
+    """Every secret in a compute's rendered files is its own: its RabbitMQ
+    user (nova-compute and the Open vSwitch agent), its Keystone user (role
+    ``service`` only); none of control.yaml's; and its RabbitMQ user cannot
+    take another compute's RPC traffic."""
+    control = cloud.control
+    assert control.state_dir is not None
+    shared = yaml.safe_load((control.state_dir / "control.yaml").read_text())
+    secrets = [shared["rabbitmq"]["password"], shared["metadata_secret"]]
+    secrets += [shared["database"]["password"], shared["admin"]["password"]]
+    secrets += [entry["password"] for entry in shared["service_users"].values()]
+    seen = {}
+    for name, host in cloud.computes.items():
+        creds = rendered_credentials(host)
+        own = f"compute-{name}"
+        assert creds["rabbitmq_user"] == own and creds["agent_url"] == creds["url"], name
+        for section in ("keystone_authtoken", "service_user", "placement", "neutron"):
+            assert creds[f"{section}_user"] == own, (name, section)
+        for path in (host.workdir / "etc").rglob("*"):
+            if path.is_file():
+                text = path.read_text(errors="replace")
+                assert not [s for s in secrets if s in text], path  # no shared secret anywhere
+        other = next(n for n in cloud.computes if n != name)
+        tried = try_credentials(host, creds, other=other)
+        assert tried["rabbitmq"] == "ok" and tried["keystone"] == 201, tried
+        assert tried["roles"] == ["service"], tried  # not admin
+        assert "ACCESS_REFUSED" in tried["consume_other"], tried
+        assert f"access to topic 'compute.{other}'" in tried["bind_other"], tried
+        seen[name] = (creds["url"], creds["placement_password"])
+    assert seen["node-1"] != seen["node-2"]
+    # The running services log in as their node's own user, from its address.
+    listed = rabbitmqctl(control, "list_connections", "user", "peer_host").splitlines()[1:]
+    logins = {tuple(line.split("\t")) for line in listed}
+    for name, host in cloud.computes.items():
+        assert (f"compute-{name}", host.address) in logins, logins
+        assert ("openstack", host.address) not in logins, logins
+
+
 def _launch(cloud: Cloud, name: str, host: str) -> tuple[dict[str, Any], float]:
     """launch, which returns once the guest's sshd answers; then its ssh
     line, once. (launch's JSON, seconds from launch to the login's end.)"""
@@ -470,6 +520,62 @@ def test_real_guests_on_each_compute_answer_ssh_and_ping_each_other(cloud: Cloud
     wait_for(lambda: len(qemu_pids(cloud.computes["node-1"])) == 1, 60, "vm3's QEMU to go")
     measure(guests=timings)
     print(json.dumps(timings))
+
+
+def _pid(host: Host, service: str) -> int:
+    assert host.state_dir is not None
+    return int((host.state_dir / "logs" / f"{service}.pid").read_text().split()[0])
+
+
+def test_reconfigure_rolls_a_setting_to_both_computes_restarting_only_what_changed(
+    cloud: Cloud,
+) -> None:
+    """control.yaml's compute.virt_type from auto (detected) to qemu: each
+    compute in turn renders it and restarts nova-compute alone; the Open
+    vSwitch agent, libvirtd and the running guests are left as they are."""
+    control = cloud.control
+    assert control.state_dir is not None
+    path = control.state_dir / "control.yaml"
+    data = yaml.safe_load(path.read_text())
+    assert data["compute"]["virt_type"] == "auto"
+    data["compute"]["virt_type"] = "qemu"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    before = {
+        name: {s: _pid(h, s) for s in ("nova-compute", "neutron-openvswitch-agent", "libvirtd")}
+        for name, h in cloud.computes.items()
+    }
+    guests = {name: qemu_pids(h) for name, h in cloud.computes.items()}
+    started = time.monotonic()
+    result = cloud.ctl("reconfigure", "--format", "json", timeout=900)
+    measure(reconfigure_two_computes_s=round(time.monotonic() - started, 1))
+    assert result.returncode == 0, result.stdout + result.stderr + control.daemon_log()
+    outcomes = json.loads(result.stdout)["nodes"]
+    assert [(o["node"], o["result"]) for o in outcomes] == [
+        ("node-1", "applied"), ("node-2", "applied"),
+    ], outcomes  # fmt: skip
+    for name, host in cloud.computes.items():
+        conf = (host.workdir / "etc" / "nova/nova.conf.d/microstackd-compute.conf").read_text()
+        assert "virt_type = qemu" in conf and "set in control.yaml" in conf, conf
+        after = {s: _pid(host, s) for s in before[name]}
+        assert after["nova-compute"] != before[name]["nova-compute"], (name, before, after)
+        assert after["neutron-openvswitch-agent"] == before[name]["neutron-openvswitch-agent"]
+        assert after["libvirtd"] == before[name]["libvirtd"]
+        assert qemu_pids(host) == guests[name]  # the running guest did not notice
+    status = {n["name"]: n for n in control.status()["nodes"]}
+    for name in cloud.computes:
+        services = {s["name"]: s for s in status[name]["services"]}
+        assert {s["state"] for s in services.values()} == {"running"}, services
+        detail = services["nova-compute"]["detail"]
+        assert "virt_type qemu (set in control.yaml" in detail, detail
+    # Nothing changed since: a second run restarts nothing.
+    pids = {name: _pid(h, "nova-compute") for name, h in cloud.computes.items()}
+    again = cloud.ctl("reconfigure", "node-1", timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "nova-compute is running, unchanged: not restarted" in again.stdout, again.stdout
+    assert {name: _pid(h, "nova-compute") for name, h in cloud.computes.items()} == pids
+    # A node that is not a member is refused, naming it.
+    bad = cloud.ctl("reconfigure", "node-9")
+    assert bad.returncode == 1 and "no node named 'node-9'" in bad.stderr, bad
 
 
 def test_launch_errors_name_their_cause(cloud: Cloud) -> None:
@@ -581,11 +687,33 @@ def test_removing_a_compute_stops_its_guest_and_services(cloud: Cloud) -> None:
     assert refused.returncode != 0, refused.stdout
     assert "vm2" in refused.stderr and "--force" in refused.stderr, refused.stderr
     assert len(qemu_pids(node2)) == 1
-    removed = cloud.control.ctl("remove", "node-2", "--force", timeout=300).stdout
+    # A copy of its credentials, and a RabbitMQ login made with them and kept open.
+    stolen = rendered_credentials(node2)
+    held = hold_login(node2, stolen)
+    try:
+        # vm2 still runs there: --force (without it, remove refuses; test_openstack_nodes).
+        removed = cloud.control.ctl("remove", "node-2", "--force", timeout=300).stdout
+        # RabbitMQ closed the open login of the deleted user at once.
+        out, _ = held.communicate(timeout=60)
+    finally:
+        held.kill()
     assert "node-2 removed" in removed and "its services were stopped (6)" in removed, removed
-    # What --force leaves, said: the server, and Nova's compute service kept for it.
-    assert "left behind: 1 instance(s)" in removed and "vm2" in removed, removed
-    assert "forced down but kept" in removed, removed
+    assert "RabbitMQ user compute-node-2 deleted" in removed, removed
+    assert "Keystone user compute-node-2 deleted" in removed, removed
+    assert "closed" in json.loads(out), out
+    # What was copied from node-2 no longer works anywhere on the cloud.
+    tried = try_credentials(node2, stolen)
+    assert "ACCESS_REFUSED - Login was refused" in tried["rabbitmq"], tried
+    assert tried["keystone"] == 401, tried
+    # node-1's own still do, and its services still report.
+    node1 = cloud.computes["node-1"]
+    kept = try_credentials(node1, rendered_credentials(node1))
+    assert kept["rabbitmq"] == "ok" and kept["keystone"] == 201, kept
+    services = {s["Host"]: s for s in osc_json(cloud.control, "compute", "service", "list")}
+    assert services["node-1"]["State"] == "up", services
+    # Nova keeps a compute service that hosts a server, and says so (drain first).
+    assert "left behind: 1 instance(s) Nova still places on node-2: vm2" in removed, removed
+    assert "disabled and forced down but kept" in removed, removed
     # Its daemon stopped every service: the guest first (libvirtd's stop hook).
     assert qemu_pids(node2) == []
     daemon = node2.daemon.pid if node2.daemon else -1

@@ -36,6 +36,7 @@ from sandbox import netns
 from sandbox.netns import Host, Network, clean_env, wait_for
 from sandbox.openstack_env import PREFIX, measure
 from tests.e2e.conftest import NETWORKS, PASSWORD
+from tests.e2e.credentials import rendered_credentials, try_credentials
 from tests.e2e.test_openstack import Cloud, _join_all, _launch, _start, osc_json, qemu_pids
 
 pytestmark = [pytest.mark.e2e, pytest.mark.openstack, pytest.mark.timeout(1800)]
@@ -253,11 +254,18 @@ def test_a_compute_reinstalled_rejoins_under_its_name_and_gets_a_new_instance(
     pki = _client_pki(node2)
     assert _virsh_hostname(node2, node1, pki) == (0, "node-1")
 
+    stolen = rendered_credentials(node2)  # what a thief of the machine would have kept
     _wipe(node2)
     removed = cloud.ctl("remove", "node-2", "--force", timeout=300)
     assert removed.returncode == 0, removed.stdout + removed.stderr
     message = removed.stdout
     assert "node-2 removed" in message and "removed by force" in message, message
+    # Unreachable, removed by force: its own users are deleted all the same.
+    assert "RabbitMQ user compute-node-2 deleted" in message, message
+    assert "Keystone user compute-node-2 deleted" in message, message
+    tried = try_credentials(node2, stolen)
+    assert "ACCESS_REFUSED - Login was refused" in tried["rabbitmq"], tried
+    assert tried["keystone"] == 401, tried
     assert "Nova compute service on node-2 deleted" in message, message
     assert "1 Neutron agent(s) deleted" in message, message
     # The removal told node-1: its libvirtd refuses node-2's certificate now.
@@ -278,6 +286,14 @@ def test_a_compute_reinstalled_rejoins_under_its_name_and_gets_a_new_instance(
     cloud.timings["rejoin_s"] = round(time.monotonic() - started, 1)
     assert "done" in result.stdout.lower(), result.stdout
     assert node_of(control.status(), "node-2")["state"] == "active"
+    # Under the same name, fresh credentials: the old ones stay refused.
+    fresh = rendered_credentials(node2)
+    assert fresh["rabbitmq_user"] == stolen["rabbitmq_user"] == "compute-node-2"
+    assert fresh["url"] != stolen["url"]
+    assert fresh["placement_password"] != stolen["placement_password"]
+    assert try_credentials(node2, fresh)["keystone"] == 201
+    tried = try_credentials(node2, stolen)
+    assert "ACCESS_REFUSED" in tried["rabbitmq"] and tried["keystone"] == 401, tried
     now = held(cloud, "node-2")
     assert len(now["services"]) == len(now["hypervisors"]) == len(now["providers"]) == 1, now
     assert now["services"] != was["services"] and now["providers"] != was["providers"], now
@@ -335,7 +351,9 @@ def test_a_lost_control_is_restored_from_its_backup(
     names = {f["name"] for f in result["manifest"]["files"]}
     for name in ("state/microstackd.db", "state/tls/ca.key", "state/verifier.json",
                  "state/control.yaml", "openstack/databases.sql",
-                 "openstack/rabbitmq-definitions.json"):  # fmt: skip
+                 "openstack/rabbitmq-definitions.json",
+                 # each compute's own OpenStack passwords (issue 16)
+                 "state/node-accounts/node-1.json", "state/node-accounts/node-2.json"):  # fmt: skip
         assert name in names, sorted(names)
     assert any(n.startswith("openstack/glance/images/") for n in names), sorted(names)
     assert any(n.startswith("openstack/keystone/credential-keys/") for n in names), sorted(names)

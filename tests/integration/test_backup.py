@@ -69,6 +69,11 @@ def test_a_restored_control_takes_its_computes_back(
 ) -> None:
     control, compute = pair
     before = control.status()
+    # A compute's own OpenStack passwords, as issue-config keeps them where
+    # the control runs a cloud (none here: stand-in services).
+    accounts = control.state_dir / "node-accounts"
+    accounts.mkdir(mode=0o700)
+    (accounts / "node-1.json").write_text('{"rabbitmq": "r", "keystone": "k"}')
     archive = tmp_path / "backup.tar"
     made = control.ctl("backup", str(archive), "--format", "json")
     result = json.loads(made.stdout)
@@ -76,7 +81,8 @@ def test_a_restored_control_takes_its_computes_back(
     assert result["bytes"] == archive.stat().st_size and len(result["sha256"]) == 64
     names = {f["name"] for f in result["manifest"]["files"]}
     assert {"state/microstackd.db", "state/tls/ca.key", "state/tls/node.key",
-            "state/verifier.json", "state/control.yaml"} <= names  # fmt: skip
+            "state/verifier.json", "state/control.yaml",
+            "state/node-accounts/node-1.json"} <= names  # fmt: skip
     assert result["manifest"]["cluster"]["members"] == ["ctl", "node-1"]
     assert not result["manifest"]["openstack"]
     listed = control.ctl("backup", "--list", str(archive)).stdout
@@ -98,6 +104,9 @@ def test_a_restored_control_takes_its_computes_back(
     assert _node(after, "ctl")["state"] == "active"
     # The same keys as the lost machine's, none left in the archive's working dirs.
     assert (control.state_dir / "tls/ca.key").read_bytes() == (lost / "tls/ca.key").read_bytes()
+    restored_accounts = control.state_dir / "node-accounts" / "node-1.json"
+    assert restored_accounts.read_bytes() == (lost / "node-accounts" / "node-1.json").read_bytes()
+    assert restored_accounts.stat().st_mode & 0o777 == 0o600
     assert list(control.state_dir.glob(".restore-*")) == []
     # The compute trusts it as before: its own view through the control.
     assert compute.status()["cluster"]["id"] == before["cluster"]["id"]

@@ -93,6 +93,7 @@ SERVED = {
         "Drain",
         "Backup",
         "Restore",
+        "Reconfigure",
         "Health/Watch",
         "ServerReflectionInfo",
     },

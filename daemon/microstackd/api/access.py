@@ -78,6 +78,7 @@ TABLE: Mapping[Channel, Mapping[str, Mapping[str, Access]]] = {
             "Undrain": Access.LOCAL,
             "Backup": Access.LOCAL,
             "Restore": Access.LOCAL,
+            "Reconfigure": Access.LOCAL,
         },
         HEALTH: _HEALTH,
         REFLECTION: {"ServerReflectionInfo": Access.LOCAL},

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from microstackd import errors
-from microstackd.cloud import NO_CLOUD, CloudRef, Progress, hosts, launch, ops
+from microstackd.cloud import NO_CLOUD, CloudRef, Progress, accounts, hosts, launch, ops
 from microstackd.cloud.connection import Connections
 from microstackd.cloud.session import Session, sdk_error
 
@@ -31,6 +31,8 @@ OPERATIONS: dict[str, Operation] = {
     "undrain": hosts.undrain,
     "launch": launch.launch,
     "view": ops.view,
+    "node-user": accounts.node_user,
+    "delete-node-user": accounts.delete_node_user,
 }
 
 

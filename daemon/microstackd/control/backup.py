@@ -36,6 +36,7 @@ from microstackd import commands, errors, versions
 from microstackd.config import DaemonConfig
 from microstackd.control import archive
 from microstackd.control.cluster import Cluster
+from microstackd.control.node_accounts import ACCOUNTS_DIR
 from microstackd.control.plane import ControlPlane
 from microstackd.model import Role
 from microstackd.node import steps
@@ -203,6 +204,12 @@ class Backups:
         for name in STATE_FILES:
             if (self._config.state_dir / name).exists():
                 parts.append((f"state/{name}", self._config.state_dir / name))
+        # Each compute's own OpenStack passwords: the restored RabbitMQ and
+        # Keystone hold their hashes, the control must hold them to reissue.
+        accounts = self._config.state_dir / ACCOUNTS_DIR
+        if accounts.is_dir():
+            for path in sorted(accounts.glob("*.json")):
+                parts.append((f"state/{ACCOUNTS_DIR}/{path.name}", path))
         parts.append((archive.CONTROL_YAML, self._config.control_config_path))
         values = self._plane.settings()
         if values is None or not self._plane.started("mariadb"):

@@ -94,16 +94,20 @@ class ControlConfig:
 
     @property
     def transport_url(self) -> str:
-        host = f"[{self.rabbitmq_host}]" if ":" in self.rabbitmq_host else self.rabbitmq_host
-        return (
-            f"rabbit://{self.rabbitmq_user}:{self.rabbitmq_password}@{host}:{self.rabbitmq_port}/"
-        )
+        return self.transport_url_for(self.rabbitmq_user, self.rabbitmq_password)
 
-    def public_summary(self) -> str:
+    def transport_url_for(self, user: str, password: str) -> str:
+        """The message queue's URL with ``user``'s credentials (URL-safe: node
+        names and generated passwords need no quoting)."""
+        host = f"[{self.rabbitmq_host}]" if ":" in self.rabbitmq_host else self.rabbitmq_host
+        return f"rabbit://{user}:{password}@{host}:{self.rabbitmq_port}/"
+
+    def public_summary(self, own: OwnCredentials | None = None) -> str:
         """What the issued configuration points at, without a secret."""
         host = f"[{self.rabbitmq_host}]" if ":" in self.rabbitmq_host else self.rabbitmq_host
+        user = self.rabbitmq_user if own is None else own.rabbitmq_user
         return (
-            f"message queue rabbit://{self.rabbitmq_user}@{host}:{self.rabbitmq_port}/, "
+            f"message queue rabbit://{user}@{host}:{self.rabbitmq_port}/, "
             f"Keystone {self.keystone_url}, region {self.region}"
         )
 
@@ -239,11 +243,38 @@ def _cloud_section(value: object) -> tuple[tuple[str, str], ...]:
     return tuple((str(k), str(v)) for k, v in value.items() if k in ("name", "clouds_yaml") and v)
 
 
+@dataclass(frozen=True)
+class OwnCredentials:
+    """A compute's own message-queue and Keystone users (control/node_accounts.py)."""
+
+    rabbitmq_user: str
+    rabbitmq_password: str
+    keystone_user: str
+    keystone_password: str
+
+    def __repr__(self) -> str:  # never a password in a traceback or a log line
+        return f"OwnCredentials({self.rabbitmq_user!r}, {self.keystone_user!r})"
+
+
 def issue_compute_settings(
-    config: ControlConfig, node: NodeRecord, *, revocation_list: str
+    config: ControlConfig,
+    node: NodeRecord,
+    *,
+    revocation_list: str,
+    own: OwnCredentials | None = None,
 ) -> dict[str, str]:
     """The compute role's settings for ``node`` (secrets included), with the
-    cluster's CRL (PEM) for its libvirtd and QEMU."""
+    cluster's CRL (PEM) for its libvirtd and QEMU. With ``own``, the node's
+    own users replace control.yaml's shared ones everywhere a compute holds
+    a secret: the message queue (nova-compute, the Open vSwitch agent) and
+    Keystone (nova-compute's Placement, Neutron and service-token users).
+    The shared metadata secret is not issued: no compute service uses it."""
+    if own is None:
+        transport_url = config.transport_url
+        users = {u: (u, config.service_passwords[u]) for u in SERVICE_USERS}
+    else:
+        transport_url = config.transport_url_for(own.rabbitmq_user, own.rabbitmq_password)
+        users = {u: (own.keystone_user, own.keystone_password) for u in SERVICE_USERS}
     settings = {
         "host": node.name,
         "my_ip": node.address,
@@ -251,7 +282,7 @@ def issue_compute_settings(
         "control_address": config.control_address,
         "region": config.region,
         "auth_url": config.keystone_url,
-        "transport_url": config.transport_url,
+        "transport_url": transport_url,
         "virt_type": config.virt_type,
         "compute_driver": config.compute_driver,
         # Only a real hypervisor sends vif-plugged events (not nova's fake drivers).
@@ -259,12 +290,11 @@ def issue_compute_settings(
         "vif_plugging_timeout": "0" if config.compute_driver.startswith("fake.") else "300",
         "tunnel_types": config.tunnel_types,
         "ovn_sb_connection": config.ovn_sb_connection,
-        "metadata_secret": config.metadata_secret,
         "migration_crl": revocation_list,
     }
-    for user in SERVICE_USERS:
-        settings[f"{user}_username"] = user
-        settings[f"{user}_password"] = config.service_passwords[user]
+    for user, (username, password) in users.items():
+        settings[f"{user}_username"] = username
+        settings[f"{user}_password"] = password
     return settings
 
 

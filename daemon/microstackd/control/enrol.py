@@ -14,6 +14,7 @@ from microstackd.cloud.service import ADMIT_TIMEOUT, Cloud
 from microstackd.control import config as control_config
 from microstackd.control.cluster import Cluster
 from microstackd.control.members import check_services
+from microstackd.control.node_accounts import NodeAccounts
 from microstackd.enrolment import machine as enrolment
 from microstackd.enrolment.backoff import Backoff
 from microstackd.enrolment.runner import Runner, Skipped, StepAction, StepContext
@@ -26,11 +27,14 @@ log = logging.getLogger(__name__)
 
 
 class Enrolments:
-    def __init__(self, cluster: Cluster, runner: Runner, cloud: Cloud) -> None:
+    def __init__(
+        self, cluster: Cluster, runner: Runner, cloud: Cloud, accounts: NodeAccounts
+    ) -> None:
         self._cluster = cluster
         self._store = cluster.store
         self._runner = runner
         self._cloud = cloud
+        self._accounts = accounts
 
     def resume(self) -> None:
         """After a restart: carry on every enrolment that was under way."""
@@ -86,10 +90,26 @@ class Enrolments:
     async def _issue_config(self, ctx: StepContext) -> str:
         node = self._node(ctx.node)
         config = self._cluster.load_control_config()
+        shared = self._accounts.unavailable()
+        if shared is None:
+            await ctx.progress(f"giving {node.name} its own RabbitMQ and Keystone users")
+            try:
+                accounts, made = await self._accounts.issue(node.name)
+            except errors.CloudError as exc:
+                raise errors.CloudError(
+                    f"{exc.message}. Once it answers, run `microstackctl join` on {node.name} "
+                    "again: the enrolment resumes at this step"
+                ) from None
+            own: control_config.OwnCredentials | None = accounts.own()
+            credentials = f"its own credentials ({made})"
+        else:
+            own, credentials = None, f"control.yaml's shared credentials: {shared}"
         settings = control_config.issue_compute_settings(
-            config, node, revocation_list=self._cluster.revocation_list().decode()
+            config, node, revocation_list=self._cluster.revocation_list().decode(), own=own
         )
-        return f"{len(settings)} settings for {node.name}: {config.public_summary()}"
+        return (
+            f"{len(settings)} settings for {node.name}: {config.public_summary(own)}; {credentials}"
+        )
 
     async def _configure_node(self, ctx: StepContext) -> str | Skipped:
         node = self._node(ctx.node)
@@ -99,8 +119,12 @@ class Enrolments:
             return Skipped(f"{node.name} runs no agent: no services to configure")
         config = self._cluster.load_control_config()
         # The CRL is public: what the compute's libvirtd and QEMU refuse (removed nodes).
+        accounts = self._accounts.current(node.name)
         settings = control_config.issue_compute_settings(
-            config, node, revocation_list=self._cluster.revocation_list().decode()
+            config,
+            node,
+            revocation_list=self._cluster.revocation_list().decode(),
+            own=None if accounts is None else accounts.own(),
         )
         backoff = Backoff()
         while True:

@@ -20,6 +20,7 @@ from microstackd.cloud.launch import ACTIVE_TIMEOUT, SSH_TIMEOUT
 from microstackd.cloud.service import Cloud
 from microstackd.control.certs import expiry_warning, trusted_cas
 from microstackd.control.cluster import Cluster
+from microstackd.control.node_accounts import NodeAccounts
 from microstackd.enrolment.runner import Runner
 from microstackd.model import (
     MAX_SERVICE_MESSAGE,
@@ -69,11 +70,14 @@ def check_services(services: list[ServiceRecord], node: str) -> list[ServiceReco
 
 
 class Members:
-    def __init__(self, cluster: Cluster, runner: Runner, cloud: Cloud) -> None:
+    def __init__(
+        self, cluster: Cluster, runner: Runner, cloud: Cloud, accounts: NodeAccounts
+    ) -> None:
         self._cluster = cluster
         self._store = cluster.store
         self._runner = runner
         self._cloud = cloud
+        self._accounts = accounts
 
     async def remove(self, name: str, force: bool) -> tuple[NodeRecord, str]:
         """Take a compute out of the cluster and out of the cloud. One that
@@ -87,9 +91,10 @@ class Members:
         if node.role is Role.CONTROL or node.name == cluster.control_name:
             raise errors.InvalidArgument("the control node cannot be removed from its own cluster")
         if node.state is NodeState.REMOVED:
+            message = f"{name} was already removed; {await self._revoke_accounts(node.name)}"
             if self._cloud.configured() is None:
-                return node, f"{name} was already removed"
-            return node, f"{name} was already removed; {await self._cloud_cleanup(node.name)}"
+                return node, message
+            return node, f"{message}; {await self._cloud_cleanup(node.name)}"
         left = await self._instances(node.name, force)
         if left and not force:
             raise errors.NodeNotEmpty(
@@ -119,6 +124,8 @@ class Members:
         removed = self._store.node(node.name)
         assert removed is not None
         message = f"{name} removed: certificate {node.cert_serial[:16]} revoked; {told}"
+        # Its OpenStack secrets stop working before anything slower is done.
+        message += f"; {await self._revoke_accounts(node.name)}"
         if left:
             message += (
                 f"; left behind: {len(left)} instance(s) Nova still places on {name}: "
@@ -129,6 +136,19 @@ class Members:
         if self._cloud.configured() is not None:
             message += f"; {await self._cloud_cleanup(node.name)}"
         return removed, message
+
+    async def _revoke_accounts(self, name: str) -> str:
+        """Delete the node's own RabbitMQ and Keystone users; what was done,
+        or what is left and how to finish (a failure is not fatal: the node
+        is out of the cluster already)."""
+        try:
+            return f"its own OpenStack accounts: {await self._accounts.revoke(name)}"
+        except errors.MicrostackError as exc:
+            log.warning("node accounts not deleted node=%s error=%s", name, exc.message)
+            return (
+                f"its own OpenStack accounts could not all be deleted: {exc.message}; they "
+                f"still work until `microstackctl remove {name}` is run again and succeeds"
+            )
 
     async def _push_revocations(self, removed: str) -> str:
         """Every other compute's libvirtd and QEMU refuse the removed node's

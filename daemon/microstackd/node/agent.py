@@ -31,7 +31,7 @@ from microstackd.enrolment.events import Signal
 from microstackd.enrolment.machine import DONE
 from microstackd.enrolment.runner import Runner, StepAction, StepContext
 from microstackd.model import AgentStep, Role, ServiceRecord, StepState
-from microstackd.node import render, steps, virt
+from microstackd.node import render, restarts, steps, virt
 from microstackd.node.roles import APPLIED_BY_AGENT, DEFINITIONS, RoleDefinition
 from microstackd.node.roles.compute import MIGRATION_CRL
 from microstackd.node.roles.parts import RENDER_CONFIG, SERVICE_PREFIX, RoleService
@@ -48,6 +48,8 @@ APPLIED_ROLE = "applied_role"
 APPLIED_VALUES = "applied_values"
 #: meta key: what each service runs with (JSON, for ``status``).
 SERVICE_DETAILS = "service_details"
+#: meta key: a digest of each service's command and environment as last started (JSON).
+SERVICE_DIGESTS = "service_digests"
 STANDIN_READY = "configuration complete"
 #: The step name of the agent's last message (its result), on the wire.
 RESULT_STEP = "role"
@@ -190,13 +192,20 @@ class Agent:
         standin = "" if self._real else " (stand-in: no --openstack-prefix)"
         titles = {RENDER_CONFIG: f"rendering {len(role.files)} files into {root}"}
 
+        #: The role's files this apply changes (restarts.py): what to restart.
+        changed: set[str] = set()
+
         async def render_config(ctx: StepContext) -> str:
             self._node_values = await self._local_values(values)
             values.update(self._node_values)
+            changed.update(await asyncio.to_thread(restarts.changed_files, role, values, root))
             paths = await asyncio.to_thread(render.render_role, role, values, root)
             self._store.set_meta({APPLIED_ROLE: role.name})
             self._keep(role, values)
-            return "wrote " + ", ".join(str(p.relative_to(root)) for p in paths)
+            wrote = ", ".join(str(p.relative_to(root)) for p in paths)
+            if not changed:
+                return f"wrote {wrote} (none changed)"
+            return f"wrote {wrote} (changed: {', '.join(sorted(changed))})"
 
         standins = _StandIns(
             self.manager, [] if self._real else [self.spec(s) for s in self._services_of(role)]
@@ -204,10 +213,14 @@ class Agent:
 
         def start(service: RoleService) -> StepAction:
             async def action(ctx: StepContext) -> str:
-                if self._real:
-                    status = await steps.start_service(self.manager, service, values)
-                else:
+                if not self._real:
                     status = await standins.wait_ready(service.name)
+                    return f"{service.name} is {status.state}{standin}"
+                kept = await self._unchanged(service, role, values, changed)
+                if kept is not None:
+                    return kept
+                status = await steps.start_service(self.manager, service, values)
+                self._remember_digest(service, values)
                 return f"{service.name} is {status.state}{standin}"
 
             return action
@@ -236,6 +249,34 @@ class Agent:
             actions[step.name] = setup(step.name)
             titles[step.name] = step.title
         return actions, titles
+
+    async def _unchanged(
+        self,
+        service: RoleService,
+        role: RoleDefinition,
+        values: Mapping[str, str],
+        changed: set[str],
+    ) -> str | None:
+        """Why ``service`` is left running as it is (None: (re)start it): it
+        runs, none of the files it reads changed, nor its command line."""
+        reads = restarts.files_read(service, role, values, self._config.config_root)
+        if reads & changed:
+            return None
+        spec = steps.service_spec(service, values)
+        digests = json.loads(self._store.get_meta(SERVICE_DIGESTS) or "{}")
+        if digests.get(service.name) != restarts.spec_digest(spec):
+            return None
+        if (await self.manager.status(spec)).state != "running":
+            return None
+        message = f"{service.name} is running, unchanged: not restarted"
+        if MIGRATION_CRL in changed and service.name == "libvirtd":
+            message += f"; its new CRL written{await self._reload_libvirt_tls()}"
+        return message
+
+    def _remember_digest(self, service: RoleService, values: Mapping[str, str]) -> None:
+        digests = json.loads(self._store.get_meta(SERVICE_DIGESTS) or "{}")
+        digests[service.name] = restarts.spec_digest(steps.service_spec(service, values))
+        self._store.set_meta({SERVICE_DIGESTS: json.dumps(digests)})
 
     def applied(self) -> RoleDefinition | None:
         name = self._store.get_meta(APPLIED_ROLE)
@@ -269,9 +310,14 @@ class Agent:
             write_private_file(path, crl_pem, mode=0o640, dir_mode=0o750)
         except OSError as exc:
             raise errors.ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        return f"{path} written{await self._reload_libvirt_tls()}"
+
+    async def _reload_libvirt_tls(self) -> str:
+        """Have the node's own libvirtd reload its TLS files (the CRL)."""
+        path = self._config.config_root / MIGRATION_CRL
         kind = self.manager.kind
         if not self._real or kind != "process":
-            return f"{path} written (libvirtd is not this node's own: not reloaded)"
+            return " (libvirtd is not this node's own: not reloaded)"
         admin = steps.run_dir(self._config) / "libvirt" / "libvirt-admin-sock"
         argv = ["virt-admin", "-c", f"libvirtd:///system?socket={admin}", "server-update-tls"]
         try:
@@ -284,7 +330,7 @@ class Agent:
                 f"{(result.stderr or result.stdout).strip()[-300:]}"
             )
         log.info("revocations updated path=%s", path)
-        return f"{path} written and reloaded by libvirtd"
+        return " and reloaded by libvirtd"
 
     async def stop_role(self) -> list[ServiceRecord]:
         """This node leaves its cluster: stop its services, forget its role."""

@@ -332,6 +332,30 @@ class UndrainResponse(_message.Message):
     message: str
     def __init__(self, message: _Optional[str] = ...) -> None: ...
 
+class ReconfigureRequest(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, nodes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class NodeOutcome(_message.Message):
+    __slots__ = ("node", "result", "message")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    result: str
+    message: str
+    def __init__(self, node: _Optional[str] = ..., result: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ReconfigureResponse(_message.Message):
+    __slots__ = ("event", "outcomes")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    event: Event
+    outcomes: _containers.RepeatedCompositeFieldContainer[NodeOutcome]
+    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., outcomes: _Optional[_Iterable[_Union[NodeOutcome, _Mapping]]] = ...) -> None: ...
+
 class CreateTokenRequest(_message.Message):
     __slots__ = ("name", "ttl_seconds")
     NAME_FIELD_NUMBER: _ClassVar[int]

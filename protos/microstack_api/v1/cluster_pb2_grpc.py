@@ -105,6 +105,11 @@ class AdminServiceStub:
                 request_serializer=microstack__api_dot_v1_dot_cluster__pb2.RestoreRequest.SerializeToString,
                 response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RestoreResponse.FromString,
                 _registered_method=True)
+        self.Reconfigure = channel.unary_stream(
+                '/microstack.cluster.v1.AdminService/Reconfigure',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.ReconfigureRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.ReconfigureResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -216,6 +221,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reconfigure(self, request, context):
+        """Issue the compute configuration again from control.yaml and apply it
+        through each node's agent, one node at a time (on the control).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -288,6 +301,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.Restore,
                     request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RestoreRequest.FromString,
                     response_serializer=microstack__api_dot_v1_dot_cluster__pb2.RestoreResponse.SerializeToString,
+            ),
+            'Reconfigure': grpc.unary_stream_rpc_method_handler(
+                    servicer.Reconfigure,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.ReconfigureRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.ReconfigureResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -669,6 +687,33 @@ class AdminService:
             '/microstack.cluster.v1.AdminService/Restore',
             microstack__api_dot_v1_dot_cluster__pb2.RestoreRequest.SerializeToString,
             microstack__api_dot_v1_dot_cluster__pb2.RestoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reconfigure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/microstack.cluster.v1.AdminService/Reconfigure',
+            microstack__api_dot_v1_dot_cluster__pb2.ReconfigureRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.ReconfigureResponse.FromString,
             options,
             channel_credentials,
             insecure,

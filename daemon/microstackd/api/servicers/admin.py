@@ -14,6 +14,7 @@ from microstackd.api.servicers import Context
 from microstackd.control.backup import Backups
 from microstackd.control.cluster import Cluster
 from microstackd.control.members import Members, Note
+from microstackd.control.reconfigure import APPLIED, Reconfigure
 from microstackd.control.restore import Restores
 from microstackd.control.rotation import Rotation
 from microstackd.control.tokens import Tokens
@@ -44,9 +45,12 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         rotation: Rotation,
         backups: Backups | None = None,
         restores: Restores | None = None,
+        *,
+        reconfigure: Reconfigure | None = None,
     ) -> None:
         self._backups = backups
         self._restores = restores
+        self._reconfigure = reconfigure
         self._node = node_name
         self._bootstrap = bootstrap
         self._rotation = rotation
@@ -233,6 +237,37 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         )
         yield pb.DrainResponse(
             event=done, moved=[pb.MovedInstance(**{k: str(v) for k, v in m.items()}) for m in moved]
+        )
+
+    async def Reconfigure(
+        self, request: pb.ReconfigureRequest, context: Context
+    ) -> AsyncIterator[pb.ReconfigureResponse]:
+        cluster = self._store.cluster()
+        if self._reconfigure is None or cluster is None:
+            raise errors.NotInitialised("this node is in no cluster: nothing to reconfigure")
+        if cluster.role is not Role.CONTROL:
+            raise errors.NotControl(
+                f"reconfigure runs on the control node: run it on {cluster.control_name} "
+                f"({cluster.control_address})"
+            )
+        reconfigure = self._reconfigure
+        results: list[dict[str, Any]] = []
+
+        async def work(progress: Progress) -> dict[str, Any]:
+            return {"outcomes": await reconfigure.run(list(request.nodes), progress)}
+
+        async for event in self._progress_stream("reconfigure", work, results):
+            yield pb.ReconfigureResponse(event=event)
+        outcomes = results[0]["outcomes"]
+        done = sum(1 for o in outcomes if o.result == APPLIED)
+        final = self._final("reconfigure", f"{done}/{len(outcomes)} compute(s) reconfigured")
+        if done != len(outcomes):
+            final.state = pb.STEP_STATE_FAILED
+        yield pb.ReconfigureResponse(
+            event=final,
+            outcomes=[
+                pb.NodeOutcome(node=o.node, result=o.result, message=o.message) for o in outcomes
+            ],
         )
 
     async def Undrain(self, request: pb.UndrainRequest, context: Context) -> pb.UndrainResponse:

@@ -157,6 +157,9 @@ COMPUTE = RoleDefinition(
                 "--pid-file",
                 "/run/libvirt/libvirtd.pid",
             ),
+            # Not the CRL: a new one is reloaded (virt-admin), never a restart,
+            # which would stop the node's guests.
+            reads=("libvirt/libvirtd.conf", "libvirt/qemu.conf"),
             # Under systemd and snapd: the host's libvirt (qemu:///system).
             unit="libvirtd.service",
             snap_service="microstack.libvirtd",

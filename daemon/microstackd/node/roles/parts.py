@@ -62,6 +62,11 @@ class RoleService:
     #: What it runs with, for a person (shown in ``status``; placeholders
     #: allowed, never a secret's).
     detail: str = ""
+    #: The role's files it reads (their ``ConfigFile.path``): a re-applied role
+    #: restarts it only when one of them, or its command, changed
+    #: (``node/restarts.py``). None: the files its command names, by path or
+    #: by a directory above them.
+    reads: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,89 @@
+"""Keystone users of one node, through openstacksdk with the control's admin
+cloud:
+
+    node-user         create NAME (or give the existing one its new password),
+                      in the default domain, with the one role ROLE on the
+                      project PROJECT, and no other role anywhere
+    delete-node-user  delete NAME (Keystone revokes its tokens with it)
+
+Passwords come in the request and go nowhere else: not into a result, a
+progress note or a log line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from microstackd.cloud.session import Failure, Session
+
+
+def _domain(conn: Any) -> Any:
+    domain = conn.identity.find_domain("default") or conn.identity.find_domain("Default")
+    if domain is None:
+        raise Failure("Keystone has no default domain")
+    return domain
+
+
+def _ensure_user(conn: Any, req: Mapping[str, Any]) -> str:
+    idn = conn.identity
+    domain = _domain(conn)
+    project = idn.find_project(req["project"], domain_id=domain.id)
+    if project is None:
+        raise Failure(f"Keystone has no project {req['project']!r} (the control's identity step)")
+    role = idn.find_role(req["role"])
+    if role is None:
+        raise Failure(f"Keystone has no role {req['role']!r} (the control's identity step)")
+    user = idn.find_user(req["name"], domain_id=domain.id)
+    how = "updated"
+    if user is None:
+        how = "created"
+        user = idn.create_user(
+            name=req["name"],
+            password=req["password"],
+            domain_id=domain.id,
+            default_project_id=project.id,
+            description=req.get("description", ""),
+            is_enabled=True,
+        )
+    else:
+        idn.update_user(user, password=req["password"], is_enabled=True)
+    # Exactly the one role: whatever else it was given goes.
+    for assignment in idn.role_assignments(user_id=user.id):
+        scope = assignment.scope or {}
+        granted = (assignment.role or {}).get("id")
+        on = (scope.get("project") or {}).get("id")
+        if granted == role.id and on == project.id:
+            continue
+        if on is not None and granted is not None:
+            idn.unassign_project_role_from_user(on, user, granted)
+    idn.assign_project_role_to_user(project, user, role)
+    return how
+
+
+async def node_user(s: Session, req: Mapping[str, Any]) -> dict[str, Any]:
+    how = await s(lambda conn: _ensure_user(conn, req))
+    return {
+        "user": req["name"],
+        "message": f"Keystone user {req['name']} {how} (role {req['role']} on {req['project']})",
+    }
+
+
+def _delete_user(conn: Any, name: str) -> bool:
+    user = conn.identity.find_user(name, domain_id=_domain(conn).id)
+    if user is None:
+        return False
+    conn.identity.delete_user(user)
+    return True
+
+
+async def delete_node_user(s: Session, req: Mapping[str, Any]) -> dict[str, Any]:
+    deleted = await s(lambda conn: _delete_user(conn, req["name"]))
+    return {
+        "deleted": deleted,
+        "message": (
+            f"Keystone user {req['name']} deleted"
+            if deleted
+            else f"Keystone had no user {req['name']}"
+        ),
+    }
