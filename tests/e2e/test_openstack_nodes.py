@@ -386,8 +386,9 @@ def test_a_lost_control_is_restored_from_its_backup(
     assert networks <= {n["Name"] for n in osc_json(control, "network", "list")}
 
     # The network node came back too: a guest answers on its floating IP.
-    # (Any guest Nova lists with one: an evacuated guest was once listed
-    # with its private address only, and the test took that one.)
+    # (Any guest Nova lists with one. Every guest was once listed with its
+    # private address only: the compute's own Keystone user had the service
+    # role alone and could not read floating IPs.)
     with_floating = {
         name: [a for a in re.findall(r"\d+\.\d+\.\d+\.\d+", entry[2]) if a.startswith("10.20.20.")]
         for name, entry in sorted(before.items())
