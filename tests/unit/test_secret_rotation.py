@@ -87,6 +87,9 @@ class FakePlane(ControlPlane):
     async def run_setup(
         self, name: str, values: Mapping[str, str], progress: Callable[[str], Awaitable[None]]
     ) -> str:
+        if name == "nova-cell-urls":  # Nova's cell mappings: both URLs
+            CALLS.append((f"setup {name}", f"{values['db_base_url']} {values['transport_url']}"))
+            return f"{name}: done"
         password = values["db_password"] if name == "databases" else values["admin_password"]
         CALLS.append((f"setup {name}", password))
         return f"{name}: done"
@@ -241,6 +244,9 @@ def test_every_secret_rotated_in_order_and_its_readers_restarted(world: World) -
         f"openstack={new.rabbitmq_password} tags=administrator .*",
     )
     assert CALLS[5] == ("setup databases", new.database_password)
+    cells = CALLS[6][1]
+    assert CALLS[6][0] == "setup nova-cell-urls", CALLS[6]
+    assert f"openstack:{new.database_password}@" in cells and new.rabbitmq_password in cells
     assert [d for w, d in CALLS if w == "restart"] == READERS
     after_restarts = kinds.index("setup keystone-bootstrap")
     assert kinds.index("restart") < after_restarts  # the admin after the services

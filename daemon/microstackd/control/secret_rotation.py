@@ -49,6 +49,7 @@ from microstackd.model import NodeState, Role, StepState
 from microstackd.node import render, restarts
 from microstackd.node.rabbitmq import Permissions, RabbitMQ
 from microstackd.node.roles import CONTROL
+from microstackd.node.roles.control import CELL_URLS
 from microstackd.node.roles.parts import RoleDefinition, RoleService
 from microstackd.store import Store
 
@@ -326,14 +327,20 @@ class SecretRotation:
         return f"RabbitMQ user {user}: new password set (its open connections kept)"
 
     async def _database(self, record: Record, progress: Progress) -> str:
-        values = self._plane.values(self._config(record, ("database",)))
+        values = self._plane.values(self._config(record, ("database", "rabbitmq")))
 
         async def say(message: str) -> None:
             await progress(Note(message, phase=DATABASE_STEP))
 
         # The databases step: ALTER USER for both of openstack's hosts, as root over the socket.
         await self._plane.run_setup("databases", values, say)
-        return "MariaDB user openstack: new password set (its open connections kept)"
+        # Nova's cell mappings hold both URLs, passwords included: read by
+        # nova-api, conductor and scheduler when they start (step control-files).
+        await self._plane.run_setup(CELL_URLS, values, say)
+        return (
+            "MariaDB user openstack: new password set (its open connections kept); Nova's "
+            "cell mappings point at the new database and message-queue passwords"
+        )
 
     async def _files(self, record: Record, progress: Progress) -> str:
         path = self._cluster.config.control_config_path
