@@ -56,6 +56,7 @@ from microstackd.control.plane import ControlPlane
 from microstackd.control.reconfigure import Reconfigure
 from microstackd.control.restore import Restores
 from microstackd.control.rotation import Rotation
+from microstackd.control.secret_rotation import SecretRotation
 from microstackd.control.tokens import Tokens
 from microstackd.enrolment.events import EventBus, Signal
 from microstackd.enrolment.runner import Runner
@@ -129,6 +130,9 @@ class Daemon:
         self.enrolments = Enrolments(self.cluster, self.runner, self.cloud, self.accounts)
         self.members = Members(self.cluster, self.runner, self.cloud, self.accounts)
         self.reconfigure = Reconfigure(self.cluster, self.accounts)
+        self.secrets = SecretRotation(
+            self.cluster, self.plane, self.cloud, self.accounts, self.reconfigure
+        )
         self.tokens = Tokens(self.cluster, bootstrap_cert)
         self.bootstrap = Bootstrap(self.cluster, bootstrap_cert)
         self.certificates = Certificates(self.cluster)
@@ -246,7 +250,7 @@ class Daemon:
             self.config.node_name, self.store, self.bus, self.cluster, self.members,
             self.tokens, self.member, self.bootstrap_cert, self.rotation,
             self.backups, self.restores,
-            reconfigure=self.reconfigure,
+            reconfigure=self.reconfigure, secrets=self.secrets,
         )  # fmt: skip
         reflector = reflection.aio.ReflectionServicer(REFLECTED_SERVICES)
         access.register(

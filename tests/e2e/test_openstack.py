@@ -579,6 +579,101 @@ def test_reconfigure_rolls_a_setting_to_both_computes_restarting_only_what_chang
     assert bad.returncode == 1 and "no node named 'node-9'" in bad.stderr, bad
 
 
+def _mariadb(control: Host, password: str) -> subprocess.CompletedProcess[str]:
+    """A login to the control's MariaDB as openstack (the password in MYSQL_PWD)."""
+    argv = ["/usr/bin/mariadb", "-h", "127.0.0.1", "-P", "13306", "-u", "openstack"]
+    return control.run(
+        [*argv, "-e", "SELECT 1"], env=clean_env({"MYSQL_PWD": password}), timeout=60
+    )
+
+
+def test_rotate_secrets_keeps_the_cloud_and_refuses_the_old_passwords(cloud: Cloud) -> None:
+    """Every secret control.yaml generated gets a new value: the old MariaDB,
+    RabbitMQ and Keystone (service user, admin) passwords are refused, the
+    new ones work; a guest that runs across the rotation keeps its QEMU and
+    answers ssh; a new one boots; the computes (each on its own users) are
+    not touched."""
+    control = cloud.control
+    assert control.state_dir is not None
+    old = yaml.safe_load((control.state_dir / "control.yaml").read_text())
+    old_clouds = control.workdir / "clouds-before-rotation.yaml"
+    old_clouds.write_text((control.state_dir / "clouds.yaml").read_text())
+    running, _ = _launch(cloud, "vm-rot1", "node-1")
+    qemu_before = qemu_pids(cloud.computes["node-1"])
+    computes_before = {name: _pid(h, "nova-compute") for name, h in cloud.computes.items()}
+
+    started = time.monotonic()
+    result = cloud.ctl("rotate-secrets", "--format", "json", timeout=1800)
+    measure(rotate_secrets_s=round(time.monotonic() - started, 1))
+    assert result.returncode == 0, result.stdout + result.stderr + control.daemon_log()
+    steps = json.loads(result.stdout)["steps"]
+    assert [(s["step"], s["result"]) for s in steps] == [
+        ("service-users", "done"), ("rabbitmq", "done"), ("database", "done"),
+        ("control-files", "done"), ("admin", "done"), ("computes", "done"),
+    ], steps  # fmt: skip
+    assert "none touched" in steps[-1]["message"], steps
+    new = yaml.safe_load((control.state_dir / "control.yaml").read_text())
+    assert not (control.state_dir / "rotate-secrets.json").exists()
+    secrets = [("database", "password"), ("rabbitmq", "password"), ("admin", "password")]
+    for section, key in secrets:
+        assert new[section][key] != old[section][key], section
+    assert new["metadata_secret"] != old["metadata_secret"]
+    for user, entry in old["service_users"].items():
+        assert new["service_users"][user]["password"] != entry["password"], user
+    for secret in (*(old[s][k] for s, k in secrets), old["metadata_secret"]):
+        assert secret not in result.stdout + result.stderr + control.daemon_log(tail=400)
+
+    # MariaDB: the old password refused, the new one let in.
+    refused = _mariadb(control, old["database"]["password"])
+    assert refused.returncode != 0 and "Access denied" in refused.stderr, refused
+    assert _mariadb(control, new["database"]["password"]).returncode == 0
+    # RabbitMQ's shared user and Keystone's nova: old refused, new let in.
+    url = "rabbit://openstack:{}@" + f"{control.address}:5672/"
+    auth_url = f"http://{control.address}:5000/v3"
+    tried = try_credentials(control, {
+        "url": url.format(old["rabbitmq"]["password"]), "auth_url": auth_url,
+        "placement_user": "nova", "placement_password": old["service_users"]["nova"]["password"],
+    })  # fmt: skip
+    assert "ACCESS_REFUSED" in tried["rabbitmq"] and tried["keystone"] == 401, tried
+    tried = try_credentials(control, {
+        "url": url.format(new["rabbitmq"]["password"]), "auth_url": auth_url,
+        "placement_user": "nova", "placement_password": new["service_users"]["nova"]["password"],
+    })  # fmt: skip
+    assert tried["rabbitmq"] == "ok" and tried["keystone"] == 201, tried
+    # The admin: a token with the old clouds.yaml refused, with the rewritten one issued.
+    openstack = [str(PREFIX / "bin" / "openstack"), "--os-cloud", "microstack", "token", "issue"]
+    stale = control.run(openstack, env=clean_env({"OS_CLIENT_CONFIG_FILE": str(old_clouds)}))
+    assert stale.returncode != 0 and "401" in stale.stderr, stale
+    osc(control, "token", "issue")
+
+    # The running guest kept its QEMU; its floating IP answers again once the
+    # restarted L3 agent has rebuilt the router (measured); the computes were not touched.
+    assert qemu_pids(cloud.computes["node-1"]) == qemu_before
+    back = time.monotonic()
+    wait_for(
+        lambda: cloud.ssh(running["floating_ip"], "hostname", timeout=20).returncode == 0,
+        300,
+        "the running guest to answer ssh after the rotation",
+    )
+    measure(rotate_secrets_guest_ssh_again_s=round(time.monotonic() - back, 1))
+    login, _ = cloud.login(running["floating_ip"], "hostname")
+    assert login.strip() == "vm-rot1", login
+    assert {name: _pid(h, "nova-compute") for name, h in cloud.computes.items()} == computes_before
+    status = {n["name"]: n for n in control.status()["nodes"]}
+    for name in ("control", *cloud.computes):
+        states = {s["name"]: s["state"] for s in status[name]["services"]}
+        assert set(states.values()) == {"running"}, (name, states)
+    # The cloud still boots one (Nova, Neutron, Glance and Placement with their new passwords).
+    booted, _ = _launch(cloud, "vm-rot2", "node-1")
+    assert booted["login"].endswith("\ncirros\nvm-rot2\n"), booted["login"]
+    osc(control, "server", "delete", "--wait", "vm-rot1", "vm-rot2")
+    wait_for(
+        lambda: len(qemu_pids(cloud.computes["node-1"])) == len(qemu_before) - 1,
+        120,
+        "the rotation test's guests to go",
+    )
+
+
 def test_launch_errors_name_their_cause(cloud: Cloud) -> None:
     for extra, text in (
         (["no-such-image"], "unknown image 'no-such-image'"),

@@ -5,6 +5,8 @@ cloud:
                       in the default domain, with the one role ROLE on the
                       project PROJECT, and no other role anywhere
     delete-node-user  delete NAME (Keystone revokes its tokens with it)
+    user-password     give the existing user NAME (a service user) a new
+                      password (Keystone revokes its tokens with it)
 
 Passwords come in the request and go nowhere else: not into a result, a
 progress note or a log line.
@@ -93,3 +95,15 @@ async def delete_node_user(s: Session, req: Mapping[str, Any]) -> dict[str, Any]
             else f"Keystone had no user {req['name']}"
         ),
     }
+
+
+def _set_password(conn: Any, name: str, password: str) -> None:
+    user = conn.identity.find_user(name, domain_id=_domain(conn).id)
+    if user is None:
+        raise Failure(f"Keystone has no user {name!r} (the control's identity step makes it)")
+    conn.identity.update_user(user, password=password)
+
+
+async def user_password(s: Session, req: Mapping[str, Any]) -> dict[str, Any]:
+    await s(lambda conn: _set_password(conn, req["name"], req["password"]))
+    return {"user": req["name"], "message": f"Keystone user {req['name']}: new password set"}

@@ -356,6 +356,28 @@ class ReconfigureResponse(_message.Message):
     outcomes: _containers.RepeatedCompositeFieldContainer[NodeOutcome]
     def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., outcomes: _Optional[_Iterable[_Union[NodeOutcome, _Mapping]]] = ...) -> None: ...
 
+class RotateSecretsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RotationStep(_message.Message):
+    __slots__ = ("step", "result", "message")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    result: str
+    message: str
+    def __init__(self, step: _Optional[str] = ..., result: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class RotateSecretsResponse(_message.Message):
+    __slots__ = ("event", "steps")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    event: Event
+    steps: _containers.RepeatedCompositeFieldContainer[RotationStep]
+    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[RotationStep, _Mapping]]] = ...) -> None: ...
+
 class CreateTokenRequest(_message.Message):
     __slots__ = ("name", "ttl_seconds")
     NAME_FIELD_NUMBER: _ClassVar[int]

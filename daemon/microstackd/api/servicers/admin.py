@@ -17,6 +17,7 @@ from microstackd.control.members import Members, Note
 from microstackd.control.reconfigure import APPLIED, Reconfigure
 from microstackd.control.restore import Restores
 from microstackd.control.rotation import Rotation
+from microstackd.control.secret_rotation import DONE, SecretRotation
 from microstackd.control.tokens import Tokens
 from microstackd.enrolment.events import EventBus
 from microstackd.member.join import Member
@@ -47,7 +48,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         restores: Restores | None = None,
         *,
         reconfigure: Reconfigure | None = None,
+        secrets: SecretRotation | None = None,
     ) -> None:
+        self._secrets = secrets
         self._backups = backups
         self._restores = restores
         self._reconfigure = reconfigure
@@ -268,6 +271,37 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             outcomes=[
                 pb.NodeOutcome(node=o.node, result=o.result, message=o.message) for o in outcomes
             ],
+        )
+
+    async def RotateSecrets(
+        self, request: pb.RotateSecretsRequest, context: Context
+    ) -> AsyncIterator[pb.RotateSecretsResponse]:
+        cluster = self._store.cluster()
+        if self._secrets is None or cluster is None:
+            raise errors.NotInitialised("this node is in no cluster: no secrets to rotate")
+        if cluster.role is not Role.CONTROL:
+            raise errors.NotControl(
+                f"rotate-secrets runs on the control node: run it on {cluster.control_name} "
+                f"({cluster.control_address})"
+            )
+        rotation = self._secrets
+        results: list[dict[str, Any]] = []
+
+        async def work(progress: Progress) -> dict[str, Any]:
+            return {"steps": await rotation.run(progress)}
+
+        async for event in self._progress_stream("rotate-secrets", work, results):
+            yield pb.RotateSecretsResponse(event=event)
+        steps = results[0]["steps"]
+        done = sum(1 for s in steps if s.result == DONE)
+        final = self._final("rotate-secrets", f"{done}/{len(steps)} step(s) done")
+        if done != len(steps):
+            final.state = pb.STEP_STATE_FAILED
+        else:
+            final.message = "every generated secret rotated; the old ones are refused"
+        yield pb.RotateSecretsResponse(
+            event=final,
+            steps=[pb.RotationStep(step=s.step, result=s.result, message=s.message) for s in steps],
         )
 
     async def Undrain(self, request: pb.UndrainRequest, context: Context) -> pb.UndrainResponse:

@@ -32,10 +32,15 @@ OVS_ENV = _env(OVS_RUNDIR="${run_dir}/ovs", OVS_DBDIR="${state_path}/ovs", OVS_L
 #: Runs a command in a mount namespace of its own whose /run/netns is the
 #: directory $1: the namespaces an agent makes (qdhcp-, qrouter-) are this
 #: node's alone (two nodes' DHCP agents would clash on qdhcp-NET) and go
-#: when the agent and what it started are gone.
+#: when the agent and what it started are gone. Their names stay behind in
+#: $1 as empty files (the mounts were the old mount namespace's): removed
+#: before a restarted agent starts, or it finds "qrouter-X" there, cannot
+#: enter it ("failed to open netns") and never rebuilds the router.
 IN_OWN_NETNS_DIR = (
     *IN_PRIVATE_MOUNTS,
-    literal('mkdir -p "$1" /run/netns; mount --bind "$1" /run/netns; shift; exec "$@"'),
+    literal(
+        'mkdir -p "$1" /run/netns; rm -f "$1"/*; mount --bind "$1" /run/netns; shift; exec "$@"'
+    ),
     "netns-dir",
 )
 
