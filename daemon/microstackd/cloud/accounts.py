@@ -2,8 +2,8 @@
 cloud:
 
     node-user         create NAME (or give the existing one its new password),
-                      in the default domain, with the one role ROLE on the
-                      project PROJECT, and no other role anywhere
+                      in the default domain, with exactly the roles ROLES
+                      on the project PROJECT, and no other role anywhere
     delete-node-user  delete NAME (Keystone revokes its tokens with it)
     user-password     give the existing user NAME (a service user) a new
                       password (Keystone revokes its tokens with it)
