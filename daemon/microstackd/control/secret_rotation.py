@@ -217,12 +217,7 @@ class SecretRotation:
     # ------------------------------------------------------- the run --
 
     def _refuse(self) -> None:
-        cluster = self._cluster.require()
-        if cluster.role is not Role.CONTROL:
-            raise errors.NotControl(
-                f"rotate-secrets runs on the control node: run it on {cluster.control_name} "
-                f"({cluster.control_address})"
-            )
+        self._cluster.require()  # the control of a cluster, or NotControl
         reason = self._accounts.unavailable()
         if reason is not None:
             raise errors.CloudError(f"no OpenStack secrets to rotate: {reason}")

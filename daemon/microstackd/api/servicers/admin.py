@@ -242,18 +242,24 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             event=done, moved=[pb.MovedInstance(**{k: str(v) for k, v in m.items()}) for m in moved]
         )
 
+    def _on_the_control(self, command: str, served: object | None, nothing: str) -> None:
+        """Refuse ``command`` unless this node is the control of a cluster
+        (``served``: what does the work, None where this daemon has none)."""
+        cluster = self._store.cluster()
+        if served is None or cluster is None:
+            raise errors.NotInitialised(f"this node is in no cluster: {nothing}")
+        if cluster.role is not Role.CONTROL:
+            raise errors.NotControl(
+                f"{command} runs on the control node: run it on {cluster.control_name} "
+                f"({cluster.control_address})"
+            )
+
     async def Reconfigure(
         self, request: pb.ReconfigureRequest, context: Context
     ) -> AsyncIterator[pb.ReconfigureResponse]:
-        cluster = self._store.cluster()
-        if self._reconfigure is None or cluster is None:
-            raise errors.NotInitialised("this node is in no cluster: nothing to reconfigure")
-        if cluster.role is not Role.CONTROL:
-            raise errors.NotControl(
-                f"reconfigure runs on the control node: run it on {cluster.control_name} "
-                f"({cluster.control_address})"
-            )
+        self._on_the_control("reconfigure", self._reconfigure, "nothing to reconfigure")
         reconfigure = self._reconfigure
+        assert reconfigure is not None
         results: list[dict[str, Any]] = []
 
         async def work(progress: Progress) -> dict[str, Any]:
@@ -276,15 +282,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def RotateSecrets(
         self, request: pb.RotateSecretsRequest, context: Context
     ) -> AsyncIterator[pb.RotateSecretsResponse]:
-        cluster = self._store.cluster()
-        if self._secrets is None or cluster is None:
-            raise errors.NotInitialised("this node is in no cluster: no secrets to rotate")
-        if cluster.role is not Role.CONTROL:
-            raise errors.NotControl(
-                f"rotate-secrets runs on the control node: run it on {cluster.control_name} "
-                f"({cluster.control_address})"
-            )
+        self._on_the_control("rotate-secrets", self._secrets, "no secrets to rotate")
         rotation = self._secrets
+        assert rotation is not None
         results: list[dict[str, Any]] = []
 
         async def work(progress: Progress) -> dict[str, Any]:
