@@ -147,6 +147,8 @@ class Daemon:
         self.services_changed.subscribe(self.heartbeats.beat_now)
         # A renewed certificate's first use is the heartbeat it triggers.
         self.renewed.subscribe(self.heartbeats.beat_now)
+        # Then the migration transport takes them (after: a slow libvirtd must not delay it).
+        self.renewed.subscribe(self.agent.certificates_changed)
         self.renewal = Renewal(
             config, store, bootstrap_cert, self.certificates.renew_own,
             self.renewed, self.bootstrap_renewed,

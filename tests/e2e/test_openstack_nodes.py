@@ -4,7 +4,10 @@ microstackd in its own network namespace with the real OpenStack), exactly
 the CLI an operator types.
 
 In order, the destructive ones last: ``remove`` refuses a compute that
-still hosts two instances and changes nothing; ``drain`` moves both live
+still hosts two instances and changes nothing; the cluster CA rotates under
+the running cloud (every node's certificate re-issued, the old CA retired)
+and each compute's libvirtd takes the new certificate and CA without a
+restart, the guests untouched; ``drain`` (under the new CA) moves both live
 (libvirtd to libvirtd over TLS with the nodes' certificates, QEMU's own TLS
 for memory and disks, no shared storage) to the other compute, where they
 end ACTIVE, and ``undrain`` opens the host again; then the other compute
@@ -21,6 +24,7 @@ Slow (minutes): marked ``openstack`` and ``e2e``, as tests/e2e/test_openstack.py
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -42,6 +46,8 @@ from tests.e2e.test_openstack import Cloud, _join_all, _launch, _start, osc_json
 pytestmark = [pytest.mark.e2e, pytest.mark.openstack, pytest.mark.timeout(1800)]
 
 EXIT_ERROR = 1
+#: What a compute's daemon logs when its libvirtd took a new certificate or CA.
+RELOADED = "migration TLS credentials changed and reloaded by libvirtd"
 
 #: What the cloud holds for a host, read through openstacksdk in the
 #: control's namespace (the OpenStack environment's own Python): Placement
@@ -87,6 +93,10 @@ def _nova_logs(cloud: Cloud, lines: int = 40) -> str:
                 tail = log.read_text(errors="replace").splitlines()[-lines:]
                 parts.append(f"--- {host.name} {name}\n" + "\n".join(tail))
     return "\n".join(parts)
+
+
+def _logged(log: Path, text: str) -> bool:
+    return text in log.read_text(errors="replace")
 
 
 def node_of(status: dict[str, Any], name: str) -> dict[str, Any]:
@@ -152,6 +162,42 @@ def test_remove_refuses_a_compute_that_still_hosts_instances(cloud: Cloud) -> No
     assert sorted(held(cloud, "node-1")["servers"]) == ["vm-a", "vm-b"]
 
 
+def test_a_ca_rotation_reaches_each_computes_libvirtd_and_leaves_the_guests_alone(
+    cloud: Cloud,
+) -> None:
+    """libvirtd reads its TLS files only at start: unless the node has it
+    reload them, after the rotation it still trusts only the retired CA and
+    refuses every peer's new certificate (a live migration fails). The
+    drain after this test migrates under the new CA."""
+    control, node1, node2 = cloud.control, cloud.computes["node-1"], cloud.computes["node-2"]
+    old_fp = control.status()["cluster"]["ca_fingerprint"]
+    guests = qemu_pids(node1)
+    assert len(guests) == 2
+    started = time.monotonic()
+    rotated = cloud.ctl("ca", "rotate", "--format", "json", timeout=600)
+    cloud.timings["ca_rotate_s"] = round(time.monotonic() - started, 1)
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    final = json.loads(rotated.stdout.splitlines()[-1])
+    assert final["final"] and final["state"] == "done", rotated.stdout
+    status = control.status()
+    assert [c["state"] for c in status["cluster"]["cas"]] == ["signing"], status["cluster"]
+    assert status["cluster"]["ca_fingerprint"] != old_fp
+    assert all(n["state"] == "active" for n in status["nodes"]), status["nodes"]
+    for host in (node1, node2):
+        log = host.log_path
+        assert log is not None
+        wait_for(
+            functools.partial(_logged, log, RELOADED),
+            60,
+            f"{host.name}'s libvirtd reloaded its TLS files",
+        )
+    # Each libvirtd accepts the other's certificate of the new CA, over TLS.
+    assert _virsh_hostname(node1, node2, _client_pki(node1, "new-ca")) == (0, "node-2")
+    assert _virsh_hostname(node2, node1, _client_pki(node2, "new-ca")) == (0, "node-1")
+    assert qemu_pids(node1) == guests  # the guests kept their processes
+    measure(nodes_cloud=cloud.timings)
+
+
 def test_drain_moves_both_instances_live_to_the_other_compute(cloud: Cloud) -> None:
     node1, node2 = cloud.computes["node-1"], cloud.computes["node-2"]
     started = time.monotonic()
@@ -184,10 +230,10 @@ def test_drain_moves_both_instances_live_to_the_other_compute(cloud: Cloud) -> N
     measure(nodes_cloud=cloud.timings)
 
 
-def _client_pki(host: Host) -> Path:
+def _client_pki(host: Host, name: str = "old") -> Path:
     """A copy of ``host``'s key, certificate and CA as libvirt's client wants them."""
     assert host.state_dir is not None
-    pki = host.workdir.parent / f"{host.name}-old-pki"
+    pki = host.workdir.parent / f"{host.name}-{name}-pki"
     pki.mkdir(exist_ok=True)
     for name, source in (("cacert.pem", "ca.crt"), ("clientcert.pem", "node.crt"),
                          ("clientkey.pem", "node.key")):  # fmt: skip
