@@ -131,7 +131,12 @@ class Daemon:
         self.members = Members(self.cluster, self.runner, self.cloud, self.accounts)
         self.reconfigure = Reconfigure(self.cluster, self.accounts)
         self.secrets = SecretRotation(
-            self.cluster, self.plane, self.cloud, self.accounts, self.reconfigure
+            self.cluster,
+            self.plane,
+            self.cloud,
+            self.accounts,
+            self.reconfigure,
+            step_delays=config.step_delays,
         )
         self.tokens = Tokens(self.cluster, bootstrap_cert)
         self.bootstrap = Bootstrap(self.cluster, bootstrap_cert)
@@ -222,6 +227,7 @@ class Daemon:
         await self.plane.resume()
         self.enrolments.resume()
         self.reconfigure.start()
+        self.secrets.start()  # a rotation left unfinished (only ever on the control)
         self.heartbeats.resume()
         self.renewal.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -420,6 +426,7 @@ class Daemon:
         await asyncio.gather(*(s.stop(grace) for s in servers))
         if self._closing is not None:
             await self._closing
+        await self.secrets.close()
         await self.reconfigure.close()
         await self.heartbeats.stop()
         await self.renewal.stop()

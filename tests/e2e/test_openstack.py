@@ -580,6 +580,133 @@ def test_reconfigure_rolls_a_setting_to_both_computes_restarting_only_what_chang
     assert bad.returncode == 1 and "no node named 'node-9'" in bad.stderr, bad
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _connections(control: Host, address: str) -> set[tuple[str, str]]:
+    """(RabbitMQ user, program) of each connection from ``address``: the
+    program is oslo.messaging's connection name (``nova-compute:PID:...``)."""
+    fields = ("user", "peer_host", "client_properties")
+    listed = json.loads(rabbitmqctl(control, "list_connections", *fields, "--formatter", "json"))
+    found = set()
+    for entry in listed:
+        peer = entry["peer_host"]  # JSON gives an IPv4 address as a list of its bytes
+        if (".".join(map(str, peer)) if isinstance(peer, list) else peer) != address:
+            continue
+        named = re.search(r'"connection_name",\s*"[^"]*",\s*"([^":]+):', json.dumps(entry))
+        found.add((entry["user"], named.group(1) if named else "?"))
+    return found
+
+
+def _running_guest(cloud: Cloud, host: str) -> dict[str, Any]:
+    """A guest already running on ``host`` (vm1 in a full run), or one launched now."""
+    for server in osc_json(cloud.control, "server", "list", "--host", host, "--long"):
+        if server["Status"] == "ACTIVE":
+            shown = osc_json(cloud.control, "server", "show", server["ID"])
+            floating = [a for addrs in shown["addresses"].values() for a in addrs
+                        if a.startswith("10.20.20.")]  # fmt: skip
+            if floating:
+                return {"name": shown["name"], "floating_ip": floating[0]}
+    launched, _ = _launch(cloud, "vm-mig0", host)
+    return launched
+
+
+def test_a_compute_on_the_shared_credentials_moves_to_its_own_at_reconfigure(
+    cloud: Cloud,
+) -> None:
+    """The migration of a cluster enrolled before per-node credentials:
+    node-1 is put back in the state that release left it in (its files
+    rendered with control.yaml's shared RabbitMQ and service users, no
+    compute-node-1 user anywhere, no record of one on the control:
+    tests/e2e/previous_release.py), with a guest running on it; then
+    ``reconfigure node-1`` gives it its own users, its services log in with
+    them, the guest keeps running and answering, a new one boots there, and
+    a second reconfigure restarts nothing."""
+    control, node = cloud.control, cloud.computes["node-1"]
+    assert control.state_dir is not None
+    shared_config = yaml.safe_load((control.state_dir / "control.yaml").read_text())
+    shared_user = shared_config["rabbitmq"]["user"]
+    guest = _running_guest(cloud, "node-1")
+    qemu_before = qemu_pids(node)
+    assert qemu_before, "no guest runs on node-1"
+
+    # The previous release's state, made with the product's own shared path.
+    made = control.run(
+        [str(REPO / ".venv" / "bin" / "python"), "-m", "tests.e2e.previous_release",
+         str(control.state_dir), "node-1"],
+        cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert json.loads(made.stdout)["applied"].startswith("done"), made.stdout
+    rabbitmqctl(control, "delete_user", "compute-node-1")
+    osc(control, "user", "delete", "compute-node-1")
+    (control.state_dir / "node-accounts" / "node-1.json").unlink()
+    old = rendered_credentials(node)
+    assert old["rabbitmq_user"] == shared_user, old
+    assert {old[f"{s}_user"] for s in ("placement", "neutron")} == {"placement", "neutron"}, old
+    wanted_shared = {(shared_user, "nova-compute"), (shared_user, "neutron-openvswitch-agent")}
+    wait_for(
+        lambda: wanted_shared <= _connections(control, node.address),
+        120,
+        "node-1's services to log in with the shared user",
+    )
+    assert not [u for u, _ in _connections(control, node.address) if u == "compute-node-1"]
+    assert qemu_pids(node) == qemu_before
+
+    started = time.monotonic()
+    result = cloud.ctl("reconfigure", "node-1", "--format", "json", timeout=900)
+    measure(reconfigure_migrates_a_compute_s=round(time.monotonic() - started, 1))
+    assert result.returncode == 0, result.stdout + result.stderr + control.daemon_log()
+    outcomes = json.loads(result.stdout)["nodes"]
+    assert [(o["node"], o["result"]) for o in outcomes] == [("node-1", "applied")], outcomes
+    message = outcomes[0]["message"]
+    assert "moved to its own credentials" in message, message
+    assert "RabbitMQ user compute-node-1 set" in message, message
+    assert "Keystone user compute-node-1 created" in message, message
+
+    # Its files carry its own users now, and none of the shared secrets.
+    creds = rendered_credentials(node)
+    assert creds["rabbitmq_user"] == "compute-node-1" and creds["agent_url"] == creds["url"]
+    for section in ("keystone_authtoken", "service_user", "placement", "neutron"):
+        assert creds[f"{section}_user"] == "compute-node-1", (section, creds[f"{section}_user"])
+    secrets = [shared_config["rabbitmq"]["password"]]
+    secrets += [entry["password"] for entry in shared_config["service_users"].values()]
+    for path in (node.workdir / "etc").rglob("*"):
+        if path.is_file():
+            assert not [s for s in secrets if s in path.read_text(errors="replace")], path
+    # Its nova-compute and Open vSwitch agent log in as compute-node-1, not as the shared user.
+    wanted_own = {("compute-node-1", "nova-compute"),
+                  ("compute-node-1", "neutron-openvswitch-agent")}  # fmt: skip
+    wait_for(
+        lambda: wanted_own <= _connections(control, node.address),
+        120,
+        "node-1's services to log in as compute-node-1",
+    )
+    assert not [u for u, _ in _connections(control, node.address) if u == shared_user]
+    tried = try_credentials(node, creds, other="node-2")
+    assert tried["rabbitmq"] == "ok" and tried["keystone"] == 201, tried
+    assert "ACCESS_REFUSED" in tried["consume_other"], tried
+
+    # The guest kept its QEMU and answers on its floating IP; a new one boots there.
+    assert qemu_pids(node) == qemu_before
+    login, _ = cloud.login(guest["floating_ip"], "hostname")
+    assert login.strip() == guest["name"], login
+    booted, _ = _launch(cloud, "vm-mig1", "node-1")
+    assert booted["login"].endswith("\ncirros\nvm-mig1\n"), booted["login"]
+    osc(control, "server", "delete", "--wait", "vm-mig1")
+    wait_for(lambda: qemu_pids(node) == qemu_before, 120, "vm-mig1's QEMU to go")
+
+    # A second reconfigure restarts nothing: its own users are kept, not rotated.
+    services = ("nova-compute", "neutron-openvswitch-agent", "libvirtd")
+    pids = {s: _pid(node, s) for s in services}
+    again = cloud.ctl("reconfigure", "node-1", "--format", "json", timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    message = json.loads(again.stdout)["nodes"][0]["message"]
+    assert "moved to" not in message, message
+    assert {s: _pid(node, s) for s in services} == pids, message
+    assert rendered_credentials(node) == creds
+
+
 def _mariadb(control: Host, password: str) -> subprocess.CompletedProcess[str]:
     """A login to the control's MariaDB as openstack (the password in MYSQL_PWD)."""
     argv = ["/usr/bin/mariadb", "-h", "127.0.0.1", "-P", "13306", "-u", "openstack"]

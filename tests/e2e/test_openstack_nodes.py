@@ -28,26 +28,41 @@ import functools
 import json
 import re
 import shutil
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from microstackd.node import testimage
 from sandbox import netns
-from sandbox.netns import Host, Network, clean_env, wait_for
+from sandbox.netns import MICROSTACKCTL, Host, Network, clean_env, wait_for
 from sandbox.openstack_env import PREFIX, measure
 from tests.e2e.conftest import NETWORKS, PASSWORD
 from tests.e2e.credentials import rendered_credentials, try_credentials
-from tests.e2e.test_openstack import Cloud, _join_all, _launch, _start, osc_json, qemu_pids
+from tests.e2e.test_openstack import (
+    Cloud,
+    _join_all,
+    _launch,
+    _mariadb,
+    _start,
+    osc,
+    osc_json,
+    qemu_pids,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.openstack, pytest.mark.timeout(1800)]
 
 EXIT_ERROR = 1
 #: What a compute's daemon logs when its libvirtd took a new certificate or CA.
 RELOADED = "migration TLS credentials changed and reloaded by libvirtd"
+#: Fault injection for the rotation test: the rotation pauses before this step.
+PAUSED_AT = "control-files"
+PAUSE = f"rotate-secrets.{PAUSED_AT}=900"
 
 #: What the cloud holds for a host, read through openstacksdk in the
 #: control's namespace (the OpenStack environment's own Python): Placement
@@ -120,7 +135,12 @@ def cloud(openstack_prefix: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         control = network.add_host("control")
         computes = {name: network.add_host(name.replace("-", "")) for name in ("node-1", "node-2")}
         result = Cloud(network, control, computes, password_file, home)
-        _start(control, "control", openstack_prefix)
+        # The pause lets test_a_control_killed_mid_rotation... stop the
+        # daemon between two steps; no other test here rotates secrets.
+        control.start_daemon(
+            "control",
+            extra_args=["--openstack-prefix", str(openstack_prefix), "--step-delay", PAUSE],
+        )
         started = time.monotonic()
         control.ctl(
             "init", "--role", "control", "--address", control.address,
@@ -369,6 +389,99 @@ def _computes_back(cloud: Cloud) -> bool:
         and (nodes[name].get("nova") or {}).get("compute_service", "").startswith("up")
         for name in cloud.computes
     )
+
+
+def test_a_control_killed_mid_rotation_says_so_and_finishes_it(
+    cloud: Cloud, openstack_prefix: Path
+) -> None:
+    """``rotate-secrets``, and the control's daemon SIGKILLed between two
+    steps (paused before control-files by --step-delay: Keystone's, RabbitMQ's
+    and MariaDB's passwords changed, the control plane's files not yet). The
+    daemon restarted says at once, in its log and in ``status``, that the
+    rotation is unfinished and the command that finishes it, and carries it
+    on by itself; the operator's ``rotate-secrets`` follows it to the end;
+    then the old passwords are refused and the cloud answers."""
+    control = cloud.control
+    assert control.state_dir is not None and control.log_path is not None
+    old = yaml.safe_load((control.state_dir / "control.yaml").read_text())
+    old_clouds = control.workdir / "clouds-before-rotation.yaml"
+    old_clouds.write_text((control.state_dir / "clouds.yaml").read_text())
+    rotation = control.popen(
+        [MICROSTACKCTL, "--socket", str(control.socket), "rotate-secrets"],
+        env=clean_env({"HOME": str(cloud.home)}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: f"step=rotate-secrets.{PAUSED_AT}" in control.daemon_log(tail=50),
+            600,
+            f"the rotation to pause before {PAUSED_AT}",
+            1,
+        )
+        started = time.monotonic()
+        control.stop_daemon(signal.SIGKILL)
+        out, _ = rotation.communicate(timeout=60)
+    finally:
+        rotation.kill()
+    assert rotation.returncode != 0, out
+    record = json.loads((control.state_dir / "rotate-secrets.json").read_text())
+    assert record["done"] == ["service-users", "rabbitmq", "database"], record["done"]
+    # Half rotated: MariaDB refuses the password control.yaml still holds.
+    refused = _mariadb(control, old["database"]["password"])
+    assert refused.returncode != 0 and "Access denied" in refused.stderr, refused
+
+    control.start_daemon(
+        "control", extra_args=["--openstack-prefix", str(openstack_prefix)], timeout=600
+    )
+    unfinished = control.status()["unfinished"]
+    assert [u["operation"] for u in unfinished] == ["rotate-secrets"], unfinished
+    assert unfinished[0]["command"] == "microstackctl rotate-secrets", unfinished
+    message = unfinished[0]["message"]
+    assert "is unfinished: done service-users, rabbitmq, database; left control-files" in message
+    assert "being finished by this daemon since it started" in message, message
+    table = control.ctl("status").stdout
+    assert "UNFINISHED, finish it with `microstackctl rotate-secrets`" in table, table
+    log = control.daemon_log(tail=400)
+    assert "rotate-secrets unfinished: the secret rotation begun at" in log, log
+    assert "carrying it on now (`microstackctl rotate-secrets` follows it" in log, log
+
+    again = cloud.ctl("rotate-secrets", "--format", "json", timeout=1800)
+    measure(rotate_secrets_killed_and_finished_s=round(time.monotonic() - started, 1))
+    assert again.returncode == 0, again.stdout + again.stderr + control.daemon_log()
+    steps = json.loads(again.stdout)["steps"]
+    assert [(s["step"], s["result"]) for s in steps] == [
+        ("service-users", "done"), ("rabbitmq", "done"), ("database", "done"),
+        ("control-files", "done"), ("admin", "done"), ("computes", "done"),
+    ], steps  # fmt: skip
+    assert [s["message"] for s in steps[:3]] == ["done before"] * 3, steps
+    assert not (control.state_dir / "rotate-secrets.json").exists()
+    assert control.status()["unfinished"] == []
+    assert "rotate-secrets carried on at start-up: finished" in control.daemon_log(tail=400)
+
+    # The old passwords are refused, the recorded (new) ones work.
+    new = yaml.safe_load((control.state_dir / "control.yaml").read_text())
+    for section in ("database", "rabbitmq", "admin"):
+        assert new[section]["password"] == record["secrets"][section], section
+    assert _mariadb(control, new["database"]["password"]).returncode == 0
+    url = "rabbit://openstack:{}@" + f"{control.address}:5672/"
+    auth_url = f"http://{control.address}:5000/v3"
+    for which, expected in ((old, ("ACCESS_REFUSED", 401)), (new, ("ok", 201))):
+        tried = try_credentials(control, {
+            "url": url.format(which["rabbitmq"]["password"]), "auth_url": auth_url,
+            "placement_user": "nova",
+            "placement_password": which["service_users"]["nova"]["password"],
+        })  # fmt: skip
+        assert expected[0] in tried["rabbitmq"] and tried["keystone"] == expected[1], tried
+    openstack = [str(PREFIX / "bin" / "openstack"), "--os-cloud", "microstack", "token", "issue"]
+    stale = control.run(openstack, env=clean_env({"OS_CLIENT_CONFIG_FILE": str(old_clouds)}))
+    assert stale.returncode != 0 and "401" in stale.stderr, stale
+    osc(control, "token", "issue")
+    # The control plane runs on the new ones, and the computes still report to it.
+    states = {s["name"]: s["state"] for s in node_of(control.status(), "control")["services"]}
+    assert set(states.values()) == {"running"}, states
+    wait_for(lambda: _computes_back(cloud), 300, "both computes up in Nova", 3)
 
 
 def test_a_lost_control_is_restored_from_its_backup(

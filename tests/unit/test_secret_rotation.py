@@ -428,3 +428,131 @@ def test_write_secrets_keeps_the_rest_of_control_yaml(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == 0o600
     with pytest.raises(ValueError, match="not a control.yaml secret: ports"):
         control_config.with_secrets(after, {"ports": "x"})
+
+
+# ------------------------------------------ interrupted: at start-up --
+
+
+def _interrupted(world: World) -> Record:
+    """A rotation stopped after its first step (RabbitMQ refused), as a
+    control killed there leaves it: the record, service-users done."""
+    FakeRabbit.fail = True
+    _run(world)
+    FakeRabbit.fail = False
+    CALLS.clear()
+    record = Record.from_json(world.store.read_file(RECORD) or b"")
+    assert record.done == ["service-users"]
+    return record
+
+
+def test_an_unfinished_rotation_is_named_with_the_command_that_finishes_it(
+    world: World,
+) -> None:
+    assert world.made.unfinished() is None
+    record = _interrupted(world)
+    unfinished = world.made.unfinished()
+    assert unfinished is not None and unfinished.command == "microstackctl rotate-secrets"
+    assert "is unfinished: done service-users; left rabbitmq, database," in unfinished.message
+    assert "services may hold passwords that are refused" in unfinished.message
+    for secret in record.secrets.values():
+        assert secret not in unfinished.message
+    # A damaged record is named too (the error says what to do).
+    world.store.write_secret(RECORD, b"{}")
+    damaged = world.made.unfinished()
+    assert damaged is not None and "rotate-secrets.json is damaged" in damaged.message
+
+
+def test_the_daemon_finishes_an_interrupted_rotation_at_start_up_once(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorded = _interrupted(world)
+
+    async def start_and_wait() -> None:
+        world.made.start()
+        assert world.made._resuming is not None
+        # While it runs, status says so.
+        unfinished = world.made.unfinished()
+        assert unfinished is not None and "being finished by this daemon" in unfinished.message
+        outcomes = await world.made._resuming
+        assert [o.result for o in outcomes] == ["done"] * len(STEP_NAMES)
+
+    with caplog.at_level("INFO"):
+        asyncio.run(start_and_wait())
+    assert "rotate-secrets unfinished: the secret rotation begun at" in caplog.text
+    assert "carrying it on now (`microstackctl rotate-secrets` follows it" in caplog.text
+    assert "rotate-secrets carried on at start-up: finished" in caplog.text
+    assert world.store.read_file(RECORD) is None and world.made.unfinished() is None
+    assert "user-password" not in [w for w, _ in CALLS]  # Keystone's were done before
+    new = world.made._cluster.load_control_config()
+    assert new.rabbitmq_password == recorded.secrets["rabbitmq"]
+
+
+def test_an_automatic_run_interrupted_in_turn_is_left_to_the_operator(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    _interrupted(world)
+    record = Record.from_json(world.store.read_file(RECORD) or b"")
+    record.automatic = 1  # an automatic run began, and its daemon died in it
+    world.store.write_secret(RECORD, record.to_json())
+
+    async def start() -> None:
+        world.made.start()
+
+    asyncio.run(start())
+    assert world.made._resuming is None and CALLS == []
+    assert "an automatic run of it was interrupted already" in caplog.text
+    assert "finish it with `microstackctl rotate-secrets` on this control" in caplog.text
+    unfinished = world.made.unfinished()
+    assert unfinished is not None and "left rabbitmq" in unfinished.message
+    # The operator's run carries it on, and counts the automatic try again.
+    outcomes, notes = _run(world)
+    assert [o.result for o in outcomes] == ["done"] * len(STEP_NAMES)
+    assert "carrying on with the rotation begun at" in notes[0].message
+
+
+def test_the_operators_run_follows_the_automatic_one(world: World) -> None:
+    _interrupted(world)
+    world.made._delays = {"rabbitmq": 0.2}  # --step-delay rotate-secrets.rabbitmq=0.2
+    notes: list[Note] = []
+
+    async def progress(note: Note) -> None:
+        notes.append(note)
+
+    async def both() -> list[Any]:
+        world.made.start()
+        await asyncio.sleep(0.05)
+        return await world.made.run(progress)
+
+    outcomes = asyncio.run(both())
+    assert [o.result for o in outcomes] == ["done"] * len(STEP_NAMES)
+    assert "being finished by this daemon since it started (now: rabbitmq)" in notes[0].message
+    assert [w for w, _ in CALLS].count("rabbitmq") == 1  # once: followed, not run twice
+    assert world.store.read_file(RECORD) is None
+
+
+def test_a_clean_stop_during_the_automatic_run_lets_the_next_start_try_again(
+    world: World,
+) -> None:
+    _interrupted(world)
+    world.made._delays = {"rabbitmq": 30}
+
+    async def start_and_stop() -> None:
+        world.made.start()
+        await asyncio.sleep(0.05)
+        await world.made.close()
+
+    asyncio.run(start_and_stop())
+    record = Record.from_json(world.store.read_file(RECORD) or b"")
+    assert record.automatic == 0 and record.done == ["service-users"]
+
+
+def test_step_delays_apply_to_the_rotations_steps_only(world: World) -> None:
+    made = SecretRotation(
+        world.made._cluster,
+        world.plane,
+        world.cloud,  # type: ignore[arg-type]
+        world.accounts,  # type: ignore[arg-type]
+        world.reconfigure,  # type: ignore[arg-type]
+        step_delays={"rotate-secrets.database": 5.0, "configure-node": 3.0},
+    )
+    assert made._delays == {"database": 5.0}

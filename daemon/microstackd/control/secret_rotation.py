@@ -22,6 +22,18 @@ the services that read a changed file restarted.
   the shared set reaches them, so none is touched; one still on the shared
   credentials (enrolled before they existed) is reconfigured, which moves
   it to its own (``reconfigure``'s migration), with the same rolling apply.
+* **Interrupted** (the control's daemon killed, the machine lost power):
+  the steps done are in force where each secret is checked, while the
+  services started again at start-up read files that may still hold the
+  old ones, so the cloud stays broken until the rotation is finished. The
+  daemon says so at start-up (its log, ``status``: ``unfinished()``) and
+  finishes it itself, once (``start``): every step is idempotent and runs
+  with the recorded secrets, exactly what ``rotate-secrets`` run again
+  does, and there is no way back (the old secrets are refused already). If
+  that automatic run is itself interrupted (a crash it may cause), it is
+  not tried again: ``status`` names the command, and the operator's
+  ``rotate-secrets`` (which meanwhile follows an automatic run under way)
+  carries on as before.
 * **RabbitMQ is not restarted**: ``default_pass`` in rabbitmq.conf is read
   only when its database is empty; the password is set in RabbitMQ itself.
   A restart would cut every compute's connection.
@@ -30,6 +42,7 @@ the services that read a changed file restarted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -45,7 +58,7 @@ from microstackd.control.cluster import Cluster
 from microstackd.control.node_accounts import NodeAccounts
 from microstackd.control.plane import ControlPlane
 from microstackd.control.reconfigure import APPLIED, Reconfigure
-from microstackd.model import NodeState, Role, StepState
+from microstackd.model import NodeState, Role, StepState, Unfinished
 from microstackd.node import render, restarts
 from microstackd.node.rabbitmq import Permissions, RabbitMQ
 from microstackd.node.roles import CONTROL
@@ -87,6 +100,13 @@ STEPS = (
 )  # fmt: skip
 STEP_NAMES = tuple(name for name, _ in STEPS)
 DONE, FAILED, NOT_RUN = "done", "failed", "not run"
+#: How many times the daemon carries on, by itself at start-up, a rotation
+#: it was stopped in the middle of, before leaving it to the operator.
+MAX_AUTOMATIC = 1
+#: The command that carries on (or follows) the rotation recorded.
+COMMAND = "microstackctl rotate-secrets"
+#: ``--step-delay`` keys of the rotation's steps (fault injection for tests).
+DELAY_PREFIX = "rotate-secrets."
 
 
 @dataclass
@@ -98,6 +118,8 @@ class Record:
     done: list[str] = field(default_factory=list)
     #: The services ``control-files`` has restarted so far.
     restarted: list[str] = field(default_factory=list)
+    #: Automatic resumes begun at start-up since the operator last ran it.
+    automatic: int = 0
 
     def __repr__(self) -> str:  # never a password in a traceback or a log line
         return f"Record(done={self.done!r}, restarted={self.restarted!r})"
@@ -109,6 +131,7 @@ class Record:
                 "started": self.started,
                 "done": self.done,
                 "restarted": self.restarted,
+                "automatic": self.automatic,
             }
         ).encode()
 
@@ -120,11 +143,26 @@ class Record:
             started=float(loaded["started"]),
             done=[str(s) for s in loaded.get("done", [])],
             restarted=[str(s) for s in loaded.get("restarted", [])],
+            automatic=int(loaded.get("automatic", 0)),
         )
         missing = set(SECRETS) - set(record.secrets)
         if missing or set(record.done) - set(STEP_NAMES):
             raise ValueError(f"secrets missing: {sorted(missing)}")
         return record
+
+
+def _begun(record: Record) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record.started))
+
+
+def _summary(record: Record) -> str:
+    """What an unfinished rotation has done and has left (no secret)."""
+    left = next_steps(record)
+    return (
+        f"the secret rotation begun at {_begun(record)} is unfinished: done "
+        f"{', '.join(s for s in STEP_NAMES if s not in left) or 'nothing yet'}; "
+        f"left {', '.join(left) or 'nothing'}"
+    )
 
 
 def new_record(now: float) -> Record:
@@ -186,6 +224,7 @@ class SecretRotation:
         cloud: Cloud,
         accounts: NodeAccounts,
         reconfigure: Reconfigure,
+        step_delays: Mapping[str, float] | None = None,
     ) -> None:
         self._cluster = cluster
         self._store: Store = cluster.store
@@ -194,6 +233,119 @@ class SecretRotation:
         self._accounts = accounts
         self._reconfigure = reconfigure
         self._lock = asyncio.Lock()
+        #: Fault injection (``--step-delay rotate-secrets.STEP=SECONDS``): a
+        #: pause before a step, for the tests that stop the daemon there.
+        self._delays = {
+            k[len(DELAY_PREFIX) :]: v
+            for k, v in (step_delays or {}).items()
+            if k.startswith(DELAY_PREFIX)
+        }
+        #: The automatic resume begun at start-up, while it runs.
+        self._resuming: asyncio.Task[list[StepOutcome]] | None = None
+        #: The step under way (for ``status``).
+        self._step = ""
+
+    # ------------------------------------------------- start and stop --
+
+    def start(self) -> None:
+        """At start-up: say that a rotation is unfinished, and carry it on in
+        the background unless an automatic run of it was interrupted already."""
+        try:
+            record = self.pending()
+        except errors.StorageError as exc:
+            log.error("rotate-secrets unfinished and its record unreadable: %s", exc.message)
+            return
+        if record is None:
+            return
+        what = _summary(record)
+        if record.automatic >= MAX_AUTOMATIC:
+            log.warning(
+                "rotate-secrets unfinished: %s; an automatic run of it was interrupted already, "
+                "so it is not tried again: finish it with `%s` on this control",
+                what,
+                COMMAND,
+            )
+            return
+        try:
+            self._refuse()
+        except errors.MicrostackError as exc:
+            log.warning(
+                "rotate-secrets unfinished: %s; not carried on now (%s): finish it with `%s`",
+                what,
+                exc.message,
+                COMMAND,
+            )
+            return
+        record.automatic += 1
+        self._save(record)
+        self._step = next(iter(next_steps(record)), "")
+        log.warning(
+            "rotate-secrets unfinished: %s; carrying it on now (`%s` follows it; "
+            "`microstackctl status` shows it until it is done)",
+            what,
+            COMMAND,
+        )
+        self._resuming = asyncio.get_running_loop().create_task(self._resume())
+
+    async def _resume(self) -> list[StepOutcome]:
+        async def quiet(note: Note) -> None:
+            log.info("rotate-secrets phase=%s msg=%s", note.phase, note.message)
+
+        try:
+            async with self._lock:
+                record = self.pending()
+                if record is None:
+                    return []
+                outcomes = await self._steps(record, quiet)
+        except asyncio.CancelledError:
+            # A clean stop is not a crash: the next start may carry it on again.
+            with contextlib.suppress(errors.MicrostackError):
+                left = self.pending()
+                if left is not None and left.automatic > 0:
+                    left.automatic -= 1
+                    self._save(left)
+            raise
+        failed = [o for o in outcomes if o.result == FAILED]
+        if failed:
+            log.warning(
+                "rotate-secrets carried on at start-up stopped at step=%s: %s",
+                failed[0].step,
+                failed[0].message,
+            )
+        else:
+            log.info("rotate-secrets carried on at start-up: finished")
+        return outcomes
+
+    async def close(self) -> None:
+        task, self._resuming = self._resuming, None
+        if task is not None and not task.done():
+            task.cancel()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError, errors.MicrostackError):
+                await task
+
+    def unfinished(self) -> Unfinished | None:
+        """The rotation under way or left unfinished, for ``status``."""
+        try:
+            record = self.pending()
+        except errors.StorageError as exc:
+            return Unfinished("rotate-secrets", exc.message, COMMAND)
+        if record is None:
+            return None
+        what = _summary(record)
+        if self._resuming is not None and not self._resuming.done():
+            message = (
+                f"{what}; being finished by this daemon since it started (now: {self._step}); "
+                "the command follows it"
+            )
+        elif self._lock.locked():
+            message = f"{what}; under way (now: {self._step})"
+        else:
+            message = (
+                f"{what}; until it is finished, control-plane services may hold passwords "
+                "that are refused"
+            )
+        return Unfinished("rotate-secrets", message, COMMAND)
 
     # ------------------------------------------------------ the record --
 
@@ -229,7 +381,18 @@ class SecretRotation:
             )
 
     async def run(self, progress: Progress) -> list[StepOutcome]:
-        """Rotate every secret, or carry on with the rotation recorded."""
+        """Rotate every secret, or carry on with the rotation recorded (or
+        follow the one the daemon carries on since start-up)."""
+        resuming = self._resuming
+        if resuming is not None and not resuming.done():
+            await progress(
+                Note(
+                    "the rotation left unfinished is being finished by this daemon since it "
+                    f"started (now: {self._step}): following it",
+                    phase="record",
+                )
+            )
+            return await asyncio.shield(resuming)
         if self._lock.locked():
             raise errors.AlreadyInitialised(
                 "a secret rotation is already under way on this control"
@@ -244,7 +407,9 @@ class SecretRotation:
                     Note(f"new secrets for {', '.join(SECRETS)} recorded", phase="record")
                 )
             else:
-                begun = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record.started))
+                begun = _begun(record)
+                record.automatic = 0  # the operator's own run: one more automatic try later
+                self._save(record)
                 await progress(
                     Note(
                         f"carrying on with the rotation begun at {begun} (its secrets as "
@@ -267,7 +432,11 @@ class SecretRotation:
         }
         titles = dict(STEPS)
         for index, name in enumerate(todo):
+            self._step = name
             await progress(Note(titles[name], phase=name))
+            if name in self._delays:
+                log.warning("fault injection: pausing before step=%s%s", DELAY_PREFIX, name)
+                await asyncio.sleep(self._delays[name])
             try:
                 message = await actions[name](record, progress)
             except errors.MicrostackError as exc:

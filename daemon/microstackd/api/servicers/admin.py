@@ -150,6 +150,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         if cluster.role is Role.CONTROL:
             record, nodes = self._members.status()
             nova = await self._members.nova_view()
+            unfinished = self._secrets.unfinished() if self._secrets is not None else None
+            if unfinished is not None:
+                response.unfinished.append(convert.unfinished_to_pb(unfinished))
         else:
             record, nodes = await self._member.status()
         response.cluster.CopyFrom(convert.cluster_to_pb(record))
