@@ -19,8 +19,8 @@ from microstackd.node import render
 from microstackd.node.roles.network import DHCP_AGENT, IN_OWN_NETNS_DIR, L3_AGENT
 
 pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not all(shutil.which(t) for t in ("unshare", "nsenter", "ip")),
-    reason="needs root, unshare, nsenter and ip",
+    os.geteuid() != 0 or not all(shutil.which(t) for t in ("unshare", "nsenter", "ip", "taskset")),
+    reason="needs root, unshare, nsenter, ip and taskset",
 )
 
 PREFIX = render.expand(IN_OWN_NETNS_DIR, {})
@@ -29,10 +29,26 @@ RELEASE = shlex.join([sys.executable, "-m", "microstackd.node.cleanup", "release
 
 def in_node(script: str) -> str:
     """Run ``script`` (sh) in a fresh mount namespace, a slave of this one;
-    ``agent BASE CMD...`` runs CMD as a service run IN_OWN_NETNS_DIR of BASE."""
+    ``agent BASE CMD...`` runs CMD as a service run IN_OWN_NETNS_DIR of BASE.
+    The namespace is made on the last CPU: where this machine's kernel
+    (6.18) gives mount namespaces the highest numbers, which the agent's,
+    made later, must exceed."""
     prelude = f'agent() {{ {shlex.join(PREFIX)} "$@"; }}\nrelease() {{ {RELEASE} "$1"; }}\n'
+    last = str(max(os.sched_getaffinity(0)))
     done = subprocess.run(
-        ["unshare", "--mount", "--propagation", "slave", "--", "/bin/sh", "-ec", prelude + script],
+        [
+            "taskset",
+            "-c",
+            last,
+            "unshare",
+            "--mount",
+            "--propagation",
+            "slave",
+            "--",
+            "/bin/sh",
+            "-ec",
+            prelude + script,
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         timeout=60,

@@ -143,6 +143,8 @@ def release_netns(base: Path) -> list[str]:
     for name in names:
         with contextlib.suppress(OSError):
             (base / "netns" / name).unlink()
+    with contextlib.suppress(OSError):
+        (base / "error").unlink()  # the last failed try to make one, if any
     return done
 
 

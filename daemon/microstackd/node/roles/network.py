@@ -37,16 +37,21 @@ OVS_ENV = _env(OVS_RUNDIR="${run_dir}/ovs", OVS_DBDIR="${state_path}/ovs", OVS_L
 #:
 #: The mount namespace is kept by a bind mount of it on $1/mnt, in the
 #: node's own mount namespace (on $1, made a private mount first: a shared
-#: one would carry that bind into the new namespace itself). A restarted
-#: agent enters it when it is still there (nsenter); otherwise (first
-#: start, after ``release-netns``, or a node whose mount namespace is new)
-#: a fresh one is made and the names of the dead one's network namespaces,
-#: left in $1/netns as empty files, are removed first: a restarted agent
-#: that found "qrouter-X" there could not enter it and would never rebuild
-#: the router. The new namespace drops its copy of the machine's
-#: /run/netns (it would hold every other namespace of the machine alive as
-#: long as it lives). The service's ``teardown`` releases it
-#: (``cleanup release-netns $1``): its network namespaces go with it.
+#: one would carry that bind into the new namespace itself). The agent
+#: always enters it (nsenter). When it is not there (first start, after
+#: ``release-netns``, or a node whose mount namespace is new) a fresh one
+#: is made, after the names of the dead one's network namespaces, left in
+#: $1/netns as empty files, are removed: an agent that found "qrouter-X"
+#: there could not enter it and would never rebuild the router. It is
+#: made on each CPU in turn until the bind succeeds: Linux 6.18 (this
+#: machine's) numbers mount namespaces in per-CPU batches and refuses
+#: (EINVAL) to bind one that looks older than the caller's; on the CPU
+#: that made the node's namespace the numbers grow. Entered, the agent's
+#: /run/netns is bound to $1/netns unless it is already, dropping its
+#: copy of the machine's /run/netns first (it would hold every other
+#: namespace of the machine alive as long as it lives). The service's
+#: ``teardown`` releases it (``cleanup release-netns $1``): its network
+#: namespaces go with it.
 IN_OWN_NETNS_DIR = (
     "/bin/sh",
     "-ec",
@@ -55,11 +60,18 @@ IN_OWN_NETNS_DIR = (
         'if ! mountpoint -q "$base"; then\n'
         '  mount --bind "$base" "$base"; mount --make-private "$base"\n'
         "fi\n"
-        'if mountpoint -q "$base/mnt"; then exec nsenter --mount="$base/mnt" -- "$@"; fi\n'
-        'rm -f "$base/netns"/*; : > "$base/mnt"\n'
-        'exec unshare --mount="$base/mnt" --propagation private -- /bin/sh -ec \''
-        "if mountpoint -q /run/netns; then umount -l /run/netns; fi; "
-        'mount --bind "$1" /run/netns; shift; exec "$@"\' netns-dir "$base/netns" "$@"'
+        'if ! mountpoint -q "$base/mnt"; then\n'
+        '  rm -f "$base/netns"/*; : > "$base/mnt"\n'
+        "  for cpu in $(seq 0 $(($(nproc --all) - 1))); do\n"
+        '    ! taskset -c "$cpu" unshare --mount="$base/mnt" --propagation private true'
+        ' 2> "$base/error" || break\n'
+        "  done\n"
+        '  mountpoint -q "$base/mnt" || { cat "$base/error" >&2; exit 1; }\n'
+        "fi\n"
+        'exec nsenter --mount="$base/mnt" -- /bin/sh -ec \''
+        'if [ "$(stat -c %d:%i /run/netns)" != "$(stat -c %d:%i "$1")" ]; then'
+        " if mountpoint -q /run/netns; then umount -l /run/netns; fi;"
+        ' mount --bind "$1" /run/netns; fi; shift; exec "$@"\' netns-dir "$base/netns" "$@"'
     ),
     "netns-dir",
 )
