@@ -707,6 +707,101 @@ def test_a_compute_on_the_shared_credentials_moves_to_its_own_at_reconfigure(
     assert rendered_credentials(node) == creds
 
 
+#: The longest a running guest's floating IP may stay silent while the
+#: control's L3 and DHCP agents restart (rotate-secrets, a crash): their
+#: routers outlive them. Measured: 0.11 s (L3 agent killed) and 0.22-0.51 s
+#: (rotate-secrets) at 0.1 s pings; with the router rebuilt from scratch
+#: (before) 75 s each on a loaded machine (load 17 on 2 cores); a rebuild
+#: cannot take less than the new agent's own start (6-7 s idle).
+FLOATING_IP_GAP_S = 3.0
+
+
+class Pinger:
+    """``ping`` of ADDRESS every ``interval`` s from the control's namespace
+    (where an operator reaches the floating IPs), kept running in the
+    background: the times of the replies (wall clock, ping's ``-D``)."""
+
+    def __init__(self, host: Host, address: str, interval: float = 0.1) -> None:
+        self.address = address
+        self.started = time.time()
+        self.replies: list[float] = []
+        self._proc = host.popen(
+            ["ping", "-n", "-D", "-i", str(interval), "-W", "1", address],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            m = re.match(r"\[(\d+\.\d+)\] \d+ bytes from ", line)
+            if m:
+                self.replies.append(float(m.group(1)))
+
+    def wait_replying(self, timeout: float = 60) -> None:
+        wait_for(lambda: len(self.replies) >= 5, timeout, f"pings of {self.address} answered")
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(10)
+        self._reader.join(10)
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+
+    def longest_gap(self, start: float, end: float) -> float:
+        """The longest time in [start, end] (wall clock) with no reply."""
+        times = [start, *(t for t in self.replies if start < t < end), end]
+        return round(max(b - a for a, b in zip(times, times[1:], strict=False)), 2)
+
+
+def _log_count(host: Host, service: str, text: str) -> int:
+    assert host.state_dir is not None
+    return (host.state_dir / "logs" / f"{service}.log").read_text(errors="replace").count(text)
+
+
+def test_a_crashed_l3_agent_comes_back_to_its_routers_and_the_floating_ip_keeps_answering(
+    cloud: Cloud,
+) -> None:
+    """The control's L3 agent killed (SIGKILL, a crash): the process manager
+    starts it again, it finds its router's namespace alive (kept in the
+    node's mount namespace, not the agent's) and resyncs it; a guest's
+    floating IP answers pings all along."""
+    control = cloud.control
+    guest, _ = _launch(cloud, "vm-l3", "node-1")
+    pinger = Pinger(control, guest["floating_ip"])
+    try:
+        pinger.wait_replying()
+        updates = _log_count(control, "neutron-l3-agent", "Finished a router update for")
+        agent = _pid(control, "neutron-l3-agent")
+        killed = time.time()
+        os.kill(agent, signal.SIGKILL)
+        wait_for(
+            lambda: (
+                _log_count(control, "neutron-l3-agent", "Finished a router update for") > updates
+            ),
+            300,
+            "the restarted L3 agent to process its router",
+        )
+        synced = time.time()
+        time.sleep(3)  # what the resync did to the router shows by now
+        end = time.time()
+    finally:
+        pinger.stop()
+    gap = pinger.longest_gap(killed, end)
+    measure(
+        l3_agent_crash_longest_ping_gap_s=gap, l3_agent_crash_resync_s=round(synced - killed, 1)
+    )
+    assert _pid(control, "neutron-l3-agent") != agent
+    log = (control.state_dir / "logs" / "neutron-l3-agent.log").read_text(errors="replace")  # type: ignore[operator]
+    assert gap < FLOATING_IP_GAP_S, (gap, guest["floating_ip"], log[-3000:])
+    login, _ = cloud.login(guest["floating_ip"], "hostname")
+    assert login.strip() == "vm-l3", login
+    osc(control, "server", "delete", "--wait", "vm-l3")
+
+
 def _mariadb(control: Host, password: str) -> subprocess.CompletedProcess[str]:
     """A login to the control's MariaDB as openstack (the password in MYSQL_PWD)."""
     argv = ["/usr/bin/mariadb", "-h", "127.0.0.1", "-P", "13306", "-u", "openstack"]
@@ -730,10 +825,21 @@ def test_rotate_secrets_keeps_the_cloud_and_refuses_the_old_passwords(cloud: Clo
     qemu_before = qemu_pids(cloud.computes["node-1"])
     computes_before = {name: _pid(h, "nova-compute") for name, h in cloud.computes.items()}
 
-    started = time.monotonic()
-    result = cloud.ctl("rotate-secrets", "--format", "json", timeout=1800)
-    measure(rotate_secrets_s=round(time.monotonic() - started, 1))
+    pinger = Pinger(control, running["floating_ip"])
+    try:
+        pinger.wait_replying()
+        started, rotation_started = time.monotonic(), time.time()
+        result = cloud.ctl("rotate-secrets", "--format", "json", timeout=1800)
+        measure(rotate_secrets_s=round(time.monotonic() - started, 1))
+        time.sleep(3)  # the restarted agents' resync shows by now
+    finally:
+        pinger.stop()
     assert result.returncode == 0, result.stdout + result.stderr + control.daemon_log()
+    # The guest's floating IP answered all along: the restarted L3 agent
+    # found its router alive (measured).
+    gap = pinger.longest_gap(rotation_started, time.time() - 0.5)
+    measure(rotate_secrets_longest_ping_gap_s=gap)
+    assert gap < FLOATING_IP_GAP_S, gap
     steps = json.loads(result.stdout)["steps"]
     assert [(s["step"], s["result"]) for s in steps] == [
         ("service-users", "done"), ("rabbitmq", "done"), ("database", "done"),
@@ -774,16 +880,8 @@ def test_rotate_secrets_keeps_the_cloud_and_refuses_the_old_passwords(cloud: Clo
     assert stale.returncode != 0 and "401" in stale.stderr, stale
     osc(control, "token", "issue")
 
-    # The running guest kept its QEMU; its floating IP answers again once the
-    # restarted L3 agent has rebuilt the router (measured); the computes were not touched.
+    # The running guest kept its QEMU and answers ssh; the computes were not touched.
     assert qemu_pids(cloud.computes["node-1"]) == qemu_before
-    back = time.monotonic()
-    wait_for(
-        lambda: cloud.ssh(running["floating_ip"], "hostname", timeout=20).returncode == 0,
-        300,
-        "the running guest to answer ssh after the rotation",
-    )
-    measure(rotate_secrets_guest_ssh_again_s=round(time.monotonic() - back, 1))
     login, _ = cloud.login(running["floating_ip"], "hostname")
     assert login.strip() == "vm-rot1", login
     assert {name: _pid(h, "nova-compute") for name, h in cloud.computes.items()} == computes_before
@@ -972,6 +1070,12 @@ def test_every_daemon_stops_its_cloud_and_nothing_is_left(cloud: Cloud) -> None:
         left = [(p, _comm(p)) for p in netns.namespace_pids(host.ns)]
         assert left == [], (host.name, left)
     assert netns.mounts_referencing(paths) == []
+    # The control's agents kept their namespaces across every restart; stopped
+    # for good, they let them go (their teardown: the mounts of the node's own).
+    logs = cloud.control.state_dir / "logs"  # type: ignore[operator]
+    for agent, kind in (("neutron-l3-agent", "qrouter-"), ("neutron-dhcp-agent", "qdhcp-")):
+        log = (logs / f"{agent}.log").read_text(errors="replace")
+        assert re.search(rf"/netns-\w+/mnt released with {kind}\w", log), (agent, log[-2000:])
     network.close()
     assert not [ns for ns in netns.list_namespaces() if ns.startswith(network.prefix)]
     assert netns.processes_referencing(paths) == []
