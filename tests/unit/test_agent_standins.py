@@ -80,20 +80,25 @@ class RecordingManager:
         return ""
 
 
+def _config(tmp_path: Path, openstack_prefix: Path | None = None) -> DaemonConfig:
+    return DaemonConfig(
+        state_dir=tmp_path / "state",
+        socket=tmp_path / "sock",
+        listen_host="127.0.0.1",
+        listen_port=10002,
+        cluster_port=10003,
+        node_name="node-1",
+        hostname="node-1",
+        service_manager="process",
+        config_root=tmp_path / "etc",
+        openstack_prefix=openstack_prefix,
+    )
+
+
 @pytest.fixture
 def agent_for(tmp_path: Path):
     def make(manager: RecordingManager) -> tuple[Agent, dict[str, str]]:
-        config = DaemonConfig(
-            state_dir=tmp_path / "state",
-            socket=tmp_path / "sock",
-            listen_host="127.0.0.1",
-            listen_port=10002,
-            cluster_port=10003,
-            node_name="node-1",
-            hostname="node-1",
-            service_manager="process",
-            config_root=tmp_path / "etc",
-        )
+        config = _config(tmp_path)
         ctl = control_config.ensure(tmp_path / "control.yaml", "10.0.0.1")
         settings = control_config.issue_compute_settings(ctl, NODE, revocation_list=CRL)
         store = Store(config.state_dir)
@@ -206,18 +211,7 @@ def test_a_renewed_certificate_or_new_ca_is_reloaded_by_the_nodes_libvirtd(
     previous certificate, revoked or under a retired CA). Only where the
     compute role, with its migration transport, is applied; a failure is
     logged, never raised into the renewal."""
-    config = DaemonConfig(
-        state_dir=tmp_path / "state",
-        socket=tmp_path / "sock",
-        listen_host="127.0.0.1",
-        listen_port=10002,
-        cluster_port=10003,
-        node_name="node-1",
-        hostname="node-1",
-        service_manager="process",
-        config_root=tmp_path / "etc",
-        openstack_prefix=tmp_path / "openstack",  # real services: libvirtd is the node's own
-    )
+    config = _config(tmp_path, tmp_path / "openstack")  # real services: libvirtd is its own
     store = Store(config.state_dir)
     agent = Agent(config, store, RecordingManager(), Runner(store, EventBus(store)))
     ran: list[tuple[str, ...]] = []
