@@ -180,3 +180,148 @@ def test_cancel_lands_what_was_recorded_first(world) -> None:
     node = store.node(NODE)
     assert node is not None and node.state is NodeState.REMOVED
     assert any(e.message == "waiting for the agent" for e in store.events(NODE))
+
+
+# ------------------------------------------------ steps run together --
+
+#: "first", then lane (a1, a2) beside lane (b1), then done.
+GROUP_PLAN = ("first", "a1", "a2", "b1", enrolment.DONE)
+TOGETHER = ((("a1", "a2"), ("b1",)),)
+
+
+async def _finish_plan(runner: Runner, actions: dict[str, StepAction]) -> None:
+    runner.ensure_running(NODE, GROUP_PLAN, actions, together=TOGETHER)
+    while runner.running(NODE):
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0)
+
+
+def _done(message: str) -> StepAction:
+    async def action(ctx: StepContext) -> str:
+        return message
+
+    return action
+
+
+def test_the_steps_of_a_group_run_at_once_each_with_its_own_events(world) -> None:
+    store, bus, runner = world
+    both = asyncio.Event()
+    under_way: set[str] = set()
+
+    def meets(name: str) -> StepAction:
+        async def action(ctx: StepContext) -> str:
+            under_way.add(name)
+            if {"a1", "b1"} <= under_way:
+                both.set()
+            await ctx.progress(f"{name} half way", 50)
+            # Each waits for the other: run one after the other, they would hang.
+            await asyncio.wait_for(both.wait(), 5)
+            return f"{name} finished"
+
+        return action
+
+    asyncio.run(_finish_plan(runner, {"a1": meets("a1"), "b1": meets("b1")}))
+    told = [(e.step, e.state, e.message) for e in bus.published]
+    for name in ("a1", "b1"):
+        assert (name, StepState.RUNNING, name) in told
+        assert (name, StepState.RUNNING, f"{name} half way") in told
+        assert (name, StepState.DONE, f"{name} finished") in told
+    # a2 follows a1 in its lane; done follows the whole group.
+    steps = [e.step for e in bus.published]
+    assert steps.index("a2") > steps.index("a1")
+    done_at = steps.index(enrolment.DONE)
+    assert all(i < done_at for i, s in enumerate(steps) if s in ("a1", "a2", "b1"))
+    assert bus.published[-1].final and bus.published[-1].state is StepState.DONE
+    node = store.node(NODE)
+    assert node is not None and node.state is NodeState.ACTIVE
+
+
+def test_a_failure_in_a_group_lets_the_other_lane_finish_and_fails_naming_it(world) -> None:
+    store, bus, runner = world
+    ran: list[str] = []
+
+    async def fails(ctx: StepContext) -> str:
+        ran.append("a1")
+        raise errors.ServiceFailed("a1: exited with status 1; last log lines (setup-a1.log):\nboom")
+
+    async def slow(ctx: StepContext) -> str:
+        await asyncio.sleep(0.05)  # still running when a1 fails
+        ran.append("b1")
+        return "b1 finished"
+
+    async def never(ctx: StepContext) -> str:
+        ran.append("a2")
+        return "a2 ran"
+
+    asyncio.run(_finish_plan(runner, {"a1": fails, "a2": never, "b1": slow}))
+    assert ran == ["a1", "b1"]  # b1 finished; nothing started after the failure
+    states = store.step_states(NODE)
+    assert states["a1"] is StepState.FAILED and states["b1"] is StepState.DONE
+    assert states.get("a2", StepState.PENDING) is StepState.PENDING
+    last = bus.published[-1]
+    assert last.final and last.state is StepState.FAILED and last.step == "a1"
+    assert "setup-a1.log" in last.message
+    node = store.node(NODE)
+    assert node is not None and node.state is NodeState.FAILED
+    assert node.message.startswith("a1: ")
+    # Run again: only the failed step and what comes after it run; b1 is not redone.
+    ran.clear()
+    asyncio.run(_finish_plan(runner, {"a1": _done("a1 ok"), "a2": never, "b1": slow}))
+    assert ran == ["a2"]
+    assert bus.published[-1].final and bus.published[-1].state is StepState.DONE
+
+
+def test_an_init_interrupted_inside_a_group_resumes_each_lane_where_it_stopped(
+    world,
+) -> None:
+    store, bus, runner = world
+    ran: list[str] = []
+    started = asyncio.Event()
+
+    def counted(name: str, block: bool = False) -> StepAction:
+        async def action(ctx: StepContext) -> str:
+            ran.append(name)
+            if block:
+                started.set()
+                await asyncio.Event().wait()  # until cancelled (the daemon stops)
+            return f"{name} finished"
+
+        return action
+
+    async def interrupted() -> None:
+        actions = {"a1": counted("a1"), "a2": counted("a2", block=True), "b1": counted("b1")}
+        runner.ensure_running(NODE, GROUP_PLAN, actions, together=TOGETHER)
+        await asyncio.wait_for(started.wait(), 5)
+        await asyncio.sleep(0.01)
+        runner.cancel(NODE)
+        await asyncio.sleep(0.01)
+
+    asyncio.run(interrupted())
+    states = store.step_states(NODE)
+    assert states["a1"] is StepState.DONE and states["b1"] is StepState.DONE
+    assert states["a2"] is StepState.RUNNING  # under way when it stopped
+    # A new runner, as after a restart, from the store: only a2 runs again.
+    ran.clear()
+    again = Runner(store, bus)
+    actions = {"a1": counted("a1"), "a2": counted("a2"), "b1": counted("b1")}
+    asyncio.run(_finish_plan(again, actions))
+    assert ran == ["a2"]
+    assert bus.published[-1].final and bus.published[-1].state is StepState.DONE
+
+
+def test_a_streamed_plan_runs_its_groups_and_raises_the_failure(world) -> None:
+    store, bus, runner = world
+
+    async def fails(ctx: StepContext) -> str:
+        raise errors.ServiceFailed("b1 broke")
+
+    async def go() -> list[tuple[str, StepState]]:
+        seen = []
+        with pytest.raises(errors.ServiceFailed, match="b1 broke"):
+            async for record in runner.stream(NODE, GROUP_PLAN, {"b1": fails}, together=TOGETHER):
+                seen.append((record.step, record.state))
+        return seen
+
+    seen = asyncio.run(go())
+    assert ("b1", StepState.FAILED) in seen and ("a1", StepState.DONE) in seen
+    assert store.events(NODE) == []  # a stream records nothing

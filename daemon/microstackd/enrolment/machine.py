@@ -4,7 +4,12 @@ Rules:
 
 1. A plan is an ordered tuple of step names. Steps run one at a time, in
    order; a step starts only when every step before it is finished (``done``
-   or ``skipped``). The last step of every plan is ``done``.
+   or ``skipped``). The last step of every plan is ``done``. A plan may run
+   some consecutive steps together (``together``: a group of lanes): the
+   first step of every lane starts at once, each lane's next step when its
+   previous one is finished, and the step after the group when every lane
+   is. A step that fails in a group starts nothing more; the steps under
+   way finish, and then the plan fails, naming the step that failed.
 2. A step moves only along ``TRANSITIONS``: one row per state, naming each
    event that may happen to a step in it and the state it leads to.
    Anything else is a bug in the code driving the machine and raises
@@ -14,8 +19,9 @@ Rules:
    (the node's new state) comes before the final ``Record``, so a client that
    sees the final event and asks for the status sees the new state.
 4. Resuming is starting: the machine is built from the persisted step states
-   and continues from the first unfinished step, so a restart at any point
-   redoes at most the step that was running (steps are idempotent).
+   and continues from the first unfinished step (in a group: each lane's),
+   so a restart at any point redoes at most the steps that were running
+   (steps are idempotent).
 
 The driver (``microstackd.enrolment.runner``) feeds step outcomes in as events and
 executes the commands that come out.
@@ -23,7 +29,7 @@ executes the commands that come out.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from microstackd.model import NodeState, StepState
@@ -145,14 +151,20 @@ class Finish:
 Command = Record | Run | Finish
 
 
+#: Steps run together: lanes, each a run of the plan's steps one after the other.
+Group = tuple[tuple[str, ...], ...]
+
+
 class Enrolment:
-    """One node's enrolment through ``plan``, resumed from ``states``."""
+    """One node's enrolment through ``plan``, resumed from ``states``; the
+    groups of ``together`` run their lanes side by side (rule 1)."""
 
     def __init__(
         self,
         plan: tuple[str, ...],
         states: Mapping[str, StepState],
         titles: Mapping[str, str] | None = None,
+        together: Sequence[Group] = (),
     ) -> None:
         if not plan or plan[-1] != DONE:
             raise LocalProtocolError(f"a plan must end with {DONE!r}: {plan!r}")
@@ -162,6 +174,17 @@ class Enrolment:
         self.states: dict[str, StepState] = {
             step: states.get(step, StepState.PENDING) for step in plan
         }
+        #: The plan as stages, in order: each a group of lanes (a step alone: one lane).
+        self._stages: list[Group] = _stages(plan, together)
+        #: The steps of the current stage that failed, with their messages.
+        self._failed: list[tuple[str, str]] = []
+
+    def _stage(self) -> Group | None:
+        """The first stage with a step unfinished."""
+        return next(
+            (g for g in self._stages if any(not self.states[s].finished for s in _steps(g))),
+            None,
+        )
 
     @property
     def current(self) -> str | None:
@@ -172,10 +195,25 @@ class Enrolment:
     def complete(self) -> bool:
         return self.current is None
 
+    @property
+    def running(self) -> tuple[str, ...]:
+        """The steps under way (running or waiting), in the plan's order."""
+        return tuple(s for s in self.plan if self.states[s] in _UNDER_WAY_STATES)
+
+    def _next_steps(self, stage: Group) -> list[str]:
+        """The first unfinished step of each of ``stage``'s lanes."""
+        found = []
+        for lane in stage:
+            step = next((s for s in lane if not self.states[s].finished), None)
+            if step is not None:
+                found.append(step)
+        return found
+
     def _move(self, step: str, event: str) -> StepState:
-        """Apply ``event`` to the current step ``step``; its new state."""
-        if step != self.current:
-            raise LocalProtocolError(f"step {step!r} is not the current step {self.current!r}")
+        """Apply ``event`` to ``step``, one of the current stage's next steps; its new state."""
+        stage = self._stage()
+        if stage is None or step not in self._next_steps(stage):
+            raise LocalProtocolError(f"step {step!r} is not a current step ({self.current!r})")
         frm = self.states[step]
         to = TRANSITIONS[frm].get(event)
         if to is None:
@@ -188,18 +226,31 @@ class Enrolment:
         title = self.titles.get(step) or TITLES.get(step, step)
         return [Record(step, StepState.RUNNING, title), Run(step)]
 
+    def _start_stage(self) -> list[Command]:
+        """Start every step that may start now (the current stage's next
+        steps not under way); finish the plan if it is complete."""
+        stage = self._stage()
+        if stage is None:
+            return [Finish(NodeState.ACTIVE)]
+        commands: list[Command] = []
+        for step in self._next_steps(stage):
+            if self.states[step] not in _UNDER_WAY_STATES:
+                commands += self._start(step)
+        return commands
+
     def resume(self) -> list[Command]:
         """Where to go from the persisted states (a fresh start included)."""
-        step = self.current
-        if step is None:
+        stage = self._stage()
+        if stage is None:
             return [
                 Finish(NodeState.ACTIVE),
                 Record(DONE, StepState.DONE, "already enrolled", 100, final=True),
             ]
-        if self.states[step] in (StepState.RUNNING, StepState.WAITING):
-            # Interrupted mid-step (a crash or restart): run it again.
-            self._move(step, INTERRUPTED)
-        return self._start(step)
+        for step in self._next_steps(stage):
+            if self.states[step] in _UNDER_WAY_STATES:
+                # Interrupted mid-step (a crash or restart): run it again.
+                self._move(step, INTERRUPTED)
+        return self._start_stage()
 
     def handle(self, event: Event) -> list[Command]:
         if isinstance(event, StepProgress):
@@ -207,15 +258,60 @@ class Enrolment:
             return [Record(event.step, state, event.message, event.percent)]
         if isinstance(event, StepFailed):
             self._move(event.step, FAILED)
-            return [
-                Finish(NodeState.FAILED, f"{event.step}: {event.message}"),
-                Record(event.step, StepState.FAILED, event.message, final=True),
-            ]
+            self._failed.append((event.step, event.message))
+            if self.running:  # the others finish first (rule 1)
+                return [Record(event.step, StepState.FAILED, event.message)]
+            return self._fail()
         state = self._move(event.step, SKIPPED if event.skipped else SUCCEEDED)
-        following = self.current
-        if following is None:
-            return [
-                Finish(NodeState.ACTIVE),
-                Record(event.step, state, event.message, 100, final=True),
-            ]
-        return [Record(event.step, state, event.message, 100), *self._start(following)]
+        if self._failed:
+            done = Record(event.step, state, event.message, 100)
+            return [done] if self.running else [done, *self._fail()]
+        following = self._start_stage()
+        if following == [Finish(NodeState.ACTIVE)]:
+            return [*following, Record(event.step, state, event.message, 100, final=True)]
+        return [Record(event.step, state, event.message, 100), *following]
+
+    def _fail(self) -> list[Command]:
+        """The plan failed: named by its first failed step (and any other)."""
+        (step, message), others = self._failed[0], self._failed[1:]
+        also = "; ".join(f"{s}: {m}" for s, m in others)
+        summary = f"{step}: {message}" + (f" (and {also})" if also else "")
+        return [
+            Finish(NodeState.FAILED, summary),
+            Record(step, StepState.FAILED, message, final=True),
+        ]
+
+
+_UNDER_WAY_STATES = (StepState.RUNNING, StepState.WAITING)
+
+
+def _steps(group: Group) -> tuple[str, ...]:
+    return tuple(s for lane in group for s in lane)
+
+
+def _stages(plan: tuple[str, ...], together: Sequence[Group]) -> list[Group]:
+    """``plan`` as stages: each group of ``together`` where its steps are
+    (consecutive, in their lanes' order), every other step a stage alone."""
+    starts: dict[str, Group] = {}
+    seen: set[str] = set()
+    for group in together:
+        steps = _steps(group)
+        missing = [s for s in steps if s not in plan]
+        if missing:
+            raise LocalProtocolError(f"steps {missing!r} of a group are not in the plan")
+        if seen & set(steps) or len(set(steps)) != len(steps):
+            raise LocalProtocolError(f"a step is in more than one group or lane: {group!r}")
+        seen.update(steps)
+        first = plan.index(steps[0])
+        if plan[first : first + len(steps)] != steps:
+            raise LocalProtocolError(
+                f"a group must be consecutive steps of the plan, in its lanes' order: {group!r}"
+            )
+        starts[steps[0]] = tuple(lane for lane in group if lane)
+    stages: list[Group] = []
+    index = 0
+    while index < len(plan):
+        group = starts.get(plan[index], ((plan[index],),))
+        stages.append(group)
+        index += len(_steps(group))
+    return stages

@@ -27,13 +27,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from microstackd import errors
 from microstackd.enrolment import machine as enrolment
 from microstackd.enrolment.events import EventBus
-from microstackd.enrolment.machine import Command, Enrolment, Finish, Record, Run
+from microstackd.enrolment.machine import Command, Enrolment, Finish, Group, Record, Run
 from microstackd.model import EventRecord, NodeState, NodeUpdate, StepState
 from microstackd.store import Store
 
@@ -75,6 +75,7 @@ class _Plan:
     plan: tuple[str, ...]
     actions: Mapping[str, StepAction]
     titles: Mapping[str, str] | None
+    together: Sequence[Group] = ()
 
 
 class StepContext:
@@ -142,25 +143,23 @@ class Runner:
         plan: tuple[str, ...],
         actions: Mapping[str, StepAction],
         titles: Mapping[str, str] | None = None,
+        together: Sequence[Group] = (),
     ) -> None:
-        """Start (or resume) ``node``'s enrolment unless it is already running."""
+        """Start (or resume) ``node``'s enrolment unless it is already running;
+        the groups of ``together`` run their lanes at once (``machine``, rule 1)."""
         if self.running(node):
             return
-        task = asyncio.get_running_loop().create_task(self._run(node, plan, actions, titles))
+        task = asyncio.get_running_loop().create_task(
+            self._run(node, _Plan(plan, actions, titles, together))
+        )
         self._tasks[node] = task
         task.add_done_callback(lambda _t: self._tasks.pop(node, None))
 
-    async def _run(
-        self,
-        node: str,
-        plan: tuple[str, ...],
-        actions: Mapping[str, StepAction],
-        titles: Mapping[str, str] | None = None,
-    ) -> None:
+    async def _run(self, node: str, plan: _Plan) -> None:
         self.flush()
-        machine = Enrolment(plan, self._store.step_states(node), titles)
-        run = _Run(node, machine, actions, lambda command: self._queue_record(node, command))
-        self._plans[node] = _Plan(plan, actions, titles)
+        machine = Enrolment(plan.plan, self._store.step_states(node), plan.titles, plan.together)
+        run = _Run(node, machine, plan.actions, lambda command: self._queue_record(node, command))
+        self._plans[node] = plan
         try:
             await self._execute(run, machine.resume())
         except Exception:
@@ -177,6 +176,7 @@ class Runner:
         plan: tuple[str, ...],
         actions: Mapping[str, StepAction],
         titles: Mapping[str, str] | None = None,
+        together: Sequence[Group] = (),
     ) -> AsyncIterator[Record]:
         """Run ``plan`` from its first step, recording nothing: yield each record
         as the machine emits it; a failed step raises its error after its record."""
@@ -186,7 +186,7 @@ class Runner:
             if isinstance(command, Record):
                 queue.put_nowait(command)
 
-        machine = Enrolment(plan, {}, titles)
+        machine = Enrolment(plan, {}, titles, together)
         run = _Run(node, machine, actions, sink)
 
         async def go() -> None:
@@ -209,13 +209,25 @@ class Runner:
             raise run.error
 
     async def _execute(self, run: _Run, commands: list[Command]) -> None:
+        """Do ``commands`` in order: records go to the sink, steps run — the
+        steps started together (a group's) at once, each going on with what
+        its outcome says in its own task; this returns once all of them have."""
         pending = list(commands)
         while pending:
-            command = pending.pop(0)
-            if isinstance(command, Run):
-                pending[:0] = await self._run_step(run, command.step)
-            else:
-                run.sink(command)
+            steps = []
+            for command in pending:
+                if isinstance(command, Run):
+                    steps.append(command.step)
+                else:
+                    run.sink(command)
+            if len(steps) > 1:
+                # Cancelled (the daemon stops, the node is removed): so is each.
+                await asyncio.gather(*(self._run_and_go_on(run, step) for step in steps))
+                return
+            pending = await self._run_step(run, steps[0]) if steps else []
+
+    async def _run_and_go_on(self, run: _Run, step: str) -> None:
+        await self._execute(run, await self._run_step(run, step))
 
     async def _run_step(self, run: _Run, step: str) -> list[Command]:
         action = run.actions.get(step)
@@ -232,11 +244,11 @@ class Runner:
             )
         except errors.MicrostackError as exc:
             log.warning("step failed node=%s step=%s error=%s", node, step, exc.message)
-            run.error = exc
+            run.error = run.error or exc  # a group's first failure is the run's
             return machine.handle(enrolment.StepFailed(step, exc.message))
         except Exception as exc:
             log.exception("step crashed node=%s step=%s", node, step)
-            run.error = errors.MicrostackError(f"internal error: {exc}")
+            run.error = run.error or errors.MicrostackError(f"internal error: {exc}")
             return machine.handle(enrolment.StepFailed(step, f"internal error: {exc}"))
         if isinstance(outcome, Skipped):
             return machine.handle(enrolment.StepSucceeded(step, outcome.reason, skipped=True))
@@ -330,7 +342,7 @@ class Runner:
             stalled, self._stalled = self._stalled, {}
             log.info("space is back (%d KiB free): resuming %s", free // 1024, sorted(stalled))
             for node, plan in stalled.items():
-                self.ensure_running(node, plan.plan, plan.actions, plan.titles)
+                self.ensure_running(node, plan.plan, plan.actions, plan.titles, plan.together)
             delay = SPACE_POLL[0]
 
     def stop(self) -> None:
