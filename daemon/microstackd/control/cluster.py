@@ -89,11 +89,13 @@ class Cluster:
             enrolment.DONE: self._control_done,
         }
         plan, titles = enrolment.CONTROL_PLAN, None
+        together: tuple[enrolment.Group, ...] = ()
         if self._plane is not None:
             plan = (plan[0], *self._plane.plan(), *plan[1:])
             actions.update(self._plane.actions(self.load_control_config))
             titles = self._plane.titles()
-        self._runner.ensure_running(name, plan, actions, titles)
+            together = self._plane.groups()
+        self._runner.ensure_running(name, plan, actions, titles, together)
         return after
 
     def _existing_ca(self) -> x509.CertificateAuthority | None:

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from microstackd import errors
 from microstackd.config import DaemonConfig
 from microstackd.control import config as control_config
+from microstackd.enrolment.machine import Group
 from microstackd.enrolment.runner import Skipped, StepAction, StepContext
 from microstackd.model import ServiceRecord, StepState
 from microstackd.node import render, steps
@@ -58,6 +59,10 @@ class ControlPlane:
             self._resume_done.set()
         #: Init's steps run: they start the services themselves.
         self._stepping = 0
+        #: Held while a step renders the configuration or waits for the
+        #: services restarted with the daemon: the steps of a group start at
+        #: once, and each must find both done.
+        self._preparing = asyncio.Lock()
         # The process manager restarts its own children: then the watch only reports.
         restore = None if manager.kind == "process" else self._start_again
         self._watch = ServiceWatch(self._states, restore, interval=REFRESH_INTERVAL)
@@ -72,6 +77,10 @@ class ControlPlane:
 
     def titles(self) -> dict[str, str]:
         return CONTROL.titles()
+
+    def groups(self) -> tuple[Group, ...]:
+        """The plan's steps run together (``CONTROL.order``'s groups)."""
+        return CONTROL.groups()
 
     def values(self, config: control_config.ControlConfig) -> dict[str, str]:
         return {
@@ -99,14 +108,15 @@ class ControlPlane:
     async def _run_step(self, ctx: StepContext, name: str, load: ConfigLoader) -> str | Skipped:
         await self._resume_done.wait()
         values = self.values(load())
-        if name == RENDER_CONFIG or not self._rendered:
-            message = await asyncio.to_thread(self._render, values)
-            if name == RENDER_CONFIG:
-                return message
-        resumed, self._resumed = self._resumed, []
-        for service in resumed:  # restarted at start-up: the steps below need them
-            await ctx.progress(f"waiting for {service.name} (restarted with the daemon)")
-            await self._manager.wait_ready(steps.service_spec(service, values))
+        async with self._preparing:
+            if name == RENDER_CONFIG or not self._rendered:
+                message = await asyncio.to_thread(self._render, values)
+                if name == RENDER_CONFIG:
+                    return message
+            resumed, self._resumed = self._resumed, []
+            for service in resumed:  # restarted at start-up: the steps below need them
+                await ctx.progress(f"waiting for {service.name} (restarted with the daemon)")
+                await self._manager.wait_ready(steps.service_spec(service, values))
         if name.startswith(SERVICE_PREFIX):
             service = CONTROL.service(name.removeprefix(SERVICE_PREFIX))
             try:

@@ -89,7 +89,7 @@ LOAD_TIMEOUT = 900.0
 def plan() -> tuple[str, ...]:
     """The restore's steps: the control role's, with the two loads, then done."""
     order: list[str] = []
-    for step in CONTROL.order:
+    for step in CONTROL.order_names():
         if step in NOT_AGAIN:
             continue
         order.append(step)

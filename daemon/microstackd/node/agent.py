@@ -166,7 +166,10 @@ class Agent:
             result: list[ServiceRecord] = []
             actions, titles = self._actions(role, self._values(settings), result)
             total = len(names)
-            async for record in self._runner.stream(self._config.node_name, plan, actions, titles):
+            together = role.groups() if self._real else ()
+            async for record in self._runner.stream(
+                self._config.node_name, plan, actions, titles, together
+            ):
                 if record.step == DONE:
                     if record.final:
                         yield AgentStep(

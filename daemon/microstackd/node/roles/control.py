@@ -27,6 +27,7 @@ from microstackd.node.roles.parts import (
     RoleService,
     SetupStep,
     service_step,
+    together,
 )
 from microstackd.node.roles.parts import env as _env
 
@@ -446,34 +447,57 @@ CONTROL = RoleDefinition(
             timeout=900.0,
         ),
     ),
+    # Steps run together where none needs another's work (each lane in
+    # order; a group's next step waits for all of it), in three lanes at most
+    # on 2 cores, balanced by their measured times (docs/performance.md, the
+    # real cloud's clock).
     order=(
-        "mariadb-install",
-        service_step("mariadb"),
-        service_step("epmd"),
-        service_step("rabbitmq"),
-        "databases",
-        "keystone-db-sync",
-        "keystone-keys",
-        "keystone-bootstrap",
-        service_step("keystone"),
-        "identity",
-        "glance-db-sync",
-        "placement-db-sync",
-        "nova-api-db-sync",
-        "nova-cells",
-        "nova-db-sync",
-        "neutron-db-migrations",
-        service_step("glance"),
-        service_step("placement"),
-        service_step("nova-api"),
-        service_step("neutron-api"),
-        service_step("neutron-rpc-server"),
-        service_step("nova-conductor"),
-        service_step("nova-scheduler"),
-        *NETWORK_ORDER,
-        service_step("neutron-dhcp-agent"),
-        service_step("neutron-l3-agent"),
-        "cloud-defaults",
-        "test-image",
+        together(
+            ("mariadb-install", service_step("mariadb"), "databases"),
+            (service_step("epmd"), service_step("rabbitmq")),
+            # Files only: no database.
+            "keystone-keys",
+        ),
+        # Each service's schema before the service, and each lane's other
+        # needs before it in the lane: Keystone's users and endpoints need it
+        # running, the test image Glance and its user; Nova's cells need its
+        # API database, its cell databases the cells; the agents report to
+        # neutron-rpc-server, over Open vSwitch (which needs none of the rest).
+        together(
+            (
+                "keystone-db-sync",
+                "keystone-bootstrap",
+                service_step("keystone"),
+                "identity",
+                "glance-db-sync",
+                service_step("glance"),
+                "test-image",
+            ),
+            (
+                "placement-db-sync",
+                service_step("placement"),
+                "nova-api-db-sync",
+                "nova-cells",
+                "nova-db-sync",
+                service_step("nova-api"),
+            ),
+            (
+                "neutron-db-migrations",
+                service_step("neutron-api"),
+                service_step("neutron-rpc-server"),
+                *NETWORK_ORDER,
+                service_step("neutron-dhcp-agent"),
+                service_step("neutron-l3-agent"),
+            ),
+        ),
+        # nova-conductor and nova-scheduler ask Placement for its versions as
+        # they start, once its endpoint is in Keystone's catalog: after both.
+        # The cloud's defaults: Keystone's users, Nova's flavors, Neutron's
+        # networks with their agents.
+        together(
+            service_step("nova-conductor"),
+            service_step("nova-scheduler"),
+            "cloud-defaults",
+        ),
     ),
 )

@@ -95,6 +95,24 @@ class SetupStep:
 
 
 @dataclass(frozen=True)
+class Together:
+    """Steps of a role's order run at once: each lane's steps one after the
+    other, the lanes side by side; the step after the group starts when
+    every lane is done. A step that needs another must be after it in its
+    lane, or after the group. (``enrolment.machine``, rule 1.)"""
+
+    lanes: tuple[tuple[str, ...], ...]
+
+    def steps(self) -> tuple[str, ...]:
+        return tuple(s for lane in self.lanes for s in lane)
+
+
+def together(*lanes: str | tuple[str, ...]) -> Together:
+    """A group of lanes; a lane of one step may be given as its name."""
+    return Together(tuple((lane,) if isinstance(lane, str) else lane for lane in lanes))
+
+
+@dataclass(frozen=True)
 class RoleDefinition:
     name: str
     #: Keys the role's settings must hold.
@@ -103,16 +121,31 @@ class RoleDefinition:
     services: tuple[RoleService, ...]
     setup: tuple[SetupStep, ...] = ()
     #: With an OpenStack environment: the order of the steps after
-    #: ``render-config``, each ``service NAME`` or a setup step's name.
-    #: Empty: the services in order.
-    order: tuple[str, ...] = ()
+    #: ``render-config``, each ``service NAME`` or a setup step's name, or
+    #: steps run at once (``together``). Empty: the services in order.
+    order: tuple[str | Together, ...] = ()
     #: Settings (never secrets) the services' commands use: kept by the node,
     #: so that it can restart them at start-up without the control.
     resume_settings: tuple[str, ...] = ()
 
     def step_names(self) -> tuple[str, ...]:
-        """The role's steps, in order: ``render-config``, then ``order``."""
-        return (RENDER_CONFIG, *(self.order or tuple(service_step(s.name) for s in self.services)))
+        """The role's steps, in order: ``render-config``, then ``order``
+        (a group's steps lane after lane: an order in which they may also run
+        one at a time)."""
+        return (RENDER_CONFIG, *self.order_names())
+
+    def order_names(self) -> tuple[str, ...]:
+        """``order``'s steps, one after the other (a group's lane after lane)."""
+        if not self.order:
+            return tuple(service_step(s.name) for s in self.services)
+        names: list[str] = []
+        for entry in self.order:
+            names += entry.steps() if isinstance(entry, Together) else (entry,)
+        return tuple(names)
+
+    def groups(self) -> tuple[tuple[tuple[str, ...], ...], ...]:
+        """The lanes of each group of ``order`` (``enrolment.machine``'s ``together``)."""
+        return tuple(e.lanes for e in self.order if isinstance(e, Together))
 
     def service(self, name: str) -> RoleService:
         return next(s for s in self.services if s.name == name)
