@@ -20,11 +20,13 @@ secret.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import ipaddress
 import os
 import sys
 import time
+from typing import Any
 
 import openstack
 from openstack import exceptions
@@ -48,7 +50,6 @@ def log(msg: str) -> None:
 
 def identity(conn: openstack.connection.Connection) -> None:
     idn = conn.identity
-    api_host, region = os.environ["MSOS_API_HOST"], os.environ["MSOS_REGION"]
     default = idn.find_domain("default") or idn.find_domain("Default")
     project = idn.find_project("service", domain_id=default.id)
     if project is None:
@@ -59,31 +60,56 @@ def identity(conn: openstack.connection.Connection) -> None:
     for name in ("admin", "service"):
         role = idn.find_role(name) or idn.create_role(name=name)
         roles.append(role)
-    for name, stype, port_var, path in SERVICES:
-        password = os.environ[f"MSOS_{name.upper()}_PASSWORD"]
-        user = idn.find_user(name, domain_id=default.id)
-        if user is None:
-            user = idn.create_user(
-                name=name, password=password, domain_id=default.id, default_project_id=project.id
+
+    def one(entry: tuple[str, str, str, str]) -> None:
+        # A connection of its own: each service's ~10 requests wait on
+        # Keystone, not on each other's (this step is on init's longest lane).
+        service_identity(openstack.connect(cloud="microstack"), default, project, roles, *entry)
+
+    with concurrent.futures.ThreadPoolExecutor(len(SERVICES)) as pool:
+        list(pool.map(one, SERVICES))  # re-raises the first error
+
+
+def service_identity(
+    conn: openstack.connection.Connection,
+    default: Any,
+    project: Any,
+    roles: list[Any],
+    name: str,
+    stype: str,
+    port_var: str,
+    path: str,
+) -> None:
+    """One service's user (its roles in ``project``), service and endpoints."""
+    idn = conn.identity
+    api_host, region = os.environ["MSOS_API_HOST"], os.environ["MSOS_REGION"]
+    password = os.environ[f"MSOS_{name.upper()}_PASSWORD"]
+    user = idn.find_user(name, domain_id=default.id)
+    if user is None:
+        user = idn.create_user(
+            name=name,
+            password=password,
+            domain_id=default.id,
+            default_project_id=project.id,
+        )
+    else:
+        idn.update_user(user, password=password)
+    for role in roles:
+        idn.assign_project_role_to_user(project, user, role)
+    service = next(iter(idn.services(name=name)), None)
+    if service is None:
+        service = idn.create_service(name=name, type=stype, description=f"{name} ({stype})")
+    url = f"http://{api_host}:{os.environ[port_var]}{path}"
+    have = {e.interface: e for e in idn.endpoints(service_id=service.id)}
+    for interface in ("public", "internal", "admin"):
+        endpoint = have.get(interface)
+        if endpoint is None:
+            idn.create_endpoint(
+                service_id=service.id, interface=interface, url=url, region_id=region
             )
-        else:
-            idn.update_user(user, password=password)
-        for role in roles:
-            idn.assign_project_role_to_user(project, user, role)
-        service = next(iter(idn.services(name=name)), None)
-        if service is None:
-            service = idn.create_service(name=name, type=stype, description=f"{name} ({stype})")
-        url = f"http://{api_host}:{os.environ[port_var]}{path}"
-        have = {e.interface: e for e in idn.endpoints(service_id=service.id)}
-        for interface in ("public", "internal", "admin"):
-            endpoint = have.get(interface)
-            if endpoint is None:
-                idn.create_endpoint(
-                    service_id=service.id, interface=interface, url=url, region_id=region
-                )
-            elif endpoint.url != url:
-                idn.update_endpoint(endpoint, url=url)
-        log(f"{name}: user, roles, service {stype}, endpoints {url}")
+        elif endpoint.url != url:
+            idn.update_endpoint(endpoint, url=url)
+    log(f"{name}: user, roles, service {stype}, endpoints {url}")
 
 
 def external_subnet(cidr: str) -> dict[str, object]:
