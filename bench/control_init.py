@@ -1,0 +1,113 @@
+"""The real cloud's clock: ``microstackctl init --role control`` with the
+real OpenStack services, in a network namespace, timed step by step.
+
+    sudo .venv/bin/python -m bench.control_init [--runs 3] [--out FILE]
+
+Each run brings up one control node in namespaces of its own (the e2e
+harness, ``sandbox/netns.py``), runs a whole init, and tears it down. It
+reports the init's wall time and each step's: from its ``running`` event to
+its ``done`` as the CLI receives them (``--format json``), with the load
+average at the start. Steps that run at once (a group of init's order,
+docs/architecture.md) overlap: their durations add up to more than the wall.
+Needs root and the OpenStack environment (``sandbox/openstack_env.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sandbox.netns import MICROSTACKCTL, Network, reap
+from sandbox.netns import PREFIX as NETNS_PREFIX
+from sandbox.openstack_env import PREFIX
+
+from microstackd.node import testimage
+
+PASSWORD = "bench-control-init-password"
+
+
+def one_run(workdir: Path) -> dict[str, Any]:
+    password_file = workdir / "pw.txt"
+    password_file.write_text(PASSWORD + "\n")
+    network = Network(workdir / "net")
+    try:
+        control = network.add_host("control")
+        control.start_daemon("control", extra_args=["--openstack-prefix", str(PREFIX)])
+        assert control.socket is not None
+        load = os.getloadavg()
+        started = time.monotonic()
+        proc = control.popen(
+            [MICROSTACKCTL, "--socket", str(control.socket), "init", "--role", "control",
+             "--address", control.address, "--password-file", str(password_file),
+             "--format", "json"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        began: dict[str, float] = {}
+        took: dict[str, float] = {}
+        last: dict[str, Any] = {}
+        for line in proc.stdout:
+            now = time.monotonic() - started
+            event = json.loads(line)
+            last = event
+            step, state = event["step"], event["state"]
+            if state == "running":
+                began.setdefault(step, now)
+            elif state in ("done", "skipped", "failed") and step in began:
+                took[step] = round(now - began[step], 2)
+        proc.wait(60)
+        wall = round(time.monotonic() - started, 1)
+        if last.get("state") != "done":
+            raise SystemExit(f"init failed at {last.get('step')}: {last.get('message')}")
+        return {
+            "init_s": wall,
+            "load_1m_at_start": round(load[0], 2),
+            "steps_s": took,
+            "started_at_s": {s: round(t, 2) for s, t in began.items()},
+        }
+    finally:
+        network.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--out", type=Path, help="write the runs here as JSON")
+    args = parser.parse_args(argv)
+    testimage.build()  # the namespace has no route to Debian's archive
+    runs = []
+    try:
+        for index in range(args.runs):
+            with tempfile.TemporaryDirectory(prefix="bench-control-init-") as tmp:
+                result = one_run(Path(tmp))
+            runs.append(result)
+            print(f"run {index + 1}: init {result['init_s']} s "
+                  f"(load {result['load_1m_at_start']})", flush=True)  # fmt: skip
+            for step, seconds in sorted(result["steps_s"].items(), key=lambda kv: -kv[1])[:12]:
+                print(f"  {seconds:7.2f} s  {step}")
+    finally:
+        reap(NETNS_PREFIX)
+    walls = [r["init_s"] for r in runs]
+    summary = {
+        "min_s": min(walls),
+        "median_s": statistics.median(walls),
+        "max_s": max(walls),
+        "runs": runs,
+    }
+    print(f"init: min {summary['min_s']} s, median {summary['median_s']} s, "
+          f"max {summary['max_s']} s over {len(walls)} run(s)")  # fmt: skip
+    if args.out:
+        args.out.write_text(json.dumps(summary, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
