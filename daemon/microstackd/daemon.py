@@ -58,6 +58,7 @@ from microstackd.control.restore import Restores
 from microstackd.control.rotation import Rotation
 from microstackd.control.secret_rotation import SecretRotation
 from microstackd.control.tokens import Tokens
+from microstackd.control.tunnels import ControlTunnels
 from microstackd.enrolment.events import EventBus, Signal
 from microstackd.enrolment.runner import Runner
 from microstackd.member.callers import Callers
@@ -127,7 +128,9 @@ class Daemon:
             self.cloud,
             lambda: self.plane.values(self.cluster.load_control_config()),
         )
-        self.enrolments = Enrolments(self.cluster, self.runner, self.cloud, self.accounts)
+        self.enrolments = Enrolments(
+            self.cluster, self.runner, self.cloud, self.accounts, ControlTunnels(self.plane)
+        )
         self.members = Members(self.cluster, self.runner, self.cloud, self.accounts)
         self.reconfigure = Reconfigure(self.cluster, self.accounts)
         self.secrets = SecretRotation(
