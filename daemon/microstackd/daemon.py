@@ -287,6 +287,7 @@ class Daemon:
             self.config.socket.unlink()
         with contextlib.suppress(errors.MicrostackError):
             self.runner.flush()
+        self.members.flush()
         self.store.close()
 
     async def wait(self) -> None:

@@ -141,3 +141,44 @@ def test_unwritable_state_dir_is_a_clear_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(errors.StorageError, match="cannot write"):
         Store(blocker / "state")
+
+
+def test_nodes_are_read_again_after_any_write_to_them(tmp_path):
+    """``nodes()`` is cached until the database changes: every kind of write
+    that changes a node shows at once, through this connection or another."""
+    import sqlite3
+
+    from microstackd.model import NodeUpdate, ServiceRecord
+
+    store = Store(tmp_path)
+    store.put_node(_node("a"))
+    store.put_node(_node("b"))
+    assert [n.name for n in store.nodes()] == ["a", "b"]
+    assert store.nodes() == store.nodes()
+    store.set_services("a", [ServiceRecord("nova-compute", "running")])
+    assert store.nodes()[0].services == (ServiceRecord("nova-compute", "running"),)
+    store.record_all([], [NodeUpdate("b", NodeState.ACTIVE)])
+    assert store.nodes()[1].state is NodeState.ACTIVE
+    store.remove_node("a", "aa", 5.0)
+    assert store.nodes()[0].state is NodeState.REMOVED and store.nodes()[0].services == ()
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("UPDATE nodes SET message = 'by hand' WHERE name = 'b'")
+    other.close()
+    assert store.nodes()[1].message == "by hand"
+    listed = store.nodes()
+    listed.clear()  # the caller's copy
+    assert len(store.nodes()) == 2
+
+
+def test_heartbeat_times_land_in_one_commit_and_never_move_back(tmp_path):
+    store = Store(tmp_path)
+    for name in ("a", "b", "c"):
+        store.put_node(_node(name))
+    before = store.nodes()
+    store.touch_nodes({"a": 10.0, "b": 20.0})
+    store.touch_nodes({"a": 5.0})
+    seen = {n.name: n.last_seen for n in store.nodes()}
+    assert seen == {"a": 10.0, "b": 20.0, "c": 0.0}
+    assert {n.name: n.last_seen for n in Store(tmp_path).nodes()} == seen
+    assert store.nodes()[2] is before[2]  # untouched records are kept, not rebuilt
+    assert store.services("a") == []

@@ -58,6 +58,7 @@ class Store:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.path = state_dir / DB_NAME
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._nodes_cache: tuple[tuple[int, int], list[NodeRecord]] | None = None
             os.chmod(self.path, 0o600)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -149,14 +150,12 @@ class Store:
         "joined, last_seen, agent_port"
     )
 
-    def _node(self, row: tuple[object, ...]) -> NodeRecord:
+    def _node(
+        self, row: tuple[object, ...], services: tuple[ServiceRecord, ...] | None = None
+    ) -> NodeRecord:
         name = str(row[0])
-        services = tuple(
-            ServiceRecord(str(n), str(s), str(m))
-            for n, s, m in self._db.execute(
-                "SELECT name, state, message FROM services WHERE node = ? ORDER BY name", (name,)
-            )
-        )
+        if services is None:
+            services = tuple(self.services(name))
         return NodeRecord(
             name=name,
             role=Role(str(row[1])),
@@ -172,6 +171,10 @@ class Store:
             services=services,
         )
 
+    def _nodes_version(self) -> tuple[int, int]:
+        (data_version,) = self._db.execute("PRAGMA data_version").fetchone()
+        return self._db.total_changes, int(data_version)
+
     def node(self, name: str) -> NodeRecord | None:
         row = self._db.execute(
             f"SELECT {self._NODE_COLUMNS} FROM nodes WHERE name = ?", (name,)
@@ -179,41 +182,91 @@ class Store:
         return None if row is None else self._node(row)
 
     def nodes(self) -> list[NodeRecord]:
+        """Every node, the control first.
+
+        Read with two queries however many nodes there are, and kept until
+        the database changes: ``total_changes`` counts every row this
+        connection wrote, ``data_version`` moves when another connection
+        commits. Status at 10,000 nodes re-read and rebuilt every record
+        per call (~100 ms here); unchanged, it is a list copy. The records
+        are frozen, so sharing them is safe."""
+        version = self._nodes_version()
+        if self._nodes_cache is not None and self._nodes_cache[0] == version:
+            return list(self._nodes_cache[1])
         rows = self._db.execute(
             f"SELECT {self._NODE_COLUMNS} FROM nodes ORDER BY role = 'control' DESC, joined, name"
         ).fetchall()
-        return [self._node(row) for row in rows]
+        services: dict[str, list[ServiceRecord]] = {}
+        for node, n, s, m in self._db.execute(
+            "SELECT node, name, state, message FROM services ORDER BY node, name"
+        ):
+            services.setdefault(str(node), []).append(ServiceRecord(str(n), str(s), str(m)))
+        nodes = [self._node(row, tuple(services.get(str(row[0]), ()))) for row in rows]
+        self._nodes_cache = (version, nodes)
+        return list(nodes)
 
     def put_node(self, node: NodeRecord, *, replaces_serial: str | None = None) -> None:
         """Insert or replace a node; a replaced certificate serial is revoked."""
         with self.transaction() as db:
-            db.execute(
-                f"INSERT OR REPLACE INTO nodes ({self._NODE_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    node.name,
-                    node.role.value,
-                    node.address,
-                    node.hostname,
-                    node.state.value,
-                    node.message,
-                    node.cert_serial,
-                    node.cert_not_after,
-                    node.joined,
-                    node.last_seen,
-                    node.agent_port,
-                ),
-            )
-            if replaces_serial:
-                db.execute(
-                    "INSERT OR IGNORE INTO revoked (serial, node, time) VALUES (?, ?, ?)",
-                    (replaces_serial, node.name, node.joined),
-                )
-                db.execute("DELETE FROM steps WHERE node = ?", (node.name,))
+            self._put_node(db, node, replaces_serial)
 
-    def touch_node(self, name: str, when: float) -> None:
+    def _put_node(
+        self, db: sqlite3.Connection, node: NodeRecord, replaces_serial: str | None
+    ) -> None:
+        db.execute(
+            f"INSERT OR REPLACE INTO nodes ({self._NODE_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                node.name,
+                node.role.value,
+                node.address,
+                node.hostname,
+                node.state.value,
+                node.message,
+                node.cert_serial,
+                node.cert_not_after,
+                node.joined,
+                node.last_seen,
+                node.agent_port,
+            ),
+        )
+        if replaces_serial:
+            db.execute(
+                "INSERT OR IGNORE INTO revoked (serial, node, time) VALUES (?, ?, ?)",
+                (replaces_serial, node.name, node.joined),
+            )
+            db.execute("DELETE FROM steps WHERE node = ?", (node.name,))
+
+    def touch_nodes(self, seen: Mapping[str, float]) -> None:
+        """When each of these nodes was last heard from, in one commit (never
+        moving a time back). Keeps the nodes cache valid rather than
+        re-reading every node: heartbeats arrive all the time."""
+        version = self._nodes_version()
+        fresh = self._nodes_cache is not None and self._nodes_cache[0] == version
         with self.transaction() as db:
-            db.execute("UPDATE nodes SET last_seen = ? WHERE name = ?", (when, name))
+            db.executemany(
+                "UPDATE nodes SET last_seen = max(last_seen, ?) WHERE name = ?",
+                [(when, name) for name, when in seen.items()],
+            )
+        if fresh and self._nodes_cache is not None:
+            self._nodes_cache = (
+                self._nodes_version(),
+                [
+                    dataclasses.replace(n, last_seen=seen[n.name])
+                    if seen.get(n.name, 0.0) > n.last_seen
+                    else n
+                    for n in self._nodes_cache[1]
+                ],
+            )
+
+    def services(self, node: str) -> list[ServiceRecord]:
+        """A node's services as last recorded, by name."""
+        return [
+            ServiceRecord(str(n), str(s), str(m))
+            for n, s, m in self._db.execute(
+                "SELECT name, state, message FROM services WHERE node = ? ORDER BY name", (node,)
+            )
+        ]
 
     def set_services(self, node: str, services: list[ServiceRecord]) -> None:
         with self.transaction() as db:
@@ -309,12 +362,16 @@ class Store:
         self,
         events: Sequence[EventRecord],
         updates: Sequence[NodeUpdate] = (),
+        nodes: Sequence[tuple[NodeRecord, str | None]] = (),
     ) -> list[EventRecord]:
-        """Persist step changes, their events and changes to node records in
-        one transaction: one durable commit however many there are. Returns
-        the events with their sequence numbers, in order."""
+        """Persist new node records (each with the serial it replaces, as
+        ``put_node``), step changes, their events and changes to node records
+        in one transaction: one durable commit however many there are.
+        Returns the events with their sequence numbers, in order."""
         recorded: list[EventRecord] = []
         with self.transaction() as db:
+            for node, replaces_serial in nodes:
+                self._put_node(db, node, replaces_serial)
             for event in events:
                 (last,) = db.execute(
                     "SELECT COALESCE(MAX(seq), 0) FROM events WHERE node = ?", (event.node,)

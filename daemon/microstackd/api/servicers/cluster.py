@@ -18,6 +18,7 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
         self._enrolments = enrolments
         self._members = members
         self._bus = bus
+        self._nodes = convert.NodesEncoder(pb.GetClusterStatusResponse.NODES_FIELD_NUMBER)
 
     async def Enrol(
         self, request: pb.EnrolRequest, context: Context
@@ -39,6 +40,6 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
         self, request: pb.GetClusterStatusRequest, context: Context
     ) -> pb.GetClusterStatusResponse:
         cluster, nodes = self._members.status()
-        return pb.GetClusterStatusResponse(
-            cluster=convert.cluster_to_pb(cluster), nodes=[convert.node_to_pb(n) for n in nodes]
-        )
+        response = pb.GetClusterStatusResponse(cluster=convert.cluster_to_pb(cluster))
+        response.MergeFromString(self._nodes.encode(nodes))
+        return response
