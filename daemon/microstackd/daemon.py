@@ -95,7 +95,7 @@ class Daemon:
         self.enrolments = Enrolments(self.cluster, self.runner, self.cloud)
         self.members = Members(self.cluster, self.runner, self.cloud)
         self.tokens = Tokens(self.cluster, fingerprint)
-        self.bootstrap = Bootstrap(self.cluster, fingerprint)
+        self.bootstrap = Bootstrap(self.cluster, self.runner, fingerprint)
         self.agent = Agent(config, store, self.services, self.runner, self.services_changed)
         self.heartbeats = Heartbeats(store, self.agent.services)
         self.services_changed.subscribe(self.heartbeats.beat_now)

@@ -11,6 +11,7 @@ import time
 from microstackd import errors
 from microstackd.control.cluster import Cluster, now
 from microstackd.control.ratelimit import FailureLimiter
+from microstackd.enrolment.runner import Runner
 from microstackd.model import BootstrapResult, NodeRecord, NodeState, Role
 from microstackd.store import Store
 from microstackd.trust import exchange, x509
@@ -50,10 +51,13 @@ def check_name_free(store: Store, name: str) -> NodeRecord | None:
 
 
 class Bootstrap:
-    def __init__(self, cluster: Cluster, bootstrap_fingerprint: str) -> None:
+    def __init__(self, cluster: Cluster, runner: Runner, bootstrap_fingerprint: str) -> None:
         self._cluster = cluster
         self._store = cluster.store
+        self._runner = runner
         self._fingerprint = bootstrap_fingerprint
+        #: Names whose new record is on its way to disk (``finish``).
+        self._committing: set[str] = set()
         config = cluster.config
         self._limiter = FailureLimiter(config.bootstrap_backoff, config.bootstrap_backoff_max)
 
@@ -81,7 +85,7 @@ class Bootstrap:
             Challenge(cluster.cluster_id, params, control.challenge()),
         )
 
-    def finish(
+    async def finish(
         self, session: BootstrapSession, pake_message: bytes, csr_pem: bytes, confirmation: bytes
     ) -> BootstrapResult:
         cluster = self._cluster.require()
@@ -107,6 +111,11 @@ class Bootstrap:
                 ) from None
             raise
         self._limiter.succeeded(session.source)
+        if hello.node_name in self._committing:  # another joiner of that name, right now
+            raise errors.NameTaken(
+                f"a node named {hello.node_name!r} is joining the cluster at this moment; "
+                "join under another name"
+            )
         existing = check_name_free(self._store, hello.node_name)
         if session.token_id and not self._store.set_token_state(
             session.token_id, "used", expect="valid"
@@ -123,21 +132,23 @@ class Bootstrap:
             now=now(),
         )
         identity = x509.identity_of(cert)
-        self._store.put_node(
-            NodeRecord(
-                name=hello.node_name,
-                role=Role.COMPUTE,
-                address=hello.address,
-                hostname=hello.hostname,
-                state=NodeState.PENDING,
-                message="certificate issued",
-                cert_serial=format(identity.serial, "x"),
-                cert_not_after=identity.not_after.timestamp(),
-                joined=time.time(),
-                agent_port=session.agent_port,
-            ),
-            replaces_serial=existing.cert_serial if existing else None,
+        record = NodeRecord(
+            name=hello.node_name,
+            role=Role.COMPUTE,
+            address=hello.address,
+            hostname=hello.hostname,
+            state=NodeState.PENDING,
+            message="certificate issued",
+            cert_serial=format(identity.serial, "x"),
+            cert_not_after=identity.not_after.timestamp(),
+            joined=time.time(),
+            agent_port=session.agent_port,
         )
+        self._committing.add(hello.node_name)
+        try:
+            await self._runner.commit_node(record, existing.cert_serial if existing else None)
+        finally:
+            self._committing.discard(hello.node_name)
         log.info(
             "bootstrap succeeded source=%s node=%s serial=%x",
             session.source,

@@ -49,7 +49,7 @@ class BootstrapServicer(pb_grpc.BootstrapServiceServicer):
         if second.WhichOneof("body") != "response":
             raise errors.BootstrapProtocolError("expected the PAKE response after the challenge")
         r = second.response
-        result = self._bootstrap.finish(session, r.pake_message, r.csr_pem, r.confirmation)
+        result = await self._bootstrap.finish(session, r.pake_message, r.csr_pem, r.confirmation)
         yield pb.ExchangeResponse(result=convert.bootstrap_result_to_pb(result))
 
 
