@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from microstackd import errors
 from microstackd.enrolment.events import Signal
 from microstackd.member import heartbeat
 from microstackd.member.heartbeat import Heartbeats
@@ -26,16 +27,49 @@ class FakeStore:
         return None
 
 
-class FakeControl:
-    """The control's side of ``ControlClient.heartbeat``: what each beat carried."""
+class FakeStream:
+    """The control's side of ``ControlClient.heartbeats``, as ``HeartbeatStream``."""
 
-    beats: asyncio.Queue[list[ServiceRecord]]
+    def __init__(self, control: type[FakeControl]) -> None:
+        self._control = control
+        self.interval = AN_HOUR
+        self.unimplemented = control.unimplemented
+        self.answered = asyncio.Event()
+        self.ended: asyncio.Future[errors.MicrostackError] = (
+            asyncio.get_running_loop().create_future()
+        )
+        if control.unimplemented:
+            self.ended.set_result(errors.MicrostackError("Method not found!"))
+        elif control.refuse:
+            self.ended.set_result(errors.PermissionDenied("revoked"))
+        self.answered.set()
+
+    async def beat(self, services: list[ServiceRecord]) -> None:
+        if not self.ended.done():
+            await self._control.beats.put(("stream", services))
+
+    async def close(self) -> None:
+        self._control.streams_closed += 1
+
+
+class FakeControl:
+    """The control's side of ``ControlClient``: what each beat carried, and how."""
+
+    beats: asyncio.Queue[tuple[str, list[ServiceRecord]]]
+    #: An older control: no heartbeat stream.
+    unimplemented = False
+    #: This node was removed: the stream ends refused.
+    refuse = False
+    streams_closed = 0
 
     def __init__(self, cluster: ClusterRecord, credentials: object) -> None:
         pass
 
+    def heartbeats(self) -> FakeStream:
+        return FakeStream(FakeControl)
+
     async def heartbeat(self, services: list[ServiceRecord]) -> int:
-        await FakeControl.beats.put(services)
+        await FakeControl.beats.put(("call", services))
         return AN_HOUR
 
     async def close(self) -> None:
@@ -45,6 +79,8 @@ class FakeControl:
 @pytest.fixture
 def control(monkeypatch: pytest.MonkeyPatch) -> type[FakeControl]:
     monkeypatch.setattr(heartbeat, "ControlClient", FakeControl)
+    monkeypatch.setattr(FakeControl, "unimplemented", False)
+    monkeypatch.setattr(FakeControl, "refuse", False)
     return FakeControl
 
 
@@ -54,7 +90,7 @@ def test_a_change_is_sent_at_once_not_at_the_next_interval(control: type[FakeCon
     async def states() -> list[ServiceRecord]:
         return list(services)
 
-    async def main() -> list[list[ServiceRecord]]:
+    async def main() -> list[tuple[str, list[ServiceRecord]]]:
         control.beats = asyncio.Queue()
         changed = Signal("services changed")
         beats = Heartbeats(FakeStore(), states)  # type: ignore[arg-type]
@@ -72,8 +108,10 @@ def test_a_change_is_sent_at_once_not_at_the_next_interval(control: type[FakeCon
         return [first, second]
 
     first, second = asyncio.run(main())
-    assert [s.state for s in first] == ["running"]
-    assert [s.state for s in second] == ["stopped"]
+    assert [(how, [s.state for s in beat]) for how, beat in (first, second)] == [
+        ("stream", ["running"]),
+        ("stream", ["stopped"]),
+    ]
 
 
 def test_without_a_change_the_next_beat_waits_for_the_interval(control: type[FakeControl]) -> None:
@@ -90,5 +128,42 @@ def test_without_a_change_the_next_beat_waits_for_the_interval(control: type[Fak
             return control.beats.empty()
         finally:
             await beats.stop()
+
+    assert asyncio.run(main())
+
+
+def test_a_control_without_the_stream_gets_one_call_per_beat(control: type[FakeControl]) -> None:
+    control.unimplemented = True
+
+    async def states() -> list[ServiceRecord]:
+        return [ServiceRecord("nova-compute", "running")]
+
+    async def main() -> tuple[str, list[ServiceRecord]]:
+        control.beats = asyncio.Queue()
+        beats = Heartbeats(FakeStore(), states)  # type: ignore[arg-type]
+        beats.start()
+        try:
+            return await asyncio.wait_for(control.beats.get(), 30)
+        finally:
+            await beats.stop()
+
+    how, services = asyncio.run(main())
+    assert how == "call" and services == [ServiceRecord("nova-compute", "running")]
+
+
+def test_a_refused_stream_stops_the_heartbeats(control: type[FakeControl]) -> None:
+    """The control ends the stream PERMISSION_DENIED once this node is removed."""
+    control.refuse = True
+
+    async def states() -> list[ServiceRecord]:
+        return []
+
+    async def main() -> bool:
+        control.beats = asyncio.Queue()
+        beats = Heartbeats(FakeStore(), states)  # type: ignore[arg-type]
+        beats.start()
+        assert beats._task is not None
+        await asyncio.wait_for(beats._task, 30)  # returns: no beat is tried again
+        return control.beats.empty()
 
     assert asyncio.run(main())

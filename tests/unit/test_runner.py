@@ -157,7 +157,7 @@ def test_new_nodes_share_the_group_commit_and_wait_for_it(tmp_path):
             await runner.commit_node(node(name))
             return store.node(name) is not None
 
-        assert await asyncio.gather(commit("a"), commit("b"), commit("c")) == [True] * 3
+        assert list(await asyncio.gather(commit("a"), commit("b"), commit("c"))) == [True] * 3
         assert len(store.commits) == 1
         store.fail = True
         with pytest.raises(errors.StorageError):

@@ -80,6 +80,7 @@ TABLE: Mapping[Channel, Mapping[str, Mapping[str, Access]]] = {
             "Enrol": Access.MEMBER,
             "GetClusterStatus": Access.MEMBER,
             "Heartbeat": Access.MEMBER,
+            "Heartbeats": Access.MEMBER,
         },
         _API + "AgentService": {
             "ApplyRole": Access.CONTROL,

@@ -82,6 +82,20 @@ class Members:
                 message += f"; its Nova compute service could not be deleted: {exc.message}"
         return removed, message
 
+    def beat(self, identity: Identity, services: list[ServiceRecord] | None) -> int:
+        """A beat on a member's heartbeat stream (``services`` None: as on its
+        last beat). The caller was checked when the stream opened; a beat
+        refuses (``PermissionDenied``, which ends the stream) once its
+        certificate is revoked, as removing the node does, or expired."""
+        if identity.not_after.timestamp() < time.time():
+            raise errors.PermissionDenied(f"the certificate of {identity.name} has expired")
+        serial = format(identity.serial, "x")
+        if self._store.is_revoked(serial):
+            raise errors.PermissionDenied(
+                f"certificate {serial[:16]} of {identity.name} is revoked"
+            )
+        return self.heartbeat(identity, services or [])
+
     def heartbeat(self, identity: Identity, services: list[ServiceRecord]) -> int:
         """A member's heartbeat. Its time is kept in memory (``status`` reads
         it from there) and written to the store with everyone else's at most

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from microstackd import errors
-from microstackd.model import Role, ServiceRecord
+from microstackd.model import NodeCredentials, Role, ServiceRecord
 from microstackd.peers.cluster import ControlClient
 from microstackd.store import Store
 
@@ -56,14 +56,22 @@ class Heartbeats:
 
     async def _beat(self) -> None:
         interval = 10
+        stream = True  # until the control says it serves no heartbeat stream
         while True:
             cluster = self._store.cluster()
             if cluster is None:
                 return
-            self._beat_now.clear()  # a change from here on is in this beat or the next
-            client = ControlClient(cluster, self._store.credentials())
+            credentials = self._store.credentials()
+            client = ControlClient(cluster, credentials)
             try:
-                interval = await client.heartbeat(await self._services()) or interval
+                if stream:
+                    # It returns for new credentials (a new stream with them) or
+                    # for a control that serves none (a call instead): at once.
+                    interval, stream = await self._stream(client, credentials, interval)
+                    continue
+                else:
+                    self._beat_now.clear()  # a change from here on is in this beat or the next
+                    interval = await client.heartbeat(await self._services()) or interval
             except errors.PermissionDenied as exc:
                 log.warning("heartbeat refused: this node was removed? reason=%r", exc.message)
                 return
@@ -74,3 +82,35 @@ class Heartbeats:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await self._beat_now.wait()
+
+    async def _stream(
+        self, client: ControlClient, credentials: NodeCredentials, interval: int
+    ) -> tuple[int, bool]:
+        """Beat on one stream until it ends (raising what ended it) or this
+        node's credentials change; return (the interval, whether to go on
+        with a stream: False when the control serves none)."""
+        beats = client.heartbeats()
+        try:
+            while True:
+                self._beat_now.clear()  # a change from here on is in this beat or the next
+                await beats.beat(await self._services())
+                if not beats.answered.is_set():  # the control answers the first beat
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(10):
+                            await beats.answered.wait()
+                interval = beats.interval or interval
+                if not beats.ended.done():
+                    now: asyncio.Future[bool] = asyncio.ensure_future(self._beat_now.wait())
+                    await asyncio.wait(
+                        (now, beats.ended), timeout=interval, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    now.cancel()
+                if beats.ended.done():
+                    if beats.unimplemented:
+                        log.info("the control takes no heartbeat stream: one call per beat")
+                        return interval, False
+                    raise beats.ended.result()
+                if self._store.credentials() != credentials:
+                    return interval, True
+        finally:
+            await beats.close()

@@ -422,6 +422,18 @@ class HeartbeatResponse(_message.Message):
     interval_seconds: int
     def __init__(self, interval_seconds: _Optional[int] = ...) -> None: ...
 
+class HeartbeatsRequest(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ...) -> None: ...
+
+class HeartbeatsResponse(_message.Message):
+    __slots__ = ("interval_seconds",)
+    INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    interval_seconds: int
+    def __init__(self, interval_seconds: _Optional[int] = ...) -> None: ...
+
 class ApplyRoleRequest(_message.Message):
     __slots__ = ("role", "settings")
     class SettingsEntry(_message.Message):

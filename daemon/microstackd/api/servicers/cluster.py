@@ -36,6 +36,22 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
         interval = self._members.heartbeat(caller(), services)
         return pb.HeartbeatResponse(interval_seconds=interval)
 
+    async def Heartbeats(
+        self, request_iterator: AsyncIterator[pb.HeartbeatsRequest], context: Context
+    ) -> AsyncIterator[pb.HeartbeatsResponse]:
+        identity = caller()
+        told = 0
+        last = b""
+        async for request in request_iterator:
+            # Services as on the last beat of this stream: not looked at again.
+            raw = request.SerializeToString()
+            services = None if raw == last else convert.services_from_pb(request.services)
+            last = raw
+            interval = self._members.beat(identity, services)
+            if interval != told:
+                told = interval
+                yield pb.HeartbeatsResponse(interval_seconds=interval)
+
     async def GetClusterStatus(
         self, request: pb.GetClusterStatusRequest, context: Context
     ) -> pb.GetClusterStatusResponse:
