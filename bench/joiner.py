@@ -18,6 +18,8 @@ What it leaves out, and why:
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ import grpc
 from grpc import aio
 
 from microstackd.member import bootstrap as joiner_bootstrap
-from microstackd.model import ClusterRecord, EventRecord, NodeCredentials
+from microstackd.model import ClusterRecord, EventRecord, NodeCredentials, ServiceRecord
 from microstackd.peers.bootstrap import BootstrapCall, fetch_bootstrap_certificate
 from microstackd.peers.cluster import ControlClient
 from microstackd.trust import kdf as trust_kdf
@@ -109,6 +111,8 @@ class JoinResult:
     #: (seq, time.time() on arrival) of every event of the control's stream.
     events: list[tuple[int, float]] = field(default_factory=list)
     final_state: str = ""
+    #: The simulated node once it holds its certificate (not in the JSON).
+    member: Member | None = field(default=None, repr=False)
 
     @property
     def seconds(self) -> float:
@@ -183,6 +187,7 @@ async def join(host: str, port: int, name: str, address: str, secret: Secret) ->
         member = await bootstrap(host, port, name, address, secret, result.phases)
         await enrol(member, result)
         result.ok = True
+        result.member = member
     except Exception as exc:  # a benchmark counts errors, it does not stop at the first
         done = [p for p in BOOTSTRAP_PHASES if p in result.phases]
         stage = (
@@ -244,3 +249,40 @@ async def warm_rpc_samples(host: str, port: int, root_pem: bytes, count: int) ->
     finally:
         await channel.close(None)
     return samples
+
+
+# --- heartbeats ----------------------------------------------------------------------------------
+
+#: What a simulated member reports on each beat: a compute's two services.
+BEAT_SERVICES = [
+    ServiceRecord("neutron-openvswitch-agent", "running"),
+    ServiceRecord("nova-compute", "running"),
+]
+
+
+async def heartbeats(member: Member, seconds: float, start_within: float) -> tuple[int, str]:
+    """Beat as a member does (``ClusterService.Heartbeats``, the product's
+    ``HeartbeatStream``) for ``seconds``, at the interval the control asks
+    for, the first beat at a random moment within ``start_within`` seconds
+    (members that joined at different times beat at different moments).
+    Returns (beats sent, the error that ended the stream or "")."""
+    await asyncio.sleep(random.uniform(0, start_within))
+    end = time.monotonic() + seconds
+    client = ControlClient(member.cluster, member.creds)
+    stream = client.heartbeats()
+    sent = 0
+    try:
+        while time.monotonic() < end:
+            await stream.beat(BEAT_SERVICES)
+            sent += 1
+            if not stream.answered.is_set():
+                await asyncio.wait_for(stream.answered.wait(), 30)
+            if stream.ended.done():
+                return sent, f"{type(stream.ended.result()).__name__}: {stream.ended.result()}"
+            await asyncio.sleep(min(stream.interval or 10, max(0.0, end - time.monotonic())))
+        return sent, ""
+    except Exception as exc:
+        return sent, f"{type(exc).__name__}: {exc}"
+    finally:
+        await stream.close()
+        await client.close()

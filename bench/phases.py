@@ -377,8 +377,13 @@ def concurrent_joins(
     workers: int,
     profile: Path | None = None,
     prefix: str = "sim",
+    beat_window: float = 0.0,
 ) -> dict[str, Any]:
-    """``nodes`` simulated computes enrolling at once, from ``workers`` processes."""
+    """``nodes`` simulated computes enrolling at once, from ``workers`` processes.
+
+    With ``beat_window``, every node that joined then heartbeats as a member
+    does (``heartbeats`` below), and the control's CPU is measured over that
+    many seconds once every stream is up."""
     names = [(f"{prefix}-{i:05d}", sim_address(i)) for i in range(nodes)]
     shares = [names[w::workers] for w in range(workers)]
     pool = [
@@ -390,6 +395,8 @@ def concurrent_joins(
                 "port": ctl.port,
                 "secret": secret.to_json(),
                 "nodes": share,
+                "beat_seconds": BEAT_SPREAD + BEAT_SETTLE + beat_window + 2 if beat_window else 0,
+                "beat_spread": BEAT_SPREAD,
             },
             fleet.root / f"worker-{ctl.name}-{prefix}-{w}.log",
         )
@@ -411,10 +418,15 @@ def concurrent_joins(
         answer = w.recv()
         results.extend(answer["results"])
         workers_cpu += answer["cpu_s"]
-        w.finish()
     cpu = ctl.cpu_seconds() - cpu0
     busy, own = machine_busy_seconds() - busy0, own_cpu_seconds() - own0
     profiler.stop()
+    beats = None
+    if beat_window:
+        where = profile.with_name(f"heartbeats-{nodes}.txt") if profile else None
+        beats = heartbeats(fleet, ctl, pool, beat_window, where)
+    for w in pool:
+        w.finish()
     ok = [r for r in results if r["ok"]]
     latencies = [r["end"] - r["start"] for r in ok]
     errors = [r for r in results if not r["ok"]]
@@ -444,6 +456,50 @@ def concurrent_joins(
         },
         "workers": len(pool),
         "profile": str(profile) if profile else None,
+        **({"heartbeats": beats} if beats else {}),
+    }
+
+
+#: Heartbeats: members start within this many seconds (the control's default
+#: interval, so that they beat spread out as members that joined at different
+#: moments do), then this many more before measuring (every stream is up).
+BEAT_SPREAD = 10.0
+BEAT_SETTLE = 3.0
+
+
+def heartbeats(
+    fleet: Fleet, ctl: Daemon, pool: list[Worker], window: float, profile: Path | None = None
+) -> dict[str, Any]:
+    """Every joined node heartbeats on its own mTLS connection, as a member
+    does; the control's CPU over ``window`` seconds of that."""
+    for w in pool:
+        w.send("beat")
+    time.sleep(BEAT_SPREAD + BEAT_SETTLE)
+    profiler = Profiler(fleet, ctl.pid, profile)
+    rss0, cpu0, t0 = ctl.rss_mb(), ctl.cpu_seconds(), time.perf_counter()
+    busy0 = machine_busy_seconds()
+    time.sleep(window)
+    cpu, seconds = ctl.cpu_seconds() - cpu0, time.perf_counter() - t0
+    profiler.stop()
+    busy = machine_busy_seconds() - busy0
+    rss = ctl.rss_mb()
+    answers = [w.recv() for w in pool]
+    members = sum(a["members"] for a in answers)
+    interval = 10.0  # the control's default: unreachable_after (30 s) / 3
+    expected = members * seconds / interval
+    return {
+        "members": members,
+        "window_s": round(seconds, 1),
+        "interval_s": interval,
+        "control_cpu_s": round(cpu, 2),
+        "control_cpu_pct_of_one_core": round(cpu / seconds * 100, 2),
+        "control_cpu_us_per_beat": round(cpu / max(expected, 1) * 1e6, 1),
+        "beats_sent_in_all": sum(a["beats"] for a in answers),
+        "errors": sum(a["errors"] for a in answers),
+        "error_samples": sorted({e for a in answers for e in a["error_samples"]})[:5],
+        "control_rss_before_mb": round(rss0, 1),
+        "control_rss_mb": round(rss, 1),
+        "machine_busy_pct": round(busy / seconds * 100 / (os.cpu_count() or 1), 1),
     }
 
 

@@ -59,6 +59,8 @@ class Plan:
     scale: tuple[int, ...]
     scale_tmpfs: bool
     workers: int
+    #: Seconds of heartbeats measured after each scale run (0: none).
+    heartbeat_window: float
     status_samples: int
     status_cli_at_scale: int
     streams: int
@@ -80,6 +82,7 @@ FULL = Plan(
     scale=(100, 300, 1000),
     scale_tmpfs=True,
     workers=2,
+    heartbeat_window=20.0,
     status_samples=200,
     status_cli_at_scale=10,
     streams=1000,
@@ -100,6 +103,7 @@ QUICK = Plan(
     scale=(100,),
     scale_tmpfs=False,
     workers=2,
+    heartbeat_window=10.0,
     status_samples=50,
     status_cli_at_scale=5,
     streams=100,
@@ -161,12 +165,20 @@ def part_scale(c: Context) -> None:
         ctl, _ = phases.start_control(c.fleet, f"ctl-scale-{n}", c.password)
         secret, _ = phases.secret_for(ctl)
         out = c.out(f"scale-{n}.txt") if n == max(plan.scale) else None
-        result = phases.concurrent_joins(c.fleet, ctl, secret, n, plan.workers, out)
+        result = phases.concurrent_joins(
+            c.fleet, ctl, secret, n, plan.workers, out, beat_window=plan.heartbeat_window
+        )
         r["scale"].append(result)
         log(
             f"   N={n}: {result['seconds']} s, p99 {result['join_p99_ms']} ms, "
             f"errors {result['errors']}, peak RSS {result['control_rss_mb']} MB"
         )
+        if "heartbeats" in result:
+            h = result["heartbeats"]
+            log(
+                f"   N={n} heartbeats: {h['members']} members, control CPU "
+                f"{h['control_cpu_pct_of_one_core']} % of a core, errors {h['errors']}"
+            )
         if n == max(plan.scale):
             added = phases.top_up(c.fleet, ctl, secret, n) if result["errors"] else 0
             r["status_top_up_joins"] = added

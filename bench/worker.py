@@ -11,7 +11,9 @@ Modes:
 
 ``join``
     every node joins at once (bootstrap + Enrol, no services); prints
-    ``{"results": [...]}``.
+    ``{"results": [...]}``. With ``beat_seconds``, then (on ``beat``) every
+    joined node heartbeats as a member does for that long, starting at
+    random within ``beat_spread`` seconds; prints what it sent.
 ``watch``
     ``count`` AdminService.Watch streams on one node over the control's Unix
     socket, each on its own connection, held until that node's next event.
@@ -103,6 +105,23 @@ async def join_mode(job: dict[str, Any]) -> None:
     )
     usage = resource.getrusage(resource.RUSAGE_SELF)
     say({"results": [r.to_json() for r in results], "cpu_s": usage.ru_utime + usage.ru_stime})
+    beat_seconds = float(job.get("beat_seconds", 0))
+    if beat_seconds:
+        await hear("beat")
+        members = [r.member for r in results if r.member is not None]
+        spread = float(job.get("beat_spread", 10))
+        outcomes = await asyncio.gather(
+            *(joiner.heartbeats(m, beat_seconds, spread) for m in members)
+        )
+        errors = [e for _, e in outcomes if e]
+        say(
+            {
+                "members": len(members),
+                "beats": sum(n for n, _ in outcomes),
+                "errors": len(errors),
+                "error_samples": sorted(set(errors))[:5],
+            }
+        )
 
 
 async def hold_mode(job: dict[str, Any]) -> None:
