@@ -57,6 +57,18 @@ class TooManyAttempts(MicrostackError):
     code = "RESOURCE_EXHAUSTED"
 
 
+class ControlBusy(MicrostackError):
+    """The control node is bootstrapping as many nodes as it takes at once;
+    this node waits its turn and tries again."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str | None = None, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        #: Seconds until the control expects to take this node's bootstrap.
+        self.retry_after = retry_after
+
+
 class AlreadyInitialised(MicrostackError):
     """This node is already part of a cluster."""
 

@@ -103,3 +103,29 @@ def test_a_class_this_side_does_not_know_falls_back_to_the_code() -> None:
     )
     got = error_from_rpc(exc, _unreachable, default=errors.EnrolmentFailed)
     assert type(got) is errors.NotControl and got.message == "a newer daemon's error"
+
+
+def test_a_busy_control_names_the_turn_it_gives_and_the_caller_gets_it_back() -> None:
+    """``ControlBusy`` carries its retry-after in a trailer of its own."""
+    from microstackd.wire.status import error_trailers
+
+    busy = errors.ControlBusy("the control node is bootstrapping 256 nodes at once", 12.5)
+    exc = aio.AioRpcError(
+        status_code(busy),
+        aio.Metadata(),
+        aio.Metadata(*error_trailers(busy)),
+        details=busy.message,
+    )
+    again = error_from_rpc(exc, _unreachable)
+    assert isinstance(again, errors.ControlBusy)
+    assert again.retry_after == 12.5 and again.message == busy.message
+    # A peer's nonsense is bounded, not trusted.
+    for sent, kept in (("-5", 0.1), ("1e9", 600.0), ("soon", 1.0)):
+        odd = aio.AioRpcError(
+            status_code(busy),
+            aio.Metadata(),
+            aio.Metadata((ERROR_METADATA, "ControlBusy"), ("microstackd-retry-after", sent)),
+            details="busy",
+        )
+        got = error_from_rpc(odd, _unreachable)
+        assert isinstance(got, errors.ControlBusy) and got.retry_after == kept

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from microstackd import errors
 from microstackd.control.cluster import Cluster, now
@@ -36,6 +37,10 @@ class BootstrapSession:
         self.source = source
         self.agent_port = agent_port
         self.token_id = token_id
+        #: The joiner was given its certificate.
+        self.completed = False
+        #: When the control admitted it (``Admission.started``).
+        self.started = 0.0
 
 
 def check_name_free(store: Store, name: str) -> NodeRecord | None:
@@ -50,12 +55,74 @@ def check_name_free(store: Store, name: str) -> NodeRecord | None:
     )
 
 
+class Admission:
+    """At most ``limit`` bootstraps in progress at once. Past that, each
+    newcomer is refused at once, before any work, with a turn: when the
+    control expects a place to be free for it, after every turn already
+    given (a queue of turns, not of held connections). A burst of thousands
+    of joins thus costs a bounded amount of memory, no joiner's deadline
+    runs out while it waits, and the refused come back about when there is
+    room rather than all at once.
+
+    Turns are spaced by the control's capacity, ``limit`` places each held
+    for as long as a bootstrap takes lately, not by how many happened to
+    complete: the refused arrive at their turns, so a rate measured from
+    completions would only ever confirm itself."""
+
+    #: Seconds a bootstrap is assumed to take before any was seen.
+    FIRST_DURATION = 1.0
+    #: Weight of each new duration in the running average.
+    WEIGHT = 0.05
+
+    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.in_progress = 0
+        self._clock = clock
+        self._next_turn = 0.0
+        self._duration = self.FIRST_DURATION
+
+    def rate(self) -> float:
+        """Bootstraps per second the control can take with ``limit`` at once."""
+        return self.limit / self._duration
+
+    def enter(self) -> float:
+        """0 when admitted (then ``leave`` with ``started()``'s time); else
+        seconds until a turn."""
+        if self.in_progress < self.limit:
+            self.in_progress += 1
+            return 0.0
+        now = self._clock()
+        self._next_turn = max(self._next_turn, now) + 1.0 / self.rate()
+        return self._next_turn - now
+
+    def started(self) -> float:
+        return self._clock()
+
+    def leave(self, started: float, completed: bool) -> None:
+        self.in_progress -= 1
+        if completed:
+            took = max(self._clock() - started, 1e-3)
+            self._duration += self.WEIGHT * (took - self._duration)
+
+
+#: Bootstraps the control takes at once (``Admission``): enough to keep both
+#: cores busy; each is a few ms of the control's CPU.
+MAX_BOOTSTRAPS = 256
+
+
 class Bootstrap:
-    def __init__(self, cluster: Cluster, runner: Runner, bootstrap_fingerprint: str) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        runner: Runner,
+        bootstrap_fingerprint: str,
+        max_bootstraps: int = MAX_BOOTSTRAPS,
+    ) -> None:
         self._cluster = cluster
         self._store = cluster.store
         self._runner = runner
         self._fingerprint = bootstrap_fingerprint
+        self._admission = Admission(max_bootstraps)
         #: Names whose new record is on its way to disk (``finish``).
         self._committing: set[str] = set()
         config = cluster.config
@@ -72,18 +139,34 @@ class Bootstrap:
                 f"too many failed attempts from {source}: try again in {wait:.0f} s"
             )
         exchange.check_version(hello)
-        # Whether the name is taken is told only after the password is proven:
-        # the bootstrap port must not list the cluster's nodes to strangers.
-        _ca, verifier, params = self._cluster.secrets()
-        if token_id:
-            verifier = self._token_verifier(token_id, hello.node_name)
-        control = exchange.ControlExchange(
-            verifier, cluster.cluster_id, params, hello, self._fingerprint
-        )
-        return (
-            BootstrapSession(hello, control, source, agent_port, token_id),
-            Challenge(cluster.cluster_id, params, control.challenge()),
-        )
+        turn = self._admission.enter()
+        started = self._admission.started()
+        if turn:
+            raise errors.ControlBusy(
+                f"the control node is bootstrapping {self._admission.in_progress} nodes at once: "
+                f"try again in {turn:.1f} s",
+                retry_after=turn,
+            )
+        try:
+            # Whether the name is taken is told only after the password is
+            # proven: the bootstrap port must not list the cluster's nodes to strangers.
+            _ca, verifier, params = self._cluster.secrets()
+            if token_id:
+                verifier = self._token_verifier(token_id, hello.node_name)
+            control = exchange.ControlExchange(
+                verifier, cluster.cluster_id, params, hello, self._fingerprint
+            )
+            challenge = Challenge(cluster.cluster_id, params, control.challenge())
+        except BaseException:
+            self._admission.leave(started, completed=False)
+            raise
+        session = BootstrapSession(hello, control, source, agent_port, token_id)
+        session.started = started
+        return session, challenge
+
+    def end(self, session: BootstrapSession) -> None:
+        """The bootstrap ``begin`` admitted is over, finished or not."""
+        self._admission.leave(session.started, completed=session.completed)
 
     async def finish(
         self, session: BootstrapSession, pake_message: bytes, csr_pem: bytes, confirmation: bytes
@@ -157,6 +240,7 @@ class Bootstrap:
         )
         cert_pem = x509.cert_to_pem(cert)
         ca_pem = x509.cert_to_pem(ca.cert)
+        session.completed = True
         return BootstrapResult(
             certificate_pem=cert_pem,
             ca_certificate_pem=ca_pem,

@@ -12,16 +12,16 @@ import grpc
 from grpc import aio
 
 from microstackd import errors
-from microstackd.wire.status import BY_CODE, ERROR_METADATA, error_class
+from microstackd.wire.status import BY_CODE, ERROR_METADATA, RETRY_AFTER_METADATA, error_class
 
 #: Statuses that mean "the peer is not there (now)".
 UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
-def trailer(exc: aio.AioRpcError) -> str:
-    """The error class name the peer sent, "" when there is none."""
-    for key, value in exc.trailing_metadata() or ():
-        if key == ERROR_METADATA:
+def trailer(exc: aio.AioRpcError, key: str = ERROR_METADATA) -> str:
+    """A trailer the peer sent (by default the error class name), "" when there is none."""
+    for name, value in exc.trailing_metadata() or ():
+        if name == key:
             return value.decode() if isinstance(value, bytes) else str(value)
     return ""
 
@@ -41,4 +41,10 @@ def error_from_rpc(
     if exc.code() in UNREACHABLE:
         return unreachable(details)
     cls = error_class(trailer(exc)) or BY_CODE.get(exc.code(), default)
+    if cls is errors.ControlBusy:
+        try:
+            retry_after = min(max(float(trailer(exc, RETRY_AFTER_METADATA)), 0.1), 600.0)
+        except ValueError:
+            retry_after = 1.0
+        return errors.ControlBusy(prefix + details, retry_after)
     return cls(prefix + details)
