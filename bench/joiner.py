@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 import grpc
 from grpc import aio
 
+from microstackd import errors
+from microstackd.enrolment.backoff import Backoff
 from microstackd.member import bootstrap as joiner_bootstrap
 from microstackd.model import ClusterRecord, EventRecord, NodeCredentials, ServiceRecord
 from microstackd.peers.bootstrap import BootstrapCall, fetch_bootstrap_certificate
@@ -111,6 +113,9 @@ class JoinResult:
     #: (seq, time.time() on arrival) of every event of the control's stream.
     events: list[tuple[int, float]] = field(default_factory=list)
     final_state: str = ""
+    #: Bootstrap attempts, and how many of them the control refused as busy.
+    attempts: int = 0
+    busy: int = 0
     #: The simulated node once it holds its certificate (not in the JSON).
     member: Member | None = field(default=None, repr=False)
 
@@ -128,6 +133,8 @@ class JoinResult:
             "phases": self.phases,
             "events": self.events,
             "final_state": self.final_state,
+            "attempts": self.attempts,
+            "busy": self.busy,
         }
 
 
@@ -139,10 +146,15 @@ async def bootstrap(
     secret: Secret,
     phases: dict[str, float],
     agent_port: int = 0,
+    pinned: dict[tuple[str, int], bytes] | None = None,
 ) -> Member:
-    """The password bootstrap, through the daemon's own client, with the verifier given."""
+    """The password bootstrap, through the daemon's own client, with the
+    verifier given; ``pinned``: the certificate a busy control presented
+    before, pinned again (as ``Member`` does) instead of fetched."""
     t = time.perf_counter()
-    cert_pem = await fetch_bootstrap_certificate(host, port)
+    cert_pem = (pinned or {}).get((host, port)) or await fetch_bootstrap_certificate(host, port)
+    if pinned is not None:
+        pinned[host, port] = cert_pem
     phases["fetch_cert"] = time.perf_counter() - t
 
     async def verifier(kdf: trust_kdf.KdfParams) -> bytes:
@@ -180,11 +192,42 @@ async def enrol(
         raise RuntimeError(f"enrolment of {member.name} ended {result.final_state or 'early'}")
 
 
+#: How long a simulated node goes on trying to bootstrap (``microstackctl
+#: join``'s default --timeout).
+GIVE_UP_AFTER = 600.0
+
+
 async def join(host: str, port: int, name: str, address: str, secret: Secret) -> JoinResult:
-    """One whole join with no services to start; errors are recorded, not raised."""
+    """One whole join with no services to start; errors are recorded, not raised.
+
+    Like ``Member._bootstrap_with_retry``, a bootstrap the control refused
+    as busy is tried again at the turn it named, and one that could not
+    reach the control after the product's back-off (1 s doubling to 10 s),
+    until ``GIVE_UP_AFTER``; ``attempts`` counts them."""
     result = JoinResult(name=name, start=time.time())
+    deadline = time.monotonic() + GIVE_UP_AFTER
+    backoff = Backoff()
+    pinned: dict[tuple[str, int], bytes] = {}
     try:
-        member = await bootstrap(host, port, name, address, secret, result.phases)
+        while True:
+            result.attempts += 1
+            result.phases.clear()
+            try:
+                member = await bootstrap(
+                    host, port, name, address, secret, result.phases, pinned=pinned
+                )
+                break
+            except errors.ControlBusy as exc:
+                result.busy += 1
+                if time.monotonic() + exc.retry_after > deadline:
+                    raise
+                await asyncio.sleep(exc.retry_after)
+            except errors.ControlUnreachable:
+                pinned.clear()
+                backoff.failed()
+                if time.monotonic() + backoff.delay > deadline:
+                    raise
+                await backoff.wait()
         await enrol(member, result)
         result.ok = True
         result.member = member

@@ -439,6 +439,9 @@ def concurrent_joins(
         "errors": len(errors),
         "error_samples": sorted({r["error"] for r in errors})[:5],
         "first_error_after_s": round(min(r["end"] for r in errors) - go, 2) if errors else None,
+        # Bootstraps tried again: refused as busy (a turn given), or unreachable.
+        "retries": sum(r.get("attempts", 1) - 1 for r in results),
+        "busy_refusals": sum(r.get("busy", 0) for r in results),
         "control_rss_mb": round(ctl.hwm_mb(), 1),
         "control_rss_before_mb": round(rss_before, 1),
         "control_rss_after_mb": round(ctl.rss_mb(), 1),
