@@ -48,11 +48,15 @@ from typing import Any
 import idle_memory
 import lxd
 import phases
+import plot
 import report
 from fleet import Fleet
 from phases import log
 from stats import summary_ms
 from worker import raise_nofile
+
+#: Where a full run draws how the scale figures grow (docs/performance.md shows it).
+DEFAULT_PLOT = Path(__file__).resolve().parent.parent / "docs" / "performance-scale.svg"
 
 
 @dataclass(frozen=True)
@@ -398,6 +402,12 @@ def main() -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the daemons' directories")
     parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help=f"draw the scale growth into this SVG (default for a full run: {DEFAULT_PLOT})",
+    )
+    parser.add_argument(
         "--parts",
         default="",
         help=f"comma-separated subset of {','.join(PART_NAMES)} "
@@ -456,6 +466,10 @@ def main() -> int:
     r["machine"]["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(r, indent=2) + "\n")
+    plot_to = args.plot or (None if args.quick else DEFAULT_PLOT)
+    if plot_to is not None and len(r.get("scale", [])) >= 2:
+        plot.write(r, plot_to)
+        print(f"plot: {plot_to}")
     try:
         print(report.table(r))
     except (KeyError, TypeError, ValueError) as exc:  # a part failed: its figures are missing
