@@ -23,6 +23,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -192,6 +193,10 @@ async def enrol(
         raise RuntimeError(f"enrolment of {member.name} ended {result.final_state or 'early'}")
 
 
+#: A control's "busy, come back at your turn" (absent from trees before it,
+#: which ``bench/run.py`` also measures: docs/performance.md, before and after).
+BUSY: Any = getattr(errors, "ControlBusy", ())
+
 #: How long a simulated node goes on trying to bootstrap (``microstackctl
 #: join``'s default --timeout).
 GIVE_UP_AFTER = 600.0
@@ -217,7 +222,7 @@ async def join(host: str, port: int, name: str, address: str, secret: Secret) ->
                     host, port, name, address, secret, result.phases, pinned=pinned
                 )
                 break
-            except errors.ControlBusy as exc:
+            except BUSY as exc:
                 result.busy += 1
                 if time.monotonic() + exc.retry_after > deadline:
                     raise
@@ -312,6 +317,9 @@ async def heartbeats(member: Member, seconds: float, start_within: float) -> tup
     await asyncio.sleep(random.uniform(0, start_within))
     end = time.monotonic() + seconds
     client = ControlClient(member.cluster, member.creds)
+    if not hasattr(client, "heartbeats"):  # a tree before the stream
+        await client.close()
+        return await _heartbeat_calls(member, end), ""
     stream = client.heartbeats()
     sent = 0
     try:
@@ -321,6 +329,8 @@ async def heartbeats(member: Member, seconds: float, start_within: float) -> tup
             if not stream.answered.is_set():
                 await asyncio.wait_for(stream.answered.wait(), 30)
             if stream.ended.done():
+                if stream.unimplemented:  # an older control: as its members beat
+                    return sent - 1 + await _heartbeat_calls(member, end), ""
                 return sent, f"{type(stream.ended.result()).__name__}: {stream.ended.result()}"
             await asyncio.sleep(min(stream.interval or 10, max(0.0, end - time.monotonic())))
         return sent, ""
@@ -329,3 +339,18 @@ async def heartbeats(member: Member, seconds: float, start_within: float) -> tup
     finally:
         await stream.close()
         await client.close()
+
+
+async def _heartbeat_calls(member: Member, end: float) -> int:
+    """Heartbeats as members beat before the stream (and still do against a
+    control without it): a new mTLS channel and one ``Heartbeat`` call each."""
+    sent = 0
+    while time.monotonic() < end:
+        client = ControlClient(member.cluster, member.creds)
+        try:
+            interval = await client.heartbeat(BEAT_SERVICES)
+        finally:
+            await client.close()
+        sent += 1
+        await asyncio.sleep(min(interval or 10, max(0.0, end - time.monotonic())))
+    return sent
