@@ -132,35 +132,35 @@ def test_without_a_change_the_next_beat_waits_for_the_interval(control: type[Fak
     assert asyncio.run(main())
 
 
+RUNNING = [ServiceRecord("nova-compute", "running")]
+
+
+async def _running() -> list[ServiceRecord]:
+    return list(RUNNING)
+
+
 def test_a_control_without_the_stream_gets_one_call_per_beat(control: type[FakeControl]) -> None:
     control.unimplemented = True
 
-    async def states() -> list[ServiceRecord]:
-        return [ServiceRecord("nova-compute", "running")]
-
     async def main() -> tuple[str, list[ServiceRecord]]:
         control.beats = asyncio.Queue()
-        beats = Heartbeats(FakeStore(), states)  # type: ignore[arg-type]
+        beats = Heartbeats(FakeStore(), _running)  # type: ignore[arg-type]
         beats.start()
         try:
             return await asyncio.wait_for(control.beats.get(), 30)
         finally:
             await beats.stop()
 
-    how, services = asyncio.run(main())
-    assert how == "call" and services == [ServiceRecord("nova-compute", "running")]
+    assert asyncio.run(main()) == ("call", RUNNING)
 
 
 def test_a_refused_stream_stops_the_heartbeats(control: type[FakeControl]) -> None:
     """The control ends the stream PERMISSION_DENIED once this node is removed."""
     control.refuse = True
 
-    async def states() -> list[ServiceRecord]:
-        return []
-
     async def main() -> bool:
         control.beats = asyncio.Queue()
-        beats = Heartbeats(FakeStore(), states)  # type: ignore[arg-type]
+        beats = Heartbeats(FakeStore(), _running)  # type: ignore[arg-type]
         beats.start()
         assert beats._task is not None
         await asyncio.wait_for(beats._task, 30)  # returns: no beat is tried again
