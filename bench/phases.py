@@ -99,11 +99,18 @@ def write_password(root: Path) -> Path:
     return path
 
 
+#: Every simulated node of a run dials the control from the same loopback
+#: source (127.0.0.1), where real ones each have an address of their own:
+#: the per-source caps of the bootstrap port (docs/security.md) are lifted
+#: to what a fleet that size would have in all. The gate stays in front.
+CONTROL_FLAGS = ("--bootstrap-per-source", "100000", "--bootstrap-connections", "100000")
+
+
 def start_control(
     fleet: Fleet, name: str, password_file: Path, root: Path | None = None
 ) -> tuple[Daemon, float]:
     """A fresh control, initialised; return it and the wall time of its ``init``."""
-    ctl = fleet.daemon(name, CONTROL_HOST, root=root)
+    ctl = fleet.daemon(name, CONTROL_HOST, root=root, extra=CONTROL_FLAGS)
     started = time.perf_counter()
     ctl.ctl(
         "init",
@@ -601,20 +608,27 @@ def socket_fds(pid: int) -> int:
 
 
 def watch_streams(
-    fleet: Fleet, ctl: Daemon, member: joiner.Member, count: int, hold_seconds: float = 3.0
+    fleet: Fleet, ctl: Daemon, secret: joiner.Secret, count: int, hold_seconds: float = 3.0
 ) -> dict[str, Any]:
     """``count`` AdminService.Watch streams held by the control on one node (each
-    on its own connection, as ``count`` operators' CLIs would); then one new event
-    of that node, and how long it takes to reach every watcher."""
-    node = member.name
-    after = max(seq for seq, _, _, _ in control_events(ctl, node))
+    on its own connection, as ``count`` operators' CLIs would); then that node's
+    first event, and how long it takes to reach every watcher. The node has
+    bootstrapped but not started its enrolment (an active node's Enrol records
+    nothing more: it replays its final event)."""
+    node = "sim-watch"
+
+    async def boot() -> joiner.Member:
+        phases: dict[str, float] = {}
+        return await joiner.bootstrap(CONTROL_HOST, ctl.port, node, "127.3.0.2", secret, phases)
+
+    member = asyncio.run(boot())
     worker = Worker(
         fleet,
         {
             "mode": "watch",
             "socket": str(ctl.socket),
             "node": node,
-            "after_seq": after,
+            "after_seq": 0,
             "count": count,
         },
         fleet.root / f"worker-{ctl.name}-watch.log",
@@ -635,7 +649,7 @@ def watch_streams(
     cpu_holding = (ctl.cpu_seconds() - cpu0) / hold_seconds
     rss_held, threads_held = ctl.rss_mb(), ctl.threads()
 
-    async def trigger() -> None:  # Enrol of an active node records one (final) event
+    async def trigger() -> None:  # the node's enrolment starts: its first event
         await joiner.enrol(member, joiner.JoinResult(name=node))
 
     asyncio.run(trigger())

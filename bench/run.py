@@ -212,11 +212,11 @@ def part_scale(c: Context) -> None:
         )
         if largest:
             r["status_top_up_joins"] = added
-            calls, member = phases.member_calls(ctl, secret, 100)
+            calls, _member = phases.member_calls(ctl, secret, 100)
             r["status_at_scale"] = {**result["status"], "member": calls}
             r["status_p99_ms"] = rpc["p99_ms"]
             log(f"3. watch: {plan.streams} Watch streams on one control ({n} nodes)")
-            r["watch"] = phases.watch_streams(c.fleet, ctl, member, plan.streams)
+            r["watch"] = phases.watch_streams(c.fleet, ctl, secret, plan.streams)
         ctl.stop()
     r["scale_growth"] = growth(r["scale"])
 

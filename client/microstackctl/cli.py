@@ -37,9 +37,32 @@ PASSWORD_STDIN = click.option(
     "--password-stdin", is_flag=True, help="read the cluster password from stdin"
 )
 ADDRESS = click.option("--address", help="this node's IP address (default: from the host's routes)")
+
+
+class Whole(click.ParamType[int]):
+    """A whole number in ASCII digits, ``low``..``high``: click's INT takes
+    whatever ``int()`` takes (Arabic-Indic digits, spaces, underscores)."""
+
+    name = "integer"
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if type(value) is int:
+            number = value
+        elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
+            number = int(value)
+        else:
+            self.fail(f"{value!r} is not a whole number (ASCII digits)", param, ctx)
+        if not self.low <= number <= self.high:
+            self.fail(f"{value} is not in the range {self.low}-{self.high}", param, ctx)
+        return number
+
+
 TIMEOUT = click.option(
     "--timeout",
-    type=click.IntRange(1, 86400),
+    type=Whole(1, 86400),
     default=600,
     show_default=True,
     help="seconds to wait for an unreachable or not yet initialised control node",
@@ -143,7 +166,7 @@ def join(ctx: click.Context, **options: Any) -> None:
 @main.command()
 @click.argument("node", required=False, default="")
 @click.option(
-    "--after", type=click.IntRange(0), default=0, help="replay events after this sequence number"
+    "--after", type=Whole(0, 2**62), default=0, help="replay events after this sequence number"
 )
 @FORMAT
 @click.pass_context

@@ -12,7 +12,7 @@ from microstackctl.errors import usage
 
 
 def parse_ttl(text: str) -> int:
-    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
+    match = re.fullmatch(r"\s*([0-9]{1,9})\s*([smhd]?)\s*", text, re.ASCII)
     if not match:
         raise usage(f"--ttl {text!r}: use a number with s, m, h or d (e.g. 1h)")
     seconds = int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]

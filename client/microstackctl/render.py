@@ -201,7 +201,11 @@ def status_dict(status: pb.StatusResponse) -> dict[str, Any]:
         }
     return {
         "cluster": cluster,
-        "local": {"name": status.local_node, "role": ROLE_NAMES.get(status.local_role, "")},
+        "local": {
+            "name": status.local_node,
+            "role": ROLE_NAMES.get(status.local_role, ""),
+            "bootstrap_fingerprint": status.bootstrap_fingerprint,
+        },
         "nodes": [node_dict(n) for n in status.nodes],
     }
 
@@ -442,7 +446,11 @@ class _StatusView:
                 f"(bootstrap port {c.bootstrap_port}, cluster port {c.cluster_port})",
             ),
             ("CA", f"expires {expires}, fingerprint {c.ca_fingerprint[:16]}…"),
+            # In full: a joiner told it may be intercepted compares it with what it was shown.
+            ("bootstrap", f"certificate {status.bootstrap_fingerprint} ({status.local_node})"),
         ]
+        #: The cluster lines' labels, padded to the longest and two spaces.
+        self.label_width = max(len(label) for label, _ in self.cluster) + 2
         self.nova = any(n.HasField("nova") for n in status.nodes)
         columns = ["NAME", "ROLE", "ADDRESS", "STATE", "SERVICES", "LAST SEEN", "CERT EXPIRES"]
         self.header = [*columns, "NOVA"] if self.nova else columns
@@ -482,7 +490,8 @@ class _StatusView:
         columns, or None if rich would have to fold, wrap or clean it."""
         if not all(_plain_cell(cell) for row in self.rows for cell in row):
             return None
-        head = [f"{label:<9}{value}" for label, value in self.cluster]
+        w = self.label_width
+        head = [f"{label:<{w}}{value}" for label, value in self.cluster]
         notes = [f"{who}: {why}" for who, why in self.notes]
         # Two columns per character is the most any character takes.
         if not all(_plain(line) and 2 * len(line) <= width for line in head + notes):
@@ -528,8 +537,9 @@ def _print_status_rich(view: _StatusView, local: str, console: Console) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    w = view.label_width
     for label, value in view.cluster:
-        console.print(Text.assemble((f"{label:<9}", "bold"), value))
+        console.print(Text.assemble((f"{label:<{w}}", "bold"), value))
     console.print()
     table = Table(box=None, pad_edge=False, header_style="bold")
     # On a narrow terminal only NAME folds; every other column stays whole.

@@ -32,6 +32,11 @@ class DaemonConfig:
     bootstrap_backoff: float = 1.0
     #: Upper bound of that lock-out.
     bootstrap_backoff_max: float = 60.0
+    #: Bootstrap connections, and open exchanges, one source may hold at once
+    #: (a source: an IPv4 address or an IPv6 /64).
+    bootstrap_per_source: int = 8
+    #: Bootstrap connections in all (also bounded by the descriptor limit).
+    bootstrap_connections: int = 1024
     #: Default time a join waits for an unreachable control, seconds.
     join_timeout: float = 600.0
     #: How role services are run: systemd, snap, process (or auto).

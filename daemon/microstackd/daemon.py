@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import grp
 import logging
 import os
+import resource
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +38,7 @@ from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
 from microstackd import errors
 from microstackd.api import access
 from microstackd.api.access import HEALTH, REFLECTION, Channel
+from microstackd.api.gate import Gate, Limits
 from microstackd.api.servicers.admin import AdminServicer
 from microstackd.api.servicers.agent import AgentServicer
 from microstackd.api.servicers.bootstrap import BootstrapServicer
@@ -56,9 +59,10 @@ from microstackd.member.join import Member
 from microstackd.node.agent import Agent
 from microstackd.node.services import make_manager
 from microstackd.store import Store
-from microstackd.store.files import BOOTSTRAP_CERT, BOOTSTRAP_KEY
+from microstackd.store.files import BOOTSTRAP_CERT, BOOTSTRAP_KEY, CA_CERT, NODE_CERT, NODE_KEY
+from microstackd.store.lock import StateLock
 from microstackd.trust import names, x509
-from microstackd.wire.options import SERVER_OPTIONS
+from microstackd.wire.options import SERVER_OPTIONS, bootstrap_server_options
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +78,15 @@ REFLECTED_SERVICES = (
 class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
+        # First: a second daemon on this state directory must touch nothing.
+        self._lock = StateLock.acquire(config.state_dir)
         self.ports = Ports(config.listen_port, config.cluster_port)
-        self.store = store = Store(config.state_dir)
+        self.store = store = Store(config.state_dir, config.node_name)
         self.bus = EventBus(store)
         self.runner = Runner(store, self.bus, step_delays=config.step_delays)
         self._bootstrap_key, self._bootstrap_cert = self._bootstrap_identity()
-        fingerprint = x509.fingerprint(self._bootstrap_cert)
-        self._placeholder = self._reserve_cluster_port()
+        self.fingerprint = fingerprint = x509.fingerprint(self._bootstrap_cert)
+        self._placeholder: socket.socket | None = self._reserve_cluster_port()
         self.services = make_manager(config.service_manager, log_dir=config.state_dir / "logs")
         #: Raised when this node becomes a member (serve the mTLS port) or leaves it.
         self.joined, self.left = Signal("joined"), Signal("left")
@@ -106,6 +112,12 @@ class Daemon:
         self._local: aio.Server | None = None
         self._bootstrap: aio.Server | None = None
         self._cluster: aio.Server | None = None
+        #: The socket path is this daemon's to remove (it bound it).
+        self._socket_bound = False
+        #: The mTLS server closing after this node left its cluster.
+        self._closing: asyncio.Future[None] | None = None
+        #: In front of the bootstrap port (connection caps).
+        self.gate: Gate | None = None
 
     def _bootstrap_identity(self) -> tuple[bytes, bytes]:
         """The bootstrap port's self-signed key pair, made once per node."""
@@ -117,30 +129,42 @@ class Daemon:
             key_pem, cert_pem = x509.key_to_pem(key), x509.cert_to_pem(cert)
             self.store.write_secret(BOOTSTRAP_KEY, key_pem)
             self.store.write_secret(BOOTSTRAP_CERT, cert_pem)
+        try:
+            x509.check_pair(key_pem, cert_pem)
+        except ValueError as exc:
+            tls = self.config.state_dir
+            raise errors.MicrostackError(
+                f"the bootstrap key pair {tls / BOOTSTRAP_KEY} and {BOOTSTRAP_CERT} is not a valid "
+                f"one ({exc}): delete both and a new pair is made at the next start (join "
+                "tokens made before name the old certificate: make them again)"
+            ) from None
         return key_pem, cert_pem
 
-    def _reserve_cluster_port(self) -> socket.socket | None:
-        """With cluster port 0: bind one now (not listening) and keep it until
-        the mTLS server takes it over, so the port is this daemon's from the start."""
-        if self.ports.cluster:
-            return None
-        host = self.config.listen_host
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        placeholder = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            placeholder.bind((host, 0))
-        except OSError as exc:
-            placeholder.close()
-            raise errors.MicrostackError(f"cannot listen on {host}: {exc}") from exc
+    def _reserve_cluster_port(self) -> socket.socket:
+        """Bind the cluster port now (not listening) and keep it until the mTLS
+        server takes it over: the port is this daemon's from the start (port 0:
+        any free one), and one that is taken is an error at start, not at join."""
+        address = names.format_host_port(self.config.listen_host, self.ports.cluster)
+        placeholder = _bound(address, f"the cluster port {address}")
         self.ports.cluster = int(placeholder.getsockname()[1])
         return placeholder
 
     # ----------------------------------------------------------- start --
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            # Stop what was started, so that no half-made server is left to
+            # grpc's __del__ (a traceback on every failed start).
+            await self.stop(0)
+            raise
+
+    async def _start(self) -> None:
         await self._start_local()
         await self._start_bootstrap()
         if self.store.cluster() is not None:
+            self.cluster.resume()
             await self.start_cluster_server()
         await self.agent.resume()
         await self.plane.resume()
@@ -162,12 +186,17 @@ class Daemon:
     async def _start_local(self) -> None:
         path = self.config.socket
         path.parent.mkdir(parents=True, exist_ok=True)
+        if _answers(path):
+            raise errors.AlreadyRunning(
+                f"another process serves the socket {path} (another microstackd?); "
+                "stop it first, or give this one its own --socket"
+            )
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        server = aio.server(options=SERVER_OPTIONS)
+        self._local = server = aio.server(options=SERVER_OPTIONS)
         admin = AdminServicer(
             self.config.node_name, self.store, self.bus, self.cluster, self.members,
-            self.tokens, self.member,
+            self.tokens, self.member, self.fingerprint,
         )  # fmt: skip
         reflector = reflection.aio.ReflectionServicer(REFLECTED_SERVICES)
         access.register(
@@ -180,14 +209,21 @@ class Daemon:
             },
         )
         self._bind(server, f"unix:{path}", None, f"the socket {path}")
+        self._socket_bound = True
         await server.start()
         os.chmod(path, 0o660)
         _hand_to_group(path, SOCKET_GROUP)
-        self._local = server
 
     async def _start_bootstrap(self) -> None:
-        server = aio.server(options=SERVER_OPTIONS)
-        bootstrap = BootstrapServicer(self.bootstrap)
+        """The bootstrap port is the gate (per-source and total connection
+        caps); the gRPC server behind it listens on loopback only."""
+        fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        limits = Limits.within(
+            self.config.bootstrap_per_source, self.config.bootstrap_connections, fd_limit
+        )
+        self.gate = Gate(limits)
+        self._bootstrap = server = aio.server(options=bootstrap_server_options(limits.total))
+        bootstrap = BootstrapServicer(self.bootstrap, self.gate.source_of)
         access.register(
             server,
             Channel.BOOTSTRAP,
@@ -201,16 +237,39 @@ class Daemon:
         )
         tls = grpc.ssl_server_credentials([(self._bootstrap_key, self._bootstrap_cert)])
         address = names.format_host_port(self.config.listen_host, self.ports.bootstrap)
-        self.ports.bootstrap = self._bind(server, address, tls, f"the bootstrap port {address}")
+        what = f"the bootstrap port {address}"
+        backend = self._bind(server, "127.0.0.1:0", tls, f"the loopback end of {what}")
         await server.start()
-        self._bootstrap = server
+        _bound(address, what).close()  # says why not, if it cannot be had
+        try:
+            self.ports.bootstrap = await self.gate.start(
+                self.config.listen_host, self.ports.bootstrap, ("127.0.0.1", backend)
+            )
+        except OSError as exc:
+            raise errors.MicrostackError(f"cannot listen on {what}: {exc}") from exc
+        log.info(
+            "bootstrap port limits per_source=%d connections=%d fd_limit=%d",
+            limits.per_source, limits.total, fd_limit,
+        )  # fmt: skip
 
     async def start_cluster_server(self) -> None:
         """Serve the mTLS port; at start-up once a member, and when this node joins."""
+        if self._closing is not None:  # it left just before: the old server goes first
+            closing, self._closing = self._closing, None
+            await closing
         if self._cluster is not None:
             return
         creds = self.store.credentials()
-        server = aio.server(options=SERVER_OPTIONS)
+        try:
+            x509.check_pair(creds.key_pem, creds.cert_pem)
+            x509.load_cert(creds.ca_pem)
+        except ValueError as exc:
+            raise errors.MicrostackError(
+                f"this node's cluster key pair {self.config.state_dir / NODE_KEY} and "
+                f"{NODE_CERT} (or {CA_CERT}) is not a valid one ({exc}): restore them from a "
+                "backup (a compute may instead be removed on the control and join again)"
+            ) from None
+        self._cluster = server = aio.server(options=SERVER_OPTIONS)
         access.register(
             server,
             Channel.CLUSTER,
@@ -238,16 +297,25 @@ class Daemon:
             self._placeholder = None
         self._bind(server, address, tls, f"the cluster port {address}")
         await server.start()
-        self._cluster = server
 
     async def _close_cluster_server(self) -> None:
         """This node left its cluster: close the mTLS port once the answer to
-        the control's Leave is on its way."""
+        the control's Leave is on its way, and keep the port reserved (no
+        SO_REUSEPORT: a join right after must wait for the close, not share)."""
         server, self._cluster = self._cluster, None
-        if server is not None:
-            asyncio.get_running_loop().call_later(
-                0.5, lambda: asyncio.ensure_future(server.stop(1.0))
-            )
+        if server is None:
+            return
+
+        async def close() -> None:
+            await asyncio.sleep(0.5)
+            await server.stop(1.0)
+            if self._cluster is None and self._placeholder is None:
+                try:
+                    self._placeholder = self._reserve_cluster_port()
+                except errors.MicrostackError as exc:  # the next join says it again
+                    log.warning("cluster port not reserved after leaving: %s", exc.message)
+
+        self._closing = asyncio.ensure_future(close())
 
     @staticmethod
     def _bind(
@@ -257,6 +325,8 @@ class Daemon:
         what: str,
     ) -> int:
         """Bind ``address``; the port bound (the one asked for, or any for 0)."""
+        if not address.startswith("unix:"):
+            _bound(address, what).close()
         try:
             if credentials is None:
                 return int(server.add_insecure_port(address))
@@ -273,9 +343,13 @@ class Daemon:
         in-flight calls finish within ``grace`` s, then stop the services this
         daemon runs and close the store."""
         await self.health.enter_graceful_shutdown()
+        if self.gate is not None:
+            await self.gate.close()
         self.bus.shutdown()
         servers = [s for s in (self._bootstrap, self._cluster, self._local) if s is not None]
         await asyncio.gather(*(s.stop(grace) for s in servers))
+        if self._closing is not None:
+            await self._closing
         await self.heartbeats.stop()
         await self.agent.close()
         await self.plane.close()
@@ -283,12 +357,15 @@ class Daemon:
         self.cloud.close()
         if self._placeholder is not None:
             self._placeholder.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.config.socket.unlink()
+        if self._socket_bound:
+            with contextlib.suppress(FileNotFoundError):
+                self.config.socket.unlink()
+        self.runner.stop()
         with contextlib.suppress(errors.MicrostackError):
             self.runner.flush()
         self.members.flush()
         self.store.close()
+        self._lock.release()
 
     async def wait(self) -> None:
         assert self._local is not None
@@ -308,3 +385,41 @@ def _hand_to_group(path: Path, group: str) -> None:
         log.warning(
             "cannot hand the socket to its group socket=%s group=%s error=%s", path, group, exc
         )
+
+
+def _answers(path: os.PathLike[str]) -> bool:
+    """Whether something accepts connections on the Unix socket ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(os.fspath(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def _bound(address: str, what: str) -> socket.socket:
+    """A socket bound to ``address`` (not listening), or an error that says
+    precisely why not (grpc says only that binding failed): in use, or not an
+    address of this host. SO_REUSEADDR as grpc sets it, so that connections
+    of a previous run in TIME_WAIT do not count."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, int(port)))
+    except OSError as exc:
+        probe.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise errors.MicrostackError(
+                f"cannot listen on {what}: the address is in use (another microstackd?)"
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise errors.MicrostackError(
+                f"cannot listen on {what}: {host} is not an address of this host"
+            ) from None
+        raise errors.MicrostackError(f"cannot listen on {what}: {exc.strerror or exc}") from None
+    return probe

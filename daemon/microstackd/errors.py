@@ -32,7 +32,8 @@ class InvalidArgument(MicrostackError):
 
 
 class WrongPassword(MicrostackError):
-    """The control node rejected the cluster password."""
+    """The control node rejected the cluster password: it is wrong, or the
+    connection is being intercepted."""
 
     code = "UNAUTHENTICATED"
 
@@ -69,6 +70,12 @@ class ControlBusy(MicrostackError):
         self.retry_after = retry_after
 
 
+class BootstrapBusy(MicrostackError):
+    """Too many bootstrap exchanges are open from this address; the joiner waits and retries."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
 class AlreadyInitialised(MicrostackError):
     """This node is already part of a cluster."""
 
@@ -77,6 +84,12 @@ class AlreadyInitialised(MicrostackError):
 
 class NotInitialised(MicrostackError):
     """This node is not part of a cluster yet: run `microstackctl init`."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class AlreadyRunning(MicrostackError):
+    """Another microstackd is using this state directory."""
 
     code = "FAILED_PRECONDITION"
 
@@ -115,6 +128,10 @@ class StorageError(MicrostackError):
     """The state directory could not be written (is the disk full?)."""
 
     code = "INTERNAL"
+
+
+class DiskFull(StorageError):
+    """The disk holding the state directory is full."""
 
 
 class EnrolmentFailed(MicrostackError):

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -111,7 +112,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--cluster-port",
-        type=int,
         default=0,
         help="the mTLS cluster port (default: the --listen port + 1)",
     )
@@ -152,23 +152,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--unreachable-after",
-        type=float,
         default=None,
         help="(control) show an active member unreachable after this many seconds without a "
         "heartbeat (default 30; members beat every third of it)",
     )
     parser.add_argument(
         "--bootstrap-backoff",
-        type=float,
         default=None,
         help="(control) lock-out after a source's third failed bootstrap, doubling per failure "
         "(default 1 s)",
     )
     parser.add_argument(
         "--bootstrap-backoff-max",
-        type=float,
         default=None,
         help="(control) longest lock-out of a source (default 60 s)",
+    )
+    parser.add_argument(
+        "--bootstrap-per-source",
+        default=None,
+        help="bootstrap connections, and open exchanges, one source (an IPv4 address or an "
+        "IPv6 /64) may hold at once (default 8)",
+    )
+    parser.add_argument(
+        "--bootstrap-connections",
+        default=None,
+        help="bootstrap connections in all (default 1024; fewer when the descriptor limit "
+        "leaves less room)",
     )
     parser.add_argument(
         "--step-delay",
@@ -198,6 +207,8 @@ FILE_KEYS = (
     "unreachable_after",
     "bootstrap_backoff",
     "bootstrap_backoff_max",
+    "bootstrap_per_source",
+    "bootstrap_connections",
 )
 _PATH_KEYS = {"state_dir", "socket", "config_root", "openstack_prefix", "control_config"}
 
@@ -242,18 +253,19 @@ def merge(args: argparse.Namespace, settings: dict[str, object]) -> argparse.Nam
 
 def build_config(args: argparse.Namespace) -> DaemonConfig:
     listen = args.listen
+    if not isinstance(listen, str):
+        raise errors.InvalidArgument(f"--listen {listen!r}: expected ADDRESS:PORT")
     if listen.startswith(("0.0.0.0:", "[::]:")):
         host, _, port_text = listen.rpartition(":")
         host = host.strip("[]")
-        if not port_text.isdigit():
-            raise errors.InvalidArgument(f"--listen {listen!r}: port must be a number")
-        port = int(port_text)
+        port = names.port(port_text, f"--listen {listen!r}: the port", allow_zero=True)
     else:
         host, port = names.host_port(listen, "--listen", allow_any_port=True)
     # Port 0 is any free port (read back from the ``ready`` log line); the
     # cluster port then defaults to any too.
-    cluster_port = args.cluster_port or (port + 1 if port else 0)
-    if not 0 <= cluster_port < 65536 or (cluster_port and cluster_port == port):
+    cluster_port = names.port(args.cluster_port, "--cluster-port", allow_zero=True)
+    cluster_port = cluster_port or (port + 1 if port else 0)
+    if cluster_port > 65535 or (cluster_port and cluster_port == port):
         raise errors.InvalidArgument(f"--cluster-port {cluster_port} is not usable")
     prefix = args.openstack_prefix
     if prefix is not None and not (prefix / "bin").is_dir():
@@ -280,26 +292,44 @@ def build_config(args: argparse.Namespace) -> DaemonConfig:
         bootstrap_backoff_max=_positive(
             args.bootstrap_backoff_max, 60.0, "--bootstrap-backoff-max"
         ),
+        bootstrap_per_source=_count(args.bootstrap_per_source, 8, "--bootstrap-per-source"),
+        bootstrap_connections=_count(args.bootstrap_connections, 1024, "--bootstrap-connections"),
         step_delays=_step_delays(args.step_delay),
     )
 
 
-def _positive(value: float | None, default: float, flag: str) -> float:
+def _positive(value: object, default: float, flag: str) -> float:
     if value is None:
         return default
-    if not 0 < value < 86400:
-        raise errors.InvalidArgument(f"{flag} {value}: must be a positive number of seconds")
-    return float(value)
+    return names.seconds(value, flag, 0, 86400)
+
+
+def _count(value: object, default: int, flag: str) -> int:
+    if value is None:
+        return default
+    return names.integer(value, flag, 1, 1_000_000)
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft descriptor limit to the hard one: the bootstrap port's
+    caps are set well below it (api/gate.py), so that a flood of it never
+    takes the descriptors the local socket and the mTLS port need."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the descriptor limit from %d: %s", soft, exc)
 
 
 def _step_delays(items: list[str]) -> dict[str, float]:
     delays: dict[str, float] = {}
     for item in items:
-        step, _, seconds = item.partition("=")
-        try:
-            delays[step] = float(seconds)
-        except ValueError:
-            raise errors.InvalidArgument(f"--step-delay {item!r}: expected STEP=SECONDS") from None
+        step, eq, seconds = item.partition("=")
+        if not step or not eq:
+            raise errors.InvalidArgument(f"--step-delay {item!r}: expected STEP=SECONDS")
+        delays[step] = names.seconds(seconds, f"--step-delay {item!r}", 0, 86400)
     return delays
 
 
@@ -369,6 +399,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=str(args.log_level or "info").upper(), handlers=[handler])
     try:
         config = build_config(args)
+        raise_fd_limit()
         asyncio.run(serve(config, flags))
     except errors.MicrostackError as exc:
         print(f"microstackd: error: {exc.message}", file=sys.stderr)

@@ -71,12 +71,30 @@ class NodeUpdate:
     last_seen: float | None = None
 
 
+#: The states a service may be in.
+SERVICE_STATES = ("running", "starting", "failed", "stopped")
+#: What a member may report about its services (heartbeats, its agent's
+#: answers): the control refuses more, a member clips its own to fit. A
+#: failure message is a head and 20 log lines of at most 300 characters
+#: (node/services/spec.py), about 6.2 KB; a role runs about 10 services.
+MAX_SERVICES = 64
+MAX_SERVICE_NAME = 100
+MAX_SERVICE_MESSAGE = 8 * 1024
+#: All the messages of one report together.
+MAX_SERVICES_TEXT = 64 * 1024
+
+
+def clip(text: str, limit: int = MAX_SERVICE_MESSAGE) -> str:
+    """``text`` cut to ``limit`` characters, marked with an ellipsis when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 @dataclass(frozen=True)
 class ServiceRecord:
     """One service of a node's role, as its ServiceManager reports it."""
 
     name: str
-    #: Exactly one of "running", "starting", "failed", "stopped".
+    #: Exactly one of ``SERVICE_STATES``.
     state: str
     #: On failed: why (exit status and the last log lines).
     message: str = ""

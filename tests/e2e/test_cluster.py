@@ -27,6 +27,11 @@ def summary(status: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
     return {n["name"]: (n["role"], n["address"], n["state"]) for n in status["nodes"]}
 
 
+def _who(status: dict[str, Any]) -> dict[str, Any]:
+    """The answering node's name and role (status's ``local``, without its fingerprint)."""
+    return {k: status["local"][k] for k in ("name", "role")}
+
+
 def stable(status: dict[str, Any]) -> dict[str, Any]:
     """A status without the fields that change by themselves (last_seen)."""
     nodes = [{k: v for k, v in n.items() if k != "last_seen"} for n in status["nodes"]]
@@ -44,12 +49,12 @@ def test_control_and_two_computes_form_a_cluster(cluster: Cluster) -> None:
     assert status["cluster"]["id"], status
     assert status["cluster"]["control_name"] == "control"
     assert status["cluster"]["control_address"] == control.address
-    assert status["local"] == {"name": "control", "role": "control"}
+    assert _who(status) == {"name": "control", "role": "control"}
 
     for compute in computes:
         # Relayed from the control over mTLS.
         relayed = compute.status()
-        assert relayed["local"] == {"name": compute.name, "role": "compute"}, relayed
+        assert _who(relayed) == {"name": compute.name, "role": "compute"}, relayed
         assert relayed["cluster"] == status["cluster"]
         assert summary(relayed) == expected, relayed
 
@@ -96,7 +101,7 @@ def test_wrong_password_is_rejected_and_leaves_nothing_behind(
     right = join(host, control, password_file)
     assert "done" in right.stdout.lower(), output(right)
     assert summary(control.status())["compute1"] == ("compute", host.address, "active")
-    assert host.status()["local"] == {"name": "compute1", "role": "compute"}
+    assert _who(host.status()) == {"name": "compute1", "role": "compute"}
 
 
 def test_second_init_on_the_control_is_refused(
@@ -167,7 +172,7 @@ def test_joining_again_is_refused(cluster: Cluster, password_file: Path) -> None
     assert again.returncode != 0, output(again)
     assert "already a member" in again.stderr, output(again)
     assert stable(control.status()) == stable(before)
-    assert member.status()["local"] == {"name": member.name, "role": "compute"}
+    assert _who(member.status()) == {"name": member.name, "role": "compute"}
 
 
 def test_a_failing_service_reaches_the_joiners_cli(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,3 +134,37 @@ class Node:
     def status(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.ctl("status", "--format", "json").stdout)
         return data
+
+
+def join_in_background(compute: Node, control: Node, password_file: Path) -> subprocess.Popen[str]:
+    """`microstackctl join` with the password, JSON events on its stdout."""
+    return subprocess.Popen(
+        [
+            MICROSTACKCTL,
+            "--socket",
+            str(compute.socket),
+            "join",
+            control.endpoint,
+            "--password-file",
+            str(password_file),
+            "--address",
+            compute.address,
+            "--format",
+            "json",
+            "--timeout",
+            "60",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 20) -> None:
+    """Wait until TEXT appears in the file at PATH (a daemon's log)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in path.read_text():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never appeared in {path}:\n{path.read_text()}")

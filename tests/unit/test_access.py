@@ -4,9 +4,12 @@ serves is exactly its table."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import grpc
 import pytest
+from grpc import aio
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
@@ -14,6 +17,7 @@ from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
 from microstackd.api import access
 from microstackd.api.access import ACCEPTS, RETIRED, TABLE, Channel
+from microstackd.model import Access
 
 
 def _methods(*files: Any) -> set[str]:
@@ -110,3 +114,60 @@ def test_registration_refuses_servicers_the_table_does_not_list() -> None:
     )
     with pytest.raises(ValueError, match="table lists"):
         access.register(_Server(), Channel.BOOTSTRAP, servicers)
+
+
+class _Context:
+    def __init__(self) -> None:
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+        self.trailers: Any = ()
+
+    def peer(self) -> str:
+        return "ipv4:192.0.2.7:4000"
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        self.trailers = metadata
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted = (code, details)
+        raise aio.AbortError()
+
+
+def _wrapped(behaviour: Any) -> grpc.RpcMethodHandler:
+    handler = grpc.unary_unary_rpc_method_handler(
+        behaviour,
+        health_pb2.HealthCheckRequest.FromString,
+        health_pb2.HealthCheckResponse.SerializeToString,
+    )
+    return access._Check(Channel.BOOTSTRAP, None).wrap(handler, Access.HEALTH, "x/Check")
+
+
+def _call(handler: grpc.RpcMethodHandler, data: bytes) -> _Context:
+    context = _Context()
+    request = handler.request_deserializer(data)
+    with pytest.raises(aio.AbortError):
+        asyncio.run(handler.unary_unary(request, context))
+    return context
+
+
+def test_a_bug_in_a_servicer_is_internal_without_its_text(caplog: pytest.LogCaptureFixture) -> None:
+    async def buggy(request: Any, context: Any) -> None:
+        raise RuntimeError("secret internals")
+
+    context = _call(_wrapped(buggy), b"")
+    assert context.aborted is not None
+    code, details = context.aborted
+    assert code is grpc.StatusCode.INTERNAL
+    assert "secret internals" not in details and "internal error" in details
+    assert "secret internals" in caplog.text  # the operator gets it, with the traceback
+
+
+def test_a_request_that_is_not_the_methods_message_is_invalid_argument(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def fine(request: Any, context: Any) -> None:
+        raise AssertionError("never called with garbage")
+
+    context = _call(_wrapped(fine), b"\xff\xff\xff\xff garbage")
+    assert context.aborted is not None
+    assert context.aborted[0] is grpc.StatusCode.INVALID_ARGUMENT
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import configparser
+import os
+import stat
 import string
 from pathlib import Path
 
@@ -206,3 +208,16 @@ def test_compute_settings_follow_the_driver(config):
     )
     assert "glance_password" not in settings  # computes get only what they use
     assert set(COMPUTE.settings) <= set(settings)
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
+def test_setup_logs_are_0640_from_their_creation_whatever_the_umask(tmp_path, umask):
+    step = SetupStep("x", "mode", (("/bin/sh", "-c", "stat -L -c 'mode=%a' /proc/self/fd/1"),))
+    old = os.umask(umask)
+    try:
+        asyncio.run(steps.run_setup(step, {"openstack_prefix": "/x"}, tmp_path / "logs", _noop))
+    finally:
+        os.umask(old)
+    log = tmp_path / "logs" / "setup-x.log"
+    assert stat.S_IMODE(log.stat().st_mode) == 0o640
+    assert "mode=640" in log.read_text()

@@ -265,3 +265,15 @@ def test_to_json_is_json_dumps_with_indent_2() -> None:
     odd = {1: "int key", "t": (1, 2)}  # what the json module alone knows how to write
     assert render.to_json(odd) == json.dumps(odd, indent=2)
     assert render.to_json({"a": odd}) == json.dumps({"a": odd}, indent=2)
+
+
+def test_every_cluster_label_stands_apart_from_its_value(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status = random_status(random.Random(4), plain_only=True)
+    status.bootstrap_fingerprint = "ab" * 32
+    render.print_status(status)
+    head = capsys.readouterr().out.split("\n\n")[0].splitlines()
+    assert [line.split("  ")[0] for line in head] == ["cluster", "control", "CA", "bootstrap"]
+    # The values start in one column, whatever the label.
+    assert len({len(line) - len(line[len(line.split("  ")[0]) :].lstrip()) for line in head}) == 1

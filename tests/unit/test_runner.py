@@ -23,11 +23,11 @@ class SpyStore(Store):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.commits: list[list[EventRecord]] = []
-        self.fail = False
+        self.fail: type[errors.StorageError] | None = None
 
     def record_all(self, events, updates=(), nodes=()):
-        if self.fail:
-            raise errors.StorageError("cannot write: the disk is full; nothing was changed")
+        if self.fail is not None:
+            raise self.fail("cannot write: the disk is full; nothing was changed")
         recorded = super().record_all(events, updates, nodes)
         self.commits.append(recorded)
         return recorded
@@ -39,9 +39,16 @@ class CheckingBus(EventBus):
     def __init__(self, store: Store) -> None:
         super().__init__(store)
         self.published: list[EventRecord] = []
+        #: Events that could not be recorded, told to live followers only.
+        self.unrecorded: list[EventRecord] = []
         self._store = store
 
     def publish(self, event: EventRecord) -> None:
+        if event.seq == 0:
+            assert event.final and event.state is StepState.FAILED, event
+            self.unrecorded.append(event)
+            super().publish(event)
+            return
         on_disk = {e.seq for e in self._store.events(event.node)}
         assert event.seq in on_disk, f"event {event.seq} published before it was committed"
         self.published.append(event)
@@ -108,15 +115,49 @@ def test_what_a_step_waits_for_is_published_while_it_waits(world) -> None:
 
 def test_a_failed_commit_publishes_nothing_and_stops_the_enrolment(world) -> None:
     store, bus, runner = world
-    store.fail = True
+    store.fail = errors.StorageError
     asyncio.run(_finish(runner, {}))
     assert bus.published == []
     assert not runner.running(NODE)
     assert store.events(NODE) == []
-    # Once the disk has room again, the enrolment resumes from the start.
-    store.fail = False
+    # Its followers are told it stopped, and why, by an event that is not recorded.
+    (told,) = bus.unrecorded
+    assert told.step == enrolment.ADMIT and "could not record" in told.message
+    # Once the store takes writes again, the enrolment resumes from the start.
+    store.fail = None
     asyncio.run(_finish(runner, {}))
     assert bus.published[-1].final
+
+
+def test_a_full_disk_stops_the_enrolment_and_it_resumes_once_there_is_room(
+    world, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, bus, runner = world
+    monkeypatch.setattr("microstackd.enrolment.runner.SPACE_POLL", (0.01, 0.02))
+    room = [0]
+    monkeypatch.setattr(store, "free_bytes", lambda: room[0])
+    store.fail = errors.DiskFull
+
+    async def go() -> None:
+        follower = bus.follow(NODE)
+        runner.ensure_running(NODE, enrolment.COMPUTE_PLAN, {})
+        told = [e async for e in follower]
+        assert [e.seq for e in told] == [0] and told[0].final
+        assert "disk is full" in told[0].message and "resumes by itself" in told[0].message
+        store.fail = None  # writes would work, but the disk has no room yet: it waits
+        await asyncio.sleep(0.1)
+        assert not runner.running(NODE) and store.events(NODE) == []
+        room[0] = 1 << 30
+        for _ in range(500):
+            if bus.published and bus.published[-1].final:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(go())
+    assert bus.published[-1].final and bus.published[-1].state is StepState.DONE
+    node = store.node(NODE)
+    assert node is not None and node.state is NodeState.ACTIVE
+    runner.stop()
 
 
 def test_cancel_lands_what_was_recorded_first(world) -> None:
@@ -159,7 +200,7 @@ def test_new_nodes_share_the_group_commit_and_wait_for_it(tmp_path):
 
         assert list(await asyncio.gather(commit("a"), commit("b"), commit("c"))) == [True] * 3
         assert len(store.commits) == 1
-        store.fail = True
+        store.fail = errors.StorageError
         with pytest.raises(errors.StorageError):
             await runner.commit_node(node("d"))
         assert store.node("d") is None

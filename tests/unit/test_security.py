@@ -29,6 +29,7 @@ from microstackd.model import Role
 from microstackd.trust import exchange, kdf
 from microstackd.trust import transcript as tr
 from microstackd.trust import x509 as certs
+from microstackd.trust.names import dns_key as names_key
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 CLUSTER_ID = "3f6c1a52-8d0e-4b7e-9a51-0c2f7d1e9b44"
@@ -439,7 +440,10 @@ def test_san_is_the_ip_address_and_the_names_deduplicated(ca: certs.CertificateA
     )
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.20.0.1")]
-    assert [n.lower() for n in san.get_values_for_type(x509.DNSName)] == ["control-1"]
+    assert [n.lower() for n in san.get_values_for_type(x509.DNSName)] == [
+        "control-1",
+        certs.CONTROL_SERVER_NAME,
+    ]
     v6 = certs.issue_certificate(
         ca,
         certs.generate_key().public_key(),
@@ -451,6 +455,32 @@ def test_san_is_the_ip_address_and_the_names_deduplicated(ca: certs.CertificateA
     )
     v6san = v6.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert v6san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("fd00::11")]
+
+
+@pytest.mark.parametrize(
+    "name", [certs.CONTROL_SERVER_NAME, "MICROSTACKD-CONTROL.", "microstackd-bootstrap"]
+)
+@pytest.mark.parametrize("field", ["node_name", "hostname"])
+def test_only_a_control_certificate_carries_the_name_members_pin(
+    ca: certs.CertificateAuthority, name: str, field: str
+) -> None:
+    """Members dial the control by CONTROL_SERVER_NAME: the CA puts it in the
+    control's certificate and refuses it (and the bootstrap name) in any other."""
+    args: dict[str, Any] = {
+        "node_name": "n",
+        "hostname": "n",
+        field: names_key(name) if field == "node_name" else name,
+    }
+    with pytest.raises(errors.InvalidArgument, match="reserved"):
+        certs.issue_certificate(
+            ca, certs.generate_key().public_key(), role=Role.COMPUTE, address="10.0.0.9",
+            now=NOW, **args,
+        )  # fmt: skip
+    compute = certs.issue_certificate(
+        ca, certs.generate_key().public_key(), node_name="n", role=Role.COMPUTE,
+        address="10.0.0.9", hostname="n", now=NOW,
+    )  # fmt: skip
+    assert certs.CONTROL_SERVER_NAME not in certs.dns_names(compute)
 
 
 def test_leaf_never_outlives_its_ca(ca: certs.CertificateAuthority) -> None:

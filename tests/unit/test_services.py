@@ -723,3 +723,27 @@ def test_a_young_child_is_looked_at_often_then_at_the_poll_interval(tmp_path):
         0.05,
     ]
     assert ProcessManager(tmp_path, poll_interval=0.002).poll_pause(0.0) == 0.002
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
+def test_service_logs_are_0640_from_their_creation_whatever_the_umask(tmp_path, umask):
+    """The log is group-readable (the microstack group) and nothing more, from
+    the first byte: the service itself sees its log (its stdout) at 0640."""
+    spec = sh("web", "stat -L -c 'mode=%a' /proc/self/fd/1; exec sleep 30", ready_after=0.2)
+
+    async def main():
+        manager = ProcessManager(tmp_path / "logs")
+        try:
+            await manager.restart(spec)
+            await manager.wait_ready(spec)
+        finally:
+            await manager.close()
+
+    old = os.umask(umask)
+    try:
+        asyncio.run(main())
+    finally:
+        os.umask(old)
+    log = tmp_path / "logs" / "web.log"
+    assert stat.S_IMODE(log.stat().st_mode) == 0o640
+    assert "mode=640" in log.read_text()

@@ -118,6 +118,22 @@ def test_replacing_a_certificate_revokes_the_old_serial_and_clears_steps(tmp_pat
     assert store.step_states("node-1") == {}
 
 
+def test_a_new_membership_drops_the_old_events_and_numbers_on(tmp_path):
+    store = Store(tmp_path)
+    store.put_node(_node(serial="aa"))
+    store.record_all([_event(), _event(final=True)])
+    assert store.final_event("node-1") is not None
+    store.put_node(_node(serial="bb"), replaces_serial="aa")
+    assert store.events("node-1") == [] and store.final_event("node-1") is None
+    assert store.last_seq("node-1") == 2
+    (event,) = store.record_all([_event()])
+    assert event.seq == 3
+    store.put_node(_node(serial="bb"))  # the same membership, updated: nothing lost
+    assert [e.seq for e in store.events("node-1")] == [3]
+    store.close()
+    assert Store(tmp_path).last_seq("node-1") == 3
+
+
 def test_control_is_listed_first(tmp_path):
     store = Store(tmp_path)
     store.put_node(_node("b-node"))
@@ -182,3 +198,43 @@ def test_heartbeat_times_land_in_one_commit_and_never_move_back(tmp_path):
     assert {n.name: n.last_seen for n in Store(tmp_path).nodes()} == seen
     assert store.nodes()[2] is before[2]  # untouched records are kept, not rebuilt
     assert store.services("a") == []
+
+
+def test_the_state_dir_lock_is_exclusive_and_names_its_holder(tmp_path):
+    from microstackd.store.lock import LOCK, StateLock
+
+    first = StateLock.acquire(tmp_path / "state")
+    assert (tmp_path / "state" / LOCK).read_text() == f"{os.getpid()}\n"
+    with pytest.raises(errors.AlreadyRunning, match=rf"pid {os.getpid()}\b.*--state-dir"):
+        StateLock.acquire(tmp_path / "state")
+    first.release()
+    StateLock.acquire(tmp_path / "state").release()  # free again once released
+
+
+def test_identity_candidates_are_every_node_a_joiner_could_be_taken_for(tmp_path):
+    """One query: names and hostnames compared as DNS does, the same IPv4
+    address, every IPv6 node for an IPv6 joiner (its text has several forms);
+    never the joiner's own name, never a removed node."""
+    import dataclasses
+
+    store = Store(tmp_path)
+    nodes = {
+        "upper": dataclasses.replace(_node("upper"), hostname="Web1.Example."),
+        "same-ip": dataclasses.replace(_node("same-ip"), address="10.0.0.7"),
+        "v6": dataclasses.replace(_node("v6"), address="fd00:0::5"),
+        "other": dataclasses.replace(_node("other"), address="10.0.0.8"),
+        "gone": dataclasses.replace(_node("gone"), hostname="web1.example", address="10.0.0.7"),
+        "me": dataclasses.replace(_node("me"), hostname="web1.example"),
+    }
+    for node in nodes.values():
+        store.put_node(node)
+    store.remove_node("gone", "aa", 5.0)
+
+    def found(keys: set[str], address: str) -> set[str]:
+        return {n.name for n in store.identity_candidates("me", keys, address)}
+
+    assert found({"web1.example"}, "10.0.0.9") == {"upper"}
+    assert found({"nobody"}, "10.0.0.7") == {"same-ip"}
+    assert found({"nobody"}, "fd00::5") == {"v6"}
+    assert found({"other"}, "10.0.0.9") == {"other"}
+    assert found({"nobody"}, "10.0.0.9") == set()

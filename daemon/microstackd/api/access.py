@@ -20,6 +20,11 @@ Rules:
 4. Domain errors (``microstackd.errors``) raised anywhere below become
    their gRPC status here, with the operator-facing message as details and
    the class's name in the ``microstackd-error`` trailer (``wire/status.py``).
+   Anything else is a bug: logged with its traceback, and the caller gets
+   INTERNAL without its text.
+5. A request that is not the method's protobuf message is INVALID_ARGUMENT
+   for the caller and one warning line here: grpc would log an error-level
+   traceback for it, which any stranger on the bootstrap port could trigger.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import grpc
+from grpc import aio
 
 from microstackd import errors, logcontext
 from microstackd.model import Access
@@ -160,7 +166,7 @@ def register(
         for method, access in methods.items():
             if access not in ACCEPTS[channel]:
                 raise ValueError(f"{service}/{method}: {access} is not served on {channel.value}")
-            wrapped[method] = check.wrap(handlers[method], access)
+            wrapped[method] = check.wrap(handlers[method], access, f"{service}/{method}")
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
 
 
@@ -186,7 +192,9 @@ class _Check:
         self._authoriser.authorise(identity, access)
         CALLER.set(identity)
 
-    def wrap(self, handler: grpc.RpcMethodHandler, access: Access) -> grpc.RpcMethodHandler:
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, access: Access, name: str
+    ) -> grpc.RpcMethodHandler:
         authenticate = self._authenticate
 
         async def fail(context: Any, exc: errors.MicrostackError) -> None:
@@ -197,37 +205,101 @@ class _Check:
             context.set_trailing_metadata(error_trailers(exc))
             await context.abort(status_code(exc), exc.message)
 
+        async def crash(context: Any, exc: Exception) -> None:
+            log.error("internal error method=%s peer=%s", name, context.peer(), exc_info=exc)
+            await fail(
+                context,
+                errors.MicrostackError(
+                    f"internal error in microstackd (request {logcontext.REQUEST_ID.get()}; "
+                    "its log has the details)"
+                ),
+            )
+
+        deserialize = _tolerant(handler.request_deserializer, name)
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: Any) -> Any:
                 try:
                     authenticate(context, access)
-                    return await inner_uu(request, context)
+                    return await inner_uu(_decoded(request), context)
                 except errors.MicrostackError as exc:
                     await fail(context, exc)
+                except Exception as exc:
+                    if _is_abort(exc):
+                        raise
+                    await crash(context, exc)
 
             return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
+                unary_unary, deserialize, handler.response_serializer
             )
         streaming = handler.unary_stream or handler.stream_stream
         if streaming is not None:
+            many = handler.stream_stream is not None
 
             async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
                 try:
                     authenticate(context, access)
+                    request = _decoded_stream(request) if many else _decoded(request)
                     async for response in _responses(streaming(request, context)):
                         yield response
                 except errors.MicrostackError as exc:
                     await fail(context, exc)
+                except Exception as exc:
+                    if _is_abort(exc):
+                        raise
+                    await crash(context, exc)
 
             make = (
-                grpc.unary_stream_rpc_method_handler
-                if handler.unary_stream is not None
-                else grpc.stream_stream_rpc_method_handler
+                grpc.stream_stream_rpc_method_handler
+                if many
+                else grpc.unary_stream_rpc_method_handler
             )
-            return make(stream, handler.request_deserializer, handler.response_serializer)
+            return make(stream, deserialize, handler.response_serializer)
         raise ValueError("stream-unary methods are not served")
+
+
+class _Undecodable:
+    """What arrived instead of a protobuf message of the method's type."""
+
+    def __init__(self, method: str, size: int, reason: str) -> None:
+        self.method, self.size, self.reason = method, size, reason
+
+    def error(self) -> errors.InvalidArgument:
+        log.warning(
+            "undecodable request method=%s bytes=%d reason=%r", self.method, self.size, self.reason
+        )
+        return errors.InvalidArgument(f"the request is not a valid {self.method} message")
+
+
+def _tolerant(deserialize: Any, method: str) -> Any:
+    """``deserialize``, returning an ``_Undecodable`` instead of raising."""
+    if deserialize is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:
+            return _Undecodable(method, len(data), str(exc))
+
+    return decode
+
+
+def _decoded(request: Any) -> Any:
+    if isinstance(request, _Undecodable):
+        raise request.error()
+    return request
+
+
+async def _decoded_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _decoded(request)
+
+
+def _is_abort(exc: Exception) -> bool:
+    """grpc's own way out of a handler (context.abort raises it): not a bug."""
+    return isinstance(exc, aio.AbortError)
 
 
 async def _responses(result: Any) -> AsyncIterator[Any]:

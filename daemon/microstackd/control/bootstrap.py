@@ -1,21 +1,31 @@
 """The control's side of the bootstrap: prove a joiner knows the cluster
 password (or holds a valid join token) through ``trust.exchange``, then
-sign its CSR and record it. Failed attempts lock their source out
-(``ratelimit``); whether a name is taken is told only after the proof."""
+sign its CSR and record it. Whether a name is taken is told only after the
+proof.
+
+The online-guessing limit holds however guesses are spread over streams and
+connections: failed proofs lock their source out (``ratelimit``), and the
+lock-out is checked where the answer is (``finish``, before the joiner's
+confirmation is looked at), not only when an exchange opens: exchanges
+opened before a lock-out cannot all be answered after it. A source may
+also hold only so many exchanges open (``slot``)."""
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 from microstackd import errors
 from microstackd.control.cluster import Cluster, now
-from microstackd.control.ratelimit import FailureLimiter
+from microstackd.control.ratelimit import FailureLimiter, OpenLimit, Quiet, source_key
 from microstackd.enrolment.runner import Runner
 from microstackd.model import BootstrapResult, NodeRecord, NodeState, Role
 from microstackd.store import Store
-from microstackd.trust import exchange, x509
+from microstackd.trust import exchange, names, x509
 from microstackd.trust.exchange import Challenge, Hello
 
 log = logging.getLogger(__name__)
@@ -35,6 +45,8 @@ class BootstrapSession:
         self.hello = hello
         self.exchange = control
         self.source = source
+        #: What its failures count against (an address, or an IPv6 /64).
+        self.key = source_key(source)
         self.agent_port = agent_port
         self.token_id = token_id
         #: The joiner was given its certificate.
@@ -110,6 +122,43 @@ class Admission:
 MAX_BOOTSTRAPS = 256
 
 
+def check_identity_free(store: Store, hello: Hello, joining: Iterable[Hello] = ()) -> None:
+    """Refuse (``errors.NameTaken``) a hello whose hostname or address belongs
+    to another node or to the control, or whose node name is another node's
+    hostname: its certificate would name that node, and whoever dials that
+    name or address would take the joiner for it. ``joining``: the hellos
+    of nodes whose record is on its way to disk, checked as nodes too.
+
+    Only the nodes that could conflict are read (``Store.identity_candidates``):
+    going through every node made each join at 10,000 nodes cost ~0.1 s."""
+    mine = names.dns_key(hello.node_name)
+    others = [
+        (n.name, n.hostname, n.address, n.role)
+        for n in store.identity_candidates(
+            hello.node_name, {mine, names.dns_key(hello.hostname)}, hello.address
+        )
+    ]
+    others += [(h.node_name, h.hostname, h.address, Role.COMPUTE) for h in joining]
+    for name, hostname, address, role in others:
+        if name == hello.node_name:
+            continue
+        who = f"the control node {name}" if role is Role.CONTROL else f"node {name}"
+        theirs = {names.dns_key(name), names.dns_key(hostname)}
+        if names.dns_key(hello.hostname) in theirs:
+            raise errors.NameTaken(
+                f"hostname {hello.hostname!r} belongs to {who}: a certificate may name only its "
+                "own node (start this microstackd with another --hostname)"
+            )
+        if mine in theirs:
+            raise errors.NameTaken(
+                f"node name {hello.node_name!r} is the hostname of {who}: join under another name"
+            )
+        if ipaddress.ip_address(hello.address) == ipaddress.ip_address(address):
+            raise errors.NameTaken(
+                f"address {hello.address} belongs to {who}: give this node its own (--address)"
+            )
+
+
 class Bootstrap:
     def __init__(
         self,
@@ -123,21 +172,51 @@ class Bootstrap:
         self._runner = runner
         self._fingerprint = bootstrap_fingerprint
         self._admission = Admission(max_bootstraps)
-        #: Names whose new record is on its way to disk (``finish``).
-        self._committing: set[str] = set()
+        #: Hellos of the nodes whose new record is on its way to disk (``finish``).
+        self._committing: dict[str, Hello] = {}
         config = cluster.config
         self._limiter = FailureLimiter(config.bootstrap_backoff, config.bootstrap_backoff_max)
+        self._open = OpenLimit(config.bootstrap_per_source)
+        self._quiet = Quiet()
+
+    @contextlib.contextmanager
+    def slot(self, source: str) -> Iterator[None]:
+        """Hold one of ``source``'s open exchanges for as long as a bootstrap
+        stream lasts (before its hello: a stream that never speaks counts)."""
+        key = source_key(source)
+        if not self._open.acquire(key):
+            self._refused(source, key, "too-many-open", 0.0)
+            raise errors.BootstrapBusy(
+                f"{self._open.per_source} bootstrap exchanges are already open from {key}: "
+                "try again when one has finished"
+            )
+        try:
+            yield
+        finally:
+            self._open.release(key)
+
+    def _locked_out(self, source: str, key: str) -> None:
+        wait = self._limiter.retry_after(key, time.monotonic())
+        if wait > 0:
+            self._refused(source, key, "rate-limited", wait)
+            raise errors.TooManyAttempts(
+                f"too many failed attempts from {key}: try again in {math.ceil(wait)} s"
+            )
+
+    def _refused(self, source: str, key: str, reason: str, wait: float) -> None:
+        """One warning per source per window, however many refusals."""
+        quiet = self._quiet.speak(key, time.monotonic())
+        if quiet is not None:
+            log.warning(
+                "bootstrap refused source=%s key=%s reason=%s wait=%.1fs refused_quietly=%d",
+                source, key, reason, wait, quiet,
+            )  # fmt: skip
 
     def begin(
         self, hello: Hello, source: str, agent_port: int = 0, token_id: str = ""
     ) -> tuple[BootstrapSession, Challenge]:
         cluster = self._cluster.require()
-        wait = self._limiter.retry_after(source, time.monotonic())
-        if wait > 0:
-            log.warning("bootstrap refused source=%s reason=rate-limited wait=%.1fs", source, wait)
-            raise errors.TooManyAttempts(
-                f"too many failed attempts from {source}: try again in {wait:.0f} s"
-            )
+        self._locked_out(source, source_key(source))  # early: no PAKE work for it
         exchange.check_version(hello)
         turn = self._admission.enter()
         started = self._admission.started()
@@ -173,15 +252,19 @@ class Bootstrap:
     ) -> BootstrapResult:
         cluster = self._cluster.require()
         hello = session.hello
+        # Where the answer is checked: a source locked out since its exchange
+        # opened gets no check, however many exchanges it opened before.
+        self._locked_out(session.source, session.key)
         try:
             session.exchange.check_response(pake_message, csr_pem, confirmation)
         except (errors.WrongPassword, errors.BootstrapProtocolError) as exc:
             # Malformed PAKE material counts as a guess too (trust/exchange.py, rule 6).
             wrong = isinstance(exc, errors.WrongPassword)
-            delay = self._limiter.failed(session.source, time.monotonic())
+            delay = self._limiter.failed(session.key, time.monotonic())
             log.warning(
-                "bootstrap failed source=%s node=%s reason=%s lockout=%.1fs",
+                "bootstrap failed source=%s key=%s node=%s reason=%s lockout=%.1fs",
                 session.source,
+                session.key,
                 hello.node_name,
                 "wrong-password" if wrong else "protocol-error",
                 delay,
@@ -189,17 +272,20 @@ class Bootstrap:
             if wrong and session.token_id:
                 raise errors.WrongPassword("the control node rejected the join token") from None
             if wrong:
+                # The control cannot tell the two apart: both transcripts differ.
                 raise errors.WrongPassword(
-                    "the control node rejected the cluster password"
+                    "the control node rejected the cluster password: it is wrong, or the "
+                    "connection is being intercepted"
                 ) from None
             raise
-        self._limiter.succeeded(session.source)
+        self._limiter.succeeded(session.key)
         if hello.node_name in self._committing:  # another joiner of that name, right now
             raise errors.NameTaken(
                 f"a node named {hello.node_name!r} is joining the cluster at this moment; "
                 "join under another name"
             )
         existing = check_name_free(self._store, hello.node_name)
+        check_identity_free(self._store, hello, self._committing.values())
         if session.token_id and not self._store.set_token_state(
             session.token_id, "used", expect="valid"
         ):
@@ -227,11 +313,11 @@ class Bootstrap:
             joined=time.time(),
             agent_port=session.agent_port,
         )
-        self._committing.add(hello.node_name)
+        self._committing[hello.node_name] = hello
         try:
             await self._runner.commit_node(record, existing.cert_serial if existing else None)
         finally:
-            self._committing.discard(hello.node_name)
+            del self._committing[hello.node_name]
         log.info(
             "bootstrap succeeded source=%s node=%s serial=%x",
             session.source,

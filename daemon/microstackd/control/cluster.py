@@ -58,6 +58,8 @@ class Cluster:
         self._control_config_cache: tuple[int, control_config.ControlConfig] | None = None
         self._ca: x509.CertificateAuthority | None = None
         self._verifier: tuple[bytes, kdf.KdfParams] | None = None
+        #: The last reason the secrets could not be read (logged once).
+        self._secrets_error = ""
 
     # ------------------------------------------------------------ init --
 
@@ -94,13 +96,34 @@ class Cluster:
         self._runner.ensure_running(name, plan, actions, titles)
         return after
 
+    def _existing_ca(self) -> x509.CertificateAuthority | None:
+        """The CA an interrupted init already wrote (before its commit point),
+        which a resumed init keeps: ``ca.key`` is never overwritten."""
+        key, cert = self.store.read_file(CA_KEY), self.store.read_file(CA_CERT)
+        if key is None and cert is None:
+            return None
+        try:
+            if key is None or cert is None:
+                raise ValueError("one of the two files is missing")
+            return x509.CertificateAuthority.from_pem(key, cert)
+        except ValueError as exc:
+            raise errors.StorageError(
+                f"{self.store.state_dir / CA_KEY} and {CA_CERT} are there but unusable ({exc}); "
+                "init will not replace a cluster CA: move both away if no node holds a "
+                "certificate from it, then run init again"
+            ) from exc
+
     async def _create_cluster(self, ctx: StepContext, password: str, address: str) -> str:
         at = now()
-        cluster_id = secrets.token_hex(8)
         params = kdf.new_kdf_params()
         await ctx.progress("deriving the password verifier (scrypt)", 10)
         verifier = await asyncio.to_thread(kdf.derive_verifier, password, params)
-        ca = x509.create_ca(cluster_id, at)
+        ca = self._existing_ca()
+        if ca is None:
+            ca = x509.create_ca(secrets.token_hex(8), at)
+            self.store.write_secret(CA_KEY, x509.key_to_pem(ca.key))
+            self.store.write_secret(CA_CERT, x509.cert_to_pem(ca.cert))
+        cluster_id = x509.ca_cluster_id(ca.cert)
         key = x509.generate_key()
         cert = x509.issue_certificate(
             ca,
@@ -114,8 +137,6 @@ class Cluster:
         await ctx.progress("writing the cluster CA and this node's certificate", 60)
         control_config.ensure(self.config.control_config_path, address)
         store = self.store
-        store.write_secret(CA_KEY, x509.key_to_pem(ca.key))
-        store.write_secret(CA_CERT, x509.cert_to_pem(ca.cert))
         store.write_secret(NODE_KEY, x509.key_to_pem(key))
         store.write_secret(NODE_CERT, x509.cert_to_pem(cert))
         store.write_secret(VERIFIER, kdf.encode_verifier(verifier, params))
@@ -163,6 +184,41 @@ class Cluster:
             f"computes join with `microstackctl join {where}`"
         )
 
+    def resume(self) -> None:
+        """At start-up, on a control: a certificate issued before controls
+        carried ``CONTROL_SERVER_NAME`` (the name members now dial) is issued
+        again for the same key, so that its members keep reaching it."""
+        cluster = self.store.cluster()
+        if cluster is None or cluster.role is not Role.CONTROL:
+            return
+        key_pem, cert_pem = self.store.read_file(NODE_KEY), self.store.read_file(NODE_CERT)
+        me = self.store.node(self.config.node_name)
+        if key_pem is None or cert_pem is None or me is None:
+            return
+        cert = x509.load_cert(cert_pem)
+        if x509.CONTROL_SERVER_NAME in x509.dns_names(cert):
+            return
+        ca, _verifier, _params = self.secrets()
+        fresh = x509.issue_certificate(
+            ca,
+            x509.load_key(key_pem).public_key(),
+            node_name=me.name,
+            role=Role.CONTROL,
+            address=me.address,
+            hostname=me.hostname,
+            now=now(),
+        )
+        self.store.write_secret(NODE_CERT, x509.cert_to_pem(fresh))
+        identity = x509.identity_of(fresh)
+        self.store.set_certificate(
+            me.name, format(identity.serial, "x"), identity.not_after.timestamp()
+        )
+        log.info(
+            "control certificate issued again with its member-facing name name=%s serial=%x",
+            x509.CONTROL_SERVER_NAME,
+            identity.serial,
+        )
+
     # --------------------------------------------------------- secrets --
 
     def require(self) -> ClusterRecord:
@@ -176,18 +232,43 @@ class Cluster:
         return cluster
 
     def secrets(self) -> tuple[x509.CertificateAuthority, bytes, kdf.KdfParams]:
-        """The cluster CA and the password verifier with its KDF parameters."""
+        """The cluster CA and the password verifier with its KDF parameters.
+
+        Unreadable ones are an error for the operator (logged once, naming the
+        file and the cause) and a plain INTERNAL for the caller, who may be a
+        stranger on the bootstrap port: no parser's text reaches it."""
         if self._ca is None or self._verifier is None:
-            key, cert, blob = (
-                self.store.read_file(CA_KEY),
-                self.store.read_file(CA_CERT),
-                self.store.read_file(VERIFIER),
-            )
-            if key is None or cert is None or blob is None:
-                raise errors.StorageError("the cluster CA or password verifier is missing")
-            self._ca = x509.CertificateAuthority(key=x509.load_key(key), cert=x509.load_cert(cert))
-            self._verifier = kdf.decode_verifier(blob)
+            try:
+                self._ca, self._verifier = self._load_secrets()
+            except errors.StorageError as exc:
+                if self._secrets_error != exc.message:
+                    self._secrets_error = exc.message
+                    log.error("cluster secrets unreadable error=%r", exc.message)
+                raise errors.StorageError(
+                    "the control node cannot check the password or token: its cluster secrets "
+                    "are unreadable (its log names the file); its operator must restore them "
+                    "from a backup"
+                ) from None
         return self._ca, *self._verifier
+
+    def _load_secrets(self) -> tuple[x509.CertificateAuthority, tuple[bytes, kdf.KdfParams]]:
+        read = {name: self.store.read_file(name) for name in (CA_KEY, CA_CERT, VERIFIER)}
+        missing = [name for name, data in read.items() if data is None]
+        if missing:
+            raise errors.StorageError(f"missing: {', '.join(missing)} in {self.store.state_dir}")
+        key, cert, blob = read[CA_KEY], read[CA_CERT], read[VERIFIER]
+        assert key is not None and cert is not None and blob is not None
+        try:
+            ca = x509.CertificateAuthority.from_pem(key, cert)
+        except ValueError as exc:
+            raise errors.StorageError(
+                f"{self.store.state_dir / CA_KEY} or {CA_CERT} is not a usable CA: {exc}"
+            ) from exc
+        try:
+            verifier = kdf.decode_verifier(blob)
+        except errors.StorageError as exc:
+            raise errors.StorageError(f"{self.store.state_dir / VERIFIER}: {exc.message}") from exc
+        return ca, verifier
 
     def load_control_config(self) -> control_config.ControlConfig:
         """control.yaml, re-read only when the file changed (every join needs

@@ -175,7 +175,7 @@ def _parse(data: dict[str, Any], path: Path) -> ControlConfig:
             region=str(data["region"]),
             keystone_url=str(keystone["url"]),
             rabbitmq_host=str(rabbit["host"]),
-            rabbitmq_port=int(rabbit["port"]),
+            rabbitmq_port=names.port(rabbit["port"], f"control config {path}: rabbitmq.port"),
             rabbitmq_user=str(rabbit["user"]),
             rabbitmq_password=str(rabbit["password"]),
             service_passwords={
@@ -188,8 +188,16 @@ def _parse(data: dict[str, Any], path: Path) -> ControlConfig:
             ovn_sb_connection=str(data["network"]["ovn_sb_connection"] or ""),
             database_password=str(data["database"]["password"]),
             admin_password=str(data["admin"]["password"]),
-            ports=tuple((name, int(data["ports"][name])) for name in DEFAULT_PORTS),
-            discover_hosts_interval=int(data["compute"]["discover_hosts_interval"]),
+            ports=tuple(
+                (name, names.port(data["ports"][name], f"control config {path}: ports.{name}"))
+                for name in DEFAULT_PORTS
+            ),
+            discover_hosts_interval=names.integer(
+                data["compute"]["discover_hosts_interval"],
+                f"control config {path}: compute.discover_hosts_interval",
+                1,
+                86400,
+            ),
             cloud=_cloud_section(data.get("cloud")),
         )
     except (KeyError, TypeError, ValueError) as exc:

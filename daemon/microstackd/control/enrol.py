@@ -13,10 +13,11 @@ from microstackd import cloud, errors
 from microstackd.cloud.service import ADMIT_TIMEOUT, Cloud
 from microstackd.control import config as control_config
 from microstackd.control.cluster import Cluster
+from microstackd.control.members import check_services
 from microstackd.enrolment import machine as enrolment
 from microstackd.enrolment.backoff import Backoff
 from microstackd.enrolment.runner import Runner, Skipped, StepAction, StepContext
-from microstackd.model import NodeRecord, NodeState, Role
+from microstackd.model import NodeRecord, NodeState, Role, StepState, clip
 from microstackd.peers.cluster import AgentClient
 from microstackd.trust.x509 import Identity
 
@@ -40,10 +41,19 @@ class Enrolments:
                 self._runner.ensure_running(node.name, enrolment.COMPUTE_PLAN, self._actions())
 
     def enrol(self, identity: Identity, after_seq: int | None = None) -> int:
-        """Start or resume the caller's enrolment; return the seq to follow from."""
+        """Start or resume the caller's enrolment; return the seq to follow from.
+
+        ``after_seq`` None is a join (it resumes a failed enrolment); a number
+        is a re-attach to the stream. An enrolment that ended is never run
+        again by a re-attach, nor a finished one by anyone: its events are
+        replayed up to its final one, which ends the follower's stream, and
+        no other final event is appended."""
         node = self._store.node(identity.name)
         assert node is not None  # the authoriser admitted only known nodes
         after = self._store.last_seq(node.name) if after_seq is None else after_seq
+        final = self._store.final_event(node.name)
+        if final is not None and (final.state is StepState.DONE or after_seq is not None):
+            return min(after, final.seq - 1)
         self._runner.ensure_running(node.name, enrolment.COMPUTE_PLAN, self._actions())
         return after
 
@@ -108,14 +118,16 @@ class Enrolments:
         try:
             async for step in client.apply_role(Role.COMPUTE.value, settings):
                 if step.final:
-                    self._store.set_services(node.name, list(step.services))
-                    return step.message
-                await ctx.progress(f"{step.step}: {step.message}", step.percent)
+                    services = check_services(list(step.services), node.name)
+                    self._store.set_services(node.name, services)
+                    return clip(step.message)
+                await ctx.progress(f"{clip(step.step, 100)}: {clip(step.message)}", step.percent)
         except errors.NodeUnreachable:
             raise
         except errors.MicrostackError:
             with contextlib.suppress(errors.MicrostackError):
-                self._store.set_services(node.name, await client.services())
+                services = check_services(await client.services(), node.name)
+                self._store.set_services(node.name, services)
             raise
         raise errors.NodeUnreachable(f"the agent of {node.name} ended its stream without a result")
 

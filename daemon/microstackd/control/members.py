@@ -9,14 +9,25 @@ import dataclasses
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from microstackd import errors
 from microstackd.cloud import Progress
 from microstackd.cloud.service import Cloud
 from microstackd.control.cluster import Cluster
 from microstackd.enrolment.runner import Runner
-from microstackd.model import ClusterRecord, NodeRecord, NodeState, Role, ServiceRecord
+from microstackd.model import (
+    MAX_SERVICE_MESSAGE,
+    MAX_SERVICE_NAME,
+    MAX_SERVICES,
+    MAX_SERVICES_TEXT,
+    SERVICE_STATES,
+    ClusterRecord,
+    NodeRecord,
+    NodeState,
+    Role,
+    ServiceRecord,
+)
 from microstackd.peers.cluster import AgentClient
 from microstackd.trust import names
 from microstackd.trust.x509 import Identity
@@ -25,6 +36,30 @@ log = logging.getLogger(__name__)
 
 #: How often members' heartbeat times are written to the store (``Members.heartbeat``).
 SEEN_FLUSH_SECONDS = 30.0
+
+
+def check_services(services: list[ServiceRecord], node: str) -> list[ServiceRecord]:
+    """``services`` as a member reported them, or ``errors.InvalidArgument``
+    when they exceed what the control stores (model.MAX_SERVICES & co): one
+    oversized report would otherwise make `status` fail everywhere."""
+
+    def refuse(what: str) -> NoReturn:
+        raise errors.InvalidArgument(f"{node} reported {what}: refused, nothing was stored")
+
+    if len(services) > MAX_SERVICES:
+        refuse(f"{len(services)} services (at most {MAX_SERVICES})")
+    text = 0
+    for service in services:
+        if not 0 < len(service.name) <= MAX_SERVICE_NAME:
+            refuse(f"a service name of {len(service.name)} characters")
+        if service.state not in SERVICE_STATES:
+            refuse(f"service {service.name} in state {service.state[:40]!r}")
+        if len(service.message) > MAX_SERVICE_MESSAGE:
+            refuse(f"a message of {len(service.message)} characters for {service.name}")
+        text += len(service.message)
+    if text > MAX_SERVICES_TEXT:
+        refuse(f"{text} characters of service messages (at most {MAX_SERVICES_TEXT})")
+    return services
 
 
 class Members:
@@ -102,6 +137,7 @@ class Members:
         every ``SEEN_FLUSH_SECONDS`` and at ``close``: 10,000 members beat
         1,000 times a second, and a durable commit each would be 1,000
         fsyncs a second. Its services are written at once, when they changed."""
+        check_services(services, identity.name)
         now = time.time()
         self._seen[identity.name] = now
         self._unflushed[identity.name] = now

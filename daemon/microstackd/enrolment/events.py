@@ -52,9 +52,11 @@ class EventBus:
                 live = await queue.get()
                 if live is None:
                     raise errors.ShuttingDown()
-                if live.seq <= last:
-                    continue
-                last = live.seq
+                if live.seq:
+                    if live.seq <= last:
+                        continue
+                    last = live.seq
+                # seq 0: not persisted (the store could not record it): live only
                 yield live
                 if live.final:
                     return

@@ -14,6 +14,11 @@ disk (store rule 1), and a join costs a few ``fdatasync`` calls instead of
 one per record. A step may therefore start before the record saying so is
 durable; that is safe because steps are idempotent and an unrecorded step is
 simply run again on resume.
+
+A full disk stops the enrolments it touches without losing them: their
+followers get a final, failed event that is not persisted (seq 0) saying
+the control's disk is full, and the runner resumes them from the store
+(their unrecorded step runs again) once there is room again.
 """
 
 from __future__ import annotations
@@ -57,6 +62,21 @@ class _Run:
     error: errors.MicrostackError | None = field(default=None)
 
 
+#: Free space (bytes) under which stalled enrolments wait rather than resume.
+ROOM_TO_RESUME = 1 << 20
+#: Seconds between looks at the free space while enrolments wait for it.
+SPACE_POLL = (1.0, 10.0)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What it takes to run a node's enrolment again."""
+
+    plan: tuple[str, ...]
+    actions: Mapping[str, StepAction]
+    titles: Mapping[str, str] | None
+
+
 class StepContext:
     """What a step action may do: report progress for its own step."""
 
@@ -95,6 +115,11 @@ class Runner:
         self._clock = clock
         self._step_delays = dict(step_delays or {})
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: What each node's enrolment runs, to run it again after a stall.
+        self._plans: dict[str, _Plan] = {}
+        #: Enrolments stopped by a full disk, to resume once there is room.
+        self._stalled: dict[str, _Plan] = {}
+        self._space_watch: asyncio.Task[None] | None = None
         self._pending_events: list[EventRecord] = []
         self._pending_updates: list[NodeUpdate] = []
         #: New node records (with the serial each replaces) and who waits for them.
@@ -138,11 +163,16 @@ class Runner:
         self.flush()
         machine = Enrolment(plan, self._store.step_states(node), titles)
         run = _Run(node, machine, actions, lambda command: self._queue_record(node, command))
+        self._plans[node] = _Plan(plan, actions, titles)
         try:
             await self._execute(run, machine.resume())
         except Exception:
             log.exception("enrolment of %s stopped", node)
             raise
+        if isinstance(run.error, errors.DiskFull):
+            # A step failed for want of space (its failure was recorded):
+            # the cause goes away by itself, and then so does the failure.
+            self._stall(node)
 
     async def stream(
         self,
@@ -257,17 +287,71 @@ class Runner:
     def _flush_soon(self) -> None:
         self._flush_handle = None
         nodes = {e.node for e in self._pending_events} | {u.name for u in self._pending_updates}
+        steps: dict[str, str] = {}  # the first step of each node's that is not recorded
+        for event in self._pending_events:
+            steps.setdefault(event.node, event.step)
         try:
             self.flush()
         except Exception as exc:  # a full disk, or the store closed under a stopping daemon
-            # As when a step's own write fails: those enrolments stop, and
-            # resume (re-running the unrecorded steps) once the node retries.
+            # Those enrolments stop (nothing of theirs is reported that is not
+            # on disk); their followers are told why, and a full disk's are
+            # resumed from the store (re-running the unrecorded steps) once
+            # there is room: any other's when the node retries.
             reason = exc.message if isinstance(exc, errors.MicrostackError) else repr(exc)
             log.error("cannot record enrolment progress of %s: %s", sorted(nodes), reason)
-            for node in nodes:
-                task = self._tasks.pop(node, None)
-                if task is not None:
-                    task.cancel()
+            for node in sorted(nodes):
+                self._stop(node, steps.get(node, "enrolment"), exc, reason)
+
+    def _stop(self, node: str, step: str, exc: Exception, reason: str) -> None:
+        """End ``node``'s run: a final, failed event its followers see live
+        (seq 0: it is not recorded), and a stall until there is room again."""
+        task = self._tasks.pop(node, None)
+        if task is not None:
+            task.cancel()
+        if isinstance(exc, errors.DiskFull):
+            message = (
+                f"the control node's disk is full, so this enrolment could not be recorded "
+                f"({reason}); it resumes by itself once space is freed there: then run the "
+                "same command again to follow it"
+            )
+            self._stall(node)
+        else:
+            message = f"the control node could not record this enrolment ({reason})"
+        self._bus.publish(
+            EventRecord(
+                node=node, seq=0, step=step, state=StepState.FAILED, message=message,
+                percent=0, time=self._clock(), final=True,
+            )
+        )  # fmt: skip
+
+    def _stall(self, node: str) -> None:
+        plan = self._plans.get(node)
+        if plan is None:
+            return
+        self._stalled[node] = plan
+        if self._space_watch is None or self._space_watch.done():
+            self._space_watch = asyncio.get_running_loop().create_task(self._await_space())
+
+    async def _await_space(self) -> None:
+        """Resume the enrolments a full disk stopped, once there is room."""
+        delay = SPACE_POLL[0]
+        while self._stalled:
+            await asyncio.sleep(delay)
+            delay = min(SPACE_POLL[1], delay * 2)
+            free = self._store.free_bytes()
+            if free < ROOM_TO_RESUME:
+                continue
+            stalled, self._stalled = self._stalled, {}
+            log.info("space is back (%d KiB free): resuming %s", free // 1024, sorted(stalled))
+            for node, plan in stalled.items():
+                self.ensure_running(node, plan.plan, plan.actions, plan.titles)
+            delay = SPACE_POLL[0]
+
+    def stop(self) -> None:
+        """The daemon stops: no more resuming (a restart resumes from the store)."""
+        self._stalled.clear()
+        if self._space_watch is not None:
+            self._space_watch.cancel()
 
     def flush(self) -> None:
         """Commit everything queued in one transaction, then publish it."""

@@ -11,7 +11,16 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from microstackd import errors
-from microstackd.model import NodeCredentials, Role, ServiceRecord
+from microstackd.model import (
+    MAX_SERVICE_MESSAGE,
+    MAX_SERVICE_NAME,
+    MAX_SERVICES,
+    MAX_SERVICES_TEXT,
+    NodeCredentials,
+    Role,
+    ServiceRecord,
+    clip,
+)
 from microstackd.peers.cluster import ControlClient
 from microstackd.store import Store
 
@@ -21,6 +30,21 @@ log = logging.getLogger(__name__)
 ENROLMENT_META = "enrolment"
 
 ServicesProvider = Callable[[], Awaitable[list[ServiceRecord]]]
+
+
+def bounded(services: list[ServiceRecord]) -> list[ServiceRecord]:
+    """This node's services clipped to what the control accepts (model.MAX_*):
+    the first MAX_SERVICES, each message cut to its share of the total."""
+    services = services[:MAX_SERVICES]
+    share = min(MAX_SERVICE_MESSAGE, MAX_SERVICES_TEXT // max(1, len(services)))
+    return [
+        ServiceRecord(
+            s.name[:MAX_SERVICE_NAME],
+            s.state,
+            clip(s.message, share),
+        )
+        for s in services
+    ]
 
 
 class Heartbeats:
@@ -71,7 +95,8 @@ class Heartbeats:
                     continue
                 else:
                     self._beat_now.clear()  # a change from here on is in this beat or the next
-                    interval = await client.heartbeat(await self._services()) or interval
+                    services = bounded(await self._services())
+                    interval = await client.heartbeat(services) or interval
             except errors.PermissionDenied as exc:
                 log.warning("heartbeat refused: this node was removed? reason=%r", exc.message)
                 return
@@ -93,7 +118,7 @@ class Heartbeats:
         try:
             while True:
                 self._beat_now.clear()  # a change from here on is in this beat or the next
-                await beats.beat(await self._services())
+                await beats.beat(bounded(await self._services()))
                 if not beats.answered.is_set():  # the control answers the first beat
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(10):

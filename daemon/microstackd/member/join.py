@@ -197,7 +197,7 @@ class Member:
                 )
                 await asyncio.sleep(exc.retry_after)
                 continue
-            except (errors.ControlUnreachable, errors.NotControl) as exc:
+            except (errors.ControlUnreachable, errors.NotControl, errors.BootstrapBusy) as exc:
                 pinned.clear()
                 attempt = backoff.failed()
                 if time.monotonic() + backoff.delay > deadline:
@@ -235,15 +235,25 @@ class Member:
                 20,
             )
         hello = Hello(node_name=name, address=address, hostname=self._config.hostname)
-        trusted = await bootstrap.run(
-            host,
-            port,
-            cert_pem,
-            hello,
-            credential.verifier(),
-            cluster_port=self._ports.cluster,
-            token=token,
-        )
+        try:
+            trusted = await bootstrap.run(
+                host,
+                port,
+                cert_pem,
+                hello,
+                credential.verifier(),
+                cluster_port=self._ports.cluster,
+                token=token,
+            )
+        except errors.WrongPassword as exc:
+            if token is not None:  # the fingerprint was checked against the token's
+                raise
+            raise errors.WrongPassword(
+                f"{exc.message}. This node was shown the bootstrap certificate {seen}; "
+                "`microstackctl status` on the control node shows its own (line 'bootstrap'): "
+                "if the two differ, something between the two machines is intercepting the "
+                "connection"
+            ) from exc
         creds = trusted.credentials
         self._store.write_secrets(
             {NODE_KEY: creds.key_pem, NODE_CERT: creds.cert_pem, CA_CERT: creds.ca_pem}

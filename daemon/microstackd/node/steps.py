@@ -23,7 +23,7 @@ from microstackd.model import ServiceRecord
 from microstackd.node import render
 from microstackd.node.roles.parts import SERVICE_PATH, RoleService, SetupStep
 from microstackd.node.services import TAIL_LINES, ServiceManager, ServiceSpec
-from microstackd.node.services.spec import RUNNING, STARTING, read_tail
+from microstackd.node.services.spec import RUNNING, STARTING, open_log, read_tail
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,13 @@ async def _run_logged(
     log_path: Path,
     what: str,
 ) -> None:
-    with open(log_path, "ab") as log:
+    try:
+        log = os.fdopen(open_log(log_path), "ab")
+    except OSError as exc:
+        raise errors.ServiceFailed(
+            f"{step.name}: cannot open its log {log_path}: {exc.strerror or exc}"
+        ) from exc
+    with log:
         start = log.tell()
         log.write(f"[microstackd] {step.name}: running {what}\n".encode())
         log.flush()

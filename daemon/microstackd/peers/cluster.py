@@ -25,6 +25,7 @@ from microstackd.model import (
 )
 from microstackd.peers.errors import error_from_rpc
 from microstackd.trust import names
+from microstackd.trust.x509 import CONTROL_SERVER_NAME
 from microstackd.wire import convert
 from microstackd.wire.options import CHANNEL_OPTIONS
 
@@ -48,8 +49,10 @@ class ControlClient:
 
     def __init__(self, cluster: ClusterRecord, creds: NodeCredentials) -> None:
         self._where = names.format_host_port(cluster.control_address, cluster.cluster_port)
+        # Pinned by the name only a control certificate carries (trust.x509,
+        # rule 2), not by the control's node name, which a member could ask for.
         self._channel = member_channel(
-            cluster.control_address, cluster.cluster_port, creds, cluster.control_name
+            cluster.control_address, cluster.cluster_port, creds, CONTROL_SERVER_NAME
         )
         self._stub = pb_grpc.ClusterServiceStub(self._channel)
 

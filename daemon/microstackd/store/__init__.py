@@ -40,6 +40,8 @@ from microstackd.store.files import (
     CA_CERT,
     NODE_CERT,
     NODE_KEY,
+    cluster_files,
+    lost_database,
     storage_error,
     write_private_file,
     write_private_files,
@@ -52,20 +54,40 @@ DB_NAME = "microstackd.db"
 class Store:
     """The node's database. One instance per daemon, used from one thread."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, node_name: str = "") -> None:
+        """``node_name`` is only for the messages of a refusal to start."""
         self.state_dir = state_dir
+        self.path = path = state_dir / DB_NAME
         try:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.path = state_dir / DB_NAME
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            missing = not path.exists()
+            empty = missing or path.stat().st_size == 0
+        except OSError as exc:
+            raise storage_error(path, exc) from exc
+        found = cluster_files(state_dir)
+        if empty and found:
+            # Checked before SQLite creates a fresh database here, which
+            # would make the next start look like a new node's.
+            raise lost_database(
+                state_dir, path, found, "missing" if missing else "empty", node_name
+            )
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._nodes_cache: tuple[tuple[int, int], list[NodeRecord]] | None = None
-            os.chmod(self.path, 0o600)
+            os.chmod(path, 0o600)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is not sqlite3.DatabaseError:  # OperationalError & co: not the file
+                raise storage_error(path, exc) from exc
+            raise errors.StorageError(
+                f"the database {path} is damaged ({exc}): restore it from a backup "
+                "(with microstackd stopped); keep the keys under tls/ and verifier.json"
+            ) from exc
         except (OSError, sqlite3.Error) as exc:
-            raise storage_error(state_dir / DB_NAME, exc) from exc
+            raise storage_error(path, exc) from exc
 
     def close(self) -> None:
         """Fold the WAL into the database file, then close."""
@@ -83,21 +105,32 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic, durable unit of work."""
+        """One atomic, durable unit of work: committed whole, or not at all
+        (also when the COMMIT itself fails, as it does on a full disk)."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
         except sqlite3.OperationalError as exc:
-            if "disk" in str(exc) or "full" in str(exc):
-                raise errors.StorageError(
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc):
+                raise errors.DiskFull(
                     f"cannot write {self.path}: the disk is full; nothing was changed"
                 ) from exc
             raise
+
+    def free_bytes(self) -> int:
+        """Space left for this node's state (0 when it cannot be told)."""
+        try:
+            found = os.statvfs(self.state_dir)
+        except OSError:
+            return 0
+        return found.f_bavail * found.f_frsize
 
     # ------------------------------------------------------------ meta --
 
@@ -171,6 +204,22 @@ class Store:
             services=services,
         )
 
+    def identity_candidates(self, name: str, keys: set[str], address: str) -> list[NodeRecord]:
+        """The nodes other than ``name``, not removed, that could share an
+        identity with a joiner: a name or hostname whose DNS key (lower case,
+        no trailing dot) is in ``keys``, the same IPv4 address text, or any
+        IPv6 address when ``address`` is one (its text has several forms).
+        One query however many nodes there are; the caller compares exactly."""
+        marks = ", ".join("?" * len(keys))
+        ipv6 = 1 if ":" in address else 0
+        rows = self._db.execute(
+            f"SELECT {self._NODE_COLUMNS} FROM nodes WHERE name != ? AND state != ? AND ("
+            f"rtrim(lower(name), '.') IN ({marks}) OR rtrim(lower(hostname), '.') IN ({marks}) "
+            "OR address = ? OR (? AND instr(address, ':') > 0))",
+            (name, NodeState.REMOVED.value, *keys, *keys, address, ipv6),
+        ).fetchall()
+        return [self._node(row) for row in rows]
+
     def _nodes_version(self) -> tuple[int, int]:
         (data_version,) = self._db.execute("PRAGMA data_version").fetchone()
         return self._db.total_changes, int(data_version)
@@ -206,16 +255,35 @@ class Store:
         return list(nodes)
 
     def put_node(self, node: NodeRecord, *, replaces_serial: str | None = None) -> None:
-        """Insert or replace a node; a replaced certificate serial is revoked."""
+        """Insert or replace a node; a replaced certificate serial is revoked,
+        and the events of the membership it ends are deleted: numbering goes
+        on after them, so a follower that saw one never takes a new event for
+        it."""
         with self.transaction() as db:
             self._put_node(db, node, replaces_serial)
+
+    def set_certificate(self, name: str, serial: str, not_after: float) -> None:
+        """Record the certificate a node now holds (its key unchanged)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE nodes SET cert_serial = ?, cert_not_after = ? WHERE name = ?",
+                (serial, not_after, name),
+            )
 
     def _put_node(
         self, db: sqlite3.Connection, node: NodeRecord, replaces_serial: str | None
     ) -> None:
+        """``put_node`` within ``db``'s transaction (``record_all`` too)."""
+        if replaces_serial:
+            events_from = self._last_seq(db, node.name)
+        else:
+            row = db.execute(
+                "SELECT events_from FROM nodes WHERE name = ?", (node.name,)
+            ).fetchone()
+            events_from = int(row[0]) if row else 0
         db.execute(
-            f"INSERT OR REPLACE INTO nodes ({self._NODE_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO nodes ({self._NODE_COLUMNS}, events_from) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 node.name,
                 node.role.value,
@@ -228,6 +296,7 @@ class Store:
                 node.joined,
                 node.last_seen,
                 node.agent_port,
+                events_from,
             ),
         )
         if replaces_serial:
@@ -236,6 +305,7 @@ class Store:
                 (replaces_serial, node.name, node.joined),
             )
             db.execute("DELETE FROM steps WHERE node = ?", (node.name,))
+            db.execute("DELETE FROM events WHERE node = ?", (node.name,))
 
     def touch_nodes(self, seen: Mapping[str, float]) -> None:
         """When each of these nodes was last heard from, in one commit (never
@@ -373,10 +443,7 @@ class Store:
             for node, replaces_serial in nodes:
                 self._put_node(db, node, replaces_serial)
             for event in events:
-                (last,) = db.execute(
-                    "SELECT COALESCE(MAX(seq), 0) FROM events WHERE node = ?", (event.node,)
-                ).fetchone()
-                seq = int(last) + 1
+                seq = self._last_seq(db, event.node) + 1
                 db.execute(
                     "INSERT INTO steps (node, step, state, message) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT(node, step) DO UPDATE SET state = excluded.state, "
@@ -431,10 +498,23 @@ class Store:
         ]
 
     def last_seq(self, node: str) -> int:
-        (last,) = self._db.execute(
-            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE node = ?", (node,)
+        return self._last_seq(self._db, node)
+
+    @staticmethod
+    def _last_seq(db: sqlite3.Connection, node: str) -> int:
+        """The node's last event's seq; after a rejoin, at least where its
+        previous membership's events ended."""
+        (last,) = db.execute(
+            "SELECT MAX(COALESCE((SELECT MAX(seq) FROM events WHERE node = ?), 0), "
+            "COALESCE((SELECT events_from FROM nodes WHERE name = ?), 0))",
+            (node, node),
         ).fetchone()
         return int(last)
+
+    def final_event(self, node: str) -> EventRecord | None:
+        """The node's last event when it is a final one (its enrolment ended)."""
+        events = self.events(node, self.last_seq(node) - 1)
+        return events[-1] if events and events[-1].final else None
 
     # ------------------------------------------------------------ files --
 

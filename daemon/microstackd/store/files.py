@@ -23,6 +23,38 @@ BOOTSTRAP_KEY = "tls/bootstrap.key"
 BOOTSTRAP_CERT = "tls/bootstrap.crt"
 #: The control's password verifier (``trust.kdf.encode_verifier``).
 VERIFIER = "verifier.json"
+#: What only a node that is (or was) in a cluster holds; without the
+#: database that says which cluster, it must not start as a new node.
+CLUSTER_FILES = (CA_KEY, CA_CERT, NODE_KEY, NODE_CERT, VERIFIER)
+
+
+def cluster_files(state_dir: Path) -> list[str]:
+    """The ``CLUSTER_FILES`` present under ``state_dir``."""
+    return [name for name in CLUSTER_FILES if (state_dir / name).exists()]
+
+
+def lost_database(
+    state_dir: Path, db: Path, found: list[str], what: str, node_name: str = ""
+) -> errors.StorageError:
+    """The refusal to start on cluster keys without their database."""
+    if CA_KEY in found:
+        role = "the control node of a cluster"
+        instead = (
+            "only to start over with a new cluster, move them away first (every member then "
+            "has to join again)"
+        )
+    else:
+        role = "a member of a cluster"
+        instead = (
+            f"or remove this node on the control (`microstackctl remove {node_name or 'NAME'} "
+            "--force`), move them away and join again"
+        )
+    return errors.StorageError(
+        f"{state_dir} holds the keys of {role} ({', '.join(found)}) but its database {db} "
+        f"is {what}: started like this, it would be a node in no cluster, and a new init would "
+        f"replace the cluster CA and orphan every member. Stop here: restore {db} from a backup "
+        f"(with microstackd stopped) and start again; {instead}"
+    )
 
 
 def write_private_file(path: Path, data: bytes, mode: int = 0o600, dir_mode: int = 0o700) -> None:
@@ -122,6 +154,6 @@ def _sync_directory(path: Path) -> errors.StorageError | None:
 
 
 def storage_error(path: Path, exc: BaseException) -> errors.StorageError:
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return errors.StorageError(f"cannot write {path}: the disk is full; nothing was changed")
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return errors.DiskFull(f"cannot write {path}: the disk is full; nothing was changed")
     return errors.StorageError(f"cannot write {path}: {exc}")

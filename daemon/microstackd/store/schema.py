@@ -64,4 +64,9 @@ MIGRATIONS: tuple[str, ...] = (
         state TEXT NOT NULL
     );
     """,
+    # 5: where a node's current membership's events start: a rejoin deletes
+    # the old membership's events, and sequence numbers go on after them
+    """
+    ALTER TABLE nodes ADD COLUMN events_from INTEGER NOT NULL DEFAULT 0;
+    """,
 )

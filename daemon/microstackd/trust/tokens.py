@@ -20,11 +20,12 @@ import secrets
 from dataclasses import dataclass
 
 from microstackd import errors
+from microstackd.trust import names
 from microstackd.trust.transcript import PURPOSE_TOKEN_VERIFIER, derive_key
 
 PREFIX = "mst1."
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_ID = re.compile(r"^[0-9a-f]{16}$")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_ID = re.compile(r"[0-9a-f]{16}")
 MAX_TTL = 30 * 24 * 3600
 
 
@@ -99,17 +100,22 @@ def decode(text: str) -> JoinToken:
             bootstrap_fingerprint=str(body["bootstrap_fp"]),
             ca_fingerprint=str(body["ca_fp"]),
             secret=secret,
-            expires=int(body["exp"]),
+            expires=body["exp"],
         )
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
         raise bad from exc
     if (
         body.get("v") != 1
-        or not _ID.match(token.id)
+        or not _ID.fullmatch(token.id)
         or len(token.secret) != 32
         or not token.controls
-        or not _HEX64.match(token.bootstrap_fingerprint)
-        or not _HEX64.match(token.ca_fingerprint)
+        or not _HEX64.fullmatch(token.bootstrap_fingerprint)
+        or not _HEX64.fullmatch(token.ca_fingerprint)
+        or type(token.expires) is not int
     ):
         raise bad
+    try:
+        names.node_name(token.name)
+    except errors.InvalidArgument:
+        raise bad from None
     return token

@@ -8,7 +8,9 @@ Rules (tests/unit/test_security.py has an adversarial test for each):
 2. The control decides identity. A CSR only proves possession of a P-256 key
    and must name the node it is for; the certificate's subject, role, SANs,
    extensions and validity come from the control's arguments, each checked by
-   ``trust.names`` (the one identity validator).
+   ``trust.names`` (the one identity validator). Only a control certificate
+   carries ``CONTROL_SERVER_NAME``, the name members dial the control by; no
+   certificate may be issued for another reserved name.
 3. Pure: no I/O, no sockets, no clock. Callers pass ``now``, which must be
    timezone-aware.
 
@@ -36,7 +38,10 @@ from microstackd.trust import names
 
 #: Host name in the bootstrap port's self-signed certificate; the joiner sets
 #: it as grpc's ``ssl_target_name_override``.
-BOOTSTRAP_SERVER_NAME = "microstackd-bootstrap"
+BOOTSTRAP_SERVER_NAME = names.BOOTSTRAP_SERVER_NAME
+#: Host name in the control's certificate, and only there; members set it as
+#: ``ssl_target_name_override`` when they call the control.
+CONTROL_SERVER_NAME = names.CONTROL_SERVER_NAME
 #: The roles a node certificate may name (its OU).
 CERTIFICATE_ROLES = frozenset({Role.CONTROL, Role.COMPUTE})
 
@@ -71,6 +76,20 @@ def load_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
         raise ValueError("the private key is not an ECDSA P-256 key")
     _require_p256(key.public_key(), ValueError)
     return key
+
+
+def check_pair(key_pem: bytes, cert_pem: bytes) -> None:
+    """Refuse (``ValueError``, saying which and why) a key file that is not a
+    P-256 key, a certificate file that is not a certificate, or a pair whose
+    halves do not belong together: before grpc reports any of them as a
+    port it failed to bind."""
+    key = load_key(key_pem)
+    try:
+        cert = load_cert(cert_pem)
+    except ValueError as exc:
+        raise ValueError(f"the certificate is not a PEM certificate: {exc}") from exc
+    if cert.public_key() != key.public_key():
+        raise ValueError("the key does not belong to the certificate")
 
 
 def cert_to_pem(cert: x509.Certificate) -> bytes:
@@ -145,6 +164,14 @@ def create_ca(cluster_id: str, now: datetime, days: int = 3650) -> CertificateAu
     return CertificateAuthority(key=key, cert=cert)
 
 
+def ca_cluster_id(cert: x509.Certificate) -> str:
+    """The cluster id a CA made by :func:`create_ca` carries (its OU)."""
+    units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    if not is_ca(cert) or len(units) != 1:
+        raise ValueError("not a cluster CA certificate (no single OU naming the cluster)")
+    return names.cluster_id(str(units[0].value))
+
+
 def make_csr(key: ec.EllipticCurvePrivateKey, node_name: str) -> bytes:
     """The joiner's PEM CSR. Only the subject CN is set: the control decides the rest."""
     return (
@@ -169,8 +196,8 @@ def issue_certificate(
     """A node certificate, for mTLS in both directions (server and client).
 
     CN is the node name and OU its role; the SANs let peers dial the node by
-    address (an IP SAN avoids name overrides), node name or host name. It
-    never outlives the CA.
+    address (an IP SAN avoids name overrides), node name or host name, and a
+    control also by ``CONTROL_SERVER_NAME`` (rule 2). It never outlives the CA.
     """
     names.node_name(node_name)
     names.hostname(hostname)
@@ -188,7 +215,10 @@ def issue_certificate(
 
     sans: list[x509.GeneralName] = []
     seen: set[tuple[type, str]] = set()
-    for san in (address_name, x509.DNSName(node_name), x509.DNSName(hostname)):
+    wanted = [address_name, x509.DNSName(node_name), x509.DNSName(hostname)]
+    if role is Role.CONTROL:
+        wanted.append(x509.DNSName(CONTROL_SERVER_NAME))
+    for san in wanted:
         key = (type(san), str(san.value).lower())
         if key not in seen:
             seen.add(key)
@@ -311,6 +341,15 @@ def identity_of(cert: x509.Certificate) -> Identity:
         serial=cert.serial_number,
         not_after=cert.not_valid_after_utc,
     )
+
+
+def dns_names(cert: x509.Certificate) -> list[str]:
+    """The DNS names in a certificate's SAN."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(n) for n in san.get_values_for_type(x509.DNSName)]
 
 
 def verify_issued_by(ca_cert: x509.Certificate, cert: x509.Certificate, now: datetime) -> None:

@@ -149,16 +149,18 @@ class ClusterInfo(_message.Message):
     def __init__(self, id: _Optional[str] = ..., control_name: _Optional[str] = ..., control_address: _Optional[str] = ..., bootstrap_port: _Optional[int] = ..., cluster_port: _Optional[int] = ..., ca_fingerprint: _Optional[str] = ..., ca_expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("cluster", "nodes", "local_node", "local_role")
+    __slots__ = ("cluster", "nodes", "local_node", "local_role", "bootstrap_fingerprint")
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     LOCAL_NODE_FIELD_NUMBER: _ClassVar[int]
     LOCAL_ROLE_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     cluster: ClusterInfo
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     local_node: str
     local_role: Role
-    def __init__(self, cluster: _Optional[_Union[ClusterInfo, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., local_node: _Optional[str] = ..., local_role: _Optional[_Union[Role, str]] = ...) -> None: ...
+    bootstrap_fingerprint: str
+    def __init__(self, cluster: _Optional[_Union[ClusterInfo, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., local_node: _Optional[str] = ..., local_role: _Optional[_Union[Role, str]] = ..., bootstrap_fingerprint: _Optional[str] = ...) -> None: ...
 
 class InitResponse(_message.Message):
     __slots__ = ("event",)

@@ -31,8 +31,10 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         members: Members,
         tokens: Tokens,
         member: Member,
+        bootstrap_fingerprint: str,
     ) -> None:
         self._node = node_name
+        self._fingerprint = bootstrap_fingerprint
         self._store = store
         self._bus = bus
         self._cluster = cluster
@@ -118,6 +120,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         response = pb.StatusResponse(
             local_node=self._node,
             local_role=convert.ROLE_TO_PB[cluster.role if cluster else Role.NONE],
+            bootstrap_fingerprint=self._fingerprint,
         )
         if cluster is None:
             return response

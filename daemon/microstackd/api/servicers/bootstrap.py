@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
@@ -13,18 +14,50 @@ from microstackd.control.bootstrap import Bootstrap
 from microstackd.trust.exchange import Hello
 from microstackd.wire import convert
 
-#: How long the bootstrap waits for each of the joiner's messages, seconds.
-MESSAGE_TIMEOUT = 30
+#: How long the bootstrap waits for each of the joiner's messages, seconds:
+#: a joiner answers within milliseconds (its scrypt is about 0.1 s); a
+#: stranger's silent stream holds one of its source's open exchanges no longer.
+MESSAGE_TIMEOUT = 15
+
+#: How long a refused exchange waits for its hello before it is refused.
+REFUSAL_WAIT = 1.0
+
+#: Maps the bootstrap server's view of a caller (gRPC's peer string) to the
+#: address it really comes from (the gate in front of the port knows it).
+Sources = Callable[[str], str]
 
 
 class BootstrapServicer(pb_grpc.BootstrapServiceServicer):
-    def __init__(self, bootstrap: Bootstrap) -> None:
+    def __init__(self, bootstrap: Bootstrap, sources: Sources | None = None) -> None:
         self._bootstrap = bootstrap
+        self._sources = sources
+
+    def _source(self, context: Context) -> str:
+        if self._sources is not None:
+            return self._sources(str(context.peer()))
+        return source(context)
 
     async def Exchange(
         self, request_iterator: AsyncIterator[pb.ExchangeRequest], context: Context
     ) -> AsyncIterator[pb.ExchangeResponse]:
+        where = self._source(context)
         requests = aiter(request_iterator)
+        try:
+            with self._bootstrap.slot(where):
+                async for response in self._exchange(requests, where):
+                    yield response
+        except errors.BootstrapBusy:  # only the slot says so
+            # Refuse once its hello is in (or a second has passed): ending the
+            # call while the client is still sending makes grpc's client report
+            # INTERNAL ("execute_batch" failed), not this error, and a joiner
+            # would not know to wait and retry.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(anext(requests), timeout=REFUSAL_WAIT)
+            raise
+
+    async def _exchange(
+        self, requests: AsyncIterator[pb.ExchangeRequest], where: str
+    ) -> AsyncIterator[pb.ExchangeResponse]:
         first = await _next(requests, "hello")
         if first.WhichOneof("body") != "hello":
             raise errors.BootstrapProtocolError("the bootstrap must start with hello")
@@ -34,9 +67,7 @@ class BootstrapServicer(pb_grpc.BootstrapServiceServicer):
         )
         if not 0 <= h.cluster_port < 65536:
             raise errors.InvalidArgument(f"cluster port {h.cluster_port} is not a TCP port")
-        session, challenge = self._bootstrap.begin(
-            hello, source(context), h.cluster_port, h.token_id
-        )
+        session, challenge = self._bootstrap.begin(hello, where, h.cluster_port, h.token_id)
         try:
             kdf = challenge.kdf
             yield pb.ExchangeResponse(

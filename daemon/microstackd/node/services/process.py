@@ -31,6 +31,7 @@ from microstackd.node.services.spec import (
     TAIL_LINES,
     ServiceSpec,
     exit_head,
+    open_log,
     read_tail,
     timeout_head,
     with_tail,
@@ -278,7 +279,7 @@ class ProcessManager:
         """Append a line of our own to a service's log."""
         stamp = datetime.now().astimezone().isoformat(timespec="seconds")
         try:
-            with open(self.log_path(name), "a", encoding="utf-8") as f:
+            with os.fdopen(open_log(self.log_path(name)), "a", encoding="utf-8") as f:
                 f.write(f"[microstackd {stamp}] {text}\n")
         except OSError as exc:
             log.warning("cannot write to the log of %s: %s", name, exc)
@@ -304,7 +305,7 @@ class ProcessManager:
         self._note(spec.name, f"starting {spec.name}: {shlex.join(spec.argv)}")
         path = self.log_path(spec.name)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            fd = open_log(path)
         except OSError as exc:
             raise errors.ServiceFailed(
                 f"{spec.name}: cannot open its log {path}: {exc.strerror or exc}"

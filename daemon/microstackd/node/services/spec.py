@@ -43,6 +43,23 @@ OWNED_UNIT_PREFIX = "microstackd-"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@:-]{0,99}")
 
+#: Service and setup logs: the daemon's, readable by the microstack group.
+LOG_MODE = 0o640
+
+
+def open_log(path: Path) -> int:
+    """An append-only descriptor on ``path``, which is exactly ``LOG_MODE``
+    from its creation on, whatever the umask (created at most 0640, then set
+    to 0640: a umask of 077 would otherwise hide it from the group, one of
+    000 or 022 would show it to everyone). Raises ``OSError``."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_MODE)
+    try:
+        os.fchmod(fd, LOG_MODE)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
 
 @dataclass(frozen=True)
 class ServiceSpec:
