@@ -56,3 +56,37 @@ def test_failed_bootstraps_free_their_place_but_do_not_count_as_taking_long() ->
     admission.leave(started, completed=False)
     assert admission.in_progress == 0
     assert admission.rate() == 1 / Admission.FIRST_DURATION
+
+
+def test_an_exchange_whose_response_is_long_in_coming_gives_its_place_up() -> None:
+    """A stranger's silent exchanges cannot hold the control's places for
+    longer than STALLED_AFTER; an answered one holds its place to the end."""
+    import asyncio
+
+    from microstackd.control import bootstrap
+    from microstackd.control.bootstrap import Bootstrap, BootstrapSession
+
+    async def main() -> tuple[int, int, int]:
+        admitted = Bootstrap.__new__(Bootstrap)
+        admitted._admission = Admission(2)
+        sessions = []
+        for _ in range(2):
+            assert admitted._admission.enter() == 0
+            session = BootstrapSession.__new__(BootstrapSession)
+            session.started, session.completed = 0.0, False
+            session.stall = asyncio.get_running_loop().call_later(
+                0.05, admitted._release, session, False
+            )
+            sessions.append(session)
+        answered = sessions[0].stall
+        assert answered is not None
+        answered.cancel()  # answered: its place is kept
+        await asyncio.sleep(0.1)
+        held = admitted._admission.in_progress
+        admitted.end(sessions[0])
+        admitted.end(sessions[1])  # given up already: not counted twice
+        return held, admitted._admission.in_progress, int(bootstrap.STALLED_AFTER)
+
+    held, after, stalled_after = asyncio.run(main())
+    assert (held, after) == (1, 0)
+    assert stalled_after == 5

@@ -12,6 +12,7 @@ also hold only so many exchanges open (``slot``)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -51,8 +52,11 @@ class BootstrapSession:
         self.token_id = token_id
         #: The joiner was given its certificate.
         self.completed = False
-        #: When the control admitted it (``Admission.started``).
+        #: When the control admitted it (``Admission.started``), and the timer
+        #: that gives its place up if its response is long in coming (None
+        #: once the place is given up).
         self.started = 0.0
+        self.stall: asyncio.TimerHandle | None = None
 
 
 def check_name_free(store: Store, name: str) -> NodeRecord | None:
@@ -120,6 +124,9 @@ class Admission:
 #: Bootstraps the control takes at once (``Admission``): enough to keep both
 #: cores busy; each is a few ms of the control's CPU.
 MAX_BOOTSTRAPS = 256
+#: Seconds an admitted exchange may wait for the joiner's response before it
+#: stops counting as one of them (it may still finish).
+STALLED_AFTER = 5.0
 
 
 def check_identity_free(store: Store, hello: Hello, joining: Iterable[Hello] = ()) -> None:
@@ -241,17 +248,31 @@ class Bootstrap:
             raise
         session = BootstrapSession(hello, control, source, agent_port, token_id)
         session.started = started
+        # A joiner answers the challenge within a second (its scrypt ~0.1 s);
+        # an exchange still waiting after STALLED_AFTER gives its place up, so
+        # that silent strangers cannot hold the places for long.
+        session.stall = asyncio.get_running_loop().call_later(
+            STALLED_AFTER, self._release, session, False
+        )
         return session, challenge
+
+    def _release(self, session: BootstrapSession, completed: bool) -> None:
+        if session.stall is not None:
+            session.stall.cancel()
+            session.stall = None
+            self._admission.leave(session.started, completed)
 
     def end(self, session: BootstrapSession) -> None:
         """The bootstrap ``begin`` admitted is over, finished or not."""
-        self._admission.leave(session.started, completed=session.completed)
+        self._release(session, session.completed)
 
     async def finish(
         self, session: BootstrapSession, pake_message: bytes, csr_pem: bytes, confirmation: bytes
     ) -> BootstrapResult:
         cluster = self._cluster.require()
         hello = session.hello
+        if session.stall is not None:  # the response is in: its place is held to the end
+            session.stall.cancel()
         # Where the answer is checked: a source locked out since its exchange
         # opened gets no check, however many exchanges it opened before.
         self._locked_out(session.source, session.key)
