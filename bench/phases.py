@@ -681,7 +681,9 @@ def held_streams(
     fleet: Fleet, ctl: Daemon, secret: joiner.Secret, count: int, hold_seconds: float = 5.0
 ) -> dict[str, Any]:
     """``count`` Enrol streams held open by the control (see worker.py, hold mode)."""
-    agent_host = "127.0.0.2"
+    # Each node its own address (the control refuses a second node at an
+    # address already taken); the stand-in agent listens on all of them.
+    agent_host = "127.4.0.1"
     worker = Worker(
         fleet,
         {
@@ -689,7 +691,7 @@ def held_streams(
             "host": CONTROL_HOST,
             "port": ctl.port,
             "secret": secret.to_json(),
-            "nodes": [(f"hold-{i:05d}", agent_host) for i in range(count)],
+            "nodes": [(f"hold-{i:05d}", f"127.4.{i // 250}.{i % 250 + 1}") for i in range(count)],
             "agent_host": agent_host,
             "agent_port": free_port(agent_host),
         },

@@ -19,7 +19,8 @@ Modes:
     socket, each on its own connection, held until that node's next event.
 ``hold``
     every node bootstraps announcing an agent port, then a stand-in agent
-    (one gRPC server presenting each node's certificate by SNI) answers the
+    (one gRPC server on every node's address, presenting each node's
+    certificate by SNI) answers the
     control's ``AgentService.ApplyRole`` with one progress message and holds
     the call. Every node's ``Enrol`` stream is thus held open by the control
     at configure-node, until the driver writes ``release``.
@@ -156,7 +157,9 @@ async def hold_mode(job: dict[str, Any]) -> None:
     server = aio.server(options=SERVER_OPTIONS)
     pb_grpc.add_AgentServiceServicer_to_server(agent, server)
     pairs = [(m.creds.key_pem, m.creds.cert_pem) for m in members]
-    server.add_secure_port(f"{agent_host}:{agent_port}", grpc.ssl_server_credentials(pairs))
+    tls = grpc.ssl_server_credentials(pairs)
+    for address in sorted({a for _, a in nodes} | {agent_host}):
+        server.add_secure_port(f"{address}:{agent_port}", tls)
     await server.start()
     say({"bootstrapped": len(members), "errors": [r.error for r in results.values() if r.error]})
     await hear("go")

@@ -124,6 +124,10 @@ class BootstrapCall:
             await self._call.done_writing()
         except aio.AioRpcError as exc:
             raise self._error(exc) from exc
+        except Exception:  # grpc's own error for a call already over
+            # (ExecuteBatchError, when its deadline passed meanwhile): the read
+            # below raises the call's real status.
+            pass
         response = await self._read()
         if response.WhichOneof("body") != "result":
             raise errors.BootstrapProtocolError("the control did not answer with a result")
