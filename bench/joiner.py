@@ -19,6 +19,7 @@ What it leaves out, and why:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 import time
 from collections.abc import Callable
@@ -301,6 +302,18 @@ async def warm_rpc_samples(host: str, port: int, root_pem: bytes, count: int) ->
 
 # --- heartbeats ----------------------------------------------------------------------------------
 
+
+def _declared(method: Callable[..., Any]) -> tuple[Any, ...]:
+    """The version a member declares in its heartbeats, for a tree whose
+    ``method`` takes one (trees before versions were declared take none)."""
+    if "software" not in inspect.signature(method).parameters:
+        return ()
+    from microstackd import versions
+    from microstackd.model import Software
+
+    return (Software(versions.VERSION, versions.API_VERSION),)
+
+
 #: What a simulated member reports on each beat: a compute's two services.
 BEAT_SERVICES = [
     ServiceRecord("neutron-openvswitch-agent", "running"),
@@ -320,7 +333,7 @@ async def heartbeats(member: Member, seconds: float, start_within: float) -> tup
     if not hasattr(client, "heartbeats"):  # a tree before the stream
         await client.close()
         return await _heartbeat_calls(member, end), ""
-    stream = client.heartbeats()
+    stream = client.heartbeats(*_declared(client.heartbeats))
     sent = 0
     try:
         while time.monotonic() < end:
@@ -348,7 +361,7 @@ async def _heartbeat_calls(member: Member, end: float) -> int:
     while time.monotonic() < end:
         client = ControlClient(member.cluster, member.creds)
         try:
-            interval = await client.heartbeat(BEAT_SERVICES)
+            interval = await client.heartbeat(BEAT_SERVICES, *_declared(client.heartbeat))
         finally:
             await client.close()
         sent += 1

@@ -6,7 +6,10 @@
 # * installs the Debian packages the services need (MariaDB, RabbitMQ, Open
 #   vSwitch, conntrack, iproute2, nftables, ...);
 # * creates a venv at PREFIX and installs requirements.txt under
-#   constraints.txt (exact pins of a verified run).
+#   constraints.txt (exact pins of a verified run);
+# * writes PREFIX/.microstack-env, the SHA-256 of this script and both lists
+#   (concatenated): an environment whose stamp differs is older than these
+#   files (tests/e2e/openstack_env.py re-runs this script then).
 # Idempotent: re-running on a complete environment only re-checks it.
 # Fails loudly (set -e, explicit checks at the end).
 # Environment: PYTHON (default python3), SKIP_APT=1 to skip the apt part.
@@ -31,6 +34,15 @@ debs=(
   iputils-ping            # checks inside namespaces
   ethtool                 # veth TX checksum offload off (userspace OVS datapath)
   python3-venv            # venv for Debian's python3 when PYTHON=/usr/bin/python3
+  # Real instances: one libvirtd per compute, QEMU (KVM where it works, TCG else)
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
+  genisoimage             # Nova's config drive (force_config_drive)
+  openssh-client          # launch's key (ssh-keygen), and ssh into the guests
+  libvirt-dev pkg-config gcc python3-dev   # pip builds libvirt-python from its sdist
+  # The network node (the control): DHCP and L3 agents
+  dnsmasq-base dnsmasq-utils iptables iputils-arping
+  # The test image, built from Debian packages (microstackd.node.testimage)
+  dosfstools mtools syslinux syslinux-common kmod
 )
 
 if [ "${SKIP_APT:-0}" != 1 ]; then
@@ -53,7 +65,9 @@ if [ "${SKIP_APT:-0}" != 1 ]; then
   fi
 fi
 
-for b in mariadbd mariadb-install-db rabbitmq-server ovsdb-server ovs-vswitchd ovs-vsctl ovsdb-tool conntrack ip ethtool; do
+for b in mariadbd mariadb-install-db rabbitmq-server ovsdb-server ovs-vswitchd ovs-vsctl ovsdb-tool conntrack ip ethtool \
+         libvirtd virsh qemu-system-x86_64 qemu-img genisoimage dnsmasq iptables arping \
+         mkfs.vfat mcopy syslinux depmod unshare ssh ssh-keygen; do
   command -v "$b" >/dev/null || [ -x "/usr/sbin/$b" ] || [ -x "/usr/lib/rabbitmq/bin/$b" ] || die "missing binary $b after apt"
 done
 
@@ -71,13 +85,16 @@ quiet "$prefix/bin/python" -m pip install -q -r "$here/requirements.txt" -c "$he
 "$prefix/bin/python" -m pip check || die "pip check found conflicts"
 
 for c in nova-manage nova-compute nova-conductor nova-scheduler keystone-manage glance-manage \
-         placement-manage neutron-db-manage neutron-rpc-server neutron-openvswitch-agent openstack gunicorn; do
+         placement-manage neutron-db-manage neutron-rpc-server neutron-openvswitch-agent \
+         neutron-dhcp-agent neutron-l3-agent privsep-helper openstack gunicorn; do
   [ -x "$prefix/bin/$c" ] || die "missing $prefix/bin/$c"
 done
 "$prefix/bin/python" -W ignore - <<'PY' || die "import check failed"
 import nova, neutron, keystone, glance, placement, pymysql, oslo_messaging, sqlalchemy  # noqa
+import libvirt  # noqa
 from importlib.metadata import version
-for d in ("nova", "neutron", "keystone", "glance", "openstack-placement", "python-openstackclient", "SQLAlchemy"):
+for d in ("nova", "neutron", "keystone", "glance", "openstack-placement", "python-openstackclient", "SQLAlchemy", "libvirt-python"):
     print(f"  {d} {version(d)}")
 PY
+cat "$here/install-env.sh" "$here/requirements.txt" "$here/constraints.txt" | sha256sum | cut -d' ' -f1 >"$prefix/.microstack-env"
 log "done: $prefix"

@@ -4,4 +4,6 @@ integration and end-to-end tests and the benchmarks all start them here.
     launcher   start one daemon, wait for its ``ready`` line, read back the
                ports it bound, stop it (the one launcher)
     netns      multi-host clusters on one machine: one network namespace per host
+    openstack_env  the OpenStack environment the real suites and the demo use,
+               brought up to date with openstack/install-env.sh
 """

@@ -39,6 +39,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ _UNUSED_HOST = 250
 BRIDGE = "br0"
 HOST_IFACE = "eth0"
 BOOTSTRAP_PORT = 10002
+#: How long a daemon has to stop its role services at teardown, seconds.
+STOP_TIMEOUT = 60.0
 
 MICROSTACKD = tool("microstackd")
 MICROSTACKCTL = tool("microstackctl")
@@ -115,6 +118,55 @@ _PR_SET_PDEATHSIG = 1
 def _die_with_parent() -> None:
     """preexec_fn: SIGKILL this child when the test process dies."""
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _checksums_in_software(ns: str, iface: str) -> None:
+    """A veth "offloads" TX checksums to a NIC that does not exist: the frame
+    leaves with its checksum unfilled, which the far kernel accepts but Open
+    vSwitch's userspace datapath (a node's br-phy) forwards unrepaired, and
+    TCP to that node dies. A real NIC fills them; here the kernel must."""
+    result = subprocess.run(
+        ["ip", "netns", "exec", ns, "ethtool", "-K", iface, "tx", "off"],
+        capture_output=True, text=True, timeout=15, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise CommandFailed(f"ethtool -K {iface} tx off in {ns}: {result.stderr.strip()}")
+
+
+def processes_referencing(paths: Sequence[Path]) -> list[tuple[int, str]]:
+    """Live processes whose command line names a path under one of ``paths``
+    (what a test's daemons started outside every namespace the harness knows:
+    dnsmasq in a qdhcp- namespace of a node's own, a QEMU)."""
+    needles = [str(p).encode() for p in paths]
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if any(n in cmdline for n in needles) and pid_alive(int(entry)):
+            found.append((int(entry), cmdline.replace(b"\0", b" ").decode(errors="replace")[:200]))
+    return found
+
+
+def mounts_referencing(paths: Sequence[Path]) -> list[str]:
+    """Mount points (in this process's mount namespace) under one of ``paths``."""
+    needles = [str(p) for p in paths]
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return [line for line in lines if any(n in line for n in needles)]
+
+
+def kill_processes_referencing(paths: Sequence[Path], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while found := processes_referencing(paths):
+        for pid, _cmd in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            raise CommandFailed(f"processes survive SIGKILL: {found}")
+        time.sleep(0.05)
 
 
 def list_namespaces() -> list[str]:
@@ -283,6 +335,7 @@ class Host:
         _ip("-n", sw, "link", "set", self.switch_port, "up")
         _ip("-n", self.ns, "addr", "add", f"{self.address}/{SUBNET.prefixlen}", "dev", self.iface)
         _ip("-n", self.ns, "link", "set", self.iface, "up")
+        _checksums_in_software(self.ns, self.iface)
 
     # -------------------------------------------------------- commands --
 
@@ -404,9 +457,11 @@ class Host:
     # -------------------------------------------------------- teardown --
 
     def close(self) -> None:
-        """Stop microstackd and every process started here, by process group."""
+        """Stop microstackd and every process started here, by process group.
+        The daemon gets time to stop its role services (nova-compute alone
+        takes ~10 s) and run their stop hooks (domains, dnsmasq)."""
         with contextlib.suppress(Exception):
-            self.stop_daemon(signal.SIGTERM, timeout=5)
+            self.stop_daemon(signal.SIGTERM, timeout=STOP_TIMEOUT)
         for proc in self._procs:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -473,16 +528,28 @@ class Network:
             return
         self._closed = True
         failures: list[str] = []
-        for host in self.hosts.values():
+
+        def close_host(host: Host) -> None:
             try:
                 host.close()
             except Exception as exc:  # keep going: the namespaces must go regardless
                 failures.append(f"{host.name}: {exc}")
+
+        # In parallel: an OpenStack node takes ~15 s to stop its services.
+        threads = [threading.Thread(target=close_host, args=(h,)) for h in self.hosts.values()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         for ns in reversed(self.namespaces()):
             try:
                 delete_namespace(ns)
             except CommandFailed as exc:
                 failures.append(str(exc))
+        try:
+            kill_processes_referencing([self.workdir, self.rundir])
+        except CommandFailed as exc:
+            failures.append(str(exc))
         try:
             reap(self.prefix)
         except CommandFailed as exc:

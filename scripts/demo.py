@@ -3,10 +3,12 @@ network namespace (a bridge namespace links them; their addresses exist only
 inside the namespaces): a control and two computes, every step of init and
 of each join streamed live, then `status`.
 
-    python scripts/demo.py            the real OpenStack: the control plane on
-                                      the control, nova-compute and the Open
+    python scripts/demo.py            the real OpenStack: the control plane
+                                      (and the network node) on the control,
+                                      libvirtd, nova-compute and the Open
                                       vSwitch agent on each compute, then a
-                                      test instance launched on node-1
+                                      real instance launched on node-1 and
+                                      `ssh cirros@FLOATING_IP uname -a`
     python scripts/demo.py --light    the same cluster without OpenStack (each
                                       service a configuration-checking stand-in)
     --keep                            leave it running until Ctrl-C
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,25 +33,50 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from microstackd.node import testimage  # noqa: E402
+from sandbox import openstack_env  # noqa: E402
 from sandbox.netns import MICROSTACKCTL, Host, Network, clean_env, reap  # noqa: E402
+from sandbox.openstack_env import PREFIX  # noqa: E402
 
-PREFIX = Path(os.environ.get("MICROSTACK_OPENSTACK_PREFIX", "/opt/microstack-openstack/venv"))
-FAKE_DRIVER = "fake.FakeDriverWithoutFakeNodes"
+SSH_OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+               "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]  # fmt: skip
 
 
 def banner(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m" if sys.stdout.isatty() else f"\n== {text}", flush=True)
 
 
-def ctl(host: Host, *args: str, check: bool = True) -> int:
+def ctl(host: Host, *args: str, check: bool = True, home: Path | None = None) -> int:
     """Run microstackctl on ``host`` with its output straight to this terminal."""
     assert host.socket is not None
     argv = [MICROSTACKCTL, "--socket", str(host.socket), *args]
     print(f"[{host.name}]$ microstackctl {' '.join(args)}", flush=True)
-    result = host.run(argv, stdout=None, stderr=None, timeout=1800)
+    env = clean_env({"HOME": str(home)} if home else None)
+    result = host.run(argv, stdout=None, stderr=None, timeout=1800, env=env)
     if check and result.returncode != 0:
         raise SystemExit(f"demo: `microstackctl {' '.join(args)}` on {host.name} failed")
     return result.returncode
+
+
+def ctl_lines(host: Host, *args: str, home: Path) -> list[str]:
+    """microstackctl on ``host``, each line of its output shown as it comes
+    (as a pipe shows it: plain text), and kept."""
+    assert host.socket is not None
+    print(f"[{host.name}]$ microstackctl {' '.join(args)}", flush=True)
+    proc = host.popen(
+        [MICROSTACKCTL, "--socket", str(host.socket), *args],
+        env=clean_env({"HOME": str(home)}),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        print(line, end="", flush=True)
+        lines.append(line.rstrip("\n"))
+    if proc.wait() != 0:
+        raise SystemExit(f"demo: `microstackctl {' '.join(args)}` on {host.name} failed")
+    return lines
 
 
 def main() -> int:
@@ -60,11 +89,24 @@ def main() -> int:
     if os.geteuid() != 0:
         raise SystemExit("demo: run as root (it creates network namespaces)")
     openstack = not args.light
-    if openstack and not (PREFIX / "bin" / "nova-compute").exists():
-        banner(f"creating the OpenStack environment in {PREFIX} (once; about a minute)")
-        subprocess.run([str(REPO / "openstack" / "install-env.sh"), str(PREFIX)], check=True)
+    if openstack and not openstack_env.is_current(PREFIX):
+        banner(f"creating the OpenStack environment in {PREFIX} (once; a minute or two)")
+        try:
+            openstack_env.ensure(PREFIX, capture=False)
+        except openstack_env.InstallFailed:
+            raise SystemExit(
+                "demo: openstack/install-env.sh failed (its output is above)"
+            ) from None
+    if openstack:
+        # The nodes' namespaces cannot reach Debian's archive: the test image
+        # is built here (once per machine), and control init finds it.
+        banner("the test image (built once from Debian packages, then cached)")
+        built = testimage.build()
+        print(f"  {built.image} ({'cached' if built.cached else 'built now'})", flush=True)
     extra = ["--openstack-prefix", str(PREFIX)] if openstack else []
     workdir = Path(tempfile.mkdtemp(prefix="microstackd-demo-"))
+    home = workdir / "home"  # launch makes its key under $HOME/.ssh: the demo's own
+    home.mkdir()
     password = workdir / "password"
     password.write_text(os.urandom(18).hex() + "\n")
     password.chmod(0o600)
@@ -82,12 +124,6 @@ def main() -> int:
             computes.append(host)
         for host in (control, *computes):
             print(f"  {host.node_name:<8} {host.address:<12} namespace {host.ns}")
-        if openstack:
-            assert control.state_dir is not None
-            # No KVM in this sandbox: Nova's fake driver is the one stand-in.
-            (control.state_dir / "control.yaml").write_text(
-                f"compute:\n  compute_driver: {FAKE_DRIVER}\n"
-            )
 
         banner("init --role control (on ctl)")
         ctl(control, "init", "--role", "control", "--address", control.address,
@@ -96,11 +132,11 @@ def main() -> int:
             banner(f"join {control.address} (on {host.node_name})")
             ctl(host, "join", control.address, "--password-file", str(password),
                 "--address", host.address)  # fmt: skip
-        if openstack and _has_launch(control):
+        if openstack:
             banner("launch cirros --name test --availability-zone nova:node-1 (on ctl)")
-            _ensure_cirros(control)
-            ctl(control, "launch", "cirros", "--name", "test",
-                "--availability-zone", "nova:node-1")  # fmt: skip
+            launched = ctl_lines(control, "launch", "cirros", "--name", "test",
+                                 "--availability-zone", "nova:node-1", home=home)  # fmt: skip
+            _ssh_uname(control, home, launched)
         banner("status (on ctl)")
         ctl(control, "status")
         print(f"\ndemo: done in {time.monotonic() - started:.0f} s", flush=True)
@@ -118,34 +154,28 @@ def main() -> int:
         banner("stopping every daemon and removing the namespaces")
         network.close()
         reap(network.prefix)
+        # Its state, keys and logs: nothing of the demo stays behind.
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
-def _has_launch(control: Host) -> bool:
-    result = control.run([MICROSTACKCTL, "launch", "--help"])
-    return result.returncode == 0
-
-
-def _ensure_cirros(control: Host) -> None:
-    """A tiny image named cirros in Glance (no download: this machine has no
-    internet; a few KB of zeros stands in for the disk, the fake driver never
-    boots it)."""
-    assert control.state_dir is not None
-    env = clean_env({"OS_CLIENT_CONFIG_FILE": str(control.state_dir / "clouds.yaml")})
-    openstack = str(PREFIX / "bin" / "openstack")
-    listed = control.run(
-        [openstack, "--os-cloud", "microstack", "image", "show", "cirros"], env=env
-    )
-    if listed.returncode == 0:
-        return
-    disk = control.workdir / "cirros.img"
-    disk.write_bytes(bytes(64 * 1024))
-    control.run(
-        [openstack, "--os-cloud", "microstack", "image", "create", "cirros",
-         "--disk-format", "raw", "--container-format", "bare", "--public",
-         "--file", str(disk)],
-        env=env, check=True,
-    )  # fmt: skip
+def _ssh_uname(control: Host, home: Path, launched: list[str]) -> None:
+    """The ssh line launch printed, run once as it stands (launch returned
+    when the guest's sshd answered): no waiting, no retry."""
+    line = next((ln.split(None, 1)[1] for ln in launched if ln.startswith("ssh ")), "")
+    if not line:
+        raise SystemExit("demo: launch printed no ssh line")
+    argv = shlex.split(line)
+    assert argv[0] == "ssh" and argv[1] == "-i", argv
+    key = argv[2].replace("~", str(home), 1)  # the demo's own HOME
+    banner(f"{line} uname -a (on ctl; the line launch printed)")
+    started = time.monotonic()
+    result = control.run(["ssh", *SSH_OPTIONS, "-i", key, *argv[3:], "uname -a"], timeout=60)
+    if result.returncode != 0:
+        raise SystemExit(f"demo: `{line}` failed: {result.stderr.strip()}")
+    print(f"[ctl]$ {line} uname -a", flush=True)
+    print(result.stdout, end="", flush=True)
+    print(f"  (first try; the login took {time.monotonic() - started:.1f} s)", flush=True)
 
 
 if __name__ == "__main__":

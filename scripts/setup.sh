@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # debootstrap and systemd-container (systemd-nspawn): the machines suite's
-# containers (tests/e2e/machines).
-DEBIAN_PACKAGES=(iproute2 procps systemd nftables iputils-ping debootstrap systemd-container)
+# containers (tests/e2e/machines); ethtool: the e2e harness turns checksum
+# offload off on its links.
+DEBIAN_PACKAGES=(iproute2 procps systemd nftables iputils-ping ethtool debootstrap systemd-container)
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

@@ -148,10 +148,23 @@ class Api:
 
     def remove(self, name: str, force: bool) -> pb.RemoveNodeResponse:
         request = pb.RemoveNodeRequest(name=name, force=force)
-        return cast(pb.RemoveNodeResponse, self._unary(self.stub.RemoveNode, request, 120))
+        # Its services stopped, other computes told, the cloud cleaned: minutes at worst.
+        return cast(pb.RemoveNodeResponse, self._unary(self.stub.RemoveNode, request, 300))
 
     def launch(self, request: pb.LaunchRequest) -> Iterator[pb.LaunchResponse]:
         return cast(Iterator[pb.LaunchResponse], self._stream(self.stub.Launch, request))
+
+    def rotate_ca(self, cluster_id: str) -> Iterator[pb.Event]:
+        request = pb.RotateCARequest(cluster_id=cluster_id)
+        return (response.event for response in self._stream(self.stub.RotateCA, request))
+
+    def drain(self, name: str, instance_timeout: int) -> Iterator[pb.DrainResponse]:
+        request = pb.DrainRequest(name=name, instance_timeout_seconds=instance_timeout)
+        return cast(Iterator[pb.DrainResponse], self._stream(self.stub.Drain, request))
+
+    def undrain(self, name: str) -> pb.UndrainResponse:
+        request = pb.UndrainRequest(name=name)
+        return cast(pb.UndrainResponse, self._unary(self.stub.Undrain, request, 90))
 
     def create_token(self, name: str, ttl: int) -> pb.CreateTokenResponse:
         request = pb.CreateTokenRequest(name=name, ttl_seconds=ttl)

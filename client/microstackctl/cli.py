@@ -1,5 +1,5 @@
 """microstackctl: the operator's commands (init, join, status, watch, remove,
-add-node, tokens, launch), each a call to the local microstackd's socket.
+drain, undrain, add-node, tokens, launch), each a call to the local microstackd's socket.
 
 This module is the argument parsing, and only that: every command's work
 is in ``cmd_NAME.py``, imported when the command runs. So ``--help``,
@@ -180,16 +180,55 @@ def watch(ctx: click.Context, node: str, after: int, fmt: str) -> None:
 
 @main.command()
 @click.argument("node")
-@click.option("--force", is_flag=True, help="remove it even if its services cannot be stopped")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="remove it even if it cannot be reached or still hosts instances (says what is left)",
+)
+@click.option("--drain", is_flag=True, help="drain it first (see `drain`), then remove it")
 @FORMAT
 @click.pass_context
 @handle_errors
-def remove(ctx: click.Context, node: str, force: bool, fmt: str) -> None:
-    """Remove NODE from the cluster (on the control): stop its services,
-    revoke its certificate."""
+def remove(ctx: click.Context, node: str, force: bool, drain: bool, fmt: str) -> None:
+    """Remove NODE from the cluster (on the control): refused while it hosts
+    instances; stop its services, revoke its certificate, delete what the
+    cloud holds for it (compute service, resource provider, Neutron agents)."""
     from microstackctl import cmd_remove
 
-    cmd_remove.remove(_socket(ctx), node, force, fmt)
+    cmd_remove.remove(_socket(ctx), node, force, fmt, drain=drain)
+
+
+@main.command()
+@click.argument("node")
+@click.option(
+    "--instance-timeout",
+    type=click.IntRange(10, 86400),
+    default=600,
+    show_default=True,
+    help="seconds each instance's move may take before it is aborted",
+)
+@FORMAT
+@click.pass_context
+@handle_errors
+def drain(ctx: click.Context, node: str, instance_timeout: int, fmt: str) -> None:
+    """Empty compute NODE (on the control): nothing new lands there, each
+    instance moves to another compute (live; a stopped one is started,
+    moved and stopped; evacuated when NODE is down); ends when it is empty."""
+    from microstackctl import cmd_drain
+
+    cmd_drain.drain(_socket(ctx), node, instance_timeout, fmt)
+
+
+@main.command()
+@click.argument("node")
+@FORMAT
+@click.pass_context
+@handle_errors
+def undrain(ctx: click.Context, node: str, fmt: str) -> None:
+    """Let instances land on a drained compute NODE again (on the control)."""
+    from microstackctl import cmd_drain
+
+    cmd_drain.undrain(_socket(ctx), node, fmt)
 
 
 @main.command()
@@ -203,12 +242,21 @@ def remove(ctx: click.Context, node: str, force: bool, fmt: str) -> None:
     "--network", default="", help="network (default test, else private; created if missing)"
 )
 @click.option("--key-name", default="", help="Nova keypair name (default microstack)")
+@click.option("--no-wait", is_flag=True, help="return once ACTIVE, without waiting for sshd")
+@click.option(
+    "--ssh-timeout",
+    type=click.IntRange(1, 3600),
+    default=300,
+    show_default=True,
+    help="seconds to wait for sshd once the server is ACTIVE",
+)
 @FORMAT
 @click.pass_context
 @handle_errors
 def launch(ctx: click.Context, **options: Any) -> None:
     """Boot IMAGE on the cloud (on the control), give it a floating IP from
-    `public` and print how to ssh to it (key ~/.ssh/id_microstack)."""
+    `public`, wait until its sshd answers, and print how to ssh to it (key
+    ~/.ssh/id_microstack)."""
     from microstackctl import cmd_launch
 
     cmd_launch.launch(_socket(ctx), **options)
@@ -263,6 +311,33 @@ def status(ctx: click.Context, fmt: str) -> None:
     from microstackctl import cmd_status
 
     cmd_status.status(_socket(ctx), fmt)
+
+
+@main.group(invoke_without_command=True)
+@FORMAT
+@click.pass_context
+@handle_errors
+def ca(ctx: click.Context, fmt: str) -> None:
+    """List the CAs the cluster trusts (two during a rotation); `ca rotate`
+    replaces the CA (on the control)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from microstackctl import cmd_ca
+
+    cmd_ca.show(_socket(ctx), fmt)
+
+
+@ca.command("rotate")
+@FORMAT
+@click.pass_context
+@handle_errors
+def ca_rotate(ctx: click.Context, fmt: str) -> None:
+    """Replace the cluster CA without downtime: a new CA trusted beside the
+    old, every member moved to it one at a time, then the old one retired
+    (members that are down move when they are back)."""
+    from microstackctl import cmd_ca
+
+    cmd_ca.rotate(_socket(ctx), fmt)
 
 
 def run() -> NoReturn:

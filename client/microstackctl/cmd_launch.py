@@ -62,6 +62,8 @@ def launch(
     zone: str,
     network: str,
     key_name: str,
+    no_wait: bool,
+    ssh_timeout: int,
     fmt: str,
 ) -> None:
     public_key = ensure_key(KEY_PATH)
@@ -73,6 +75,8 @@ def launch(
         network=network,
         key_name=key_name,
         public_key=public_key,
+        no_wait=no_wait,
+        ssh_timeout_seconds=ssh_timeout,
     )
     result: pb.LaunchResult | None = None
     with render.Progress(fmt) as progress:
@@ -93,4 +97,7 @@ def launch(
     click.echo(f"status   {result.status}")
     click.echo(f"address  {addresses}")
     click.echo(f"floating {result.floating_ip}")
-    click.echo(f"ssh      {ssh}")
+    if result.ssh_ready:
+        click.echo(f"ssh      {ssh}")
+    else:  # --no-wait: the line may not work yet
+        click.echo(f"sshd     not waited for (--no-wait); once the guest has booted: {ssh}")

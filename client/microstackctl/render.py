@@ -140,8 +140,14 @@ def node_dict(n: pb.Node) -> dict[str, Any]:
         "cert_expires": iso(n.cert_expires),
         "joined": iso(n.joined),
         "last_seen": iso(n.last_seen),
-        "services": [{"name": s.name, "state": s.state, "message": s.message} for s in n.services],
+        "services": [
+            {"name": s.name, "state": s.state, "message": s.message, "detail": s.detail}
+            for s in n.services
+        ],
         "nova": nova_dict(n.nova) if n.HasField("nova") else None,
+        "version": n.microstackd_version,
+        "api_version": n.api_version,
+        "version_refused": n.version_refused,
     }
 
 
@@ -150,6 +156,7 @@ def nova_dict(v: pb.NovaHost) -> dict[str, Any]:
         "compute_service": v.compute_service,
         "hypervisor": v.hypervisor,
         "running_instances": v.running_instances,
+        "drained": v.drained,
     }
 
 
@@ -159,8 +166,8 @@ def nova_text(n: pb.Node) -> str:
         return "-"
     v = n.nova
     return (
-        f"{v.compute_service or 'no service'}, hv {v.hypervisor or 'none'}, "
-        f"{v.running_instances} running"
+        f"{v.compute_service or 'no service'}{' drained' if v.drained else ''}, "
+        f"hv {v.hypervisor or 'none'}, {v.running_instances} running"
     )
 
 
@@ -173,7 +180,15 @@ def launch_dict(r: pb.LaunchResult, ssh: str) -> dict[str, Any]:
         "addresses": {a.network: list(a.addresses) for a in r.addresses},
         "floating_ip": r.floating_ip,
         "ssh": ssh,
+        "ssh_ready": r.ssh_ready,
+        "ssh_banner": r.ssh_banner,
+        "active_after_seconds": r.active_after_seconds,
+        "ssh_after_seconds": r.ssh_after_seconds,
     }
+
+
+def moved_dict(m: pb.MovedInstance) -> dict[str, Any]:
+    return {"name": m.name, "id": m.id, "how": m.how, "host": m.host, "status": m.status}
 
 
 def token_dict(t: pb.TokenInfo) -> dict[str, Any]:
@@ -198,6 +213,10 @@ def status_dict(status: pb.StatusResponse) -> dict[str, Any]:
             "cluster_port": c.cluster_port,
             "ca_fingerprint": c.ca_fingerprint,
             "ca_expires": iso(c.ca_expires),
+            "cas": [
+                {"fingerprint": a.fingerprint, "expires": iso(a.expires), "state": a.state}
+                for a in c.cas
+            ],
         }
     return {
         "cluster": cluster,
@@ -205,6 +224,7 @@ def status_dict(status: pb.StatusResponse) -> dict[str, Any]:
             "name": status.local_node,
             "role": ROLE_NAMES.get(status.local_role, ""),
             "bootstrap_fingerprint": status.bootstrap_fingerprint,
+            "bootstrap_expires": iso(status.bootstrap_expires),
         },
         "nodes": [node_dict(n) for n in status.nodes],
     }
@@ -410,6 +430,7 @@ _STATE_STYLE = {
     "pending": "yellow",
     "removed": "dim",
     "unreachable": "bold yellow",
+    "warning": "bold yellow",
 }
 
 
@@ -445,19 +466,44 @@ class _StatusView:
                 f"{c.control_name} at {c.control_address} "
                 f"(bootstrap port {c.bootstrap_port}, cluster port {c.cluster_port})",
             ),
-            ("CA", f"expires {expires}, fingerprint {c.ca_fingerprint[:16]}…"),
+            *(
+                [("CA", f"expires {expires}, fingerprint {c.ca_fingerprint[:16]}…")]
+                if len(c.cas) < 2
+                else [
+                    (
+                        "CA",
+                        f"{a.state} {a.fingerprint[:16]}…, expires {(iso(a.expires) or '-')[:10]}",
+                    )
+                    for a in c.cas
+                ]
+            ),
             # In full: a joiner told it may be intercepted compares it with what it was shown.
-            ("bootstrap", f"certificate {status.bootstrap_fingerprint} ({status.local_node})"),
+            (
+                "bootstrap",
+                f"certificate {status.bootstrap_fingerprint} ({status.local_node}, expires "
+                f"{(iso(status.bootstrap_expires) or '-')[:10]})",
+            ),
         ]
         #: The cluster lines' labels, padded to the longest and two spaces.
         self.label_width = max(len(label) for label, _ in self.cluster) + 2
         self.nova = any(n.HasField("nova") for n in status.nodes)
-        columns = ["NAME", "ROLE", "ADDRESS", "STATE", "SERVICES", "LAST SEEN", "CERT EXPIRES"]
+        columns = [
+            "NAME",
+            "ROLE",
+            "ADDRESS",
+            "STATE",
+            "SERVICES",
+            "VERSION",
+            "LAST SEEN",
+            "CERT EXPIRES",
+        ]
         self.header = [*columns, "NOVA"] if self.nova else columns
         self.rows: list[list[str]] = []
         #: Per row: bold name, services short of running, the state's style.
         self.styles: list[tuple[bool, bool, str]] = []
         self.notes: list[tuple[str, str]] = []
+        #: What services run with (nova-compute's driver and virt_type).
+        self.details: list[tuple[str, str]] = []
         for n in status.nodes:
             up = sum(1 for s in n.services if s.state == "running")
             row = [
@@ -466,6 +512,7 @@ class _StatusView:
                 n.address,
                 n.state,
                 f"{up}/{len(n.services)}" if n.services else "-",
+                n.microstackd_version or "-",
                 _ago(n.last_seen, now),
                 (iso(n.cert_expires) or "-")[:10],
             ]
@@ -479,9 +526,13 @@ class _StatusView:
                     _STATE_STYLE.get(n.state, ""),
                 )
             )
-            if n.state == "failed" and n.message:
+            if n.state in ("failed", "warning") and n.message:
                 self.notes.append((n.name, _first_line(n.message)))
+            if n.version_refused:
+                self.notes.append((n.name, _first_line(n.version_refused)))
             for s in n.services:
+                if s.detail:
+                    self.details.append((f"{n.name} {s.name}", s.detail))
                 if s.state in ("failed", "stopped") and s.message:
                     self.notes.append((f"{n.name} {s.name}", _first_line(s.message)))
 
@@ -492,14 +543,21 @@ class _StatusView:
             return None
         w = self.label_width
         head = [f"{label:<{w}}{value}" for label, value in self.cluster]
+        details = [f"{who}: {what}" for who, what in self.details]
         notes = [f"{who}: {why}" for who, why in self.notes]
         # Two columns per character is the most any character takes.
-        if not all(_plain(line) and 2 * len(line) <= width for line in head + notes):
+        if not all(_plain(line) and 2 * len(line) <= width for line in head + details + notes):
             return None
         table = _plain_table(self.header, self.rows)
         if len(table[0]) > width:
             return None
-        return [*head, "", *table, *([""] + notes if notes else [])]
+        return [
+            *head,
+            "",
+            *table,
+            *([""] + details if details else []),
+            *([""] + notes if notes else []),
+        ]
 
 
 def print_status(status: pb.StatusResponse, console: Console | None = None) -> None:
@@ -560,6 +618,10 @@ def _print_status_rich(view: _StatusView, local: str, console: Console) -> None:
         ]
         table.add_row(*cells)
     console.print(table)
+    if view.details:
+        console.print()
+        for who, what in view.details:
+            console.print(Text.assemble((who, "bold"), ": ", what))
     if view.notes:
         console.print()
         for who, why in view.notes:

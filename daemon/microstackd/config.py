@@ -6,6 +6,9 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from microstackd import versions
+from microstackd.model import Software
+
 DEFAULT_STATE_DIR = Path("/var/lib/microstackd")
 DEFAULT_SOCKET = Path("/run/microstackd/microstackd.sock")
 DEFAULT_LISTEN = "0.0.0.0:10002"
@@ -53,6 +56,25 @@ class DaemonConfig:
     step_delays: dict[str, float] = field(default_factory=dict)
     #: The control's cluster configuration (control.yaml); default under the state dir.
     control_config: Path | None = None
+    #: (control) How long the node certificates it issues are valid, seconds.
+    cert_lifetime: float = 365 * 86400.0
+    #: How long this node's bootstrap-port certificate is valid, seconds.
+    bootstrap_cert_lifetime: float = 3650 * 86400.0
+    #: A certificate is renewed once less than this is left of it, seconds.
+    renew_before: float = 30 * 86400.0
+
+    @property
+    def renewal_check(self) -> float:
+        """Seconds between two looks at this node's certificates' expiry."""
+        return max(0.5, min(self.renew_before / 8, 3600.0))
+
+    #: The microstackd version this node declares: its own, unless a test
+    #: makes it declare another (the hidden ``--report-version``).
+    version: str = versions.VERSION
+
+    @property
+    def software(self) -> Software:
+        return Software(self.version, versions.API_VERSION)
 
     @property
     def control_config_path(self) -> Path:

@@ -24,7 +24,7 @@ import logging
 import os
 import resource
 import socket
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -46,22 +46,27 @@ from microstackd.api.servicers.cluster import ClusterServicer
 from microstackd.cloud.service import Cloud
 from microstackd.config import SOCKET_GROUP, DaemonConfig, Ports
 from microstackd.control.bootstrap import Bootstrap
+from microstackd.control.certs import Certificates
 from microstackd.control.cluster import Cluster
 from microstackd.control.enrol import Enrolments
 from microstackd.control.members import Members
 from microstackd.control.plane import ControlPlane
+from microstackd.control.rotation import Rotation
 from microstackd.control.tokens import Tokens
 from microstackd.enrolment.events import EventBus, Signal
 from microstackd.enrolment.runner import Runner
 from microstackd.member.callers import Callers
 from microstackd.member.heartbeat import Heartbeats
 from microstackd.member.join import Member
+from microstackd.member.renewal import Renewal
+from microstackd.model import BootstrapCertificate
 from microstackd.node.agent import Agent
 from microstackd.node.services import make_manager
 from microstackd.store import Store
 from microstackd.store.files import BOOTSTRAP_CERT, BOOTSTRAP_KEY, CA_CERT, NODE_CERT, NODE_KEY
 from microstackd.store.lock import StateLock
 from microstackd.trust import names, x509
+from microstackd.wire.credentials import ServerIdentity
 from microstackd.wire.options import SERVER_OPTIONS, bootstrap_server_options
 
 log = logging.getLogger(__name__)
@@ -84,8 +89,16 @@ class Daemon:
         self.store = store = Store(config.state_dir, config.node_name)
         self.bus = EventBus(store)
         self.runner = Runner(store, self.bus, step_delays=config.step_delays)
-        self._bootstrap_key, self._bootstrap_cert = self._bootstrap_identity()
-        self.fingerprint = fingerprint = x509.fingerprint(self._bootstrap_cert)
+        key_pem, cert_pem = self._bootstrap_identity()
+        #: The bootstrap port's certificate as served now (it renews itself).
+        self.bootstrap_cert = bootstrap_cert = BootstrapCertificate(
+            x509.fingerprint(cert_pem),
+            x509.load_cert(cert_pem).not_valid_after_utc.timestamp(),
+        )
+        #: What the bootstrap port presents: follows renewals without a restart.
+        self._bootstrap_tls = ServerIdentity(key_pem, cert_pem)
+        #: What the cluster port presents and whose clients it accepts (once a member).
+        self._cluster_tls: ServerIdentity | None = None
         self._placeholder: socket.socket | None = self._reserve_cluster_port()
         self.services = make_manager(config.service_manager, log_dir=config.state_dir / "logs")
         #: Raised when this node becomes a member (serve the mTLS port) or leaves it.
@@ -94,17 +107,30 @@ class Daemon:
         self.left.subscribe(self._close_cluster_server)
         #: Raised when this node's role services changed (heartbeat at once).
         self.services_changed = Signal("services changed")
+        #: Raised when this node renewed its cluster or bootstrap certificate.
+        self.renewed = Signal("certificate renewed")
+        self.bootstrap_renewed = Signal("bootstrap certificate renewed")
+        self.renewed.subscribe(self._serve_renewed)
+        self.bootstrap_renewed.subscribe(self._serve_renewed_bootstrap)
 
         self.plane = ControlPlane(config, store, self.services)
         self.cluster = Cluster(config, store, self.runner, self.ports, self.joined, self.plane)
         self.cloud = Cloud(self.cluster.cloud)
         self.enrolments = Enrolments(self.cluster, self.runner, self.cloud)
         self.members = Members(self.cluster, self.runner, self.cloud)
-        self.tokens = Tokens(self.cluster, fingerprint)
-        self.bootstrap = Bootstrap(self.cluster, self.runner, fingerprint)
+        self.tokens = Tokens(self.cluster, bootstrap_cert)
+        self.bootstrap = Bootstrap(self.cluster, self.runner, bootstrap_cert)
+        self.certificates = Certificates(self.cluster)
+        self.rotation = Rotation(self.cluster, self.certificates, self.renewed)
         self.agent = Agent(config, store, self.services, self.runner, self.services_changed)
-        self.heartbeats = Heartbeats(store, self.agent.services)
+        self.heartbeats = Heartbeats(store, self.agent.services, config.software)
         self.services_changed.subscribe(self.heartbeats.beat_now)
+        # A renewed certificate's first use is the heartbeat it triggers.
+        self.renewed.subscribe(self.heartbeats.beat_now)
+        self.renewal = Renewal(
+            config, store, bootstrap_cert, self.certificates.renew_own,
+            self.renewed, self.bootstrap_renewed,
+        )  # fmt: skip
         self.member = Member(config, store, self.heartbeats, self.ports, self.joined, self.left)
         self.callers = Callers(store)
         #: gRPC health (grpc.health.v1) on every endpoint: SERVING once started.
@@ -125,7 +151,11 @@ class Daemon:
         cert_pem = self.store.read_file(BOOTSTRAP_CERT)
         if key_pem is None or cert_pem is None:
             key = x509.generate_key()
-            cert = x509.self_signed_bootstrap_certificate(key, datetime.now(UTC))
+            cert = x509.self_signed_bootstrap_certificate(
+                key,
+                datetime.now(UTC),
+                lifetime=timedelta(seconds=self.config.bootstrap_cert_lifetime),
+            )
             key_pem, cert_pem = x509.key_to_pem(key), x509.cert_to_pem(cert)
             self.store.write_secret(BOOTSTRAP_KEY, key_pem)
             self.store.write_secret(BOOTSTRAP_CERT, cert_pem)
@@ -170,6 +200,7 @@ class Daemon:
         await self.plane.resume()
         self.enrolments.resume()
         self.heartbeats.resume()
+        self.renewal.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "ready node=%s listen=%s cluster_port=%d socket=%s services=%s",
@@ -196,7 +227,7 @@ class Daemon:
         self._local = server = aio.server(options=SERVER_OPTIONS)
         admin = AdminServicer(
             self.config.node_name, self.store, self.bus, self.cluster, self.members,
-            self.tokens, self.member, self.fingerprint,
+            self.tokens, self.member, self.bootstrap_cert, self.rotation,
         )  # fmt: skip
         reflector = reflection.aio.ReflectionServicer(REFLECTED_SERVICES)
         access.register(
@@ -235,7 +266,7 @@ class Daemon:
                 HEALTH: self._health(),
             },
         )
-        tls = grpc.ssl_server_credentials([(self._bootstrap_key, self._bootstrap_cert)])
+        tls = self._bootstrap_tls.credentials()
         address = names.format_host_port(self.config.listen_host, self.ports.bootstrap)
         what = f"the bootstrap port {address}"
         backend = self._bind(server, "127.0.0.1:0", tls, f"the loopback end of {what}")
@@ -262,7 +293,7 @@ class Daemon:
         creds = self.store.credentials()
         try:
             x509.check_pair(creds.key_pem, creds.cert_pem)
-            x509.load_cert(creds.ca_pem)
+            x509.load_bundle(creds.ca_pem)
         except ValueError as exc:
             raise errors.MicrostackError(
                 f"this node's cluster key pair {self.config.state_dir / NODE_KEY} and "
@@ -276,21 +307,20 @@ class Daemon:
             {
                 _API + "ClusterService": (
                     pb_grpc.add_ClusterServiceServicer_to_server,
-                    ClusterServicer(self.enrolments, self.members, self.bus),
+                    ClusterServicer(
+                        self.enrolments, self.members, self.bus, self.certificates, self.rotation
+                    ),
                 ),
                 _API + "AgentService": (
                     pb_grpc.add_AgentServiceServicer_to_server,
-                    AgentServicer(self.agent, self.member),
+                    AgentServicer(self.agent, self.member, self.renewal),
                 ),
                 HEALTH: self._health(),
             },
             self.callers,
         )
-        tls = grpc.ssl_server_credentials(
-            [(creds.key_pem, creds.cert_pem)],
-            root_certificates=creds.ca_pem,
-            require_client_auth=True,
-        )
+        self._cluster_tls = ServerIdentity(creds.key_pem, creds.cert_pem, creds.ca_pem)
+        tls = self._cluster_tls.credentials()
         address = names.format_host_port(self.config.listen_host, self.ports.cluster)
         if self._placeholder is not None:  # hand the reserved port over to the server
             self._placeholder.close()
@@ -298,11 +328,25 @@ class Daemon:
         self._bind(server, address, tls, f"the cluster port {address}")
         await server.start()
 
+    async def _serve_renewed(self) -> None:
+        """This node renewed its cluster certificate: the mTLS port presents
+        it (and trusts the bundle that came with it) from the next handshake."""
+        if self._cluster_tls is not None:
+            creds = self.store.credentials()
+            self._cluster_tls.update(creds.key_pem, creds.cert_pem, creds.ca_pem)
+
+    async def _serve_renewed_bootstrap(self) -> None:
+        key_pem = self.store.read_file(BOOTSTRAP_KEY)
+        cert_pem = self.store.read_file(BOOTSTRAP_CERT)
+        if key_pem is not None and cert_pem is not None:
+            self._bootstrap_tls.update(key_pem, cert_pem)
+
     async def _close_cluster_server(self) -> None:
         """This node left its cluster: close the mTLS port once the answer to
         the control's Leave is on its way, and keep the port reserved (no
         SO_REUSEPORT: a join right after must wait for the close, not share)."""
         server, self._cluster = self._cluster, None
+        self._cluster_tls = None
         if server is None:
             return
 
@@ -351,6 +395,8 @@ class Daemon:
         if self._closing is not None:
             await self._closing
         await self.heartbeats.stop()
+        await self.renewal.stop()
+        await self.rotation.close()
         await self.agent.close()
         await self.plane.close()
         await self.services.close()

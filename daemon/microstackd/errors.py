@@ -174,3 +174,16 @@ class CloudError(MicrostackError):
     """An operation on the control's OpenStack cloud failed (Nova, Neutron, Glance)."""
 
     code = "FAILED_PRECONDITION"
+
+
+class NodeNotEmpty(MicrostackError):
+    """The compute still hosts instances: move them away first, or remove it by force."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class VersionSkew(MicrostackError):
+    """This node's microstackd version is outside the cluster's skew window:
+    the message says which side to upgrade (docs/api.md, "Versions")."""
+
+    code = "FAILED_PRECONDITION"

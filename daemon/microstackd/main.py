@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from microstackd import __version__, errors, logcontext, notify
+from microstackd import __version__, errors, logcontext, notify, versions
 from microstackd.config import (
     DEFAULT_CONFIG_FILE,
     DEFAULT_CONFIG_ROOT,
@@ -180,12 +180,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "leaves less room)",
     )
     parser.add_argument(
+        "--cert-lifetime",
+        default=None,
+        help="(control) how long the node certificates it issues are valid (default 365d; "
+        "a number of seconds or with a unit: 30s, 12h, 365d)",
+    )
+    parser.add_argument(
+        "--bootstrap-cert-lifetime",
+        default=None,
+        help="how long this node's bootstrap-port certificate is valid (default 3650d)",
+    )
+    parser.add_argument(
+        "--renew-before",
+        default=None,
+        help="renew a certificate once less than this is left of it (default 30d; less than "
+        "either lifetime)",
+    )
+    parser.add_argument(
         "--step-delay",
         action="append",
         default=[],
         metavar="STEP=SECONDS",
         help="fault-injection aid for tests: pause before running STEP (repeatable)",
     )
+    # For tests only (docs/api.md, "Versions"): declare another microstackd
+    # version than this build's, to see the control's skew window at work.
+    parser.add_argument("--report-version", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     parser.add_argument("--version", action="version", version=f"microstackd {__version__}")
     return parser.parse_args(argv)
@@ -209,6 +229,9 @@ FILE_KEYS = (
     "bootstrap_backoff_max",
     "bootstrap_per_source",
     "bootstrap_connections",
+    "cert_lifetime",
+    "bootstrap_cert_lifetime",
+    "renew_before",
 )
 _PATH_KEYS = {"state_dir", "socket", "config_root", "openstack_prefix", "control_config"}
 
@@ -273,6 +296,18 @@ def build_config(args: argparse.Namespace) -> DaemonConfig:
             f"--openstack-prefix {prefix}: no bin/ directory there (create the environment with "
             "openstack/install-env.sh, or leave the flag out to run stand-ins)"
         )
+    lifetime = _duration(args.cert_lifetime, 365 * _DAY, "--cert-lifetime")
+    bootstrap_lifetime = _duration(
+        args.bootstrap_cert_lifetime, 3650 * _DAY, "--bootstrap-cert-lifetime"
+    )
+    renew_before = _duration(args.renew_before, 30 * _DAY, "--renew-before")
+    if renew_before >= min(lifetime, bootstrap_lifetime):
+        raise errors.InvalidArgument(
+            f"--renew-before {names.say_duration(renew_before)} must be shorter than "
+            f"--cert-lifetime ({names.say_duration(lifetime)}) and --bootstrap-cert-lifetime "
+            f"({names.say_duration(bootstrap_lifetime)}): a certificate would be renewed as "
+            "soon as it is issued"
+        )
     name = names.node_name(args.node_name or default_node_name(), "--node-name")
     hostname = names.hostname(args.hostname or name, "--hostname")
     return DaemonConfig(
@@ -295,6 +330,12 @@ def build_config(args: argparse.Namespace) -> DaemonConfig:
         bootstrap_per_source=_count(args.bootstrap_per_source, 8, "--bootstrap-per-source"),
         bootstrap_connections=_count(args.bootstrap_connections, 1024, "--bootstrap-connections"),
         step_delays=_step_delays(args.step_delay),
+        cert_lifetime=lifetime,
+        bootstrap_cert_lifetime=bootstrap_lifetime,
+        renew_before=renew_before,
+        version=versions.check_version(args.report_version, "--report-version")
+        if args.report_version
+        else __version__,
     )
 
 
@@ -302,6 +343,16 @@ def _positive(value: object, default: float, flag: str) -> float:
     if value is None:
         return default
     return names.seconds(value, flag, 0, 86400)
+
+
+_DAY = 86400.0
+
+
+def _duration(value: object, default: float, flag: str) -> float:
+    """A certificate duration: at least 2 s (x509.MIN_LIFETIME), at most 100 years."""
+    if value is None:
+        return default
+    return names.duration(value, flag, 2, 36500 * _DAY)
 
 
 def _count(value: object, default: int, flag: str) -> int:

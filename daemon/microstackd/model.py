@@ -44,6 +44,9 @@ class NodeState(enum.StrEnum):
     REMOVED = "removed"
     #: Shown, never stored: an active member whose heartbeats stopped.
     UNREACHABLE = "unreachable"
+    #: Shown, never stored: a member whose certificate is close to expiry and
+    #: was not renewed (its renewal fails, or it does not run).
+    WARNING = "warning"
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,8 @@ class ServiceRecord:
     state: str
     #: On failed: why (exit status and the last log lines).
     message: str = ""
+    #: What it runs with, for a person (e.g. nova-compute's virt_type).
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,15 @@ class NodeCredentials:
 
 
 @dataclass(frozen=True)
+class Software:
+    """What a node declares it runs: its microstackd version and the gRPC API
+    it speaks (``versions``: the skew window)."""
+
+    version: str
+    api: str
+
+
+@dataclass(frozen=True)
 class NodeRecord:
     name: str
     role: Role
@@ -149,6 +163,34 @@ class NodeRecord:
     #: The node's mTLS port, where its agent listens (0: unknown).
     agent_port: int = 0
     services: tuple[ServiceRecord, ...] = field(default_factory=tuple)
+    #: A renewed certificate issued but not used yet (hex serial; "" none).
+    pending_serial: str = ""
+    #: The microstackd version and API the node last declared ("": none yet).
+    version: str = ""
+    api_version: str = ""
+    #: Why the control refuses that version (not stored: ``status`` works it out).
+    version_refused: str = ""
+
+
+@dataclass
+class BootstrapCertificate:
+    """The bootstrap port's certificate as served now: it renews itself, and
+    what pins it (the exchange's transcript, new join tokens, ``status``)
+    reads it here."""
+
+    fingerprint: str
+    #: time.time() it expires.
+    not_after: float
+
+
+@dataclass(frozen=True)
+class TrustedCA:
+    """A CA the cluster trusts (two during a CA rotation)."""
+
+    fingerprint: str
+    not_after: float
+    #: "signing" or "retiring".
+    state: str
 
 
 @dataclass(frozen=True)
@@ -163,6 +205,8 @@ class ClusterRecord:
     cluster_port: int
     ca_fingerprint: str
     ca_not_after: float
+    #: Every CA trusted, for ``status`` (not stored: read from the trust bundle).
+    cas: tuple[TrustedCA, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import atexit
 import contextlib
 import signal
+import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from types import FrameType
 
 import pytest
 
-from sandbox import netns
+from sandbox import netns, openstack_env
 from sandbox.netns import Cluster, Host, Network, init_control, join
 
 PASSWORD = "correct horse battery staple"
@@ -131,3 +132,20 @@ def cluster(network: Network, control: Host, password_file: Path) -> Cluster:
         result.joins[name] = join(host, control, password_file)
         result.computes.append(host)
     return result
+
+
+@pytest.fixture(scope="session")
+def openstack_prefix() -> Path:
+    """The OpenStack environment (and the Debian packages its roles and the
+    test image need), created or brought up to date once per machine with
+    openstack/install-env.sh."""
+    started = time.monotonic()
+    try:
+        ran = openstack_env.ensure(openstack_env.PREFIX)
+    except openstack_env.InstallFailed as exc:
+        if exc.no_network:
+            pytest.skip(f"no network to create the OpenStack environment: {exc.output[-800:]}")
+        pytest.fail(f"openstack/install-env.sh failed:\n{exc.output[-3000:]}")
+    if ran:
+        openstack_env.measure(env_install_s=round(time.monotonic() - started, 1))
+    return openstack_env.PREFIX

@@ -135,6 +135,8 @@ def test_a_taken_node_name_is_refused(cluster: Cluster, password_file: Path) -> 
     assert result.returncode == EXIT_ERROR, output(result)
     assert taken.name in result.stderr, output(result)
     assert "already" in result.stderr, output(result)
+    # It names the command that frees the name, for a machine that replaces the node.
+    assert f"`microstackctl remove {taken.name} --force`" in result.stderr, output(result)
     assert stable(control.status()) == stable(before)
     assert impostor.status()["cluster"] == {}
 

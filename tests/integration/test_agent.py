@@ -19,7 +19,8 @@ from grpc import aio
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
 from microstackd.model import NodeCredentials
-from microstackd.node.roles.compute import NOVA_COMPUTE_CONF, OVS_AGENT_INI
+from microstackd.node.roles.compute import NOVA_COMPUTE_CONF
+from microstackd.node.roles.network import OVS_AGENT_INI
 from microstackd.peers.cluster import member_channel
 from microstackd.store import Store
 from tests.integration.harness import Node, wait_for_text
@@ -65,6 +66,11 @@ def test_join_configures_the_node_and_status_shows_its_services(
         "nova-compute": "running",
     }
     assert len(_standin_pids(compute.root)) == 2
+    # The virt type is resolved for the rendered file; a stand-in runs no
+    # driver, so status shows no detail for it (the real nova-compute does).
+    assert nova["libvirt"]["virt_type"] in ("kvm", "qemu")
+    node = next(n for n in control.status()["nodes"] if n["name"] == "node-1")
+    assert {s["detail"] for s in node["services"]} == {""}
 
 
 def test_secrets_stay_out_of_logs_and_status(

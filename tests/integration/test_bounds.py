@@ -14,6 +14,7 @@ from grpc import aio
 
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
+from microstackd import versions
 from microstackd.model import NodeCredentials
 from microstackd.peers.cluster import member_channel
 from microstackd.trust.x509 import CONTROL_SERVER_NAME
@@ -32,7 +33,12 @@ def _beat(control: Node, member: Node, services: list[pb.ServiceStatus]) -> grpc
         channel = member_channel(control.address, control.cluster_port, creds, CONTROL_SERVER_NAME)
         try:
             await pb_grpc.ClusterServiceStub(channel).Heartbeat(
-                pb.HeartbeatRequest(services=services), timeout=30
+                pb.HeartbeatRequest(
+                    services=services,
+                    microstackd_version=versions.VERSION,
+                    api_version=versions.API_VERSION,
+                ),
+                timeout=30,
             )
         except aio.AioRpcError as exc:
             return exc.code()
@@ -54,8 +60,18 @@ BIG = "x" * (3_900_000)
         [pb.ServiceStatus(name="n" * 5000, state="running")],
         [pb.ServiceStatus(name="nova-compute", state="r" * 5000)],
         [pb.ServiceStatus(name=f"s{i}", state="failed", message="m" * 8000) for i in range(40)],
+        [pb.ServiceStatus(name="nova-compute", state="running", detail=BIG)],
+        [pb.ServiceStatus(name=f"s{i}", state="running", detail="d" * 8000) for i in range(40)],
     ],
-    ids=["one-huge-message", "too-many-services", "long-name", "unknown-state", "too-much-text"],
+    ids=[
+        "one-huge-message",
+        "too-many-services",
+        "long-name",
+        "unknown-state",
+        "too-much-text",
+        "one-huge-detail",
+        "too-much-detail",
+    ],
 )
 def test_an_oversized_heartbeat_is_refused_and_status_keeps_working(
     control: Node,
@@ -72,4 +88,6 @@ def test_an_oversized_heartbeat_is_refused_and_status_keeps_working(
     ok = [pb.ServiceStatus(name="nova-compute", state="failed", message="m" * 6000)]
     assert _beat(control, member, ok) is grpc.StatusCode.OK
     shown = control.status()["nodes"][1]["services"]
-    assert shown == [{"name": "nova-compute", "state": "failed", "message": "m" * 6000}]
+    assert shown == [
+        {"name": "nova-compute", "state": "failed", "message": "m" * 6000, "detail": ""}
+    ]

@@ -89,6 +89,8 @@ SERVED = {
         "Join",
         "AdminService/Watch",
         "Launch",
+        "RotateCA",
+        "Drain",
         "Health/Watch",
         "ServerReflectionInfo",
     },

@@ -21,6 +21,9 @@ from microstackd.node.services import ServiceSpec
 from microstackd.node.services.spec import RUNNING, STOPPED
 from microstackd.store import Store
 
+#: A CRL as the control issues it (its content does not matter here).
+CRL = "-----BEGIN X509 CRL-----\n-----END X509 CRL-----"
+
 NODE = NodeRecord(
     name="node-1",
     role=Role.COMPUTE,
@@ -91,7 +94,7 @@ def agent_for(tmp_path: Path):
             config_root=tmp_path / "etc",
         )
         ctl = control_config.ensure(tmp_path / "control.yaml", "10.0.0.1")
-        settings = control_config.issue_compute_settings(ctl, NODE)
+        settings = control_config.issue_compute_settings(ctl, NODE, revocation_list=CRL)
         store = Store(config.state_dir)
         return Agent(config, store, manager, Runner(store, EventBus(store))), settings
 
@@ -174,3 +177,21 @@ def test_a_cancelled_apply_leaves_none_after_the_waited_one_running(agent_for) -
     asyncio.run(run())
     assert manager.calls[-1] == ("stop", SERVICES[1])
     assert manager.running == {SERVICES[0]}
+
+
+def test_a_new_revocation_list_is_written_where_libvirtd_reads_it(agent_for, tmp_path) -> None:
+    """A removal elsewhere: the agent rewrites the CRL (here stand-ins run, so
+    no libvirtd of the node's own reloads it, and the agent says so)."""
+    agent, settings = agent_for(RecordingManager())
+    before = asyncio.run(agent.update_revocations(b"-----BEGIN X509 CRL-----\n"))
+    assert before == "no migration transport on this node: nothing to update"
+    assert _apply(agent, settings)[1] is None
+    crl = tmp_path / "etc" / "libvirt" / "pki" / "ca-crl.pem"
+    assert crl.read_text().strip() == CRL
+    new = b"-----BEGIN X509 CRL-----\nnew\n-----END X509 CRL-----\n"
+    told = asyncio.run(agent.update_revocations(new))
+    assert told == f"{crl} written (libvirtd is not this node's own: not reloaded)"
+    assert crl.read_bytes() == new
+    with pytest.raises(errors.InvalidArgument, match="not a PEM CRL"):
+        asyncio.run(agent.update_revocations(b"nonsense"))
+    assert crl.read_bytes() == new

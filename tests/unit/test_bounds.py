@@ -47,3 +47,13 @@ def test_a_member_clips_its_own_report_to_what_the_control_takes() -> None:
     assert all(s.message.endswith("…") for s in clipped)
     few = [ServiceRecord("nova-compute", "failed", "y" * 6000)]
     assert bounded(few) == few  # a real failure message is not cut
+
+
+def test_a_member_keeps_what_its_services_run_with() -> None:
+    detail = "libvirt.LibvirtDriver, virt_type qemu (detected: no vmx/svm)"
+    few = [ServiceRecord("nova-compute", "running", "", detail)]
+    assert bounded(few) == few  # the detail reaches status, as the agent reported it
+    many = [ServiceRecord(f"s{i}", "failed", "x" * 9000, "d" * 9000) for i in range(64)]
+    clipped = bounded(many)
+    assert check_services(clipped, "n1") == clipped
+    assert all(s.detail.startswith("d") for s in clipped)

@@ -12,6 +12,8 @@ import pytest
 
 from microstackctl import (
     cli,
+    cmd_ca,
+    cmd_drain,
     cmd_init,
     cmd_join,
     cmd_launch,
@@ -26,11 +28,15 @@ WORK: dict[tuple[str, ...], Callable[..., Any]] = {
     ("join",): cmd_join.join,
     ("watch",): cmd_watch.watch,
     ("remove",): cmd_remove.remove,
+    ("drain",): cmd_drain.drain,
+    ("undrain",): cmd_drain.undrain,
     ("launch",): cmd_launch.launch,
     ("add-node",): cmd_tokens.add_node,
     ("tokens",): cmd_tokens.list_tokens,
     ("tokens", "revoke"): cmd_tokens.revoke,
     ("status",): cmd_status.status,
+    ("ca",): cmd_ca.show,
+    ("ca", "rotate"): cmd_ca.rotate,
 }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from microstackd.cloud import CloudRef, connection, session
 from microstackd.cloud.service import Cloud
 from microstackd.control import config as control_config
 from microstackd.enrolment import machine as enrolment
+from microstackd.model import StepState
 from microstackd.wire import convert
 
 
@@ -66,14 +68,14 @@ def test_control_config_reads_the_cloud_section(tmp_path: Path) -> None:
 class _Service:
     def __init__(self, host: str, state: str, status: str = "enabled") -> None:
         self.host, self.binary, self.state, self.status = host, "nova-compute", state, status
+        self.disabled_reason = None
 
 
 class _Compute:
-    """Enough of openstacksdk's compute proxy for admit, remove and view."""
+    """Enough of openstacksdk's compute proxy for admit and view."""
 
     def __init__(self) -> None:
         self.states = iter(["down", "down", "up"])
-        self.deleted: list[str] = []
 
     def services(self, **query: str) -> list[_Service]:
         return [_Service("node1", next(self.states, "up"))]
@@ -87,16 +89,28 @@ class _Compute:
     def servers(self, **query: object) -> list[object]:
         return []
 
-    def disable_service(self, service: _Service, **kw: str) -> None:
-        service.status = "disabled"
 
-    def delete_service(self, service: _Service, ignore_missing: bool = False) -> None:
-        self.deleted.append(service.host)
+class _Placement:
+    """Placement as nova-compute left it: the host's provider and its inventory."""
+
+    def resource_providers(self, **query: str) -> list[object]:
+        class P:
+            id, name = "p1", "node1"
+
+        return [P()]
+
+    def resource_provider_inventories(self, provider: object) -> list[object]:
+        class Inventory:
+            def __init__(self, rc: str) -> None:
+                self.resource_class = rc
+
+        return [Inventory("VCPU"), Inventory("MEMORY_MB"), Inventory("DISK_GB")]
 
 
 class _Conn:
     def __init__(self) -> None:
         self.compute = _Compute()
+        self.placement = _Placement()
         self.closed = False
 
     def close(self) -> None:
@@ -121,26 +135,27 @@ def test_admit_streams_what_it_waits_for_and_reuses_one_connection(fake_cloud) -
     service = Cloud(lambda: CloudRef("c", "/x/clouds.yaml"))
     seen: list[tuple[str, bool]] = []
 
-    async def progress(message: str, waiting: bool) -> None:
-        seen.append((message, waiting))
+    async def progress(note: cloud.Note) -> None:
+        seen.append((note.message, note.state is StepState.WAITING))
 
-    async def go() -> tuple[dict[str, object], dict[str, object]]:
+    async def go() -> tuple[dict[str, Any], dict[str, Any]]:
         admitted = await service.run(
             "admit", {"host": "node1", "timeout": 5, "discover_interval": 0}, progress
         )
-        removed = await service.run("remove", {"host": "node1"})
-        return admitted, removed
+        viewed = await service.run("view", {})
+        return admitted, viewed
 
-    admitted, removed = asyncio.run(go())
+    admitted, viewed = asyncio.run(go())
     assert admitted["service"] == "nova-compute up, enabled"
     assert admitted["hypervisor"] == "hypervisor node1 up, enabled"
+    assert admitted["provider"] == "resource provider p1 with DISK_GB, MEMORY_MB, VCPU"
     assert re.fullmatch(
         r"waiting for nova-compute on node1 to be up \(\d+ s so far; nova-compute down, enabled\)",
         seen[0][0],
     )
     assert seen[0][1]  # waiting
     assert seen[1][0].startswith("nova-compute on node1 to be up: nova-compute up, enabled after")
-    assert removed["message"] == "Nova compute service on node1 disabled and deleted"
+    assert viewed["hosts"]["node1"]["compute_service"] == "up"
     assert len(fake_cloud) == 1  # one connection for both operations
     service.close()
     assert fake_cloud[0].closed
@@ -170,39 +185,21 @@ def test_an_operation_over_its_time_is_a_cloud_error(fake_cloud) -> None:
         asyncio.run(Cloud(lambda: None).run("view", {}))
 
 
-def test_nova_view_and_launch_result_render() -> None:
+def test_nova_view_renders() -> None:
     node = pb.Node(name="n1", role=pb.ROLE_COMPUTE)
     assert render.nova_text(node) == "-"
     assert render.node_dict(node)["nova"] is None
     node.nova.CopyFrom(
         convert.nova_host_to_pb(
-            {"compute_service": "up", "hypervisor": "up", "running_instances": 2}
+            {"compute_service": "up", "hypervisor": "up", "running_instances": 2, "drained": True}
         )
     )
-    assert render.nova_text(node) == "up, hv up, 2 running"
+    assert render.nova_text(node) == "up drained, hv up, 2 running"
     assert render.node_dict(node)["nova"] == {
         "compute_service": "up",
         "hypervisor": "up",
         "running_instances": 2,
-    }
-    result = convert.launch_result_to_pb(
-        {
-            "name": "test",
-            "id": "abc",
-            "host": "n1",
-            "status": "ACTIVE",
-            "addresses": {"private": ["10.233.0.5", "10.232.0.101"]},
-            "floating_ip": "10.232.0.101",
-        }
-    )
-    assert render.launch_dict(result, "ssh -i k cirros@10.232.0.101") == {
-        "name": "test",
-        "id": "abc",
-        "host": "n1",
-        "status": "ACTIVE",
-        "addresses": {"private": ["10.233.0.5", "10.232.0.101"]},
-        "floating_ip": "10.232.0.101",
-        "ssh": "ssh -i k cirros@10.232.0.101",
+        "drained": True,
     }
 
 

@@ -27,6 +27,9 @@ from microstackd.node import render, steps
 from microstackd.node.roles import COMPUTE, CONTROL, DEFINITIONS, RoleDefinition
 from microstackd.node.roles.parts import SERVICE_PREFIX, SetupStep
 
+#: A CRL as the control issues it (its content does not matter here).
+CRL = "-----BEGIN X509 CRL-----\n-----END X509 CRL-----"
+
 NODE = NodeRecord(
     name="node-1",
     role=Role.COMPUTE,
@@ -61,9 +64,15 @@ def config(tmp_path: Path) -> control_config.ControlConfig:
 
 def _values(tmp_path: Path, config: control_config.ControlConfig, role: RoleDefinition):
     base = steps.base_values(_daemon_config(tmp_path))
-    if role is CONTROL:
-        return {**base, **control_config.control_settings(config)}
-    return {**base, **control_config.issue_compute_settings(config, NODE)}
+    if role is CONTROL:  # as plane.py adds them
+        return {**base, **control_config.control_settings(config), "host": "control"}
+    # as the node's agent adds them (agent.py)
+    node = {"virt_type": "qemu", "virt_detail": "virt_type qemu (detected: no /dev/kvm)"}
+    return {
+        **base,
+        **control_config.issue_compute_settings(config, NODE, revocation_list=CRL),
+        **node,
+    }
 
 
 def _secrets(config: control_config.ControlConfig) -> set[str]:
@@ -84,7 +93,13 @@ def test_every_template_renders_and_parses(tmp_path, config, role):
         text = path.read_text()
         assert "${" not in text, path
         assert oct(path.stat().st_mode & 0o777) == oct(spec.mode)
-        if path.suffix in (".conf", ".ini", ".cnf") and path.name != "rabbitmq.conf":
+        if path.name == "dnsmasq.conf":  # dnsmasq's key=value lines
+            lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+            assert lines == ["user=root"], text
+        elif path.parent.name == "libvirt":  # libvirt's own key = value syntax, no sections
+            lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+            assert all(" = " in ln for ln in lines), text
+        elif path.suffix in (".conf", ".ini", ".cnf") and path.name != "rabbitmq.conf":
             parser = configparser.ConfigParser(interpolation=None, allow_no_value=True)
             parser.read_string(text)
         elif path.name == "rabbitmq.conf":  # sysctl-like key = value lines
@@ -201,7 +216,7 @@ def test_without_an_openstack_environment_every_control_step_is_skipped(tmp_path
 
 
 def test_compute_settings_follow_the_driver(config):
-    settings = control_config.issue_compute_settings(config, NODE)
+    settings = control_config.issue_compute_settings(config, NODE, revocation_list=CRL)
     assert (settings["vif_plugging_is_fatal"], settings["compute_driver"]) == (
         "true",
         "libvirt.LibvirtDriver",

@@ -19,14 +19,16 @@ PACKAGE = Path(__file__).resolve().parents[2] / "daemon" / "microstackd"
 #: gRPC, its generated code and protobuf.
 GRPC = frozenset({"grpc", "grpc_health", "grpc_reflection", "microstack_api", "google"})
 #: The pure core every room may use.
-BASE = frozenset({"model", "errors"})
+BASE = frozenset({"model", "errors", "versions"})
 
 #: room -> the rooms (and "grpc") it may import, besides itself.
 MAY_IMPORT: dict[str, frozenset[str]] = {
     "": frozenset(),  # microstackd/__init__.py
     "model": frozenset(),
     "errors": frozenset(),
-    "config": frozenset(),
+    "config": BASE,
+    # The skew window: pure; reads the package's __version__.
+    "versions": frozenset({"", "errors", "model"}),
     "logcontext": frozenset(),
     "notify": frozenset(),
     "commands": frozenset(),

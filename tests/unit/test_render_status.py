@@ -34,6 +34,19 @@ def _status() -> pb.StatusResponse:
     return status
 
 
+def plain(
+    status: pb.StatusResponse,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> str:
+    """What status writes where the output is not a terminal: without rich (render.py)."""
+    for name in ("COLUMNS", "FORCE_COLOR", "TTY_COMPATIBLE", "NO_COLOR"):
+        monkeypatch.delenv(name, raising=False)
+    assert render._StatusView(status, time.time()).plain_lines(render._UNBOUNDED) is not None
+    render.print_status(status)
+    return capsys.readouterr().out
+
+
 NOTES = [
     "n1 nova-compute: nova-compute was stopped, not by microstackd; "
     "microstackd starts it again at 10:00:05 UTC",
@@ -50,10 +63,39 @@ def test_a_stopped_or_failed_service_is_explained_below_the_table() -> None:
 def test_the_plain_table_for_a_pipe_explains_them_too(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Written without rich where the output is not a terminal (render.py).
-    for name in ("COLUMNS", "FORCE_COLOR", "TTY_COMPATIBLE", "NO_COLOR"):
-        monkeypatch.delenv(name, raising=False)
+    assert plain(_status(), monkeypatch, capsys).split("\n\n")[-1].splitlines() == NOTES
+
+
+DETAIL = "libvirt.LibvirtDriver, virt_type qemu (detected: cannot open /dev/kvm)"
+
+
+def _with_detail() -> pb.StatusResponse:
     status = _status()
-    assert render._StatusView(status, time.time()).plain_lines(render._UNBOUNDED) is not None
-    render.print_status(status)
-    assert capsys.readouterr().out.split("\n\n")[-1].splitlines() == NOTES
+    status.nodes[0].services[2].detail = DETAIL
+    return status
+
+
+def test_what_a_service_runs_with_is_shown_between_the_table_and_the_notes() -> None:
+    blocks = table(_with_detail()).rstrip("\n").split("\n\n")
+    assert blocks[-2].splitlines() == [f"n1 ovsdb: {DETAIL}"]
+    assert blocks[-1].splitlines() == NOTES
+
+
+def test_the_plain_table_shows_the_details_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocks = plain(_with_detail(), monkeypatch, capsys).rstrip("\n").split("\n\n")
+    assert blocks[-2:] == [f"n1 ovsdb: {DETAIL}", "\n".join(NOTES)]
+
+
+def test_the_json_status_carries_each_services_detail() -> None:
+    services = render.node_dict(_with_detail().nodes[0])["services"]
+    assert [s["detail"] for s in services] == ["", "", DETAIL, ""]
+
+
+def test_a_services_detail_crosses_the_wire_both_ways() -> None:
+    from microstackd.model import ServiceRecord
+    from microstackd.wire import convert
+
+    record = ServiceRecord("nova-compute", "running", "", DETAIL)
+    assert convert.services_from_pb(convert.services_to_pb([record])) == [record]

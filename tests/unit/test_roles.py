@@ -16,8 +16,12 @@ from microstackd.control import config as control_config
 from microstackd.model import NodeRecord, NodeState, Role
 from microstackd.node import render
 from microstackd.node.roles import COMPUTE, DEFINITIONS
-from microstackd.node.roles.compute import NEUTRON_CONF, NOVA_COMPUTE_CONF, OVS_AGENT_INI
+from microstackd.node.roles.compute import NOVA_COMPUTE_CONF
+from microstackd.node.roles.network import NEUTRON_AGENT_CONF, OVS_AGENT_INI
 from microstackd.node.standin import check
+
+#: A CRL as the control issues it (its content does not matter here).
+CRL = "-----BEGIN X509 CRL-----\n-----END X509 CRL-----"
 
 NODE = NodeRecord(
     name="node-1",
@@ -35,7 +39,7 @@ NODE = NodeRecord(
 @pytest.fixture
 def settings(tmp_path: Path) -> dict[str, str]:
     config = control_config.ensure(tmp_path / "control.yaml", "10.0.0.1")
-    return control_config.issue_compute_settings(config, NODE) | {
+    return control_config.issue_compute_settings(config, NODE, revocation_list=CRL) | {
         "config_root": str(tmp_path / "etc"),
         "state_dir": str(tmp_path / "state"),
         "state_path": str(tmp_path / "state" / "services"),
@@ -43,6 +47,13 @@ def settings(tmp_path: Path) -> dict[str, str]:
         "log_dir": str(tmp_path / "state" / "logs"),
         "helpers_dir": str(tmp_path / "helpers"),
         "openstack_prefix": "/opt/os",
+        "python": "/usr/bin/python3",
+        "node_name": "node-1",
+        # What the node's agent adds: its hypervisor and its libvirt.
+        "virt_type": "qemu",
+        "virt_detail": "virt_type qemu (detected: no /dev/kvm)",
+        "libvirt_uri": "qemu+unix:///system?socket=/run/n1/libvirt/libvirt-sock",
+        "instances_bind": "yes",
     }
 
 
@@ -56,7 +67,14 @@ def test_compute_role_renders_parseable_files_with_the_issued_values(tmp_path, s
     root = tmp_path / "etc"
     paths = render.render_role(COMPUTE, settings, root)
     assert sorted(p.relative_to(root).as_posix() for p in paths) == sorted(
-        [NOVA_COMPUTE_CONF, NEUTRON_CONF, OVS_AGENT_INI]
+        [
+            NOVA_COMPUTE_CONF,
+            NEUTRON_AGENT_CONF,
+            OVS_AGENT_INI,
+            "libvirt/libvirtd.conf",
+            "libvirt/qemu.conf",
+            "libvirt/pki/ca-crl.pem",
+        ]
     )
     nova = _ini(root / NOVA_COMPUTE_CONF)
     assert nova["DEFAULT"]["host"] == "node-1"
@@ -67,11 +85,44 @@ def test_compute_role_renders_parseable_files_with_the_issued_values(tmp_path, s
     assert nova["keystone_authtoken"]["password"] == settings["nova_password"]
     assert nova["placement"]["username"] == "placement"
     assert nova["neutron"]["password"] == settings["neutron_password"]
-    assert nova["libvirt"]["virt_type"] == "kvm"
+    assert nova["DEFAULT"]["compute_driver"] == "libvirt.LibvirtDriver"
+    assert nova["DEFAULT"]["force_config_drive"] == "true"
+    assert nova["DEFAULT"]["vif_plugging_is_fatal"] == "true"
+    assert nova["libvirt"]["virt_type"] == "qemu"
+    assert nova["libvirt"]["connection_uri"] == settings["libvirt_uri"]
+    assert nova["libvirt"]["hw_machine_type"] == "x86_64=pc"
+    assert nova["vnc"]["enabled"] == "false"
+    assert nova["os_vif_ovs"]["ovsdb_connection"].endswith("/run/ovs/db.sock")
+    for section in ("nova_sys_admin", "vif_plug_ovs_privileged", "privsep_osbrick"):
+        helper = nova[section]["helper_command"].split()
+        assert helper[:2] == ["/opt/os/bin/python", "/opt/os/bin/privsep-helper"], helper
+        assert helper[-1].endswith(NOVA_COMPUTE_CONF)
+    assert "nova.service=DEBUG" in nova["DEFAULT"]["default_log_levels"]
     ovs = _ini(root / OVS_AGENT_INI)
     assert ovs["ovs"]["local_ip"] == "10.0.0.2"
     assert ovs["agent"]["tunnel_types"] == "vxlan"
-    assert _ini(root / NEUTRON_CONF)["DEFAULT"]["host"] == "node-1"
+    assert _ini(root / NEUTRON_AGENT_CONF)["DEFAULT"]["host"] == "node-1"
+    qemu = (root / "libvirt" / "qemu.conf").read_text()
+    for line in ('user = "root"', 'security_driver = "none"', 'stdio_handler = "file"'):
+        assert line in qemu
+    # The migration transport: TLS only, on the node's address, its own certificate.
+    for line in ("migrate_tls_force = 1", 'migration_address = "10.0.0.2"'):
+        assert line in qemu
+    libvirtd = (root / "libvirt" / "libvirtd.conf").read_text()
+    for line in (
+        'listen_addr = "10.0.0.2"',
+        "listen_tcp = 0",
+        'tls_allowed_dn_list = ["OU=compute',
+    ):
+        assert line in libvirtd
+    assert (root / "libvirt" / "pki" / "ca-crl.pem").read_text().strip() == settings[
+        "migration_crl"
+    ]
+    assert nova["DEFAULT"]["instances_path"] == "/var/lib/nova/instances"
+    assert nova["libvirt"]["live_migration_uri"].startswith("qemu+tls://%s/system?pkipath=")
+    assert nova["libvirt"]["live_migration_inbound_addr"] == "10.0.0.2"
+    assert nova["libvirt"]["live_migration_with_native_tls"] == "true"
+    assert nova["compute"]["live_migration_wait_for_vif_plug"] == "false"
     for path in paths:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
 
@@ -97,6 +148,10 @@ def test_every_role_template_renders(tmp_path, settings):
         for template in used:
             text = render.render_text(template, values)
             assert "${" not in text, template
+            if template.endswith((".conf", ".ini")) and not template.endswith(
+                ("libvirtd.conf", "qemu.conf", "dnsmasq.conf", "rabbitmq.conf")
+            ):
+                configparser.ConfigParser(interpolation=None).read_string(text)
             rendered.add(template)
     root = resources.files("microstackd.node") / "templates"
     shipped = {
@@ -139,7 +194,16 @@ def test_template_errors_name_the_template():
 def test_commands_expand(settings):
     service = COMPUTE.service("nova-compute")
     argv = render.expand(service.command, settings)
-    assert argv[0] == "/opt/os/bin/nova-compute" and argv[-1].endswith(NOVA_COMPUTE_CONF)
+    # In a mount namespace of its own where the node's instances are bound
+    # over the common path (as in its libvirtd's).
+    assert argv[0] == "/usr/bin/unshare" and argv[-1].endswith(NOVA_COMPUTE_CONF)
+    program = argv.index("--", argv.index("nova-compute-ns")) + 1
+    assert argv[program] == "/opt/os/bin/nova-compute"
+    assert list(argv[argv.index("nova-compute-ns") + 1 : program - 1]) == [
+        "yes",
+        settings["state_path"] + "/nova/instances",
+        "/var/lib/nova/instances",
+    ]
 
 
 def test_standin_reports_every_missing_key(tmp_path):

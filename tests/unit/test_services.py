@@ -234,6 +234,89 @@ def test_a_crashed_service_is_restarted_after_a_back_off(tmp_path):
     assert log.count("started\n") == 2
 
 
+def test_a_service_that_keeps_exiting_before_it_is_ready_is_failed_while_it_restarts(tmp_path):
+    # nova-compute without its virt driver: it runs a while, logs why, exits 1,
+    # is restarted, and never logs its ready line.
+    spec = sh(
+        "nova-compute",
+        "echo 'Unable to load the virtualization driver: No module named libvirt'; sleep 0.2; "
+        "exit 1",
+        ready_pattern="Join ServiceGroup membership",
+        ready_after=0,
+    )
+
+    async def main():
+        manager = ProcessManager(tmp_path, backoff_base=0.05, backoff_cap=0.05)
+        try:
+            await manager.restart(spec)
+            first = await manager.status(spec)
+            await until(lambda: log_text(manager, spec).count("restarting in") >= 2)
+            statuses: list[ServiceRecord] = []
+            while not any("keeps exiting" in s.message for s in statuses):
+                statuses.append(await manager.status(spec))
+                assert len(statuses) < 500, statuses[-3:]
+                await asyncio.sleep(0.01)
+            return first, statuses
+        finally:
+            await manager.close()
+
+    first, statuses = asyncio.run(main())
+    assert first.state == "starting"  # not failed before it ever exited
+    # Between two runs (dead child) or while the next run starts: failed, with why.
+    assert {s.state for s in statuses} == {"failed"}
+    assert all("Unable to load the virtualization driver" in s.message for s in statuses)
+    looping = statuses[-1].message
+    assert looping.startswith("nova-compute keeps exiting before it is ready"), looping
+    assert "exited with status 1; last log lines:" in looping
+
+
+def test_a_crash_after_being_ready_is_not_a_crash_loop(tmp_path):
+    spec = sh("glance", "echo ready; sleep 0.3; exit 1", ready_pattern="ready", ready_after=0)
+
+    async def main():
+        manager = ProcessManager(tmp_path, backoff_base=0.05, backoff_cap=0.05)
+        try:
+            await manager.restart(spec)
+            await manager.wait_ready(spec)
+            await until(lambda: log_text(manager, spec).count("restarting in") >= 1)
+            await until(lambda: log_text(manager, spec).count("ready\n") >= 2)
+            return await manager.status(spec)
+        finally:
+            await manager.close()
+
+    # The new run printed its ready line: running again, the old exit forgiven.
+    assert asyncio.run(main()).state == "running"
+
+
+def test_stop_hooks_run_before_and_after_the_service_with_their_output_logged(tmp_path):
+    trace = tmp_path / "trace"
+    hook = f"echo $0 >> {trace}; echo hook $0 said this"
+    spec = sh(
+        "libvirtd",
+        f"trap 'echo service-stopped >> {trace}; exit 0' TERM; sleep 30 & wait",
+        pre_stop=((SH, "-c", hook, "destroy-domains"),),
+        post_stop=((SH, "-c", hook, "kill-leftovers"), (SH, "-c", "exit 4")),
+    )
+
+    async def main():
+        manager = ProcessManager(tmp_path / "logs")
+        try:
+            await manager.restart(spec)
+            await until(lambda: len(group_members(manager.pid(spec))) == 2)
+            await manager.stop(spec)
+            stopped_again = trace.read_text()
+            await manager.stop(spec)  # nothing runs: no hook either
+            assert trace.read_text() == stopped_again
+        finally:
+            await manager.close()
+        return log_text(manager, spec)
+
+    log = asyncio.run(main())
+    assert trace.read_text().split() == ["destroy-domains", "service-stopped", "kill-leftovers"]
+    assert "hook destroy-domains said this" in log
+    assert "exit 4' failed with status 4" in log  # a failing hook is noted, never raised
+
+
 def test_the_back_off_doubles_up_to_its_cap(tmp_path):
     spec = sh("placement", "exit 2")
 

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 
 import pytest
 
 from microstackd import errors
-from microstackd.model import EventRecord, NodeRecord, NodeState, Role, StepState
-from microstackd.store import Store, write_private_file, write_private_files
+from microstackd.model import EventRecord, NodeRecord, NodeState, Role, ServiceRecord, StepState
+from microstackd.store import DB_NAME, Store, write_private_file, write_private_files
+from microstackd.store.schema import MIGRATIONS
 
 
 def _node(name="node-1", serial="aa", state=NodeState.PENDING):
@@ -105,6 +107,28 @@ def test_state_survives_reopening_and_migrations_run_once(tmp_path):
     again = Store(tmp_path)
     assert again.node("node-1") == _node()
     assert again.last_seq("node-1") == 1
+
+
+def test_a_services_detail_is_kept_and_an_older_database_gains_the_column(tmp_path):
+    # A database of the schema before migration 5 (services without detail).
+    old = sqlite3.connect(tmp_path / DB_NAME)
+    for script in MIGRATIONS[:4]:
+        old.executescript(script)
+    old.execute("PRAGMA user_version = 4")
+    old.execute("INSERT INTO services (node, name, state) VALUES ('node-1', 'glance', 'running')")
+    old.commit()
+    old.close()
+    store = Store(tmp_path)
+    store.put_node(_node())
+    node = store.node("node-1")
+    assert node is not None and node.services == (ServiceRecord("glance", "running"),)
+    detail = "libvirt.LibvirtDriver, virt_type qemu (detected: cannot open /dev/kvm)"
+    store.set_services("node-1", [ServiceRecord("nova-compute", "running", "", detail)])
+    store.close()
+    again = Store(tmp_path)
+    node = again.node("node-1")
+    assert node is not None
+    assert node.services == (ServiceRecord("nova-compute", "running", "", detail),)
 
 
 def test_replacing_a_certificate_revokes_the_old_serial_and_clears_steps(tmp_path):

@@ -125,6 +125,10 @@ def test_systemd_analyze_verify_accepts_the_rendered_units(unit_dir: Path) -> No
         "run_dir": "/run/microstackd/services",
         "log_dir": "/var/lib/microstackd/logs",
         "helpers_dir": "/opt/microstackd/helpers",
+        "python": PY,
+        "node_name": "node-1",
+        "libvirt_uri": "qemu:///system",
+        "instances_bind": "",
         # verify wants ExecStart's binary to exist: this interpreter's directory.
         "openstack_prefix": str(Path(PY).parent.parent),
         "control_address": "10.0.0.1",

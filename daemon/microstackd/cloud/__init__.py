@@ -18,10 +18,24 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from microstackd.model import StepState
+
 NO_CLOUD = "no cloud configured"
 
-#: Progress of a cloud operation: (message, waiting?).
-Progress = Callable[[str, bool], Awaitable[None]]
+
+@dataclass(frozen=True)
+class Note:
+    """One progress message of a cloud operation: what happens, its state
+    (``RUNNING``, ``WAITING``; ``DONE`` or ``SKIPPED`` when a phase ends), and
+    the phase it belongs to (``""``: the operation's own step)."""
+
+    message: str
+    state: StepState = StepState.RUNNING
+    phase: str = ""
+
+
+#: Where a cloud operation's progress goes.
+Progress = Callable[[Note], Awaitable[None]]
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
     admit    wait for HOST's nova-compute to be up, map it into a cell, wait
              for its hypervisor
-    remove   disable and delete HOST's nova-compute service
+    remove   HOST's compute service, agents and provider (``cloud/hosts.py``)
     launch   boot a server like microstack.launch
     view     Nova's view of every compute host
 
@@ -15,7 +15,6 @@ the message to show. Prints no secret. ``launch`` is in ``cloud/launch.py``.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -55,6 +54,19 @@ def _hypervisor_state(conn: Any, host: str) -> tuple[bool, str]:
     if h is None:
         return False, "no hypervisor listed for the host"
     return True, f"hypervisor {h.name} {h.state}, {h.status}"
+
+
+def _provider_state(conn: Any, host: str) -> tuple[bool, str]:
+    """Whether Placement has the host's resource provider with its memory:
+    until nova-compute reported it, the scheduler finds no room there
+    ("No valid host" for a launch right after the join)."""
+    providers = [p for p in conn.placement.resource_providers(name=host) if p.name == host]
+    if not providers:
+        return False, "no resource provider in Placement yet"
+    classes = {i.resource_class for i in conn.placement.resource_provider_inventories(providers[0])}
+    if "MEMORY_MB" not in classes:
+        return False, f"resource provider {providers[0].id} has no memory inventory yet"
+    return True, f"resource provider {providers[0].id} with {', '.join(sorted(classes))}"
 
 
 async def _manage(argv: list[str], *args: str) -> str:
@@ -107,6 +119,11 @@ async def admit(s: Session, req: Mapping[str, Any]) -> dict[str, Any]:
     hypervisor = await wait(
         s, f"the hypervisor of {host} to be listed", hypervisor_state, timeout, host
     )
+
+    async def provider_state() -> tuple[bool, str]:
+        return await s(lambda conn: _provider_state(conn, host))
+
+    provider = await wait(s, f"the resources of {host} in Placement", provider_state, timeout, host)
     if not manage:
         # The host mapping is not visible through the API: give the scheduler
         # one full discovery period after the compute node exists.
@@ -120,37 +137,12 @@ async def admit(s: Session, req: Mapping[str, Any]) -> dict[str, Any]:
             )
             await asyncio.sleep(min(POLL, max(0.0, deadline - time.monotonic())))
         mapping = f"mapped by {how} (one period waited)"
-    return {"host": host, "service": service, "mapping": mapping, "hypervisor": hypervisor}
-
-
-# --------------------------------------------------------------- remove --
-
-
-def _disable(conn: Any, svc: Any) -> None:
-    conn.compute.disable_service(
-        svc, host=svc.host, binary=svc.binary, disabled_reason="removed by microstackd"
-    )
-
-
-def _delete(conn: Any, svc: Any) -> None:
-    conn.compute.delete_service(svc, ignore_missing=True)
-
-
-async def remove(s: Session, req: Mapping[str, Any]) -> dict[str, Any]:
-    host = req["host"]
-    found = await s(lambda conn: _compute_services(conn, host))
-    if not found:
-        return {"host": host, "deleted": 0, "message": f"Nova has no compute service on {host}"}
-    for svc in found:
-        if svc.status != "disabled":
-            await s(functools.partial(_disable, svc=svc))
-            await s.progress(f"nova-compute on {host} disabled")
-        await s(functools.partial(_delete, svc=svc))
-        await s.progress(f"nova-compute on {host} deleted")
     return {
         "host": host,
-        "deleted": len(found),
-        "message": f"Nova compute service on {host} disabled and deleted",
+        "service": service,
+        "mapping": mapping,
+        "hypervisor": hypervisor,
+        "provider": provider,
     }
 
 
@@ -162,7 +154,8 @@ def _view(conn: Any) -> dict[str, Any]:
 
     def entry(host: str) -> dict[str, Any]:
         return hosts.setdefault(
-            host, {"compute_service": "", "hypervisor": "", "running_instances": 0}
+            host,
+            {"compute_service": "", "hypervisor": "", "running_instances": 0, "drained": False},
         )
 
     for s in conn.compute.services(binary="nova-compute"):
@@ -170,6 +163,8 @@ def _view(conn: Any) -> dict[str, Any]:
             entry(s.host)["compute_service"] = f"{s.state}" + (
                 "" if s.status == "enabled" else f" ({s.status})"
             )
+            # cloud/hosts.py's DRAINED_REASON (not imported: hosts imports this module).
+            entry(s.host)["drained"] = s.disabled_reason == "drained by microstackd"
     for h in conn.compute.hypervisors(details=True):
         owner = (h.service_details or {}).get("host") or h.name
         entry(owner)["hypervisor"] = f"{h.state}" + (

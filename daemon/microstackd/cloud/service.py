@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from microstackd import errors
-from microstackd.cloud import NO_CLOUD, CloudRef, Progress, launch, ops
+from microstackd.cloud import NO_CLOUD, CloudRef, Progress, hosts, launch, ops
 from microstackd.cloud.connection import Connections
 from microstackd.cloud.session import Session, sdk_error
 
@@ -25,7 +25,10 @@ NOVA_VIEW_MAX_AGE = 5.0
 Operation = Callable[[Session, Mapping[str, Any]], Awaitable[dict[str, Any]]]
 OPERATIONS: dict[str, Operation] = {
     "admit": ops.admit,
-    "remove": ops.remove,
+    "instances": hosts.instances,
+    "remove": hosts.remove,
+    "drain": hosts.drain,
+    "undrain": hosts.undrain,
     "launch": launch.launch,
     "view": ops.view,
 }

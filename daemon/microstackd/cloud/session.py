@@ -9,8 +9,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from microstackd import errors
-from microstackd.cloud import CloudRef, Progress
+from microstackd.cloud import CloudRef, Note, Progress
 from microstackd.cloud.connection import Connections
+from microstackd.model import StepState
 
 T = TypeVar("T")
 
@@ -42,8 +43,11 @@ class Session:
         return await self._connections.call(self.ref, fn)
 
     async def progress(self, message: str, waiting: bool = False) -> None:
+        await self.note(Note(message, StepState.WAITING if waiting else StepState.RUNNING))
+
+    async def note(self, note: Note) -> None:
         if self._progress is not None:
-            await self._progress(message, waiting)
+            await self._progress(note)
 
 
 def sdk_error() -> type[Exception]:

@@ -19,17 +19,29 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
+from datetime import timedelta
 
-from microstackd import errors
+from microstackd import errors, versions
 from microstackd.control.cluster import Cluster, now
 from microstackd.control.ratelimit import FailureLimiter, OpenLimit, Quiet, source_key
 from microstackd.enrolment.runner import Runner
-from microstackd.model import BootstrapResult, NodeRecord, NodeState, Role
+from microstackd.model import (
+    BootstrapCertificate,
+    BootstrapResult,
+    NodeRecord,
+    NodeState,
+    Role,
+    Software,
+)
 from microstackd.store import Store
+from microstackd.store.files import CA_CERT
 from microstackd.trust import exchange, names, x509
 from microstackd.trust.exchange import Challenge, Hello
 
 log = logging.getLogger(__name__)
+
+#: A joiner that declared no version (outside every skew window).
+UNDECLARED = Software("", "")
 
 
 class BootstrapSession:
@@ -42,8 +54,11 @@ class BootstrapSession:
         source: str,
         agent_port: int,
         token_id: str = "",
+        software: Software = UNDECLARED,
     ) -> None:
         self.hello = hello
+        #: What the joiner declares it runs (checked once it proved the password).
+        self.software = software
         self.exchange = control
         self.source = source
         #: What its failures count against (an address, or an IPv6 /64).
@@ -60,14 +75,20 @@ class BootstrapSession:
 
 
 def check_name_free(store: Store, name: str) -> NodeRecord | None:
-    """The node of that name that a joiner may replace (removed, or still
-    pending), None when there is none; ``errors.NameTaken`` otherwise."""
+    """The node of that name that a joiner may replace (removed, still
+    pending, or a compute whose certificate expired: it was off for longer
+    than its certificate had left, and comes back under its name), None
+    when there is none; ``errors.NameTaken`` otherwise."""
     existing = store.node(name)
     if existing is None or existing.state in (NodeState.REMOVED, NodeState.PENDING):
         return existing
+    if existing.role is Role.COMPUTE and existing.cert_not_after < time.time():
+        return existing
     raise errors.NameTaken(
         f"a node named {name!r} is already in the cluster ({existing.state.value}, "
-        f"address {existing.address}); remove it first or join under another name"
+        f"address {existing.address}); if this machine replaces it (reinstalled, its state "
+        f"lost), free the name on the control with `microstackctl remove {name} --force`, "
+        "then join again; or join under another name"
     )
 
 
@@ -171,13 +192,14 @@ class Bootstrap:
         self,
         cluster: Cluster,
         runner: Runner,
-        bootstrap_fingerprint: str,
+        bootstrap: BootstrapCertificate,
         max_bootstraps: int = MAX_BOOTSTRAPS,
     ) -> None:
         self._cluster = cluster
         self._store = cluster.store
         self._runner = runner
-        self._fingerprint = bootstrap_fingerprint
+        #: The certificate the bootstrap port serves now (the transcript binds it).
+        self._bootstrap = bootstrap
         self._admission = Admission(max_bootstraps)
         #: Hellos of the nodes whose new record is on its way to disk (``finish``).
         self._committing: dict[str, Hello] = {}
@@ -220,7 +242,12 @@ class Bootstrap:
             )  # fmt: skip
 
     def begin(
-        self, hello: Hello, source: str, agent_port: int = 0, token_id: str = ""
+        self,
+        hello: Hello,
+        source: str,
+        agent_port: int = 0,
+        token_id: str = "",
+        software: Software = UNDECLARED,
     ) -> tuple[BootstrapSession, Challenge]:
         cluster = self._cluster.require()
         self._locked_out(source, source_key(source))  # early: no PAKE work for it
@@ -240,13 +267,13 @@ class Bootstrap:
             if token_id:
                 verifier = self._token_verifier(token_id, hello.node_name)
             control = exchange.ControlExchange(
-                verifier, cluster.cluster_id, params, hello, self._fingerprint
+                verifier, cluster.cluster_id, params, hello, self._bootstrap.fingerprint
             )
             challenge = Challenge(cluster.cluster_id, params, control.challenge())
         except BaseException:
             self._admission.leave(started, completed=False)
             raise
-        session = BootstrapSession(hello, control, source, agent_port, token_id)
+        session = BootstrapSession(hello, control, source, agent_port, token_id, software)
         session.started = started
         # A joiner answers the challenge within a second (its scrypt ~0.1 s);
         # an exchange still waiting after STALLED_AFTER gives its place up, so
@@ -300,6 +327,20 @@ class Bootstrap:
                 ) from None
             raise
         self._limiter.succeeded(session.key)
+        # Told only after the proof (the control's version is nothing for
+        # strangers), and before a token is spent or a name taken.
+        software = session.software
+        try:
+            versions.check_member(hello.node_name, software, self._cluster.config.version)
+        except errors.VersionSkew as exc:
+            log.warning(
+                "bootstrap refused source=%s node=%s reason=version version=%r api=%r",
+                session.source,
+                hello.node_name,
+                software.version,
+                software.api,
+            )
+            raise errors.VersionSkew(f"join refused: {exc.message}") from None
         if hello.node_name in self._committing:  # another joiner of that name, right now
             raise errors.NameTaken(
                 f"a node named {hello.node_name!r} is joining the cluster at this moment; "
@@ -320,6 +361,7 @@ class Bootstrap:
             address=hello.address,
             hostname=hello.hostname,
             now=now(),
+            lifetime=timedelta(seconds=self._cluster.config.cert_lifetime),
         )
         identity = x509.identity_of(cert)
         record = NodeRecord(
@@ -333,6 +375,8 @@ class Bootstrap:
             cert_not_after=identity.not_after.timestamp(),
             joined=time.time(),
             agent_port=session.agent_port,
+            version=software.version,
+            api_version=software.api,
         )
         self._committing[hello.node_name] = hello
         try:
@@ -346,7 +390,8 @@ class Bootstrap:
             identity.serial,
         )
         cert_pem = x509.cert_to_pem(cert)
-        ca_pem = x509.cert_to_pem(ca.cert)
+        # The trust bundle: the signing CA first, and during a CA rotation the old one too.
+        ca_pem = self._store.read_file(CA_CERT) or x509.cert_to_pem(ca.cert)
         session.completed = True
         return BootstrapResult(
             certificate_pem=cert_pem,

@@ -12,7 +12,7 @@ import logging
 import os
 import secrets
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from microstackd import errors
 from microstackd.cloud import CloudRef
@@ -133,6 +133,7 @@ class Cluster:
             address=address,
             hostname=self.config.hostname,
             now=at,
+            lifetime=timedelta(seconds=self.config.cert_lifetime),
         )
         await ctx.progress("writing the cluster CA and this node's certificate", 60)
         control_config.ensure(self.config.control_config_path, address)
@@ -207,6 +208,7 @@ class Cluster:
             address=me.address,
             hostname=me.hostname,
             now=now(),
+            lifetime=timedelta(seconds=self.config.cert_lifetime),
         )
         self.store.write_secret(NODE_CERT, x509.cert_to_pem(fresh))
         identity = x509.identity_of(fresh)
@@ -251,6 +253,10 @@ class Cluster:
                 ) from None
         return self._ca, *self._verifier
 
+    def reload_secrets(self) -> None:
+        """The CA files changed (a CA rotation): read them again at next use."""
+        self._ca = None
+
     def _load_secrets(self) -> tuple[x509.CertificateAuthority, tuple[bytes, kdf.KdfParams]]:
         read = {name: self.store.read_file(name) for name in (CA_KEY, CA_CERT, VERIFIER)}
         missing = [name for name, data in read.items() if data is None]
@@ -269,6 +275,11 @@ class Cluster:
         except errors.StorageError as exc:
             raise errors.StorageError(f"{self.store.state_dir / VERIFIER}: {exc.message}") from exc
         return ca, verifier
+
+    def revocation_list(self) -> bytes:
+        """The CRL of every revoked node certificate (PEM), signed now."""
+        ca, _verifier, _kdf = self.secrets()
+        return x509.revocation_list(ca, self.store.revoked_serials(), now())
 
     def load_control_config(self) -> control_config.ControlConfig:
         """control.yaml, re-read only when the file changed (every join needs

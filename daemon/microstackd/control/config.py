@@ -10,6 +10,7 @@ hands them out, to the node's agent over mTLS.
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,9 @@ DEFAULT_PORTS = {
 }
 #: The admin cloud's name in clouds.yaml.
 CLOUD_NAME = "microstack"
+#: The external network `public`, as the original MicroStack's: its gateway
+#: (the first address) sits on the control's br-ex, floating IPs come from the rest.
+DEFAULT_EXTERNAL_CIDR = "10.20.20.0/24"
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,14 @@ class ControlConfig:
     discover_hosts_interval: int = 5
     #: control.yaml's ``cloud`` section as written ({name, clouds_yaml}, or {}).
     cloud: tuple[tuple[str, str], ...] = ()
+    #: The external flat network ``public`` (network.external_cidr).
+    external_cidr: str = DEFAULT_EXTERNAL_CIDR
+
+    @property
+    def external_gateway_cidr(self) -> str:
+        """The external network's gateway on the control's br-ex, ``ADDRESS/PREFIX``."""
+        network = ipaddress.ip_network(self.external_cidr)
+        return f"{network.network_address + 1}/{network.prefixlen}"
 
     @property
     def transport_url(self) -> str:
@@ -142,11 +154,13 @@ def ensure(path: Path, control_address: str) -> ControlConfig:
         entry.setdefault("password", _secret())
     data.setdefault("metadata_secret", _secret())
     compute = _section(data, "compute")
-    compute.setdefault("virt_type", "kvm")
+    # auto: each compute detects kvm or qemu (microstackd.node.virt).
+    compute.setdefault("virt_type", "auto")
     compute.setdefault("compute_driver", "libvirt.LibvirtDriver")
     network = _section(data, "network")
     network.setdefault("tunnel_types", "vxlan")
     network.setdefault("ovn_sb_connection", "")
+    network.setdefault("external_cidr", DEFAULT_EXTERNAL_CIDR)
     _section(data, "database").setdefault("password", _secret())
     _section(data, "admin").setdefault("password", _secret())
     ports = _section(data, "ports")
@@ -199,11 +213,22 @@ def _parse(data: dict[str, Any], path: Path) -> ControlConfig:
                 86400,
             ),
             cloud=_cloud_section(data.get("cloud")),
+            external_cidr=_external_cidr(data["network"]["external_cidr"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise errors.InvalidArgument(
             f"control config {path} is incomplete or malformed: {exc}"
         ) from exc
+
+
+def _external_cidr(value: object) -> str:
+    try:
+        network = ipaddress.IPv4Network(str(value))
+    except ValueError as exc:
+        raise ValueError(f"network.external_cidr {value!r}: {exc}") from None
+    if network.num_addresses < 8:
+        raise ValueError(f"network.external_cidr {value!r} is too small for floating IPs")
+    return str(network)
 
 
 def _cloud_section(value: object) -> tuple[tuple[str, str], ...]:
@@ -214,8 +239,11 @@ def _cloud_section(value: object) -> tuple[tuple[str, str], ...]:
     return tuple((str(k), str(v)) for k, v in value.items() if k in ("name", "clouds_yaml") and v)
 
 
-def issue_compute_settings(config: ControlConfig, node: NodeRecord) -> dict[str, str]:
-    """The compute role's settings for ``node`` (secrets included)."""
+def issue_compute_settings(
+    config: ControlConfig, node: NodeRecord, *, revocation_list: str
+) -> dict[str, str]:
+    """The compute role's settings for ``node`` (secrets included), with the
+    cluster's CRL (PEM) for its libvirtd and QEMU."""
     settings = {
         "host": node.name,
         "my_ip": node.address,
@@ -232,6 +260,7 @@ def issue_compute_settings(config: ControlConfig, node: NodeRecord) -> dict[str,
         "tunnel_types": config.tunnel_types,
         "ovn_sb_connection": config.ovn_sb_connection,
         "metadata_secret": config.metadata_secret,
+        "migration_crl": revocation_list,
     }
     for user in SERVICE_USERS:
         settings[f"{user}_username"] = user
@@ -262,6 +291,11 @@ def control_settings(config: ControlConfig) -> dict[str, str]:
         ),
         "admin_password": config.admin_password,
         "discover_hosts_interval": str(config.discover_hosts_interval),
+        # The control is the network node: its Open vSwitch agent's vxlan endpoint.
+        "local_ip": config.control_address,
+        "tunnel_types": config.tunnel_types,
+        "external_cidr": config.external_cidr,
+        "external_gateway_cidr": config.external_gateway_cidr,
     }
     for name in ("glance", "placement", "nova", "neutron"):
         settings[f"{name}_port"] = str(ports[name])

@@ -17,7 +17,8 @@ from microstackd.control.members import check_services
 from microstackd.enrolment import machine as enrolment
 from microstackd.enrolment.backoff import Backoff
 from microstackd.enrolment.runner import Runner, Skipped, StepAction, StepContext
-from microstackd.model import NodeRecord, NodeState, Role, StepState, clip
+from microstackd.model import NodeRecord, NodeState, Role, ServiceRecord, StepState, clip
+from microstackd.node import watch
 from microstackd.peers.cluster import AgentClient
 from microstackd.trust.x509 import Identity
 
@@ -85,7 +86,9 @@ class Enrolments:
     async def _issue_config(self, ctx: StepContext) -> str:
         node = self._node(ctx.node)
         config = self._cluster.load_control_config()
-        settings = control_config.issue_compute_settings(config, node)
+        settings = control_config.issue_compute_settings(
+            config, node, revocation_list=self._cluster.revocation_list().decode()
+        )
         return f"{len(settings)} settings for {node.name}: {config.public_summary()}"
 
     async def _configure_node(self, ctx: StepContext) -> str | Skipped:
@@ -95,7 +98,10 @@ class Enrolments:
             # benchmarks' simulated nodes) has no services to configure.
             return Skipped(f"{node.name} runs no agent: no services to configure")
         config = self._cluster.load_control_config()
-        settings = control_config.issue_compute_settings(config, node)
+        # The CRL is public: what the compute's libvirtd and QEMU refuse (removed nodes).
+        settings = control_config.issue_compute_settings(
+            config, node, revocation_list=self._cluster.revocation_list().decode()
+        )
         backoff = Backoff()
         while True:
             client = AgentClient(node, self._store.credentials())
@@ -146,14 +152,33 @@ class Enrolments:
             "discover_interval": config.discover_hosts_interval,
         }
 
-        async def progress(message: str, waiting: bool) -> None:
-            await ctx.progress(message, waiting=waiting)
+        async def progress(note: cloud.Note) -> None:
+            await ctx.progress(note.message, waiting=note.state is StepState.WAITING)
 
-        result = await self._cloud.run("admit", request, progress, timeout=4 * ADMIT_TIMEOUT)
+        # A service of the node that fails meanwhile (nova-compute without its
+        # virt driver) ends the wait at once, with its own last log lines.
+        admit = self._cloud.run("admit", request, progress, timeout=5 * ADMIT_TIMEOUT)
+        result = await watch.unless_a_service_fails(
+            admit, self._agent_services(node), node.name, "it was being admitted to Nova"
+        )
         return (
             f"{node.name} admitted to Nova: {result.get('service')}; "
-            f"{result.get('mapping')}; {result.get('hypervisor')}"
+            f"{result.get('mapping')}; {result.get('hypervisor')}; {result.get('provider')}"
         )
+
+    def _agent_services(self, node: NodeRecord) -> watch.Statuses:
+        """Ask the node's agent for its services (and keep them for ``status``)."""
+
+        async def statuses() -> list[ServiceRecord]:
+            client = AgentClient(node, self._store.credentials())
+            try:
+                services = await client.services()
+            finally:
+                await client.close()
+            self._store.set_services(node.name, services)
+            return services
+
+        return statuses
 
     async def _done(self, ctx: StepContext) -> str:
         ctx.update_node(seen=True)  # heartbeats take over from here

@@ -1,6 +1,7 @@
-"""The control's members once enrolled: remove one (stop its services,
-revoke its certificate, delete its compute service in Nova), take its
-heartbeats, and answer for the cluster's state."""
+"""The control's members once enrolled: remove one (refused while it hosts
+instances unless forced; stop its services, revoke its certificate, take
+away what the cloud holds for its host), take its heartbeats, and answer
+for the cluster's state."""
 
 from __future__ import annotations
 
@@ -11,9 +12,14 @@ import time
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
-from microstackd import errors
-from microstackd.cloud import Progress
+from microstackd import errors, versions
+
+# Note: what a launch's progress carries (the Launch servicer reads it).
+from microstackd.cloud import Note as Note
+from microstackd.cloud import Progress, hosts
+from microstackd.cloud.launch import ACTIVE_TIMEOUT, SSH_TIMEOUT
 from microstackd.cloud.service import Cloud
+from microstackd.control.certs import expiry_warning, trusted_cas
 from microstackd.control.cluster import Cluster
 from microstackd.enrolment.runner import Runner
 from microstackd.model import (
@@ -27,8 +33,10 @@ from microstackd.model import (
     NodeState,
     Role,
     ServiceRecord,
+    Software,
 )
 from microstackd.peers.cluster import AgentClient
+from microstackd.store.files import CA_CERT
 from microstackd.trust import names
 from microstackd.trust.x509 import Identity
 
@@ -56,7 +64,9 @@ def check_services(services: list[ServiceRecord], node: str) -> list[ServiceReco
             refuse(f"service {service.name} in state {service.state[:40]!r}")
         if len(service.message) > MAX_SERVICE_MESSAGE:
             refuse(f"a message of {len(service.message)} characters for {service.name}")
-        text += len(service.message)
+        if len(service.detail) > MAX_SERVICE_MESSAGE:
+            refuse(f"a detail of {len(service.detail)} characters for {service.name}")
+        text += len(service.message) + len(service.detail)
     if text > MAX_SERVICES_TEXT:
         refuse(f"{text} characters of service messages (at most {MAX_SERVICES_TEXT})")
     return services
@@ -73,10 +83,20 @@ class Members:
         self._seen: dict[str, float] = {}
         self._unflushed: dict[str, float] = {}
         self._flush_handle: asyncio.TimerHandle | None = None
-        #: name -> (stored record, last seen, unreachable, the record shown).
-        self._shown: dict[str, tuple[NodeRecord, float, bool, NodeRecord]] = {}
+        #: name -> (stored record, last seen, unreachable, expiry warning, the
+        #: record shown, the version refused).
+        self._shown: dict[str, tuple[NodeRecord, float, bool, str, NodeRecord, str]] = {}
+        #: name -> its open heartbeat streams (their tasks) and the serial each
+        #: was opened with.
+        self._streams: dict[str, dict[asyncio.Task[Any], str]] = {}
+        #: Streams ended by the control (``_end``), and why.
+        self._ended: dict[asyncio.Task[Any], str] = {}
 
     async def remove(self, name: str, force: bool) -> tuple[NodeRecord, str]:
+        """Take a compute out of the cluster and out of the cloud. One that
+        still hosts instances is refused unless ``force`` (what is left
+        behind is said). Removing a removed node again retries the cloud's
+        cleanup (after its instances were evacuated or deleted, say)."""
         cluster = self._cluster.require()
         node = self._store.node(names.node_name(name, "node name"))
         if node is None:
@@ -84,7 +104,17 @@ class Members:
         if node.role is Role.CONTROL or node.name == cluster.control_name:
             raise errors.InvalidArgument("the control node cannot be removed from its own cluster")
         if node.state is NodeState.REMOVED:
-            return node, f"{name} was already removed"
+            if self._cloud.configured() is None:
+                return node, f"{name} was already removed"
+            return node, f"{name} was already removed; {await self._cloud_cleanup(node.name)}"
+        left = await self._instances(node.name, force)
+        if left and not force:
+            raise errors.NodeNotEmpty(
+                f"{name} still hosts {len(left)} instance(s): {hosts.describe(left)}. Move them "
+                f"to another compute first, or remove {name} anyway with --force (they stay in "
+                f"Nova on a host that is gone, and its compute service is kept, disabled and "
+                f"forced down, until they are evacuated or deleted)"
+            )
         self._runner.cancel(node.name)
         told = "it runs no agent"
         if node.agent_port:
@@ -104,24 +134,175 @@ class Members:
         self._store.remove_node(node.name, node.cert_serial, time.time())
         for memory in (self._seen, self._unflushed, self._shown):
             memory.pop(node.name, None)
+        for stream, serial in self._streams.pop(node.name, {}).items():
+            # Its certificate is revoked: its heartbeats end now, not at the next.
+            self._end(stream, f"certificate {serial[:16]} of {node.name} is revoked")
         log.info("node removed node=%s serial=%s", node.name, node.cert_serial[:16])
         removed = self._store.node(node.name)
         assert removed is not None
         message = f"{name} removed: certificate {node.cert_serial[:16]} revoked; {told}"
+        if left:
+            message += (
+                f"; left behind: {len(left)} instance(s) Nova still places on {name}: "
+                f"{hosts.describe(left)} (evacuate or delete them, then `microstackctl remove "
+                f"{name}` again deletes its compute service)"
+            )
+        message += f"; {await self._push_revocations(node.name)}"
         if self._cloud.configured() is not None:
-            try:
-                result = await self._cloud.run("remove", {"host": node.name}, timeout=90)
-                message += f"; {result.get('message', 'Nova compute service deleted')}"
-            except errors.CloudError as exc:
-                log.warning("nova service delete failed node=%s error=%s", node.name, exc.message)
-                message += f"; its Nova compute service could not be deleted: {exc.message}"
+            message += f"; {await self._cloud_cleanup(node.name)}"
         return removed, message
 
-    def beat(self, identity: Identity, services: list[ServiceRecord] | None) -> int:
-        """A beat on a member's heartbeat stream (``services`` None: as on its
-        last beat). The caller was checked when the stream opened; a beat
-        refuses (``PermissionDenied``, which ends the stream) once its
-        certificate is revoked, as removing the node does, or expired."""
+    async def _push_revocations(self, removed: str) -> str:
+        """Every other compute's libvirtd and QEMU refuse the removed node's
+        certificate from now on (the migration transport trusts the CA)."""
+        crl = self._cluster.revocation_list()
+        others = [
+            n
+            for n in self._store.nodes()
+            if n.role is Role.COMPUTE and n.state is NodeState.ACTIVE and n.agent_port
+        ]
+        if not others:
+            return "no other compute to tell about its certificate"
+        missed = []
+        for node in others:
+            client = AgentClient(node, self._store.credentials())
+            try:
+                await client.update_revocations(crl, timeout=10)
+            except errors.MicrostackError as exc:
+                log.warning("revocations not pushed node=%s error=%s", node.name, exc.message)
+                missed.append(f"{node.name} ({exc.message})")
+            finally:
+                await client.close()
+        told = f"{len(others) - len(missed)} other compute(s) refuse its certificate from now on"
+        if missed:
+            told += (
+                f"; not told: {', '.join(missed)} (until their next enrolment their libvirtd "
+                f"still accepts {removed}'s certificate)"
+            )
+        return told
+
+    async def _instances(self, host: str, force: bool) -> list[dict[str, str]]:
+        """The servers Nova places on ``host`` ([] without a cloud). When Nova
+        cannot be asked, only ``force`` goes on (without knowing)."""
+        if self._cloud.configured() is None:
+            return []
+        try:
+            result = await self._cloud.run("instances", {"host": host}, timeout=60)
+        except errors.CloudError as exc:
+            if force:
+                log.warning("cannot list instances node=%s error=%s", host, exc.message)
+                return []
+            raise errors.CloudError(
+                f"cannot tell whether {host} still hosts instances: {exc.message}; remove it "
+                "anyway with --force"
+            ) from exc
+        return list(result["instances"])
+
+    async def _cloud_cleanup(self, host: str) -> str:
+        """Take away what the cloud holds for ``host``; what was done, or why not."""
+        try:
+            result = await self._cloud.run("remove", {"host": host}, timeout=120)
+        except errors.CloudError as exc:
+            log.warning("cloud cleanup failed node=%s error=%s", host, exc.message)
+            return (
+                f"what the cloud holds for it could not all be deleted: {exc.message} "
+                f"(`microstackctl remove {host}` again retries)"
+            )
+        return str(result["message"])
+
+    async def drain(
+        self, name: str, instance_timeout: float, progress: Progress
+    ) -> list[dict[str, str]]:
+        """Disable a compute's nova-compute and move its instances away; the
+        instances moved. A compute whose agent answers is up (live moves);
+        one that does not is down (evacuation)."""
+        node = self._compute(name)
+        if self._cloud.configured() is None:
+            raise errors.CloudError(f"cannot drain {name}: no cloud configured")
+        down = False
+        if node.state is NodeState.REMOVED:
+            down = True  # its services were stopped: what Nova still places there is evacuated
+        elif node.agent_port:
+            client = AgentClient(node, self._store.credentials())
+            try:
+                await client.services(timeout=10)
+            except errors.NodeUnreachable as exc:
+                await progress(Note(f"{name} cannot be reached ({exc.message}): taken as down"))
+                down = True
+            finally:
+                await client.close()
+        request = {"host": node.name, "instance_timeout": instance_timeout, "host_down": down}
+        # Each move has its own deadline (aborted past it): this one only bounds a hang.
+        timeout = 120 + instance_timeout * (1 + len(await self._instances(node.name, False)))
+        result = await self._cloud.run("drain", request, progress, timeout=timeout)
+        return list(result["moved"])
+
+    async def undrain(self, name: str) -> str:
+        node = self._compute(name)
+        if node.state is NodeState.REMOVED:
+            raise errors.InvalidArgument(f"{name} was removed: join it again instead")
+        if self._cloud.configured() is None:
+            raise errors.CloudError(f"cannot undrain {name}: no cloud configured")
+        result = await self._cloud.run("undrain", {"host": node.name}, timeout=60)
+        return str(result["message"])
+
+    def _compute(self, name: str) -> NodeRecord:
+        cluster = self._cluster.require()
+        node = self._store.node(names.node_name(name, "node name"))
+        if node is None:
+            raise errors.NotFound(f"no node named {name!r} in the cluster")
+        if node.role is Role.CONTROL or node.name == cluster.control_name:
+            raise errors.InvalidArgument(f"{name} is the control node: it runs no instances")
+        return node
+
+    def open_stream(self, identity: Identity) -> None:
+        """A heartbeat stream of ``identity`` opened in the current task (its
+        certificate was just authorised). Another stream of the same node
+        under a certificate revoked since (it renewed, and this stream is its
+        first call with the new one) is ended at once, not at its next beat;
+        ``remove`` ends all of them (``end_reason`` says why)."""
+        serial = format(identity.serial, "x")
+        task = asyncio.current_task()
+        assert task is not None
+        streams = self._streams.setdefault(identity.name, {})
+        for other, other_serial in list(streams.items()):
+            if other_serial != serial and self._store.is_revoked(other_serial):
+                self._end(other, f"certificate {other_serial[:16]} of {identity.name} is revoked")
+        streams[task] = serial
+
+    def _end(self, task: asyncio.Task[Any], reason: str) -> None:
+        self._ended[task] = reason
+        task.cancel()
+
+    def end_reason(self) -> str | None:
+        """Why the current task's stream was ended (``_end``), or None: its
+        cancellation came from elsewhere (the call was cancelled, shutdown)."""
+        task = asyncio.current_task()
+        return None if task is None else self._ended.pop(task, None)
+
+    def close_stream(self, identity: Identity) -> None:
+        """The heartbeat stream ``open_stream`` recorded is over."""
+        task = asyncio.current_task()
+        self._ended.pop(task, None)  # type: ignore[arg-type]
+        streams = self._streams.get(identity.name)
+        if streams is not None:
+            streams.pop(task, None)  # type: ignore[arg-type]
+            if not streams:
+                del self._streams[identity.name]
+
+    def beat(
+        self,
+        identity: Identity,
+        services: list[ServiceRecord] | None,
+        software: Software | None = None,
+    ) -> int:
+        """A beat on a member's heartbeat stream; ``services`` and ``software``
+        None: the beat is the same as the last one on this stream (so it was
+        taken: its services and its version are not looked at again). The
+        caller was checked when the stream opened; a beat refuses
+        (``PermissionDenied``, which ends the stream) once its certificate is
+        revoked (the node was removed, or it uses its renewed certificate
+        now) or expired, and (``VersionSkew``) as ``heartbeat`` does."""
         if identity.not_after.timestamp() < time.time():
             raise errors.PermissionDenied(f"the certificate of {identity.name} has expired")
         serial = format(identity.serial, "x")
@@ -129,27 +310,43 @@ class Members:
             raise errors.PermissionDenied(
                 f"certificate {serial[:16]} of {identity.name} is revoked"
             )
-        return self.heartbeat(identity, services or [])
+        if services is None or software is None:
+            self._saw(identity.name)
+            return self.heartbeat_interval
+        return self.heartbeat(identity, services, software)
 
-    def heartbeat(self, identity: Identity, services: list[ServiceRecord]) -> int:
-        """A member's heartbeat. Its time is kept in memory (``status`` reads
-        it from there) and written to the store with everyone else's at most
-        every ``SEEN_FLUSH_SECONDS`` and at ``close``: 10,000 members beat
-        1,000 times a second, and a durable commit each would be 1,000
-        fsyncs a second. Its services are written at once, when they changed."""
+    def heartbeat(
+        self, identity: Identity, services: list[ServiceRecord], software: Software
+    ) -> int:
+        """Take a member's sign of life; ``errors.VersionSkew`` when the version
+        it declares is outside the window (recorded, so ``status`` shows it,
+        but the member is not seen: it turns unreachable).
+
+        Its time is kept in memory (``status`` reads it from there) and
+        written to the store with everyone else's at most every
+        ``SEEN_FLUSH_SECONDS`` and at ``close``: 10,000 members beat 1,000
+        times a second, and a durable commit each would be 1,000 fsyncs a
+        second. Its services are written at once, when they changed."""
         check_services(services, identity.name)
+        known = self._store.node(identity.name)
+        if known is None or (known.version, known.api_version) != (software.version, software.api):
+            self._store.set_software(identity.name, software)
+        versions.check_member(identity.name, software, self._cluster.config.version)
+        self._saw(identity.name)
+        if services and (
+            known is None or list(known.services) != sorted(services, key=lambda s: s.name)
+        ):
+            self._store.set_services(identity.name, services)
+        return self.heartbeat_interval
+
+    def _saw(self, name: str) -> None:
         now = time.time()
-        self._seen[identity.name] = now
-        self._unflushed[identity.name] = now
+        self._seen[name] = now
+        self._unflushed[name] = now
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_later(
                 SEEN_FLUSH_SECONDS, self.flush
             )
-        if services and self._store.services(identity.name) != sorted(
-            services, key=lambda s: s.name
-        ):
-            self._store.set_services(identity.name, services)
-        return self.heartbeat_interval
 
     def flush(self) -> None:
         """Write the heartbeat times not yet in the store, in one commit."""
@@ -172,36 +369,76 @@ class Members:
         """The cluster and its nodes; an active member not heard from within
         ``unreachable_after`` is shown ``unreachable``."""
         cluster = self._cluster.require()
-        stale = time.time() - self._cluster.config.unreachable_after
-        return cluster, [self._as_seen(n, stale) for n in self._store.nodes()]
+        at = time.time()
+        stale = at - self._cluster.config.unreachable_after
+        renew_before = self._cluster.config.renew_before
+        nodes = [self._as_seen(n, stale, at, renew_before) for n in self._store.nodes()]
+        bundle = self._store.read_file(CA_CERT)
+        if bundle is not None:
+            cluster = dataclasses.replace(cluster, cas=trusted_cas(bundle))
+        return cluster, nodes
 
-    def _as_seen(self, node: NodeRecord, stale: float) -> NodeRecord:
-        """The node with its latest heartbeat, and ``unreachable`` when that is
-        older than ``stale``. The record made is kept while nothing changes:
-        at 10,000 nodes a new one each per status took ~0.2 s."""
+    def _as_seen(
+        self, node: NodeRecord, stale: float, at: float, renew_before: float
+    ) -> NodeRecord:
+        """The node as ``status`` shows it: its latest heartbeat, ``unreachable``
+        when that is older than ``stale``, ``warning`` when its certificate is
+        close to expiry and was not renewed, the version refused, the
+        control's own version. The record made is kept while nothing
+        changes: at 10,000 nodes a new one each per status took ~0.2 s."""
         last_seen = max(node.last_seen, self._seen.get(node.name, 0.0))
         unreachable = (
             node.role is Role.COMPUTE and node.state is NodeState.ACTIVE and last_seen < stale
         )
-        if not unreachable and last_seen == node.last_seen:
-            return node
+        warning = expiry_warning(node, at, renew_before)
         kept = self._shown.get(node.name)
-        if kept is not None and kept[0] is node and kept[1] == last_seen and kept[2] == unreachable:
-            return kept[3]
-        state = NodeState.UNREACHABLE if unreachable else node.state
-        shown = dataclasses.replace(node, state=state, last_seen=last_seen)
-        self._shown[node.name] = (node, last_seen, unreachable, shown)
+        if kept is not None and kept[0] is node:
+            if kept[1:4] == (last_seen, unreachable, warning):
+                return kept[4]
+            refused = kept[5]
+        elif node.role is Role.CONTROL or node.state is NodeState.REMOVED:
+            refused = ""
+        else:
+            refused = self._refusal(node)
+        changes: dict[str, Any] = {}
+        if node.role is Role.CONTROL:
+            own = self._cluster.config.software
+            changes.update(version=own.version, api_version=own.api)
+        if last_seen != node.last_seen:
+            changes["last_seen"] = last_seen
+        if unreachable:
+            changes["state"] = NodeState.UNREACHABLE
+        if refused:
+            changes["version_refused"] = refused
+        if warning:
+            also = " (and it is unreachable)" if unreachable else ""
+            changes.update(state=NodeState.WARNING, message=warning + also)
+        shown = dataclasses.replace(node, **changes) if changes else node
+        self._shown[node.name] = (node, last_seen, unreachable, warning, shown, refused)
         return shown
+
+    def _refusal(self, node: NodeRecord) -> str:
+        """Why the window refuses the version ``node`` last declared ("": it does not)."""
+        if not node.version and not node.api_version:
+            return ""  # nothing declared yet (a bare API client, the benchmarks' nodes)
+        software = Software(node.version, node.api_version)
+        try:
+            versions.check_member(node.name, software, self._cluster.config.version)
+        except errors.VersionSkew as exc:
+            return exc.message
+        return ""
 
     async def nova_view(self) -> dict[str, dict[str, Any]]:
         """Nova's view per compute host for ``status`` ({} without a cloud)."""
         return await self._cloud.nova_view()
 
-    async def launch(self, request: Mapping[str, str], progress: Progress) -> dict[str, Any]:
+    async def launch(self, request: Mapping[str, Any], progress: Progress) -> dict[str, Any]:
         """Boot a server on the cloud; its result."""
         self._cluster.require()
         if self._cloud.configured() is None:
             raise errors.CloudError("cannot launch: no cloud configured")
         if not request.get("image"):
             raise errors.InvalidArgument("an image name is needed")
-        return await self._cloud.run("launch", dict(request), progress, timeout=900)
+        # Its waits (ACTIVE, then sshd), and the calls around them.
+        limit = ACTIVE_TIMEOUT + float(request.get("ssh_timeout") or SSH_TIMEOUT) + 300
+        return await self._cloud.run("launch", dict(request), progress, timeout=limit)

@@ -74,7 +74,12 @@ class ControlPlane:
         return CONTROL.titles()
 
     def values(self, config: control_config.ControlConfig) -> dict[str, str]:
-        return {**steps.base_values(self._config), **control_config.control_settings(config)}
+        return {
+            **steps.base_values(self._config),
+            **control_config.control_settings(config),
+            # The network node's agents report under the control's node name.
+            "host": self._config.node_name,
+        }
 
     def actions(self, load: ConfigLoader) -> dict[str, StepAction]:
         def action(name: str) -> StepAction:

@@ -9,17 +9,18 @@ import time
 from microstackd import errors
 from microstackd.control.bootstrap import check_name_free
 from microstackd.control.cluster import Cluster
-from microstackd.model import TokenRecord
+from microstackd.model import BootstrapCertificate, TokenRecord
 from microstackd.trust import names, tokens
 
 log = logging.getLogger(__name__)
 
 
 class Tokens:
-    def __init__(self, cluster: Cluster, bootstrap_fingerprint: str) -> None:
+    def __init__(self, cluster: Cluster, bootstrap: BootstrapCertificate) -> None:
         self._cluster = cluster
         self._store = cluster.store
-        self._fingerprint = bootstrap_fingerprint
+        #: The bootstrap certificate a token pins, as served now.
+        self._bootstrap = bootstrap
 
     def create(self, name: str, ttl: int) -> tuple[str, TokenRecord]:
         cluster = self._cluster.require()
@@ -30,7 +31,7 @@ class Tokens:
         now = time.time()
         where = names.format_host_port(cluster.control_address, cluster.bootstrap_port)
         token = tokens.new(
-            name, (where,), self._fingerprint, cluster.ca_fingerprint, int(now + ttl)
+            name, (where,), self._bootstrap.fingerprint, cluster.ca_fingerprint, int(now + ttl)
         )
         record = TokenRecord(token.id, name, now, float(token.expires), "valid")
         self._store.put_token(record, token.verifier)

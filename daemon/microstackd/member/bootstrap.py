@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from microstackd import errors
-from microstackd.model import ClusterRecord, NodeCredentials, Role
+from microstackd.model import ClusterRecord, NodeCredentials, Role, Software
 from microstackd.peers.bootstrap import BootstrapCall
 from microstackd.trust import exchange, kdf, names, x509
 from microstackd.trust.tokens import JoinToken
@@ -48,6 +48,7 @@ async def run(
     cluster_port: int = 0,
     token: JoinToken | None = None,
     phases: dict[str, float] | None = None,
+    software: Software | None = None,
 ) -> Trusted:
     """One bootstrap with the control at ``host:port``, whose bootstrap port
     presented ``certificate_pem`` (``peers.bootstrap.fetch_bootstrap_certificate``).
@@ -64,7 +65,7 @@ async def run(
     t = time.perf_counter()
     key = x509.generate_key()
     async with BootstrapCall(host, port, certificate_pem) as call:
-        challenge = await call.hello(hello, cluster_port, token.id if token else "")
+        challenge = await call.hello(hello, cluster_port, token.id if token else "", software)
         times["hello"] = (t1 := time.perf_counter()) - t
         joiner = exchange.JoinerExchange(
             await verifier(challenge.kdf),
@@ -86,9 +87,14 @@ async def run(
             result.cluster_port,
             result.confirmation,
         )
-    ca = x509.load_cert(result.ca_certificate_pem)
+    # One CA, or two during a CA rotation: the first signs, the token may name either.
+    try:
+        cas = x509.load_bundle(result.ca_certificate_pem)
+    except ValueError as exc:
+        raise errors.BootstrapProtocolError(f"the control sent no usable CA: {exc}") from exc
+    ca = cas[0]
     x509.verify_issued_by(ca, x509.load_cert(result.certificate_pem), datetime.now(UTC))
-    if token is not None and x509.fingerprint(ca) != token.ca_fingerprint:
+    if token is not None and token.ca_fingerprint not in {x509.fingerprint(c) for c in cas}:
         raise errors.PeerAuthenticationFailed(
             "the cluster CA the control sent is not the one the join token names"
         )

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 
 from microstackd import errors
+from microstackd.member.background import Background
 from microstackd.model import (
     MAX_SERVICE_MESSAGE,
     MAX_SERVICE_NAME,
@@ -19,6 +21,7 @@ from microstackd.model import (
     NodeCredentials,
     Role,
     ServiceRecord,
+    Software,
     clip,
 )
 from microstackd.peers.cluster import ControlClient
@@ -34,38 +37,38 @@ ServicesProvider = Callable[[], Awaitable[list[ServiceRecord]]]
 
 def bounded(services: list[ServiceRecord]) -> list[ServiceRecord]:
     """This node's services clipped to what the control accepts (model.MAX_*):
-    the first MAX_SERVICES, each message cut to its share of the total."""
+    the first MAX_SERVICES, each message and detail cut to its share of the
+    total; every other field as it is."""
     services = services[:MAX_SERVICES]
-    share = min(MAX_SERVICE_MESSAGE, MAX_SERVICES_TEXT // max(1, len(services)))
+    # A message and a detail per service share the total.
+    share = min(MAX_SERVICE_MESSAGE, MAX_SERVICES_TEXT // max(1, 2 * len(services)))
     return [
-        ServiceRecord(
-            s.name[:MAX_SERVICE_NAME],
-            s.state,
-            clip(s.message, share),
+        dataclasses.replace(
+            s,
+            name=s.name[:MAX_SERVICE_NAME],
+            message=clip(s.message, share),
+            detail=clip(s.detail, share),
         )
         for s in services
     ]
 
 
 class Heartbeats:
-    def __init__(self, store: Store, services: ServicesProvider) -> None:
+    def __init__(self, store: Store, services: ServicesProvider, software: Software) -> None:
         self._store = store
+        #: What this node declares it runs, in every heartbeat.
+        self._software = software
         #: This node's services as its agent reports them.
         self._services = services
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Background(self._beat)
         #: Set to send the next heartbeat now rather than at its interval.
         self._beat_now = asyncio.Event()
 
     def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._beat())
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
     async def beat_now(self) -> None:
         """Send the next heartbeat at once: this node's services changed."""
@@ -93,13 +96,20 @@ class Heartbeats:
                     # for a control that serves none (a call instead): at once.
                     interval, stream = await self._stream(client, credentials, interval)
                     continue
-                else:
-                    self._beat_now.clear()  # a change from here on is in this beat or the next
-                    services = bounded(await self._services())
-                    interval = await client.heartbeat(services) or interval
+                self._beat_now.clear()  # a change from here on is in this beat or the next
+                services = bounded(await self._services())
+                interval = await client.heartbeat(services, self._software) or interval
             except errors.PermissionDenied as exc:
+                if self._store.credentials() != credentials:
+                    # A stream under the certificate this node just renewed: its
+                    # first call with the new one revoked the old. A new stream.
+                    log.info("heartbeat stream under the old certificate ended: a new one")
+                    continue
                 log.warning("heartbeat refused: this node was removed? reason=%r", exc.message)
                 return
+            except errors.VersionSkew as exc:
+                # Keep beating: once one side is upgraded the control takes it again.
+                log.warning("heartbeat refused: version outside the window reason=%r", exc.message)
             except errors.MicrostackError as exc:
                 log.info("heartbeat failed reason=%r", exc.message)
             finally:
@@ -114,7 +124,7 @@ class Heartbeats:
         """Beat on one stream until it ends (raising what ended it) or this
         node's credentials change; return (the interval, whether to go on
         with a stream: False when the control serves none)."""
-        beats = client.heartbeats()
+        beats = client.heartbeats(self._software)
         try:
             while True:
                 self._beat_now.clear()  # a change from here on is in this beat or the next

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from microstackd import errors
 from microstackd.config import DaemonConfig, Ports
@@ -140,6 +141,12 @@ class Member:
                 f"this node is the control node of cluster {cluster.cluster_id}; "
                 "it cannot join another cluster"
             )
+        if self._expired():
+            # Nothing accepts it any more: the control lets this name join
+            # again (keeping its name and Nova host), as a removed node would.
+            log.info("certificate expired; forgetting cluster=%s to join again", cluster.cluster_id)
+            await self.leave()  # the mTLS port closes too: it presents the expired one
+            return False
         if self._store.get_meta(ENROLMENT_META) != "active":
             if cluster.control_address != host:
                 raise errors.AlreadyInitialised(
@@ -162,6 +169,16 @@ class Member:
             f"this node is already a member of cluster {cluster.cluster_id} "
             f"(control {cluster.control_name} at {cluster.control_address})"
         )
+
+    def _expired(self) -> bool:
+        """Whether this node's cluster certificate has expired."""
+        cert_pem = self._store.read_file(NODE_CERT)
+        if cert_pem is None:
+            return False
+        try:
+            return x509.expired(x509.load_cert(cert_pem), datetime.now(UTC))
+        except ValueError:
+            return False
 
     async def _bootstrap_with_retry(
         self,
@@ -244,6 +261,7 @@ class Member:
                 credential.verifier(),
                 cluster_port=self._ports.cluster,
                 token=token,
+                software=self._config.software,
             )
         except errors.WrongPassword as exc:
             if token is not None:  # the fingerprint was checked against the token's

@@ -19,27 +19,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import sys
 from collections.abc import AsyncIterator, Mapping
 
-from microstackd import errors
+from microstackd import commands, errors
 from microstackd.config import DaemonConfig
 from microstackd.enrolment.events import Signal
 from microstackd.enrolment.machine import DONE
 from microstackd.enrolment.runner import Runner, StepAction, StepContext
 from microstackd.model import AgentStep, Role, ServiceRecord, StepState
-from microstackd.node import render, steps
+from microstackd.node import render, steps, virt
 from microstackd.node.roles import APPLIED_BY_AGENT, DEFINITIONS, RoleDefinition
+from microstackd.node.roles.compute import MIGRATION_CRL
 from microstackd.node.roles.parts import RENDER_CONFIG, SERVICE_PREFIX, RoleService
 from microstackd.node.services import ServiceManager, ServiceSpec
 from microstackd.node.watch import ServiceWatch
 from microstackd.store import Store
+from microstackd.store.files import write_private_file
 
 log = logging.getLogger(__name__)
 
 #: meta key: the role this node's agent last applied.
 APPLIED_ROLE = "applied_role"
+#: meta key: the applied role's ``resume_settings`` and node values (JSON, no secret).
+APPLIED_VALUES = "applied_values"
+#: meta key: what each service runs with (JSON, for ``status``).
+SERVICE_DETAILS = "service_details"
 STANDIN_READY = "configuration complete"
 #: The step name of the agent's last message (its result), on the wire.
 RESULT_STEP = "role"
@@ -65,9 +73,38 @@ class Agent:
         restore = None if manager.kind == "process" else self._start_again
         self.watch = ServiceWatch(self._states, restore, self.changed.emit)
         self._watcher: asyncio.Task[None] | None = None
+        #: This node's own values (``_local_values``), once a role was applied.
+        self._node_values: dict[str, str] = {}
+        self._detected: virt.VirtChoice | None = None
 
     def _values(self, settings: Mapping[str, str] = {}) -> dict[str, str]:
-        return {**settings, **steps.base_values(self._config)}
+        """Placeholders for the role: the issued settings, this node's own
+        values, and, at start-up (no settings), what the last apply kept."""
+        kept = json.loads(self._store.get_meta(APPLIED_VALUES) or "{}")
+        return {**kept, **settings, **steps.base_values(self._config), **self._node_values}
+
+    async def _local_values(self, settings: Mapping[str, str]) -> dict[str, str]:
+        """What only this node knows: its hypervisor (control.yaml's
+        ``compute.virt_type``, or detected where that says ``auto``)."""
+        values: dict[str, str] = {}
+        if "virt_type" in settings:
+            choice = await virt.choose(settings["virt_type"], self._detected)
+            if settings["virt_type"] in ("", "auto"):
+                self._detected = choice
+            values.update(virt_type=choice.virt_type, virt_detail=choice.describe())
+        return values
+
+    def _keep(self, role: RoleDefinition, values: Mapping[str, str]) -> None:
+        """Keep what the role's commands need at start-up, and the services'
+        details for ``status`` (never a secret: resume_settings are not). A
+        stand-in runs no driver: it has no detail to show."""
+        keys = (*role.resume_settings, *self._node_values)
+        kept = {key: values[key] for key in keys if key in values}
+        services = role.services if self._real else ()
+        details = {s.name: render.expand((s.detail,), values)[0] for s in services if s.detail}
+        self._store.set_meta(
+            {APPLIED_VALUES: json.dumps(kept), SERVICE_DETAILS: json.dumps(details)}
+        )
 
     @property
     def _real(self) -> bool:
@@ -154,8 +191,11 @@ class Agent:
         titles = {RENDER_CONFIG: f"rendering {len(role.files)} files into {root}"}
 
         async def render_config(ctx: StepContext) -> str:
+            self._node_values = await self._local_values(values)
+            values.update(self._node_values)
             paths = await asyncio.to_thread(render.render_role, role, values, root)
             self._store.set_meta({APPLIED_ROLE: role.name})
+            self._keep(role, values)
             return "wrote " + ", ".join(str(p.relative_to(root)) for p in paths)
 
         standins = _StandIns(
@@ -209,7 +249,42 @@ class Agent:
         role = self.applied()
         if role is None:
             return []
-        return [await self.manager.status(self.spec(s)) for s in self._services_of(role)]
+        details = json.loads(self._store.get_meta(SERVICE_DETAILS) or "{}")
+        return [
+            dataclasses.replace(status, detail=details.get(status.name, ""))
+            for status in [await self.manager.status(self.spec(s)) for s in self._services_of(role)]
+        ]
+
+    async def update_revocations(self, crl_pem: bytes) -> str:
+        """The control revoked a node's certificate: rewrite the CRL that this
+        node's libvirtd and QEMU check (QEMU re-reads its TLS directory at each migration) and
+        have the node's own libvirtd reload its TLS files without a restart."""
+        role = self.applied()
+        if role is None or MIGRATION_CRL not in {f.path for f in role.files}:
+            return "no migration transport on this node: nothing to update"
+        if not crl_pem.startswith(b"-----BEGIN X509 CRL-----"):
+            raise errors.InvalidArgument("the revocation list is not a PEM CRL")
+        path = self._config.config_root / MIGRATION_CRL
+        try:
+            write_private_file(path, crl_pem, mode=0o640, dir_mode=0o750)
+        except OSError as exc:
+            raise errors.ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        kind = self.manager.kind
+        if not self._real or kind != "process":
+            return f"{path} written (libvirtd is not this node's own: not reloaded)"
+        admin = steps.run_dir(self._config) / "libvirt" / "libvirt-admin-sock"
+        argv = ["virt-admin", "-c", f"libvirtd:///system?socket={admin}", "server-update-tls"]
+        try:
+            result = await commands.run([*argv, "libvirtd"], timeout=30)
+        except (OSError, TimeoutError) as exc:
+            raise errors.ServiceFailed(f"{path} written, but libvirtd not reloaded: {exc}") from exc
+        if result.returncode != 0:
+            raise errors.ServiceFailed(
+                f"{path} written, but libvirtd did not reload it: "
+                f"{(result.stderr or result.stdout).strip()[-300:]}"
+            )
+        log.info("revocations updated path=%s", path)
+        return f"{path} written and reloaded by libvirtd"
 
     async def stop_role(self) -> list[ServiceRecord]:
         """This node leaves its cluster: stop its services, forget its role."""

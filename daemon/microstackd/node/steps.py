@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import string
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
@@ -20,9 +21,9 @@ from pathlib import Path
 from microstackd import commands, errors
 from microstackd.config import DaemonConfig
 from microstackd.model import ServiceRecord
-from microstackd.node import render
+from microstackd.node import render, virt
 from microstackd.node.roles.parts import SERVICE_PATH, RoleService, SetupStep
-from microstackd.node.services import TAIL_LINES, ServiceManager, ServiceSpec
+from microstackd.node.services import TAIL_LINES, ServiceManager, ServiceSpec, detect_kind
 from microstackd.node.services.spec import RUNNING, STARTING, open_log, read_tail
 
 log = logging.getLogger(__name__)
@@ -45,17 +46,33 @@ def helpers_dir() -> Path:
     return Path(str(resources.files("microstackd.node") / "openstack_env"))
 
 
+def run_dir(config: DaemonConfig) -> Path:
+    """Where a node's services keep their Unix sockets and pid files (mysqld,
+    ovsdb, libvirt: a short path) — beside the daemon's socket and named
+    after it: two daemons whose sockets share a directory (the README's
+    by-hand cluster) must not share their services' sockets."""
+    return config.socket.with_suffix(".services")
+
+
 def base_values(config: DaemonConfig) -> dict[str, str]:
     """The placeholders every role's commands, paths and templates may use."""
+    services_dir = str(run_dir(config))
+    kind = detect_kind() if config.service_manager == "auto" else config.service_manager
     return {
         "config_root": str(config.config_root),
         "state_dir": str(config.state_dir),
         "state_path": str(config.state_dir / "services"),
-        # Unix sockets (mysqld, ovsdb) need a short path: next to the daemon's socket.
-        "run_dir": str(config.socket.parent / "services"),
+        "run_dir": services_dir,
         "log_dir": str(config.state_dir / "logs"),
         "helpers_dir": str(helpers_dir()),
         "openstack_prefix": str(config.openstack_prefix or ""),
+        # microstackd's own Python: its helpers (the uplink, stop hooks, the test image).
+        "python": sys.executable,
+        "node_name": config.node_name,
+        "libvirt_uri": virt.libvirt_uri(kind, services_dir),
+        # nova-compute binds the node's instances over the common path only
+        # where its libvirtd is the node's own (the process manager).
+        "instances_bind": "yes" if kind == "process" else "",
     }
 
 
@@ -91,6 +108,8 @@ def service_spec(service: RoleService, values: Mapping[str, str]) -> ServiceSpec
         ready_pattern=service.ready_pattern,
         ready_check=_expand(service.ready_check, values),
         start_timeout=service.start_timeout,
+        pre_stop=tuple(render.expand(c, values) for c in service.pre_stop),
+        post_stop=tuple(render.expand(c, values) for c in service.post_stop),
     )
 
 

@@ -18,17 +18,28 @@ such at best every heartbeat. A ``ServiceWatch`` looks every
 * without ``restore`` (the process manager, which restarts its own
   children) it only reports.
 
+The control watches a node's services the same way while it waits on
+something they must bring about (``unless_a_service_fails``): admission to
+Nova waits minutes for the host's nova-compute, and one that crash-loops
+(its virt driver missing, libvirt down) never shows up there. The first
+service the node's agent reports ``failed`` ends the wait with that
+service's own words (exit status, last log lines), instead of a time-out
+that never says why.
+
 Pure of I/O itself: the states come from, and restores go through, the
 callables it is given.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import NoReturn, TypeVar
 
 from microstackd import errors
 from microstackd.enrolment.backoff import Backoff
@@ -46,6 +57,7 @@ DOWN = (STOPPED, FAILED)
 Statuses = Callable[[], Awaitable[list[ServiceRecord]]]
 Restore = Callable[[str], Awaitable[object]]
 OnChange = Callable[[], Awaitable[None]]
+T = TypeVar("T")
 
 
 async def _nobody() -> None:
@@ -173,3 +185,40 @@ class ServiceWatch:
             f"after it was found {status.state}"
         )
         log.info("service started again service=%s was=%s", status.name, status.state)
+
+
+async def fail_when_a_service_fails(
+    statuses: Statuses, node: str, what: str, interval: float = WATCH_INTERVAL
+) -> NoReturn:
+    """Look at ``statuses`` until a service is failed, then raise
+    ``errors.ServiceFailed`` naming it. A node that cannot be asked is asked
+    again at the next look (the wait it watches has its own time-out)."""
+    while True:
+        try:
+            failed = next((s for s in await statuses() if s.state == FAILED), None)
+        except errors.NodeUnreachable:
+            failed = None
+        if failed is not None:
+            raise errors.ServiceFailed(
+                f"{failed.name} on {node} failed while {what}: {failed.message or failed.state}"
+            )
+        await asyncio.sleep(interval)
+
+
+async def unless_a_service_fails(
+    wait: Awaitable[T], statuses: Statuses, node: str, what: str, interval: float = WATCH_INTERVAL
+) -> T:
+    """``wait``'s result, unless one of the node's services fails first."""
+    main = asyncio.ensure_future(wait)
+    watch = asyncio.ensure_future(fail_when_a_service_fails(statuses, node, what, interval))
+    try:
+        await asyncio.wait({main, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if watch.done():
+            watch.result()  # raises
+        return main.result()
+    finally:
+        for task in (main, watch):
+            task.cancel()
+        for task in (main, watch):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

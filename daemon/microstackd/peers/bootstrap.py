@@ -12,8 +12,8 @@ from grpc import aio
 
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
-from microstackd import errors
-from microstackd.model import BootstrapResult
+from microstackd import errors, versions
+from microstackd.model import BootstrapResult, Software
 from microstackd.peers.errors import error_from_rpc
 from microstackd.trust import names
 from microstackd.trust.exchange import Challenge, Hello
@@ -85,7 +85,15 @@ class BootstrapCall:
         except aio.AioRpcError as exc:
             raise self._error(exc) from exc
 
-    async def hello(self, hello: Hello, cluster_port: int = 0, token_id: str = "") -> Challenge:
+    async def hello(
+        self,
+        hello: Hello,
+        cluster_port: int = 0,
+        token_id: str = "",
+        software: Software | None = None,
+    ) -> Challenge:
+        """Send the hello, declaring ``software`` (default: this build's)."""
+        software = software or Software(versions.VERSION, versions.API_VERSION)
         await self._write(
             pb.ExchangeRequest(
                 hello=pb.BootstrapHello(
@@ -95,6 +103,8 @@ class BootstrapCall:
                     hostname=hello.hostname,
                     cluster_port=cluster_port,
                     token_id=token_id,
+                    microstackd_version=software.version,
+                    api_version=software.api,
                 )
             )
         )

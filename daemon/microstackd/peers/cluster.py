@@ -22,6 +22,7 @@ from microstackd.model import (
     NodeCredentials,
     NodeRecord,
     ServiceRecord,
+    Software,
 )
 from microstackd.peers.errors import error_from_rpc
 from microstackd.trust import names
@@ -75,17 +76,34 @@ class ControlClient:
         except aio.AioRpcError as exc:
             raise self._error(exc) from exc
 
-    async def heartbeat(self, services: list[ServiceRecord], timeout: float = 10.0) -> int:
-        request = pb.HeartbeatRequest(services=convert.services_to_pb(services))
+    async def heartbeat(
+        self, services: list[ServiceRecord], software: Software, timeout: float = 10.0
+    ) -> int:
+        request = pb.HeartbeatRequest(
+            services=convert.services_to_pb(services),
+            microstackd_version=software.version,
+            api_version=software.api,
+        )
         try:
             response = await self._stub.Heartbeat(request, timeout=timeout)
         except aio.AioRpcError as exc:
             raise self._error(exc) from exc
         return int(response.interval_seconds)
 
-    def heartbeats(self) -> HeartbeatStream:
-        """A heartbeat stream to the control (``ClusterService.Heartbeats``)."""
-        return HeartbeatStream(self._stub.Heartbeats(), self._error)
+    def heartbeats(self, software: Software) -> HeartbeatStream:
+        """A heartbeat stream to the control (``ClusterService.Heartbeats``);
+        every beat declares ``software``."""
+        return HeartbeatStream(self._stub.Heartbeats(), self._error, software)
+
+    async def renew_certificate(self, csr_pem: bytes, timeout: float = 30.0) -> tuple[bytes, bytes]:
+        """A new certificate for the key ``csr_pem`` proves, and the trust bundle."""
+        try:
+            response = await self._stub.RenewCertificate(
+                pb.RenewCertificateRequest(csr_pem=csr_pem), timeout=timeout
+            )
+        except aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+        return bytes(response.certificate_pem), bytes(response.ca_certificates_pem)
 
     async def status(self, timeout: float = 10.0) -> tuple[ClusterRecord, list[NodeRecord]]:
         try:
@@ -108,10 +126,14 @@ class HeartbeatStream:
     ``unimplemented`` says a control only takes ``Heartbeat`` calls."""
 
     def __init__(
-        self, call: Any, error: Callable[[aio.AioRpcError], errors.MicrostackError]
+        self,
+        call: Any,
+        error: Callable[[aio.AioRpcError], errors.MicrostackError],
+        software: Software,
     ) -> None:
         self._call = call
         self._error = error
+        self._software = software
         self.interval = 0
         #: The control does not serve the stream (an older microstackd).
         self.unimplemented = False
@@ -139,7 +161,11 @@ class HeartbeatStream:
         self.answered.set()
 
     async def beat(self, services: list[ServiceRecord]) -> None:
-        request = pb.HeartbeatsRequest(services=convert.services_to_pb(services))
+        request = pb.HeartbeatsRequest(
+            services=convert.services_to_pb(services),
+            microstackd_version=self._software.version,
+            api_version=self._software.api,
+        )
         try:
             await self._call.write(request)
         except (aio.AioRpcError, aio.UsageError, asyncio.InvalidStateError):
@@ -195,6 +221,24 @@ class AgentClient:
 
     async def services(self, timeout: float = 10.0) -> list[ServiceRecord]:
         return await self._services_call(self._stub.GetServices, pb.GetServicesRequest(), timeout)
+
+    async def trust_ca(self, bundle: bytes, renew: bool, timeout: float = 60.0) -> str:
+        """Have the node trust ``bundle`` (and renew under its first CA); its serial now."""
+        request = pb.TrustCARequest(ca_certificates_pem=bundle, renew=renew)
+        try:
+            response = await self._stub.TrustCA(request, timeout=timeout)
+        except aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+        return str(response.cert_serial)
+
+    async def update_revocations(self, crl_pem: bytes, timeout: float = 60.0) -> str:
+        try:
+            response = await self._stub.UpdateRevocations(
+                pb.UpdateRevocationsRequest(crl_pem=crl_pem), timeout=timeout
+            )
+        except aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+        return str(response.message)
 
     async def leave(self, timeout: float = 60.0) -> list[ServiceRecord]:
         return await self._services_call(self._stub.Leave, pb.LeaveRequest(), timeout)

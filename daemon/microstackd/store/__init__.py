@@ -33,6 +33,7 @@ from microstackd.model import (
     NodeUpdate,
     Role,
     ServiceRecord,
+    Software,
     StepState,
     TokenRecord,
 )
@@ -180,7 +181,7 @@ class Store:
 
     _NODE_COLUMNS = (
         "name, role, address, hostname, state, message, cert_serial, cert_not_after, "
-        "joined, last_seen, agent_port"
+        "joined, last_seen, agent_port, pending_serial, version, api_version"
     )
 
     def _node(
@@ -202,6 +203,9 @@ class Store:
             last_seen=float(row[9]),  # type: ignore[arg-type]
             agent_port=int(row[10]),  # type: ignore[call-overload]
             services=services,
+            pending_serial=str(row[11]),
+            version=str(row[12]),
+            api_version=str(row[13]),
         )
 
     def identity_candidates(self, name: str, keys: set[str], address: str) -> list[NodeRecord]:
@@ -246,10 +250,10 @@ class Store:
             f"SELECT {self._NODE_COLUMNS} FROM nodes ORDER BY role = 'control' DESC, joined, name"
         ).fetchall()
         services: dict[str, list[ServiceRecord]] = {}
-        for node, n, s, m in self._db.execute(
-            "SELECT node, name, state, message FROM services ORDER BY node, name"
+        for node, n, s, m, d in self._db.execute(
+            "SELECT node, name, state, message, detail FROM services ORDER BY node, name"
         ):
-            services.setdefault(str(node), []).append(ServiceRecord(str(n), str(s), str(m)))
+            services.setdefault(str(node), []).append(ServiceRecord(str(n), str(s), str(m), str(d)))
         nodes = [self._node(row, tuple(services.get(str(row[0]), ()))) for row in rows]
         self._nodes_cache = (version, nodes)
         return list(nodes)
@@ -276,6 +280,7 @@ class Store:
         """``put_node`` within ``db``'s transaction (``record_all`` too)."""
         if replaces_serial:
             events_from = self._last_seq(db, node.name)
+            self._revoke_pending(db, node.name, node.joined)  # a renewal it never used
         else:
             row = db.execute(
                 "SELECT events_from FROM nodes WHERE name = ?", (node.name,)
@@ -283,7 +288,7 @@ class Store:
             events_from = int(row[0]) if row else 0
         db.execute(
             f"INSERT OR REPLACE INTO nodes ({self._NODE_COLUMNS}, events_from) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 node.name,
                 node.role.value,
@@ -296,16 +301,90 @@ class Store:
                 node.joined,
                 node.last_seen,
                 node.agent_port,
+                node.pending_serial,
+                node.version,
+                node.api_version,
                 events_from,
             ),
         )
         if replaces_serial:
-            db.execute(
-                "INSERT OR IGNORE INTO revoked (serial, node, time) VALUES (?, ?, ?)",
-                (replaces_serial, node.name, node.joined),
-            )
+            self._revoke(db, replaces_serial, node.name, node.joined)
             db.execute("DELETE FROM steps WHERE node = ?", (node.name,))
             db.execute("DELETE FROM events WHERE node = ?", (node.name,))
+
+    def replace_certificate(self, name: str, serial: str, not_after: float, when: float) -> None:
+        """The node holds a new certificate now (a renewal the node made
+        itself: the control's own): the old serial is revoked at once."""
+        with self.transaction() as db:
+            row = db.execute("SELECT cert_serial FROM nodes WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise errors.NotFound(f"no node named {name!r}")
+            self._revoke(db, str(row[0]), name, when)
+            db.execute(
+                "UPDATE nodes SET cert_serial = ?, cert_not_after = ? WHERE name = ?",
+                (serial, not_after, name),
+            )
+
+    def set_pending_certificate(
+        self, name: str, serial: str, not_after: float, when: float
+    ) -> None:
+        """A renewed certificate issued to the node, not used yet: the old one
+        stays the node's until ``promote_certificate``. A pending one it
+        replaces was never used, and is revoked."""
+        with self.transaction() as db:
+            row = db.execute("SELECT pending_serial FROM nodes WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise errors.NotFound(f"no node named {name!r}")
+            if row[0]:
+                self._revoke(db, str(row[0]), name, when)
+            db.execute(
+                "UPDATE nodes SET pending_serial = ?, pending_not_after = ? WHERE name = ?",
+                (serial, not_after, name),
+            )
+
+    def promote_certificate(self, name: str, serial: str, when: float) -> bool:
+        """The node used its pending certificate ``serial``: it becomes the
+        node's, and the one it replaces is revoked. False when ``serial`` is
+        not (or no longer) the node's pending one."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT cert_serial, pending_not_after FROM nodes "
+                "WHERE name = ? AND pending_serial = ? AND pending_serial != ''",
+                (name, serial),
+            ).fetchone()
+            if row is None:
+                return False
+            self._revoke(db, str(row[0]), name, when)
+            db.execute(
+                "UPDATE nodes SET cert_serial = ?, cert_not_after = ?, pending_serial = '', "
+                "pending_not_after = 0 WHERE name = ?",
+                (serial, float(row[1]), name),
+            )
+        return True
+
+    @staticmethod
+    def _revoke(db: sqlite3.Connection, serial: str, node: str, when: float) -> None:
+        db.execute(
+            "INSERT OR IGNORE INTO revoked (serial, node, time) VALUES (?, ?, ?)",
+            (serial, node, when),
+        )
+
+    @staticmethod
+    def _revoke_pending(db: sqlite3.Connection, node: str, when: float) -> None:
+        """Revoke the node's renewed certificate that it never used, if any."""
+        db.execute(
+            "INSERT OR IGNORE INTO revoked (serial, node, time) SELECT pending_serial, name, ? "
+            "FROM nodes WHERE name = ? AND pending_serial != ''",
+            (when, node),
+        )
+
+    def set_software(self, name: str, software: Software) -> None:
+        """Record the version a node declared (at its bootstrap, in each heartbeat)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE nodes SET version = ?, api_version = ? WHERE name = ?",
+                (software.version, software.api, name),
+            )
 
     def touch_nodes(self, seen: Mapping[str, float]) -> None:
         """When each of these nodes was last heard from, in one commit (never
@@ -332,9 +411,10 @@ class Store:
     def services(self, node: str) -> list[ServiceRecord]:
         """A node's services as last recorded, by name."""
         return [
-            ServiceRecord(str(n), str(s), str(m))
-            for n, s, m in self._db.execute(
-                "SELECT name, state, message FROM services WHERE node = ? ORDER BY name", (node,)
+            ServiceRecord(str(n), str(s), str(m), str(d))
+            for n, s, m, d in self._db.execute(
+                "SELECT name, state, message, detail FROM services WHERE node = ? ORDER BY name",
+                (node,),
             )
         ]
 
@@ -342,9 +422,15 @@ class Store:
         with self.transaction() as db:
             db.execute("DELETE FROM services WHERE node = ?", (node,))
             db.executemany(
-                "INSERT INTO services (node, name, state, message) VALUES (?, ?, ?, ?)",
-                [(node, s.name, s.state, s.message) for s in services],
+                "INSERT INTO services (node, name, state, message, detail) VALUES (?, ?, ?, ?, ?)",
+                [(node, s.name, s.state, s.message, s.detail) for s in services],
             )
+
+    def revoked_serials(self) -> list[str]:
+        """Every revoked certificate serial (hex), for the CRL."""
+        return [
+            str(row[0]) for row in self._db.execute("SELECT serial FROM revoked ORDER BY serial")
+        ]
 
     def is_revoked(self, serial: str) -> bool:
         return (
@@ -400,10 +486,8 @@ class Store:
                 "UPDATE nodes SET state = ?, message = ? WHERE name = ?",
                 (NodeState.REMOVED.value, "removed", name),
             )
-            db.execute(
-                "INSERT OR IGNORE INTO revoked (serial, node, time) VALUES (?, ?, ?)",
-                (serial, name, when),
-            )
+            self._revoke(db, serial, name, when)
+            self._revoke_pending(db, name, when)
             db.execute("DELETE FROM steps WHERE node = ?", (name,))
             db.execute("DELETE FROM services WHERE node = ?", (name,))
 

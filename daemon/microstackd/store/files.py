@@ -19,6 +19,10 @@ CA_KEY = "tls/ca.key"  # the control only
 CA_CERT = "tls/ca.crt"
 NODE_KEY = "tls/node.key"
 NODE_CERT = "tls/node.crt"
+#: During a CA rotation (the control only): the old CA, trusted until every
+#: node has moved; it signs the control's own certificate until then.
+CA_RETIRING_KEY = "tls/ca-retiring.key"
+CA_RETIRING_CERT = "tls/ca-retiring.crt"
 BOOTSTRAP_KEY = "tls/bootstrap.key"
 BOOTSTRAP_CERT = "tls/bootstrap.crt"
 #: The control's password verifier (``trust.kdf.encode_verifier``).

@@ -69,4 +69,19 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE nodes ADD COLUMN events_from INTEGER NOT NULL DEFAULT 0;
     """,
+    # 6: what each service runs with (e.g. nova-compute's virt_type)
+    """
+    ALTER TABLE services ADD COLUMN detail TEXT NOT NULL DEFAULT '';
+    """,
+    # 7: a renewed certificate not yet used: it becomes the node's (and the
+    # old serial revoked) at the node's first call with it
+    """
+    ALTER TABLE nodes ADD COLUMN pending_serial TEXT NOT NULL DEFAULT '';
+    ALTER TABLE nodes ADD COLUMN pending_not_after REAL NOT NULL DEFAULT 0;
+    """,
+    # 8: the microstackd version and API each node last declared (versions.py)
+    """
+    ALTER TABLE nodes ADD COLUMN version TEXT NOT NULL DEFAULT '';
+    ALTER TABLE nodes ADD COLUMN api_version TEXT NOT NULL DEFAULT '';
+    """,
 )

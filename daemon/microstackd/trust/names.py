@@ -154,6 +154,37 @@ def seconds(value: object, field: str, low: float, high: float) -> float:
     return number
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(value: object, field: str, low: float, high: float) -> float:
+    """A duration in seconds, ``low`` <= value <= ``high``: a number of seconds,
+    or ASCII digits (with an optional fraction) followed by one unit of
+    ``s``, ``m``, ``h`` or ``d`` (``30s``, ``12h``, ``365d``)."""
+    number: float | None = None
+    if type(value) in (int, float):
+        number = float(value)  # type: ignore[arg-type]
+    elif isinstance(value, str):
+        text, unit = (value[:-1], _UNITS[value[-1]]) if value[-1:] in _UNITS else (value, 1)
+        if _DECIMAL.fullmatch(text):
+            number = float(text) * unit
+    if number is None or not low <= number <= high:
+        raise errors.InvalidArgument(
+            f"{field} {value!r}: expected a duration of at least {say_duration(low)} and at "
+            f"most {say_duration(high)}: a number of seconds, or a number followed by s, m, h "
+            "or d (30s, 12h, 365d)"
+        )
+    return number
+
+
+def say_duration(seconds: float) -> str:
+    """``seconds`` in the largest unit that divides it (``30s``, ``12h``, ``365d``)."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
 def password(value: str) -> str:
     if not value:
         raise errors.InvalidArgument("the cluster password is empty")

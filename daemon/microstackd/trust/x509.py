@@ -48,6 +48,12 @@ CERTIFICATE_ROLES = frozenset({Role.CONTROL, Role.COMPUTE})
 #: Certificates start this far in the past so a node whose clock is a little
 #: behind the control's still accepts a certificate issued just now.
 _CLOCK_SKEW = timedelta(minutes=10)
+#: Bundles of CA certificates (the trust a node holds) hold at most this many.
+MAX_BUNDLE = 8
+
+#: For callers that name the types without importing cryptography.
+Certificate = x509.Certificate
+PrivateKey = ec.EllipticCurvePrivateKey
 _MAX_CSR_PEM = 16 * 1024
 
 
@@ -101,6 +107,20 @@ def load_cert(pem: bytes) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pem)
 
 
+def load_bundle(pem: bytes) -> list[x509.Certificate]:
+    """The CA certificates of a PEM bundle (one or more; ``ValueError`` for
+    none, too many, or one that is not a CA)."""
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError as exc:
+        raise ValueError(f"not a PEM bundle of certificates: {exc}") from exc
+    if not 0 < len(certs) <= MAX_BUNDLE:
+        raise ValueError(f"a trust bundle holds 1 to {MAX_BUNDLE} CA certificates")
+    if not all(is_ca(c) for c in certs):
+        raise ValueError("a certificate of the trust bundle is not a CA")
+    return certs
+
+
 def fingerprint(cert: x509.Certificate | bytes | str) -> str:
     """Lower-case hex SHA-256 of the certificate's DER encoding.
 
@@ -141,10 +161,13 @@ class CertificateAuthority:
         return cert_to_pem(self.cert)
 
 
-def create_ca(cluster_id: str, now: datetime, days: int = 3650) -> CertificateAuthority:
+def create_ca(
+    cluster_id: str, now: datetime, days: int = 3650, *, lifetime: timedelta | None = None
+) -> CertificateAuthority:
     """A new cluster CA. It may sign node certificates only (path length 0)."""
     names.cluster_id(cluster_id)
     now = _utc(now)
+    valid = _lifetime(days, lifetime)
     key = generate_key()
     name = x509.Name(
         [
@@ -154,7 +177,7 @@ def create_ca(cluster_id: str, now: datetime, days: int = 3650) -> CertificateAu
         ]
     )
     cert = (
-        _builder(name, name, key.public_key(), now, now + timedelta(days=_days(days)))
+        _builder(name, name, key.public_key(), now, now + valid)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             _key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True), critical=True
@@ -192,12 +215,14 @@ def issue_certificate(
     hostname: str,
     now: datetime,
     days: int = 365,
+    lifetime: timedelta | None = None,
 ) -> x509.Certificate:
     """A node certificate, for mTLS in both directions (server and client).
 
     CN is the node name and OU its role; the SANs let peers dial the node by
     address (an IP SAN avoids name overrides), node name or host name, and a
     control also by ``CONTROL_SERVER_NAME`` (rule 2). It never outlives the CA.
+    ``lifetime``, when given, replaces ``days`` (seconds in tests).
     """
     names.node_name(node_name)
     names.hostname(hostname)
@@ -209,7 +234,7 @@ def issue_certificate(
     address_name = x509.IPAddress(ipaddress.ip_address(names.ip_address(address)))
     _require_p256(public_key, ValueError)
     now = _utc(now)
-    not_after = min(now + timedelta(days=_days(days)), ca.cert.not_valid_after_utc)
+    not_after = min(now + _lifetime(days, lifetime), ca.cert.not_valid_after_utc)
     if not_after <= now:
         raise ValueError("the cluster CA has expired; it cannot issue certificates")
 
@@ -232,7 +257,13 @@ def issue_certificate(
     return (
         _builder(subject, ca.cert.subject, public_key, now, not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(digital_signature=True, key_agreement=True), critical=True)
+        # keyEncipherment means nothing for an ECDSA key, but libvirt (gnutls)
+        # refuses a certificate without it, and the node certificate is also
+        # its libvirtd's and QEMU's for live migration (docs/architecture.md).
+        .add_extension(
+            _key_usage(digital_signature=True, key_encipherment=True, key_agreement=True),
+            critical=True,
+        )
         .add_extension(
             x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -255,6 +286,7 @@ def sign_csr(
     hostname: str,
     now: datetime,
     days: int = 365,
+    lifetime: timedelta | None = None,
 ) -> x509.Certificate:
     """Sign a joiner's CSR with the identity the control decided (rule 2).
 
@@ -292,11 +324,39 @@ def sign_csr(
         hostname=hostname,
         now=now,
         days=days,
+        lifetime=lifetime,
     )
 
 
+def revocation_list(
+    ca: CertificateAuthority, serials: list[str], now: datetime, days: int = 30
+) -> bytes:
+    """A CRL (PEM) revoking ``serials`` (hex): what the computes' libvirtd and
+    QEMU refuse, so a removed node's certificate no longer moves guests."""
+    now = _utc(now)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now - _CLOCK_SKEW)
+        .next_update(min(now + timedelta(days=_days(days)), ca.cert.not_valid_after_utc))
+        .add_extension(_authority_key_identifier(ca), critical=False)
+    )
+    for serial in sorted(set(serials)):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(int(serial, 16))
+            .revocation_date(now - _CLOCK_SKEW)
+            .build()
+        )
+    return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
 def self_signed_bootstrap_certificate(
-    key: ec.EllipticCurvePrivateKey, now: datetime, days: int = 3650
+    key: ec.EllipticCurvePrivateKey,
+    now: datetime,
+    days: int = 3650,
+    *,
+    lifetime: timedelta | None = None,
 ) -> x509.Certificate:
     """The bootstrap port's certificate, which the joiner pins as its only root.
 
@@ -307,7 +367,7 @@ def self_signed_bootstrap_certificate(
     now = _utc(now)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, BOOTSTRAP_SERVER_NAME)])
     return (
-        _builder(name, name, key.public_key(), now, now + timedelta(days=_days(days)))
+        _builder(name, name, key.public_key(), now, now + _lifetime(days, lifetime))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(digital_signature=True, key_cert_sign=True), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -393,6 +453,30 @@ def _days(days: int) -> int:
     return days
 
 
+#: The shortest lifetime a certificate may be given (tests use seconds).
+MIN_LIFETIME = timedelta(seconds=2)
+
+
+def _lifetime(days: int, lifetime: timedelta | None) -> timedelta:
+    """``lifetime`` when given (at least ``MIN_LIFETIME``), else ``days``."""
+    if lifetime is None:
+        return timedelta(days=_days(days))
+    if not isinstance(lifetime, timedelta) or lifetime < MIN_LIFETIME:
+        raise ValueError(
+            f"a certificate must be valid for at least {MIN_LIFETIME}, not {lifetime!r}"
+        )
+    return lifetime
+
+
+def renewal_due(cert: x509.Certificate, now: datetime, renew_before: timedelta) -> bool:
+    """Whether ``cert`` is within ``renew_before`` of its expiry (or past it)."""
+    return cert.not_valid_after_utc - _utc(now) <= renew_before
+
+
+def expired(cert: x509.Certificate, now: datetime) -> bool:
+    return _utc(now) > cert.not_valid_after_utc
+
+
 def _require_p256(key: object, error: type[Exception]) -> None:
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise error("the key is not an ECDSA P-256 key")
@@ -408,6 +492,7 @@ def is_ca(cert: x509.Certificate) -> bool:
 def _key_usage(
     *,
     digital_signature: bool = False,
+    key_encipherment: bool = False,
     key_agreement: bool = False,
     key_cert_sign: bool = False,
     crl_sign: bool = False,
@@ -415,7 +500,7 @@ def _key_usage(
     return x509.KeyUsage(
         digital_signature=digital_signature,
         content_commitment=False,
-        key_encipherment=False,
+        key_encipherment=key_encipherment,
         data_encipherment=False,
         key_agreement=key_agreement,
         key_cert_sign=key_cert_sign,

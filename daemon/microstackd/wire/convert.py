@@ -20,6 +20,7 @@ from microstackd.model import (
     ServiceRecord,
     StepState,
     TokenRecord,
+    TrustedCA,
 )
 
 ROLE_TO_PB = {
@@ -88,6 +89,9 @@ def node_to_pb(node: NodeRecord) -> pb.Node:
         joined=timestamp(node.joined),
         services=services_to_pb(node.services),
         last_seen=timestamp(node.last_seen),
+        microstackd_version=node.version,
+        api_version=node.api_version,
+        version_refused=node.version_refused,
     )
 
 
@@ -151,6 +155,9 @@ def node_from_pb(node: pb.Node) -> NodeRecord:
         joined=seconds(node.joined),
         last_seen=seconds(node.last_seen),
         services=tuple(services_from_pb(node.services)),
+        version=node.microstackd_version,
+        api_version=node.api_version,
+        version_refused=node.version_refused,
     )
 
 
@@ -173,6 +180,10 @@ def cluster_to_pb(cluster: ClusterRecord) -> pb.ClusterInfo:
         cluster_port=cluster.cluster_port,
         ca_fingerprint=cluster.ca_fingerprint,
         ca_expires=timestamp(cluster.ca_not_after),
+        cas=[
+            pb.TrustedCA(fingerprint=c.fingerprint, expires=timestamp(c.not_after), state=c.state)
+            for c in cluster.cas
+        ],
     )
 
 
@@ -187,15 +198,19 @@ def cluster_from_pb(cluster: pb.ClusterInfo) -> ClusterRecord:
         cluster_port=cluster.cluster_port,
         ca_fingerprint=cluster.ca_fingerprint,
         ca_not_after=seconds(cluster.ca_expires),
+        cas=tuple(TrustedCA(c.fingerprint, seconds(c.expires), c.state) for c in cluster.cas),
     )
 
 
 def services_to_pb(services: Iterable[ServiceRecord]) -> list[pb.ServiceStatus]:
-    return [pb.ServiceStatus(name=s.name, state=s.state, message=s.message) for s in services]
+    return [
+        pb.ServiceStatus(name=s.name, state=s.state, message=s.message, detail=s.detail)
+        for s in services
+    ]
 
 
 def services_from_pb(services: Iterable[pb.ServiceStatus]) -> list[ServiceRecord]:
-    return [ServiceRecord(s.name, s.state, s.message) for s in services]
+    return [ServiceRecord(s.name, s.state, s.message, s.detail) for s in services]
 
 
 def agent_step_to_pb(step: AgentStep) -> pb.ApplyRoleResponse:
@@ -246,6 +261,7 @@ def nova_host_to_pb(view: dict[str, Any]) -> pb.NovaHost:
         compute_service=str(view.get("compute_service") or ""),
         hypervisor=str(view.get("hypervisor") or ""),
         running_instances=int(view.get("running_instances") or 0),
+        drained=bool(view.get("drained")),
     )
 
 
@@ -262,4 +278,8 @@ def launch_result_to_pb(result: dict[str, Any]) -> pb.LaunchResult:
             for net, addrs in sorted(addresses.items())
         ],
         floating_ip=str(result.get("floating_ip", "")),
+        ssh_ready=bool(result.get("ssh_ready")),
+        ssh_banner=str(result.get("ssh_banner", "")),
+        active_after_seconds=float(result.get("active_after_seconds") or 0.0),
+        ssh_after_seconds=float(result.get("ssh_after_seconds") or 0.0),
     )

@@ -85,17 +85,19 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServiceStatus(_message.Message):
-    __slots__ = ("name", "state", "message")
+    __slots__ = ("name", "state", "message", "detail")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: str
     message: str
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    detail: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("name", "role", "address", "state", "message", "cert_serial", "cert_expires", "joined", "services", "last_seen", "nova")
+    __slots__ = ("name", "role", "address", "state", "message", "cert_serial", "cert_expires", "joined", "services", "last_seen", "nova", "microstackd_version", "api_version", "version_refused")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +109,9 @@ class Node(_message.Message):
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     NOVA_FIELD_NUMBER: _ClassVar[int]
+    MICROSTACKD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    API_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_REFUSED_FIELD_NUMBER: _ClassVar[int]
     name: str
     role: Role
     address: str
@@ -118,20 +123,25 @@ class Node(_message.Message):
     services: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
     last_seen: _timestamp_pb2.Timestamp
     nova: NovaHost
-    def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., cert_serial: _Optional[str] = ..., cert_expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., joined: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., nova: _Optional[_Union[NovaHost, _Mapping]] = ...) -> None: ...
+    microstackd_version: str
+    api_version: str
+    version_refused: str
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., cert_serial: _Optional[str] = ..., cert_expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., joined: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., nova: _Optional[_Union[NovaHost, _Mapping]] = ..., microstackd_version: _Optional[str] = ..., api_version: _Optional[str] = ..., version_refused: _Optional[str] = ...) -> None: ...
 
 class NovaHost(_message.Message):
-    __slots__ = ("compute_service", "hypervisor", "running_instances")
+    __slots__ = ("compute_service", "hypervisor", "running_instances", "drained")
     COMPUTE_SERVICE_FIELD_NUMBER: _ClassVar[int]
     HYPERVISOR_FIELD_NUMBER: _ClassVar[int]
     RUNNING_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    DRAINED_FIELD_NUMBER: _ClassVar[int]
     compute_service: str
     hypervisor: str
     running_instances: int
-    def __init__(self, compute_service: _Optional[str] = ..., hypervisor: _Optional[str] = ..., running_instances: _Optional[int] = ...) -> None: ...
+    drained: bool
+    def __init__(self, compute_service: _Optional[str] = ..., hypervisor: _Optional[str] = ..., running_instances: _Optional[int] = ..., drained: _Optional[bool] = ...) -> None: ...
 
 class ClusterInfo(_message.Message):
-    __slots__ = ("id", "control_name", "control_address", "bootstrap_port", "cluster_port", "ca_fingerprint", "ca_expires")
+    __slots__ = ("id", "control_name", "control_address", "bootstrap_port", "cluster_port", "ca_fingerprint", "ca_expires", "cas")
     ID_FIELD_NUMBER: _ClassVar[int]
     CONTROL_NAME_FIELD_NUMBER: _ClassVar[int]
     CONTROL_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +149,7 @@ class ClusterInfo(_message.Message):
     CLUSTER_PORT_FIELD_NUMBER: _ClassVar[int]
     CA_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     CA_EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    CAS_FIELD_NUMBER: _ClassVar[int]
     id: str
     control_name: str
     control_address: str
@@ -146,21 +157,34 @@ class ClusterInfo(_message.Message):
     cluster_port: int
     ca_fingerprint: str
     ca_expires: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., control_name: _Optional[str] = ..., control_address: _Optional[str] = ..., bootstrap_port: _Optional[int] = ..., cluster_port: _Optional[int] = ..., ca_fingerprint: _Optional[str] = ..., ca_expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    cas: _containers.RepeatedCompositeFieldContainer[TrustedCA]
+    def __init__(self, id: _Optional[str] = ..., control_name: _Optional[str] = ..., control_address: _Optional[str] = ..., bootstrap_port: _Optional[int] = ..., cluster_port: _Optional[int] = ..., ca_fingerprint: _Optional[str] = ..., ca_expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cas: _Optional[_Iterable[_Union[TrustedCA, _Mapping]]] = ...) -> None: ...
+
+class TrustedCA(_message.Message):
+    __slots__ = ("fingerprint", "expires", "state")
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    fingerprint: str
+    expires: _timestamp_pb2.Timestamp
+    state: str
+    def __init__(self, fingerprint: _Optional[str] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("cluster", "nodes", "local_node", "local_role", "bootstrap_fingerprint")
+    __slots__ = ("cluster", "nodes", "local_node", "local_role", "bootstrap_fingerprint", "bootstrap_expires")
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     LOCAL_NODE_FIELD_NUMBER: _ClassVar[int]
     LOCAL_ROLE_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAP_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_EXPIRES_FIELD_NUMBER: _ClassVar[int]
     cluster: ClusterInfo
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     local_node: str
     local_role: Role
     bootstrap_fingerprint: str
-    def __init__(self, cluster: _Optional[_Union[ClusterInfo, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., local_node: _Optional[str] = ..., local_role: _Optional[_Union[Role, str]] = ..., bootstrap_fingerprint: _Optional[str] = ...) -> None: ...
+    bootstrap_expires: _timestamp_pb2.Timestamp
+    def __init__(self, cluster: _Optional[_Union[ClusterInfo, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., local_node: _Optional[str] = ..., local_role: _Optional[_Union[Role, str]] = ..., bootstrap_fingerprint: _Optional[str] = ..., bootstrap_expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class InitResponse(_message.Message):
     __slots__ = ("event",)
@@ -205,7 +229,7 @@ class RemoveNodeResponse(_message.Message):
     def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class LaunchRequest(_message.Message):
-    __slots__ = ("image", "name", "flavor", "availability_zone", "network", "key_name", "public_key")
+    __slots__ = ("image", "name", "flavor", "availability_zone", "network", "key_name", "public_key", "no_wait", "ssh_timeout_seconds")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     FLAVOR_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +237,8 @@ class LaunchRequest(_message.Message):
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     KEY_NAME_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    NO_WAIT_FIELD_NUMBER: _ClassVar[int]
+    SSH_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     image: str
     name: str
     flavor: str
@@ -220,7 +246,9 @@ class LaunchRequest(_message.Message):
     network: str
     key_name: str
     public_key: str
-    def __init__(self, image: _Optional[str] = ..., name: _Optional[str] = ..., flavor: _Optional[str] = ..., availability_zone: _Optional[str] = ..., network: _Optional[str] = ..., key_name: _Optional[str] = ..., public_key: _Optional[str] = ...) -> None: ...
+    no_wait: bool
+    ssh_timeout_seconds: int
+    def __init__(self, image: _Optional[str] = ..., name: _Optional[str] = ..., flavor: _Optional[str] = ..., availability_zone: _Optional[str] = ..., network: _Optional[str] = ..., key_name: _Optional[str] = ..., public_key: _Optional[str] = ..., no_wait: _Optional[bool] = ..., ssh_timeout_seconds: _Optional[int] = ...) -> None: ...
 
 class ServerAddresses(_message.Message):
     __slots__ = ("network", "addresses")
@@ -231,20 +259,28 @@ class ServerAddresses(_message.Message):
     def __init__(self, network: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LaunchResult(_message.Message):
-    __slots__ = ("name", "id", "host", "status", "addresses", "floating_ip")
+    __slots__ = ("name", "id", "host", "status", "addresses", "floating_ip", "ssh_ready", "ssh_banner", "active_after_seconds", "ssh_after_seconds")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     FLOATING_IP_FIELD_NUMBER: _ClassVar[int]
+    SSH_READY_FIELD_NUMBER: _ClassVar[int]
+    SSH_BANNER_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SSH_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     id: str
     host: str
     status: str
     addresses: _containers.RepeatedCompositeFieldContainer[ServerAddresses]
     floating_ip: str
-    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., host: _Optional[str] = ..., status: _Optional[str] = ..., addresses: _Optional[_Iterable[_Union[ServerAddresses, _Mapping]]] = ..., floating_ip: _Optional[str] = ...) -> None: ...
+    ssh_ready: bool
+    ssh_banner: str
+    active_after_seconds: float
+    ssh_after_seconds: float
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., host: _Optional[str] = ..., status: _Optional[str] = ..., addresses: _Optional[_Iterable[_Union[ServerAddresses, _Mapping]]] = ..., floating_ip: _Optional[str] = ..., ssh_ready: _Optional[bool] = ..., ssh_banner: _Optional[str] = ..., active_after_seconds: _Optional[float] = ..., ssh_after_seconds: _Optional[float] = ...) -> None: ...
 
 class LaunchResponse(_message.Message):
     __slots__ = ("event", "result")
@@ -253,6 +289,48 @@ class LaunchResponse(_message.Message):
     event: Event
     result: LaunchResult
     def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., result: _Optional[_Union[LaunchResult, _Mapping]] = ...) -> None: ...
+
+class DrainRequest(_message.Message):
+    __slots__ = ("name", "instance_timeout_seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    instance_timeout_seconds: int
+    def __init__(self, name: _Optional[str] = ..., instance_timeout_seconds: _Optional[int] = ...) -> None: ...
+
+class MovedInstance(_message.Message):
+    __slots__ = ("name", "id", "how", "host", "status")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    HOW_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    id: str
+    how: str
+    host: str
+    status: str
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., how: _Optional[str] = ..., host: _Optional[str] = ..., status: _Optional[str] = ...) -> None: ...
+
+class DrainResponse(_message.Message):
+    __slots__ = ("event", "moved")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    MOVED_FIELD_NUMBER: _ClassVar[int]
+    event: Event
+    moved: _containers.RepeatedCompositeFieldContainer[MovedInstance]
+    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., moved: _Optional[_Iterable[_Union[MovedInstance, _Mapping]]] = ...) -> None: ...
+
+class UndrainRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class UndrainResponse(_message.Message):
+    __slots__ = ("message",)
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    def __init__(self, message: _Optional[str] = ...) -> None: ...
 
 class CreateTokenRequest(_message.Message):
     __slots__ = ("name", "ttl_seconds")
@@ -308,6 +386,18 @@ class RevokeTokenResponse(_message.Message):
     token: TokenInfo
     def __init__(self, token: _Optional[_Union[TokenInfo, _Mapping]] = ...) -> None: ...
 
+class RotateCARequest(_message.Message):
+    __slots__ = ("cluster_id",)
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    cluster_id: str
+    def __init__(self, cluster_id: _Optional[str] = ...) -> None: ...
+
+class RotateCAResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: Event
+    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ...) -> None: ...
+
 class KdfParams(_message.Message):
     __slots__ = ("name", "salt", "log2_n", "r", "p")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -323,20 +413,24 @@ class KdfParams(_message.Message):
     def __init__(self, name: _Optional[str] = ..., salt: _Optional[bytes] = ..., log2_n: _Optional[int] = ..., r: _Optional[int] = ..., p: _Optional[int] = ...) -> None: ...
 
 class BootstrapHello(_message.Message):
-    __slots__ = ("version", "node_name", "address", "hostname", "cluster_port", "token_id")
+    __slots__ = ("version", "node_name", "address", "hostname", "cluster_port", "token_id", "microstackd_version", "api_version")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_PORT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    MICROSTACKD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    API_VERSION_FIELD_NUMBER: _ClassVar[int]
     version: int
     node_name: str
     address: str
     hostname: str
     cluster_port: int
     token_id: str
-    def __init__(self, version: _Optional[int] = ..., node_name: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., cluster_port: _Optional[int] = ..., token_id: _Optional[str] = ...) -> None: ...
+    microstackd_version: str
+    api_version: str
+    def __init__(self, version: _Optional[int] = ..., node_name: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., cluster_port: _Optional[int] = ..., token_id: _Optional[str] = ..., microstackd_version: _Optional[str] = ..., api_version: _Optional[str] = ...) -> None: ...
 
 class BootstrapChallenge(_message.Message):
     __slots__ = ("cluster_id", "kdf", "pake_message")
@@ -413,10 +507,14 @@ class GetClusterStatusResponse(_message.Message):
     def __init__(self, cluster: _Optional[_Union[ClusterInfo, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("services",)
+    __slots__ = ("services", "microstackd_version", "api_version")
     SERVICES_FIELD_NUMBER: _ClassVar[int]
+    MICROSTACKD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    API_VERSION_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
-    def __init__(self, services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ...) -> None: ...
+    microstackd_version: str
+    api_version: str
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., microstackd_version: _Optional[str] = ..., api_version: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("interval_seconds",)
@@ -425,16 +523,34 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, interval_seconds: _Optional[int] = ...) -> None: ...
 
 class HeartbeatsRequest(_message.Message):
-    __slots__ = ("services",)
+    __slots__ = ("services", "microstackd_version", "api_version")
     SERVICES_FIELD_NUMBER: _ClassVar[int]
+    MICROSTACKD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    API_VERSION_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
-    def __init__(self, services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ...) -> None: ...
+    microstackd_version: str
+    api_version: str
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., microstackd_version: _Optional[str] = ..., api_version: _Optional[str] = ...) -> None: ...
 
 class HeartbeatsResponse(_message.Message):
     __slots__ = ("interval_seconds",)
     INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     interval_seconds: int
     def __init__(self, interval_seconds: _Optional[int] = ...) -> None: ...
+
+class RenewCertificateRequest(_message.Message):
+    __slots__ = ("csr_pem",)
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    csr_pem: bytes
+    def __init__(self, csr_pem: _Optional[bytes] = ...) -> None: ...
+
+class RenewCertificateResponse(_message.Message):
+    __slots__ = ("certificate_pem", "ca_certificates_pem")
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_CERTIFICATES_PEM_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: bytes
+    ca_certificates_pem: bytes
+    def __init__(self, certificate_pem: _Optional[bytes] = ..., ca_certificates_pem: _Optional[bytes] = ...) -> None: ...
 
 class ApplyRoleRequest(_message.Message):
     __slots__ = ("role", "settings")
@@ -496,3 +612,29 @@ class LeaveResponse(_message.Message):
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
     def __init__(self, services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ...) -> None: ...
+
+class TrustCARequest(_message.Message):
+    __slots__ = ("ca_certificates_pem", "renew")
+    CA_CERTIFICATES_PEM_FIELD_NUMBER: _ClassVar[int]
+    RENEW_FIELD_NUMBER: _ClassVar[int]
+    ca_certificates_pem: bytes
+    renew: bool
+    def __init__(self, ca_certificates_pem: _Optional[bytes] = ..., renew: _Optional[bool] = ...) -> None: ...
+
+class TrustCAResponse(_message.Message):
+    __slots__ = ("cert_serial",)
+    CERT_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    cert_serial: str
+    def __init__(self, cert_serial: _Optional[str] = ...) -> None: ...
+
+class UpdateRevocationsRequest(_message.Message):
+    __slots__ = ("crl_pem",)
+    CRL_PEM_FIELD_NUMBER: _ClassVar[int]
+    crl_pem: bytes
+    def __init__(self, crl_pem: _Optional[bytes] = ...) -> None: ...
+
+class UpdateRevocationsResponse(_message.Message):
+    __slots__ = ("message",)
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    def __init__(self, message: _Optional[str] = ...) -> None: ...

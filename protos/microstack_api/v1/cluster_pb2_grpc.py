@@ -80,6 +80,21 @@ class AdminServiceStub:
                 request_serializer=microstack__api_dot_v1_dot_cluster__pb2.LaunchRequest.SerializeToString,
                 response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.LaunchResponse.FromString,
                 _registered_method=True)
+        self.RotateCA = channel.unary_stream(
+                '/microstack.cluster.v1.AdminService/RotateCA',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.RotateCARequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RotateCAResponse.FromString,
+                _registered_method=True)
+        self.Drain = channel.unary_stream(
+                '/microstack.cluster.v1.AdminService/Drain',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.DrainRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.DrainResponse.FromString,
+                _registered_method=True)
+        self.Undrain = channel.unary_unary(
+                '/microstack.cluster.v1.AdminService/Undrain',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.UndrainRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.UndrainResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -151,6 +166,31 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateCA(self, request, context):
+        """Start (or go on with) a rotation of the cluster CA: a new CA, trusted
+        beside the old, every member's certificate re-issued under it node by
+        node, then the old CA retired once every node has moved (control only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Drain(self, request, context):
+        """Disable a compute's nova-compute service and move its instances away
+        (live, cold or evacuated), streaming each move; ends when the host is
+        empty (local socket, on the control).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Undrain(self, request, context):
+        """Enable a drained compute's nova-compute service again (on the control).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -198,6 +238,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.Launch,
                     request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.LaunchRequest.FromString,
                     response_serializer=microstack__api_dot_v1_dot_cluster__pb2.LaunchResponse.SerializeToString,
+            ),
+            'RotateCA': grpc.unary_stream_rpc_method_handler(
+                    servicer.RotateCA,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RotateCARequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.RotateCAResponse.SerializeToString,
+            ),
+            'Drain': grpc.unary_stream_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.DrainRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.DrainResponse.SerializeToString,
+            ),
+            'Undrain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Undrain,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.UndrainRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.UndrainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -454,6 +509,87 @@ class AdminService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def RotateCA(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/microstack.cluster.v1.AdminService/RotateCA',
+            microstack__api_dot_v1_dot_cluster__pb2.RotateCARequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.RotateCAResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/microstack.cluster.v1.AdminService/Drain',
+            microstack__api_dot_v1_dot_cluster__pb2.DrainRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.DrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Undrain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/microstack.cluster.v1.AdminService/Undrain',
+            microstack__api_dot_v1_dot_cluster__pb2.UndrainRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.UndrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class BootstrapServiceStub:
     """Password-authenticated bootstrap, on the public TLS port.
@@ -562,6 +698,11 @@ class ClusterServiceStub:
                 request_serializer=microstack__api_dot_v1_dot_cluster__pb2.HeartbeatsRequest.SerializeToString,
                 response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.HeartbeatsResponse.FromString,
                 _registered_method=True)
+        self.RenewCertificate = channel.unary_unary(
+                '/microstack.cluster.v1.ClusterService/RenewCertificate',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.RenewCertificateRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RenewCertificateResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServiceServicer:
@@ -593,8 +734,19 @@ class ClusterServiceServicer:
         """The caller's heartbeats on one long-lived stream: one message per
         interval, and at once when its services change. Cheaper for the
         control than a Heartbeat call each (no new call and caller check per
-        beat). Ends with PERMISSION_DENIED once the caller's certificate is
-        revoked (the node was removed) or has expired.
+        beat). Authorised when it opens: a member that renewed its certificate
+        opens a new stream with it. Ends with PERMISSION_DENIED once the
+        certificate it was opened with is revoked (the node was removed, or it
+        uses its renewed certificate) or has expired, and FAILED_PRECONDITION
+        for a version outside the skew window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewCertificate(self, request, context):
+        """Sign a new certificate for the caller (same identity, new key) before
+        its current one expires.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -622,6 +774,11 @@ def add_ClusterServiceServicer_to_server(servicer, server):
                     servicer.Heartbeats,
                     request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.HeartbeatsRequest.FromString,
                     response_serializer=microstack__api_dot_v1_dot_cluster__pb2.HeartbeatsResponse.SerializeToString,
+            ),
+            'RenewCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewCertificate,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RenewCertificateRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.RenewCertificateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -743,6 +900,33 @@ class ClusterService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def RenewCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/microstack.cluster.v1.ClusterService/RenewCertificate',
+            microstack__api_dot_v1_dot_cluster__pb2.RenewCertificateRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.RenewCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class AgentServiceStub:
     """Control-to-node calls, on the node's mTLS port; only the control may call.
@@ -773,6 +957,16 @@ class AgentServiceStub:
                 '/microstack.cluster.v1.AgentService/Leave',
                 request_serializer=microstack__api_dot_v1_dot_cluster__pb2.LeaveRequest.SerializeToString,
                 response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.LeaveResponse.FromString,
+                _registered_method=True)
+        self.TrustCA = channel.unary_unary(
+                '/microstack.cluster.v1.AgentService/TrustCA',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.TrustCARequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.TrustCAResponse.FromString,
+                _registered_method=True)
+        self.UpdateRevocations = channel.unary_unary(
+                '/microstack.cluster.v1.AgentService/UpdateRevocations',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.UpdateRevocationsRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.UpdateRevocationsResponse.FromString,
                 _registered_method=True)
 
 
@@ -811,6 +1005,22 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TrustCA(self, request, context):
+        """Trust these CAs from the next handshake on, and renew under the first
+        when asked (a CA rotation).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateRevocations(self, request, context):
+        """Write the cluster's new CRL and have libvirtd reload its TLS files: a
+        removed node can no longer move guests here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -833,6 +1043,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Leave,
                     request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.LeaveRequest.FromString,
                     response_serializer=microstack__api_dot_v1_dot_cluster__pb2.LeaveResponse.SerializeToString,
+            ),
+            'TrustCA': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrustCA,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.TrustCARequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.TrustCAResponse.SerializeToString,
+            ),
+            'UpdateRevocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRevocations,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.UpdateRevocationsRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.UpdateRevocationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -944,6 +1164,60 @@ class AgentService:
             '/microstack.cluster.v1.AgentService/Leave',
             microstack__api_dot_v1_dot_cluster__pb2.LeaveRequest.SerializeToString,
             microstack__api_dot_v1_dot_cluster__pb2.LeaveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrustCA(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/microstack.cluster.v1.AgentService/TrustCA',
+            microstack__api_dot_v1_dot_cluster__pb2.TrustCARequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.TrustCAResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/microstack.cluster.v1.AgentService/UpdateRevocations',
+            microstack__api_dot_v1_dot_cluster__pb2.UpdateRevocationsRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.UpdateRevocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -150,7 +150,7 @@ def test_sigkill_of_the_daemon_is_restarted_and_changes_nothing_else(cluster: Cl
     units_before = {unit: main_pid(machine, unit) for unit in UNITS}
     serial = cluster.node("compute1")["cert_serial"]
     # A role service's socket lives there; it must outlive the daemon.
-    probe = "/run/microstackd/services/probe"
+    probe = "/run/microstackd/microstackd.services/probe"
     machine.run(["sh", "-c", f"mkdir -p {Path(probe).parent} && touch {probe}"], check=True)
     machine.systemctl("kill", "-s", "KILL", "microstackd")
     after = eventually(
@@ -271,7 +271,7 @@ def test_the_hardened_unit_lets_the_roles_write_what_they_must(cluster: Cluster)
         CONFIG_ROOT,
         "/var/lib/microstackd/services",
         "/var/lib/microstackd/logs",
-        "/run/microstackd/services",
+        "/run/microstackd/microstackd.services",
         "/run/systemd/system",
         "/etc/microstackd",
     ):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from microstack_api.v1 import cluster_pb2 as pb
@@ -11,14 +11,18 @@ from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
 from microstackd import errors
 from microstackd.api.servicers import Context
 from microstackd.control.cluster import Cluster
-from microstackd.control.members import Members
+from microstackd.control.members import Members, Note
+from microstackd.control.rotation import Rotation
 from microstackd.control.tokens import Tokens
 from microstackd.enrolment.events import EventBus
 from microstackd.member.join import Member
-from microstackd.model import EventRecord, Role
+from microstackd.model import BootstrapCertificate, EventRecord, Role
 from microstackd.store import Store
 from microstackd.trust import names
 from microstackd.wire import convert
+
+#: Where a long operation says how it goes (``cloud.Progress``): one note at a time.
+Progress = Callable[[Note], Awaitable[None]]
 
 
 class AdminServicer(pb_grpc.AdminServiceServicer):
@@ -31,10 +35,12 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         members: Members,
         tokens: Tokens,
         member: Member,
-        bootstrap_fingerprint: str,
+        bootstrap: BootstrapCertificate,
+        rotation: Rotation,
     ) -> None:
         self._node = node_name
-        self._fingerprint = bootstrap_fingerprint
+        self._bootstrap = bootstrap
+        self._rotation = rotation
         self._store = store
         self._bus = bus
         self._cluster = cluster
@@ -120,7 +126,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         response = pb.StatusResponse(
             local_node=self._node,
             local_role=convert.ROLE_TO_PB[cluster.role if cluster else Role.NONE],
-            bootstrap_fingerprint=self._fingerprint,
+            bootstrap_fingerprint=self._bootstrap.fingerprint,
+            bootstrap_expires=convert.timestamp(self._bootstrap.not_after),
         )
         if cluster is None:
             return response
@@ -134,20 +141,47 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         response.MergeFromString(self._nodes.encode(nodes, nova))
         return response
 
+    async def _progress_stream(
+        self,
+        step: str,
+        work: Callable[[Progress], Awaitable[dict[str, Any]]],
+        results: list[dict[str, Any]],
+    ) -> AsyncIterator[pb.Event]:
+        """``work``'s progress as events of ``step`` (or of the phase a note
+        names) while it runs; its result appended to ``results`` once done."""
+        queue: asyncio.Queue[pb.Event | None] = asyncio.Queue()
+
+        async def progress(note: Note) -> None:
+            state = convert.STATE_TO_PB[note.state]
+            await queue.put(
+                pb.Event(
+                    node=self._node, step=note.phase or step, state=state, message=note.message
+                )
+            )
+
+        async def run() -> dict[str, Any]:
+            try:
+                return await work(progress)
+            finally:
+                await queue.put(None)
+
+        task = asyncio.ensure_future(run())
+        try:
+            while (item := await queue.get()) is not None:
+                yield item
+            results.append(await task)
+        finally:
+            if not task.done():
+                task.cancel()
+
+    def _final(self, step: str, message: str) -> pb.Event:
+        return pb.Event(
+            node=self._node, step=step, state=pb.STEP_STATE_DONE, message=message, final=True
+        )
+
     async def Launch(
         self, request: pb.LaunchRequest, context: Context
     ) -> AsyncIterator[pb.LaunchResponse]:
-        queue: asyncio.Queue[pb.LaunchResponse | None] = asyncio.Queue()
-
-        def event(message: str, state: Any, final: bool = False) -> pb.Event:
-            return pb.Event(
-                node=self._node, step="launch", state=state, message=message, final=final
-            )
-
-        async def progress(message: str, waiting: bool) -> None:
-            state = pb.STEP_STATE_WAITING if waiting else pb.STEP_STATE_RUNNING
-            await queue.put(pb.LaunchResponse(event=event(message, state)))
-
         fields = {
             "image": request.image,
             "name": request.name,
@@ -156,22 +190,44 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             "network": request.network,
             "key_name": request.key_name,
             "public_key": request.public_key,
+            "wait_ssh": not request.no_wait,
+            "ssh_timeout": request.ssh_timeout_seconds,
         }
+        results: list[dict[str, Any]] = []
 
-        async def run() -> dict[str, Any]:
-            try:
-                return await self._members.launch(fields, progress)
-            finally:
-                await queue.put(None)
+        async def work(progress: Progress) -> dict[str, Any]:
+            return await self._members.launch(fields, progress)
 
-        task = asyncio.ensure_future(run())
-        try:
-            while (item := await queue.get()) is not None:
-                yield item
-            result = await task
-        finally:
-            if not task.done():
-                task.cancel()
-        done = event(f"server {result.get('name')} is {result.get('status')}", pb.STEP_STATE_DONE)
-        done.final = True
+        async for event in self._progress_stream("launch", work, results):
+            yield pb.LaunchResponse(event=event)
+        result = results[0]
+        done = self._final("launch", str(result.get("message", "")))
         yield pb.LaunchResponse(event=done, result=convert.launch_result_to_pb(result))
+
+    async def Drain(
+        self, request: pb.DrainRequest, context: Context
+    ) -> AsyncIterator[pb.DrainResponse]:
+        timeout = float(request.instance_timeout_seconds or 600)
+        results: list[dict[str, Any]] = []
+
+        async def work(progress: Progress) -> dict[str, Any]:
+            return {"moved": await self._members.drain(request.name, timeout, progress)}
+
+        async for event in self._progress_stream("drain", work, results):
+            yield pb.DrainResponse(event=event)
+        moved = results[0]["moved"]
+        done = self._final(
+            "drain", f"{request.name} is drained: {len(moved)} instance(s) moved, none left"
+        )
+        yield pb.DrainResponse(
+            event=done, moved=[pb.MovedInstance(**{k: str(v) for k, v in m.items()}) for m in moved]
+        )
+
+    async def Undrain(self, request: pb.UndrainRequest, context: Context) -> pb.UndrainResponse:
+        return pb.UndrainResponse(message=await self._members.undrain(request.name))
+
+    async def RotateCA(
+        self, request: pb.RotateCARequest, context: Context
+    ) -> AsyncIterator[pb.RotateCAResponse]:
+        async for event in self._rotation.rotate(request.cluster_id):
+            yield pb.RotateCAResponse(event=convert.event_to_pb(event))

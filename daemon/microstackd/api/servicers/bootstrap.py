@@ -11,6 +11,7 @@ from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
 from microstackd import errors
 from microstackd.api.servicers import Context, source
 from microstackd.control.bootstrap import Bootstrap
+from microstackd.model import Software
 from microstackd.trust.exchange import Hello
 from microstackd.wire import convert
 
@@ -67,7 +68,13 @@ class BootstrapServicer(pb_grpc.BootstrapServiceServicer):
         )
         if not 0 <= h.cluster_port < 65536:
             raise errors.InvalidArgument(f"cluster port {h.cluster_port} is not a TCP port")
-        session, challenge = self._bootstrap.begin(hello, where, h.cluster_port, h.token_id)
+        session, challenge = self._bootstrap.begin(
+            hello,
+            where,
+            h.cluster_port,
+            h.token_id,
+            Software(h.microstackd_version, h.api_version),
+        )
         try:
             kdf = challenge.kdf
             yield pb.ExchangeResponse(

@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
+from microstackd import errors
 from microstackd.api.servicers import Context, caller
+from microstackd.control.certs import Certificates
 from microstackd.control.enrol import Enrolments
 from microstackd.control.members import Members
+from microstackd.control.rotation import Rotation
 from microstackd.enrolment.events import EventBus
+from microstackd.model import Software
 from microstackd.wire import convert
 
 
 class ClusterServicer(pb_grpc.ClusterServiceServicer):
-    def __init__(self, enrolments: Enrolments, members: Members, bus: EventBus) -> None:
+    def __init__(
+        self,
+        enrolments: Enrolments,
+        members: Members,
+        bus: EventBus,
+        certificates: Certificates,
+        rotation: Rotation,
+    ) -> None:
         self._enrolments = enrolments
         self._members = members
         self._bus = bus
+        self._certificates = certificates
+        self._rotation = rotation
         self._nodes = convert.NodesEncoder(pb.GetClusterStatusResponse.NODES_FIELD_NUMBER)
 
     async def Enrol(
@@ -33,7 +47,10 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
         self, request: pb.HeartbeatRequest, context: Context
     ) -> pb.HeartbeatResponse:
         services = convert.services_from_pb(request.services)
-        interval = self._members.heartbeat(caller(), services)
+        identity = caller()
+        software = Software(request.microstackd_version, request.api_version)
+        interval = self._members.heartbeat(identity, services, software)
+        self._rotation.noticed(identity)  # a member back during a CA rotation moves now
         return pb.HeartbeatResponse(interval_seconds=interval)
 
     async def Heartbeats(
@@ -42,15 +59,34 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
         identity = caller()
         told = 0
         last = b""
-        async for request in request_iterator:
-            # Services as on the last beat of this stream: not looked at again.
-            raw = request.SerializeToString()
-            services = None if raw == last else convert.services_from_pb(request.services)
-            last = raw
-            interval = self._members.beat(identity, services)
-            if interval != told:
-                told = interval
-                yield pb.HeartbeatsResponse(interval_seconds=interval)
+        self._members.open_stream(identity)
+        try:
+            async for request in request_iterator:
+                # A beat the same as the last one of this stream (services and
+                # version) was taken then: it is not looked at again.
+                raw = request.SerializeToString()
+                if raw == last:
+                    interval = self._members.beat(identity, None)
+                else:
+                    services = convert.services_from_pb(request.services)
+                    software = Software(request.microstackd_version, request.api_version)
+                    interval = self._members.beat(identity, services, software)
+                    last = raw
+                self._rotation.noticed(identity)  # a member back during a CA rotation moves now
+                if interval != told:
+                    told = interval
+                    yield pb.HeartbeatsResponse(interval_seconds=interval)
+        except asyncio.CancelledError:
+            reason = self._members.end_reason()
+            if reason is None:
+                raise
+            # Ended by the control (the certificate revoked): the caller is told why.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            raise errors.PermissionDenied(reason) from None
+        finally:
+            self._members.close_stream(identity)
 
     async def GetClusterStatus(
         self, request: pb.GetClusterStatusRequest, context: Context
@@ -59,3 +95,9 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
         response = pb.GetClusterStatusResponse(cluster=convert.cluster_to_pb(cluster))
         response.MergeFromString(self._nodes.encode(nodes))
         return response
+
+    async def RenewCertificate(
+        self, request: pb.RenewCertificateRequest, context: Context
+    ) -> pb.RenewCertificateResponse:
+        cert_pem, bundle = self._certificates.renew_member(caller(), bytes(request.csr_pem))
+        return pb.RenewCertificateResponse(certificate_pem=cert_pem, ca_certificates_pem=bundle)

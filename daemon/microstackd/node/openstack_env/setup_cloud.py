@@ -9,6 +9,9 @@ Idempotent: every object is looked up before it is created.
                                           `public` (subnet without DHCP), vxlan
                                           network `private`, router `router`,
                                           ICMP and SSH ingress rules
+    python setup_cloud.py image          the test image ($MSOS_IMAGE_FILE) as
+                                          the public image `cirros` (uploaded
+                                          again only when its bytes changed)
 
 The admin cloud `microstack` comes from OS_CLIENT_CONFIG_FILE; the rest from
 MSOS_* variables (passwords included: never on a command line). Prints no
@@ -17,6 +20,8 @@ secret.
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import os
 import sys
 import time
@@ -31,9 +36,10 @@ SERVICES = (
     ("nova", "compute", "MSOS_NOVA_PORT", "/v2.1"),
     ("neutron", "network", "MSOS_NEUTRON_PORT", ""),
 )
-PUBLIC_CIDR, PUBLIC_GW = "10.232.0.0/24", "10.232.0.1"
-PUBLIC_POOL = {"start": "10.232.0.100", "end": "10.232.0.250"}
 PRIVATE_CIDR = "10.233.0.0/24"
+#: 128 MB guests boot here (64 MB do not: the test image's initramfs unpacks in RAM).
+TINY = {"ram": 128, "vcpus": 1, "disk": 1}
+IMAGE_NAME = "cirros"
 
 
 def log(msg: str) -> None:
@@ -80,11 +86,28 @@ def identity(conn: openstack.connection.Connection) -> None:
         log(f"{name}: user, roles, service {stype}, endpoints {url}")
 
 
+def external_subnet(cidr: str) -> dict[str, object]:
+    """The external network's subnet: its gateway is the first address (on the
+    control's br-ex), the floating IPs the rest."""
+    network = ipaddress.IPv4Network(cidr)
+    hosts = list(network.hosts())
+    return {
+        "cidr": str(network),
+        "gateway_ip": str(hosts[0]),
+        "allocation_pools": [{"start": str(hosts[1]), "end": str(hosts[-1])}],
+    }
+
+
 def resources(conn: openstack.connection.Connection) -> None:
     compute, net = conn.compute, conn.network
-    if compute.find_flavor("m1.tiny") is None:
-        compute.create_flavor(name="m1.tiny", ram=512, vcpus=1, disk=1, id="1")
-    log("flavor m1.tiny")
+    flavor = compute.find_flavor("m1.tiny")
+    if flavor is not None and (flavor.ram, flavor.vcpus, flavor.disk) != tuple(TINY.values()):
+        compute.delete_flavor(flavor)  # an older, larger m1.tiny (flavors are immutable)
+        flavor = None
+    if flavor is None:
+        compute.create_flavor(name="m1.tiny", id="1", **TINY)
+    log(f"flavor m1.tiny ({TINY['ram']} MB, {TINY['vcpus']} vCPU, {TINY['disk']} GB)")
+    external = external_subnet(os.environ["MSOS_EXTERNAL_CIDR"])
     public = net.find_network("public")
     if public is None:
         public = net.create_network(
@@ -98,12 +121,10 @@ def resources(conn: openstack.connection.Connection) -> None:
             name="public-subnet",
             network_id=public.id,
             ip_version=4,
-            cidr=PUBLIC_CIDR,
-            gateway_ip=PUBLIC_GW,
             is_dhcp_enabled=False,
-            allocation_pools=[PUBLIC_POOL],
+            **external,
         )
-    log(f"network public (flat, external), subnet {PUBLIC_CIDR} without DHCP")
+    log(f"network public (flat, external), subnet {external['cidr']} without DHCP")
     private = net.find_network("private") or net.create_network(name="private")
     subnet = net.find_subnet("private-subnet")
     if subnet is None:
@@ -135,8 +156,47 @@ def resources(conn: openstack.connection.Connection) -> None:
     log("default security group: ICMP and SSH ingress")
 
 
+def _md5(path: str) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def image(conn: openstack.connection.Connection) -> None:
+    path = os.environ["MSOS_IMAGE_FILE"]
+    checksum = _md5(path)
+    found = [i for i in conn.image.images(name=IMAGE_NAME)]
+    same = [i for i in found if i.checksum == checksum and i.status == "active"]
+    for old in found:
+        if old not in same[:1]:
+            conn.image.delete_image(old)
+            log(f"image {IMAGE_NAME} {old.id}: deleted (other bytes or not active)")
+    if same:
+        log(f"image {IMAGE_NAME} {same[0].id}: already uploaded (md5 {checksum})")
+        return
+    started = time.monotonic()
+    uploaded = conn.image.create_image(
+        name=IMAGE_NAME,
+        filename=path,
+        disk_format="qcow2",
+        container_format="bare",
+        visibility="public",
+        wait=True,
+        os_distro="cirros",
+        os_type="linux",
+        hw_disk_bus="virtio",
+        hw_vif_model="virtio",
+    )
+    log(
+        f"image {IMAGE_NAME} {uploaded.id}: uploaded {os.path.getsize(path) >> 20} MiB "
+        f"in {time.monotonic() - started:.1f} s"
+    )
+
+
 def main(argv: list[str]) -> int:
-    actions = {"identity": identity, "resources": resources}
+    actions = {"identity": identity, "resources": resources, "image": image}
     if len(argv) != 2 or argv[1] not in actions:
         print(__doc__, file=sys.stderr)
         return 2

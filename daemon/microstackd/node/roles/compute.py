@@ -1,26 +1,98 @@
-"""The compute role: Open vSwitch, its Neutron agent and nova-compute."""
+"""The compute role: Open vSwitch and its Neutron agent (``network.py``), a
+libvirtd of the node's own, and nova-compute running real instances."""
 
 from __future__ import annotations
 
+from microstackd.node.roles.network import (
+    NEUTRON_AGENT_CONF,
+    OVS_AGENT,
+    OVS_AGENT_INI,
+    ovs_db_steps,
+    ovs_services,
+)
+from microstackd.node.roles.network import ORDER as NETWORK_ORDER
 from microstackd.node.roles.parts import (
+    IN_PRIVATE_MOUNTS,
     SERVICE_PATH,
     ConfigFile,
     RoleDefinition,
     RoleService,
     SetupStep,
+    cleanup,
+    literal,
     service_step,
 )
-from microstackd.node.roles.parts import env as _env
-
-#: Where Debian's packages put what the roles run besides OpenStack itself.
-OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 
 NOVA_COMPUTE_CONF = "nova/nova.conf.d/microstackd-compute.conf"
-NEUTRON_CONF = "neutron/neutron.conf.d/microstackd-compute.conf"
-OVS_AGENT_INI = "neutron/plugins/ml2/openvswitch_agent.ini"
-OVS_DB = "${state_path}/ovs/conf.db"
-OVS_SOCK = "${run_dir}/ovs/db.sock"
-OVS_ENV = _env(OVS_RUNDIR="${run_dir}/ovs", OVS_DBDIR="${state_path}/ovs", OVS_LOGDIR="${log_dir}")
+#: The cluster's CRL as the control issued it (libvirtd's and QEMU's).
+MIGRATION_CRL = "libvirt/pki/ca-crl.pem"
+LIBVIRT_URI = "${libvirt_uri}"
+#: libvirtd for this node alone, on a machine that may run several nodes: in
+#: a mount and UTS namespace of its own, the node's directories over
+#: libvirt's, a passwd/group with the user the QEMU driver looks up before
+#: it reads qemu.conf (libvirt-qemu: only libvirt-daemon-system makes it),
+#: and the node's name as hostname (libvirt's hostname is Nova's
+#: hypervisor_hostname and the Placement provider's name).
+#: $1 node name, $2 a directory for passwd/group, then SRC:DST pairs, --, argv.
+LIBVIRTD_IN_NODE_NAMESPACES = r"""
+node=$1 users=$2; shift 2
+while [ "$1" != -- ]; do
+    mkdir -p "${1%%:*}" "${1#*:}"; mount --bind "${1%%:*}" "${1#*:}"; shift
+done
+shift
+mkdir -p "$users"
+qemu_user='libvirt-qemu:x:64055:64055:Libvirt Qemu:/var/lib/libvirt:/usr/sbin/nologin'
+if ! grep -q '^libvirt-qemu:' /etc/passwd; then
+    { cat /etc/passwd; echo "$qemu_user"; } > "$users/passwd"
+    mount --bind "$users/passwd" /etc/passwd
+fi
+if ! grep -q '^libvirt-qemu:' /etc/group; then
+    { cat /etc/group; grep -q '^kvm:' /etc/group || echo 'kvm:x:64054:'
+      echo 'libvirt-qemu:x:64055:'; } > "$users/group"
+    mount --bind "$users/group" /etc/group
+fi
+hostname "$node"
+exec "$@"
+"""
+
+#: Where nova-compute and its libvirtd see the instances: the same path on
+#: every compute (Nova does not rewrite local disk paths when it moves a
+#: guest), the node's own directory under it (``INSTANCES_BIND``).
+INSTANCES_PATH = "/var/lib/nova/instances"
+#: nova-compute in a mount namespace of its own where ${instances_bind}
+#: (the process manager: several nodes on one machine) puts the node's
+#: instances directory over INSTANCES_PATH, as in its libvirtd's namespace.
+#: $1 bind? (non-empty: yes), $2 the node's directory, $3 INSTANCES_PATH, --, argv.
+NOVA_IN_NODE_MOUNTS = r"""
+bind=$1 src=$2 dst=$3; shift 3; shift
+if [ -n "$bind" ]; then
+    mkdir -p "$src" "$dst"; mount --bind "$src" "$dst"
+fi
+exec "$@"
+"""
+#: The migration transport's files: libvirt's client directory (the source
+#: libvirtd dials the destination's with them: ``pkipath=``), QEMU's
+#: (memory and disks over TLS) and libvirtd's own /etc/pki (bound there in
+#: its mount namespace: ``virt-admin server-update-tls`` reloads only from
+#: the default paths), each a link to the node's own key, certificate and
+#: cluster CA, and the CRL the control issued.
+#: $1 the node's tls directory, $2 the pki directory, $3 the CRL.
+PKI_LINKS = r"""
+tls=$1 pki=$2 crl=$3
+mkdir -p "$pki/client" "$pki/qemu" "$pki/etc/CA" "$pki/etc/libvirt/private"
+ln -sfn "$tls/ca.crt" "$pki/etc/CA/cacert.pem"
+ln -sfn "$crl" "$pki/etc/CA/cacrl.pem"
+ln -sfn "$tls/node.crt" "$pki/etc/libvirt/servercert.pem"
+ln -sfn "$tls/node.key" "$pki/etc/libvirt/private/serverkey.pem"
+for pair in cacert.pem:ca.crt clientcert.pem:node.crt clientkey.pem:node.key; do
+    ln -sfn "$tls/${pair#*:}" "$pki/client/${pair%%:*}"
+done
+for pair in ca-cert.pem:ca.crt server-cert.pem:node.crt server-key.pem:node.key \
+            client-cert.pem:node.crt client-key.pem:node.key; do
+    ln -sfn "$tls/${pair#*:}" "$pki/qemu/${pair%%:*}"
+done
+ln -sfn "$crl" "$pki/qemu/ca-crl.pem"
+"""
 
 COMPUTE = RoleDefinition(
     name="compute",
@@ -43,67 +115,71 @@ COMPUTE = RoleDefinition(
         "neutron_password",
         "placement_username",
         "placement_password",
+        "migration_crl",
     ),
     files=(
         ConfigFile("compute/nova-compute.conf", NOVA_COMPUTE_CONF),
-        ConfigFile("compute/neutron.conf", NEUTRON_CONF),
+        ConfigFile("compute/neutron.conf", NEUTRON_AGENT_CONF),
         ConfigFile("compute/openvswitch_agent.ini", OVS_AGENT_INI),
+        ConfigFile("compute/libvirtd.conf", "libvirt/libvirtd.conf"),
+        ConfigFile("compute/qemu.conf", "libvirt/qemu.conf"),
+        ConfigFile("compute/ca-crl.pem", MIGRATION_CRL),
     ),
     services=(
+        *ovs_services("${my_ip}"),
+        OVS_AGENT,
         RoleService(
-            name="ovsdb-server",
+            name="libvirtd",
             command=(
-                "/usr/sbin/ovsdb-server",
-                OVS_DB,
-                "--remote=punix:" + OVS_SOCK,
-                "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
-                "--pidfile=${run_dir}/ovs/ovsdb-server.pid",
+                "/usr/bin/unshare",
+                "--mount",
+                "--uts",
+                "--propagation",
+                "private",
+                "--",
+                "/bin/sh",
+                "-ec",
+                literal(LIBVIRTD_IN_NODE_NAMESPACES),
+                "libvirtd-ns",
+                "${node_name}",
+                "${state_path}/libvirt/users",
+                "${config_root}/libvirt:/etc/libvirt",
+                "${run_dir}/libvirt:/run/libvirt",
+                "${state_path}/libvirt/lib:/var/lib/libvirt",
+                "${log_dir}/libvirt:/var/log/libvirt",
+                "${state_path}/libvirt/cache:/var/cache/libvirt",
+                "${state_path}/nova/instances:" + INSTANCES_PATH,
+                "${state_path}/libvirt/pki/etc:/etc/pki",
+                "--",
+                "/usr/sbin/libvirtd",
+                # The TLS listener (libvirtd.conf): the migration transport.
+                "--listen",
+                "--pid-file",
+                "/run/libvirt/libvirtd.pid",
             ),
-            env=OVS_ENV,
-            dirs=("${run_dir}/ovs",),
-            ready_check="unix://" + OVS_SOCK,
-            ready_after=0.1,
-            start_timeout=30.0,
+            # Under systemd and snapd: the host's libvirt (qemu:///system).
+            unit="libvirtd.service",
+            snap_service="microstack.libvirtd",
+            ready_check="unix://${run_dir}/libvirt/libvirt-sock",
+            ready_after=0.2,
+            start_timeout=60.0,
             real_only=True,
-        ),
-        RoleService(
-            name="ovs-vswitchd",
-            command=(
-                "/usr/sbin/ovs-vswitchd",
-                "unix:" + OVS_SOCK,
-                "--pidfile=${run_dir}/ovs/ovs-vswitchd.pid",
+            # Nova's domains first: QEMU leaves libvirtd's process group.
+            pre_stop=(cleanup("destroy-domains", "--uri", LIBVIRT_URI),),
+            post_stop=(
+                cleanup("kill-pidfiles", "--name", "qemu-system", "${run_dir}/libvirt/qemu/*.pid"),
             ),
-            env=OVS_ENV,
-            ready_after=0.3,
-            start_timeout=30.0,
-            real_only=True,
-        ),
-        RoleService(
-            name="neutron-openvswitch-agent",
-            command=(
-                "${openstack_prefix}/bin/neutron-openvswitch-agent",
-                "--config-file",
-                "${config_root}/" + NEUTRON_CONF,
-                "--config-file",
-                "${config_root}/" + OVS_AGENT_INI,
-            ),
-            requires=(
-                f"{NEUTRON_CONF}:DEFAULT.transport_url",
-                f"{NEUTRON_CONF}:DEFAULT.host",
-                f"{OVS_AGENT_INI}:ovs.local_ip",
-                f"{OVS_AGENT_INI}:agent.tunnel_types",
-            ),
-            snap_service="microstack.neutron-openvswitch-agent",
-            env=(("PATH", SERVICE_PATH), *OVS_ENV),
-            dirs=("${state_path}/neutron/lock",),
-            # The first RPC loop done: it reported to the control and wired br-int/br-tun.
-            ready_pattern=r"rpc_loop - iteration:0 completed",
-            ready_after=1.0,
-            start_timeout=180.0,
         ),
         RoleService(
             name="nova-compute",
             command=(
+                *IN_PRIVATE_MOUNTS,
+                literal(NOVA_IN_NODE_MOUNTS),
+                "nova-compute-ns",
+                "${instances_bind}",
+                "${state_path}/nova/instances",
+                INSTANCES_PATH,
+                "--",
                 "${openstack_prefix}/bin/nova-compute",
                 "--config-file",
                 "${config_root}/" + NOVA_COMPUTE_CONF,
@@ -119,48 +195,39 @@ COMPUTE = RoleDefinition(
             ),
             snap_service="microstack.nova-compute",
             env=(("PATH", SERVICE_PATH),),
-            dirs=("${state_path}/nova/lock",),
-            ready_after=3.0,
+            dirs=("${state_path}/nova/lock", "${state_path}/nova/instances"),
+            # Logged once its driver is up and its RPC server listens (nova.service
+            # logs at DEBUG: nova-compute.conf raises that one logger).
+            ready_pattern=r"Join ServiceGroup membership for this service compute",
+            ready_after=0.5,
+            start_timeout=300.0,
+            detail="${compute_driver}, ${virt_detail}",
         ),
     ),
     setup=(
+        *ovs_db_steps(),
         SetupStep(
-            name="ovs-db",
-            title="creating this node's Open vSwitch database",
-            commands=(("/usr/bin/ovsdb-tool", "create", OVS_DB, OVS_SCHEMA),),
-            creates=OVS_DB,
-            dirs=("${state_path}/ovs", "${run_dir}/ovs"),
-            timeout=30.0,
-        ),
-        SetupStep(
-            name="ovs-bridges",
-            title="creating the Open vSwitch bridges (br-ex, userspace datapath)",
+            name="migration-pki",
+            title="linking this node's certificate for libvirt's and QEMU's migration TLS",
             commands=(
                 (
-                    "/usr/bin/ovs-vsctl",
-                    "--db=unix:" + OVS_SOCK,
-                    "--timeout=60",
-                    "--",
-                    "--may-exist",
-                    "add-br",
-                    "br-ex",
-                    "--",
-                    "set",
-                    "bridge",
-                    "br-ex",
-                    "datapath_type=netdev",
+                    "/bin/sh",
+                    "-ec",
+                    literal(PKI_LINKS),
+                    "pki-links",
+                    "${state_dir}/tls",
+                    "${state_path}/libvirt/pki",
+                    "${config_root}/" + MIGRATION_CRL,
                 ),
             ),
-            env=OVS_ENV,
-            timeout=90.0,
+            timeout=30.0,
         ),
     ),
     order=(
-        "ovs-db",
-        service_step("ovsdb-server"),
-        service_step("ovs-vswitchd"),
-        "ovs-bridges",
-        service_step("neutron-openvswitch-agent"),
+        *NETWORK_ORDER,
+        "migration-pki",
+        service_step("libvirtd"),
         service_step("nova-compute"),
     ),
+    resume_settings=("my_ip",),
 )

@@ -1,9 +1,25 @@
 """The control role: the OpenStack control plane (MariaDB, RabbitMQ,
-Keystone, Glance, Placement, Nova, Neutron) as data, run by
-``microstackd.control.plane`` as steps of the control's init."""
+Keystone, Glance, Placement, Nova, Neutron) and the network node (Open
+vSwitch, the Neutron OVS, DHCP and L3 agents), as data, run by
+``microstackd.control.plane`` as steps of the control's init; its last step
+uploads the test image as ``cirros``."""
 
 from __future__ import annotations
 
+import dataclasses
+
+from microstackd.node.roles.network import (
+    DHCP_AGENT,
+    DHCP_AGENT_INI,
+    L3_AGENT,
+    L3_AGENT_INI,
+    NEUTRON_AGENT_CONF,
+    OVS_AGENT,
+    OVS_AGENT_INI,
+    ovs_db_steps,
+    ovs_services,
+)
+from microstackd.node.roles.network import ORDER as NETWORK_ORDER
 from microstackd.node.roles.parts import (
     SERVICE_PATH,
     ConfigFile,
@@ -25,6 +41,8 @@ NEUTRON_SERVER_CONF = "neutron/neutron.conf"
 ML2_CONF = "neutron/ml2_conf.ini"
 RABBITMQ_CONF = "${state_path}/rabbitmq/rabbitmq.conf"
 CLOUDS_YAML = "clouds.yaml"
+#: The test image, as the test-image step links it (the cache holds the file).
+TEST_IMAGE = "${state_path}/images/cirros.qcow2"
 
 
 def _manage(binary: str, conf: str, *args: str) -> tuple[str, ...]:
@@ -108,6 +126,11 @@ CONTROL = RoleDefinition(
         "rabbitmq_dist_port",
         "epmd_port",
         "discover_hosts_interval",
+        "host",
+        "local_ip",
+        "tunnel_types",
+        "external_cidr",
+        "external_gateway_cidr",
     ),
     files=(
         ConfigFile("control/mariadb.cnf", MARIADB_CNF),
@@ -124,6 +147,12 @@ CONTROL = RoleDefinition(
         ConfigFile("control/enabled_plugins", "services/rabbitmq/enabled_plugins", "state_dir"),
         # The admin cloud: `openstack --os-cloud microstack`, openstacksdk.
         ConfigFile("control/clouds.yaml", CLOUDS_YAML, "state_dir", 0o600),
+        # The network node: the same agent files as a compute's, and its own two.
+        ConfigFile("compute/neutron.conf", NEUTRON_AGENT_CONF),
+        ConfigFile("compute/openvswitch_agent.ini", OVS_AGENT_INI),
+        ConfigFile("control/dhcp_agent.ini", DHCP_AGENT_INI),
+        ConfigFile("control/dnsmasq.conf", "neutron/dnsmasq.conf"),
+        ConfigFile("control/l3_agent.ini", L3_AGENT_INI),
     ),
     services=(
         RoleService(
@@ -214,6 +243,11 @@ CONTROL = RoleDefinition(
         ),
         _daemon("nova-conductor", *_manage("nova-conductor", NOVA_CONF)),
         _daemon("nova-scheduler", *_manage("nova-scheduler", NOVA_CONF)),
+        # The network node, as in the original MicroStack.
+        *ovs_services("${control_address}", "br-ex=${external_gateway_cidr}"),
+        dataclasses.replace(OVS_AGENT, real_only=True),
+        DHCP_AGENT,
+        L3_AGENT,
     ),
     setup=(
         SetupStep(
@@ -360,6 +394,7 @@ CONTROL = RoleDefinition(
                 ),
             ),
         ),
+        *ovs_db_steps(),
         SetupStep(
             name="cloud-defaults",
             title="creating flavor m1.tiny, networks public and private, a router, SG rules",
@@ -370,7 +405,35 @@ CONTROL = RoleDefinition(
                     "resources",
                 ),
             ),
-            env=_env(OS_CLIENT_CONFIG_FILE="${state_dir}/" + CLOUDS_YAML),
+            env=_env(
+                OS_CLIENT_CONFIG_FILE="${state_dir}/" + CLOUDS_YAML,
+                MSOS_EXTERNAL_CIDR="${external_cidr}",
+            ),
+        ),
+        SetupStep(
+            name="test-image",
+            title="building the test image (Debian packages, cached) and uploading it as cirros",
+            commands=(
+                (
+                    "${python}",
+                    "-m",
+                    "microstackd.node.testimage",
+                    "build",
+                    "--link",
+                    TEST_IMAGE,
+                ),
+                (
+                    "${openstack_prefix}/bin/python",
+                    "${helpers_dir}/setup_cloud.py",
+                    "image",
+                ),
+            ),
+            env=_env(
+                OS_CLIENT_CONFIG_FILE="${state_dir}/" + CLOUDS_YAML,
+                MSOS_IMAGE_FILE=TEST_IMAGE,
+            ),
+            # The first build downloads ~31 MB of Debian packages.
+            timeout=900.0,
         ),
     ),
     order=(
@@ -397,6 +460,10 @@ CONTROL = RoleDefinition(
         service_step("neutron-rpc-server"),
         service_step("nova-conductor"),
         service_step("nova-scheduler"),
+        *NETWORK_ORDER,
+        service_step("neutron-dhcp-agent"),
+        service_step("neutron-l3-agent"),
         "cloud-defaults",
+        "test-image",
     ),
 )

@@ -3,9 +3,10 @@ it runs and its one-time setup steps (``compute.py`` and ``control.py`` hold
 the two roles, as data).
 
 Commands, environments and paths may use ``${config_root}``,
-``${state_path}``, ``${run_dir}``, ``${log_dir}``, ``${helpers_dir}`` and
-``${openstack_prefix}``; templates may use those and every key of the
-role's ``settings``. The control role's settings are built by
+``${state_path}``, ``${run_dir}``, ``${log_dir}``, ``${helpers_dir}``,
+``${openstack_prefix}``, ``${python}`` (microstackd's own, for its helpers),
+``${node_name}`` and ``${libvirt_uri}`` (``steps.base_values``); templates
+may use those and every key of the role's ``settings``. The control role's settings are built by
 ``control.config.control_settings`` (``microstackd.control.plane`` runs it); a
 compute's are issued by the control (``control.config.issue_compute_settings``).
 """
@@ -55,6 +56,12 @@ class RoleService:
     dirs: tuple[str, ...] = ()
     #: Runs only with an OpenStack environment (no stand-in where none is configured).
     real_only: bool = False
+    #: Commands run before it is stopped and once it is gone (``ServiceSpec``).
+    pre_stop: tuple[tuple[str, ...], ...] = ()
+    post_stop: tuple[tuple[str, ...], ...] = ()
+    #: What it runs with, for a person (shown in ``status``; placeholders
+    #: allowed, never a secret's).
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,9 @@ class RoleDefinition:
     #: ``render-config``, each ``service NAME`` or a setup step's name.
     #: Empty: the services in order.
     order: tuple[str, ...] = ()
+    #: Settings (never secrets) the services' commands use: kept by the node,
+    #: so that it can restart them at start-up without the control.
+    resume_settings: tuple[str, ...] = ()
 
     def step_names(self) -> tuple[str, ...]:
         """The role's steps, in order: ``render-config``, then ``order``."""
@@ -120,3 +130,26 @@ def service_step(name: str) -> str:
 
 def env(**values: str) -> tuple[tuple[str, str], ...]:
     return tuple(values.items())
+
+
+def cleanup(*args: str) -> tuple[str, ...]:
+    """A stop hook of microstackd's own (``node/cleanup.py``), run with its Python."""
+    return ("${python}", "-m", "microstackd.node.cleanup", *args)
+
+
+#: A command's prefix that runs a shell script (then its arguments) in a
+#: mount namespace of its own: what it mounts is the service's alone.
+IN_PRIVATE_MOUNTS = (
+    "/usr/bin/unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "--",
+    "/bin/sh",
+    "-ec",
+)
+
+
+def literal(script: str) -> str:
+    """A shell script as a command argument: its ``$`` are the shell's, not placeholders."""
+    return script.replace("$", "$$")

@@ -33,6 +33,7 @@ from microstackd.node.services.spec import (
     exit_head,
     open_log,
     read_tail,
+    run_hooks,
     timeout_head,
     with_tail,
 )
@@ -68,6 +69,9 @@ class _Service:
     #: Unexpected exits so far, and the message of the last one.
     crashes: int = 0
     last_crash: str = ""
+    #: Exits since the service was last ready: >0 with no ready child is a
+    #: crash loop, shown failed (with the last exit's log lines) until it is ready.
+    unready_exits: int = 0
     orphans_checked: bool = False
 
 
@@ -133,6 +137,7 @@ class ProcessManager:
             await self._halt(svc)
             svc.spec = spec
             svc.failure = ""
+            svc.unready_exits = 0
             try:
                 await self._spawn(svc)
             except errors.ServiceFailed as exc:
@@ -210,7 +215,16 @@ class ProcessManager:
             return ServiceRecord(name, FAILED, self._exit_message(svc, child))
         if self._is_ready(svc, child):
             return ServiceRecord(name, RUNNING)
+        if svc.unready_exits:
+            return ServiceRecord(name, FAILED, self._crash_loop_message(svc))
         return ServiceRecord(name, STARTING)
+
+    def _crash_loop_message(self, svc: _Service) -> str:
+        times = "once" if svc.unready_exits == 1 else f"{svc.unready_exits} times"
+        return (
+            f"{svc.spec.name} keeps exiting before it is ready ({times} so far; restarted "
+            f"each time). The last time: {svc.last_crash}"
+        )
 
     def _is_ready(self, svc: _Service, child: _Child) -> bool:
         if child.ready:
@@ -223,7 +237,22 @@ class ProcessManager:
         if spec.ready_check and not child.probe_ok:
             return False
         child.ready = True
+        svc.unready_exits = 0
         return True
+
+    def _was_ready(self, svc: _Service, child: _Child) -> bool:
+        """Whether a child that exited had been ready: seen ready, or alive
+        past its readiness rules (its probe cannot be asked any more: a child
+        that lived past the back-off reset counts as having answered)."""
+        if child.ready:
+            return True
+        lived = asyncio.get_running_loop().time() - child.started
+        if lived >= self._backoff_reset:
+            return True
+        spec = svc.spec
+        if lived < spec.ready_after or spec.ready_check:
+            return False
+        return not spec.ready_pattern or self._pattern_seen(svc, child)
 
     async def _probe(self, svc: _Service) -> None:
         """Try the spec's ready_check once (at most 1 s) for a live child."""
@@ -300,7 +329,7 @@ class ProcessManager:
         spec = svc.spec
         self._ensure_log_dir()
         if not svc.orphans_checked:
-            await self._reap_orphans(spec.name)
+            await self._reap_orphans(spec)
             svc.orphans_checked = True
         self._note(spec.name, f"starting {spec.name}: {shlex.join(spec.argv)}")
         path = self.log_path(spec.name)
@@ -359,6 +388,7 @@ class ProcessManager:
                     backoff.reset()
                 svc.last_crash = self._exit_message(svc, child)
                 svc.crashes += 1
+                svc.unready_exits = 0 if self._was_ready(svc, child) else svc.unready_exits + 1
                 head = exit_head(svc.spec.name, returncode)
                 log.warning("%s; restarting in %g s", head, backoff.delay)
                 self._note(svc.spec.name, f"{head}; restarting in {backoff.delay:g} s")
@@ -371,6 +401,7 @@ class ProcessManager:
                 svc.child = None
                 svc.failure = svc.last_crash = exc.message
                 svc.crashes += 1
+                svc.unready_exits += 1
 
     async def _halt(self, svc: _Service) -> None:
         """Stop the supervisor, then the child and its whole process group."""
@@ -386,6 +417,9 @@ class ProcessManager:
         except OSError:
             pass
         proc = child.proc
+        name = svc.spec.name
+        if proc.returncode is None:
+            await run_hooks(name, svc.spec.pre_stop, lambda text: self._note(name, text))
         deadline = asyncio.get_running_loop().time() + self._stop_grace
         if proc.returncode is None:
             signal_group(proc, signal.SIGTERM)
@@ -397,9 +431,12 @@ class ProcessManager:
                 await proc.wait()
             self._note(svc.spec.name, f"stopped {svc.spec.name}")
         await end_group(proc.pid, deadline)
+        await run_hooks(name, svc.spec.post_stop, lambda text: self._note(name, text))
 
-    async def _reap_orphans(self, name: str) -> None:
-        """Stop the children a killed daemon left running for this service."""
+    async def _reap_orphans(self, spec: ServiceSpec) -> None:
+        """Stop the children a killed daemon left running for this service,
+        with its stop hooks (what they left outside their group goes too)."""
+        name = spec.name
         try:
             fields = self._pid_path(name).read_text().split()
             pgid = int(fields[0])
@@ -414,5 +451,7 @@ class ProcessManager:
             return
         log.warning("stopping %s (process group %d) left running by a previous daemon", name, pgid)
         self._note(name, f"stopping {name} (process group {pgid}) left by a previous daemon")
+        await run_hooks(name, spec.pre_stop, lambda text: self._note(name, text))
         killpg(pgid, signal.SIGTERM)
         await end_group(pgid, asyncio.get_running_loop().time() + self._stop_grace)
+        await run_hooks(name, spec.post_stop, lambda text: self._note(name, text))

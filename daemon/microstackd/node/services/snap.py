@@ -9,10 +9,11 @@ from microstackd.node.services.spec import (
     TAIL_LINES,
     ServiceSpec,
     check,
+    run_hooks,
     run_short,
     with_tail,
 )
-from microstackd.node.services.systemd import PollingManager, journal
+from microstackd.node.services.systemd import PollingManager, journal, log_note
 
 
 class SnapManager(PollingManager):
@@ -27,7 +28,9 @@ class SnapManager(PollingManager):
         check(await run_short("snapctl", "restart", spec.snap_service))
 
     async def stop(self, spec: ServiceSpec) -> None:
+        await run_hooks(spec.name, spec.pre_stop, log_note)
         check(await run_short("snapctl", "stop", spec.snap_service))
+        await run_hooks(spec.name, spec.post_stop, log_note)
 
     async def _raw_state(self, spec: ServiceSpec) -> str:
         result = check(await run_short("snapctl", "services", spec.snap_service))

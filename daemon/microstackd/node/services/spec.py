@@ -8,7 +8,7 @@ import os
 import re
 import shlex
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -87,6 +87,12 @@ class ServiceSpec:
     #: (accepts a connection), ``unix:///PATH`` (a Unix socket accepts) or
     #: ``http://HOST:PORT/PATH`` (any HTTP status below 500).
     ready_check: str = ""
+    #: Commands run before the service is stopped (e.g. destroy libvirt's
+    #: domains while libvirtd still answers) and once it is gone (e.g. end
+    #: what it started outside its process group: dnsmasq, QEMU). Each may
+    #: fail; what it did goes to the service's log. Absolute paths.
+    pre_stop: tuple[tuple[str, ...], ...] = ()
+    post_stop: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -109,6 +115,8 @@ class ServiceSpec:
                 f"{self.name}: ready_after must be >= 0 and start_timeout > 0"
             )
         object.__setattr__(self, "argv", tuple(self.argv))
+        object.__setattr__(self, "pre_stop", tuple(tuple(c) for c in self.pre_stop))
+        object.__setattr__(self, "post_stop", tuple(tuple(c) for c in self.post_stop))
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
         if not self.unit:
             object.__setattr__(self, "unit", f"{OWNED_UNIT_PREFIX}{self.name}.service")
@@ -190,6 +198,29 @@ async def run_short(*argv: str) -> commands.Completed:
             f"{shlex.join(argv)} did not finish within {COMMAND_TIMEOUT:g} s"
         ) from None
     return done
+
+
+#: How long one stop hook may take.
+HOOK_TIMEOUT = 60.0
+
+
+async def run_hooks(
+    name: str, hooks: Sequence[tuple[str, ...]], note: Callable[[str], None]
+) -> None:
+    """Run a service's stop hooks one by one; ``note`` what each did, on one
+    line. A hook that fails is noted, never raised: stopping must go on."""
+    for argv in hooks:
+        try:
+            done = await commands.run(argv, timeout=HOOK_TIMEOUT)
+        except OSError as exc:
+            note(f"{name}: cannot run {argv[0]}: {exc.strerror or exc}")
+            continue
+        except TimeoutError:
+            note(f"{name}: {shlex.join(argv)} did not finish within {HOOK_TIMEOUT:g} s")
+            continue
+        output = "; ".join(line for line in (done.stdout + done.stderr).splitlines() if line)
+        status = "done" if done.returncode == 0 else f"failed with status {done.returncode}"
+        note(f"{name}: {shlex.join(argv)} {status}" + (f": {clip(output)}" if output else ""))
 
 
 def check(done: commands.Completed) -> commands.Completed:

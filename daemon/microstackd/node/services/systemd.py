@@ -6,6 +6,7 @@ writes first (``systemd_units.py``). The MicroStack snap's is in ``snap.py``."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 from pathlib import Path
 
@@ -23,10 +24,13 @@ from microstackd.node.services.spec import (
     clip,
     exit_head,
     last_lines,
+    run_hooks,
     run_short,
     timeout_head,
     with_tail,
 )
+
+log = logging.getLogger(__name__)
 
 
 async def journal(unit: str, lines: int) -> tuple[list[str], str]:
@@ -38,6 +42,12 @@ async def journal(unit: str, lines: int) -> tuple[list[str], str]:
         why = result.stderr.strip() or f"status {result.returncode}"
         return [], f"no log is available (journalctl failed: {clip(why)})"
     return last_lines(result.stdout, lines), "its log is empty"
+
+
+def log_note(text: str) -> None:
+    """What a stop hook did: systemd and snapd keep the service's log; this
+    goes to the daemon's."""
+    log.info("%s", text)
 
 
 class PollingManager:
@@ -132,10 +142,12 @@ class SystemdManager(PollingManager):
         check(await run_short("systemctl", "restart", spec.unit))
 
     async def stop(self, spec: ServiceSpec) -> None:
+        await run_hooks(spec.name, spec.pre_stop, log_note)
         if systemd_units.owned(spec):
             await self.owned.stop(spec)
-            return
-        check(await run_short("systemctl", "stop", spec.unit))
+        else:
+            check(await run_short("systemctl", "stop", spec.unit))
+        await run_hooks(spec.name, spec.post_stop, log_note)
 
     async def wait_ready(self, spec: ServiceSpec) -> ServiceRecord:
         if systemd_units.owned(spec):
