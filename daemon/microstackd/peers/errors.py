@@ -16,6 +16,13 @@ from microstackd.wire.status import BY_CODE, ERROR_METADATA, RETRY_AFTER_METADAT
 
 #: Statuses that mean "the peer is not there (now)".
 UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+#: What grpc.aio's client makes of a write that Core refuses because the call
+#: is over (the peer ended it while the write was on its way): it replaces the
+#: status the peer sent with this one, so what the peer said is lost
+#: (grpc/grpc#36066, still so in 1.85). Under a burst of joins it is how many
+#: of the control's "busy, come back at your turn" arrive; the call is over,
+#: and the caller waits and tries again as for an unreachable peer.
+LOST_STATUS = (grpc.StatusCode.INTERNAL, "Internal error from Core")
 
 
 def trailer(exc: aio.AioRpcError, key: str = ERROR_METADATA) -> str:
@@ -40,6 +47,8 @@ def error_from_rpc(
     details = exc.details() or exc.code().name
     if exc.code() in UNREACHABLE:
         return unreachable(details)
+    if (exc.code(), details) == LOST_STATUS and not trailer(exc):
+        return unreachable(f"{details} (the call ended while this side was still writing)")
     cls = error_class(trailer(exc)) or BY_CODE.get(exc.code(), default)
     if cls is errors.ControlBusy:
         try:
