@@ -32,7 +32,11 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 MADV_DONTNEED = 4
-#: Only mappings of these permissions: read-only, private (never written).
+#: Only mappings of these permissions: read-only, private. The dynamic loader
+#: maps text and read-only data so from the start and never writes them;
+#: what it writes (relocations) it maps writable, and what of that it makes
+#: read-only afterwards (RELRO) holds copy-on-write pages, which ``droppable``
+#: refuses: no trim can race a library being loaded into dropping a write.
 _READ_ONLY = ("r-xp", "r--p")
 #: smaps fields that must all be 0 kB for a mapping to be dropped.
 _UNTOUCHED = ("Anonymous", "Private_Dirty", "Shared_Dirty", "Swap")
