@@ -7,10 +7,7 @@ stand-in services running) are started with ``PYTHONPROFILEIMPORTTIME=1``,
 so each daemon's log lists every module it imported, in the order each
 finished loading. Each is read idle (RSS, anonymous / file-backed, PSS),
 then restarted and read idle again: the steady state of a node that
-rebooted, which has not run ``init`` or a join in that process. Each is
-read 3 s after it went idle and again at 15 s, once the daemon has been
-quiet long enough to give back the pages its burst of work left mapped
-(``microstackd.memory``).
+rebooted, which has not run ``init`` or a join in that process.
 
 The replay then imports the idle compute's modules, in that order, in a
 fresh interpreter and reads ``/proc/self`` after each: what each top-level
@@ -97,26 +94,10 @@ def replay(modules: list[str]) -> dict[str, Any]:
     }
 
 
-#: When each daemon is read after it went idle: soon after (s), and once it
-#: has been quiet for two of its looks (memory.QUIET_CHECK_SECONDS: the
-#: daemon gives back what the burst left mapped; docs/performance.md).
-SOON, QUIET = 3.0, 15.0
-
-
-def _read(daemon: Any) -> dict[str, float]:
+def idle(daemon: Any, seconds: float = 3.0) -> dict[str, float]:
+    """RSS and its parts of a daemon after ``seconds`` idle."""
+    time.sleep(seconds)
     return {"rss": round(daemon.rss_mb(), 1), **daemon.rss_split_mb()}
-
-
-def idle(daemons: dict[str, Any], since: float) -> dict[str, dict[str, float]]:
-    """Each daemon read ``SOON`` s and ``QUIET`` s after ``since`` (a
-    monotonic time): under its name the quiet figure, under NAME_soon the
-    other."""
-    out = {}
-    for when, suffix in ((SOON, "_soon"), (QUIET, "")):
-        time.sleep(max(0.0, since + when - time.monotonic()))
-        for name, daemon in daemons.items():
-            out[name + suffix] = _read(daemon)
-    return out
 
 
 def measure(fleet: Any, password_file: Path, start_control: Any) -> dict[str, Any]:
@@ -141,14 +122,16 @@ def measure(fleet: Any, password_file: Path, start_control: Any) -> dict[str, An
     )  # fmt: skip
     if joined.returncode != 0:
         raise RuntimeError(f"join exited {joined.returncode}: {joined.stderr}")
-    result: dict[str, Any] = idle(
-        {"control_after_init": ctl, "compute_after_join": node}, time.monotonic()
-    )
+    result: dict[str, Any] = {
+        "control_after_init": idle(ctl),
+        "compute_after_join": idle(node, 0.0),
+    }
     modules = {d.name: imported_modules(d.log.read_text()) for d in (ctl, node)}
     for d in (ctl, node):
         d.stop()
         d.start()
-    result.update(idle({"control_restarted": ctl, "compute_restarted": node}, time.monotonic()))
+    result["control_restarted"] = idle(ctl)
+    result["compute_restarted"] = idle(node, 0.0)
     result["modules_imported"] = {name: len(m) for name, m in modules.items()}
     lists = fleet.root / "footprint-modules.txt"
     lists.write_text("\n".join(modules[node.name]) + "\n")

@@ -482,13 +482,11 @@ def rows(r: dict[str, Any]) -> list[Row]:
             ("compute restarted", "compute_restarted"),
         ):
             m = fp[key]
-            soon = fp.get(key + "_soon")
-            before = f"; at 3 s RSS {soon['rss']:.1f} MB, PSS {soon['pss']:.1f}" if soon else ""
             out.append(
                 Row(
                     f"footprint: {label}, idle",
                     f"RSS {m['rss']:.1f} MB, PSS {m['pss']:.1f} MB",
-                    _split(m) + before,
+                    _split(m),
                     "",
                     f"<= {IDLE_RSS_TARGET_MB} MB RSS",
                     _verdict(m["rss"] <= IDLE_RSS_TARGET_MB),

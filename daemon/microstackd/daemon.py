@@ -59,7 +59,6 @@ from microstackd.member.callers import Callers
 from microstackd.member.heartbeat import Heartbeats
 from microstackd.member.join import Member
 from microstackd.member.renewal import Renewal
-from microstackd.memory import Trimmer
 from microstackd.model import BootstrapCertificate
 from microstackd.node.agent import Agent
 from microstackd.node.services import make_manager
@@ -133,8 +132,6 @@ class Daemon:
             self.renewed, self.bootstrap_renewed,
         )  # fmt: skip
         self.member = Member(config, store, self.heartbeats, self.ports, self.joined, self.left)
-        #: Gives back the pages a burst of work left mapped, once quiet (memory.py).
-        self.trimmer = Trimmer()
         self.callers = Callers(store)
         #: gRPC health (grpc.health.v1) on every endpoint: SERVING once started.
         self.health = health_aio.HealthServicer()
@@ -204,7 +201,6 @@ class Daemon:
         self.enrolments.resume()
         self.heartbeats.resume()
         self.renewal.start()
-        self.trimmer.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "ready node=%s listen=%s cluster_port=%d socket=%s services=%s",
@@ -400,7 +396,6 @@ class Daemon:
             await self._closing
         await self.heartbeats.stop()
         await self.renewal.stop()
-        await self.trimmer.stop()
         await self.rotation.close()
         await self.agent.close()
         await self.plane.close()

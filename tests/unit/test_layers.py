@@ -31,8 +31,6 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "versions": frozenset({"", "errors", "model"}),
     "logcontext": frozenset(),
     "notify": frozenset(),
-    # Giving back a quiet daemon's pages (libc through ctypes): nothing of ours.
-    "memory": frozenset(),
     "commands": frozenset(),
     "trust": BASE,
     "enrolment.machine": BASE,
