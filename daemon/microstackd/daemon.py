@@ -130,7 +130,7 @@ class Daemon:
         self.members = Members(self.cluster, self.runner, self.cloud, self.accounts)
         self.reconfigure = Reconfigure(self.cluster, self.accounts)
         self.tokens = Tokens(self.cluster, bootstrap_cert)
-        self.bootstrap = Bootstrap(self.cluster, bootstrap_cert)
+        self.bootstrap = Bootstrap(self.cluster, self.runner, bootstrap_cert)
         self.certificates = Certificates(self.cluster)
         self.rotation = Rotation(self.cluster, self.certificates, self.renewed)
         self.backups = Backups(config, self.cluster, self.plane)
@@ -431,6 +431,7 @@ class Daemon:
         self.runner.stop()
         with contextlib.suppress(errors.MicrostackError):
             self.runner.flush()
+        self.members.flush()
         self.store.close()
         self._lock.release()
 
