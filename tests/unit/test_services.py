@@ -271,12 +271,13 @@ def test_a_service_that_keeps_exiting_before_it_is_ready_is_failed_while_it_rest
 
 
 def test_a_crash_after_being_ready_is_not_a_crash_loop(tmp_path):
-    # The first run crashes after its ready line; the second stays up. (A
-    # timed crash raced the status read on a loaded machine.)
-    crashed = tmp_path / "crashed"
+    # The first run crashes after its ready line, when the test says so; the
+    # second stays up. (Timed crashes raced the reads on a loaded machine.)
+    crashed, crash = tmp_path / "crashed", tmp_path / "crash"
     spec = sh(
         "glance",
-        f"echo ready; [ -e {crashed} ] && exec sleep 30; touch {crashed}; exit 1",
+        f"echo ready; [ -e {crashed} ] && exec sleep 30; "
+        f"while [ ! -e {crash} ]; do sleep 0.02; done; touch {crashed}; exit 1",
         ready_pattern="ready",
         ready_after=0,
     )
@@ -286,6 +287,7 @@ def test_a_crash_after_being_ready_is_not_a_crash_loop(tmp_path):
         try:
             await manager.restart(spec)
             await manager.wait_ready(spec)
+            crash.touch()
             await until(lambda: log_text(manager, spec).count("restarting in") >= 1)
             await until(lambda: log_text(manager, spec).count("ready\n") >= 2)
             return await manager.status(spec)
