@@ -425,6 +425,8 @@ def main() -> int:
     unknown = sorted(set(parts) - set(PART_NAMES))
     if unknown:
         parser.error(f"unknown parts {unknown}: choose from {list(PART_NAMES)}")
+    if args.profile and shutil.which(phases.tool("py-spy")) is None:
+        parser.error("--profile samples with py-spy: install it (.venv/bin/pip install py-spy)")
 
     nofile = raise_nofile()
     bytecode = compile_product()

@@ -175,6 +175,12 @@ class Api:
         request = pb.ReconfigureRequest(nodes=nodes)
         return cast(Iterator[pb.ReconfigureResponse], self._stream(self.stub.Reconfigure, request))
 
+    def rotate_secrets(self) -> Iterator[pb.RotateSecretsResponse]:
+        request = pb.RotateSecretsRequest()
+        return cast(
+            Iterator[pb.RotateSecretsResponse], self._stream(self.stub.RotateSecrets, request)
+        )
+
     def undrain(self, name: str) -> pb.UndrainResponse:
         request = pb.UndrainRequest(name=name)
         return cast(pb.UndrainResponse, self._unary(self.stub.Undrain, request, 90))

@@ -1,5 +1,5 @@
 """microstackctl: the operator's commands (init, join, status, watch, remove,
-drain, undrain, reconfigure, add-node, tokens, launch, backup, restore),
+drain, undrain, reconfigure, rotate-secrets, add-node, tokens, launch, backup, restore),
 each a call to the local microstackd's socket.
 
 This module is the argument parsing, and only that: every command's work
@@ -233,6 +233,21 @@ def reconfigure(ctx: click.Context, nodes: tuple[str, ...], fmt: str) -> None:
     from microstackctl import cmd_reconfigure
 
     cmd_reconfigure.reconfigure(_socket(ctx), nodes, fmt)
+
+
+@main.command("rotate-secrets")
+@FORMAT
+@click.pass_context
+@handle_errors
+def rotate_secrets(ctx: click.Context, fmt: str) -> None:
+    """New passwords for every OpenStack secret control.yaml generated
+    (MariaDB, RabbitMQ, the Keystone service users, the admin), set where
+    each is checked and in the files of its users, those services
+    restarted, clouds.yaml rewritten (on the control). Interrupted, it
+    carries on from where it stopped when run again."""
+    from microstackctl import cmd_rotate_secrets
+
+    cmd_rotate_secrets.rotate_secrets(_socket(ctx), fmt)
 
 
 @main.command()

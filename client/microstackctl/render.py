@@ -227,6 +227,10 @@ def status_dict(status: pb.StatusResponse) -> dict[str, Any]:
             "bootstrap_expires": iso(status.bootstrap_expires),
         },
         "nodes": [node_dict(n) for n in status.nodes],
+        "unfinished": [
+            {"operation": u.operation, "message": u.message, "command": u.command}
+            for u in status.unfinished
+        ],
     }
 
 
@@ -482,6 +486,10 @@ class _StatusView:
                 "bootstrap",
                 f"certificate {status.bootstrap_fingerprint} ({status.local_node}, expires "
                 f"{(iso(status.bootstrap_expires) or '-')[:10]})",
+            ),
+            *(
+                (u.operation, f"UNFINISHED, finish it with `{u.command}`: {u.message}")
+                for u in status.unfinished
             ),
         ]
         #: The cluster lines' labels, padded to the longest and two spaces.

@@ -56,6 +56,7 @@ from microstackd.control.plane import ControlPlane
 from microstackd.control.reconfigure import Reconfigure
 from microstackd.control.restore import Restores
 from microstackd.control.rotation import Rotation
+from microstackd.control.secret_rotation import SecretRotation
 from microstackd.control.tokens import Tokens
 from microstackd.enrolment.events import EventBus, Signal
 from microstackd.enrolment.runner import Runner
@@ -129,6 +130,14 @@ class Daemon:
         self.enrolments = Enrolments(self.cluster, self.runner, self.cloud, self.accounts)
         self.members = Members(self.cluster, self.runner, self.cloud, self.accounts)
         self.reconfigure = Reconfigure(self.cluster, self.accounts)
+        self.secrets = SecretRotation(
+            self.cluster,
+            self.plane,
+            self.cloud,
+            self.accounts,
+            self.reconfigure,
+            step_delays=config.step_delays,
+        )
         self.tokens = Tokens(self.cluster, bootstrap_cert)
         self.bootstrap = Bootstrap(self.cluster, self.runner, bootstrap_cert)
         self.certificates = Certificates(self.cluster)
@@ -143,6 +152,8 @@ class Daemon:
         self.services_changed.subscribe(self.heartbeats.beat_now)
         # A renewed certificate's first use is the heartbeat it triggers.
         self.renewed.subscribe(self.heartbeats.beat_now)
+        # Then the migration transport takes them (after: a slow libvirtd must not delay it).
+        self.renewed.subscribe(self.agent.certificates_changed)
         self.renewal = Renewal(
             config, store, bootstrap_cert, self.certificates.renew_own,
             self.renewed, self.bootstrap_renewed,
@@ -216,6 +227,7 @@ class Daemon:
         await self.plane.resume()
         self.enrolments.resume()
         self.reconfigure.start()
+        self.secrets.start()  # a rotation left unfinished (only ever on the control)
         self.heartbeats.resume()
         self.renewal.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -246,7 +258,7 @@ class Daemon:
             self.config.node_name, self.store, self.bus, self.cluster, self.members,
             self.tokens, self.member, self.bootstrap_cert, self.rotation,
             self.backups, self.restores,
-            reconfigure=self.reconfigure,
+            reconfigure=self.reconfigure, secrets=self.secrets,
         )  # fmt: skip
         reflector = reflection.aio.ReflectionServicer(REFLECTED_SERVICES)
         access.register(
@@ -414,6 +426,7 @@ class Daemon:
         await asyncio.gather(*(s.stop(grace) for s in servers))
         if self._closing is not None:
             await self._closing
+        await self.secrets.close()
         await self.reconfigure.close()
         await self.heartbeats.stop()
         await self.renewal.stop()

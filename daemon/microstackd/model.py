@@ -222,3 +222,14 @@ class TokenRecord:
 
     def state_at(self, now: float) -> str:
         return "expired" if self.state == "valid" and now >= self.expires else self.state
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """A day-two operation left unfinished on the control, shown by ``status``."""
+
+    operation: str
+    #: What was done, what is left, and what it means for the cloud now.
+    message: str
+    #: The exact command that finishes it.
+    command: str

@@ -141,12 +141,13 @@ async def derive(guess: Guess, password: str) -> bytes:
     return await asyncio.to_thread(kdf.derive_verifier, password, params)
 
 
-async def answer(
+async def prepare(
     guess: Guess, fingerprint: str, password: str | None, *, verifier: bytes | None = None
-) -> grpc.StatusCode:
-    """Answer with a guess (``password`` None: a random verifier), the
-    password itself, or a ``verifier`` derived beforehand; the status the
-    control ends the exchange with."""
+) -> pb.ExchangeRequest:
+    """The response to ``guess``'s challenge: a guess (``password`` None: a
+    random verifier), the password itself, or a ``verifier`` derived
+    beforehand. Built apart from sending, so that a burst of answers leaves
+    at once however slow the key and PAKE computations are on a busy machine."""
     c = guess.challenge
     params = kdf.KdfParams(salt=c.kdf.salt, log2_n=c.kdf.log2_n, r=c.kdf.r, p=c.kdf.p)
     if verifier is None:
@@ -160,20 +161,26 @@ async def answer(
     )
     csr = x509.make_csr(x509.generate_key(), guess.hello.node_name)
     message, confirmation = joiner.response(csr)
+    return pb.ExchangeRequest(
+        response=pb.BootstrapResponse(pake_message=message, csr_pem=csr, confirmation=confirmation)
+    )
+
+
+async def send(guess: Guess, request: pb.ExchangeRequest) -> grpc.StatusCode:
+    """Send a prepared response; the status the control ends the exchange with."""
     try:
-        await guess.call.write(
-            pb.ExchangeRequest(
-                response=pb.BootstrapResponse(
-                    pake_message=message, csr_pem=csr, confirmation=confirmation
-                )
-            )
-        )
+        await guess.call.write(request)
         response = await guess.call.read()
     except aio.AioRpcError as exc:
         return exc.code()
     if response is aio.EOF:
         return await guess.call.code()
     return grpc.StatusCode.OK if response.HasField("result") else grpc.StatusCode.UNKNOWN
+
+
+async def answer(guess: Guess, fingerprint: str, password: str | None) -> grpc.StatusCode:
+    """Prepare and send at once (see :func:`prepare`)."""
+    return await send(guess, await prepare(guess, fingerprint, password))
 
 
 @contextlib.asynccontextmanager

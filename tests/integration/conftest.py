@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -41,3 +42,28 @@ def control(make_node: Callable[..., Node], password_file: Path) -> Node:
     node = make_node("ctl")
     node.init_control(password_file)
     return node
+
+
+@pytest.fixture
+def make_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """A filesystem of its own of a given size (``"8m"``), for a full disk;
+    unmounted afterwards. Skips where a tmpfs cannot be mounted."""
+    mounted: list[Path] = []
+
+    def make(size: str) -> Path:
+        where = tmp_path / f"small-disk-{len(mounted)}"
+        where.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    try:
+        yield make
+    finally:
+        for where in mounted:
+            subprocess.run(["umount", "-l", str(where)], check=False)

@@ -9,10 +9,9 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -213,19 +212,9 @@ def test_a_restore_to_another_address_or_name_is_refused_naming_what_to_do(
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    where = tmp_path / "small-disk"
-    where.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(where)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
+def small_disk(make_tmpfs: Callable[[str], Path]) -> Path:
+    """A 1 MiB filesystem of its own: too small for an archive."""
+    return make_tmpfs("1m")
 
 
 def test_a_backup_to_a_full_disk_leaves_no_file(pair: tuple[Node, Node], small_disk: Path) -> None:

@@ -94,6 +94,7 @@ SERVED = {
         "Backup",
         "Restore",
         "Reconfigure",
+        "RotateSecrets",
         "Health/Watch",
         "ServerReflectionInfo",
     },

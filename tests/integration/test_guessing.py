@@ -22,7 +22,15 @@ from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
 from microstackd.control.ratelimit import FailureLimiter
 from microstackd.peers.bootstrap import fetch_bootstrap_certificate
 from microstackd.trust import x509
-from tests.integration.attacker import SourceRelay, answer, channel, derive, open_exchange
+from tests.integration.attacker import (
+    SourceRelay,
+    answer,
+    channel,
+    derive,
+    open_exchange,
+    prepare,
+    send,
+)
 from tests.integration.harness import Node
 from tests.integration.test_adversarial import PASSWORD
 
@@ -77,14 +85,19 @@ def test_parallel_guesses_are_checked_at_most_at_the_documented_rate(
                 # One more exchange, on a connection of its own, while eight are open.
                 extra = await open_exchange(stubs[-1], "guess-extra", "127.0.9.99")
                 guesses = [g for g in opened if not isinstance(g, grpc.StatusCode)]
-                # Every wrong guess at once, the right password last. Its KDF
-                # runs first: derived in the burst, on a loaded machine it
-                # could take longer than the lock-out the wrong ones earn.
-                right = await derive(guesses[-1], PASSWORD)
-                codes = await asyncio.gather(
-                    *(answer(g, fp, None) for g in guesses[:-1]),
-                    answer(guesses[-1], fp, PASSWORD, verifier=right),
+                # Every wrong guess at once, then the right password, sent once
+                # the wrong ones are checked: sent with them, it may be checked
+                # first, and a proven password rightly clears the source's
+                # failures. Every response is built before the burst (the
+                # right one's KDF included): built inside it, on a loaded
+                # machine the answers would leave over more than the 1 s
+                # lock-out the wrong ones earn.
+                wrong = [await prepare(g, fp, None) for g in guesses[:-1]]
+                right = await prepare(
+                    guesses[-1], fp, None, verifier=await derive(guesses[-1], PASSWORD)
                 )
+                sends = (send(g, r) for g, r in zip(guesses, wrong, strict=False))
+                codes = [*await asyncio.gather(*sends), await send(guesses[-1], right)]
                 return list(codes), [*opened, extra]
             finally:
                 await asyncio.gather(*(c.close(None) for c in channels))

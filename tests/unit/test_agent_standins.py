@@ -5,17 +5,18 @@ the other; a failure leaves none of the later ones running."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
 
-from microstackd import errors
+from microstackd import commands, errors
 from microstackd.config import DaemonConfig
 from microstackd.control import config as control_config
 from microstackd.enrolment.events import EventBus
 from microstackd.enrolment.runner import Runner
 from microstackd.model import AgentStep, NodeRecord, NodeState, Role, ServiceRecord, StepState
-from microstackd.node.agent import Agent
+from microstackd.node.agent import APPLIED_ROLE, Agent
 from microstackd.node.roles import DEFINITIONS
 from microstackd.node.services import ServiceSpec
 from microstackd.node.services.spec import RUNNING, STOPPED
@@ -79,20 +80,25 @@ class RecordingManager:
         return ""
 
 
+def _config(tmp_path: Path, openstack_prefix: Path | None = None) -> DaemonConfig:
+    return DaemonConfig(
+        state_dir=tmp_path / "state",
+        socket=tmp_path / "sock",
+        listen_host="127.0.0.1",
+        listen_port=10002,
+        cluster_port=10003,
+        node_name="node-1",
+        hostname="node-1",
+        service_manager="process",
+        config_root=tmp_path / "etc",
+        openstack_prefix=openstack_prefix,
+    )
+
+
 @pytest.fixture
 def agent_for(tmp_path: Path):
     def make(manager: RecordingManager) -> tuple[Agent, dict[str, str]]:
-        config = DaemonConfig(
-            state_dir=tmp_path / "state",
-            socket=tmp_path / "sock",
-            listen_host="127.0.0.1",
-            listen_port=10002,
-            cluster_port=10003,
-            node_name="node-1",
-            hostname="node-1",
-            service_manager="process",
-            config_root=tmp_path / "etc",
-        )
+        config = _config(tmp_path)
         ctl = control_config.ensure(tmp_path / "control.yaml", "10.0.0.1")
         settings = control_config.issue_compute_settings(ctl, NODE, revocation_list=CRL)
         store = Store(config.state_dir)
@@ -195,3 +201,45 @@ def test_a_new_revocation_list_is_written_where_libvirtd_reads_it(agent_for, tmp
     with pytest.raises(errors.InvalidArgument, match="not a PEM CRL"):
         asyncio.run(agent.update_revocations(b"nonsense"))
     assert crl.read_bytes() == new
+
+
+def test_a_renewed_certificate_or_new_ca_is_reloaded_by_the_nodes_libvirtd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """libvirtd reads its TLS files only at start: after a renewal or a CA
+    rotation the agent has it reload them (else a live migration meets the
+    previous certificate, revoked or under a retired CA). Only where the
+    compute role, with its migration transport, is applied; a failure is
+    logged, never raised into the renewal."""
+    config = _config(tmp_path, tmp_path / "openstack")  # real services: libvirtd is its own
+    store = Store(config.state_dir)
+    agent = Agent(config, store, RecordingManager(), Runner(store, EventBus(store)))
+    ran: list[tuple[str, ...]] = []
+    returncode = 0
+
+    async def fake_run(argv: tuple[str, ...], *, timeout: float, **_: object) -> commands.Completed:
+        ran.append(tuple(argv))
+        return commands.Completed(tuple(argv), returncode, "", "error: no server 'libvirtd'")
+
+    monkeypatch.setattr(commands, "run", fake_run)
+
+    asyncio.run(agent.certificates_changed())  # no role yet
+    store.set_meta({APPLIED_ROLE: "control"})
+    asyncio.run(agent.certificates_changed())  # no migration transport on a control
+    assert ran == []
+
+    store.set_meta({APPLIED_ROLE: "compute"})
+    with caplog.at_level(logging.INFO, logger="microstackd.node.agent"):
+        asyncio.run(agent.certificates_changed())
+    admin = tmp_path / "sock.services" / "libvirt" / "libvirt-admin-sock"  # steps.run_dir
+    assert ran == [
+        ("virt-admin", "-c", f"libvirtd:///system?socket={admin}", "server-update-tls", "libvirtd")
+    ]
+    assert "migration TLS credentials changed and reloaded by libvirtd" in caplog.text
+
+    returncode = 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="microstackd.node.agent"):
+        asyncio.run(agent.certificates_changed())  # does not raise
+    assert "migration TLS not reloaded" in caplog.text
+    assert "libvirtd did not reload it: error: no server 'libvirtd'" in caplog.text

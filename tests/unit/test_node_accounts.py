@@ -309,7 +309,7 @@ class FakeCloud:
         if self.fail:
             raise errors.CloudError("Keystone: 503 Service Unavailable")
         if op == "node-user":
-            assert (req["role"], req["project"]) == ("service", "service")
+            assert (req["roles"], req["project"]) == (["admin", "service"], "service")
             how = "updated" if req["name"] in self.users else "created"
             self.users[req["name"]] = req["password"]
             return {"message": f"Keystone user {req['name']} {how}"}

@@ -99,3 +99,36 @@ def test_a_services_detail_crosses_the_wire_both_ways() -> None:
 
     record = ServiceRecord("nova-compute", "running", "", DETAIL)
     assert convert.services_from_pb(convert.services_to_pb([record])) == [record]
+
+
+UNFINISHED = (
+    "the secret rotation begun at 2026-12-01 23:50:00 UTC is unfinished: done service-users; "
+    "left rabbitmq, database, control-files, admin, computes"
+)
+
+
+def _unfinished() -> pb.StatusResponse:
+    status = _status()
+    status.unfinished.add(
+        operation="rotate-secrets", message=UNFINISHED, command="microstackctl rotate-secrets"
+    )
+    return status
+
+
+def test_an_unfinished_rotation_is_a_line_of_its_own_with_its_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    head = "rotate-secrets UNFINISHED, finish it with `microstackctl rotate-secrets`: the"
+    for out in (table(_unfinished()), plain(_unfinished(), monkeypatch, capsys)):
+        lines = [" ".join(ln.split()) for ln in out.splitlines()]
+        first = next(i for i, ln in enumerate(lines) if ln.startswith("rotate-secrets"))
+        assert lines[first].startswith(head), out
+        assert UNFINISHED in " ".join(lines[first : first + 3]), out
+    assert render.status_dict(_unfinished())["unfinished"] == [
+        {
+            "operation": "rotate-secrets",
+            "message": UNFINISHED,
+            "command": "microstackctl rotate-secrets",
+        }
+    ]
+    assert render.status_dict(_status())["unfinished"] == []

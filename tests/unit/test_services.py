@@ -8,6 +8,7 @@ on PATH that record their argv and answer from a scripted state file.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -327,6 +328,38 @@ def test_stop_hooks_run_before_and_after_the_service_with_their_output_logged(tm
     assert "exit 4' failed with status 4" in log  # a failing hook is noted, never raised
 
 
+def test_teardown_hooks_run_when_stopped_for_good_never_at_a_restart(tmp_path):
+    """A restart (and an exit the manager restarts) keeps what the teardown
+    would remove (the Neutron agents' namespaces); stop and close remove it."""
+    trace = tmp_path / "trace"
+    spec = sh(
+        "neutron-l3-agent",
+        "sleep 30 & wait",
+        post_stop=((SH, "-c", f"echo post-stop >> {trace}"),),
+        teardown=((SH, "-c", f"echo teardown >> {trace}"),),
+    )
+    other = sh("neutron-dhcp-agent", "sleep 30", teardown=((SH, "-c", f"echo t2 >> {trace}"),))
+
+    async def main():
+        manager = ProcessManager(tmp_path / "logs", backoff_base=0.05)
+        try:
+            await manager.restart(spec)
+            await manager.restart(spec)
+            pid = manager.pid(spec)
+            assert pid is not None
+            os.killpg(pid, signal.SIGKILL)  # a crash: started again
+            await until(lambda: log_text(manager, spec).count("] starting neutron-l3-agent") == 3)
+            assert trace.read_text().split() == ["post-stop"]
+            await manager.stop(spec)
+            assert trace.read_text().split() == ["post-stop", "post-stop", "teardown"]
+            await manager.restart(other)
+        finally:
+            await manager.close()
+
+    asyncio.run(main())
+    assert trace.read_text().split() == ["post-stop", "post-stop", "teardown", "t2"]
+
+
 def test_the_back_off_doubles_up_to_its_cap(tmp_path):
     spec = sh("placement", "exit 2")
 
@@ -575,12 +608,14 @@ SHOW = [
 def test_systemd_restart_and_stop_issue_systemctl_on_the_unit(fake):
     fake.script(systemctl_restart=out(""), systemctl_stop=out(""))
     custom = ServiceSpec("ovn", ("/usr/bin/ovn-northd",), unit="ovn-northd@1.service")
+    # Its teardown runs once it is stopped, never at a restart.
+    nova = dataclasses.replace(NOVA, teardown=(("systemctl", "teardown"),))
 
     async def main():
         manager = SystemdManager()
-        await manager.restart(NOVA)
+        await manager.restart(nova)
         await manager.restart(custom)
-        await manager.stop(NOVA)
+        await manager.stop(nova)
         await manager.close()
 
     asyncio.run(main())
@@ -588,6 +623,7 @@ def test_systemd_restart_and_stop_issue_systemctl_on_the_unit(fake):
         ["systemctl", "restart", "nova-compute.service"],
         ["systemctl", "restart", "ovn-northd@1.service"],
         ["systemctl", "stop", "nova-compute.service"],
+        ["systemctl", "teardown"],
     ]
 
 

@@ -79,6 +79,7 @@ TABLE: Mapping[Channel, Mapping[str, Mapping[str, Access]]] = {
             "Backup": Access.LOCAL,
             "Restore": Access.LOCAL,
             "Reconfigure": Access.LOCAL,
+            "RotateSecrets": Access.LOCAL,
         },
         HEALTH: _HEALTH,
         REFLECTION: {"ServerReflectionInfo": Access.LOCAL},

@@ -2,9 +2,11 @@
 cloud:
 
     node-user         create NAME (or give the existing one its new password),
-                      in the default domain, with the one role ROLE on the
-                      project PROJECT, and no other role anywhere
+                      in the default domain, with exactly the roles ROLES
+                      on the project PROJECT, and no other role anywhere
     delete-node-user  delete NAME (Keystone revokes its tokens with it)
+    user-password     give the existing user NAME (a service user) a new
+                      password (Keystone revokes its tokens with it)
 
 Passwords come in the request and go nowhere else: not into a result, a
 progress note or a log line.
@@ -31,9 +33,13 @@ def _ensure_user(conn: Any, req: Mapping[str, Any]) -> str:
     project = idn.find_project(req["project"], domain_id=domain.id)
     if project is None:
         raise Failure(f"Keystone has no project {req['project']!r} (the control's identity step)")
-    role = idn.find_role(req["role"])
-    if role is None:
-        raise Failure(f"Keystone has no role {req['role']!r} (the control's identity step)")
+    roles = []
+    for name in req["roles"]:
+        role = idn.find_role(name)
+        if role is None:
+            raise Failure(f"Keystone has no role {name!r} (the control's identity step)")
+        roles.append(role)
+    wanted = {role.id for role in roles}
     user = idn.find_user(req["name"], domain_id=domain.id)
     how = "updated"
     if user is None:
@@ -48,24 +54,26 @@ def _ensure_user(conn: Any, req: Mapping[str, Any]) -> str:
         )
     else:
         idn.update_user(user, password=req["password"], is_enabled=True)
-    # Exactly the one role: whatever else it was given goes.
+    # Exactly these roles on the project: whatever else it was given goes.
     for assignment in idn.role_assignments(user_id=user.id):
         scope = assignment.scope or {}
         granted = (assignment.role or {}).get("id")
         on = (scope.get("project") or {}).get("id")
-        if granted == role.id and on == project.id:
+        if granted in wanted and on == project.id:
             continue
         if on is not None and granted is not None:
             idn.unassign_project_role_from_user(on, user, granted)
-    idn.assign_project_role_to_user(project, user, role)
+    for role in roles:
+        idn.assign_project_role_to_user(project, user, role)
     return how
 
 
 async def node_user(s: Session, req: Mapping[str, Any]) -> dict[str, Any]:
     how = await s(lambda conn: _ensure_user(conn, req))
+    roles = ", ".join(req["roles"])
     return {
         "user": req["name"],
-        "message": f"Keystone user {req['name']} {how} (role {req['role']} on {req['project']})",
+        "message": f"Keystone user {req['name']} {how} (roles {roles} on {req['project']})",
     }
 
 
@@ -87,3 +95,15 @@ async def delete_node_user(s: Session, req: Mapping[str, Any]) -> dict[str, Any]
             else f"Keystone had no user {req['name']}"
         ),
     }
+
+
+def _set_password(conn: Any, name: str, password: str) -> None:
+    user = conn.identity.find_user(name, domain_id=_domain(conn).id)
+    if user is None:
+        raise Failure(f"Keystone has no user {name!r} (the control's identity step makes it)")
+    conn.identity.update_user(user, password=password)
+
+
+async def user_password(s: Session, req: Mapping[str, Any]) -> dict[str, Any]:
+    await s(lambda conn: _set_password(conn, req["name"], req["password"]))
+    return {"user": req["name"], "message": f"Keystone user {req['name']}: new password set"}

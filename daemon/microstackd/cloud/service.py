@@ -33,6 +33,7 @@ OPERATIONS: dict[str, Operation] = {
     "view": ops.view,
     "node-user": accounts.node_user,
     "delete-node-user": accounts.delete_node_user,
+    "user-password": accounts.user_password,
 }
 
 
@@ -46,6 +47,11 @@ class Cloud:
 
     def configured(self) -> CloudRef | None:
         return self._locate()
+
+    def forget(self) -> None:
+        """Close every connection: the next call authenticates again from
+        clouds.yaml (its admin password changed)."""
+        self._connections.close()
 
     async def run(
         self,

@@ -10,8 +10,10 @@ hands them out, to the node's agent over mTLS.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -348,6 +350,60 @@ def record_cloud(path: Path, clouds_yaml: Path) -> None:
             "# Secrets below were generated at control init; keep this file private.\n"
         )
         write_private_file(path, (header + yaml.safe_dump(data, sort_keys=False)).encode())
+
+
+#: Each generated secret of control.yaml (``rotate-secrets``' names) and where it is.
+SECRET_PATHS: dict[str, tuple[str, ...]] = {
+    "database": ("database", "password"),
+    "rabbitmq": ("rabbitmq", "password"),
+    **{user: ("service_users", user, "password") for user in CONTROL_SERVICE_USERS},
+    "admin": ("admin", "password"),
+    "metadata": ("metadata_secret",),
+}
+
+
+def generate_secret() -> str:
+    """A new secret, as control init makes them (URL-safe: no quoting anywhere)."""
+    return _secret()
+
+
+def with_secrets(config: ControlConfig, values: Mapping[str, str]) -> ControlConfig:
+    """``config`` with the secrets ``values`` names (``SECRET_PATHS``' keys) replaced."""
+    unknown = set(values) - set(SECRET_PATHS)
+    if unknown:
+        raise ValueError(f"not a control.yaml secret: {', '.join(sorted(unknown))}")
+    passwords = dict(config.service_passwords)
+    passwords.update({u: values[u] for u in CONTROL_SERVICE_USERS if u in values})
+    return dataclasses.replace(
+        config,
+        database_password=values.get("database", config.database_password),
+        rabbitmq_password=values.get("rabbitmq", config.rabbitmq_password),
+        admin_password=values.get("admin", config.admin_password),
+        metadata_secret=values.get("metadata", config.metadata_secret),
+        service_passwords=passwords,
+    )
+
+
+def write_secrets(path: Path, values: Mapping[str, str]) -> None:
+    """Write the secrets ``values`` names into control.yaml (everything else
+    in it kept), atomically, 0600."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise errors.StorageError(f"cannot read the control config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise errors.InvalidArgument(f"control config {path} must be a YAML mapping")
+    for name, value in values.items():
+        *parents, leaf = SECRET_PATHS[name]
+        section = data
+        for key in parents:
+            section = _section(section, key)
+        section[leaf] = value
+    header = (
+        "# microstackd control configuration (docs/control-config.md).\n"
+        "# Secrets below were generated at control init or by rotate-secrets; keep it private.\n"
+    )
+    write_private_file(path, (header + yaml.safe_dump(data, sort_keys=False)).encode())
 
 
 def redact(settings: dict[str, str]) -> dict[str, str]:

@@ -44,7 +44,11 @@ log = logging.getLogger(__name__)
 
 #: A compute's users are named ``compute-NODE``.
 USER_PREFIX = "compute-"
-KEYSTONE_ROLE = "service"
+#: The roles the shared service users have: nova-compute reads, through its
+#: [neutron] user, the floating IPs of every project's instances (Neutron's
+#: get_floatingip is admin or the project's own; `service` alone left Nova's
+#: listing of a server without its floating IP).
+KEYSTONE_ROLES = ("admin", "service")
 KEYSTONE_PROJECT = "service"
 #: Where the control keeps each compute's current passwords (under the state dir).
 ACCOUNTS_DIR = "node-accounts"
@@ -191,7 +195,7 @@ class NodeAccounts:
         request = {
             "name": accounts.keystone_user,
             "password": accounts.keystone_password,
-            "role": KEYSTONE_ROLE,
+            "roles": list(KEYSTONE_ROLES),
             "project": KEYSTONE_PROJECT,
             "description": f"microstackd: the services of compute {node}",
         }

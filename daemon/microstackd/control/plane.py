@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 from microstackd import errors
 from microstackd.config import DaemonConfig
@@ -130,6 +130,37 @@ class ControlPlane:
         return (
             f"wrote {len(paths)} files under {root} and {self._config.state_dir}; "
             f"admin cloud {control_config.CLOUD_NAME!r} in {clouds}"
+        )
+
+    # ------------------------------------------- re-applied (rotate-secrets) --
+
+    @contextlib.contextmanager
+    def applying(self) -> Iterator[None]:
+        """While the role is re-applied: the watch only reports (the caller
+        restarts the services itself), as during init's steps."""
+        self._stepping += 1
+        try:
+            yield
+        finally:
+            self._stepping -= 1
+
+    async def render_with(self, config: control_config.ControlConfig) -> str:
+        """Render the control role's files from ``config``."""
+        return await asyncio.to_thread(self._render, self.values(config))
+
+    async def restart(self, name: str, values: Mapping[str, str]) -> ServiceRecord:
+        """Restart the control role's service ``name`` and wait until it is ready."""
+        try:
+            return await steps.start_service(self._manager, CONTROL.service(name), values)
+        finally:
+            await self.refresh()
+
+    async def run_setup(
+        self, name: str, values: Mapping[str, str], progress: Callable[[str], Awaitable[None]]
+    ) -> str:
+        """Run the control role's setup step ``name`` again (each is idempotent)."""
+        return await steps.run_setup(
+            CONTROL.setup_step(name), values, self._config.state_dir / "logs", progress
         )
 
     # ------------------------------------------------------- services --

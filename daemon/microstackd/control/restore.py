@@ -59,7 +59,12 @@ from microstackd.node.roles import CONTROL
 from microstackd.node.roles.control import MARIADB_CNF
 from microstackd.node.roles.parts import service_step
 from microstackd.store import RESTORED_BACKUP_TIME
-from microstackd.store.files import BOOTSTRAP_CERT, storage_error, write_private_files
+from microstackd.store.files import (
+    BOOTSTRAP_CERT,
+    storage_error,
+    sync_directory,
+    write_private_files,
+)
 from microstackd.trust import x509
 
 log = logging.getLogger(__name__)
@@ -354,20 +359,16 @@ async def _run(
 def _move_into_place(moves: list[tuple[Path, Path]]) -> None:
     """Rename each checked file from the staging directory (on the state
     directory's filesystem) to its place: no copy, however big an image is."""
-    directories = set()
+    directories: dict[Path, Path] = {}
     for source, target in moves:
         try:
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.replace(source, target)
         except OSError as exc:
             raise storage_error(target, exc) from exc
-        directories.add(target.parent)
-    for directory in directories:
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        directories[target.parent] = target
+    for target in directories.values():
+        sync_directory(target)
 
 
 def _is_local(address: str) -> bool:

@@ -312,9 +312,27 @@ class Agent:
             raise errors.ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
         return f"{path} written{await self._reload_libvirt_tls()}"
 
-    async def _reload_libvirt_tls(self) -> str:
-        """Have the node's own libvirtd reload its TLS files (the CRL)."""
-        path = self._config.config_root / MIGRATION_CRL
+    async def certificates_changed(self) -> None:
+        """This node's certificate was renewed, or the CAs it trusts changed
+        (a CA rotation): its libvirtd, the migration transport, holds the
+        previous ones in memory (it reads its TLS files only at start and at
+        ``server-update-tls``), and would present a revoked or expired
+        certificate, or refuse peers under the new CA, at the next live
+        migration. Reloaded here; QEMU re-reads its own at each migration. A
+        failure is logged, not raised: the renewal itself stands."""
+        role = self.applied()
+        if role is None or MIGRATION_CRL not in {f.path for f in role.files}:
+            return
+        try:
+            reloaded = await self._reload_libvirt_tls("this node's new certificate and CAs")
+        except errors.MicrostackError as exc:
+            log.warning("migration TLS not reloaded: %s", exc)
+            return
+        log.info("migration TLS credentials changed%s", reloaded)
+
+    async def _reload_libvirt_tls(self, what: str = "") -> str:
+        """Have the node's own libvirtd reload its TLS files (CA, CRL, key and certificate)."""
+        what = what or str(self._config.config_root / MIGRATION_CRL)
         kind = self.manager.kind
         if not self._real or kind != "process":
             return " (libvirtd is not this node's own: not reloaded)"
@@ -323,13 +341,13 @@ class Agent:
         try:
             result = await commands.run([*argv, "libvirtd"], timeout=30)
         except (OSError, TimeoutError) as exc:
-            raise errors.ServiceFailed(f"{path} written, but libvirtd not reloaded: {exc}") from exc
+            raise errors.ServiceFailed(f"{what} written, but libvirtd not reloaded: {exc}") from exc
         if result.returncode != 0:
             raise errors.ServiceFailed(
-                f"{path} written, but libvirtd did not reload it: "
+                f"{what} written, but libvirtd did not reload it: "
                 f"{(result.stderr or result.stdout).strip()[-300:]}"
             )
-        log.info("revocations updated path=%s", path)
+        log.info("libvirtd reloaded its TLS files after %s", what)
         return " and reloaded by libvirtd"
 
     async def stop_role(self) -> list[ServiceRecord]:

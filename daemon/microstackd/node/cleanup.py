@@ -7,6 +7,11 @@ what a service started outside its process group goes with it.
     python -m microstackd.node.cleanup kill-pidfiles --name NAME GLOB...
         end the processes named in the pid files matching GLOB whose command
         is NAME (dnsmasq of the DHCP agent, QEMU of a libvirtd that died)
+    python -m microstackd.node.cleanup release-netns BASE
+        unmount what a Neutron agent kept for its restarts (roles/network.py,
+        IN_OWN_NETNS_DIR): the mount namespace held on BASE/mnt, with the
+        network namespaces mounted in it (they go once nothing runs in
+        them), and the private bind mount of BASE
 
 Each prints what it did, one line per process or domain.
 """
@@ -14,8 +19,10 @@ Each prints what it did, one line per process or domain.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -101,6 +108,46 @@ def kill_pidfiles(patterns: list[str], name: str) -> list[str]:
     return done
 
 
+def _unescape(field: str) -> str:
+    """A mount point as /proc/self/mountinfo writes it (octal escapes)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_points() -> list[str]:
+    """This process's mount namespace's mount points, in mount order."""
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return [_unescape(line.split()[4]) for line in lines if len(line.split()) > 4]
+
+
+def release_netns(base: Path) -> list[str]:
+    """Unmount ``base/mnt`` (the agent's mount namespace: its network
+    namespaces go with it) and ``base``; remove the names left in
+    ``base/netns``. What is not mounted is left alone: idempotent."""
+    base = base.absolute()
+    handle = base / "mnt"
+    names = sorted(p.name for p in (base / "netns").glob("*"))
+    done = []
+    for path in (handle, base):
+        if str(path) not in mount_points():
+            continue
+        result = subprocess.run(
+            ["umount", str(path)], capture_output=True, text=True, timeout=60, check=False
+        )
+        if result.returncode != 0:
+            done.append(f"umount {path} failed: {result.stderr.strip()}")
+            return done  # what stays mounted keeps its names meaningful
+        if path == handle:
+            done.append(f"mount namespace {handle} released with {', '.join(names) or 'no'} netns")
+        else:
+            done.append(f"{path} unmounted")
+    for name in names:
+        with contextlib.suppress(OSError):
+            (base / "netns" / name).unlink()
+    with contextlib.suppress(OSError):
+        (base / "error").unlink()  # the last failed try to make one, if any
+    return done
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m microstackd.node.cleanup")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,11 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     pidfiles = sub.add_parser("kill-pidfiles")
     pidfiles.add_argument("--name", required=True)
     pidfiles.add_argument("patterns", nargs="+")
+    netns = sub.add_parser("release-netns")
+    netns.add_argument("base", type=Path)
     args = parser.parse_args(argv)
     if args.command == "destroy-domains":
         done = destroy_domains(args.uri, args.prefix)
-    else:
+    elif args.command == "kill-pidfiles":
         done = kill_pidfiles(args.patterns, args.name)
+    else:
+        done = release_netns(args.base)
     print("\n".join(done) or "nothing to do", flush=True)
     return 0
 

@@ -88,12 +88,15 @@ class RabbitMQ:
             )
         return errors.CloudError(f"RabbitMQ refused to {what} (status {done.returncode}): {words}")
 
-    async def ensure_user(self, name: str, password: str, permissions: Permissions) -> str:
+    async def ensure_user(
+        self, name: str, password: str, permissions: Permissions, *, tags: str = ""
+    ) -> str:
         """Create ``name`` with ``password``, or give an existing one that
         password (a resumed enrolment, a rejoin), with exactly these
         permissions: one ``import_definitions`` (an Erlang VM starts for each
         rabbitmqctl: ~1 s idle, 5-10 s on a loaded machine; five calls took
-        48 s for two joins at once here). Its input carries the password's
+        48 s for two joins at once here); ``tags`` its tags (comma-separated;
+        the shared user keeps ``administrator``). Its input carries the password's
         salted SHA-256 hash, as RabbitMQ stores it, not the password."""
         p = permissions
         definitions = {
@@ -102,7 +105,7 @@ class RabbitMQ:
                     "name": name,
                     "password_hash": password_hash(password),
                     "hashing_algorithm": "rabbit_password_hashing_sha256",
-                    "tags": "",
+                    "tags": tags,
                 }
             ],
             "permissions": [

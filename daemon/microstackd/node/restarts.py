@@ -5,7 +5,7 @@ whose command line or environment changed, or that do not run. A
 read it; one that changes nothing restarts nothing.
 
 A service reads the role's files its ``RoleService.reads`` names, or else
-those its command names, by path or by a directory above them (libvirtd's
+those its command or its environment names, by path or by a directory above them (libvirtd's
 ``CONFIG_ROOT/libvirt:/etc/libvirt`` bind mount names every file under
 ``libvirt/``).
 """
@@ -53,7 +53,13 @@ def files_read(
     if service.reads is not None:
         return {name for name in service.reads if name in paths}
     named = set()
-    for word in render.expand(service.command, values):
+    # The API services under gunicorn name their config directory only in
+    # their environment (OS_KEYSTONE_CONFIG_DIR=...).
+    words = [
+        *render.expand(service.command, values),
+        *(render.expand(tuple(value for _, value in service.env), values)),
+    ]
+    for word in words:
         for piece in word.replace("=", ":").split(":"):
             if piece.startswith("/") and piece != "/":
                 named.add(Path(piece))

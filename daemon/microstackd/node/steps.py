@@ -110,6 +110,7 @@ def service_spec(service: RoleService, values: Mapping[str, str]) -> ServiceSpec
         start_timeout=service.start_timeout,
         pre_stop=tuple(render.expand(c, values) for c in service.pre_stop),
         post_stop=tuple(render.expand(c, values) for c in service.post_stop),
+        teardown=tuple(render.expand(c, values) for c in service.teardown),
     )
 
 

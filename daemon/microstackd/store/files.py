@@ -145,6 +145,13 @@ def _publish(staged: Sequence[_Staged], pool: ThreadPoolExecutor | None = None) 
             raise outcome
 
 
+def sync_directory(path: Path) -> None:
+    """fsync the directory that holds ``path`` (after renames into it)."""
+    failed = _sync_directory(path)
+    if failed is not None:
+        raise failed
+
+
 def _sync_directory(path: Path) -> errors.StorageError | None:
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)

@@ -21,6 +21,7 @@ from microstackd.model import (
     StepState,
     TokenRecord,
     TrustedCA,
+    Unfinished,
 )
 
 ROLE_TO_PB = {
@@ -168,6 +169,12 @@ def token_to_pb(token: TokenRecord) -> pb.TokenInfo:
         state=token.state_at(time.time()),
         created=timestamp(token.created),
         expires=timestamp(token.expires),
+    )
+
+
+def unfinished_to_pb(unfinished: Unfinished) -> pb.Unfinished:
+    return pb.Unfinished(
+        operation=unfinished.operation, message=unfinished.message, command=unfinished.command
     )
 
 

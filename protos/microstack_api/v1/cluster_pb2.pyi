@@ -171,20 +171,32 @@ class TrustedCA(_message.Message):
     def __init__(self, fingerprint: _Optional[str] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("cluster", "nodes", "local_node", "local_role", "bootstrap_fingerprint", "bootstrap_expires")
+    __slots__ = ("cluster", "nodes", "local_node", "local_role", "bootstrap_fingerprint", "bootstrap_expires", "unfinished")
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     LOCAL_NODE_FIELD_NUMBER: _ClassVar[int]
     LOCAL_ROLE_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAP_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAP_EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    UNFINISHED_FIELD_NUMBER: _ClassVar[int]
     cluster: ClusterInfo
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     local_node: str
     local_role: Role
     bootstrap_fingerprint: str
     bootstrap_expires: _timestamp_pb2.Timestamp
-    def __init__(self, cluster: _Optional[_Union[ClusterInfo, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., local_node: _Optional[str] = ..., local_role: _Optional[_Union[Role, str]] = ..., bootstrap_fingerprint: _Optional[str] = ..., bootstrap_expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    unfinished: _containers.RepeatedCompositeFieldContainer[Unfinished]
+    def __init__(self, cluster: _Optional[_Union[ClusterInfo, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., local_node: _Optional[str] = ..., local_role: _Optional[_Union[Role, str]] = ..., bootstrap_fingerprint: _Optional[str] = ..., bootstrap_expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unfinished: _Optional[_Iterable[_Union[Unfinished, _Mapping]]] = ...) -> None: ...
+
+class Unfinished(_message.Message):
+    __slots__ = ("operation", "message", "command")
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    operation: str
+    message: str
+    command: str
+    def __init__(self, operation: _Optional[str] = ..., message: _Optional[str] = ..., command: _Optional[str] = ...) -> None: ...
 
 class InitResponse(_message.Message):
     __slots__ = ("event",)
@@ -355,6 +367,28 @@ class ReconfigureResponse(_message.Message):
     event: Event
     outcomes: _containers.RepeatedCompositeFieldContainer[NodeOutcome]
     def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., outcomes: _Optional[_Iterable[_Union[NodeOutcome, _Mapping]]] = ...) -> None: ...
+
+class RotateSecretsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RotationStep(_message.Message):
+    __slots__ = ("step", "result", "message")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    result: str
+    message: str
+    def __init__(self, step: _Optional[str] = ..., result: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class RotateSecretsResponse(_message.Message):
+    __slots__ = ("event", "steps")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    event: Event
+    steps: _containers.RepeatedCompositeFieldContainer[RotationStep]
+    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[RotationStep, _Mapping]]] = ...) -> None: ...
 
 class CreateTokenRequest(_message.Message):
     __slots__ = ("name", "ttl_seconds")

@@ -110,6 +110,11 @@ class AdminServiceStub:
                 request_serializer=microstack__api_dot_v1_dot_cluster__pb2.ReconfigureRequest.SerializeToString,
                 response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.ReconfigureResponse.FromString,
                 _registered_method=True)
+        self.RotateSecrets = channel.unary_stream(
+                '/microstack.cluster.v1.AdminService/RotateSecrets',
+                request_serializer=microstack__api_dot_v1_dot_cluster__pb2.RotateSecretsRequest.SerializeToString,
+                response_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RotateSecretsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -229,6 +234,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateSecrets(self, request, context):
+        """New passwords for the control plane's generated OpenStack secrets, set
+        where each is checked and in the files of its users, those services
+        restarted, clouds.yaml rewritten; resumable (on the control).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -306,6 +320,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.Reconfigure,
                     request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.ReconfigureRequest.FromString,
                     response_serializer=microstack__api_dot_v1_dot_cluster__pb2.ReconfigureResponse.SerializeToString,
+            ),
+            'RotateSecrets': grpc.unary_stream_rpc_method_handler(
+                    servicer.RotateSecrets,
+                    request_deserializer=microstack__api_dot_v1_dot_cluster__pb2.RotateSecretsRequest.FromString,
+                    response_serializer=microstack__api_dot_v1_dot_cluster__pb2.RotateSecretsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -714,6 +733,33 @@ class AdminService:
             '/microstack.cluster.v1.AdminService/Reconfigure',
             microstack__api_dot_v1_dot_cluster__pb2.ReconfigureRequest.SerializeToString,
             microstack__api_dot_v1_dot_cluster__pb2.ReconfigureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateSecrets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/microstack.cluster.v1.AdminService/RotateSecrets',
+            microstack__api_dot_v1_dot_cluster__pb2.RotateSecretsRequest.SerializeToString,
+            microstack__api_dot_v1_dot_cluster__pb2.RotateSecretsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -17,6 +17,7 @@ from microstackd.control.members import Members, Note
 from microstackd.control.reconfigure import APPLIED, Reconfigure
 from microstackd.control.restore import Restores
 from microstackd.control.rotation import Rotation
+from microstackd.control.secret_rotation import DONE, SecretRotation
 from microstackd.control.tokens import Tokens
 from microstackd.enrolment.events import EventBus
 from microstackd.member.join import Member
@@ -47,7 +48,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         restores: Restores | None = None,
         *,
         reconfigure: Reconfigure | None = None,
+        secrets: SecretRotation | None = None,
     ) -> None:
+        self._secrets = secrets
         self._backups = backups
         self._restores = restores
         self._reconfigure = reconfigure
@@ -148,6 +151,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         if cluster.role is Role.CONTROL:
             record, nodes = self._members.status()
             nova = await self._members.nova_view()
+            unfinished = self._secrets.unfinished() if self._secrets is not None else None
+            if unfinished is not None:
+                response.unfinished.append(convert.unfinished_to_pb(unfinished))
         else:
             record, nodes = await self._member.status()
         response.cluster.CopyFrom(convert.cluster_to_pb(record))
@@ -236,18 +242,24 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             event=done, moved=[pb.MovedInstance(**{k: str(v) for k, v in m.items()}) for m in moved]
         )
 
+    def _on_the_control(self, command: str, served: object | None, nothing: str) -> None:
+        """Refuse ``command`` unless this node is the control of a cluster
+        (``served``: what does the work, None where this daemon has none)."""
+        cluster = self._store.cluster()
+        if served is None or cluster is None:
+            raise errors.NotInitialised(f"this node is in no cluster: {nothing}")
+        if cluster.role is not Role.CONTROL:
+            raise errors.NotControl(
+                f"{command} runs on the control node: run it on {cluster.control_name} "
+                f"({cluster.control_address})"
+            )
+
     async def Reconfigure(
         self, request: pb.ReconfigureRequest, context: Context
     ) -> AsyncIterator[pb.ReconfigureResponse]:
-        cluster = self._store.cluster()
-        if self._reconfigure is None or cluster is None:
-            raise errors.NotInitialised("this node is in no cluster: nothing to reconfigure")
-        if cluster.role is not Role.CONTROL:
-            raise errors.NotControl(
-                f"reconfigure runs on the control node: run it on {cluster.control_name} "
-                f"({cluster.control_address})"
-            )
+        self._on_the_control("reconfigure", self._reconfigure, "nothing to reconfigure")
         reconfigure = self._reconfigure
+        assert reconfigure is not None
         results: list[dict[str, Any]] = []
 
         async def work(progress: Progress) -> dict[str, Any]:
@@ -265,6 +277,31 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             outcomes=[
                 pb.NodeOutcome(node=o.node, result=o.result, message=o.message) for o in outcomes
             ],
+        )
+
+    async def RotateSecrets(
+        self, request: pb.RotateSecretsRequest, context: Context
+    ) -> AsyncIterator[pb.RotateSecretsResponse]:
+        self._on_the_control("rotate-secrets", self._secrets, "no secrets to rotate")
+        rotation = self._secrets
+        assert rotation is not None
+        results: list[dict[str, Any]] = []
+
+        async def work(progress: Progress) -> dict[str, Any]:
+            return {"steps": await rotation.run(progress)}
+
+        async for event in self._progress_stream("rotate-secrets", work, results):
+            yield pb.RotateSecretsResponse(event=event)
+        steps = results[0]["steps"]
+        done = sum(1 for s in steps if s.result == DONE)
+        final = self._final("rotate-secrets", f"{done}/{len(steps)} step(s) done")
+        if done != len(steps):
+            final.state = pb.STEP_STATE_FAILED
+        else:
+            final.message = "every generated secret rotated; the old ones are refused"
+        yield pb.RotateSecretsResponse(
+            event=final,
+            steps=[pb.RotationStep(step=s.step, result=s.result, message=s.message) for s in steps],
         )
 
     async def Undrain(self, request: pb.UndrainRequest, context: Context) -> pb.UndrainResponse:

@@ -41,6 +41,8 @@ NEUTRON_SERVER_CONF = "neutron/neutron.conf"
 ML2_CONF = "neutron/ml2_conf.ini"
 RABBITMQ_CONF = "${state_path}/rabbitmq/rabbitmq.conf"
 CLOUDS_YAML = "clouds.yaml"
+#: The setup step that rewrites Nova's cell mappings' URLs (rotate-secrets).
+CELL_URLS = "nova-cell-urls"
 #: The test image, as the test-image step links it (the cache holds the file).
 TEST_IMAGE = "${state_path}/images/cirros.qcow2"
 
@@ -271,6 +273,14 @@ CONTROL = RoleDefinition(
             title="creating the databases and their user",
             commands=(("/usr/bin/mariadb", "--defaults-file=${config_root}/" + MARIADB_CNF),),
             stdin_template="control/databases.sql",
+            timeout=60.0,
+        ),
+        # Not in init's order: rotate-secrets runs it after the databases step.
+        SetupStep(
+            name=CELL_URLS,
+            title="pointing Nova's cell mappings at the database and queue's current passwords",
+            commands=(("/usr/bin/mariadb", "--defaults-file=${config_root}/" + MARIADB_CNF),),
+            stdin_template="control/cell_mappings.sql",
             timeout=60.0,
         ),
         SetupStep(

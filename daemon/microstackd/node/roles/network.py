@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from microstackd.node.roles.parts import (
-    IN_PRIVATE_MOUNTS,
     SERVICE_PATH,
     RoleService,
     SetupStep,
@@ -29,15 +28,58 @@ L3_AGENT_INI = "neutron/l3_agent.ini"
 OVS_DB = "${state_path}/ovs/conf.db"
 OVS_SOCK = "${run_dir}/ovs/db.sock"
 OVS_ENV = _env(OVS_RUNDIR="${run_dir}/ovs", OVS_DBDIR="${state_path}/ovs", OVS_LOGDIR="${log_dir}")
-#: Runs a command in a mount namespace of its own whose /run/netns is the
-#: directory $1: the namespaces an agent makes (qdhcp-, qrouter-) are this
-#: node's alone (two nodes' DHCP agents would clash on qdhcp-NET) and go
-#: when the agent and what it started are gone.
+#: Runs a command in a mount namespace of the service's own whose /run/netns
+#: is the directory $1/netns: the network namespaces an agent makes
+#: (qdhcp-, qrouter-) are this node's alone (two nodes' DHCP agents on one
+#: machine would clash on qdhcp-NET), and they outlive a restart of the
+#: agent, so that a restarted agent finds its routers and resyncs them
+#: instead of building them again (a floating IP silent for seconds).
+#:
+#: The mount namespace is kept by a bind mount of it on $1/mnt, in the
+#: node's own mount namespace (on $1, made a private mount first: a shared
+#: one would carry that bind into the new namespace itself). The agent
+#: always enters it (nsenter). When it is not there (first start, after
+#: ``release-netns``, or a node whose mount namespace is new) a fresh one
+#: is made, after the names of the dead one's network namespaces, left in
+#: $1/netns as empty files, are removed: an agent that found "qrouter-X"
+#: there could not enter it and would never rebuild the router. It is
+#: made on each CPU in turn until the bind succeeds: Linux 6.18 (this
+#: machine's) numbers mount namespaces in per-CPU batches and refuses
+#: (EINVAL) to bind one that looks older than the caller's; on the CPU
+#: that made the node's namespace the numbers grow. Entered, the agent's
+#: /run/netns is bound to $1/netns unless it is already, dropping its
+#: copy of the machine's /run/netns first (it would hold every other
+#: namespace of the machine alive as long as it lives). The service's
+#: ``teardown`` releases it (``cleanup release-netns $1``): its network
+#: namespaces go with it.
 IN_OWN_NETNS_DIR = (
-    *IN_PRIVATE_MOUNTS,
-    literal('mkdir -p "$1" /run/netns; mount --bind "$1" /run/netns; shift; exec "$@"'),
+    "/bin/sh",
+    "-ec",
+    literal(
+        'base=$1; shift; mkdir -p "$base/netns" /run/netns\n'
+        'if ! mountpoint -q "$base"; then\n'
+        '  mount --bind "$base" "$base"; mount --make-private "$base"\n'
+        "fi\n"
+        'if ! mountpoint -q "$base/mnt"; then\n'
+        '  rm -f "$base/netns"/*; : > "$base/mnt"\n'
+        "  for cpu in $(seq 0 $(($(nproc --all) - 1))); do\n"
+        '    ! taskset -c "$cpu" unshare --mount="$base/mnt" --propagation private true'
+        ' 2> "$base/error" || break\n'
+        "  done\n"
+        '  mountpoint -q "$base/mnt" || { cat "$base/error" >&2; exit 1; }\n'
+        "fi\n"
+        'exec nsenter --mount="$base/mnt" -- /bin/sh -ec \''
+        'if [ "$(stat -c %d:%i /run/netns)" != "$(stat -c %d:%i "$1")" ]; then'
+        " if mountpoint -q /run/netns; then umount -l /run/netns; fi;"
+        ' mount --bind "$1" /run/netns; fi; shift; exec "$@"\' netns-dir "$base/netns" "$@"'
+    ),
     "netns-dir",
 )
+
+
+def release_netns(base: str) -> tuple[str, ...]:
+    """The teardown of a service run ``IN_OWN_NETNS_DIR`` of ``base``."""
+    return cleanup("release-netns", base)
 
 
 def ovs_services(address: str, external: str = "") -> tuple[RoleService, ...]:
@@ -188,8 +230,13 @@ DHCP_AGENT = neutron_agent(
     ready=r"DHCP agent started",
     command_prefix=(*IN_OWN_NETNS_DIR, "${run_dir}/netns-dhcp"),
     real_only=True,
-    # dnsmasq daemonises out of the agent's process group.
-    post_stop=(cleanup("kill-pidfiles", "--name", "dnsmasq", "${state_path}/neutron/dhcp/*/pid"),),
+    # Once stopped for good: dnsmasq (it daemonises out of the agent's
+    # process group; a restarted agent takes over the running ones), then
+    # the namespaces. A restart keeps both.
+    teardown=(
+        cleanup("kill-pidfiles", "--name", "dnsmasq", "${state_path}/neutron/dhcp/*/pid"),
+        release_netns("${run_dir}/netns-dhcp"),
+    ),
 )
 
 L3_AGENT = neutron_agent(
@@ -198,4 +245,5 @@ L3_AGENT = neutron_agent(
     ready=r"L3 agent started",
     command_prefix=(*IN_OWN_NETNS_DIR, "${run_dir}/netns-l3"),
     real_only=True,
+    teardown=(release_netns("${run_dir}/netns-l3"),),
 )

@@ -56,9 +56,11 @@ class RoleService:
     dirs: tuple[str, ...] = ()
     #: Runs only with an OpenStack environment (no stand-in where none is configured).
     real_only: bool = False
-    #: Commands run before it is stopped and once it is gone (``ServiceSpec``).
+    #: Commands run before it is stopped and once it is gone, and once it
+    #: is stopped for good (``ServiceSpec``).
     pre_stop: tuple[tuple[str, ...], ...] = ()
     post_stop: tuple[tuple[str, ...], ...] = ()
+    teardown: tuple[tuple[str, ...], ...] = ()
     #: What it runs with, for a person (shown in ``status``; placeholders
     #: allowed, never a secret's).
     detail: str = ""

@@ -134,7 +134,7 @@ class ProcessManager:
         async with svc.lock:
             if self._closed:
                 raise errors.ServiceFailed(f"cannot start {spec.name}: the daemon is shutting down")
-            await self._halt(svc)
+            await self._halt(svc, final=False)
             svc.spec = spec
             svc.failure = ""
             svc.unready_exits = 0
@@ -182,7 +182,7 @@ class ProcessManager:
         if svc is None:
             return
         async with svc.lock:
-            await self._halt(svc)
+            await self._halt(svc, final=True)
             svc.failure = ""
 
     async def close(self) -> None:
@@ -403,8 +403,9 @@ class ProcessManager:
                 svc.crashes += 1
                 svc.unready_exits += 1
 
-    async def _halt(self, svc: _Service) -> None:
-        """Stop the supervisor, then the child and its whole process group."""
+    async def _halt(self, svc: _Service, *, final: bool) -> None:
+        """Stop the supervisor, then the child and its whole process group;
+        ``final`` (not a restart): its teardown hooks too."""
         task, svc.supervisor = svc.supervisor, None
         if task is not None:
             task.cancel()
@@ -432,6 +433,8 @@ class ProcessManager:
             self._note(svc.spec.name, f"stopped {svc.spec.name}")
         await end_group(proc.pid, deadline)
         await run_hooks(name, svc.spec.post_stop, lambda text: self._note(name, text))
+        if final:
+            await run_hooks(name, svc.spec.teardown, lambda text: self._note(name, text))
 
     async def _reap_orphans(self, spec: ServiceSpec) -> None:
         """Stop the children a killed daemon left running for this service,
@@ -455,3 +458,6 @@ class ProcessManager:
         killpg(pgid, signal.SIGTERM)
         await end_group(pgid, asyncio.get_running_loop().time() + self._stop_grace)
         await run_hooks(name, spec.post_stop, lambda text: self._note(name, text))
+        # Its teardown too: what it kept for a restart belonged to a daemon
+        # that is gone (and may live in a mount namespace this one cannot see).
+        await run_hooks(name, spec.teardown, lambda text: self._note(name, text))

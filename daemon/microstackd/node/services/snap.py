@@ -31,6 +31,7 @@ class SnapManager(PollingManager):
         await run_hooks(spec.name, spec.pre_stop, log_note)
         check(await run_short("snapctl", "stop", spec.snap_service))
         await run_hooks(spec.name, spec.post_stop, log_note)
+        await run_hooks(spec.name, spec.teardown, log_note)
 
     async def _raw_state(self, spec: ServiceSpec) -> str:
         result = check(await run_short("snapctl", "services", spec.snap_service))

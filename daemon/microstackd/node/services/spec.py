@@ -93,6 +93,11 @@ class ServiceSpec:
     #: fail; what it did goes to the service's log. Absolute paths.
     pre_stop: tuple[tuple[str, ...], ...] = ()
     post_stop: tuple[tuple[str, ...], ...] = ()
+    #: Commands run after ``post_stop`` when the service is stopped for good
+    #: (``stop``; the process manager's shutdown; a killed daemon's leftover
+    #: stopped), never when it is restarted: what must outlive a restart
+    #: goes only then (the Neutron agents' namespaces, with their routers).
+    teardown: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -117,6 +122,7 @@ class ServiceSpec:
         object.__setattr__(self, "argv", tuple(self.argv))
         object.__setattr__(self, "pre_stop", tuple(tuple(c) for c in self.pre_stop))
         object.__setattr__(self, "post_stop", tuple(tuple(c) for c in self.post_stop))
+        object.__setattr__(self, "teardown", tuple(tuple(c) for c in self.teardown))
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
         if not self.unit:
             object.__setattr__(self, "unit", f"{OWNED_UNIT_PREFIX}{self.name}.service")

@@ -148,6 +148,7 @@ class SystemdManager(PollingManager):
         else:
             check(await run_short("systemctl", "stop", spec.unit))
         await run_hooks(spec.name, spec.post_stop, log_note)
+        await run_hooks(spec.name, spec.teardown, log_note)
 
     async def wait_ready(self, spec: ServiceSpec) -> ServiceRecord:
         if systemd_units.owned(spec):
