@@ -422,6 +422,7 @@ class Daemon:
         if self.gate is not None:
             await self.gate.close()
         self.bus.shutdown()
+        await self.members.end_streams()  # members' heartbeat streams (on the control)
         servers = [s for s in (self._bootstrap, self._cluster, self._local) if s is not None]
         await asyncio.gather(*(s.stop(grace) for s in servers))
         if self._closing is not None:

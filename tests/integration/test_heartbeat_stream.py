@@ -146,3 +146,28 @@ def test_a_renewed_certificate_on_a_new_stream_ends_the_old_stream(
     assert f"{str(old_serial)[:16]} of node-1 is revoked" in ended_old.message
     assert isinstance(ended_new, errors.PermissionDenied)
     assert f"{serial[:16]} of node-1 is revoked" in ended_new.message
+
+
+def test_a_stopping_control_ends_every_stream_telling_the_member_to_reconnect(
+    control: Node, member: tuple[ClusterRecord, NodeCredentials]
+) -> None:
+    """Not a removal (PermissionDenied would make the member think so), and
+    not held open until the server's grace period is over."""
+    cluster, creds = member
+
+    async def main() -> errors.MicrostackError:
+        client = ControlClient(cluster, creds)
+        try:
+            stream = client.heartbeats(OURS)
+            await _first_answer(stream)
+            await asyncio.to_thread(control.stop)
+            ended = await _ended(stream)
+            await stream.close()
+            return ended
+        finally:
+            await client.close()
+
+    ended = asyncio.run(main())
+    assert not isinstance(ended, errors.PermissionDenied), ended
+    assert ended.code == "UNAVAILABLE", ended
+    assert "the control is stopping: reconnect later" in ended.message, ended.message

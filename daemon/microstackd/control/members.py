@@ -93,8 +93,8 @@ class Members:
         #: name -> its open heartbeat streams (their tasks) and the serial each
         #: was opened with.
         self._streams: dict[str, dict[asyncio.Task[Any], str]] = {}
-        #: Streams ended by the control (``_end``), and why.
-        self._ended: dict[asyncio.Task[Any], str] = {}
+        #: Streams ended by the control (``_end``), and the error their caller is told.
+        self._ended: dict[asyncio.Task[Any], errors.MicrostackError] = {}
 
     async def remove(self, name: str, force: bool) -> tuple[NodeRecord, str]:
         """Take a compute out of the cluster and out of the cloud. One that
@@ -141,7 +141,10 @@ class Members:
             memory.pop(node.name, None)
         for stream, serial in self._streams.pop(node.name, {}).items():
             # Its certificate is revoked: its heartbeats end now, not at the next.
-            self._end(stream, f"certificate {serial[:16]} of {node.name} is revoked")
+            self._end(
+                stream,
+                errors.PermissionDenied(f"certificate {serial[:16]} of {node.name} is revoked"),
+            )
         log.info("node removed node=%s serial=%s", node.name, node.cert_serial[:16])
         removed = self._store.node(node.name)
         assert removed is not None
@@ -280,23 +283,40 @@ class Members:
         certificate was just authorised). Another stream of the same node
         under a certificate revoked since (it renewed, and this stream is its
         first call with the new one) is ended at once, not at its next beat;
-        ``remove`` ends all of them (``end_reason`` says why)."""
+        ``remove`` ends all of them (``ended_by`` says why)."""
         serial = format(identity.serial, "x")
         task = asyncio.current_task()
         assert task is not None
         streams = self._streams.setdefault(identity.name, {})
         for other, other_serial in list(streams.items()):
             if other_serial != serial and self._store.is_revoked(other_serial):
-                self._end(other, f"certificate {other_serial[:16]} of {identity.name} is revoked")
+                self._end(
+                    other,
+                    errors.PermissionDenied(
+                        f"certificate {other_serial[:16]} of {identity.name} is revoked"
+                    ),
+                )
         streams[task] = serial
 
-    def _end(self, task: asyncio.Task[Any], reason: str) -> None:
-        self._ended[task] = reason
+    def _end(self, task: asyncio.Task[Any], error: errors.MicrostackError) -> None:
+        self._ended[task] = error
         task.cancel()
 
-    def end_reason(self) -> str | None:
-        """Why the current task's stream was ended (``_end``), or None: its
-        cancellation came from elsewhere (the call was cancelled, shutdown)."""
+    async def end_streams(self, wait: float = 2.0) -> None:
+        """The control is stopping: every heartbeat stream ends now, told
+        UNAVAILABLE (its member reconnects when the control is back), rather
+        than holding the server's stop for its whole grace period. Waits (at
+        most ``wait`` s) for the streams to have ended, so that their status
+        is on its way before the server stops."""
+        tasks = [task for streams in self._streams.values() for task in streams]
+        for task in tasks:
+            self._end(task, errors.ShuttingDown("the control is stopping: reconnect later"))
+        if tasks:
+            await asyncio.wait(tasks, timeout=wait)
+
+    def ended_by(self) -> errors.MicrostackError | None:
+        """The error the current task's stream was ended with (``_end``), or
+        None: its cancellation came from elsewhere (the call was cancelled)."""
         task = asyncio.current_task()
         return None if task is None else self._ended.pop(task, None)
 

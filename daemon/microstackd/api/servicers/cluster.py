@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
-from microstackd import errors
 from microstackd.api.servicers import Context, caller
 from microstackd.control.certs import Certificates
 from microstackd.control.enrol import Enrolments
@@ -77,14 +76,15 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
                     told = interval
                     yield pb.HeartbeatsResponse(interval_seconds=interval)
         except asyncio.CancelledError:
-            reason = self._members.end_reason()
-            if reason is None:
+            error = self._members.ended_by()
+            if error is None:
                 raise
-            # Ended by the control (the certificate revoked): the caller is told why.
+            # Ended by the control (the certificate revoked, the control
+            # stopping): the caller is told why.
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            raise errors.PermissionDenied(reason) from None
+            raise error from None
         finally:
             self._members.close_stream(identity)
 
