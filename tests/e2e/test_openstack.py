@@ -757,9 +757,13 @@ class Pinger:
         return round(max(b - a for a, b in zip(times, times[1:], strict=False)), 2)
 
 
-def _log_count(host: Host, service: str, text: str) -> int:
+def _service_log(host: Host, service: str) -> str:
     assert host.state_dir is not None
-    return (host.state_dir / "logs" / f"{service}.log").read_text(errors="replace").count(text)
+    return (host.state_dir / "logs" / f"{service}.log").read_text(errors="replace")
+
+
+def _log_count(host: Host, service: str, text: str) -> int:
+    return _service_log(host, service).count(text)
 
 
 def test_a_crashed_l3_agent_comes_back_to_its_routers_and_the_floating_ip_keeps_answering(
@@ -795,7 +799,7 @@ def test_a_crashed_l3_agent_comes_back_to_its_routers_and_the_floating_ip_keeps_
         l3_agent_crash_longest_ping_gap_s=gap, l3_agent_crash_resync_s=round(synced - killed, 1)
     )
     assert _pid(control, "neutron-l3-agent") != agent
-    log = (control.state_dir / "logs" / "neutron-l3-agent.log").read_text(errors="replace")  # type: ignore[operator]
+    log = _service_log(control, "neutron-l3-agent")
     assert gap < FLOATING_IP_GAP_S, (gap, guest["floating_ip"], log[-3000:])
     login, _ = cloud.login(guest["floating_ip"], "hostname")
     assert login.strip() == "vm-l3", login
@@ -810,6 +814,43 @@ def _mariadb(control: Host, password: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def secrets_before_rotation(control: Host) -> tuple[dict[str, Any], Path]:
+    """control.yaml's secrets, and a copy of the admin's clouds.yaml, before a rotation."""
+    assert control.state_dir is not None
+    old = yaml.safe_load((control.state_dir / "control.yaml").read_text())
+    old_clouds = control.workdir / "clouds-before-rotation.yaml"
+    old_clouds.write_text((control.state_dir / "clouds.yaml").read_text())
+    return old, old_clouds
+
+
+def assert_rotated(
+    control: Host, old: dict[str, Any], new: dict[str, Any], old_clouds: Path
+) -> None:
+    """The old MariaDB, RabbitMQ, Keystone (nova) and admin passwords are
+    refused; the new ones are let in."""
+    refused = _mariadb(control, old["database"]["password"])
+    assert refused.returncode != 0 and "Access denied" in refused.stderr, refused
+    assert _mariadb(control, new["database"]["password"]).returncode == 0
+
+    def shared_rabbitmq_and_nova(secrets: dict[str, Any]) -> dict[str, Any]:
+        return try_credentials(control, {
+            "url": f"rabbit://openstack:{secrets['rabbitmq']['password']}@{control.address}:5672/",
+            "auth_url": f"http://{control.address}:5000/v3",
+            "placement_user": "nova",
+            "placement_password": secrets["service_users"]["nova"]["password"],
+        })  # fmt: skip
+
+    tried = shared_rabbitmq_and_nova(old)
+    assert "ACCESS_REFUSED" in tried["rabbitmq"] and tried["keystone"] == 401, tried
+    tried = shared_rabbitmq_and_nova(new)
+    assert tried["rabbitmq"] == "ok" and tried["keystone"] == 201, tried
+    # The admin: a token with the old clouds.yaml refused, with the rewritten one issued.
+    openstack = [str(PREFIX / "bin" / "openstack"), "--os-cloud", "microstack", "token", "issue"]
+    stale = control.run(openstack, env=clean_env({"OS_CLIENT_CONFIG_FILE": str(old_clouds)}))
+    assert stale.returncode != 0 and "401" in stale.stderr, stale
+    osc(control, "token", "issue")
+
+
 def test_rotate_secrets_keeps_the_cloud_and_refuses_the_old_passwords(cloud: Cloud) -> None:
     """Every secret control.yaml generated gets a new value: the old MariaDB,
     RabbitMQ and Keystone (service user, admin) passwords are refused, the
@@ -818,9 +859,7 @@ def test_rotate_secrets_keeps_the_cloud_and_refuses_the_old_passwords(cloud: Clo
     not touched."""
     control = cloud.control
     assert control.state_dir is not None
-    old = yaml.safe_load((control.state_dir / "control.yaml").read_text())
-    old_clouds = control.workdir / "clouds-before-rotation.yaml"
-    old_clouds.write_text((control.state_dir / "clouds.yaml").read_text())
+    old, old_clouds = secrets_before_rotation(control)
     running, _ = _launch(cloud, "vm-rot1", "node-1")
     qemu_before = qemu_pids(cloud.computes["node-1"])
     computes_before = {name: _pid(h, "nova-compute") for name, h in cloud.computes.items()}
@@ -857,28 +896,7 @@ def test_rotate_secrets_keeps_the_cloud_and_refuses_the_old_passwords(cloud: Clo
     for secret in (*(old[s][k] for s, k in secrets), old["metadata_secret"]):
         assert secret not in result.stdout + result.stderr + control.daemon_log(tail=400)
 
-    # MariaDB: the old password refused, the new one let in.
-    refused = _mariadb(control, old["database"]["password"])
-    assert refused.returncode != 0 and "Access denied" in refused.stderr, refused
-    assert _mariadb(control, new["database"]["password"]).returncode == 0
-    # RabbitMQ's shared user and Keystone's nova: old refused, new let in.
-    url = "rabbit://openstack:{}@" + f"{control.address}:5672/"
-    auth_url = f"http://{control.address}:5000/v3"
-    tried = try_credentials(control, {
-        "url": url.format(old["rabbitmq"]["password"]), "auth_url": auth_url,
-        "placement_user": "nova", "placement_password": old["service_users"]["nova"]["password"],
-    })  # fmt: skip
-    assert "ACCESS_REFUSED" in tried["rabbitmq"] and tried["keystone"] == 401, tried
-    tried = try_credentials(control, {
-        "url": url.format(new["rabbitmq"]["password"]), "auth_url": auth_url,
-        "placement_user": "nova", "placement_password": new["service_users"]["nova"]["password"],
-    })  # fmt: skip
-    assert tried["rabbitmq"] == "ok" and tried["keystone"] == 201, tried
-    # The admin: a token with the old clouds.yaml refused, with the rewritten one issued.
-    openstack = [str(PREFIX / "bin" / "openstack"), "--os-cloud", "microstack", "token", "issue"]
-    stale = control.run(openstack, env=clean_env({"OS_CLIENT_CONFIG_FILE": str(old_clouds)}))
-    assert stale.returncode != 0 and "401" in stale.stderr, stale
-    osc(control, "token", "issue")
+    assert_rotated(control, old, new, old_clouds)
 
     # The running guest kept its QEMU and answers ssh; the computes were not touched.
     assert qemu_pids(cloud.computes["node-1"]) == qemu_before

@@ -270,7 +270,8 @@ class Agent:
             return None
         message = f"{service.name} is running, unchanged: not restarted"
         if MIGRATION_CRL in changed and service.name == "libvirtd":
-            message += f"; its new CRL written{await self._reload_libvirt_tls()}"
+            crl = self._config.config_root / MIGRATION_CRL
+            message += f"; its new CRL written{await self._reload_libvirt_tls(str(crl))}"
         return message
 
     def _remember_digest(self, service: RoleService, values: Mapping[str, str]) -> None:
@@ -300,8 +301,7 @@ class Agent:
         """The control revoked a node's certificate: rewrite the CRL that this
         node's libvirtd and QEMU check (QEMU re-reads its TLS directory at each migration) and
         have the node's own libvirtd reload its TLS files without a restart."""
-        role = self.applied()
-        if role is None or MIGRATION_CRL not in {f.path for f in role.files}:
+        if not self._has_migration_transport():
             return "no migration transport on this node: nothing to update"
         if not crl_pem.startswith(b"-----BEGIN X509 CRL-----"):
             raise errors.InvalidArgument("the revocation list is not a PEM CRL")
@@ -310,7 +310,7 @@ class Agent:
             write_private_file(path, crl_pem, mode=0o640, dir_mode=0o750)
         except OSError as exc:
             raise errors.ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        return f"{path} written{await self._reload_libvirt_tls()}"
+        return f"{path} written{await self._reload_libvirt_tls(str(path))}"
 
     async def certificates_changed(self) -> None:
         """This node's certificate was renewed, or the CAs it trusts changed
@@ -320,8 +320,7 @@ class Agent:
         certificate, or refuse peers under the new CA, at the next live
         migration. Reloaded here; QEMU re-reads its own at each migration. A
         failure is logged, not raised: the renewal itself stands."""
-        role = self.applied()
-        if role is None or MIGRATION_CRL not in {f.path for f in role.files}:
+        if not self._has_migration_transport():
             return
         try:
             reloaded = await self._reload_libvirt_tls("this node's new certificate and CAs")
@@ -330,9 +329,14 @@ class Agent:
             return
         log.info("migration TLS credentials changed%s", reloaded)
 
-    async def _reload_libvirt_tls(self, what: str = "") -> str:
-        """Have the node's own libvirtd reload its TLS files (CA, CRL, key and certificate)."""
-        what = what or str(self._config.config_root / MIGRATION_CRL)
+    def _has_migration_transport(self) -> bool:
+        """Whether the role applied here runs libvirtd's TLS listener (a compute)."""
+        role = self.applied()
+        return role is not None and MIGRATION_CRL in {f.path for f in role.files}
+
+    async def _reload_libvirt_tls(self, what: str) -> str:
+        """Have the node's own libvirtd reload its TLS files (CA, CRL, key and
+        certificate) after ``what`` was written."""
         kind = self.manager.kind
         if not self._real or kind != "process":
             return " (libvirtd is not this node's own: not reloaded)"
