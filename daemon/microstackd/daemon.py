@@ -142,7 +142,7 @@ class Daemon:
             step_delays=config.step_delays,
         )
         self.tokens = Tokens(self.cluster, bootstrap_cert)
-        self.bootstrap = Bootstrap(self.cluster, bootstrap_cert)
+        self.bootstrap = Bootstrap(self.cluster, self.runner, bootstrap_cert)
         self.certificates = Certificates(self.cluster)
         self.rotation = Rotation(self.cluster, self.certificates, self.renewed)
         self.backups = Backups(config, self.cluster, self.plane)
@@ -425,6 +425,7 @@ class Daemon:
         if self.gate is not None:
             await self.gate.close()
         self.bus.shutdown()
+        await self.members.end_streams()  # members' heartbeat streams (on the control)
         servers = [s for s in (self._bootstrap, self._cluster, self._local) if s is not None]
         await asyncio.gather(*(s.stop(grace) for s in servers))
         if self._closing is not None:
@@ -447,6 +448,7 @@ class Daemon:
         self.runner.stop()
         with contextlib.suppress(errors.MicrostackError):
             self.runner.flush()
+        self.members.flush()
         self.store.close()
         self._lock.release()
 
