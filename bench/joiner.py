@@ -18,15 +18,21 @@ What it leaves out, and why:
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc import aio
 
+from microstackd import errors
+from microstackd.enrolment.backoff import Backoff
 from microstackd.member import bootstrap as joiner_bootstrap
-from microstackd.model import ClusterRecord, EventRecord, NodeCredentials
+from microstackd.model import ClusterRecord, EventRecord, NodeCredentials, ServiceRecord
 from microstackd.peers.bootstrap import BootstrapCall, fetch_bootstrap_certificate
 from microstackd.peers.cluster import ControlClient
 from microstackd.trust import kdf as trust_kdf
@@ -109,6 +115,11 @@ class JoinResult:
     #: (seq, time.time() on arrival) of every event of the control's stream.
     events: list[tuple[int, float]] = field(default_factory=list)
     final_state: str = ""
+    #: Bootstrap attempts, and how many of them the control refused as busy.
+    attempts: int = 0
+    busy: int = 0
+    #: The simulated node once it holds its certificate (not in the JSON).
+    member: Member | None = field(default=None, repr=False)
 
     @property
     def seconds(self) -> float:
@@ -124,6 +135,8 @@ class JoinResult:
             "phases": self.phases,
             "events": self.events,
             "final_state": self.final_state,
+            "attempts": self.attempts,
+            "busy": self.busy,
         }
 
 
@@ -135,10 +148,15 @@ async def bootstrap(
     secret: Secret,
     phases: dict[str, float],
     agent_port: int = 0,
+    pinned: dict[tuple[str, int], bytes] | None = None,
 ) -> Member:
-    """The password bootstrap, through the daemon's own client, with the verifier given."""
+    """The password bootstrap, through the daemon's own client, with the
+    verifier given; ``pinned``: the certificate a busy control presented
+    before, pinned again (as ``Member`` does) instead of fetched."""
     t = time.perf_counter()
-    cert_pem = await fetch_bootstrap_certificate(host, port)
+    cert_pem = (pinned or {}).get((host, port)) or await fetch_bootstrap_certificate(host, port)
+    if pinned is not None:
+        pinned[host, port] = cert_pem
     phases["fetch_cert"] = time.perf_counter() - t
 
     async def verifier(kdf: trust_kdf.KdfParams) -> bytes:
@@ -176,13 +194,49 @@ async def enrol(
         raise RuntimeError(f"enrolment of {member.name} ended {result.final_state or 'early'}")
 
 
+#: A control's "busy, come back at your turn" (absent from trees before it,
+#: which ``bench/run.py`` also measures: docs/performance.md, before and after).
+BUSY: Any = getattr(errors, "ControlBusy", ())
+
+#: How long a simulated node goes on trying to bootstrap (``microstackctl
+#: join``'s default --timeout).
+GIVE_UP_AFTER = 600.0
+
+
 async def join(host: str, port: int, name: str, address: str, secret: Secret) -> JoinResult:
-    """One whole join with no services to start; errors are recorded, not raised."""
+    """One whole join with no services to start; errors are recorded, not raised.
+
+    Like ``Member._bootstrap_with_retry``, a bootstrap the control refused
+    as busy is tried again at the turn it named, and one that could not
+    reach the control after the product's back-off (1 s doubling to 10 s),
+    until ``GIVE_UP_AFTER``; ``attempts`` counts them."""
     result = JoinResult(name=name, start=time.time())
+    deadline = time.monotonic() + GIVE_UP_AFTER
+    backoff = Backoff()
+    pinned: dict[tuple[str, int], bytes] = {}
     try:
-        member = await bootstrap(host, port, name, address, secret, result.phases)
+        while True:
+            result.attempts += 1
+            result.phases.clear()
+            try:
+                member = await bootstrap(
+                    host, port, name, address, secret, result.phases, pinned=pinned
+                )
+                break
+            except BUSY as exc:
+                result.busy += 1
+                if time.monotonic() + exc.retry_after > deadline:
+                    raise
+                await asyncio.sleep(exc.retry_after)
+            except errors.ControlUnreachable:
+                pinned.clear()
+                backoff.failed()
+                if time.monotonic() + backoff.delay > deadline:
+                    raise
+                await backoff.wait()
         await enrol(member, result)
         result.ok = True
+        result.member = member
     except Exception as exc:  # a benchmark counts errors, it does not stop at the first
         done = [p for p in BOOTSTRAP_PHASES if p in result.phases]
         stage = (
@@ -244,3 +298,72 @@ async def warm_rpc_samples(host: str, port: int, root_pem: bytes, count: int) ->
     finally:
         await channel.close(None)
     return samples
+
+
+# --- heartbeats ----------------------------------------------------------------------------------
+
+
+def _declared(method: Callable[..., Any]) -> tuple[Any, ...]:
+    """The version a member declares in its heartbeats, for a tree whose
+    ``method`` takes one (trees before versions were declared take none)."""
+    if "software" not in inspect.signature(method).parameters:
+        return ()
+    from microstackd import versions
+    from microstackd.model import Software
+
+    return (Software(versions.VERSION, versions.API_VERSION),)
+
+
+#: What a simulated member reports on each beat: a compute's two services.
+BEAT_SERVICES = [
+    ServiceRecord("neutron-openvswitch-agent", "running"),
+    ServiceRecord("nova-compute", "running"),
+]
+
+
+async def heartbeats(member: Member, seconds: float, start_within: float) -> tuple[int, str]:
+    """Beat as a member does (``ClusterService.Heartbeats``, the product's
+    ``HeartbeatStream``) for ``seconds``, at the interval the control asks
+    for, the first beat at a random moment within ``start_within`` seconds
+    (members that joined at different times beat at different moments).
+    Returns (beats sent, the error that ended the stream or "")."""
+    await asyncio.sleep(random.uniform(0, start_within))
+    end = time.monotonic() + seconds
+    client = ControlClient(member.cluster, member.creds)
+    if not hasattr(client, "heartbeats"):  # a tree before the stream
+        await client.close()
+        return await _heartbeat_calls(member, end), ""
+    stream = client.heartbeats(*_declared(client.heartbeats))
+    sent = 0
+    try:
+        while time.monotonic() < end:
+            await stream.beat(BEAT_SERVICES)
+            sent += 1
+            if not stream.answered.is_set():
+                await asyncio.wait_for(stream.answered.wait(), 30)
+            if stream.ended.done():
+                if stream.unimplemented:  # an older control: as its members beat
+                    return sent - 1 + await _heartbeat_calls(member, end), ""
+                return sent, f"{type(stream.ended.result()).__name__}: {stream.ended.result()}"
+            await asyncio.sleep(min(stream.interval or 10, max(0.0, end - time.monotonic())))
+        return sent, ""
+    except Exception as exc:
+        return sent, f"{type(exc).__name__}: {exc}"
+    finally:
+        await stream.close()
+        await client.close()
+
+
+async def _heartbeat_calls(member: Member, end: float) -> int:
+    """Heartbeats as members beat before the stream (and still do against a
+    control without it): a new mTLS channel and one ``Heartbeat`` call each."""
+    sent = 0
+    while time.monotonic() < end:
+        client = ControlClient(member.cluster, member.creds)
+        try:
+            interval = await client.heartbeat(BEAT_SERVICES, *_declared(client.heartbeat))
+        finally:
+            await client.close()
+        sent += 1
+        await asyncio.sleep(min(interval or 10, max(0.0, end - time.monotonic())))
+    return sent

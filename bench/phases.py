@@ -384,8 +384,13 @@ def concurrent_joins(
     workers: int,
     profile: Path | None = None,
     prefix: str = "sim",
+    beat_window: float = 0.0,
 ) -> dict[str, Any]:
-    """``nodes`` simulated computes enrolling at once, from ``workers`` processes."""
+    """``nodes`` simulated computes enrolling at once, from ``workers`` processes.
+
+    With ``beat_window``, every node that joined then heartbeats as a member
+    does (``heartbeats`` below), and the control's CPU is measured over that
+    many seconds once every stream is up."""
     names = [(f"{prefix}-{i:05d}", sim_address(i)) for i in range(nodes)]
     shares = [names[w::workers] for w in range(workers)]
     pool = [
@@ -397,6 +402,8 @@ def concurrent_joins(
                 "port": ctl.port,
                 "secret": secret.to_json(),
                 "nodes": share,
+                "beat_seconds": BEAT_SPREAD + BEAT_SETTLE + beat_window + 2 if beat_window else 0,
+                "beat_spread": BEAT_SPREAD,
             },
             fleet.root / f"worker-{ctl.name}-{prefix}-{w}.log",
         )
@@ -418,10 +425,15 @@ def concurrent_joins(
         answer = w.recv()
         results.extend(answer["results"])
         workers_cpu += answer["cpu_s"]
-        w.finish()
     cpu = ctl.cpu_seconds() - cpu0
     busy, own = machine_busy_seconds() - busy0, own_cpu_seconds() - own0
     profiler.stop()
+    beats = None
+    if beat_window:
+        where = profile.with_name(f"heartbeats-{nodes}.txt") if profile else None
+        beats = heartbeats(fleet, ctl, pool, beat_window, where)
+    for w in pool:
+        w.finish()
     ok = [r for r in results if r["ok"]]
     latencies = [r["end"] - r["start"] for r in ok]
     errors = [r for r in results if not r["ok"]]
@@ -434,6 +446,9 @@ def concurrent_joins(
         "errors": len(errors),
         "error_samples": sorted({r["error"] for r in errors})[:5],
         "first_error_after_s": round(min(r["end"] for r in errors) - go, 2) if errors else None,
+        # Bootstraps tried again: refused as busy (a turn given), or unreachable.
+        "retries": sum(r.get("attempts", 1) - 1 for r in results),
+        "busy_refusals": sum(r.get("busy", 0) for r in results),
         "control_rss_mb": round(ctl.hwm_mb(), 1),
         "control_rss_before_mb": round(rss_before, 1),
         "control_rss_after_mb": round(ctl.rss_mb(), 1),
@@ -451,6 +466,50 @@ def concurrent_joins(
         },
         "workers": len(pool),
         "profile": str(profile) if profile else None,
+        **({"heartbeats": beats} if beats else {}),
+    }
+
+
+#: Heartbeats: members start within this many seconds (the control's default
+#: interval, so that they beat spread out as members that joined at different
+#: moments do), then this many more before measuring (every stream is up).
+BEAT_SPREAD = 10.0
+BEAT_SETTLE = 3.0
+
+
+def heartbeats(
+    fleet: Fleet, ctl: Daemon, pool: list[Worker], window: float, profile: Path | None = None
+) -> dict[str, Any]:
+    """Every joined node heartbeats on its own mTLS connection, as a member
+    does; the control's CPU over ``window`` seconds of that."""
+    for w in pool:
+        w.send("beat")
+    time.sleep(BEAT_SPREAD + BEAT_SETTLE)
+    profiler = Profiler(fleet, ctl.pid, profile)
+    rss0, cpu0, t0 = ctl.rss_mb(), ctl.cpu_seconds(), time.perf_counter()
+    busy0 = machine_busy_seconds()
+    time.sleep(window)
+    cpu, seconds = ctl.cpu_seconds() - cpu0, time.perf_counter() - t0
+    profiler.stop()
+    busy = machine_busy_seconds() - busy0
+    rss = ctl.rss_mb()
+    answers = [w.recv() for w in pool]
+    members = sum(a["members"] for a in answers)
+    interval = 10.0  # the control's default: unreachable_after (30 s) / 3
+    expected = members * seconds / interval
+    return {
+        "members": members,
+        "window_s": round(seconds, 1),
+        "interval_s": interval,
+        "control_cpu_s": round(cpu, 2),
+        "control_cpu_pct_of_one_core": round(cpu / seconds * 100, 2),
+        "control_cpu_us_per_beat": round(cpu / max(expected, 1) * 1e6, 1),
+        "beats_sent_in_all": sum(a["beats"] for a in answers),
+        "errors": sum(a["errors"] for a in answers),
+        "error_samples": sorted({e for a in answers for e in a["error_samples"]})[:5],
+        "control_rss_before_mb": round(rss0, 1),
+        "control_rss_mb": round(rss, 1),
+        "machine_busy_pct": round(busy / seconds * 100 / (os.cpu_count() or 1), 1),
     }
 
 
@@ -622,7 +681,9 @@ def held_streams(
     fleet: Fleet, ctl: Daemon, secret: joiner.Secret, count: int, hold_seconds: float = 5.0
 ) -> dict[str, Any]:
     """``count`` Enrol streams held open by the control (see worker.py, hold mode)."""
-    agent_host = "127.0.0.2"
+    # Each node its own address (the control refuses a second node at an
+    # address already taken); the stand-in agent listens on all of them.
+    agent_host = "127.4.0.1"
     worker = Worker(
         fleet,
         {
@@ -630,7 +691,7 @@ def held_streams(
             "host": CONTROL_HOST,
             "port": ctl.port,
             "secret": secret.to_json(),
-            "nodes": [(f"hold-{i:05d}", agent_host) for i in range(count)],
+            "nodes": [(f"hold-{i:05d}", f"127.4.{i // 250}.{i % 250 + 1}") for i in range(count)],
             "agent_host": agent_host,
             "agent_port": free_port(agent_host),
         },

@@ -1,7 +1,8 @@
 """Benchmarks of microstackd: real daemons on loopback, figures from this run only.
 
     python bench/run.py [--quick] [--out results.json] [--profile DIR] [--keep]
-                        [--parts overhead,scale,streams,cli,floor,lxd] [--scale 100,300,1000]
+                        [--parts overhead,scale,streams,cli,floor,footprint,lxd]
+                        [--scale 100,1000,10000]
 
 Parts (docs/performance.md explains each):
 
@@ -10,7 +11,10 @@ Parts (docs/performance.md explains each):
 2. N simulated computes enrolling at once against one control;
 3. status latency at scale, event latency to the CLI, held streams;
 4. `microstackctl join` / `status` with real compute daemons, CLI import time;
-5. idle RSS and start-up time of control and compute daemons;
+5. idle RSS and start-up time of control and compute daemons (in 4), and
+   (``footprint``) what an idle daemon's memory is made of: RSS and PSS
+   after init / join and after a restart, and what each imported package
+   costs (bench/idle_memory.py);
 6. (``lxd``) LXD 5.0's token join beside ours, interleaved in one run
    (bench/lxd.py; needs root and LXD: ``apt-get install lxd``). In the full
    run; ``--quick`` leaves it out unless ``--parts`` names it.
@@ -41,13 +45,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import idle_memory
 import lxd
 import phases
+import plot
 import report
 from fleet import Fleet
 from phases import log
 from stats import summary_ms
 from worker import raise_nofile
+
+#: Where a full run draws how the scale figures grow (docs/performance.md shows it).
+DEFAULT_PLOT = Path(__file__).resolve().parent.parent / "docs" / "performance-scale.svg"
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,8 @@ class Plan:
     scale: tuple[int, ...]
     scale_tmpfs: bool
     workers: int
+    #: Seconds of heartbeats measured after each scale run (0: none).
+    heartbeat_window: float
     status_samples: int
     status_cli_at_scale: int
     streams: int
@@ -77,9 +88,10 @@ FULL = Plan(
     kdf_repeats=10,
     serial_joins=300,
     tmpfs_joins=150,
-    scale=(100, 300, 1000),
+    scale=(100, 1000, 10000),
     scale_tmpfs=True,
     workers=2,
+    heartbeat_window=20.0,
     status_samples=200,
     status_cli_at_scale=10,
     streams=1000,
@@ -100,6 +112,7 @@ QUICK = Plan(
     scale=(100,),
     scale_tmpfs=False,
     workers=2,
+    heartbeat_window=10.0,
     status_samples=50,
     status_cli_at_scale=5,
     streams=100,
@@ -161,30 +174,46 @@ def part_scale(c: Context) -> None:
         ctl, _ = phases.start_control(c.fleet, f"ctl-scale-{n}", c.password)
         secret, _ = phases.secret_for(ctl)
         out = c.out(f"scale-{n}.txt") if n == max(plan.scale) else None
-        result = phases.concurrent_joins(c.fleet, ctl, secret, n, plan.workers, out)
+        result = phases.concurrent_joins(
+            c.fleet, ctl, secret, n, plan.workers, out, beat_window=plan.heartbeat_window
+        )
         r["scale"].append(result)
         log(
             f"   N={n}: {result['seconds']} s, p99 {result['join_p99_ms']} ms, "
             f"errors {result['errors']}, peak RSS {result['control_rss_mb']} MB"
         )
-        if n == max(plan.scale):
-            added = phases.top_up(c.fleet, ctl, secret, n) if result["errors"] else 0
-            r["status_top_up_joins"] = added
-            log(f"3. status with {n} nodes (after {added} more joins to replace failed ones)")
-            profiler = phases.Profiler(c.fleet, ctl.pid, c.out("status.txt"))
-            rpc = phases.status_rpc(ctl.socket, plan.status_samples)
-            profiler.stop()
-            cli_status = phases.cli_times(ctl.ctl_argv("status"), plan.status_cli_at_scale)
-            cli_json = phases.cli_times(
-                ctl.ctl_argv("status", "--format", "json"), plan.status_cli_at_scale
+        if "heartbeats" in result:
+            h = result["heartbeats"]
+            log(
+                f"   N={n} heartbeats: {h['members']} members, control CPU "
+                f"{h['control_cpu_pct_of_one_core']} % of a core, errors {h['errors']}"
             )
+        # Status at every N (how it grows); the rest of part 3 at the largest.
+        largest = n == max(plan.scale)
+        added = phases.top_up(c.fleet, ctl, secret, n) if result["errors"] else 0
+        log(f"3. status with {n} nodes (after {added} more joins to replace failed ones)")
+        profiler = phases.Profiler(c.fleet, ctl.pid, c.out(f"status-{n}.txt"))
+        rpc = phases.status_rpc(ctl.socket, plan.status_samples)
+        profiler.stop()
+        cli_status = phases.cli_times(ctl.ctl_argv("status"), plan.status_cli_at_scale)
+        cli_json = phases.cli_times(
+            ctl.ctl_argv("status", "--format", "json"), plan.status_cli_at_scale
+        )
+        result["status"] = {
+            "top_up_joins": added,
+            "rpc": rpc,
+            "cli": summary_ms(cli_status),
+            "cli_json": summary_ms(cli_json),
+        }
+        cli_p50 = result["status"]["cli"]["p50_ms"], result["status"]["cli_json"]["p50_ms"]
+        log(
+            f"   status RPC p99 {rpc['p99_ms']} ms with {rpc['nodes']} nodes; CLI table "
+            f"{cli_p50[0]} ms, JSON {cli_p50[1]} ms"
+        )
+        if largest:
+            r["status_top_up_joins"] = added
             calls, _member = phases.member_calls(ctl, secret, 100)
-            r["status_at_scale"] = {
-                "rpc": rpc,
-                "cli": summary_ms(cli_status),
-                "cli_json": summary_ms(cli_json),
-                "member": calls,
-            }
+            r["status_at_scale"] = {**result["status"], "member": calls}
             r["status_p99_ms"] = rpc["p99_ms"]
             log(f"3. watch: {plan.streams} Watch streams on one control ({n} nodes)")
             r["watch"] = phases.watch_streams(c.fleet, ctl, secret, plan.streams)
@@ -192,7 +221,7 @@ def part_scale(c: Context) -> None:
     r["scale_growth"] = growth(r["scale"])
 
     if plan.scale_tmpfs:
-        n = max(plan.scale)
+        n = 1000 if 1000 in plan.scale else max(plan.scale)
         log(f"2. diagnostic: {n} at once with the control's state on tmpfs")
         with tmpfs() as shm:
             ctl, _ = phases.start_control(c.fleet, "ctl-scale-tmpfs", c.password, root=shm / "c")
@@ -252,6 +281,17 @@ def part_floor(c: Context) -> None:
     c.r["import_time"] = phases.import_time(c.plan.import_repeats)
 
 
+def part_footprint(c: Context) -> None:
+    log("5. footprint: idle control and compute, before and after a restart; their imports")
+    c.r["footprint"] = idle_memory.measure(c.fleet, c.password, phases.start_control)
+    f = c.r["footprint"]
+    log(
+        f"   control {f['control_after_init']['rss']} MB "
+        f"(restarted {f['control_restarted']['rss']}), compute "
+        f"{f['compute_after_join']['rss']} MB (restarted {f['compute_restarted']['rss']})"
+    )
+
+
 def part_lxd(c: Context) -> None:
     log(
         f"6. LXD beside us: {c.plan.lxd_rounds} rounds of LXD's token join, "
@@ -272,6 +312,7 @@ PARTS = {
     "streams": part_streams,
     "cli": part_cli,
     "floor": part_floor,
+    "footprint": part_footprint,
     "lxd": part_lxd,
 }
 PART_NAMES = tuple(PARTS)
@@ -361,6 +402,12 @@ def main() -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the daemons' directories")
     parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help=f"draw the scale growth into this SVG (default for a full run: {DEFAULT_PLOT})",
+    )
+    parser.add_argument(
         "--parts",
         default="",
         help=f"comma-separated subset of {','.join(PART_NAMES)} "
@@ -421,6 +468,10 @@ def main() -> int:
     r["machine"]["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(r, indent=2) + "\n")
+    plot_to = args.plot or (None if args.quick else DEFAULT_PLOT)
+    if plot_to is not None and len(r.get("scale", [])) >= 2:
+        plot.write(r, plot_to)
+        print(f"plot: {plot_to}")
     try:
         print(report.table(r))
     except (KeyError, TypeError, ValueError) as exc:  # a part failed: its figures are missing

@@ -11,13 +11,16 @@ Modes:
 
 ``join``
     every node joins at once (bootstrap + Enrol, no services); prints
-    ``{"results": [...]}``.
+    ``{"results": [...]}``. With ``beat_seconds``, then (on ``beat``) every
+    joined node heartbeats as a member does for that long, starting at
+    random within ``beat_spread`` seconds; prints what it sent.
 ``watch``
     ``count`` AdminService.Watch streams on one node over the control's Unix
     socket, each on its own connection, held until that node's next event.
 ``hold``
     every node bootstraps announcing an agent port, then a stand-in agent
-    (one gRPC server presenting each node's certificate by SNI) answers the
+    (one gRPC server on every node's address, presenting each node's
+    certificate by SNI) answers the
     control's ``AgentService.ApplyRole`` with one progress message and holds
     the call. Every node's ``Enrol`` stream is thus held open by the control
     at configure-node, until the driver writes ``release``.
@@ -103,6 +106,23 @@ async def join_mode(job: dict[str, Any]) -> None:
     )
     usage = resource.getrusage(resource.RUSAGE_SELF)
     say({"results": [r.to_json() for r in results], "cpu_s": usage.ru_utime + usage.ru_stime})
+    beat_seconds = float(job.get("beat_seconds", 0))
+    if beat_seconds:
+        await hear("beat")
+        members = [r.member for r in results if r.member is not None]
+        spread = float(job.get("beat_spread", 10))
+        outcomes = await asyncio.gather(
+            *(joiner.heartbeats(m, beat_seconds, spread) for m in members)
+        )
+        errors = [e for _, e in outcomes if e]
+        say(
+            {
+                "members": len(members),
+                "beats": sum(n for n, _ in outcomes),
+                "errors": len(errors),
+                "error_samples": sorted(set(errors))[:5],
+            }
+        )
 
 
 async def hold_mode(job: dict[str, Any]) -> None:
@@ -137,7 +157,9 @@ async def hold_mode(job: dict[str, Any]) -> None:
     server = aio.server(options=SERVER_OPTIONS)
     pb_grpc.add_AgentServiceServicer_to_server(agent, server)
     pairs = [(m.creds.key_pem, m.creds.cert_pem) for m in members]
-    server.add_secure_port(f"{agent_host}:{agent_port}", grpc.ssl_server_credentials(pairs))
+    tls = grpc.ssl_server_credentials(pairs)
+    for address in sorted({a for _, a in nodes} | {agent_host}):
+        server.add_secure_port(f"{address}:{agent_port}", tls)
     await server.start()
     say({"bootstrapped": len(members), "errors": [r.error for r in results.values() if r.error]})
     await hear("go")

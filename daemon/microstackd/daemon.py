@@ -58,6 +58,7 @@ from microstackd.control.restore import Restores
 from microstackd.control.rotation import Rotation
 from microstackd.control.secret_rotation import SecretRotation
 from microstackd.control.tokens import Tokens
+from microstackd.control.tunnels import ControlTunnels
 from microstackd.enrolment.events import EventBus, Signal
 from microstackd.enrolment.runner import Runner
 from microstackd.member.callers import Callers
@@ -127,7 +128,9 @@ class Daemon:
             self.cloud,
             lambda: self.plane.values(self.cluster.load_control_config()),
         )
-        self.enrolments = Enrolments(self.cluster, self.runner, self.cloud, self.accounts)
+        self.enrolments = Enrolments(
+            self.cluster, self.runner, self.cloud, self.accounts, ControlTunnels(self.plane)
+        )
         self.members = Members(self.cluster, self.runner, self.cloud, self.accounts)
         self.reconfigure = Reconfigure(self.cluster, self.accounts)
         self.secrets = SecretRotation(
@@ -139,7 +142,7 @@ class Daemon:
             step_delays=config.step_delays,
         )
         self.tokens = Tokens(self.cluster, bootstrap_cert)
-        self.bootstrap = Bootstrap(self.cluster, bootstrap_cert)
+        self.bootstrap = Bootstrap(self.cluster, self.runner, bootstrap_cert)
         self.certificates = Certificates(self.cluster)
         self.rotation = Rotation(self.cluster, self.certificates, self.renewed)
         self.backups = Backups(config, self.cluster, self.plane)
@@ -422,6 +425,7 @@ class Daemon:
         if self.gate is not None:
             await self.gate.close()
         self.bus.shutdown()
+        await self.members.end_streams()  # members' heartbeat streams (on the control)
         servers = [s for s in (self._bootstrap, self._cluster, self._local) if s is not None]
         await asyncio.gather(*(s.stop(grace) for s in servers))
         if self._closing is not None:
@@ -444,6 +448,7 @@ class Daemon:
         self.runner.stop()
         with contextlib.suppress(errors.MicrostackError):
             self.runner.flush()
+        self.members.flush()
         self.store.close()
         self._lock.release()
 

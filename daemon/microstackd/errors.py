@@ -58,6 +58,18 @@ class TooManyAttempts(MicrostackError):
     code = "RESOURCE_EXHAUSTED"
 
 
+class ControlBusy(MicrostackError):
+    """The control node is bootstrapping as many nodes as it takes at once;
+    this node waits its turn and tries again."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str | None = None, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        #: Seconds until the control expects to take this node's bootstrap.
+        self.retry_after = retry_after
+
+
 class BootstrapBusy(MicrostackError):
     """Too many bootstrap exchanges are open from this address; the joiner waits and retries."""
 

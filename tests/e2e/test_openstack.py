@@ -396,6 +396,8 @@ def test_both_computes_join_with_libvirt_and_say_which_hypervisor(cloud: Cloud) 
         assert "6/6 services running" in text, text
         assert f"{name} admitted to Nova" in text and "mapped to cell" in text, text
         assert "waiting for nova-compute on" in text or "nova-compute up" in text, text
+        # The control checked its own end of the network path (control/tunnels.py).
+        assert f"the control's tunnel to {name} is up" in text, text
     measure(
         admission={
             f"admit_{name}_s": _step_seconds(cloud.control, name, "admit-to-cloud")
@@ -461,6 +463,40 @@ def test_each_compute_holds_its_own_openstack_credentials_and_no_shared_one(
         assert ("openstack", host.address) not in logins, logins
 
 
+def network_diagnostics(cloud: Cloud, host: str) -> str:
+    """What a guest without network needs read: the tunnel ports, br-tun's
+    flows and the tunnel neighbours of the control and of ``host``, and the
+    last lines (no DEBUG) of the control's OVS and DHCP agents' logs."""
+    parts = []
+    for node in (cloud.control, cloud.computes[host]):
+        assert node.socket is not None and node.state_dir is not None
+        run_dir = node.socket.with_suffix(".services") / "ovs"
+        env = clean_env({"OVS_RUNDIR": str(run_dir)})
+        for argv in (
+            ["ovs-vsctl", f"--db=unix:{run_dir / 'db.sock'}", "--timeout=10", "show"],
+            ["ovs-ofctl", "dump-flows", "br-tun", "--no-stats"],
+            ["ovs-appctl", "-t", "ovs-vswitchd", "tnl/neigh/show"],
+        ):
+            try:
+                done = node.run(argv, env=env, timeout=30)
+                parts.append(f"--- {node.name}: {' '.join(argv[:3])}\n{done.stdout}{done.stderr}")
+            except (OSError, subprocess.SubprocessError) as exc:  # a diagnostic only
+                parts.append(f"--- {node.name}: {' '.join(argv[:3])} failed: {exc}")
+    for agent in ("neutron-openvswitch-agent", "neutron-dhcp-agent"):
+        try:
+            text = _service_log(cloud.control, agent)
+        except OSError as exc:
+            parts.append(f"--- control {agent}: {exc}")
+            continue
+        lines = [
+            line
+            for line in text.splitlines()
+            if " DEBUG " not in line and "privsep log" not in line and "rpc_loop" not in line
+        ]
+        parts.append(f"--- control {agent} (last 25 lines, no DEBUG)\n" + "\n".join(lines[-25:]))
+    return "\n".join(parts)
+
+
 def _launch(cloud: Cloud, name: str, host: str) -> tuple[dict[str, Any], float]:
     """launch, which returns once the guest's sshd answers; then its ssh
     line, once. (launch's JSON, seconds from launch to the login's end.)"""
@@ -469,7 +505,11 @@ def _launch(cloud: Cloud, name: str, host: str) -> tuple[dict[str, Any], float]:
         "launch", "cirros", "--name", name, "--availability-zone", f"nova:{host}",
         "--format", "json",
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr + cloud.control.daemon_log()
+    if result.returncode != 0:
+        raise AssertionError(
+            result.stdout + result.stderr + cloud.control.daemon_log()
+            + "\n" + network_diagnostics(cloud, host)
+        )  # fmt: skip
     data: dict[str, Any] = json.loads(result.stdout)
     assert data["host"] == host and data["status"] == "ACTIVE", data
     assert data["floating_ip"].startswith("10.20.20."), data

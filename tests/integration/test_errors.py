@@ -99,7 +99,7 @@ SERVED = {
         "ServerReflectionInfo",
     },
     "bootstrap": {"Exchange", "Health/Watch"},
-    "cluster": {"Enrol", "ApplyRole", "Health/Watch"},
+    "cluster": {"Enrol", "Heartbeats", "ApplyRole", "Health/Watch"},
 }
 
 

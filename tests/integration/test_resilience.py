@@ -252,6 +252,29 @@ def test_a_silent_member_is_shown_unreachable_then_active_again(
         time.sleep(0.5)
 
 
+def test_a_member_removed_while_away_is_refused_at_its_next_beat(
+    make_node: Callable[..., Node], password_file: Path
+) -> None:
+    """Heartbeats flow on one long-lived stream (ClusterService.Heartbeats);
+    a member removed with --force while it could not be told keeps that
+    stream, and its next beat is refused: it stops beating."""
+    control = make_node("ctl", "--unreachable-after", "3")
+    control.init_control(password_file)
+    compute = make_node("node-1")
+    compute.join(control, password_file)
+    assert compute.proc is not None
+    compute.proc.send_signal(signal.SIGSTOP)
+    try:
+        control.ctl("remove", "node-1", "--force")
+    finally:
+        compute.proc.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + 20
+    while "heartbeat refused" not in compute.log.read_text():
+        assert time.monotonic() < deadline, "the removed member went on beating"
+        time.sleep(0.2)
+    assert "revoked" in compute.log.read_text().split("heartbeat refused", 1)[1]
+
+
 def test_watch_replays_a_finished_enrolment(
     control: Node, make_node: Callable[..., Node], password_file: Path
 ) -> None:

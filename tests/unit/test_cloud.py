@@ -107,10 +107,35 @@ class _Placement:
         return [Inventory("VCPU"), Inventory("MEMORY_MB"), Inventory("DISK_GB")]
 
 
+class _Agent:
+    def __init__(self, alive: bool, configuration: dict[str, object]) -> None:
+        self.id, self.host, self.is_alive, self.configuration = "a1", "node1", alive, configuration
+
+
+class _Network:
+    """Neutron as a starting compute's OVS agent fills it: registered, alive,
+    then with its tunnel address."""
+
+    def __init__(self) -> None:
+        self.agents_seen = iter(
+            [
+                [],
+                [_Agent(False, {})],
+                [_Agent(True, {})],
+                [_Agent(True, {"tunneling_ip": "10.0.0.11"})],
+            ]
+        )
+
+    def agents(self, **query: str) -> list[_Agent]:
+        assert query == {"host": "node1", "binary": "neutron-openvswitch-agent"}, query
+        return next(self.agents_seen, [_Agent(True, {"tunneling_ip": "10.0.0.11"})])
+
+
 class _Conn:
     def __init__(self) -> None:
         self.compute = _Compute()
         self.placement = _Placement()
+        self.network = _Network()
         self.closed = False
 
     def close(self) -> None:
@@ -157,6 +182,29 @@ def test_admit_streams_what_it_waits_for_and_reuses_one_connection(fake_cloud) -
     assert seen[1][0].startswith("nova-compute on node1 to be up: nova-compute up, enabled after")
     assert viewed["hosts"]["node1"]["compute_service"] == "up"
     assert len(fake_cloud) == 1  # one connection for both operations
+    assert admitted["tunnel"] == admitted["network_agent"] == ""  # not asked for
+    service.close()
+
+
+def test_admit_asked_waits_for_the_hosts_network_agent_and_its_tunnel_address(
+    fake_cloud: list[_Conn],
+) -> None:
+    service = Cloud(lambda: CloudRef("c", "/x/clouds.yaml"))
+    seen: list[str] = []
+
+    async def progress(note: cloud.Note) -> None:
+        seen.append(note.message)
+
+    request = {"host": "node1", "timeout": 5, "discover_interval": 0, "network_agent": True}
+    admitted = asyncio.run(service.run("admit", request, progress))
+    assert admitted["tunnel"] == "10.0.0.11"
+    assert admitted["network_agent"] == (
+        "neutron-openvswitch-agent a1 alive, tunnel address 10.0.0.11"
+    )
+    waits = [m for m in seen if m.startswith("waiting for the network agent of node1")]
+    assert any("no neutron-openvswitch-agent registered in Neutron yet" in m for m in waits), seen
+    assert any("registered, not alive yet" in m for m in waits), seen
+    assert any("alive, no tunnel address reported yet" in m for m in waits), seen
     service.close()
     assert fake_cloud[0].closed
 

@@ -1,6 +1,7 @@
-"""A member's heartbeats: at the control's interval, and at once when its
-services changed (the agent's ``changed`` Signal, wired to ``beat_now`` as
-daemon.py does)."""
+"""A member's heartbeats: on one stream, at the control's interval, at once
+when its services changed (the agent's ``changed`` Signal, wired to
+``beat_now`` as daemon.py does), every beat declaring the member's version;
+a new stream when its certificate was renewed."""
 
 from __future__ import annotations
 
@@ -21,29 +22,81 @@ SOFTWARE = Software("0.1.0", "v1")
 
 
 class FakeStore:
+    #: What ``credentials`` returns: a renewal replaces it.
+    creds = "old"
+
     def cluster(self) -> ClusterRecord:
         return CLUSTER
 
-    def credentials(self) -> None:
-        return None
+    def credentials(self) -> str:
+        return self.creds
+
+
+class FakeStream:
+    """The control's side of ``ControlClient.heartbeats``, as ``HeartbeatStream``."""
+
+    def __init__(self, control: type[FakeControl], credentials: object, software: Software) -> None:
+        self._control = control
+        self._credentials = credentials
+        self._software = software
+        self.interval = AN_HOUR
+        self.unimplemented = control.unimplemented
+        self.answered = asyncio.Event()
+        self.ended: asyncio.Future[errors.MicrostackError] = (
+            asyncio.get_running_loop().create_future()
+        )
+        if control.unimplemented:
+            self.ended.set_result(errors.MicrostackError("Method not found!"))
+        elif control.refuse:
+            self.ended.set_result(errors.PermissionDenied("revoked"))
+        self.answered.set()
+        control.streams.append(self)
+
+    async def beat(self, services: list[ServiceRecord]) -> None:
+        if self.ended.done():
+            return
+        self._control.declared.append(self._software)
+        await self._control.beats.put(("stream", services))
+        if self._control.skew:
+            self.ended.set_result(
+                errors.VersionSkew("node-1 runs microstackd 0.9.0: upgrade the control first")
+            )
+
+    def revoke(self) -> None:
+        """The control ends this stream: its certificate was revoked."""
+        if not self.ended.done():
+            self.ended.set_result(errors.PermissionDenied("certificate revoked"))
+
+    async def close(self) -> None:
+        self._control.streams_closed += 1
 
 
 class FakeControl:
-    """The control's side of ``ControlClient.heartbeat``: what each beat carried."""
+    """The control's side of ``ControlClient``: what each beat carried, and how."""
 
-    beats: asyncio.Queue[list[ServiceRecord]]
+    beats: asyncio.Queue[tuple[str, list[ServiceRecord]]]
     #: The versions each beat declared.
     declared: list[Software] = []
-    #: Refuse every beat as outside the skew window.
+    #: The streams opened, and the credentials of each.
+    streams: list[FakeStream] = []
+    #: An older control: no heartbeat stream.
+    unimplemented = False
+    #: This node was removed: the stream ends refused.
     refuse = False
+    #: Refuse every beat as outside the skew window.
+    skew = False
+    streams_closed = 0
 
     def __init__(self, cluster: ClusterRecord, credentials: object) -> None:
-        pass
+        self._credentials = credentials
+
+    def heartbeats(self, software: Software) -> FakeStream:
+        return FakeStream(FakeControl, self._credentials, software)
 
     async def heartbeat(self, services: list[ServiceRecord], software: Software) -> int:
         FakeControl.declared.append(software)
-        await FakeControl.beats.put(services)
-        if FakeControl.refuse:
+        await FakeControl.beats.put(("call", services))
+        if FakeControl.skew:
             raise errors.VersionSkew("node-1 runs microstackd 0.9.0: upgrade the control first")
         return AN_HOUR
 
@@ -54,8 +107,12 @@ class FakeControl:
 @pytest.fixture
 def control(monkeypatch: pytest.MonkeyPatch) -> type[FakeControl]:
     monkeypatch.setattr(heartbeat, "ControlClient", FakeControl)
+    monkeypatch.setattr(FakeControl, "unimplemented", False)
     monkeypatch.setattr(FakeControl, "declared", [])
+    monkeypatch.setattr(FakeControl, "streams", [])
     monkeypatch.setattr(FakeControl, "refuse", False)
+    monkeypatch.setattr(FakeControl, "skew", False)
+    monkeypatch.setattr(FakeControl, "streams_closed", 0)
     return FakeControl
 
 
@@ -65,7 +122,7 @@ def test_a_change_is_sent_at_once_not_at_the_next_interval(control: type[FakeCon
     async def states() -> list[ServiceRecord]:
         return list(services)
 
-    async def main() -> list[list[ServiceRecord]]:
+    async def main() -> list[tuple[str, list[ServiceRecord]]]:
         control.beats = asyncio.Queue()
         changed = Signal("services changed")
         beats = Heartbeats(FakeStore(), states, SOFTWARE)  # type: ignore[arg-type]
@@ -83,17 +140,22 @@ def test_a_change_is_sent_at_once_not_at_the_next_interval(control: type[FakeCon
         return [first, second]
 
     first, second = asyncio.run(main())
-    assert [s.state for s in first] == ["running"]
-    assert [s.state for s in second] == ["stopped"]
+    assert [(how, [s.state for s in beat]) for how, beat in (first, second)] == [
+        ("stream", ["running"]),
+        ("stream", ["stopped"]),
+    ]
+    assert control.declared == [SOFTWARE, SOFTWARE]
+    assert len(control.streams) == 1  # both on the one stream
+
+
+async def _none() -> list[ServiceRecord]:
+    return []
 
 
 def test_without_a_change_the_next_beat_waits_for_the_interval(control: type[FakeControl]) -> None:
-    async def states() -> list[ServiceRecord]:
-        return []
-
     async def main() -> bool:
         control.beats = asyncio.Queue()
-        beats = Heartbeats(FakeStore(), states, SOFTWARE)  # type: ignore[arg-type]
+        beats = Heartbeats(FakeStore(), _none, SOFTWARE)  # type: ignore[arg-type]
         beats.start()
         try:
             await asyncio.wait_for(control.beats.get(), 30)
@@ -105,19 +167,19 @@ def test_without_a_change_the_next_beat_waits_for_the_interval(control: type[Fak
     assert asyncio.run(main())
 
 
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "call"])
 def test_a_beat_refused_for_its_version_does_not_end_the_heartbeats(
-    control: type[FakeControl],
+    control: type[FakeControl], stream: bool
 ) -> None:
     """Unlike a revoked certificate: once one side is upgraded, the control
-    takes the member's beats again, so the member keeps sending them."""
-    control.refuse = True
-
-    async def states() -> list[ServiceRecord]:
-        return []
+    takes the member's beats again, so the member keeps sending them (on a
+    stream: the refusal ends it, and the next beat opens another)."""
+    control.skew = True
+    control.unimplemented = not stream
 
     async def main() -> None:
         control.beats = asyncio.Queue()
-        beats = Heartbeats(FakeStore(), states, SOFTWARE)  # type: ignore[arg-type]
+        beats = Heartbeats(FakeStore(), _none, SOFTWARE)  # type: ignore[arg-type]
         beats.start()
         try:
             await asyncio.wait_for(control.beats.get(), 30)
@@ -128,3 +190,91 @@ def test_a_beat_refused_for_its_version_does_not_end_the_heartbeats(
 
     asyncio.run(main())
     assert control.declared == [SOFTWARE, SOFTWARE]
+    if stream:
+        assert len(control.streams) == 2
+
+
+RUNNING = [ServiceRecord("nova-compute", "running")]
+
+
+async def _running() -> list[ServiceRecord]:
+    return list(RUNNING)
+
+
+def test_a_control_without_the_stream_gets_one_call_per_beat(control: type[FakeControl]) -> None:
+    control.unimplemented = True
+
+    async def main() -> tuple[str, list[ServiceRecord]]:
+        control.beats = asyncio.Queue()
+        beats = Heartbeats(FakeStore(), _running, SOFTWARE)  # type: ignore[arg-type]
+        beats.start()
+        try:
+            return await asyncio.wait_for(control.beats.get(), 30)
+        finally:
+            await beats.stop()
+
+    assert asyncio.run(main()) == ("call", RUNNING)
+    assert control.declared == [SOFTWARE]
+
+
+def test_a_refused_stream_stops_the_heartbeats(control: type[FakeControl]) -> None:
+    """The control ends the stream PERMISSION_DENIED once this node is removed."""
+    control.refuse = True
+
+    async def main() -> bool:
+        control.beats = asyncio.Queue()
+        beats = Heartbeats(FakeStore(), _running, SOFTWARE)  # type: ignore[arg-type]
+        beats.start()
+        assert beats._loop._task is not None
+        await asyncio.wait_for(beats._loop._task, 30)  # returns: no beat is tried again
+        return control.beats.empty()
+
+    assert asyncio.run(main())
+
+
+def test_a_renewed_certificate_beats_on_a_new_stream_at_once(control: type[FakeControl]) -> None:
+    """The renewal (new credentials, then ``beat_now`` as daemon.py wires
+    ``renewed``): the stream opened under the old certificate is closed and
+    the next beat opens one under the new, whose first call makes it the
+    node's on the control."""
+    store = FakeStore()
+
+    async def main() -> None:
+        control.beats = asyncio.Queue()
+        beats = Heartbeats(store, _running, SOFTWARE)  # type: ignore[arg-type]
+        beats.start()
+        try:
+            await asyncio.wait_for(control.beats.get(), 30)
+            store.creds = "new"
+            await beats.beat_now()
+            await asyncio.wait_for(control.beats.get(), 30)
+        finally:
+            await beats.stop()
+
+    asyncio.run(main())
+    assert [s._credentials for s in control.streams] == ["old", "new"]
+    assert control.streams_closed == 2
+
+
+def test_the_old_stream_revoked_after_a_renewal_opens_a_new_one(
+    control: type[FakeControl],
+) -> None:
+    """Another call with the new certificate came first (the control revoked
+    the old serial, which ends its stream PERMISSION_DENIED): this node was
+    not removed, so it does not stop; it beats on a stream with the new one."""
+    store = FakeStore()
+
+    async def main() -> None:
+        control.beats = asyncio.Queue()
+        beats = Heartbeats(store, _running, SOFTWARE)  # type: ignore[arg-type]
+        beats.start()
+        try:
+            await asyncio.wait_for(control.beats.get(), 30)
+            store.creds = "new"
+            control.streams[0].revoke()
+            await asyncio.wait_for(control.beats.get(), 30)
+        finally:
+            await beats.stop()
+
+    asyncio.run(main())
+    assert [s._credentials for s in control.streams] == ["old", "new"]

@@ -103,3 +103,57 @@ def test_a_class_this_side_does_not_know_falls_back_to_the_code() -> None:
     )
     got = error_from_rpc(exc, _unreachable, default=errors.EnrolmentFailed)
     assert type(got) is errors.NotControl and got.message == "a newer daemon's error"
+
+
+def test_a_busy_control_names_the_turn_it_gives_and_the_caller_gets_it_back() -> None:
+    """``ControlBusy`` carries its retry-after in a trailer of its own."""
+    from microstackd.wire.status import error_trailers
+
+    busy = errors.ControlBusy("the control node is bootstrapping 256 nodes at once", 12.5)
+    exc = aio.AioRpcError(
+        status_code(busy),
+        aio.Metadata(),
+        aio.Metadata(*error_trailers(busy)),
+        details=busy.message,
+    )
+    again = error_from_rpc(exc, _unreachable)
+    assert isinstance(again, errors.ControlBusy)
+    assert again.retry_after == 12.5 and again.message == busy.message
+    # A peer's nonsense is bounded, not trusted.
+    for sent, kept in (("-5", 0.1), ("1e9", 600.0), ("soon", 1.0)):
+        odd = aio.AioRpcError(
+            status_code(busy),
+            aio.Metadata(),
+            aio.Metadata((ERROR_METADATA, "ControlBusy"), ("microstackd-retry-after", sent)),
+            details="busy",
+        )
+        got = error_from_rpc(odd, _unreachable)
+        assert isinstance(got, errors.ControlBusy) and got.retry_after == kept
+
+
+def test_a_status_grpc_lost_to_a_late_write_is_tried_again_not_a_failure() -> None:
+    """grpc.aio replaces the peer's status with its own INTERNAL when a write
+    was on its way as the peer ended the call (grpc/grpc#36066): a busy
+    control's turn, under a burst of joins. The call is over and what the peer
+    said is lost: the caller waits and tries again, as for an unreachable one."""
+    lost = aio.AioRpcError(
+        grpc.StatusCode.INTERNAL, aio.Metadata(), aio.Metadata(), details="Internal error from Core"
+    )
+    got = error_from_rpc(lost, _unreachable)
+    assert type(got) is errors.ControlUnreachable
+    assert "Internal error from Core" in got.message
+
+
+def test_an_internal_error_the_peer_sent_is_not_taken_for_a_lost_status() -> None:
+    """The peer's own INTERNAL (a bug there, said as such) is not tried again."""
+    crashed = aio.AioRpcError(
+        grpc.StatusCode.INTERNAL, aio.Metadata(), aio.Metadata(), details="internal error"
+    )
+    assert type(error_from_rpc(crashed, _unreachable)) is not errors.ControlUnreachable
+    named = aio.AioRpcError(
+        grpc.StatusCode.INTERNAL,
+        aio.Metadata(),
+        aio.Metadata((ERROR_METADATA, "EnrolmentFailed")),
+        details="Internal error from Core",
+    )
+    assert type(error_from_rpc(named, _unreachable)) is errors.EnrolmentFailed

@@ -25,10 +25,10 @@ class SpyStore(Store):
         self.commits: list[list[EventRecord]] = []
         self.fail: type[errors.StorageError] | None = None
 
-    def record_all(self, events, updates=()):
+    def record_all(self, events, updates=(), nodes=()):
         if self.fail is not None:
             raise self.fail("cannot write: the disk is full; nothing was changed")
-        recorded = super().record_all(events, updates)
+        recorded = super().record_all(events, updates, nodes)
         self.commits.append(recorded)
         return recorded
 
@@ -325,3 +325,29 @@ def test_a_streamed_plan_runs_its_groups_and_raises_the_failure(world) -> None:
     seen = asyncio.run(go())
     assert ("b1", StepState.FAILED) in seen and ("a1", StepState.DONE) in seen
     assert store.events(NODE) == []  # a stream records nothing
+
+
+def test_new_nodes_share_the_group_commit_and_wait_for_it(tmp_path):
+    """``commit_node``: records of nodes bootstrapping together are one
+    commit with the events queued in the same loop turn; each caller returns
+    only once its record is on disk, and a failed commit fails them all."""
+
+    def node(name: str) -> NodeRecord:
+        return NodeRecord(name, Role.COMPUTE, "10.0.0.9", name, NodeState.PENDING, "", "aa", 1, 1)
+
+    store = SpyStore(tmp_path)
+    runner = Runner(store, CheckingBus(store))
+
+    async def main() -> None:
+        async def commit(name: str) -> bool:
+            await runner.commit_node(node(name))
+            return store.node(name) is not None
+
+        assert list(await asyncio.gather(commit("a"), commit("b"), commit("c"))) == [True] * 3
+        assert len(store.commits) == 1
+        store.fail = errors.StorageError
+        with pytest.raises(errors.StorageError):
+            await runner.commit_node(node("d"))
+        assert store.node("d") is None
+
+    asyncio.run(main())

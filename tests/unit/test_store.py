@@ -183,6 +183,47 @@ def test_unwritable_state_dir_is_a_clear_error(tmp_path):
         Store(blocker / "state")
 
 
+def test_nodes_are_read_again_after_any_write_to_them(tmp_path):
+    """``nodes()`` is cached until the database changes: every kind of write
+    that changes a node shows at once, through this connection or another."""
+    import sqlite3
+
+    from microstackd.model import NodeUpdate, ServiceRecord
+
+    store = Store(tmp_path)
+    store.put_node(_node("a"))
+    store.put_node(_node("b"))
+    assert [n.name for n in store.nodes()] == ["a", "b"]
+    assert store.nodes() == store.nodes()
+    store.set_services("a", [ServiceRecord("nova-compute", "running")])
+    assert store.nodes()[0].services == (ServiceRecord("nova-compute", "running"),)
+    store.record_all([], [NodeUpdate("b", NodeState.ACTIVE)])
+    assert store.nodes()[1].state is NodeState.ACTIVE
+    store.remove_node("a", "aa", 5.0)
+    assert store.nodes()[0].state is NodeState.REMOVED and store.nodes()[0].services == ()
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("UPDATE nodes SET message = 'by hand' WHERE name = 'b'")
+    other.close()
+    assert store.nodes()[1].message == "by hand"
+    listed = store.nodes()
+    listed.clear()  # the caller's copy
+    assert len(store.nodes()) == 2
+
+
+def test_heartbeat_times_land_in_one_commit_and_never_move_back(tmp_path):
+    store = Store(tmp_path)
+    for name in ("a", "b", "c"):
+        store.put_node(_node(name))
+    before = store.nodes()
+    store.touch_nodes({"a": 10.0, "b": 20.0})
+    store.touch_nodes({"a": 5.0})
+    seen = {n.name: n.last_seen for n in store.nodes()}
+    assert seen == {"a": 10.0, "b": 20.0, "c": 0.0}
+    assert {n.name: n.last_seen for n in Store(tmp_path).nodes()} == seen
+    assert store.nodes()[2] is before[2]  # untouched records are kept, not rebuilt
+    assert store.services("a") == []
+
+
 def test_the_state_dir_lock_is_exclusive_and_names_its_holder(tmp_path):
     from microstackd.store.lock import LOCK, StateLock
 
@@ -192,3 +233,32 @@ def test_the_state_dir_lock_is_exclusive_and_names_its_holder(tmp_path):
         StateLock.acquire(tmp_path / "state")
     first.release()
     StateLock.acquire(tmp_path / "state").release()  # free again once released
+
+
+def test_identity_candidates_are_every_node_a_joiner_could_be_taken_for(tmp_path):
+    """One query: names and hostnames compared as DNS does, the same IPv4
+    address, every IPv6 node for an IPv6 joiner (its text has several forms);
+    never the joiner's own name, never a removed node."""
+    import dataclasses
+
+    store = Store(tmp_path)
+    nodes = {
+        "upper": dataclasses.replace(_node("upper"), hostname="Web1.Example."),
+        "same-ip": dataclasses.replace(_node("same-ip"), address="10.0.0.7"),
+        "v6": dataclasses.replace(_node("v6"), address="fd00:0::5"),
+        "other": dataclasses.replace(_node("other"), address="10.0.0.8"),
+        "gone": dataclasses.replace(_node("gone"), hostname="web1.example", address="10.0.0.7"),
+        "me": dataclasses.replace(_node("me"), hostname="web1.example"),
+    }
+    for node in nodes.values():
+        store.put_node(node)
+    store.remove_node("gone", "aa", 5.0)
+
+    def found(keys: set[str], address: str) -> set[str]:
+        return {n.name for n in store.identity_candidates("me", keys, address)}
+
+    assert found({"web1.example"}, "10.0.0.9") == {"upper"}
+    assert found({"nobody"}, "10.0.0.7") == {"same-ip"}
+    assert found({"nobody"}, "fd00::5") == {"v6"}
+    assert found({"other"}, "10.0.0.9") == {"other"}
+    assert found({"nobody"}, "10.0.0.9") == set()

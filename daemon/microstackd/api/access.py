@@ -43,7 +43,7 @@ from grpc import aio
 from microstackd import errors, logcontext
 from microstackd.model import Access
 from microstackd.trust import x509
-from microstackd.wire.status import ERROR_METADATA, status_code
+from microstackd.wire.status import error_trailers, status_code
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ TABLE: Mapping[Channel, Mapping[str, Mapping[str, Access]]] = {
             "Enrol": Access.MEMBER,
             "GetClusterStatus": Access.MEMBER,
             "Heartbeat": Access.MEMBER,
+            "Heartbeats": Access.MEMBER,
             "RenewCertificate": Access.MEMBER,
         },
         _API + "AgentService": {
@@ -211,7 +212,7 @@ class _Check:
                 log.warning("permission denied peer=%s reason=%s", context.peer(), exc.message)
             # Which domain error it was, for clients that act on it (docs/api.md);
             # its absence marks a transport failure.
-            context.set_trailing_metadata(((ERROR_METADATA, type(exc).__name__),))
+            context.set_trailing_metadata(error_trailers(exc))
             await context.abort(status_code(exc), exc.message)
 
         async def crash(context: Any, exc: Exception) -> None:

@@ -1,7 +1,7 @@
 """The control's operations on its cloud, through openstacksdk in this process:
 
     admit    wait for HOST's nova-compute to be up, map it into a cell, wait
-             for its hypervisor
+             for its hypervisor, its resources and (asked) its network agent
     remove   HOST's compute service, agents and provider (``cloud/hosts.py``)
     launch   boot a server like microstack.launch
     view     Nova's view of every compute host
@@ -69,6 +69,25 @@ def _provider_state(conn: Any, host: str) -> tuple[bool, str]:
     return True, f"resource provider {providers[0].id} with {', '.join(sorted(classes))}"
 
 
+#: The network agent a compute runs (the control's tunnels follow its own).
+OVS_AGENT = "neutron-openvswitch-agent"
+
+
+def _network_agent_state(conn: Any, host: str) -> tuple[bool, str, str]:
+    """Whether Neutron has HOST's Open vSwitch agent alive with its tunnel
+    address, the state seen, and that address ("" until reported)."""
+    agents = [a for a in conn.network.agents(host=host, binary=OVS_AGENT) if a.host == host]
+    if not agents:
+        return False, f"no {OVS_AGENT} registered in Neutron yet", ""
+    agent = agents[0]
+    if not agent.is_alive:
+        return False, f"{OVS_AGENT} {agent.id} registered, not alive yet", ""
+    tunnel = str((agent.configuration or {}).get("tunneling_ip") or "")
+    if not tunnel:
+        return False, f"{OVS_AGENT} {agent.id} alive, no tunnel address reported yet", ""
+    return True, f"{OVS_AGENT} {agent.id} alive, tunnel address {tunnel}", tunnel
+
+
 async def _manage(argv: list[str], *args: str) -> str:
     try:
         result = await commands.run([*argv, *args], timeout=300)
@@ -124,6 +143,17 @@ async def admit(s: Session, req: Mapping[str, Any]) -> dict[str, Any]:
         return await s(lambda conn: _provider_state(conn, host))
 
     provider = await wait(s, f"the resources of {host} in Placement", provider_state, timeout, host)
+    network_agent, tunnel = "", ""
+    if req.get("network_agent"):
+
+        async def network_agent_state() -> tuple[bool, str]:
+            nonlocal tunnel
+            done, state, tunnel = await s(lambda conn: _network_agent_state(conn, host))
+            return done, state
+
+        network_agent = await wait(
+            s, f"the network agent of {host} in Neutron", network_agent_state, timeout, host
+        )
     if not manage:
         # The host mapping is not visible through the API: give the scheduler
         # one full discovery period after the compute node exists.
@@ -143,6 +173,8 @@ async def admit(s: Session, req: Mapping[str, Any]) -> dict[str, Any]:
         "mapping": mapping,
         "hypervisor": hypervisor,
         "provider": provider,
+        "network_agent": network_agent,
+        "tunnel": tunnel,
     }
 
 

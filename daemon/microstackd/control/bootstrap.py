@@ -12,17 +12,19 @@ also hold only so many exchanges open (``slot``)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 
 from microstackd import errors, versions
 from microstackd.control.cluster import Cluster, now
 from microstackd.control.ratelimit import FailureLimiter, OpenLimit, Quiet, source_key
+from microstackd.enrolment.runner import Runner
 from microstackd.model import (
     BootstrapCertificate,
     BootstrapResult,
@@ -63,6 +65,13 @@ class BootstrapSession:
         self.key = source_key(source)
         self.agent_port = agent_port
         self.token_id = token_id
+        #: The joiner was given its certificate.
+        self.completed = False
+        #: When the control admitted it (``Admission.started``), and the timer
+        #: that gives its place up if its response is long in coming (None
+        #: once the place is given up).
+        self.started = 0.0
+        self.stall: asyncio.TimerHandle | None = None
 
 
 def check_name_free(store: Store, name: str) -> NodeRecord | None:
@@ -83,17 +92,86 @@ def check_name_free(store: Store, name: str) -> NodeRecord | None:
     )
 
 
-def check_identity_free(store: Store, hello: Hello) -> None:
+class Admission:
+    """At most ``limit`` bootstraps in progress at once. Past that, each
+    newcomer is refused at once, before any work, with a turn: when the
+    control expects a place to be free for it, after every turn already
+    given (a queue of turns, not of held connections). A burst of thousands
+    of joins thus costs a bounded amount of memory, no joiner's deadline
+    runs out while it waits, and the refused come back about when there is
+    room rather than all at once.
+
+    Turns are spaced by the control's capacity, ``limit`` places each held
+    for as long as a bootstrap takes lately, not by how many happened to
+    complete: the refused arrive at their turns, so a rate measured from
+    completions would only ever confirm itself."""
+
+    #: Seconds a bootstrap is assumed to take before any was seen.
+    FIRST_DURATION = 1.0
+    #: Weight of each new duration in the running average.
+    WEIGHT = 0.05
+
+    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.in_progress = 0
+        self._clock = clock
+        self._next_turn = 0.0
+        self._duration = self.FIRST_DURATION
+
+    def rate(self) -> float:
+        """Bootstraps per second the control can take with ``limit`` at once."""
+        return self.limit / self._duration
+
+    def enter(self) -> float:
+        """0 when admitted (then ``leave`` with ``started()``'s time); else
+        seconds until a turn."""
+        if self.in_progress < self.limit:
+            self.in_progress += 1
+            return 0.0
+        now = self._clock()
+        self._next_turn = max(self._next_turn, now) + 1.0 / self.rate()
+        return self._next_turn - now
+
+    def started(self) -> float:
+        return self._clock()
+
+    def leave(self, started: float, completed: bool) -> None:
+        self.in_progress -= 1
+        if completed:
+            took = max(self._clock() - started, 1e-3)
+            self._duration += self.WEIGHT * (took - self._duration)
+
+
+#: Bootstraps the control takes at once (``Admission``): enough to keep both
+#: cores busy; each is a few ms of the control's CPU.
+MAX_BOOTSTRAPS = 256
+#: Seconds an admitted exchange may wait for the joiner's response before it
+#: stops counting as one of them (it may still finish).
+STALLED_AFTER = 5.0
+
+
+def check_identity_free(store: Store, hello: Hello, joining: Iterable[Hello] = ()) -> None:
     """Refuse (``errors.NameTaken``) a hello whose hostname or address belongs
     to another node or to the control, or whose node name is another node's
     hostname: its certificate would name that node, and whoever dials that
-    name or address would take the joiner for it."""
+    name or address would take the joiner for it. ``joining``: the hellos
+    of nodes whose record is on its way to disk, checked as nodes too.
+
+    Only the nodes that could conflict are read (``Store.identity_candidates``):
+    going through every node made each join at 10,000 nodes cost ~0.1 s."""
     mine = names.dns_key(hello.node_name)
-    for node in store.nodes():
-        if node.name == hello.node_name or node.state is NodeState.REMOVED:
+    others = [
+        (n.name, n.hostname, n.address, n.role)
+        for n in store.identity_candidates(
+            hello.node_name, {mine, names.dns_key(hello.hostname)}, hello.address
+        )
+    ]
+    others += [(h.node_name, h.hostname, h.address, Role.COMPUTE) for h in joining]
+    for name, hostname, address, role in others:
+        if name == hello.node_name:
             continue
-        who = f"the control node {node.name}" if node.role is Role.CONTROL else f"node {node.name}"
-        theirs = {names.dns_key(node.name), names.dns_key(node.hostname)}
+        who = f"the control node {name}" if role is Role.CONTROL else f"node {name}"
+        theirs = {names.dns_key(name), names.dns_key(hostname)}
         if names.dns_key(hello.hostname) in theirs:
             raise errors.NameTaken(
                 f"hostname {hello.hostname!r} belongs to {who}: a certificate may name only its "
@@ -103,18 +181,28 @@ def check_identity_free(store: Store, hello: Hello) -> None:
             raise errors.NameTaken(
                 f"node name {hello.node_name!r} is the hostname of {who}: join under another name"
             )
-        if ipaddress.ip_address(hello.address) == ipaddress.ip_address(node.address):
+        if ipaddress.ip_address(hello.address) == ipaddress.ip_address(address):
             raise errors.NameTaken(
                 f"address {hello.address} belongs to {who}: give this node its own (--address)"
             )
 
 
 class Bootstrap:
-    def __init__(self, cluster: Cluster, bootstrap: BootstrapCertificate) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        runner: Runner,
+        bootstrap: BootstrapCertificate,
+        max_bootstraps: int = MAX_BOOTSTRAPS,
+    ) -> None:
         self._cluster = cluster
         self._store = cluster.store
+        self._runner = runner
         #: The certificate the bootstrap port serves now (the transcript binds it).
         self._bootstrap = bootstrap
+        self._admission = Admission(max_bootstraps)
+        #: Hellos of the nodes whose new record is on its way to disk (``finish``).
+        self._committing: dict[str, Hello] = {}
         config = cluster.config
         self._limiter = FailureLimiter(config.bootstrap_backoff, config.bootstrap_backoff_max)
         self._open = OpenLimit(config.bootstrap_per_source)
@@ -164,24 +252,54 @@ class Bootstrap:
         cluster = self._cluster.require()
         self._locked_out(source, source_key(source))  # early: no PAKE work for it
         exchange.check_version(hello)
-        # Whether the name is taken is told only after the password is proven:
-        # the bootstrap port must not list the cluster's nodes to strangers.
-        _ca, verifier, params = self._cluster.secrets()
-        if token_id:
-            verifier = self._token_verifier(token_id, hello.node_name)
-        control = exchange.ControlExchange(
-            verifier, cluster.cluster_id, params, hello, self._bootstrap.fingerprint
+        turn = self._admission.enter()
+        started = self._admission.started()
+        if turn:
+            raise errors.ControlBusy(
+                f"the control node is bootstrapping {self._admission.in_progress} nodes at once: "
+                f"try again in {turn:.1f} s",
+                retry_after=turn,
+            )
+        try:
+            # Whether the name is taken is told only after the password is
+            # proven: the bootstrap port must not list the cluster's nodes to strangers.
+            _ca, verifier, params = self._cluster.secrets()
+            if token_id:
+                verifier = self._token_verifier(token_id, hello.node_name)
+            control = exchange.ControlExchange(
+                verifier, cluster.cluster_id, params, hello, self._bootstrap.fingerprint
+            )
+            challenge = Challenge(cluster.cluster_id, params, control.challenge())
+        except BaseException:
+            self._admission.leave(started, completed=False)
+            raise
+        session = BootstrapSession(hello, control, source, agent_port, token_id, software)
+        session.started = started
+        # A joiner answers the challenge within a second (its scrypt ~0.1 s);
+        # an exchange still waiting after STALLED_AFTER gives its place up, so
+        # that silent strangers cannot hold the places for long.
+        session.stall = asyncio.get_running_loop().call_later(
+            STALLED_AFTER, self._release, session, False
         )
-        return (
-            BootstrapSession(hello, control, source, agent_port, token_id, software),
-            Challenge(cluster.cluster_id, params, control.challenge()),
-        )
+        return session, challenge
 
-    def finish(
+    def _release(self, session: BootstrapSession, completed: bool) -> None:
+        if session.stall is not None:
+            session.stall.cancel()
+            session.stall = None
+            self._admission.leave(session.started, completed)
+
+    def end(self, session: BootstrapSession) -> None:
+        """The bootstrap ``begin`` admitted is over, finished or not."""
+        self._release(session, session.completed)
+
+    async def finish(
         self, session: BootstrapSession, pake_message: bytes, csr_pem: bytes, confirmation: bytes
     ) -> BootstrapResult:
         cluster = self._cluster.require()
         hello = session.hello
+        if session.stall is not None:  # the response is in: its place is held to the end
+            session.stall.cancel()
         # Where the answer is checked: a source locked out since its exchange
         # opened gets no check, however many exchanges it opened before.
         self._locked_out(session.source, session.key)
@@ -223,8 +341,13 @@ class Bootstrap:
                 software.api,
             )
             raise errors.VersionSkew(f"join refused: {exc.message}") from None
+        if hello.node_name in self._committing:  # another joiner of that name, right now
+            raise errors.NameTaken(
+                f"a node named {hello.node_name!r} is joining the cluster at this moment; "
+                "join under another name"
+            )
         existing = check_name_free(self._store, hello.node_name)
-        check_identity_free(self._store, hello)
+        check_identity_free(self._store, hello, self._committing.values())
         if session.token_id and not self._store.set_token_state(
             session.token_id, "used", expect="valid"
         ):
@@ -241,23 +364,25 @@ class Bootstrap:
             lifetime=timedelta(seconds=self._cluster.config.cert_lifetime),
         )
         identity = x509.identity_of(cert)
-        self._store.put_node(
-            NodeRecord(
-                name=hello.node_name,
-                role=Role.COMPUTE,
-                address=hello.address,
-                hostname=hello.hostname,
-                state=NodeState.PENDING,
-                message="certificate issued",
-                cert_serial=format(identity.serial, "x"),
-                cert_not_after=identity.not_after.timestamp(),
-                joined=time.time(),
-                agent_port=session.agent_port,
-                version=software.version,
-                api_version=software.api,
-            ),
-            replaces_serial=existing.cert_serial if existing else None,
+        record = NodeRecord(
+            name=hello.node_name,
+            role=Role.COMPUTE,
+            address=hello.address,
+            hostname=hello.hostname,
+            state=NodeState.PENDING,
+            message="certificate issued",
+            cert_serial=format(identity.serial, "x"),
+            cert_not_after=identity.not_after.timestamp(),
+            joined=time.time(),
+            agent_port=session.agent_port,
+            version=software.version,
+            api_version=software.api,
         )
+        self._committing[hello.node_name] = hello
+        try:
+            await self._runner.commit_node(record, existing.cert_serial if existing else None)
+        finally:
+            del self._committing[hello.node_name]
         log.info(
             "bootstrap succeeded source=%s node=%s serial=%x",
             session.source,
@@ -267,6 +392,7 @@ class Bootstrap:
         cert_pem = x509.cert_to_pem(cert)
         # The trust bundle: the signing CA first, and during a CA rotation the old one too.
         ca_pem = self._store.read_file(CA_CERT) or x509.cert_to_pem(ca.cert)
+        session.completed = True
         return BootstrapResult(
             certificate_pem=cert_pem,
             ca_certificate_pem=ca_pem,

@@ -15,6 +15,7 @@ from microstackd.control import config as control_config
 from microstackd.control.cluster import Cluster
 from microstackd.control.members import check_services
 from microstackd.control.node_accounts import NodeAccounts
+from microstackd.control.tunnels import ControlTunnels
 from microstackd.enrolment import machine as enrolment
 from microstackd.enrolment.backoff import Backoff
 from microstackd.enrolment.runner import Runner, Skipped, StepAction, StepContext
@@ -28,13 +29,20 @@ log = logging.getLogger(__name__)
 
 class Enrolments:
     def __init__(
-        self, cluster: Cluster, runner: Runner, cloud: Cloud, accounts: NodeAccounts
+        self,
+        cluster: Cluster,
+        runner: Runner,
+        cloud: Cloud,
+        accounts: NodeAccounts,
+        tunnels: ControlTunnels,
     ) -> None:
         self._cluster = cluster
         self._store = cluster.store
         self._runner = runner
         self._cloud = cloud
         self._accounts = accounts
+        #: The control's own end of each compute's network path (tunnels.py).
+        self._tunnels = tunnels
 
     def resume(self) -> None:
         """After a restart: carry on every enrolment that was under way."""
@@ -169,11 +177,14 @@ class Enrolments:
             return Skipped(f"{node.name} runs no agent: no nova-compute to admit")
         config = self._cluster.load_control_config()
         daemon = self._cluster.config
+        tunnels = self._tunnels if self._tunnels.available() else None
         request = {
             "host": node.name,
             "timeout": ADMIT_TIMEOUT,
             "nova_manage": cloud.nova_manage_argv(daemon.openstack_prefix, daemon.config_root),
             "discover_interval": config.discover_hosts_interval,
+            # The control is the network node: its tunnel to the host is checked below.
+            "network_agent": tunnels is not None,
         }
 
         async def progress(note: cloud.Note) -> None:
@@ -185,10 +196,14 @@ class Enrolments:
         result = await watch.unless_a_service_fails(
             admit, self._agent_services(node), node.name, "it was being admitted to Nova"
         )
-        return (
+        message = (
             f"{node.name} admitted to Nova: {result.get('service')}; "
             f"{result.get('mapping')}; {result.get('hypervisor')}; {result.get('provider')}"
         )
+        if tunnels is not None and result.get("tunnel"):
+            path = await tunnels.ensure(node.name, str(result["tunnel"]), ctx.progress)
+            message += f"; {path}"
+        return message
 
     def _agent_services(self, node: NodeRecord) -> watch.Statuses:
         """Ask the node's agent for its services (and keep them for ``status``)."""

@@ -34,7 +34,7 @@ from microstackd import errors
 from microstackd.enrolment import machine as enrolment
 from microstackd.enrolment.events import EventBus
 from microstackd.enrolment.machine import Command, Enrolment, Finish, Group, Record, Run
-from microstackd.model import EventRecord, NodeState, NodeUpdate, StepState
+from microstackd.model import EventRecord, NodeRecord, NodeState, NodeUpdate, StepState
 from microstackd.store import Store
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,9 @@ class Runner:
         self._space_watch: asyncio.Task[None] | None = None
         self._pending_events: list[EventRecord] = []
         self._pending_updates: list[NodeUpdate] = []
+        #: New node records (with the serial each replaces) and who waits for them.
+        self._pending_nodes: list[tuple[NodeRecord, str | None]] = []
+        self._node_waiters: list[asyncio.Future[None]] = []
         self._flush_handle: asyncio.Handle | None = None
 
     def running(self, node: str) -> bool:
@@ -276,6 +279,17 @@ class Runner:
             self._queue(NodeUpdate(node, NodeState.ENROLLING, command.message))
         self._queue()
 
+    async def commit_node(self, node: NodeRecord, replaces_serial: str | None = None) -> None:
+        """Record a new node (as ``Store.put_node``) in the next group commit;
+        return once it is on disk. When many nodes bootstrap at once their
+        records share one ``fdatasync`` with everything else recorded in that
+        loop turn, instead of one each on the event loop."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._pending_nodes.append((node, replaces_serial))
+        self._node_waiters.append(waiter)
+        self._queue()
+        await waiter
+
     def _queue(self, update: NodeUpdate | None = None) -> None:
         if update is not None:
             self._pending_updates.append(update)
@@ -358,7 +372,19 @@ class Runner:
             self._flush_handle = None
         events, self._pending_events = self._pending_events, []
         updates, self._pending_updates = self._pending_updates, []
-        if not events and not updates:
+        nodes, self._pending_nodes = self._pending_nodes, []
+        waiters, self._node_waiters = self._node_waiters, []
+        if not events and not updates and not nodes:
             return
-        for event in self._store.record_all(events, updates):
+        try:
+            recorded = self._store.record_all(events, updates, nodes)
+        except BaseException as exc:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            raise
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        for event in recorded:
             self._bus.publish(event)

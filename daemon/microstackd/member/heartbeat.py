@@ -18,6 +18,7 @@ from microstackd.model import (
     MAX_SERVICE_NAME,
     MAX_SERVICES,
     MAX_SERVICES_TEXT,
+    NodeCredentials,
     Role,
     ServiceRecord,
     Software,
@@ -82,16 +83,28 @@ class Heartbeats:
 
     async def _beat(self) -> None:
         interval = 10
+        stream = True  # until the control says it serves no heartbeat stream
         while True:
             cluster = self._store.cluster()
             if cluster is None:
                 return
-            self._beat_now.clear()  # a change from here on is in this beat or the next
-            client = ControlClient(cluster, self._store.credentials())
+            credentials = self._store.credentials()
+            client = ControlClient(cluster, credentials)
             try:
+                if stream:
+                    # It returns for new credentials (a new stream with them) or
+                    # for a control that serves none (a call instead): at once.
+                    interval, stream = await self._stream(client, credentials, interval)
+                    continue
+                self._beat_now.clear()  # a change from here on is in this beat or the next
                 services = bounded(await self._services())
                 interval = await client.heartbeat(services, self._software) or interval
             except errors.PermissionDenied as exc:
+                if self._store.credentials() != credentials:
+                    # A stream under the certificate this node just renewed: its
+                    # first call with the new one revoked the old. A new stream.
+                    log.info("heartbeat stream under the old certificate ended: a new one")
+                    continue
                 log.warning("heartbeat refused: this node was removed? reason=%r", exc.message)
                 return
             except errors.VersionSkew as exc:
@@ -104,3 +117,35 @@ class Heartbeats:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await self._beat_now.wait()
+
+    async def _stream(
+        self, client: ControlClient, credentials: NodeCredentials, interval: int
+    ) -> tuple[int, bool]:
+        """Beat on one stream until it ends (raising what ended it) or this
+        node's credentials change; return (the interval, whether to go on
+        with a stream: False when the control serves none)."""
+        beats = client.heartbeats(self._software)
+        try:
+            while True:
+                self._beat_now.clear()  # a change from here on is in this beat or the next
+                await beats.beat(bounded(await self._services()))
+                if not beats.answered.is_set():  # the control answers the first beat
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(10):
+                            await beats.answered.wait()
+                interval = beats.interval or interval
+                if not beats.ended.done():
+                    now: asyncio.Future[bool] = asyncio.ensure_future(self._beat_now.wait())
+                    await asyncio.wait(
+                        (now, beats.ended), timeout=interval, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    now.cancel()
+                if beats.ended.done():
+                    if beats.unimplemented:
+                        log.info("the control takes no heartbeat stream: one call per beat")
+                        return interval, False
+                    raise beats.ended.result()
+                if self._store.credentials() != credentials:
+                    return interval, True
+        finally:
+            await beats.close()

@@ -10,6 +10,7 @@ broken stream is re-attached from the last sequence number seen.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -190,14 +191,31 @@ class Member:
         or not initialised yet."""
         deadline = time.monotonic() + timeout
         backoff = Backoff()
+        #: The certificate a busy control presented: pinned again for its turn.
+        pinned: dict[tuple[str, int], bytes] = {}
         while True:
             host, port = targets[backoff.attempts % len(targets)]
             where = names.format_host_port(host, port)
             try:
-                async for event in self._bootstrap(host, port, credential, address):
+                async for event in self._bootstrap(host, port, credential, address, pinned):
                     yield event
                 return
+            except errors.ControlBusy as exc:
+                # Refused before any work, with a turn (control/bootstrap.py,
+                # Admission): come back then, not sooner.
+                if time.monotonic() + exc.retry_after > deadline:
+                    raise errors.ControlBusy(
+                        f"{exc.message} — gave up after waiting {timeout:.0f} s; "
+                        "pass a longer --timeout",
+                        exc.retry_after,
+                    ) from exc
+                yield self._local(
+                    StepState.WAITING, f"waiting for the control node at {where}: {exc.message}"
+                )
+                await asyncio.sleep(exc.retry_after)
+                continue
             except (errors.ControlUnreachable, errors.NotControl, errors.BootstrapBusy) as exc:
+                pinned.clear()
                 attempt = backoff.failed()
                 if time.monotonic() + backoff.delay > deadline:
                     raise type(exc)(
@@ -212,12 +230,18 @@ class Member:
             await backoff.wait()
 
     async def _bootstrap(
-        self, host: str, port: int, credential: _Credential, address: str
+        self,
+        host: str,
+        port: int,
+        credential: _Credential,
+        address: str,
+        pinned: dict[tuple[str, int], bytes],
     ) -> AsyncIterator[EventRecord]:
         where = names.format_host_port(host, port)
         name = self._config.node_name
         yield self._local(StepState.RUNNING, f"contacting the control node at {where}")
-        cert_pem = await fetch_bootstrap_certificate(host, port)
+        cert_pem = pinned.get((host, port)) or await fetch_bootstrap_certificate(host, port)
+        pinned[host, port] = cert_pem
         seen = x509.fingerprint(cert_pem)
         token = credential.token
         proof = "the join token" if token else "the cluster password"

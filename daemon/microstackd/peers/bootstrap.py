@@ -128,8 +128,17 @@ class BootstrapCall:
                 )
             )
         )
+        # The last message: half-close now, while the call is surely alive (after
+        # the result it may be over already, and grpc then raises its own errors).
+        try:
+            await self._call.done_writing()
+        except aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+        except Exception:  # grpc's own error for a call already over
+            # (ExecuteBatchError, when its deadline passed meanwhile): the read
+            # below raises the call's real status.
+            pass
         response = await self._read()
         if response.WhichOneof("body") != "result":
             raise errors.BootstrapProtocolError("the control did not answer with a result")
-        await self._call.done_writing()
         return bootstrap_result_from_pb(response.result)

@@ -4,7 +4,9 @@ agent (``AgentClient``)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -88,6 +90,11 @@ class ControlClient:
             raise self._error(exc) from exc
         return int(response.interval_seconds)
 
+    def heartbeats(self, software: Software) -> HeartbeatStream:
+        """A heartbeat stream to the control (``ClusterService.Heartbeats``);
+        every beat declares ``software``."""
+        return HeartbeatStream(self._stub.Heartbeats(), self._error, software)
+
     async def renew_certificate(self, csr_pem: bytes, timeout: float = 30.0) -> tuple[bytes, bytes]:
         """A new certificate for the key ``csr_pem`` proves, and the trust bundle."""
         try:
@@ -109,6 +116,67 @@ class ControlClient:
             convert.cluster_from_pb(response.cluster),
             [convert.node_from_pb(n) for n in response.nodes],
         )
+
+
+class HeartbeatStream:
+    """One member's heartbeats on one call: ``beat`` sends one; ``interval``
+    is what the control last asked for (it answers the first beat, then only
+    when that changes); ``ended`` completes with the error that ended the
+    stream (``PermissionDenied``: this node was removed), and
+    ``unimplemented`` says a control only takes ``Heartbeat`` calls."""
+
+    def __init__(
+        self,
+        call: Any,
+        error: Callable[[aio.AioRpcError], errors.MicrostackError],
+        software: Software,
+    ) -> None:
+        self._call = call
+        self._error = error
+        self._software = software
+        self.interval = 0
+        #: The control does not serve the stream (an older microstackd).
+        self.unimplemented = False
+        self.answered = asyncio.Event()
+        self.ended: asyncio.Future[errors.MicrostackError] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        try:
+            while (response := await self._call.read()) is not aio.EOF:
+                self.interval = int(response.interval_seconds)
+                self.answered.set()
+            ended: errors.MicrostackError = errors.ControlUnreachable(
+                "the control ended the heartbeat stream"
+            )
+        except aio.AioRpcError as exc:
+            self.unimplemented = exc.code() is grpc.StatusCode.UNIMPLEMENTED
+            ended = self._error(exc)
+        except asyncio.CancelledError:
+            ended = errors.ControlUnreachable("the heartbeat stream was closed")
+        if not self.ended.done():
+            self.ended.set_result(ended)
+        self.answered.set()
+
+    async def beat(self, services: list[ServiceRecord]) -> None:
+        request = pb.HeartbeatsRequest(
+            services=convert.services_to_pb(services),
+            microstackd_version=self._software.version,
+            api_version=self._software.api,
+        )
+        try:
+            await self._call.write(request)
+        except (aio.AioRpcError, aio.UsageError, asyncio.InvalidStateError):
+            # The call is over: ``ended`` says why (the reader sees it too).
+            await asyncio.wait({self._reader}, timeout=5)
+
+    async def close(self) -> None:
+        self._call.cancel()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
 
 
 class AgentClient:

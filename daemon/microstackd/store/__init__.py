@@ -76,6 +76,7 @@ class Store:
             )
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._nodes_cache: tuple[tuple[int, int], list[NodeRecord]] | None = None
             os.chmod(path, 0o600)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -230,15 +231,12 @@ class Store:
         "joined, last_seen, agent_port, pending_serial, version, api_version"
     )
 
-    def _node(self, row: tuple[object, ...]) -> NodeRecord:
+    def _node(
+        self, row: tuple[object, ...], services: tuple[ServiceRecord, ...] | None = None
+    ) -> NodeRecord:
         name = str(row[0])
-        services = tuple(
-            ServiceRecord(str(n), str(s), str(m), str(d))
-            for n, s, m, d in self._db.execute(
-                "SELECT name, state, message, detail FROM services WHERE node = ? ORDER BY name",
-                (name,),
-            )
-        )
+        if services is None:
+            services = tuple(self.services(name))
         return NodeRecord(
             name=name,
             role=Role(str(row[1])),
@@ -257,6 +255,26 @@ class Store:
             api_version=str(row[13]),
         )
 
+    def identity_candidates(self, name: str, keys: set[str], address: str) -> list[NodeRecord]:
+        """The nodes other than ``name``, not removed, that could share an
+        identity with a joiner: a name or hostname whose DNS key (lower case,
+        no trailing dot) is in ``keys``, the same IPv4 address text, or any
+        IPv6 address when ``address`` is one (its text has several forms).
+        One query however many nodes there are; the caller compares exactly."""
+        marks = ", ".join("?" * len(keys))
+        ipv6 = 1 if ":" in address else 0
+        rows = self._db.execute(
+            f"SELECT {self._NODE_COLUMNS} FROM nodes WHERE name != ? AND state != ? AND ("
+            f"rtrim(lower(name), '.') IN ({marks}) OR rtrim(lower(hostname), '.') IN ({marks}) "
+            "OR address = ? OR (? AND instr(address, ':') > 0))",
+            (name, NodeState.REMOVED.value, *keys, *keys, address, ipv6),
+        ).fetchall()
+        return [self._node(row) for row in rows]
+
+    def _nodes_version(self) -> tuple[int, int]:
+        (data_version,) = self._db.execute("PRAGMA data_version").fetchone()
+        return self._db.total_changes, int(data_version)
+
     def node(self, name: str) -> NodeRecord | None:
         row = self._db.execute(
             f"SELECT {self._NODE_COLUMNS} FROM nodes WHERE name = ?", (name,)
@@ -264,10 +282,28 @@ class Store:
         return None if row is None else self._node(row)
 
     def nodes(self) -> list[NodeRecord]:
+        """Every node, the control first.
+
+        Read with two queries however many nodes there are, and kept until
+        the database changes: ``total_changes`` counts every row this
+        connection wrote, ``data_version`` moves when another connection
+        commits. Status at 10,000 nodes re-read and rebuilt every record
+        per call (~100 ms here); unchanged, it is a list copy. The records
+        are frozen, so sharing them is safe."""
+        version = self._nodes_version()
+        if self._nodes_cache is not None and self._nodes_cache[0] == version:
+            return list(self._nodes_cache[1])
         rows = self._db.execute(
             f"SELECT {self._NODE_COLUMNS} FROM nodes ORDER BY role = 'control' DESC, joined, name"
         ).fetchall()
-        return [self._node(row) for row in rows]
+        services: dict[str, list[ServiceRecord]] = {}
+        for node, n, s, m, d in self._db.execute(
+            "SELECT node, name, state, message, detail FROM services ORDER BY node, name"
+        ):
+            services.setdefault(str(node), []).append(ServiceRecord(str(n), str(s), str(m), str(d)))
+        nodes = [self._node(row, tuple(services.get(str(row[0]), ()))) for row in rows]
+        self._nodes_cache = (version, nodes)
+        return list(nodes)
 
     def put_node(self, node: NodeRecord, *, replaces_serial: str | None = None) -> None:
         """Insert or replace a node; a replaced certificate serial is revoked,
@@ -275,39 +311,7 @@ class Store:
         on after them, so a follower that saw one never takes a new event for
         it."""
         with self.transaction() as db:
-            if replaces_serial:
-                events_from = self._last_seq(db, node.name)
-                self._revoke_pending(db, node.name, node.joined)  # a renewal it never used
-            else:
-                row = db.execute(
-                    "SELECT events_from FROM nodes WHERE name = ?", (node.name,)
-                ).fetchone()
-                events_from = int(row[0]) if row else 0
-            db.execute(
-                f"INSERT OR REPLACE INTO nodes ({self._NODE_COLUMNS}, events_from) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    node.name,
-                    node.role.value,
-                    node.address,
-                    node.hostname,
-                    node.state.value,
-                    node.message,
-                    node.cert_serial,
-                    node.cert_not_after,
-                    node.joined,
-                    node.last_seen,
-                    node.agent_port,
-                    node.pending_serial,
-                    node.version,
-                    node.api_version,
-                    events_from,
-                ),
-            )
-            if replaces_serial:
-                self._revoke(db, replaces_serial, node.name, node.joined)
-                db.execute("DELETE FROM steps WHERE node = ?", (node.name,))
-                db.execute("DELETE FROM events WHERE node = ?", (node.name,))
+            self._put_node(db, node, replaces_serial)
 
     def set_certificate(self, name: str, serial: str, not_after: float) -> None:
         """Record the certificate a node now holds (its key unchanged)."""
@@ -316,6 +320,44 @@ class Store:
                 "UPDATE nodes SET cert_serial = ?, cert_not_after = ? WHERE name = ?",
                 (serial, not_after, name),
             )
+
+    def _put_node(
+        self, db: sqlite3.Connection, node: NodeRecord, replaces_serial: str | None
+    ) -> None:
+        """``put_node`` within ``db``'s transaction (``record_all`` too)."""
+        if replaces_serial:
+            events_from = self._last_seq(db, node.name)
+            self._revoke_pending(db, node.name, node.joined)  # a renewal it never used
+        else:
+            row = db.execute(
+                "SELECT events_from FROM nodes WHERE name = ?", (node.name,)
+            ).fetchone()
+            events_from = int(row[0]) if row else 0
+        db.execute(
+            f"INSERT OR REPLACE INTO nodes ({self._NODE_COLUMNS}, events_from) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                node.name,
+                node.role.value,
+                node.address,
+                node.hostname,
+                node.state.value,
+                node.message,
+                node.cert_serial,
+                node.cert_not_after,
+                node.joined,
+                node.last_seen,
+                node.agent_port,
+                node.pending_serial,
+                node.version,
+                node.api_version,
+                events_from,
+            ),
+        )
+        if replaces_serial:
+            self._revoke(db, replaces_serial, node.name, node.joined)
+            db.execute("DELETE FROM steps WHERE node = ?", (node.name,))
+            db.execute("DELETE FROM events WHERE node = ?", (node.name,))
 
     def replace_certificate(self, name: str, serial: str, not_after: float, when: float) -> None:
         """The node holds a new certificate now (a renewal the node made
@@ -391,9 +433,37 @@ class Store:
                 (software.version, software.api, name),
             )
 
-    def touch_node(self, name: str, when: float) -> None:
+    def touch_nodes(self, seen: Mapping[str, float]) -> None:
+        """When each of these nodes was last heard from, in one commit (never
+        moving a time back). Keeps the nodes cache valid rather than
+        re-reading every node: heartbeats arrive all the time."""
+        version = self._nodes_version()
+        fresh = self._nodes_cache is not None and self._nodes_cache[0] == version
         with self.transaction() as db:
-            db.execute("UPDATE nodes SET last_seen = ? WHERE name = ?", (when, name))
+            db.executemany(
+                "UPDATE nodes SET last_seen = max(last_seen, ?) WHERE name = ?",
+                [(when, name) for name, when in seen.items()],
+            )
+        if fresh and self._nodes_cache is not None:
+            self._nodes_cache = (
+                self._nodes_version(),
+                [
+                    dataclasses.replace(n, last_seen=seen[n.name])
+                    if seen.get(n.name, 0.0) > n.last_seen
+                    else n
+                    for n in self._nodes_cache[1]
+                ],
+            )
+
+    def services(self, node: str) -> list[ServiceRecord]:
+        """A node's services as last recorded, by name."""
+        return [
+            ServiceRecord(str(n), str(s), str(m), str(d))
+            for n, s, m, d in self._db.execute(
+                "SELECT name, state, message, detail FROM services WHERE node = ? ORDER BY name",
+                (node,),
+            )
+        ]
 
     def set_services(self, node: str, services: list[ServiceRecord]) -> None:
         with self.transaction() as db:
@@ -493,12 +563,16 @@ class Store:
         self,
         events: Sequence[EventRecord],
         updates: Sequence[NodeUpdate] = (),
+        nodes: Sequence[tuple[NodeRecord, str | None]] = (),
     ) -> list[EventRecord]:
-        """Persist step changes, their events and changes to node records in
-        one transaction: one durable commit however many there are. Returns
-        the events with their sequence numbers, in order."""
+        """Persist new node records (each with the serial it replaces, as
+        ``put_node``), step changes, their events and changes to node records
+        in one transaction: one durable commit however many there are.
+        Returns the events with their sequence numbers, in order."""
         recorded: list[EventRecord] = []
         with self.transaction() as db:
+            for node, replaces_serial in nodes:
+                self._put_node(db, node, replaces_serial)
             for event in events:
                 seq = self._last_seq(db, event.node) + 1
                 db.execute(

@@ -96,6 +96,53 @@ def node_to_pb(node: NodeRecord) -> pb.Node:
     )
 
 
+class NodesEncoder:
+    """``node_to_pb`` of every node, as the wire bytes of a response's
+    ``repeated Node`` field, reusing the bytes of each node that has not
+    changed since the last call (each answer's nodes are mostly the last
+    one's: at 10,000 nodes, converting them all took ~0.35 s a call).
+
+    Protocol buffers let a message's fields come in any order and a
+    repeated field's elements one after another: these bytes merged into a
+    response (``MergeFromString``) are its nodes, in order."""
+
+    def __init__(self, field_number: int) -> None:
+        self._tag = _varint(field_number << 3 | 2)  # length-delimited
+        #: node name -> (the record, its Nova entry, its encoded element)
+        self._kept: dict[str, tuple[NodeRecord, dict[str, Any] | None, bytes]] = {}
+
+    def encode(
+        self, nodes: Iterable[NodeRecord], nova: dict[str, dict[str, Any]] | None = None
+    ) -> bytes:
+        kept: dict[str, tuple[NodeRecord, dict[str, Any] | None, bytes]] = self._kept
+        fresh: dict[str, tuple[NodeRecord, dict[str, Any] | None, bytes]] = {}
+        parts = []
+        for node in nodes:
+            view = nova.get(node.name) if nova and node.role is Role.COMPUTE else None
+            old = kept.get(node.name)
+            if old is not None and (old[0] is node or old[0] == node) and old[1] == view:
+                element = old[2]
+            else:
+                message = node_to_pb(node)
+                if view is not None:
+                    message.nova.CopyFrom(nova_host_to_pb(view))
+                body = message.SerializeToString()
+                element = self._tag + _varint(len(body)) + body
+            fresh[node.name] = (node, view, element)
+            parts.append(element)
+        self._kept = fresh  # nodes gone since are forgotten
+        return b"".join(parts)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 def node_from_pb(node: pb.Node) -> NodeRecord:
     return NodeRecord(
         name=node.name,

@@ -12,6 +12,19 @@ from microstackd import errors
 
 #: Trailing metadata key naming the microstackd error class of a failed call.
 ERROR_METADATA = "microstackd-error"
+#: Trailing metadata key of a ``ControlBusy``: seconds until the caller's turn.
+RETRY_AFTER_METADATA = "microstackd-retry-after"
+
+
+def error_trailers(error: errors.MicrostackError) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata that carries ``error`` to the calling side."""
+    if isinstance(error, errors.ControlBusy):
+        return (
+            (ERROR_METADATA, type(error).__name__),
+            (RETRY_AFTER_METADATA, f"{error.retry_after:.3f}"),
+        )
+    return ((ERROR_METADATA, type(error).__name__),)
+
 
 #: The class to raise for a status that came without a trailer (not from a
 #: microstackd servicer: a proxy, a much older daemon, the transport).

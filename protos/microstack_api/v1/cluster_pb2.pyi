@@ -616,6 +616,22 @@ class HeartbeatResponse(_message.Message):
     interval_seconds: int
     def __init__(self, interval_seconds: _Optional[int] = ...) -> None: ...
 
+class HeartbeatsRequest(_message.Message):
+    __slots__ = ("services", "microstackd_version", "api_version")
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    MICROSTACKD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    API_VERSION_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
+    microstackd_version: str
+    api_version: str
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., microstackd_version: _Optional[str] = ..., api_version: _Optional[str] = ...) -> None: ...
+
+class HeartbeatsResponse(_message.Message):
+    __slots__ = ("interval_seconds",)
+    INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    interval_seconds: int
+    def __init__(self, interval_seconds: _Optional[int] = ...) -> None: ...
+
 class RenewCertificateRequest(_message.Message):
     __slots__ = ("csr_pem",)
     CSR_PEM_FIELD_NUMBER: _ClassVar[int]

@@ -61,6 +61,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         self._bus = bus
         self._cluster = cluster
         self._members = members
+        self._nodes = convert.NodesEncoder(pb.StatusResponse.NODES_FIELD_NUMBER)
         self._tokens = tokens
         self._member = member
 
@@ -156,11 +157,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         else:
             record, nodes = await self._member.status()
         response.cluster.CopyFrom(convert.cluster_to_pb(record))
-        for n in nodes:
-            message = convert.node_to_pb(n)
-            if n.role is Role.COMPUTE and n.name in nova:
-                message.nova.CopyFrom(convert.nova_host_to_pb(nova[n.name]))
-            response.nodes.append(message)
+        response.MergeFromString(self._nodes.encode(nodes, nova))
         return response
 
     async def _progress_stream(

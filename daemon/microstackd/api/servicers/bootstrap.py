@@ -75,20 +75,29 @@ class BootstrapServicer(pb_grpc.BootstrapServiceServicer):
             h.token_id,
             Software(h.microstackd_version, h.api_version),
         )
-        kdf = challenge.kdf
-        yield pb.ExchangeResponse(
-            challenge=pb.BootstrapChallenge(
-                cluster_id=challenge.cluster_id,
-                kdf=pb.KdfParams(name="scrypt", salt=kdf.salt, log2_n=kdf.log2_n, r=kdf.r, p=kdf.p),
-                pake_message=challenge.pake_message,
+        try:
+            kdf = challenge.kdf
+            yield pb.ExchangeResponse(
+                challenge=pb.BootstrapChallenge(
+                    cluster_id=challenge.cluster_id,
+                    kdf=pb.KdfParams(
+                        name="scrypt", salt=kdf.salt, log2_n=kdf.log2_n, r=kdf.r, p=kdf.p
+                    ),
+                    pake_message=challenge.pake_message,
+                )
             )
-        )
-        second = await _next(requests, "response")
-        if second.WhichOneof("body") != "response":
-            raise errors.BootstrapProtocolError("expected the PAKE response after the challenge")
-        r = second.response
-        result = self._bootstrap.finish(session, r.pake_message, r.csr_pem, r.confirmation)
-        yield pb.ExchangeResponse(result=convert.bootstrap_result_to_pb(result))
+            second = await _next(requests, "response")
+            if second.WhichOneof("body") != "response":
+                raise errors.BootstrapProtocolError(
+                    "expected the PAKE response after the challenge"
+                )
+            r = second.response
+            result = await self._bootstrap.finish(
+                session, r.pake_message, r.csr_pem, r.confirmation
+            )
+            yield pb.ExchangeResponse(result=convert.bootstrap_result_to_pb(result))
+        finally:
+            self._bootstrap.end(session)
 
 
 async def _next(requests: AsyncIterator[pb.ExchangeRequest], what: str) -> pb.ExchangeRequest:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from microstack_api.v1 import cluster_pb2 as pb
@@ -30,6 +31,7 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
         self._bus = bus
         self._certificates = certificates
         self._rotation = rotation
+        self._nodes = convert.NodesEncoder(pb.GetClusterStatusResponse.NODES_FIELD_NUMBER)
 
     async def Enrol(
         self, request: pb.EnrolRequest, context: Context
@@ -50,13 +52,49 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
         self._rotation.noticed(identity)  # a member back during a CA rotation moves now
         return pb.HeartbeatResponse(interval_seconds=interval)
 
+    async def Heartbeats(
+        self, request_iterator: AsyncIterator[pb.HeartbeatsRequest], context: Context
+    ) -> AsyncIterator[pb.HeartbeatsResponse]:
+        identity = caller()
+        told = 0
+        last = b""
+        self._members.open_stream(identity)
+        try:
+            async for request in request_iterator:
+                # A beat the same as the last one of this stream (services and
+                # version) was taken then: it is not looked at again.
+                raw = request.SerializeToString()
+                if raw == last:
+                    interval = self._members.beat(identity, None)
+                else:
+                    services = convert.services_from_pb(request.services)
+                    software = Software(request.microstackd_version, request.api_version)
+                    interval = self._members.beat(identity, services, software)
+                    last = raw
+                self._rotation.noticed(identity)  # a member back during a CA rotation moves now
+                if interval != told:
+                    told = interval
+                    yield pb.HeartbeatsResponse(interval_seconds=interval)
+        except asyncio.CancelledError:
+            error = self._members.ended_by()
+            if error is None:
+                raise
+            # Ended by the control (the certificate revoked, the control
+            # stopping): the caller is told why.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            raise error from None
+        finally:
+            self._members.close_stream(identity)
+
     async def GetClusterStatus(
         self, request: pb.GetClusterStatusRequest, context: Context
     ) -> pb.GetClusterStatusResponse:
         cluster, nodes = self._members.status()
-        return pb.GetClusterStatusResponse(
-            cluster=convert.cluster_to_pb(cluster), nodes=[convert.node_to_pb(n) for n in nodes]
-        )
+        response = pb.GetClusterStatusResponse(cluster=convert.cluster_to_pb(cluster))
+        response.MergeFromString(self._nodes.encode(nodes))
+        return response
 
     async def RenewCertificate(
         self, request: pb.RenewCertificateRequest, context: Context

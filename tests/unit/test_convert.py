@@ -1,0 +1,72 @@
+"""``wire.convert.NodesEncoder``: the nodes of a status answer as bytes,
+each unchanged node's reused, must be exactly what converting every node
+afresh gives."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+from microstack_api.v1 import cluster_pb2 as pb
+from microstackd.model import NodeRecord, NodeState, Role, ServiceRecord
+from microstackd.wire import convert
+
+
+def _nodes(rng: random.Random, count: int) -> list[NodeRecord]:
+    return [
+        NodeRecord(
+            name=f"node-{i}",
+            role=Role.CONTROL if i == 0 else Role.COMPUTE,
+            address=f"10.0.{i // 250}.{i % 250 + 1}",
+            hostname=f"node-{i}",
+            state=rng.choice(list(NodeState)),
+            message=rng.choice(["", "ready", "ünïcode ✓", "x" * 300]),
+            cert_serial=f"{rng.getrandbits(128):x}",
+            cert_not_after=rng.uniform(1e9, 2e9),
+            joined=rng.choice([0.0, rng.uniform(1e9, 2e9)]),
+            last_seen=rng.choice([0.0, rng.uniform(1e9, 2e9)]),
+            agent_port=rng.choice([0, 10003]),
+            services=tuple(
+                ServiceRecord(f"svc-{k}", rng.choice(["running", "failed"]), "m" * k)
+                for k in range(rng.randint(0, 3))
+            ),
+        )
+        for i in range(count)
+    ]
+
+
+def _expected(nodes: list[NodeRecord], nova: dict[str, dict[str, object]]) -> bytes:
+    response = pb.StatusResponse(local_node="ctl")
+    for n in nodes:
+        message = convert.node_to_pb(n)
+        if n.role is Role.COMPUTE and n.name in nova:
+            message.nova.CopyFrom(convert.nova_host_to_pb(nova[n.name]))
+        response.nodes.append(message)
+    return response.SerializeToString(deterministic=True)
+
+
+def _encoded(encoder: convert.NodesEncoder, nodes, nova) -> bytes:
+    response = pb.StatusResponse(local_node="ctl")
+    response.MergeFromString(encoder.encode(nodes, nova))
+    return response.SerializeToString(deterministic=True)
+
+
+def test_the_encoded_nodes_are_those_converted_afresh_across_changes() -> None:
+    rng = random.Random(19)
+    encoder = convert.NodesEncoder(pb.StatusResponse.NODES_FIELD_NUMBER)
+    nodes = _nodes(rng, 60)
+    nova: dict[str, dict[str, object]] = {}
+    for _round in range(30):
+        assert _encoded(encoder, nodes, nova) == _expected(nodes, nova)
+        # change some nodes, drop one, add one, move Nova's view
+        for i in rng.sample(range(len(nodes)), 5):
+            nodes[i] = dataclasses.replace(
+                nodes[i], state=rng.choice(list(NodeState)), last_seen=rng.uniform(1e9, 2e9)
+            )
+        nodes.pop(rng.randrange(len(nodes)))
+        nodes.insert(rng.randrange(len(nodes)), _nodes(rng, 2)[1])
+        host = rng.choice(nodes).name
+        nova[host] = {"compute_service": rng.choice(["up", "down"]), "running_instances": 1}
+        if rng.random() < 0.3:
+            nova.clear()
+    assert _encoded(encoder, [], {}) == _expected([], {})
