@@ -351,3 +351,53 @@ def test_new_nodes_share_the_group_commit_and_wait_for_it(tmp_path):
         assert store.node("d") is None
 
     asyncio.run(main())
+
+
+def test_a_step_knows_whether_an_earlier_run_left_it_unfinished(world) -> None:
+    """``StepContext.redone``: true for a step under way when the run stopped
+    (as after a SIGKILL) or one that failed, when a new run redoes it; false
+    for a step's first attempt."""
+    store, bus, runner = world
+    seen: dict[str, list[bool]] = {}
+    started = asyncio.Event()
+
+    def noting(name: str, *, block: bool = False, fail: bool = False) -> StepAction:
+        async def action(ctx: StepContext) -> str:
+            seen.setdefault(name, []).append(ctx.redone)
+            if block:
+                started.set()
+                await asyncio.Event().wait()  # until cancelled (the daemon stops)
+            if fail:
+                raise errors.ServiceFailed(f"{name} broke")
+            return f"{name} finished"
+
+        return action
+
+    async def interrupted() -> None:
+        actions = {
+            "a1": noting("a1"),
+            "a2": noting("a2", block=True),
+            "b1": noting("b1", fail=True),
+        }
+        runner.ensure_running(NODE, GROUP_PLAN, actions, together=TOGETHER)
+        await asyncio.wait_for(started.wait(), 5)
+        await asyncio.sleep(0.01)
+        runner.cancel(NODE)
+        await asyncio.sleep(0.01)
+
+    asyncio.run(interrupted())
+    states = store.step_states(NODE)
+    assert states["a2"] is StepState.RUNNING and states["b1"] is StepState.FAILED
+    again = Runner(store, bus)  # as after a restart
+    asyncio.run(_finish_plan(again, {n: noting(n) for n in ("a1", "a2", "b1")}))
+    assert seen == {"a1": [False], "a2": [False, True], "b1": [False, True]}
+    # A plan streamed (recording nothing) never redoes anything.
+    seen.clear()
+
+    async def stream() -> None:
+        actions = {n: noting(n) for n in ("first", "a1", "a2", "b1")}
+        async for _ in again.stream("other", GROUP_PLAN, actions, together=TOGETHER):
+            pass
+
+    asyncio.run(stream())
+    assert all(v == [False] for v in seen.values()) and len(seen) == 4

@@ -92,7 +92,7 @@ class Cluster:
         together: tuple[enrolment.Group, ...] = ()
         if self._plane is not None:
             plan = (plan[0], *self._plane.plan(), *plan[1:])
-            actions.update(self._plane.actions(self.load_control_config))
+            actions.update(self._plane.actions(self.load_control_config, init=True))
             titles = self._plane.titles()
             together = self._plane.groups()
         self._runner.ensure_running(name, plan, actions, titles, together)

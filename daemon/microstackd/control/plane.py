@@ -90,22 +90,34 @@ class ControlPlane:
             "host": self._config.node_name,
         }
 
-    def actions(self, load: ConfigLoader) -> dict[str, StepAction]:
+    def actions(self, load: ConfigLoader, *, init: bool = False) -> dict[str, StepAction]:
+        """The steps' actions. ``init``: the control's init, the only caller
+        whose redone migration steps start from empty databases (an attempt
+        that did not finish left them half-migrated: ``SetupStep.schema``).
+        Until a migration step is done no service and no other step has used
+        its databases (``CONTROL``'s order honours ``NEEDS``), and init runs
+        no step again once it is done; a restore, whose databases hold the
+        cloud, never drops them."""
+
         def action(name: str) -> StepAction:
-            return lambda ctx: self._step(ctx, name, load)
+            return lambda ctx: self._step(ctx, name, load, init)
 
         return {name: action(name) for name in self.plan()}
 
-    async def _step(self, ctx: StepContext, name: str, load: ConfigLoader) -> str | Skipped:
+    async def _step(
+        self, ctx: StepContext, name: str, load: ConfigLoader, init: bool
+    ) -> str | Skipped:
         if not self.enabled:
             return Skipped(NO_ENVIRONMENT)
         self._stepping += 1
         try:
-            return await self._run_step(ctx, name, load)
+            return await self._run_step(ctx, name, load, init)
         finally:
             self._stepping -= 1
 
-    async def _run_step(self, ctx: StepContext, name: str, load: ConfigLoader) -> str | Skipped:
+    async def _run_step(
+        self, ctx: StepContext, name: str, load: ConfigLoader, init: bool
+    ) -> str | Skipped:
         await self._resume_done.wait()
         values = self.values(load())
         async with self._preparing:
@@ -129,7 +141,13 @@ class ControlPlane:
         async def progress(message: str) -> None:
             await ctx.progress(message)
 
-        return await steps.run_setup(step, values, self._config.state_dir / "logs", progress)
+        return await steps.run_setup(
+            step,
+            values,
+            self._config.state_dir / "logs",
+            progress,
+            fresh_schema=init and ctx.redone,
+        )
 
     def _render(self, values: Mapping[str, str]) -> str:
         root = self._config.config_root

@@ -60,7 +60,12 @@ class _Run:
     sink: Sink
     #: The error that failed the run (a streamed run raises it to its caller).
     error: errors.MicrostackError | None = field(default=None)
+    #: The steps an earlier run started and did not finish (``StepContext.redone``).
+    unfinished: frozenset[str] = frozenset()
 
+
+#: A step's persisted states that say an earlier run started it and did not finish it.
+_UNFINISHED = (StepState.RUNNING, StepState.WAITING, StepState.FAILED)
 
 #: Free space (bytes) under which stalled enrolments wait rather than resume.
 ROOM_TO_RESUME = 1 << 20
@@ -84,6 +89,10 @@ class StepContext:
     def __init__(self, runner: Runner, run: _Run, step: str) -> None:
         self.node = run.node
         self.step = step
+        #: An earlier run started this step and did not finish it: it was
+        #: under way when the daemon stopped (or was killed), or it failed.
+        #: What it had done may be half done (its action may have to undo it).
+        self.redone = step in run.unfinished
         self._runner = runner
         self._run = run
 
@@ -160,8 +169,15 @@ class Runner:
 
     async def _run(self, node: str, plan: _Plan) -> None:
         self.flush()
-        machine = Enrolment(plan.plan, self._store.step_states(node), plan.titles, plan.together)
-        run = _Run(node, machine, plan.actions, lambda command: self._queue_record(node, command))
+        states = self._store.step_states(node)
+        machine = Enrolment(plan.plan, states, plan.titles, plan.together)
+        run = _Run(
+            node,
+            machine,
+            plan.actions,
+            lambda command: self._queue_record(node, command),
+            unfinished=frozenset(s for s, state in states.items() if state in _UNFINISHED),
+        )
         self._plans[node] = plan
         try:
             await self._execute(run, machine.resume())

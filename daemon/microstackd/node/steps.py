@@ -8,8 +8,10 @@ command line (roles.py), and messages name steps, files and exit statuses.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import re
 import shutil
 import string
 import sys
@@ -166,10 +168,19 @@ async def restart_after_daemon(
 
 
 async def run_setup(
-    step: SetupStep, values: Mapping[str, str], log_dir: Path, progress: Progress
+    step: SetupStep,
+    values: Mapping[str, str],
+    log_dir: Path,
+    progress: Progress,
+    *,
+    fresh_schema: bool = False,
 ) -> str:
     """Run ``step``'s commands in order; return what was done. A failure is an
-    ``errors.ServiceFailed`` naming the command, its status and its last log lines."""
+    ``errors.ServiceFailed`` naming the command, its status and its last log lines.
+
+    ``fresh_schema``: first drop ``step.schema``'s databases and create them
+    empty (an earlier attempt left them half-migrated). Only init may ask
+    it, and only for a step not done yet: no one else has written them."""
     if step.creates and Path(_expand(step.creates, values)).exists():
         return f"{step.title}: already done ({_expand(step.creates, values)} exists)"
     make_dirs(step.dirs, values)
@@ -178,6 +189,16 @@ async def run_setup(
     log_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     log_path = log_dir / f"setup-{step.name}.log"
     started = time.monotonic()
+    if fresh_schema and step.schema:
+        names = ", ".join(step.schema)
+        await progress(
+            f"an earlier attempt did not finish: dropping {names} and creating them empty "
+            "(a half-done migration cannot be redone; nothing else has used them yet)"
+        )
+        client = dataclasses.replace(step, ok_codes=(0,), timeout=RESET_TIMEOUT)
+        argv = render.expand(step.schema_client, values)
+        what = f"{Path(argv[0]).name} (dropping and creating {names})"
+        await _run_logged(client, argv, env, reset_sql(step.schema), log_path, what)
     for index, command in enumerate(step.commands, start=1):
         argv = render.expand(command, values)
         what = " ".join([Path(argv[0]).name, *_verbs(argv)])
@@ -185,6 +206,25 @@ async def run_setup(
             await progress(f"{what} ({index}/{len(step.commands)})")
         await _run_logged(step, argv, env, stdin, log_path, what)
     return f"{step.title}: done in {time.monotonic() - started:.1f} s"
+
+
+#: Seconds dropping and creating a step's databases may take.
+RESET_TIMEOUT = 120.0
+_DATABASE_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def reset_sql(databases: tuple[str, ...]) -> bytes:
+    """The statements that drop ``databases`` and create them empty, as the
+    databases step made them (the user's grants are by name: they stay)."""
+    lines = []
+    for name in databases:
+        if not _DATABASE_NAME.fullmatch(name):
+            raise ValueError(f"not a database name: {name!r}")
+        lines += [
+            f"DROP DATABASE IF EXISTS `{name}`;",
+            f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4;",
+        ]
+    return ("\n".join(lines) + "\n").encode()
 
 
 def _verbs(argv: tuple[str, ...]) -> list[str]:

@@ -7,6 +7,7 @@ uploads the test image as ``cirros``."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from microstackd.node.roles.network import (
     DHCP_AGENT,
@@ -50,6 +51,15 @@ TEST_IMAGE = "${state_path}/images/cirros.qcow2"
 
 def _manage(binary: str, conf: str, *args: str) -> tuple[str, ...]:
     return ("${openstack_prefix}/bin/" + binary, "--config-file", "${config_root}/" + conf, *args)
+
+
+def _schema(*databases: str) -> dict[str, Any]:
+    """A migration step's databases (``SetupStep.schema``) and MariaDB's
+    client, as root over the socket (``databases``' own), to reset them."""
+    return {
+        "schema": databases,
+        "schema_client": ("/usr/bin/mariadb", "--defaults-file=${config_root}/" + MARIADB_CNF),
+    }
 
 
 def _api(name: str, app: str, port: str, workers: int, **env: str) -> RoleService:
@@ -101,6 +111,93 @@ def _daemon(name: str, *command: str) -> RoleService:
         start_timeout=120.0,
         real_only=True,
     )
+
+
+#: What each step of the control's init needs done before it starts: read
+#: from its command and the configuration templates it reads
+#: (``node/templates/control/``). The order must honour every line (a need
+#: in an entry before the step's, or before it in its own lane: never only
+#: in another lane, which would rest on timing); the unit tests check that,
+#: and that every service's database and service users are here.
+#:
+#: * a schema step: the databases step (its database, empty, and the user);
+#: * a service with a ``[database]``/``[api_database]``: the step that
+#:   migrates it (``SetupStep.schema``);
+#: * a service whose files hold a service user's password (its
+#:   ``[keystone_authtoken]`` checks every request's token with it; Nova's
+#:   ``[placement]``/``[neutron]``/``[service_user]``, Neutron's ``[nova]``
+#:   for its port events to Nova): ``identity``, which makes those users and
+#:   the catalog's endpoints. None of them calls Keystone as it starts (their
+#:   clients authenticate on first use), but each may be used as soon as it
+#:   answers, so none may answer before its user exists;
+#: * a service with a ``transport_url``: RabbitMQ;
+#: * what a service or step calls as it starts (nova-conductor and
+#:   nova-scheduler: Placement's versions, they exit without it; the agents:
+#:   neutron-rpc-server, over Open vSwitch's bridges; the test image: Glance;
+#:   cloud-defaults: the Nova and Neutron APIs and the agents that serve the
+#:   networks and router it makes).
+NEEDS: dict[str, tuple[str, ...]] = {
+    service_step("mariadb"): ("mariadb-install",),
+    "databases": (service_step("mariadb"),),
+    service_step("rabbitmq"): (service_step("epmd"),),
+    "keystone-db-sync": ("databases",),
+    "keystone-bootstrap": ("keystone-db-sync",),
+    service_step("keystone"): ("keystone-bootstrap", "keystone-keys"),
+    "identity": (service_step("keystone"),),
+    "glance-db-sync": ("databases",),
+    service_step("glance"): ("glance-db-sync", "identity"),
+    "test-image": (service_step("glance"), "identity"),
+    "placement-db-sync": ("databases",),
+    service_step("placement"): ("placement-db-sync", "identity"),
+    "nova-api-db-sync": ("databases",),
+    # The cell mappings go into nova_api; cell1's names the queue's URL.
+    "nova-cells": ("nova-api-db-sync",),
+    # Migrates the databases of the cells nova-cells mapped.
+    "nova-db-sync": ("nova-cells",),
+    service_step("nova-api"): ("nova-db-sync", "identity", service_step("rabbitmq")),
+    service_step("nova-conductor"): (
+        "nova-db-sync",
+        "identity",
+        service_step("rabbitmq"),
+        service_step("placement"),
+    ),
+    service_step("nova-scheduler"): (
+        "nova-db-sync",
+        "identity",
+        service_step("rabbitmq"),
+        service_step("placement"),
+    ),
+    "neutron-db-migrations": ("databases",),
+    service_step("neutron-api"): (
+        "neutron-db-migrations",
+        "identity",
+        service_step("rabbitmq"),
+    ),
+    service_step("neutron-rpc-server"): (
+        "neutron-db-migrations",
+        "identity",
+        service_step("rabbitmq"),
+    ),
+    service_step("ovsdb-server"): ("ovs-db",),
+    service_step("ovs-vswitchd"): (service_step("ovsdb-server"),),
+    "ovs-bridges": (service_step("ovs-vswitchd"),),
+    service_step("ovs-uplink"): ("ovs-bridges",),
+    service_step("neutron-openvswitch-agent"): (
+        service_step("ovs-uplink"),
+        service_step("neutron-rpc-server"),
+        service_step("rabbitmq"),
+    ),
+    # Their ports on br-int are wired by the Open vSwitch agent.
+    service_step("neutron-dhcp-agent"): (service_step("neutron-openvswitch-agent"),),
+    service_step("neutron-l3-agent"): (service_step("neutron-openvswitch-agent"),),
+    "cloud-defaults": (
+        "identity",
+        service_step("nova-api"),
+        service_step("neutron-api"),
+        service_step("neutron-dhcp-agent"),
+        service_step("neutron-l3-agent"),
+    ),
+}
 
 
 CONTROL = RoleDefinition(
@@ -289,6 +386,7 @@ CONTROL = RoleDefinition(
             title="keystone-manage db_sync",
             commands=(_manage("keystone-manage", KEYSTONE_CONF, "db_sync"),),
             dirs=("${state_path}/keystone",),
+            **_schema("keystone"),
         ),
         SetupStep(
             name="keystone-keys",
@@ -364,16 +462,19 @@ CONTROL = RoleDefinition(
             name="glance-db-sync",
             title="glance-manage db_sync",
             commands=(_manage("glance-manage", GLANCE_CONF, "db_sync"),),
+            **_schema("glance"),
         ),
         SetupStep(
             name="placement-db-sync",
             title="placement-manage db sync",
             commands=(_manage("placement-manage", PLACEMENT_CONF, "db", "sync"),),
+            **_schema("placement"),
         ),
         SetupStep(
             name="nova-api-db-sync",
             title="nova-manage api_db sync",
             commands=(_manage("nova-manage", NOVA_CONF, "api_db", "sync"),),
+            **_schema("nova_api"),
         ),
         SetupStep(
             name="nova-cells",
@@ -389,6 +490,8 @@ CONTROL = RoleDefinition(
             name="nova-db-sync",
             title="nova-manage db sync",
             commands=(_manage("nova-manage", NOVA_CONF, "db", "sync"),),
+            # cell1's and cell0's (nova-cells mapped them; the mappings stay).
+            **_schema("nova", "nova_cell0"),
         ),
         SetupStep(
             name="neutron-db-migrations",
@@ -404,6 +507,7 @@ CONTROL = RoleDefinition(
                     "heads",
                 ),
             ),
+            **_schema("neutron"),
         ),
         *ovs_db_steps(),
         SetupStep(
@@ -447,10 +551,11 @@ CONTROL = RoleDefinition(
             timeout=900.0,
         ),
     ),
-    # Steps run together where none needs another's work (each lane in
-    # order; a group's next step waits for all of it), in three lanes at most
-    # on 2 cores, balanced by their measured times (docs/performance.md, the
-    # real cloud's clock).
+    # The order honours NEEDS (above; tests/unit/test_control_role.py checks
+    # it): each step's needs are in an entry before it, or before it in its
+    # own lane, never only in another lane of its group (that would rest on
+    # timing). Within that, three lanes at most on 2 cores, balanced by the
+    # steps' measured times (docs/performance.md, the real cloud's clock).
     order=(
         together(
             ("mariadb-install", service_step("mariadb"), "databases"),
@@ -458,46 +563,56 @@ CONTROL = RoleDefinition(
             # Files only: no database.
             "keystone-keys",
         ),
-        # Each service's schema before the service, and each lane's other
-        # needs before it in the lane: Keystone's users and endpoints need it
-        # running, the test image Glance and its user; Nova's cells need its
-        # API database, its cell databases the cells; the agents report to
-        # neutron-rpc-server, over Open vSwitch (which needs none of the rest).
+        # Keystone up and its service users and endpoints made, while the
+        # other schemas migrate and Open vSwitch starts: none of them needs
+        # Keystone. Glance's schema first in the third lane, so that
+        # Neutron's long migration is still under way when identity begins
+        # (the real-cloud suite kills the daemon there: a migration caught
+        # half-way is what a resumed init must cope with, SetupStep.schema).
         together(
             (
                 "keystone-db-sync",
                 "keystone-bootstrap",
                 service_step("keystone"),
                 "identity",
-                "glance-db-sync",
-                service_step("glance"),
-                "test-image",
             ),
             (
-                "placement-db-sync",
-                service_step("placement"),
                 "nova-api-db-sync",
                 "nova-cells",
                 "nova-db-sync",
-                service_step("nova-api"),
             ),
             (
+                "glance-db-sync",
                 "neutron-db-migrations",
-                service_step("neutron-api"),
+                "placement-db-sync",
+                *NETWORK_ORDER[:-1],  # Open vSwitch, up to the uplink
+            ),
+        ),
+        # Every service that authenticates with a service user (its
+        # keystone_authtoken, or Nova's and Neutron's clients of each other
+        # and of Placement) after identity: the whole group is.
+        together(
+            # Glance's test image, then the Neutron API (only cloud-defaults
+            # needs it): a third lane as short as the others.
+            (service_step("glance"), "test-image", service_step("neutron-api")),
+            # nova-conductor and nova-scheduler ask Placement for its
+            # versions as they start and exit when it does not answer.
+            (
+                service_step("placement"),
+                service_step("nova-api"),
+                service_step("nova-conductor"),
+                service_step("nova-scheduler"),
+            ),
+            # The agents report to neutron-rpc-server.
+            (
                 service_step("neutron-rpc-server"),
-                *NETWORK_ORDER,
+                NETWORK_ORDER[-1],
                 service_step("neutron-dhcp-agent"),
                 service_step("neutron-l3-agent"),
             ),
         ),
-        # nova-conductor and nova-scheduler ask Placement for its versions as
-        # they start, once its endpoint is in Keystone's catalog: after both.
-        # The cloud's defaults: Keystone's users, Nova's flavors, Neutron's
-        # networks with their agents.
-        together(
-            service_step("nova-conductor"),
-            service_step("nova-scheduler"),
-            "cloud-defaults",
-        ),
+        # Nova's flavor, Neutron's networks and router with the agents that
+        # serve them.
+        "cloud-defaults",
     ),
 )

@@ -92,6 +92,16 @@ class SetupStep:
     ok_codes: tuple[int, ...] = (0,)
     timeout: float = 300.0
     dirs: tuple[str, ...] = ()
+    #: The databases this step migrates. MariaDB's DDL is not transactional:
+    #: an attempt cut short (the daemon killed, the command timed out or
+    #: failed) leaves them half-migrated, and the migration redone then fails
+    #: for good ("Table 'instances' already exists", "Unknown column"). Until
+    #: the step is done nothing but it writes them (the order's needs), so
+    #: an init that redoes an attempt that did not finish first drops them
+    #: and creates them empty (``steps.run_setup``'s ``fresh_schema``).
+    schema: tuple[str, ...] = ()
+    #: The SQL client that does so, reading the statements on its stdin.
+    schema_client: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
