@@ -127,9 +127,9 @@ def _daemon(name: str, *command: str) -> RoleService:
 #:   ``[keystone_authtoken]`` checks every request's token with it; Nova's
 #:   ``[placement]``/``[neutron]``/``[service_user]``, Neutron's ``[nova]``
 #:   for its port events to Nova): ``identity``, which makes those users and
-#:   the catalog's endpoints. None of them calls Keystone as it starts (their
-#:   clients authenticate on first use), but each may be used as soon as it
-#:   answers, so none may answer before its user exists;
+#:   the catalog's endpoints. Most authenticate only on first use (not
+#:   nova-conductor and nova-scheduler: below), but each may be used as soon
+#:   as it answers, so none may answer before its user exists;
 #: * a service with a ``transport_url``: RabbitMQ;
 #: * what a service or step calls as it starts (nova-conductor and
 #:   nova-scheduler: Placement's versions, they exit without it; the agents:
