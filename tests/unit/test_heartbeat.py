@@ -6,6 +6,7 @@ a new stream when its certificate was renewed."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -232,11 +233,10 @@ def test_a_refused_stream_stops_the_heartbeats(control: type[FakeControl]) -> No
     assert asyncio.run(main())
 
 
-def test_a_renewed_certificate_beats_on_a_new_stream_at_once(control: type[FakeControl]) -> None:
-    """The renewal (new credentials, then ``beat_now`` as daemon.py wires
-    ``renewed``): the stream opened under the old certificate is closed and
-    the next beat opens one under the new, whose first call makes it the
-    node's on the control."""
+def _beat_renew_beat(
+    control: type[FakeControl], renew: Callable[[FakeStore, Heartbeats], Awaitable[None]]
+) -> None:
+    """One beat under the old certificate, ``renew``, and the next beat."""
     store = FakeStore()
 
     async def main() -> None:
@@ -245,13 +245,25 @@ def test_a_renewed_certificate_beats_on_a_new_stream_at_once(control: type[FakeC
         beats.start()
         try:
             await asyncio.wait_for(control.beats.get(), 30)
-            store.creds = "new"
-            await beats.beat_now()
+            await renew(store, beats)
             await asyncio.wait_for(control.beats.get(), 30)
         finally:
             await beats.stop()
 
     asyncio.run(main())
+
+
+def test_a_renewed_certificate_beats_on_a_new_stream_at_once(control: type[FakeControl]) -> None:
+    """The renewal (new credentials, then ``beat_now`` as daemon.py wires
+    ``renewed``): the stream opened under the old certificate is closed and
+    the next beat opens one under the new, whose first call makes it the
+    node's on the control."""
+
+    async def renewed(store: FakeStore, beats: Heartbeats) -> None:
+        store.creds = "new"
+        await beats.beat_now()
+
+    _beat_renew_beat(control, renewed)
     assert [s._credentials for s in control.streams] == ["old", "new"]
     assert control.streams_closed == 2
 
@@ -262,19 +274,10 @@ def test_the_old_stream_revoked_after_a_renewal_opens_a_new_one(
     """Another call with the new certificate came first (the control revoked
     the old serial, which ends its stream PERMISSION_DENIED): this node was
     not removed, so it does not stop; it beats on a stream with the new one."""
-    store = FakeStore()
 
-    async def main() -> None:
-        control.beats = asyncio.Queue()
-        beats = Heartbeats(store, _running, SOFTWARE)  # type: ignore[arg-type]
-        beats.start()
-        try:
-            await asyncio.wait_for(control.beats.get(), 30)
-            store.creds = "new"
-            control.streams[0].revoke()
-            await asyncio.wait_for(control.beats.get(), 30)
-        finally:
-            await beats.stop()
+    async def revoked(store: FakeStore, beats: Heartbeats) -> None:
+        store.creds = "new"
+        control.streams[0].revoke()
 
-    asyncio.run(main())
+    _beat_renew_beat(control, revoked)
     assert [s._credentials for s in control.streams] == ["old", "new"]
