@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import configparser
+import dataclasses
 import os
 import stat
 import string
@@ -236,3 +237,48 @@ def test_setup_logs_are_0640_from_their_creation_whatever_the_umask(tmp_path, um
     log = tmp_path / "logs" / "setup-x.log"
     assert stat.S_IMODE(log.stat().st_mode) == 0o640
     assert "mode=640" in log.read_text()
+
+
+def _install_step_with(fake: Path) -> SetupStep:
+    """mariadb-install as the role has it, its mariadb-install-db replaced by ``fake``."""
+    step = next(s for s in CONTROL.setup if s.name == "mariadb-install")
+    commands = tuple(
+        (str(fake), *argv[1:]) if argv[0].endswith("/mariadb-install-db") else argv
+        for argv in step.commands
+    )
+    assert commands != step.commands
+    return dataclasses.replace(step, commands=commands)
+
+
+def _fake_install(path: Path, finishes: bool) -> Path:
+    """A mariadb-install-db that writes into its --datadir, and either
+    finishes or dies half-way (as when the daemon is killed)."""
+    path.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do case "$a" in --datadir=*) d="${a#--datadir=}";; esac; done\n'
+        'mkdir -p "$d/mysql" && echo half > "$d/mysql/first.frm"\n'
+        + ('echo rest > "$d/mysql/user.frm"\n' if finishes else "exit 137\n")
+    )
+    path.chmod(0o755)
+    return path
+
+
+def test_a_mariadb_install_cut_short_is_not_taken_for_done(tmp_path: Path) -> None:
+    values = {"state_path": str(tmp_path / "state"), "config_root": str(tmp_path / "etc"),
+              "run_dir": str(tmp_path / "run"), "openstack_prefix": "/x"}  # fmt: skip
+    datadir = tmp_path / "state" / "mysql"
+
+    async def progress(message: str) -> None:
+        return None
+
+    dying = _install_step_with(_fake_install(tmp_path / "dies", finishes=False))
+    with pytest.raises(errors.ServiceFailed):
+        asyncio.run(steps.run_setup(dying, values, tmp_path / "logs", progress))
+    assert not (datadir / "mysql").exists()  # what a redo checks: not done
+    finishing = _install_step_with(_fake_install(tmp_path / "finishes", finishes=True))
+    said = asyncio.run(steps.run_setup(finishing, values, tmp_path / "logs", progress))
+    assert "done in" in said
+    assert sorted(p.name for p in (datadir / "mysql").iterdir()) == ["first.frm", "user.frm"]
+    assert not (tmp_path / "state" / "mysql.installing").exists()
+    again = asyncio.run(steps.run_setup(finishing, values, tmp_path / "logs", progress))
+    assert "already done" in again

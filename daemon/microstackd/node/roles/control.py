@@ -35,6 +35,9 @@ from microstackd.node.roles.parts import env as _env
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 
 MARIADB_CNF = "control/mariadb.cnf"
+#: MariaDB's data directory (mariadb.cnf's datadir), and where it is made first.
+MARIADB_DATADIR = "${state_path}/mysql"
+MARIADB_INSTALLING = "${state_path}/mysql.installing"
 KEYSTONE_CONF = "keystone/keystone.conf"
 GLANCE_CONF = "glance/glance-api.conf"
 PLACEMENT_CONF = "placement/placement.conf"
@@ -350,20 +353,30 @@ CONTROL = RoleDefinition(
         L3_AGENT,
     ),
     setup=(
+        # Made beside its place and renamed into it: ``creates`` (the data
+        # directory's own ``mysql`` schema) appears only once the whole
+        # directory is made. mariadb-install-db writes it over ~4 s; a daemon
+        # killed meanwhile used to leave a half-made directory that a resumed
+        # init took as done, and MariaDB then failed to start. A leftover of
+        # an earlier attempt is removed first.
         SetupStep(
             name="mariadb-install",
             title="creating the MariaDB data directory",
             commands=(
+                ("/usr/bin/rm", "-rf", "--", MARIADB_INSTALLING),
                 (
                     "/usr/bin/mariadb-install-db",
                     "--defaults-file=${config_root}/" + MARIADB_CNF,
+                    "--datadir=" + MARIADB_INSTALLING,
                     "--user=root",
                     "--auth-root-authentication-method=normal",
                     "--skip-test-db",
                 ),
+                # rename(2): onto nothing, or onto an empty directory.
+                ("/usr/bin/mv", "-T", "--", MARIADB_INSTALLING, MARIADB_DATADIR),
             ),
-            creates="${state_path}/mysql/mysql",
-            dirs=("${state_path}/mysql", "${run_dir}"),
+            creates=MARIADB_DATADIR + "/mysql",
+            dirs=("${state_path}", "${run_dir}"),
             timeout=120.0,
         ),
         SetupStep(
