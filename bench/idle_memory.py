@@ -9,13 +9,18 @@ finished loading. Each is read idle (RSS, anonymous / file-backed, PSS),
 then restarted and read idle again: the steady state of a node that
 rebooted, which has not run ``init`` or a join in that process.
 
-The replay then imports the idle compute's modules, in that order, in a
-fresh interpreter and reads ``/proc/self`` after each: what each top-level
-package costs on its own (its dependencies were imported before it). Every
-import lands in the package whose module finished loading, so a package's
-figure is its own code, data and shared libraries; RSS counts the shared
-libraries' pages this process touched, PSS divides them among the processes
-mapping them (here: every daemon and CLI on the machine).
+The replay then imports each daemon's modules (the control's and the
+compute's, after init / join), in that order, in a fresh interpreter and
+reads ``/proc/self`` after each: what each top-level package costs on its
+own (its dependencies were imported before it; microstackd is split by
+subpackage, ``microstackd.control`` and so on). Every import lands in the
+package whose module finished loading, so a package's figure is its own
+code, data and shared libraries; RSS counts the shared libraries' pages this
+process touched, PSS divides them among the processes mapping them (here:
+every daemon and CLI on the machine).
+
+``DEFERRED`` lists the packages the daemon imports at their first use only;
+the part says which of them each idle daemon had loaded.
 """
 
 from __future__ import annotations
@@ -29,17 +34,33 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 
+#: Imported at their first use, not at start-up (docs/performance.md, "Idle
+#: RSS"): the YAML parser (a config file, control.yaml), libsodium (the
+#: first bootstrap), tarfile (the first backup or restore).
+DEFERRED = ("yaml", "nacl", "tarfile")
 
-def imported_modules(log: str) -> list[str]:
+
+def imported_modules(log: str, run: int = 0) -> list[str]:
     """The modules ``-X importtime`` reports in a log, in the order they
-    finished loading (each once: the first run of a restarted daemon)."""
-    seen: dict[str, None] = {}
+    finished loading, of the daemon's ``run``-th start (0: the first)."""
+    runs: list[dict[str, None]] = []
     for line in log.splitlines():
-        if not line.startswith("import time:") or "imported package" in line:
+        if not line.startswith("import time:"):
             continue
-        name = line.split("|")[2].strip()
-        seen.setdefault(name, None)
-    return list(seen)
+        if "imported package" in line:  # the header: a new interpreter
+            runs.append({})
+            continue
+        if not runs:
+            runs.append({})
+        runs[-1].setdefault(line.split("|")[2].strip(), None)
+    return list(runs[run]) if -len(runs) <= run < len(runs) else []
+
+
+def package_of(module: str) -> str:
+    """Where a module's cost is counted: its top-level package, microstackd's
+    by subpackage (microstackd.control, microstackd.node, ...)."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "microstackd" and len(parts) > 1 else parts[0]
 
 
 def _memory() -> dict[str, int]:
@@ -69,7 +90,7 @@ def replay(modules: list[str]) -> dict[str, Any]:
             failed.append(name)
             continue
         after = _memory()
-        top = by_package[name.split(".")[0]]
+        top = by_package[package_of(name)]
         for key, value in after.items():
             top[key] += (value - before[key]) / 1024
         top["modules"] += 1
@@ -101,18 +122,23 @@ def idle(daemon: Any, seconds: float = 3.0) -> dict[str, float]:
 
 
 def measure(fleet: Any, password_file: Path, start_control: Any) -> dict[str, Any]:
-    """The part: an idle control and compute, before and after a restart,
-    and the replay of the compute's imports."""
-    import json
+    """The part: an idle control and compute, before and after a restart
+    (each start's imports logged), and the replay of each daemon's imports."""
     import os
-    import subprocess
 
     os.environ["PYTHONPROFILEIMPORTTIME"] = "1"  # inherited by the daemons started here
     try:
         ctl, _ = start_control(fleet, "ctl-footprint", password_file)
         node = fleet.daemon("node-footprint", "127.0.4.1")
+        return _measure(fleet, password_file, ctl, node)
     finally:
         del os.environ["PYTHONPROFILEIMPORTTIME"]
+
+
+def _measure(fleet: Any, password_file: Path, ctl: Any, node: Any) -> dict[str, Any]:
+    import json
+    import subprocess
+
     joined = subprocess.run(
         node.ctl_argv(
             "join", f"127.0.0.1:{ctl.port}", "--password-file", str(password_file),
@@ -132,14 +158,26 @@ def measure(fleet: Any, password_file: Path, start_control: Any) -> dict[str, An
         d.start()
     result["control_restarted"] = idle(ctl)
     result["compute_restarted"] = idle(node, 0.0)
+    restarted = {d.name: imported_modules(d.log.read_text(), -1) for d in (ctl, node)}
     result["modules_imported"] = {name: len(m) for name, m in modules.items()}
-    lists = fleet.root / "footprint-modules.txt"
-    lists.write_text("\n".join(modules[node.name]) + "\n")
-    out = subprocess.run(
-        [sys.executable, str(BENCH / "idle_memory.py"), str(lists)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    result["compute_imports"] = json.loads(out.stdout)
+    result["modules_imported_restarted"] = {name: len(m) for name, m in restarted.items()}
+    result["deferred_loaded"] = {
+        key: [p for p in DEFERRED if any(m.split(".")[0] == p for m in mods)]
+        for key, mods in (
+            ("control_after_init", modules[ctl.name]),
+            ("compute_after_join", modules[node.name]),
+            ("control_restarted", restarted[ctl.name]),
+            ("compute_restarted", restarted[node.name]),
+        )
+    }
+    for key, d in (("control_imports", ctl), ("compute_imports", node)):
+        lists = fleet.root / f"footprint-modules-{d.name}.txt"
+        lists.write_text("\n".join(modules[d.name]) + "\n")
+        out = subprocess.run(
+            [sys.executable, str(BENCH / "idle_memory.py"), str(lists)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        result[key] = json.loads(out.stdout)
     only_control = sorted(
         {m.split(".")[0] for m in modules[ctl.name]} - {m.split(".")[0] for m in modules[node.name]}
     )

@@ -492,15 +492,18 @@ def rows(r: dict[str, Any]) -> list[Row]:
                     _verdict(m["rss"] <= IDLE_RSS_TARGET_MB),
                 )
             )
-        imports = fp["compute_imports"]
-        top = ", ".join(f"{p['package']} {p['rss_mb']:.1f}" for p in imports["packages"][:6])
-        out.append(
-            Row(
-                "  a compute's imports, replayed (RSS MB)",
-                f"{imports['after_imports_mb']['VmRSS']:.1f} MB",
-                f"interpreter {imports['interpreter_mb']['VmRSS']:.1f}; {top}",
+        for who, key in (("a control's", "control_imports"), ("a compute's", "compute_imports")):
+            imports = fp.get(key)
+            if not imports:
+                continue
+            top = ", ".join(f"{p['package']} {p['rss_mb']:.1f}" for p in imports["packages"][:6])
+            out.append(
+                Row(
+                    f"  {who} imports, replayed (RSS MB)",
+                    f"{imports['after_imports_mb']['VmRSS']:.1f} MB",
+                    f"interpreter {imports['interpreter_mb']['VmRSS']:.1f}; {top}",
+                )
             )
-        )
     return out
 
 

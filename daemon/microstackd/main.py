@@ -238,8 +238,6 @@ _PATH_KEYS = {"state_dir", "socket", "config_root", "openstack_prefix", "control
 
 def load_config_file(path: Path | None) -> dict[str, object]:
     """The daemon config file's settings (empty when the default file is absent)."""
-    import yaml
-
     explicit = path is not None
     path = path or DEFAULT_CONFIG_FILE
     try:
@@ -250,6 +248,9 @@ def load_config_file(path: Path | None) -> dict[str, object]:
         return {}
     except OSError as exc:
         raise errors.InvalidArgument(f"cannot read the config file {path}: {exc}") from exc
+    # Only a daemon with a config file pays for the YAML parser (~1 MB resident).
+    import yaml
+
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:

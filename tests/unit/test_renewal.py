@@ -443,3 +443,47 @@ def test_a_ca_rotation_needs_this_controls_cluster_id(tmp_path: Path) -> None:
     asyncio.run(main())
     assert world.store.read_file(CA_CERT) == world.ca.cert_pem()
     assert rotation.state() is None
+
+
+def test_the_crl_is_signed_again_only_when_its_list_its_ca_or_its_age_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cryptography import x509 as cx509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from microstackd.control import cluster as cluster_module
+
+    w = World(tmp_path)
+    clock = [datetime.now(UTC)]
+    monkeypatch.setattr(cluster_module, "now", lambda: clock[0])
+
+    def crl(pem: bytes) -> cx509.CertificateRevocationList:
+        parsed = cx509.load_pem_x509_crl(pem)
+        key = w.cluster.secrets()[0].cert.public_key()
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        assert parsed.is_signature_valid(key)
+        return parsed
+
+    first = w.cluster.revocation_list()
+    assert len(crl(first)) == 0
+    assert w.cluster.revocation_list() == first  # the same list: no new signature
+
+    serial = format(w.compute.serial, "x")
+    w.store.remove_node("c1", serial, time.time())
+    revoked = w.cluster.revocation_list()
+    assert [r.serial_number for r in crl(revoked)] == [w.compute.serial]
+
+    clock[0] += cluster_module.CRL_REUSE
+    aged = w.cluster.revocation_list()
+    assert aged != revoked
+    assert crl(aged).last_update_utc - crl(revoked).last_update_utc == cluster_module.CRL_REUSE
+
+    clock[0] -= timedelta(minutes=5)  # the clock went back: not a CRL from the future
+    assert crl(w.cluster.revocation_list()).last_update_utc <= clock[0]
+
+    new_ca = x509.create_ca(CLUSTER_ID, clock[0])
+    w.store.write_secrets({CA_KEY: new_ca.key_pem(), CA_CERT: new_ca.cert_pem()})
+    w.cluster.reload_secrets()
+    rotated = crl(w.cluster.revocation_list())  # checked against the new CA's key
+    assert rotated.issuer == new_ca.cert.subject
+    assert [r.serial_number for r in rotated] == [w.compute.serial]

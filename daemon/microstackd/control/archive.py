@@ -24,12 +24,14 @@ import hashlib
 import io
 import json
 import re
-import tarfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from microstackd import errors
+
+if TYPE_CHECKING:  # tarfile is imported by the first backup or restore, not by every daemon
+    import tarfile
 
 MANIFEST = "manifest.json"
 FORMAT = "microstackd-backup"
@@ -109,6 +111,8 @@ def write(
         {**header, "format": FORMAT, "format_version": FORMAT_VERSION, "files": listed}
     )
     blob = manifest.text().encode()
+    import tarfile
+
     with tarfile.open(fileobj=target, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         info = tarfile.TarInfo(MANIFEST)
         info.size, info.mode, info.mtime = len(blob), 0o600, 0
@@ -142,6 +146,8 @@ def read(path: Path, extract_to: Path | None = None, shown: str = "the archive")
     """Check the archive at ``path`` whole (rule 3): return its manifest;
     with ``extract_to``, its members are written there as they are checked.
     ``errors.BadArchive`` names what is wrong."""
+    import tarfile
+
     try:
         with tarfile.open(path, mode="r|") as tar:
             return _read(tar, shown, extract_to)

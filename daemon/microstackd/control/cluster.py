@@ -30,6 +30,9 @@ from microstackd.trust import kdf, names, x509
 
 log = logging.getLogger(__name__)
 
+#: A CRL signed this long ago is signed again (it is valid for 30 days).
+CRL_REUSE = timedelta(hours=1)
+
 
 def now() -> datetime:
     return datetime.now(UTC)
@@ -60,6 +63,8 @@ class Cluster:
         self._verifier: tuple[bytes, kdf.KdfParams] | None = None
         #: The last reason the secrets could not be read (logged once).
         self._secrets_error = ""
+        #: The last CRL signed: the CA and the serials it was signed for, when, its PEM.
+        self._crl: tuple[x509.CertificateAuthority, tuple[str, ...], datetime, bytes] | None = None
 
     # ------------------------------------------------------------ init --
 
@@ -279,9 +284,25 @@ class Cluster:
         return ca, verifier
 
     def revocation_list(self) -> bytes:
-        """The CRL of every revoked node certificate (PEM), signed now."""
+        """The CRL of every revoked node certificate (PEM). Signed again only
+        when a serial was revoked, the CA changed or the last one is
+        ``CRL_REUSE`` old: every join asked for a fresh signature (once for
+        its configuration, once more to configure the node) of the same list."""
         ca, _verifier, _kdf = self.secrets()
-        return x509.revocation_list(ca, self.store.revoked_serials(), now())
+        serials = tuple(sorted(set(self.store.revoked_serials())))
+        at = now()
+        held = self._crl
+        if held is not None:
+            held_ca, held_serials, signed_at, pem = held
+            if (
+                held_ca is ca
+                and held_serials == serials
+                and signed_at <= at < signed_at + CRL_REUSE
+            ):
+                return pem
+        pem = x509.revocation_list(ca, list(serials), at)
+        self._crl = (ca, serials, at, pem)
+        return pem
 
     def load_control_config(self) -> control_config.ControlConfig:
         """control.yaml, re-read only when the file changed (every join needs

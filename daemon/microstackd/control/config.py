@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from microstackd import errors
 from microstackd.model import NodeRecord
 from microstackd.store.files import write_private_file
@@ -128,6 +126,8 @@ def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
 def ensure(path: Path, control_address: str) -> ControlConfig:
     """Load ``path``, fill in what is absent (generating secrets), write it
     back if anything changed, and return it."""
+    import yaml  # here, not at the top: a compute never reads control.yaml (~1 MB resident)
+
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -338,6 +338,8 @@ def control_settings(config: ControlConfig) -> dict[str, str]:
 
 def record_cloud(path: Path, clouds_yaml: Path) -> None:
     """Point control.yaml's ``cloud`` section at the admin clouds.yaml."""
+    import yaml
+
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
@@ -387,6 +389,8 @@ def with_secrets(config: ControlConfig, values: Mapping[str, str]) -> ControlCon
 def write_secrets(path: Path, values: Mapping[str, str]) -> None:
     """Write the secrets ``values`` names into control.yaml (everything else
     in it kept), atomically, 0600."""
+    import yaml
+
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:

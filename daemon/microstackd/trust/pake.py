@@ -22,6 +22,9 @@ subgroup, not of small order (``crypto_core_ed25519_is_valid_point``), and
 not our own message reflected back; a K equal to the identity is refused
 too. Each object runs ``start`` then ``finish``, once each; any failure
 spends it. Pure: no I/O.
+
+libsodium (PyNaCl, ~0.7 MB resident) is imported at the first exchange, not
+with this module: a daemon that is not bootstrapping anyone never needs it.
 """
 
 from __future__ import annotations
@@ -31,8 +34,6 @@ import os
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from nacl import bindings
-from nacl.exceptions import CryptoError
 
 __all__ = ["M", "MESSAGE_BYTES", "N", "PakeError", "Spake2A", "Spake2B", "password_scalar"]
 
@@ -43,7 +44,8 @@ N = bytes.fromhex("f04f2e7eb734b2a8f8b472eaf9c3c632576ac64aea650b496a8a20ff00e58
 
 SIDE_A = b"A"
 SIDE_B = b"B"
-MESSAGE_BYTES = 1 + bindings.crypto_core_ed25519_BYTES
+#: The side byte and a point (libsodium's ``crypto_core_ed25519_BYTES``).
+MESSAGE_BYTES = 1 + 32
 
 _ENTROPY_BYTES = 64
 _PASSWORD_SCALAR_BYTES = 32 + 16  # oversized, so the reduction mod L is unbiased
@@ -66,6 +68,8 @@ def password_scalar(password: bytes) -> bytes:
 
 def _reduce_big_endian(value: bytes) -> bytes:
     """A big-endian integer (at most 64 bytes) mod L, as 32 little-endian bytes."""
+    from nacl import bindings
+
     little = value[::-1].ljust(bindings.crypto_core_ed25519_NONREDUCEDSCALARBYTES, b"\0")
     return bindings.crypto_core_ed25519_scalar_reduce(little)
 
@@ -98,6 +102,9 @@ class _Spake2:
             self._state = "spent"
             raise PakeError("start() may be called only once")
         self._state = "started"
+        from nacl import bindings
+        from nacl.exceptions import CryptoError
+
         try:
             element = bindings.crypto_core_ed25519_add(
                 bindings.crypto_scalarmult_ed25519_base_noclamp(self._x),
@@ -122,6 +129,9 @@ class _Spake2:
                 f"wrong length: a SPAKE2 message is {MESSAGE_BYTES} bytes, not {len(message)}"
             )
         side, inbound = message[:1], message[1:]
+        from nacl import bindings
+        from nacl.exceptions import CryptoError
+
         if side not in (SIDE_A, SIDE_B) or side == self._side:
             raise PakeError(f"SPAKE2 message from the wrong side ({side!r})")
         if not bindings.crypto_core_ed25519_is_valid_point(inbound):
