@@ -95,6 +95,16 @@ done
 ln -sfn "$crl" "$pki/qemu/ca-crl.pem"
 """
 
+#: Has the node's libvirtd probe QEMU now (each emulator binary started
+#: once, seconds each; its answers cached under /var/cache/libvirt): the
+#: first getCapabilities does it, and nova-compute's start would otherwise
+#: wait for it after its own imports. Prints the guest architectures found.
+#: $1 the libvirt URI.
+QEMU_CAPABILITIES = r"""
+caps=$(virsh --quiet --connect "$1" capabilities)
+printf '%s\n' "$caps" | sed -n "s/.*<arch name='\([^']*\)'>.*/guest architecture \1/p"
+"""
+
 COMPUTE = RoleDefinition(
     name="compute",
     settings=(
@@ -226,6 +236,14 @@ COMPUTE = RoleDefinition(
             ),
             timeout=30.0,
         ),
+        SetupStep(
+            name="qemu-capabilities",
+            title="having libvirtd probe QEMU's capabilities while nova-compute starts",
+            commands=(
+                ("/bin/sh", "-ec", literal(QEMU_CAPABILITIES), "qemu-capabilities", LIBVIRT_URI),
+            ),
+            timeout=120.0,
+        ),
     ),
     # The order honours NEEDS (below; tests/unit/test_compute_order.py
     # checks it): Open vSwitch and libvirt side by side, then the OVS agent's
@@ -243,6 +261,7 @@ COMPUTE = RoleDefinition(
                 service_step("neutron-openvswitch-agent"),
             ),
             service_step("nova-compute"),
+            "qemu-capabilities",
         ),
     ),
     resume_settings=("my_ip",),
@@ -263,7 +282,11 @@ COMPUTE = RoleDefinition(
 #:   plugs the VIFs of the node's guests (a restart with guests) into
 #:   br-int through os-vif, over ovsdb-server (os-vif makes br-int itself
 #:   when the agent has not yet): Open vSwitch must run, not the agent,
-#:   whose first sync with the control is not on nova-compute's path.
+#:   whose first sync with the control is not on nova-compute's path;
+#: * qemu-capabilities asks libvirtd. nova-compute does not need it: it is
+#:   a probe libvirtd makes once for both, started beside nova-compute's
+#:   imports (nova-compute's first question waits for it when it is not
+#:   done, or makes it when it did not run).
 NEEDS: dict[str, tuple[str, ...]] = {
     "ovs-db": (),
     **NETWORK_NEEDS,
@@ -271,4 +294,5 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "migration-pki": (),
     service_step("libvirtd"): ("migration-pki",),
     service_step("nova-compute"): (service_step("libvirtd"), service_step("ovs-vswitchd")),
+    "qemu-capabilities": (service_step("libvirtd"),),
 }
