@@ -428,7 +428,7 @@ def test_both_computes_join_with_libvirt_and_say_which_hypervisor(cloud: Cloud) 
         for step in ("service libvirtd", "service nova-compute", "service ovs-uplink"):
             assert step in text, text
         assert "6/6 services running" in text, text
-        assert f"{name} admitted to Nova" in text and "mapped to cell" in text, text
+        assert f"{name} admitted to Nova" in text and "mapped to a cell" in text, text
         assert "waiting for nova-compute on" in text or "nova-compute up" in text, text
         # The control checked its own end of the network path (control/tunnels.py).
         assert f"the control's tunnel to {name} is up" in text, text

@@ -13,7 +13,7 @@ import pytest
 from microstack_api.v1 import cluster_pb2 as pb
 from microstackctl import render
 from microstackd import cloud, errors
-from microstackd.cloud import CloudRef, connection, session
+from microstackd.cloud import CloudRef, connection, ops, session
 from microstackd.cloud.service import Cloud
 from microstackd.control import config as control_config
 from microstackd.enrolment import machine as enrolment
@@ -288,3 +288,75 @@ def test_ensure_key_makes_and_reads_the_keypair(tmp_path: Path) -> None:
     assert cmd_launch.ssh_command(Path("~/.ssh/id_microstack"), "10.232.0.7") == (
         "ssh -i ~/.ssh/id_microstack cirros@10.232.0.7"
     )
+
+
+def _fake_nova_manage(tmp_path: Path, seconds: float, status: int = 0) -> tuple[list[str], Path]:
+    """A nova-manage whose every run is a line in a file (and takes ``seconds``)."""
+    runs = tmp_path / "runs"
+    script = f'echo "$*" >> {runs}; sleep {seconds}; exit {status}'
+    return ["/bin/sh", "-c", script, "nova-manage"], runs
+
+
+def test_discover_hosts_runs_once_for_callers_at_once_and_again_after(tmp_path: Path) -> None:
+    argv, runs = _fake_nova_manage(tmp_path, 0.3)
+
+    async def go() -> None:
+        await asyncio.gather(*(ops.discover_hosts(argv) for _ in range(3)))
+        assert runs.read_text().splitlines() == ["cell_v2 discover_hosts"]
+        await ops.discover_hosts(argv)  # the one before is over: a new run
+
+    asyncio.run(go())
+    assert runs.read_text().splitlines() == ["cell_v2 discover_hosts"] * 2
+
+
+def test_a_failed_discover_hosts_fails_every_caller_waiting_on_it(tmp_path: Path) -> None:
+    argv, runs = _fake_nova_manage(tmp_path, 0.1, status=3)
+
+    async def go() -> list[BaseException | None]:
+        return await asyncio.gather(
+            *(ops.discover_hosts(argv) for _ in range(2)), return_exceptions=True
+        )
+
+    failures = asyncio.run(go())
+    assert all(isinstance(f, session.Failure) for f in failures), failures
+    assert "nova-manage cell_v2 discover_hosts exited 3" in str(failures[0])
+    assert len(runs.read_text().splitlines()) == 1
+
+
+def test_admit_takes_the_listed_hypervisor_as_the_mapping_and_discovers_when_it_is_not(
+    fake_cloud: list[_Conn], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nova lists a hypervisor once its host is in a cell: until then admit
+    runs discover_hosts (here at once: a discovery period of 0 s)."""
+    argv, runs = _fake_nova_manage(tmp_path, 0.0)
+    listed = _Compute.hypervisors
+
+    def hypervisors(self: _Compute, details: bool = False) -> list[object]:
+        return listed(self, details) if runs.exists() else []
+
+    monkeypatch.setattr(_Compute, "hypervisors", hypervisors)
+    monkeypatch.setattr(ops, "MAPPED_POLL", 0.01)
+    service = Cloud(lambda: CloudRef("c", "/x/clouds.yaml"))
+    seen: list[str] = []
+
+    async def progress(note: cloud.Note) -> None:
+        seen.append(note.message)
+
+    request = {"host": "node1", "timeout": 5, "discover_interval": 0, "nova_manage": argv}
+    admitted = asyncio.run(service.run("admit", request, progress))
+    assert runs.read_text().splitlines() == ["cell_v2 discover_hosts"]
+    assert admitted["hypervisor"] == "hypervisor node1 up, enabled"
+    assert admitted["mapping"] == (
+        "mapped to a cell (Nova lists its hypervisor, "
+        "nova-manage cell_v2 discover_hosts run 1 time(s))"
+    )
+    service.close()
+    # Listed already (nova-scheduler's discovery mapped it): no nova-manage.
+    runs.write_text("")
+    service = Cloud(lambda: CloudRef("c", "/x/clouds.yaml"))
+    admitted = asyncio.run(service.run("admit", request, progress))
+    assert (
+        runs.read_text() == ""
+        and admitted["mapping"] == "mapped to a cell (Nova lists its hypervisor)"
+    )
+    service.close()

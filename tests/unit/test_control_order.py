@@ -17,7 +17,7 @@ from microstackd.control.plane import ControlPlane
 from microstackd.node import render, restarts, steps
 from microstackd.node.roles import CONTROL
 from microstackd.node.roles.control import NEEDS
-from microstackd.node.roles.parts import SetupStep, Together, service_step
+from microstackd.node.roles.parts import RoleDefinition, SetupStep, Together, service_step
 from microstackd.node.services import ProcessManager
 from microstackd.store import Store
 
@@ -35,10 +35,10 @@ _DATABASE = re.compile(r"\$\{db_base_url\}/(\w+)")
 _SERVICE_USER = re.compile(r"^password = \$\{(glance|nova|neutron|placement)_password\}", re.M)
 
 
-def _position() -> dict[str, tuple[int, int, int]]:
+def _position(role: RoleDefinition = CONTROL) -> dict[str, tuple[int, int, int]]:
     """Each step's (entry of the order, lane, place in its lane)."""
     found: dict[str, tuple[int, int, int]] = {}
-    for entry, item in enumerate(CONTROL.order):
+    for entry, item in enumerate(role.order):
         lanes = item.lanes if isinstance(item, Together) else ((item,),)
         for lane, steps_ in enumerate(lanes):
             for place, step in enumerate(steps_):
@@ -53,14 +53,14 @@ def _done_before(need: str, step: str, at: dict[str, tuple[int, int, int]]) -> b
     return e1 < e2 or (e1 == e2 and l1 == l2 and p1 < p2)
 
 
-def _closure(step: str) -> set[str]:
+def _closure(step: str, needs: dict[str, tuple[str, ...]] = NEEDS) -> set[str]:
     seen: set[str] = set()
-    todo = list(NEEDS.get(step, ()))
+    todo = list(needs.get(step, ()))
     while todo:
         need = todo.pop()
         if need not in seen:
             seen.add(need)
-            todo += NEEDS.get(need, ())
+            todo += needs.get(need, ())
     return seen
 
 

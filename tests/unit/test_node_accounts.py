@@ -364,6 +364,35 @@ def test_a_failure_names_the_service_and_keeps_what_a_rerun_needs(accounts) -> N
     assert cloud.users["compute-node-1"] == issued.keystone_password
 
 
+def test_rabbitmq_and_keystone_are_told_at_once_and_both_failures_are_named(
+    accounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made, rabbit, cloud, _store = accounts
+    rabbit.fail = cloud.fail = True
+    with pytest.raises(errors.CloudError) as failed:
+        asyncio.run(made.issue("node-1"))
+    assert "own message-queue user compute-node-1: RabbitMQ" in failed.value.message
+    assert "own Keystone user compute-node-1: Keystone: 503" in failed.value.message
+    rabbit.fail = cloud.fail = False
+    told_keystone = asyncio.Event()
+    ensure_user, run = rabbit.ensure_user, cloud.run
+
+    async def rabbit_after_keystone(*args: Any) -> str:
+        # Would never return if Keystone were told only after RabbitMQ.
+        await asyncio.wait_for(told_keystone.wait(), 5)
+        return str(await ensure_user(*args))
+
+    async def keystone(op: str, req: Mapping[str, Any], timeout: float = 0) -> dict[str, Any]:
+        told_keystone.set()
+        return dict(await run(op, req, timeout))
+
+    monkeypatch.setattr(rabbit, "ensure_user", rabbit_after_keystone)
+    monkeypatch.setattr(cloud, "run", keystone)
+    issued, message = asyncio.run(made.issue("node-1"))
+    assert "RabbitMQ user compute-node-1 created; Keystone user compute-node-1 created" == message
+    assert rabbit.users["compute-node-1"] == issued.rabbitmq_password
+
+
 def test_revoke_deletes_both_users_and_keeps_the_record_until_it_succeeds(accounts) -> None:
     made, rabbit, cloud, _store = accounts
     asyncio.run(made.issue("node-1"))

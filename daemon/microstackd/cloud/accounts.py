@@ -28,20 +28,22 @@ def _domain(conn: Any) -> Any:
 
 
 def _ensure_user(conn: Any, req: Mapping[str, Any]) -> str:
+    """One request per lookup (a listing filtered by name: openstacksdk's
+    ``find_*`` tries the name as an id first, two requests each), and the
+    assignments read back only for a user that may have some: a join's
+    issue-config waits on each of these, on Keystone's two workers."""
     idn = conn.identity
     domain = _domain(conn)
-    project = idn.find_project(req["project"], domain_id=domain.id)
+    project = next(iter(idn.projects(name=req["project"], domain_id=domain.id)), None)
     if project is None:
         raise Failure(f"Keystone has no project {req['project']!r} (the control's identity step)")
-    roles = []
-    for name in req["roles"]:
-        role = idn.find_role(name)
-        if role is None:
-            raise Failure(f"Keystone has no role {name!r} (the control's identity step)")
-        roles.append(role)
+    known = {role.name: role for role in idn.roles()}
+    missing = [name for name in req["roles"] if name not in known]
+    if missing:
+        raise Failure(f"Keystone has no role {missing[0]!r} (the control's identity step)")
+    roles = [known[name] for name in req["roles"]]
     wanted = {role.id for role in roles}
-    user = idn.find_user(req["name"], domain_id=domain.id)
-    how = "updated"
+    user = next(iter(idn.users(name=req["name"], domain_id=domain.id)), None)
     if user is None:
         how = "created"
         user = idn.create_user(
@@ -53,16 +55,17 @@ def _ensure_user(conn: Any, req: Mapping[str, Any]) -> str:
             is_enabled=True,
         )
     else:
+        how = "updated"
         idn.update_user(user, password=req["password"], is_enabled=True)
-    # Exactly these roles on the project: whatever else it was given goes.
-    for assignment in idn.role_assignments(user_id=user.id):
-        scope = assignment.scope or {}
-        granted = (assignment.role or {}).get("id")
-        on = (scope.get("project") or {}).get("id")
-        if granted in wanted and on == project.id:
-            continue
-        if on is not None and granted is not None:
-            idn.unassign_project_role_from_user(on, user, granted)
+        # Exactly these roles on the project: whatever else it was given goes.
+        for assignment in idn.role_assignments(user_id=user.id):
+            scope = assignment.scope or {}
+            granted = (assignment.role or {}).get("id")
+            on = (scope.get("project") or {}).get("id")
+            if granted in wanted and on == project.id:
+                continue
+            if on is not None and granted is not None:
+                idn.unassign_project_role_from_user(on, user, granted)
     for role in roles:
         idn.assign_project_role_to_user(project, user, role)
     return how

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from microstackd import commands
-from microstackd.cloud.session import POLL, Failure, Session, wait
+from microstackd.cloud.session import Failure, Session, wait
 
 # ---------------------------------------------------------------- admit --
 
@@ -50,9 +50,12 @@ def _hypervisor(conn: Any, host: str) -> Any | None:
 
 
 def _hypervisor_state(conn: Any, host: str) -> tuple[bool, str]:
+    """Whether Nova lists the host's hypervisor: it does once the host is
+    mapped to a cell, never before (os-hypervisors finds each compute
+    node's service through its host mapping and leaves out the unmapped)."""
     h = _hypervisor(conn, host)
     if h is None:
-        return False, "no hypervisor listed for the host"
+        return False, "no hypervisor listed for the host (Nova lists it once it is in a cell)"
     return True, f"hypervisor {h.name} {h.state}, {h.status}"
 
 
@@ -101,15 +104,29 @@ async def _manage(argv: list[str], *args: str) -> str:
     return result.stdout
 
 
-async def _mapped(argv: list[str], host: str) -> tuple[bool, str]:
-    """Run discover_hosts, then read the host mappings back."""
-    await _manage(argv, "cell_v2", "discover_hosts")
-    rows = await _manage(argv, "cell_v2", "list_hosts")
-    for line in rows.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 3 and cells[-1] == host:
-            return True, f"mapped to cell {cells[0]}"
-    return False, "not in nova-manage cell_v2 list_hosts yet"
+#: The discover_hosts under way, per nova-manage command line: one at a time
+#: on a control, however many hosts it admits at once (each run maps every
+#: host of every cell not mapped yet; two at once race on the same rows).
+_discoveries: dict[tuple[str, ...], asyncio.Task[str]] = {}
+
+
+async def discover_hosts(argv: list[str]) -> None:
+    """Have ``nova-manage cell_v2 discover_hosts`` run: a run already under
+    way is waited for instead of starting another (the caller checks
+    again: that run may have begun before its host had a compute node);
+    else one is started."""
+    key = tuple(argv)
+    running = _discoveries.get(key)
+    if running is None or running.done() or running.get_loop() is not asyncio.get_running_loop():
+        running = asyncio.ensure_future(_manage(argv, "cell_v2", "discover_hosts"))
+        # Retrieved when every caller waiting on it was cancelled.
+        running.add_done_callback(lambda t: t.cancelled() or t.exception())
+        _discoveries[key] = running
+    await asyncio.shield(running)
+
+
+#: How often admit looks for the host's hypervisor (a cheap API call).
+MAPPED_POLL = 1.0
 
 
 async def admit(s: Session, req: Mapping[str, Any]) -> dict[str, Any]:
@@ -122,22 +139,33 @@ async def admit(s: Session, req: Mapping[str, Any]) -> dict[str, Any]:
         return await s(lambda conn: _hypervisor_state(conn, host))
 
     service = await wait(s, f"nova-compute on {host} to be up", service_state, timeout, host)
+    # nova-compute is up: its compute node exists (its start made it before
+    # it joined the service group). nova-scheduler maps new hosts every
+    # interval; where nova-manage is at hand, discover_hosts is run when one
+    # period passed and the host is still not listed.
+    interval = int(req.get("discover_interval") or 0)
     manage = req.get("nova_manage")
-    if manage:
-        how = "nova-manage cell_v2 discover_hosts"
+    periodic = f"nova-scheduler's periodic discovery (every {interval} s)"
+    how = f"{periodic}, or nova-manage cell_v2 discover_hosts" if manage else periodic
+    if not manage:
+        await s.progress(f"no nova-manage on this control: relying on {periodic} to map {host}")
+    run_after = time.monotonic() + interval + MAPPED_POLL
+    discovered = 0
 
-        async def mapped() -> tuple[bool, str]:
-            return await _mapped(manage, host)
+    async def mapped() -> tuple[bool, str]:
+        nonlocal discovered
+        done, state = await hypervisor_state()
+        if done or not manage or time.monotonic() < run_after:
+            return done, state
+        await discover_hosts(manage)
+        discovered += 1
+        return await hypervisor_state()
 
-        mapping = await wait(s, f"{host} to be mapped into a cell ({how})", mapped, timeout, host)
-    else:
-        interval = int(req.get("discover_interval") or 0)
-        how = f"nova-scheduler's periodic discovery (every {interval} s)"
-        mapping = f"left to {how}"
-        await s.progress(f"no nova-manage on this control: relying on {how} to map {host}")
     hypervisor = await wait(
-        s, f"the hypervisor of {host} to be listed", hypervisor_state, timeout, host
+        s, f"{host} to be mapped to a cell ({how})", mapped, timeout, host, poll=MAPPED_POLL
     )
+    ran = f", nova-manage cell_v2 discover_hosts run {discovered} time(s)" if discovered else ""
+    mapping = f"mapped to a cell (Nova lists its hypervisor{ran})"
 
     async def provider_state() -> tuple[bool, str]:
         return await s(lambda conn: _provider_state(conn, host))
@@ -154,19 +182,6 @@ async def admit(s: Session, req: Mapping[str, Any]) -> dict[str, Any]:
         network_agent = await wait(
             s, f"the network agent of {host} in Neutron", network_agent_state, timeout, host
         )
-    if not manage:
-        # The host mapping is not visible through the API: give the scheduler
-        # one full discovery period after the compute node exists.
-        interval = int(req.get("discover_interval") or 0)
-        deadline = time.monotonic() + interval + POLL
-        while time.monotonic() < deadline:
-            await s.progress(
-                f"waiting for {how} to map {host} "
-                f"({deadline - time.monotonic():.0f} s of one period left)",
-                waiting=True,
-            )
-            await asyncio.sleep(min(POLL, max(0.0, deadline - time.monotonic())))
-        mapping = f"mapped by {how} (one period waited)"
     return {
         "host": host,
         "service": service,

@@ -62,9 +62,11 @@ async def wait(
     check: Callable[[], Awaitable[tuple[bool, str]]],
     timeout: float,
     host: str,
+    poll: float | None = None,
 ) -> str:
-    """Poll ``check`` (done?, state seen) until done; stream what it waits
-    for and for how long; on time-out name the host and the last state."""
+    """Poll ``check`` (done?, state seen) every ``poll`` seconds (``POLL``)
+    until done; stream what it waits for and for how long; on time-out name
+    the host and the last state."""
     started = time.monotonic()
     shown, shown_at = "", 0.0
     while True:
@@ -87,4 +89,4 @@ async def wait(
                 f"waiting for {what} ({now - started:.0f} s so far; {state})", waiting=True
             )
             shown, shown_at = state, now
-        await asyncio.sleep(POLL)
+        await asyncio.sleep(POLL if poll is None else poll)

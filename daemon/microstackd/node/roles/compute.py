@@ -3,6 +3,7 @@ libvirtd of the node's own, and nova-compute running real instances."""
 
 from __future__ import annotations
 
+from microstackd.node.roles.network import NEEDS as NETWORK_NEEDS
 from microstackd.node.roles.network import (
     NEUTRON_AGENT_CONF,
     OVS_AGENT,
@@ -10,7 +11,6 @@ from microstackd.node.roles.network import (
     ovs_db_steps,
     ovs_services,
 )
-from microstackd.node.roles.network import ORDER as NETWORK_ORDER
 from microstackd.node.roles.parts import (
     IN_PRIVATE_MOUNTS,
     SERVICE_PATH,
@@ -21,6 +21,7 @@ from microstackd.node.roles.parts import (
     cleanup,
     literal,
     service_step,
+    together,
 )
 
 NOVA_COMPUTE_CONF = "nova/nova.conf.d/microstackd-compute.conf"
@@ -92,6 +93,16 @@ for pair in ca-cert.pem:ca.crt server-cert.pem:node.crt server-key.pem:node.key 
     ln -sfn "$tls/${pair#*:}" "$pki/qemu/${pair%%:*}"
 done
 ln -sfn "$crl" "$pki/qemu/ca-crl.pem"
+"""
+
+#: Has the node's libvirtd probe QEMU now (each emulator binary started
+#: once, seconds each; its answers cached under /var/cache/libvirt): the
+#: first getCapabilities does it, and nova-compute's start would otherwise
+#: wait for it after its own imports. Prints the guest architectures found.
+#: $1 the libvirt URI.
+QEMU_CAPABILITIES = r"""
+caps=$(virsh --quiet --connect "$1" capabilities)
+printf '%s\n' "$caps" | sed -n "s/.*<arch name='\([^']*\)'>.*/guest architecture \1/p"
 """
 
 COMPUTE = RoleDefinition(
@@ -225,12 +236,63 @@ COMPUTE = RoleDefinition(
             ),
             timeout=30.0,
         ),
+        SetupStep(
+            name="qemu-capabilities",
+            title="having libvirtd probe QEMU's capabilities while nova-compute starts",
+            commands=(
+                ("/bin/sh", "-ec", literal(QEMU_CAPABILITIES), "qemu-capabilities", LIBVIRT_URI),
+            ),
+            timeout=120.0,
+        ),
     ),
+    # The order honours NEEDS (below; tests/unit/test_compute_order.py
+    # checks it): Open vSwitch and libvirt side by side, then the OVS agent's
+    # first sync with the control beside nova-compute's start, the two
+    # longest steps of a join (docs/performance.md, the real cloud's clock).
     order=(
-        *NETWORK_ORDER,
-        "migration-pki",
-        service_step("libvirtd"),
-        service_step("nova-compute"),
+        together(
+            ("ovs-db", service_step("ovsdb-server"), service_step("ovs-vswitchd")),
+            ("migration-pki", service_step("libvirtd")),
+        ),
+        together(
+            (
+                "ovs-bridges",
+                service_step("ovs-uplink"),
+                service_step("neutron-openvswitch-agent"),
+            ),
+            service_step("nova-compute"),
+            "qemu-capabilities",
+        ),
     ),
     resume_settings=("my_ip",),
 )
+
+#: What each step of the compute role needs done before it starts, besides
+#: render-config (first: every file, the CRL among them). The order must
+#: honour every line (a need in an entry before the step's, or before it
+#: in its own lane: never only in another lane, which would rest on
+#: timing); the unit tests check that every step of the order is here.
+#:
+#: * Open vSwitch's chain (``network.NEEDS``), then the OVS agent over the
+#:   uplink (br-phy holds ``local_ip``, its tunnels' address; the control's
+#:   neutron-rpc-server answers it already: the control is initialised);
+#: * migration-pki links what libvirtd's TLS listener (``--listen``) reads
+#:   from /etc/pki in its namespace;
+#: * nova-compute's libvirt driver connects to libvirtd as it starts, and
+#:   plugs the VIFs of the node's guests (a restart with guests) into
+#:   br-int through os-vif, over ovsdb-server (os-vif makes br-int itself
+#:   when the agent has not yet): Open vSwitch must run, not the agent,
+#:   whose first sync with the control is not on nova-compute's path;
+#: * qemu-capabilities asks libvirtd. nova-compute does not need it: it is
+#:   a probe libvirtd makes once for both, started beside nova-compute's
+#:   imports (nova-compute's first question waits for it when it is not
+#:   done, or makes it when it did not run).
+NEEDS: dict[str, tuple[str, ...]] = {
+    "ovs-db": (),
+    **NETWORK_NEEDS,
+    service_step("neutron-openvswitch-agent"): (service_step("ovs-uplink"),),
+    "migration-pki": (),
+    service_step("libvirtd"): ("migration-pki",),
+    service_step("nova-compute"): (service_step("libvirtd"), service_step("ovs-vswitchd")),
+    "qemu-capabilities": (service_step("libvirtd"),),
+}

@@ -20,6 +20,7 @@ from microstackd.node.roles.network import (
     ovs_db_steps,
     ovs_services,
 )
+from microstackd.node.roles.network import NEEDS as NETWORK_NEEDS
 from microstackd.node.roles.network import ORDER as NETWORK_ORDER
 from microstackd.node.roles.parts import (
     SERVICE_PATH,
@@ -181,10 +182,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
         "identity",
         service_step("rabbitmq"),
     ),
-    service_step("ovsdb-server"): ("ovs-db",),
-    service_step("ovs-vswitchd"): (service_step("ovsdb-server"),),
-    "ovs-bridges": (service_step("ovs-vswitchd"),),
-    service_step("ovs-uplink"): ("ovs-bridges",),
+    **NETWORK_NEEDS,
     service_step("neutron-openvswitch-agent"): (
         service_step("ovs-uplink"),
         service_step("neutron-rpc-server"),

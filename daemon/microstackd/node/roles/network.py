@@ -212,6 +212,19 @@ OVS_AGENT = neutron_agent(
     ),
 )
 
+#: What each of the network's steps needs done before it starts (a role's
+#: NEEDS: ``control.NEEDS``, ``compute.NEEDS``), besides render-config,
+#: which comes first: its database before ovsdb-server, ovs-vswitchd over
+#: it, the bridges made through both, the uplink's address put on br-phy.
+#: The Open vSwitch agent's needs are the role's (the control's agent also
+#: needs its own neutron-rpc-server).
+NEEDS: dict[str, tuple[str, ...]] = {
+    service_step("ovsdb-server"): ("ovs-db",),
+    service_step("ovs-vswitchd"): (service_step("ovsdb-server"),),
+    "ovs-bridges": (service_step("ovs-vswitchd"),),
+    service_step("ovs-uplink"): ("ovs-bridges",),
+}
+
 #: The order of the network's steps, after the role's own services that
 #: come first (the control plane) and before those that need the network.
 ORDER = (
