@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -95,8 +96,12 @@ def _config(tmp_path: Path, openstack_prefix: Path | None = None) -> DaemonConfi
     )
 
 
+#: Makes an agent on the given manager, and the settings it applies.
+AgentFor = Callable[[RecordingManager], tuple[Agent, dict[str, str]]]
+
+
 @pytest.fixture
-def agent_for(tmp_path: Path):
+def agent_for(tmp_path: Path) -> AgentFor:
     def make(manager: RecordingManager) -> tuple[Agent, dict[str, str]]:
         config = _config(tmp_path)
         ctl = control_config.ensure(tmp_path / "control.yaml", "10.0.0.1")
@@ -121,7 +126,9 @@ def _apply(agent: Agent, settings: dict[str, str]) -> tuple[list[AgentStep], Exc
     return steps, None
 
 
-def test_standins_start_together_and_report_in_order(agent_for) -> None:
+def test_standins_start_together_and_report_in_order(
+    agent_for: AgentFor,
+) -> None:
     assert len(SERVICES) == 2
     manager = RecordingManager()
     agent, settings = agent_for(manager)
@@ -140,7 +147,9 @@ def test_standins_start_together_and_report_in_order(agent_for) -> None:
     assert steps[-1].message == "role compute applied: 2/2 services running"
 
 
-def test_a_failed_standin_leaves_none_after_it_running(agent_for) -> None:
+def test_a_failed_standin_leaves_none_after_it_running(
+    agent_for: AgentFor,
+) -> None:
     manager = RecordingManager(fail_wait=SERVICES[0])
     agent, settings = agent_for(manager)
     steps, failure = _apply(agent, settings)
@@ -151,7 +160,9 @@ def test_a_failed_standin_leaves_none_after_it_running(agent_for) -> None:
     assert [s.step for s in steps][-1] == f"service {SERVICES[0]}"  # reported as it started
 
 
-def test_a_standin_that_cannot_start_fails_at_its_turn(agent_for) -> None:
+def test_a_standin_that_cannot_start_fails_at_its_turn(
+    agent_for: AgentFor,
+) -> None:
     manager = RecordingManager(fail_start=SERVICES[1])
     agent, settings = agent_for(manager)
     steps, failure = _apply(agent, settings)
@@ -163,7 +174,9 @@ def test_a_standin_that_cannot_start_fails_at_its_turn(agent_for) -> None:
     assert steps[-1].step == f"service {SERVICES[1]}" and steps[-1].state is StepState.RUNNING
 
 
-def test_a_cancelled_apply_leaves_none_after_the_waited_one_running(agent_for) -> None:
+def test_a_cancelled_apply_leaves_none_after_the_waited_one_running(
+    agent_for: AgentFor,
+) -> None:
     # The control went away mid-apply (its call cancelled): as when they were
     # started one by one, the stand-ins after the one being waited for do not run.
     manager = RecordingManager(hang_wait=SERVICES[0])
@@ -185,7 +198,9 @@ def test_a_cancelled_apply_leaves_none_after_the_waited_one_running(agent_for) -
     assert manager.running == {SERVICES[0]}
 
 
-def test_a_new_revocation_list_is_written_where_libvirtd_reads_it(agent_for, tmp_path) -> None:
+def test_a_new_revocation_list_is_written_where_libvirtd_reads_it(
+    agent_for: AgentFor, tmp_path: Path
+) -> None:
     """A removal elsewhere: the agent rewrites the CRL (here stand-ins run, so
     no libvirtd of the node's own reloads it, and the agent says so)."""
     agent, settings = agent_for(RecordingManager())

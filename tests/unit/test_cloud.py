@@ -156,7 +156,7 @@ def fake_cloud(monkeypatch: pytest.MonkeyPatch) -> list[_Conn]:
     return made
 
 
-def test_admit_streams_what_it_waits_for_and_reuses_one_connection(fake_cloud) -> None:
+def test_admit_streams_what_it_waits_for_and_reuses_one_connection(fake_cloud: list[_Conn]) -> None:
     service = Cloud(lambda: CloudRef("c", "/x/clouds.yaml"))
     seen: list[tuple[str, bool]] = []
 
@@ -209,7 +209,7 @@ def test_admit_asked_waits_for_the_hosts_network_agent_and_its_tunnel_address(
     assert fake_cloud[0].closed
 
 
-def test_a_wait_times_out_naming_the_host_and_the_last_state(fake_cloud) -> None:
+def test_a_wait_times_out_naming_the_host_and_the_last_state(fake_cloud: list[_Conn]) -> None:
     async def never() -> tuple[bool, str]:
         return False, "nova-compute down, enabled"
 
@@ -223,7 +223,7 @@ def test_a_wait_times_out_naming_the_host_and_the_last_state(fake_cloud) -> None
     assert failed.value.message.endswith("last state seen: nova-compute down, enabled")
 
 
-def test_an_operation_over_its_time_is_a_cloud_error(fake_cloud) -> None:
+def test_an_operation_over_its_time_is_a_cloud_error(fake_cloud: list[_Conn]) -> None:
     service = Cloud(lambda: CloudRef("c"))
     with pytest.raises(
         errors.CloudError, match="cloud operation admit did not finish within 0.05 s"

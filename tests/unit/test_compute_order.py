@@ -15,7 +15,7 @@ from microstackd.node.roles.parts import service_step
 from .test_control_order import _closure, _done_before, _position
 
 
-def test_the_order_meets_every_need_without_relying_on_another_lane():
+def test_the_order_meets_every_need_without_relying_on_another_lane() -> None:
     at = _position(COMPUTE)
     broken = [
         f"{step} needs {need}"
@@ -26,13 +26,13 @@ def test_the_order_meets_every_need_without_relying_on_another_lane():
     assert not broken, broken
 
 
-def test_every_step_of_the_order_says_what_it_needs_and_nothing_else_is_named():
+def test_every_step_of_the_order_says_what_it_needs_and_nothing_else_is_named() -> None:
     order = set(COMPUTE.order_names())
     assert set(NEEDS) == order
     assert {n for needs in NEEDS.values() for n in needs} <= order
 
 
-def test_the_longest_steps_run_side_by_side():
+def test_the_longest_steps_run_side_by_side() -> None:
     """The OVS agent's first sync and nova-compute's start (docs/performance.md)."""
     at = _position(COMPUTE)
     agent, nova = at[service_step("neutron-openvswitch-agent")], at[service_step("nova-compute")]
@@ -50,7 +50,7 @@ def _uses(step: str) -> str:
     return " ".join([words, *(render.template_text(f.template) for f in files)])
 
 
-def test_what_a_step_uses_is_among_its_needs():
+def test_what_a_step_uses_is_among_its_needs() -> None:
     checked = set()
     for step in COMPUTE.order_names():
         uses, needs = _uses(step), _closure(step, NEEDS)
@@ -70,7 +70,7 @@ def test_what_a_step_uses_is_among_its_needs():
     } <= checked
 
 
-def test_what_a_setup_step_makes_is_read_only_after_it():
+def test_what_a_setup_step_makes_is_read_only_after_it() -> None:
     """A service whose command names a path a setup step makes (under the
     node's state) needs that step: libvirtd's /etc/pki, ovsdb-server's database."""
     checked = set()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,7 @@ def _closure(step: str, needs: dict[str, tuple[str, ...]] = NEEDS) -> set[str]:
     return seen
 
 
-def test_the_order_meets_every_need_without_relying_on_another_lane():
+def test_the_order_meets_every_need_without_relying_on_another_lane() -> None:
     at = _position()
     assert set(NEEDS) <= set(at) and all(set(n) <= set(at) for n in NEEDS.values())
     broken = [
@@ -76,7 +77,7 @@ def test_the_order_meets_every_need_without_relying_on_another_lane():
     assert not broken, broken
 
 
-def test_a_need_only_in_another_lane_is_found():
+def test_a_need_only_in_another_lane_is_found() -> None:
     """The check above can fail: two lanes of one group do not order each other."""
     at = {"a": (1, 0, 0), "b": (1, 1, 1), "c": (2, 0, 0)}
     assert not _done_before("a", "b", at)
@@ -87,7 +88,9 @@ def _raw_templates() -> dict[str, str]:
     return {f.path: render.template_text(f.template) for f in CONTROL.files}
 
 
-def test_every_service_needs_its_schema_and_its_service_users(tmp_path, config):
+def test_every_service_needs_its_schema_and_its_service_users(
+    tmp_path: Path, config: control_config.ControlConfig
+) -> None:
     values = _values(tmp_path, config, CONTROL)
     raw = _raw_templates()
     migrates = {db: s.name for s in CONTROL.setup for db in s.schema}
@@ -119,7 +122,9 @@ def test_every_service_needs_its_schema_and_its_service_users(tmp_path, config):
     } <= checked
 
 
-def test_each_migration_step_migrates_the_databases_of_the_files_it_reads(tmp_path, config):
+def test_each_migration_step_migrates_the_databases_of_the_files_it_reads(
+    tmp_path: Path, config: control_config.ControlConfig
+) -> None:
     values = _values(tmp_path, config, CONTROL)
     raw = _raw_templates()
     schemas = {s.name: s for s in CONTROL.setup if s.schema}
@@ -145,7 +150,7 @@ def test_each_migration_step_migrates_the_databases_of_the_files_it_reads(tmp_pa
     } | {"nova_api", "nova_cell0"}
 
 
-def test_a_migrations_databases_are_written_by_nothing_before_it_is_done():
+def test_a_migrations_databases_are_written_by_nothing_before_it_is_done() -> None:
     """No step, and no service, that may write a migration step's databases
     can run before that step is done: which is what makes dropping them safe
     while it is not (``SetupStep.schema``)."""
@@ -164,7 +169,7 @@ def test_a_migrations_databases_are_written_by_nothing_before_it_is_done():
         assert readers, step.name
 
 
-def test_reset_sql_drops_and_creates_named_databases_only():
+def test_reset_sql_drops_and_creates_named_databases_only() -> None:
     sql = steps.reset_sql(("nova", "nova_cell0")).decode()
     assert sql == (
         "DROP DATABASE IF EXISTS `nova`;\n"
@@ -190,7 +195,7 @@ def _schema_step(tmp_path: Path) -> SetupStep:
     )
 
 
-def test_a_fresh_schema_is_made_before_the_migration_only_when_asked(tmp_path):
+def test_a_fresh_schema_is_made_before_the_migration_only_when_asked(tmp_path: Path) -> None:
     step, trace = _schema_step(tmp_path), tmp_path / "trace"
     said: list[str] = []
 
@@ -207,7 +212,7 @@ def test_a_fresh_schema_is_made_before_the_migration_only_when_asked(tmp_path):
     assert "dropping and creating nova, nova_cell0" in log
 
 
-def test_a_failed_reset_fails_the_step_before_the_migration(tmp_path):
+def test_a_failed_reset_fails_the_step_before_the_migration(tmp_path: Path) -> None:
     trace = tmp_path / "trace"
     step = SetupStep(
         "db-sync",
@@ -242,11 +247,23 @@ class _Ctx:
     [(True, True, True), (True, False, False), (False, True, False), (False, False, False)],
 )
 def test_only_inits_redone_migration_starts_from_empty_databases(
-    tmp_path, config, monkeypatch, init, redone, fresh
-):
+    tmp_path: Path,
+    config: control_config.ControlConfig,
+    monkeypatch: pytest.MonkeyPatch,
+    init: bool,
+    redone: bool,
+    fresh: bool,
+) -> None:
     asked: list[bool] = []
 
-    async def run_setup(step, values, log_dir, progress, *, fresh_schema=False):
+    async def run_setup(
+        step: SetupStep,
+        values: Mapping[str, str],
+        log_dir: Path,
+        progress: steps.Progress,
+        *,
+        fresh_schema: bool = False,
+    ) -> str:
         asked.append(fresh_schema)
         return "ran"
 

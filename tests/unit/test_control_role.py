@@ -11,6 +11,7 @@ import dataclasses
 import os
 import stat
 import string
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,9 @@ def config(tmp_path: Path) -> control_config.ControlConfig:
     return control_config.ensure(tmp_path / "control.yaml", "10.0.0.1")
 
 
-def _values(tmp_path: Path, config: control_config.ControlConfig, role: RoleDefinition):
+def _values(
+    tmp_path: Path, config: control_config.ControlConfig, role: RoleDefinition
+) -> dict[str, str]:
     base = steps.base_values(_daemon_config(tmp_path))
     if role is CONTROL:  # as plane.py adds them
         return {**base, **control_config.control_settings(config), "host": "control"}
@@ -86,7 +89,9 @@ def _secrets(config: control_config.ControlConfig) -> set[str]:
 
 
 @pytest.mark.parametrize("role", DEFINITIONS.values(), ids=[r.value for r in DEFINITIONS])
-def test_every_template_renders_and_parses(tmp_path, config, role):
+def test_every_template_renders_and_parses(
+    tmp_path: Path, config: control_config.ControlConfig, role: RoleDefinition
+) -> None:
     values = _values(tmp_path, config, role)
     paths = render.render_role(role, values, tmp_path / "etc")
     assert len(paths) == len(role.files)
@@ -115,7 +120,7 @@ def test_every_template_renders_and_parses(tmp_path, config, role):
 
 
 @pytest.mark.parametrize("role", DEFINITIONS.values(), ids=[r.value for r in DEFINITIONS])
-def test_every_step_resolves_and_every_service_is_started_once(role):
+def test_every_step_resolves_and_every_service_is_started_once(role: RoleDefinition) -> None:
     names = role.step_names()
     assert names[0] == "render-config" and len(set(names)) == len(names)
     started = [n.removeprefix(SERVICE_PREFIX) for n in names if n.startswith(SERVICE_PREFIX)]
@@ -127,7 +132,9 @@ def test_every_step_resolves_and_every_service_is_started_once(role):
 
 
 @pytest.mark.parametrize("role", DEFINITIONS.values(), ids=[r.value for r in DEFINITIONS])
-def test_commands_expand_without_a_secret_on_any_command_line(tmp_path, config, role):
+def test_commands_expand_without_a_secret_on_any_command_line(
+    tmp_path: Path, config: control_config.ControlConfig, role: RoleDefinition
+) -> None:
     values = _values(tmp_path, config, role)
     secrets = _secrets(config)
     for service in role.services:
@@ -144,7 +151,7 @@ def test_commands_expand_without_a_secret_on_any_command_line(tmp_path, config, 
             string.Template(value).substitute(values)
 
 
-def test_control_plan_resumes_after_the_last_recorded_step():
+def test_control_plan_resumes_after_the_last_recorded_step() -> None:
     plan = (enrolment.CREATE_CLUSTER, *CONTROL.step_names(), enrolment.DONE)
     done = plan[: plan.index("identity")]
     states = {step: StepState.DONE for step in done}
@@ -158,14 +165,14 @@ def test_control_plan_resumes_after_the_last_recorded_step():
     assert not [c for c in finished.resume() if isinstance(c, Run)]
 
 
-def _noop(message: str):
+def _noop(message: str) -> Awaitable[None]:
     async def run() -> None:
         return None
 
     return run()
 
 
-def test_a_step_whose_result_exists_runs_nothing(tmp_path):
+def test_a_step_whose_result_exists_runs_nothing(tmp_path: Path) -> None:
     marker = tmp_path / "made"
     marker.write_text("")
     step = SetupStep("x", "make it", (("/bin/false",),), creates=str(marker))
@@ -175,7 +182,7 @@ def test_a_step_whose_result_exists_runs_nothing(tmp_path):
     assert "already done" in message
 
 
-def test_a_failed_command_names_its_status_and_last_lines(tmp_path):
+def test_a_failed_command_names_its_status_and_last_lines(tmp_path: Path) -> None:
     step = SetupStep("x", "fail", (("/bin/sh", "-c", "echo oops; exit 3"),))
     with pytest.raises(errors.ServiceFailed, match=r"(?s)exited with status 3.*oops"):
         asyncio.run(steps.run_setup(step, {"openstack_prefix": "/x"}, tmp_path / "logs", _noop))
@@ -185,7 +192,9 @@ def test_a_failed_command_names_its_status_and_last_lines(tmp_path):
     )
 
 
-def test_stdin_carries_the_secret_not_the_command_line(tmp_path, config):
+def test_stdin_carries_the_secret_not_the_command_line(
+    tmp_path: Path, config: control_config.ControlConfig
+) -> None:
     values = _values(tmp_path, config, CONTROL)
     out = tmp_path / "stdin.txt"
     step = SetupStep(
@@ -196,7 +205,9 @@ def test_stdin_carries_the_secret_not_the_command_line(tmp_path, config):
     assert config.database_password not in (tmp_path / "logs" / "setup-sql.log").read_text()
 
 
-def test_without_an_openstack_environment_every_control_step_is_skipped(tmp_path, config):
+def test_without_an_openstack_environment_every_control_step_is_skipped(
+    tmp_path: Path, config: control_config.ControlConfig
+) -> None:
     from microstackd.node.services import ProcessManager
     from microstackd.store import Store
 
@@ -216,7 +227,7 @@ def test_without_an_openstack_environment_every_control_step_is_skipped(tmp_path
         store.close()
 
 
-def test_compute_settings_follow_the_driver(config):
+def test_compute_settings_follow_the_driver(config: control_config.ControlConfig) -> None:
     settings = control_config.issue_compute_settings(config, NODE, revocation_list=CRL)
     assert (settings["vif_plugging_is_fatal"], settings["compute_driver"]) == (
         "true",
@@ -227,7 +238,9 @@ def test_compute_settings_follow_the_driver(config):
 
 
 @pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
-def test_setup_logs_are_0640_from_their_creation_whatever_the_umask(tmp_path, umask):
+def test_setup_logs_are_0640_from_their_creation_whatever_the_umask(
+    tmp_path: Path, umask: int
+) -> None:
     step = SetupStep("x", "mode", (("/bin/sh", "-c", "stat -L -c 'mode=%a' /proc/self/fd/1"),))
     old = os.umask(umask)
     try:

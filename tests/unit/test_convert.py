@@ -45,7 +45,11 @@ def _expected(nodes: list[NodeRecord], nova: dict[str, dict[str, object]]) -> by
     return response.SerializeToString(deterministic=True)
 
 
-def _encoded(encoder: convert.NodesEncoder, nodes, nova) -> bytes:
+def _encoded(
+    encoder: convert.NodesEncoder,
+    nodes: list[NodeRecord],
+    nova: dict[str, dict[str, object]],
+) -> bytes:
     response = pb.StatusResponse(local_node="ctl")
     response.MergeFromString(encoder.encode(nodes, nova))
     return response.SerializeToString(deterministic=True)

@@ -10,7 +10,7 @@ from microstackd.model import NodeState, StepState
 PLAN = (e.ADMIT, e.ISSUE_CONFIG, e.DONE)
 
 
-def test_fresh_start_runs_the_first_step():
+def test_fresh_start_runs_the_first_step() -> None:
     machine = e.Enrolment(PLAN, {})
     assert machine.resume() == [
         e.Record(e.ADMIT, StepState.RUNNING, e.TITLES[e.ADMIT]),
@@ -18,7 +18,7 @@ def test_fresh_start_runs_the_first_step():
     ]
 
 
-def test_success_moves_to_the_next_step_and_finishes_before_the_final_record():
+def test_success_moves_to_the_next_step_and_finishes_before_the_final_record() -> None:
     machine = e.Enrolment(PLAN, {})
     machine.resume()
     commands = machine.handle(e.StepSucceeded(e.ADMIT, "admitted"))
@@ -37,7 +37,7 @@ def test_success_moves_to_the_next_step_and_finishes_before_the_final_record():
     assert machine.states[e.ISSUE_CONFIG] is StepState.SKIPPED
 
 
-def test_failure_finishes_failed_with_a_final_record():
+def test_failure_finishes_failed_with_a_final_record() -> None:
     machine = e.Enrolment(PLAN, {})
     machine.resume()
     commands = machine.handle(e.StepFailed(e.ADMIT, "disk full"))
@@ -47,24 +47,24 @@ def test_failure_finishes_failed_with_a_final_record():
     ]
 
 
-def test_resume_skips_finished_steps_and_reruns_an_interrupted_one():
+def test_resume_skips_finished_steps_and_reruns_an_interrupted_one() -> None:
     machine = e.Enrolment(PLAN, {e.ADMIT: StepState.DONE, e.ISSUE_CONFIG: StepState.RUNNING})
     assert machine.resume()[-1] == e.Run(e.ISSUE_CONFIG)
 
 
-def test_resume_after_failure_retries_only_the_failed_step():
+def test_resume_after_failure_retries_only_the_failed_step() -> None:
     machine = e.Enrolment(PLAN, {e.ADMIT: StepState.DONE, e.ISSUE_CONFIG: StepState.FAILED})
     assert machine.resume()[-1] == e.Run(e.ISSUE_CONFIG)
 
 
-def test_resume_of_a_complete_plan_restates_done():
+def test_resume_of_a_complete_plan_restates_done() -> None:
     machine = e.Enrolment(PLAN, {s: StepState.DONE for s in PLAN})
     commands = machine.resume()
     assert commands[0] == e.Finish(NodeState.ACTIVE)
     assert isinstance(commands[1], e.Record) and commands[1].final
 
 
-def test_progress_and_waiting_are_recorded():
+def test_progress_and_waiting_are_recorded() -> None:
     machine = e.Enrolment(PLAN, {})
     machine.resume()
     assert machine.handle(e.StepProgress(e.ADMIT, "half", 50)) == [
@@ -84,14 +84,14 @@ def test_progress_and_waiting_are_recorded():
         e.StepFailed("no-such-step", "x"),
     ],
 )
-def test_events_for_a_step_that_is_not_current_are_local_errors(event):
+def test_events_for_a_step_that_is_not_current_are_local_errors(event: e.Event) -> None:
     machine = e.Enrolment(PLAN, {})
     machine.resume()
     with pytest.raises(e.LocalProtocolError):
         machine.handle(event)
 
 
-def test_a_finished_step_cannot_move_again():
+def test_a_finished_step_cannot_move_again() -> None:
     machine = e.Enrolment((e.ADMIT, e.DONE), {})
     machine.resume()
     machine.handle(e.StepSucceeded(e.ADMIT, "ok"))
@@ -99,12 +99,12 @@ def test_a_finished_step_cannot_move_again():
         machine.handle(e.StepFailed(e.ADMIT, "late failure"))
 
 
-def test_a_plan_must_end_with_done():
+def test_a_plan_must_end_with_done() -> None:
     with pytest.raises(e.LocalProtocolError):
         e.Enrolment((e.ADMIT,), {})
 
 
-def test_every_transition_in_the_table_is_between_known_states():
+def test_every_transition_in_the_table_is_between_known_states() -> None:
     events = {e.START, e.INTERRUPTED, e.PROGRESS, e.WAIT, e.SUCCEEDED, e.SKIPPED, e.FAILED}
     assert set(e.TRANSITIONS) == set(StepState)
     for frm, moves in e.TRANSITIONS.items():
@@ -120,11 +120,11 @@ GROUPED = ("a", "b1", "b2", "c1", "c2", "c3", "d", e.DONE)
 LANES = ((("b1", "b2"), ("c1", "c2", "c3")),)
 
 
-def _runs(commands):
+def _runs(commands: list[e.Command]) -> list[str]:
     return [c.step for c in commands if isinstance(c, e.Run)]
 
 
-def test_a_group_starts_the_first_step_of_every_lane_at_once():
+def test_a_group_starts_the_first_step_of_every_lane_at_once() -> None:
     machine = e.Enrolment(GROUPED, {}, together=LANES)
     machine.resume()
     commands = machine.handle(e.StepSucceeded("a", "ok"))
@@ -138,7 +138,7 @@ def test_a_group_starts_the_first_step_of_every_lane_at_once():
     assert machine.running == ("b1", "c1")
 
 
-def test_a_lane_goes_on_by_itself_and_the_group_ends_when_every_lane_has():
+def test_a_lane_goes_on_by_itself_and_the_group_ends_when_every_lane_has() -> None:
     machine = e.Enrolment(GROUPED, {}, together=LANES)
     machine.resume()
     machine.handle(e.StepSucceeded("a", "ok"))
@@ -151,7 +151,7 @@ def test_a_lane_goes_on_by_itself_and_the_group_ends_when_every_lane_has():
         machine.handle(e.StepSucceeded("b1", "again"))
 
 
-def test_each_step_of_a_group_reports_its_own_progress():
+def test_each_step_of_a_group_reports_its_own_progress() -> None:
     machine = e.Enrolment(GROUPED, {}, together=LANES)
     machine.resume()
     machine.handle(e.StepSucceeded("a", "ok"))
@@ -166,7 +166,7 @@ def test_each_step_of_a_group_reports_its_own_progress():
         machine.handle(e.StepProgress("c2", "too early"))
 
 
-def test_a_failure_in_a_group_lets_the_others_finish_then_fails_the_plan_naming_it():
+def test_a_failure_in_a_group_lets_the_others_finish_then_fails_the_plan_naming_it() -> None:
     machine = e.Enrolment(GROUPED, {}, together=LANES)
     machine.resume()
     machine.handle(e.StepSucceeded("a", "ok"))
@@ -183,7 +183,7 @@ def test_a_failure_in_a_group_lets_the_others_finish_then_fails_the_plan_naming_
     assert machine.states["c2"] is StepState.PENDING
 
 
-def test_two_failures_in_a_group_are_both_named():
+def test_two_failures_in_a_group_are_both_named() -> None:
     machine = e.Enrolment(GROUPED, {}, together=LANES)
     machine.resume()
     machine.handle(e.StepSucceeded("a", "ok"))
@@ -195,7 +195,7 @@ def test_two_failures_in_a_group_are_both_named():
     ]
 
 
-def test_resume_inside_a_group_redoes_only_the_unfinished_steps_of_each_lane():
+def test_resume_inside_a_group_redoes_only_the_unfinished_steps_of_each_lane() -> None:
     states = {
         "a": StepState.DONE,
         "b1": StepState.DONE,
@@ -216,7 +216,7 @@ def test_resume_inside_a_group_redoes_only_the_unfinished_steps_of_each_lane():
     assert _runs(machine.resume()) == ["b2"]
 
 
-def test_a_group_must_be_consecutive_steps_of_the_plan():
+def test_a_group_must_be_consecutive_steps_of_the_plan() -> None:
     with pytest.raises(e.LocalProtocolError, match="consecutive"):
         e.Enrolment(GROUPED, {}, together=((("b1",), ("c2",)),))
     with pytest.raises(e.LocalProtocolError, match="not in the plan"):

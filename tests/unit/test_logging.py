@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,7 +38,7 @@ def test_under_journald_no_timestamp_and_the_priority_prefix(level: int, prefix:
     assert line == f"{prefix}level={name} logger=microstackd.node.agent msg='service down'"
 
 
-def test_journal_stream_must_be_this_very_stderr(tmp_path) -> None:
+def test_journal_stream_must_be_this_very_stderr(tmp_path: Path) -> None:
     """$JOURNAL_STREAM names the stream's device and inode: inherited by a
     process whose stderr goes elsewhere, it must not count."""
     log = tmp_path / "err"

@@ -322,10 +322,12 @@ class FakePlane:
     enabled = True
 
 
+#: The node accounts, the RabbitMQ and cloud they talk to, and the store.
+AccountsWorld = tuple[NodeAccounts, FakeRabbit, FakeCloud, Store]
+
+
 @pytest.fixture
-def accounts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> tuple[NodeAccounts, FakeRabbit, FakeCloud, Store]:
+def accounts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AccountsWorld:
     rabbit, cloud = FakeRabbit(), FakeCloud()
     monkeypatch.setattr(rabbitmq.RabbitMQ, "of_control_role", lambda values: rabbit)
     store = Store(tmp_path / "state")
@@ -333,7 +335,9 @@ def accounts(
     return made, rabbit, cloud, store
 
 
-def test_issue_persists_first_then_creates_and_a_resume_rotates(accounts) -> None:
+def test_issue_persists_first_then_creates_and_a_resume_rotates(
+    accounts: AccountsWorld,
+) -> None:
     made, rabbit, cloud, store = accounts
     first, message = asyncio.run(made.issue("node-1"))
     assert "RabbitMQ user compute-node-1 created" in message and "created" in message
@@ -351,7 +355,9 @@ def test_issue_persists_first_then_creates_and_a_resume_rotates(accounts) -> Non
     assert made.current("node-1") == second
 
 
-def test_a_failure_names_the_service_and_keeps_what_a_rerun_needs(accounts) -> None:
+def test_a_failure_names_the_service_and_keeps_what_a_rerun_needs(
+    accounts: AccountsWorld,
+) -> None:
     made, rabbit, cloud, _store = accounts
     rabbit.fail = True
     with pytest.raises(errors.CloudError, match="own message-queue user compute-node-1: RabbitMQ"):
@@ -365,7 +371,7 @@ def test_a_failure_names_the_service_and_keeps_what_a_rerun_needs(accounts) -> N
 
 
 def test_rabbitmq_and_keystone_are_told_at_once_and_both_failures_are_named(
-    accounts, monkeypatch: pytest.MonkeyPatch
+    accounts: AccountsWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     made, rabbit, cloud, _store = accounts
     rabbit.fail = cloud.fail = True
@@ -393,7 +399,9 @@ def test_rabbitmq_and_keystone_are_told_at_once_and_both_failures_are_named(
     assert rabbit.users["compute-node-1"] == issued.rabbitmq_password
 
 
-def test_revoke_deletes_both_users_and_keeps_the_record_until_it_succeeds(accounts) -> None:
+def test_revoke_deletes_both_users_and_keeps_the_record_until_it_succeeds(
+    accounts: AccountsWorld,
+) -> None:
     made, rabbit, cloud, _store = accounts
     asyncio.run(made.issue("node-1"))
     cloud.fail = True

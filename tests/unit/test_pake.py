@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 
 import pytest
 from nacl import bindings
@@ -26,7 +27,7 @@ def _entropy(seed: int) -> bytes:
     return random.Random(seed).randbytes(64)
 
 
-def _fixed(data: bytes):
+def _fixed(data: bytes) -> Callable[[int], bytes]:
     def entropy_f(n: int) -> bytes:
         assert n == 64
         return data
@@ -78,7 +79,12 @@ def test_interoperates_with_the_reference_both_ways(seed: int) -> None:
     assert a2.finish(mb) == b2.finish(ma)
 
 
-def _run(pw_a: bytes, pw_b: bytes, ids_a=(b"a", b"b"), ids_b=(b"a", b"b")) -> tuple[bytes, bytes]:
+def _run(
+    pw_a: bytes,
+    pw_b: bytes,
+    ids_a: tuple[bytes, bytes] = (b"a", b"b"),
+    ids_b: tuple[bytes, bytes] = (b"a", b"b"),
+) -> tuple[bytes, bytes]:
     a, b = pake.Spake2A(pw_a, *ids_a), pake.Spake2B(pw_b, *ids_b)
     ma, mb = a.start(), b.start()
     return a.finish(mb), b.finish(ma)

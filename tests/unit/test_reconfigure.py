@@ -84,10 +84,12 @@ class FakeAgent:
         pass
 
 
+#: The rolling change, the accounts it issues and the control's store.
+Rolling = tuple[Reconfigure, FakeAccounts, Store]
+
+
 @pytest.fixture
-def rolling(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> tuple[Reconfigure, FakeAccounts, Store]:
+def rolling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Rolling:
     BEHAVIOUR.clear()
     APPLIED.clear()
     monkeypatch.setattr(reconfigure_module, "AgentClient", FakeAgent)
@@ -110,7 +112,9 @@ def _run(made: Reconfigure, nodes: list[str]) -> tuple[list[Any], list[Note]]:
     return asyncio.run(made.run(nodes, progress)), notes
 
 
-def test_every_compute_in_turn_each_moved_to_its_own_credentials(rolling) -> None:
+def test_every_compute_in_turn_each_moved_to_its_own_credentials(
+    rolling: Rolling,
+) -> None:
     made, accounts, store = rolling
     outcomes, notes = _run(made, [])
     assert [(o.node, o.result) for o in outcomes] == [
@@ -127,7 +131,9 @@ def test_every_compute_in_turn_each_moved_to_its_own_credentials(rolling) -> Non
     assert accounts.issued == ["node-1", "node-2", "node-3"]
 
 
-def test_an_unreachable_compute_is_skipped_and_named(rolling) -> None:
+def test_an_unreachable_compute_is_skipped_and_named(
+    rolling: Rolling,
+) -> None:
     made, _accounts, _store = rolling
     BEHAVIOUR["node-2"] = "down"
     outcomes, _ = _run(made, [])
@@ -137,7 +143,9 @@ def test_an_unreachable_compute_is_skipped_and_named(rolling) -> None:
     assert "microstackctl reconfigure node-2` finishes the job" in outcomes[1].message
 
 
-def test_a_failed_compute_stops_the_rolling_change(rolling) -> None:
+def test_a_failed_compute_stops_the_rolling_change(
+    rolling: Rolling,
+) -> None:
     made, _accounts, _store = rolling
     BEHAVIOUR["node-1"] = "fail"
     outcomes, notes = _run(made, [])
@@ -149,7 +157,9 @@ def test_a_failed_compute_stops_the_rolling_change(rolling) -> None:
     assert notes[-1].state is StepState.FAILED
 
 
-def test_a_restarted_control_carries_on_with_what_was_left(rolling) -> None:
+def test_a_restarted_control_carries_on_with_what_was_left(
+    rolling: Rolling,
+) -> None:
     made, _accounts, store = rolling
     store.set_meta({PENDING: '["node-3", "node-1"]'})
     outcomes = asyncio.run(made.resume())
@@ -165,7 +175,9 @@ def test_a_restarted_control_carries_on_with_what_was_left(rolling) -> None:
         (["Bad_Name"], "is not valid"),
     ],
 )
-def test_bad_requests_are_refused_before_anything_is_touched(rolling, nodes, error) -> None:
+def test_bad_requests_are_refused_before_anything_is_touched(
+    rolling: Rolling, nodes: list[str], error: str
+) -> None:
     made, _accounts, store = rolling
     store.put_node(dataclasses.replace(_node("ctl"), role=Role.CONTROL, state=NodeState.ACTIVE))
     with pytest.raises(errors.MicrostackError, match=error):
@@ -173,7 +185,9 @@ def test_bad_requests_are_refused_before_anything_is_touched(rolling, nodes, err
     assert APPLIED == []
 
 
-def test_a_node_not_active_is_refused_with_what_to_do(rolling) -> None:
+def test_a_node_not_active_is_refused_with_what_to_do(
+    rolling: Rolling,
+) -> None:
     made, _accounts, store = rolling
     store.put_node(dataclasses.replace(_node("node-4"), state=NodeState.ENROLLING, agent_port=1))
     with pytest.raises(errors.InvalidArgument, match="node-4 is enrolling, not active"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,7 @@ def _config(tmp_path: Path, prefix: Path | None) -> DaemonConfig:
 
 
 @pytest.fixture
-def store(tmp_path: Path):
+def store(tmp_path: Path) -> Iterator[Store]:
     store = Store(tmp_path / "state")
     yield store
     store.close()
@@ -88,11 +89,13 @@ STANDINS = {s.name for s in COMPUTE.services if not s.real_only}
         ("process", set(), STANDINS),  # its children died with the daemon
     ],
 )
-def test_the_agent_starts_what_does_not_run(tmp_path, store, kind, running, restarted) -> None:
+def test_the_agent_starts_what_does_not_run(
+    tmp_path: Path, store: Store, kind: str, running: set[str], restarted: set[str]
+) -> None:
     store.set_meta({APPLIED_ROLE: "compute"})
     manager = FakeManager(kind, running)
 
-    async def main():
+    async def main() -> None:
         agent = Agent(_config(tmp_path, None), store, manager, Runner(store, EventBus(store)))
         await agent.resume()
         await agent.close()
@@ -102,11 +105,13 @@ def test_the_agent_starts_what_does_not_run(tmp_path, store, kind, running, rest
     assert manager.running == STANDINS
 
 
-def test_a_node_that_leaves_stops_its_services_and_forgets_its_role(tmp_path, store) -> None:
+def test_a_node_that_leaves_stops_its_services_and_forgets_its_role(
+    tmp_path: Path, store: Store
+) -> None:
     store.set_meta({APPLIED_ROLE: "compute"})
     manager = FakeManager("systemd", STANDINS)
 
-    async def main():
+    async def main() -> tuple[list[ServiceRecord], list[ServiceRecord]]:
         agent = Agent(_config(tmp_path, None), store, manager, Runner(store, EventBus(store)))
         await agent.resume()
         stopped = await agent.stop_role()
@@ -141,13 +146,13 @@ def _started_control(store: Store, names: list[str]) -> None:
     ],
 )
 def test_the_control_plane_starts_what_does_not_run(
-    tmp_path, store, kind, running, restarted
+    tmp_path: Path, store: Store, kind: str, running: set[str], restarted: set[str]
 ) -> None:
     _started_control(store, ["mariadb", "epmd"])
     manager = FakeManager(kind, running)
     plane = ControlPlane(_config(tmp_path, Path("/opt/os")), store, manager)
 
-    async def main():
+    async def main() -> None:
         await plane.resume()
         await plane.close()
 

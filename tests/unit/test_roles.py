@@ -63,7 +63,9 @@ def _ini(path: Path) -> configparser.ConfigParser:
     return parser
 
 
-def test_compute_role_renders_parseable_files_with_the_issued_values(tmp_path, settings):
+def test_compute_role_renders_parseable_files_with_the_issued_values(
+    tmp_path: Path, settings: dict[str, str]
+) -> None:
     root = tmp_path / "etc"
     paths = render.render_role(COMPUTE, settings, root)
     assert sorted(p.relative_to(root).as_posix() for p in paths) == sorted(
@@ -127,7 +129,7 @@ def test_compute_role_renders_parseable_files_with_the_issued_values(tmp_path, s
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
 
 
-def test_every_role_template_renders(tmp_path, settings):
+def test_every_role_template_renders(tmp_path: Path, settings: dict[str, str]) -> None:
     """Every role of the cluster has a definition, and every template shipped
     in the package is one of a role's files (or a setup step's stdin) and
     renders completely with that role's own settings."""
@@ -163,35 +165,39 @@ def test_every_role_template_renders(tmp_path, settings):
     assert rendered == shipped, f"templates no role uses: {sorted(shipped - rendered)}"
 
 
-def test_every_requirement_of_every_service_is_met_by_the_rendered_files(tmp_path, settings):
+def test_every_requirement_of_every_service_is_met_by_the_rendered_files(
+    tmp_path: Path, settings: dict[str, str]
+) -> None:
     root = tmp_path / "etc"
     render.render_role(COMPUTE, settings, root)
     for service in COMPUTE.services:
         assert check(root, list(service.requires)) == []
 
 
-def test_a_missing_setting_writes_nothing_and_names_the_keys(tmp_path, settings):
+def test_a_missing_setting_writes_nothing_and_names_the_keys(
+    tmp_path: Path, settings: dict[str, str]
+) -> None:
     del settings["transport_url"], settings["host"]
     with pytest.raises(errors.InvalidArgument, match="host, transport_url"):
         render.render_role(COMPUTE, settings, tmp_path / "etc")
     assert not (tmp_path / "etc").exists()
 
 
-def test_an_unwritable_config_root_names_the_path(tmp_path, settings):
+def test_an_unwritable_config_root_names_the_path(tmp_path: Path, settings: dict[str, str]) -> None:
     blocker = tmp_path / "etc"
     blocker.write_text("a file, not a directory")
     with pytest.raises(errors.ConfigError, match=str(blocker)):
         render.render_role(COMPUTE, settings, blocker)
 
 
-def test_template_errors_name_the_template():
+def test_template_errors_name_the_template() -> None:
     with pytest.raises(errors.ConfigError, match="compute/nova-compute.conf needs setting"):
         render.render_text("compute/nova-compute.conf", {})
     with pytest.raises(errors.ConfigError, match="missing"):
         render.render_text("compute/no-such-template.conf", {})
 
 
-def test_commands_expand(settings):
+def test_commands_expand(settings: dict[str, str]) -> None:
     service = COMPUTE.service("nova-compute")
     argv = render.expand(service.command, settings)
     # In a mount namespace of its own where the node's instances are bound
@@ -206,7 +212,7 @@ def test_commands_expand(settings):
     ]
 
 
-def test_standin_reports_every_missing_key(tmp_path):
+def test_standin_reports_every_missing_key(tmp_path: Path) -> None:
     (tmp_path / "a.conf").write_text("[DEFAULT]\nhost = x\nempty =\n")
     missing = check(
         tmp_path,
@@ -219,7 +225,7 @@ def test_standin_reports_every_missing_key(tmp_path):
     ]
 
 
-def test_control_config_is_generated_once_and_kept(tmp_path):
+def test_control_config_is_generated_once_and_kept(tmp_path: Path) -> None:
     path = tmp_path / "control.yaml"
     first = control_config.ensure(path, "10.0.0.1")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
@@ -229,7 +235,7 @@ def test_control_config_is_generated_once_and_kept(tmp_path):
     assert first.database_password and first.admin_password
 
 
-def test_control_config_keeps_operator_values_and_fills_the_rest(tmp_path):
+def test_control_config_keeps_operator_values_and_fills_the_rest(tmp_path: Path) -> None:
     path = tmp_path / "control.yaml"
     path.write_text("region: east\nrabbitmq:\n  host: 10.0.0.50\n  password: hunter2\n")
     config = control_config.ensure(path, "10.0.0.1")
@@ -243,14 +249,14 @@ def test_control_config_keeps_operator_values_and_fills_the_rest(tmp_path):
 
 
 @pytest.mark.parametrize("text", ["[1, 2]", "rabbitmq: 3\n", "control_address: nope\n", "a: [\n"])
-def test_a_bad_control_config_is_a_clear_error(tmp_path, text):
+def test_a_bad_control_config_is_a_clear_error(tmp_path: Path, text: str) -> None:
     path = tmp_path / "control.yaml"
     path.write_text(text)
     with pytest.raises(errors.InvalidArgument, match="control"):
         control_config.ensure(path, "10.0.0.1")
 
 
-def test_redact_hides_every_secret(settings):
+def test_redact_hides_every_secret(settings: dict[str, str]) -> None:
     shown = control_config.redact(settings)
     for key in control_config.SECRET_KEYS & settings.keys():
         assert shown[key] == "<secret>"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from microstackd import errors
 from microstackd.enrolment import machine as enrolment
 from microstackd.enrolment.events import EventBus
 from microstackd.enrolment.runner import Runner, Skipped, StepAction, StepContext
-from microstackd.model import EventRecord, NodeRecord, NodeState, Role, StepState
+from microstackd.model import EventRecord, NodeRecord, NodeState, NodeUpdate, Role, StepState
 from microstackd.store import Store
 
 NODE = "node-1"
@@ -25,7 +26,12 @@ class SpyStore(Store):
         self.commits: list[list[EventRecord]] = []
         self.fail: type[errors.StorageError] | None = None
 
-    def record_all(self, events, updates=(), nodes=()):
+    def record_all(
+        self,
+        events: Sequence[EventRecord],
+        updates: Sequence[NodeUpdate] = (),
+        nodes: Sequence[tuple[NodeRecord, str | None]] = (),
+    ) -> list[EventRecord]:
         if self.fail is not None:
             raise self.fail("cannot write: the disk is full; nothing was changed")
         recorded = super().record_all(events, updates, nodes)
@@ -55,8 +61,12 @@ class CheckingBus(EventBus):
         super().publish(event)
 
 
+#: The store, bus and runner each test drives.
+World = tuple[SpyStore, CheckingBus, Runner]
+
+
 @pytest.fixture
-def world(tmp_path: Path) -> tuple[SpyStore, CheckingBus, Runner]:
+def world(tmp_path: Path) -> World:
     store = SpyStore(tmp_path)
     store.put_node(
         NodeRecord(
@@ -82,7 +92,9 @@ async def _finish(runner: Runner, actions: dict[str, StepAction]) -> None:
     await asyncio.sleep(0)  # the last group commit
 
 
-def test_steps_that_never_wait_share_one_commit(world) -> None:
+def test_steps_that_never_wait_share_one_commit(
+    world: World,
+) -> None:
     store, bus, runner = world
 
     async def skipped(ctx: StepContext) -> str | Skipped:
@@ -98,7 +110,9 @@ def test_steps_that_never_wait_share_one_commit(world) -> None:
     assert set(store.step_states(NODE).values()) <= {StepState.DONE, StepState.SKIPPED}
 
 
-def test_what_a_step_waits_for_is_published_while_it_waits(world) -> None:
+def test_what_a_step_waits_for_is_published_while_it_waits(
+    world: World,
+) -> None:
     store, bus, runner = world
     seen_while_waiting: list[str] = []
 
@@ -113,7 +127,9 @@ def test_what_a_step_waits_for_is_published_while_it_waits(world) -> None:
     assert len(store.commits) == 2  # before the wait and after it
 
 
-def test_a_failed_commit_publishes_nothing_and_stops_the_enrolment(world) -> None:
+def test_a_failed_commit_publishes_nothing_and_stops_the_enrolment(
+    world: World,
+) -> None:
     store, bus, runner = world
     store.fail = errors.StorageError
     asyncio.run(_finish(runner, {}))
@@ -130,7 +146,7 @@ def test_a_failed_commit_publishes_nothing_and_stops_the_enrolment(world) -> Non
 
 
 def test_a_full_disk_stops_the_enrolment_and_it_resumes_once_there_is_room(
-    world, monkeypatch: pytest.MonkeyPatch
+    world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store, bus, runner = world
     monkeypatch.setattr("microstackd.enrolment.runner.SPACE_POLL", (0.01, 0.02))
@@ -160,7 +176,7 @@ def test_a_full_disk_stops_the_enrolment_and_it_resumes_once_there_is_room(
     runner.stop()
 
 
-def test_cancel_lands_what_was_recorded_first(world) -> None:
+def test_cancel_lands_what_was_recorded_first(world: World) -> None:
     store, bus, runner = world
     release = asyncio.Event()
 
@@ -203,7 +219,9 @@ def _done(message: str) -> StepAction:
     return action
 
 
-def test_the_steps_of_a_group_run_at_once_each_with_its_own_events(world) -> None:
+def test_the_steps_of_a_group_run_at_once_each_with_its_own_events(
+    world: World,
+) -> None:
     store, bus, runner = world
     both = asyncio.Event()
     under_way: set[str] = set()
@@ -236,7 +254,9 @@ def test_the_steps_of_a_group_run_at_once_each_with_its_own_events(world) -> Non
     assert node is not None and node.state is NodeState.ACTIVE
 
 
-def test_a_failure_in_a_group_lets_the_other_lane_finish_and_fails_naming_it(world) -> None:
+def test_a_failure_in_a_group_lets_the_other_lane_finish_and_fails_naming_it(
+    world: World,
+) -> None:
     store, bus, runner = world
     ran: list[str] = []
 
@@ -272,7 +292,7 @@ def test_a_failure_in_a_group_lets_the_other_lane_finish_and_fails_naming_it(wor
 
 
 def test_an_init_interrupted_inside_a_group_resumes_each_lane_where_it_stopped(
-    world,
+    world: World,
 ) -> None:
     store, bus, runner = world
     ran: list[str] = []
@@ -309,7 +329,9 @@ def test_an_init_interrupted_inside_a_group_resumes_each_lane_where_it_stopped(
     assert bus.published[-1].final and bus.published[-1].state is StepState.DONE
 
 
-def test_a_streamed_plan_runs_its_groups_and_raises_the_failure(world) -> None:
+def test_a_streamed_plan_runs_its_groups_and_raises_the_failure(
+    world: World,
+) -> None:
     store, bus, runner = world
 
     async def fails(ctx: StepContext) -> str:
@@ -327,7 +349,7 @@ def test_a_streamed_plan_runs_its_groups_and_raises_the_failure(world) -> None:
     assert store.events(NODE) == []  # a stream records nothing
 
 
-def test_new_nodes_share_the_group_commit_and_wait_for_it(tmp_path):
+def test_new_nodes_share_the_group_commit_and_wait_for_it(tmp_path: Path) -> None:
     """``commit_node``: records of nodes bootstrapping together are one
     commit with the events queued in the same loop turn; each caller returns
     only once its record is on disk, and a failed commit fails them all."""
@@ -353,7 +375,9 @@ def test_new_nodes_share_the_group_commit_and_wait_for_it(tmp_path):
     asyncio.run(main())
 
 
-def test_a_step_knows_whether_an_earlier_run_left_it_unfinished(world) -> None:
+def test_a_step_knows_whether_an_earlier_run_left_it_unfinished(
+    world: World,
+) -> None:
     """``StepContext.redone``: true for a step under way when the run stopped
     (as after a SIGKILL) or one that failed, when a new run redoes it; false
     for a step's first attempt."""

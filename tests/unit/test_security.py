@@ -743,14 +743,18 @@ def test_verify_issued_by_wants_an_aware_time(world: World) -> None:
 # --- TLS: the certificates work in a real (in-memory) handshake -----------------------------
 
 
-def _pem_files(tmp_path: Path, name: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate):
+def _pem_files(
+    tmp_path: Path, name: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate
+) -> tuple[str, str]:
     cert_file, key_file = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
     cert_file.write_bytes(certs.cert_to_pem(cert))
     key_file.write_bytes(certs.key_to_pem(key))
     return str(cert_file), str(key_file)
 
 
-def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, server_hostname: str):
+def _handshake(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, server_hostname: str
+) -> tuple[ssl.SSLObject, ssl.SSLObject]:
     c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
     client = client_ctx.wrap_bio(c_in, c_out, server_hostname=server_hostname)
     server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
@@ -811,7 +815,9 @@ def test_issued_certificates_work_for_mutual_tls_by_ip(tmp_path: Path) -> None:
     wall = datetime.now(UTC)  # OpenSSL checks validity against the real clock
     ca, other_ca = certs.create_ca(CLUSTER_ID, wall), certs.create_ca(CLUSTER_ID, wall)
 
-    def node(ca_: certs.CertificateAuthority, name: str, role: Role, address: str):
+    def node(
+        ca_: certs.CertificateAuthority, name: str, role: Role, address: str
+    ) -> tuple[str, str]:
         key = certs.generate_key()
         cert = certs.issue_certificate(
             ca_,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -17,6 +18,9 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,11 +39,18 @@ PY = sys.executable
 SH = "/bin/sh"
 
 
-def sh(name, script, **kw):
+def sh(name: str, script: str, **kw: Any) -> ServiceSpec:
     return ServiceSpec(name, (SH, "-c", script), **kw)
 
 
-def alive(pid):
+def pid_of(manager: ProcessManager, spec: ServiceSpec) -> int:
+    """The pid of spec's child, which the test expects to exist."""
+    pid = manager.pid(spec)
+    assert pid is not None, f"{spec.name} has no child process"
+    return pid
+
+
+def alive(pid: int) -> bool:
     """Is pid a live process (zombies are dead)?"""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -49,7 +60,7 @@ def alive(pid):
     return data[data.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
 
 
-def group_members(pgid):
+def group_members(pgid: int) -> list[int]:
     """Live processes in a process group."""
     members = []
     for entry in os.listdir("/proc"):
@@ -65,26 +76,30 @@ def group_members(pgid):
     return members
 
 
-async def until(predicate, timeout=5.0):
+def _has_members(pgid: int, count: int) -> bool:
+    return len(group_members(pgid)) == count
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.02)
 
 
-def log_text(manager, spec):
+def log_text(manager: ProcessManager, spec: ServiceSpec) -> str:
     return manager.log_path(spec.name).read_text()
 
 
 # -- process manager ----------------------------------------------------------
 
 
-def test_a_healthy_service_becomes_running_with_its_output_in_its_log(tmp_path):
+def test_a_healthy_service_becomes_running_with_its_output_in_its_log(tmp_path: Path) -> None:
     log_dir = tmp_path / "logs"
     spec = sh("web", 'echo "hello $GREETING"; exec sleep 30', env={"GREETING": "world"})
     spec = ServiceSpec(spec.name, spec.argv, env=spec.env, ready_after=0.3)
 
-    async def main():
+    async def main() -> tuple[int, str]:
         manager = ProcessManager(log_dir)
         try:
             await manager.restart(spec)
@@ -93,7 +108,7 @@ def test_a_healthy_service_becomes_running_with_its_output_in_its_log(tmp_path):
             assert await manager.wait_ready(spec) == ServiceRecord("web", "running")
             assert time.monotonic() - started >= 0.2
             assert await manager.status(spec) == ServiceRecord("web", "running")
-            return manager.pid(spec), await manager.log_tail(spec)
+            return pid_of(manager, spec), await manager.log_tail(spec)
         finally:
             await manager.close()
 
@@ -103,7 +118,9 @@ def test_a_healthy_service_becomes_running_with_its_output_in_its_log(tmp_path):
     assert stat.S_IMODE(log_dir.stat().st_mode) == 0o750
 
 
-def test_a_service_that_exits_fails_wait_ready_at_once_with_status_and_last_lines(tmp_path):
+def test_a_service_that_exits_fails_wait_ready_at_once_with_status_and_last_lines(
+    tmp_path: Path,
+) -> None:
     # 50 numbered lines, then one too long to quote whole, on stdout and stderr.
     spec = sh(
         "nova-compute",
@@ -112,7 +129,7 @@ def test_a_service_that_exits_fails_wait_ready_at_once_with_status_and_last_line
         ready_after=5,
     )
 
-    async def main():
+    async def main() -> tuple[errors.ServiceFailed, float, ServiceRecord]:
         manager = ProcessManager(tmp_path)
         try:
             await manager.restart(spec)
@@ -136,7 +153,7 @@ def test_a_service_that_exits_fails_wait_ready_at_once_with_status_and_last_line
     assert status.message == error.message
 
 
-def test_a_service_that_never_prints_its_ready_pattern_times_out(tmp_path):
+def test_a_service_that_never_prints_its_ready_pattern_times_out(tmp_path: Path) -> None:
     spec = sh(
         "glance",
         "echo loading; exec sleep 30",
@@ -145,7 +162,7 @@ def test_a_service_that_never_prints_its_ready_pattern_times_out(tmp_path):
         start_timeout=0.5,
     )
 
-    async def main():
+    async def main() -> str:
         manager = ProcessManager(tmp_path)
         try:
             await manager.restart(spec)
@@ -164,7 +181,7 @@ def test_a_service_that_never_prints_its_ready_pattern_times_out(tmp_path):
     )
 
 
-def test_a_service_is_running_once_its_ready_pattern_appears(tmp_path):
+def test_a_service_is_running_once_its_ready_pattern_appears(tmp_path: Path) -> None:
     spec = sh(
         "keystone",
         "echo booting; sleep 0.4; echo 'listening on 5000'; exec sleep 30",
@@ -173,7 +190,7 @@ def test_a_service_is_running_once_its_ready_pattern_appears(tmp_path):
         start_timeout=10,
     )
 
-    async def main():
+    async def main() -> None:
         manager = ProcessManager(tmp_path)
         try:
             await manager.restart(spec)
@@ -188,14 +205,14 @@ def test_a_service_is_running_once_its_ready_pattern_appears(tmp_path):
     asyncio.run(main())
 
 
-def test_restart_replaces_the_child_with_a_new_one(tmp_path):
+def test_restart_replaces_the_child_with_a_new_one(tmp_path: Path) -> None:
     spec = sh("nova-api", "sleep 30 & exec sleep 30", ready_after=0)
 
-    async def main():
+    async def main() -> int:
         manager = ProcessManager(tmp_path)
         try:
             await manager.restart(spec)
-            first = manager.pid(spec)
+            first = pid_of(manager, spec)
             await until(lambda: len(group_members(first)) == 2)
             await manager.restart(spec)
             second = manager.pid(spec)
@@ -211,10 +228,10 @@ def test_restart_replaces_the_child_with_a_new_one(tmp_path):
     assert log_text(ProcessManager(tmp_path), spec).count("] starting nova-api:") == 2
 
 
-def test_a_crashed_service_is_restarted_after_a_back_off(tmp_path):
+def test_a_crashed_service_is_restarted_after_a_back_off(tmp_path: Path) -> None:
     spec = sh("neutron", "echo started; exit 3", ready_after=0)
 
-    async def main():
+    async def main() -> str:
         manager = ProcessManager(tmp_path)  # the real back-off: 1 s, then 2 s
         try:
             await manager.restart(spec)
@@ -235,7 +252,9 @@ def test_a_crashed_service_is_restarted_after_a_back_off(tmp_path):
     assert log.count("started\n") == 2
 
 
-def test_a_service_that_keeps_exiting_before_it_is_ready_is_failed_while_it_restarts(tmp_path):
+def test_a_service_that_keeps_exiting_before_it_is_ready_is_failed_while_it_restarts(
+    tmp_path: Path,
+) -> None:
     # nova-compute without its virt driver: it runs a while, logs why, exits 1,
     # is restarted, and never logs its ready line.
     spec = sh(
@@ -246,7 +265,7 @@ def test_a_service_that_keeps_exiting_before_it_is_ready_is_failed_while_it_rest
         ready_after=0,
     )
 
-    async def main():
+    async def main() -> tuple[ServiceRecord, list[ServiceRecord]]:
         manager = ProcessManager(tmp_path, backoff_base=0.05, backoff_cap=0.05)
         try:
             await manager.restart(spec)
@@ -271,7 +290,7 @@ def test_a_service_that_keeps_exiting_before_it_is_ready_is_failed_while_it_rest
     assert "exited with status 1; last log lines:" in looping
 
 
-def test_a_crash_after_being_ready_is_not_a_crash_loop(tmp_path):
+def test_a_crash_after_being_ready_is_not_a_crash_loop(tmp_path: Path) -> None:
     # The first run crashes after its ready line, when the test says so; the
     # second stays up. (Timed crashes raced the reads on a loaded machine.)
     crashed, crash = tmp_path / "crashed", tmp_path / "crash"
@@ -283,7 +302,7 @@ def test_a_crash_after_being_ready_is_not_a_crash_loop(tmp_path):
         ready_after=0,
     )
 
-    async def main():
+    async def main() -> ServiceRecord:
         manager = ProcessManager(tmp_path, backoff_base=0.05, backoff_cap=0.05)
         try:
             await manager.restart(spec)
@@ -299,7 +318,9 @@ def test_a_crash_after_being_ready_is_not_a_crash_loop(tmp_path):
     assert asyncio.run(main()).state == "running"
 
 
-def test_stop_hooks_run_before_and_after_the_service_with_their_output_logged(tmp_path):
+def test_stop_hooks_run_before_and_after_the_service_with_their_output_logged(
+    tmp_path: Path,
+) -> None:
     trace = tmp_path / "trace"
     hook = f"echo $0 >> {trace}; echo hook $0 said this"
     spec = sh(
@@ -309,11 +330,11 @@ def test_stop_hooks_run_before_and_after_the_service_with_their_output_logged(tm
         post_stop=((SH, "-c", hook, "kill-leftovers"), (SH, "-c", "exit 4")),
     )
 
-    async def main():
+    async def main() -> str:
         manager = ProcessManager(tmp_path / "logs")
         try:
             await manager.restart(spec)
-            await until(lambda: len(group_members(manager.pid(spec))) == 2)
+            await until(lambda: len(group_members(pid_of(manager, spec))) == 2)
             await manager.stop(spec)
             stopped_again = trace.read_text()
             await manager.stop(spec)  # nothing runs: no hook either
@@ -328,7 +349,7 @@ def test_stop_hooks_run_before_and_after_the_service_with_their_output_logged(tm
     assert "exit 4' failed with status 4" in log  # a failing hook is noted, never raised
 
 
-def test_teardown_hooks_run_when_stopped_for_good_never_at_a_restart(tmp_path):
+def test_teardown_hooks_run_when_stopped_for_good_never_at_a_restart(tmp_path: Path) -> None:
     """A restart (and an exit the manager restarts) keeps what the teardown
     would remove (the Neutron agents' namespaces); stop and close remove it."""
     trace = tmp_path / "trace"
@@ -340,7 +361,7 @@ def test_teardown_hooks_run_when_stopped_for_good_never_at_a_restart(tmp_path):
     )
     other = sh("neutron-dhcp-agent", "sleep 30", teardown=((SH, "-c", f"echo t2 >> {trace}"),))
 
-    async def main():
+    async def main() -> None:
         manager = ProcessManager(tmp_path / "logs", backoff_base=0.05)
         try:
             await manager.restart(spec)
@@ -360,10 +381,10 @@ def test_teardown_hooks_run_when_stopped_for_good_never_at_a_restart(tmp_path):
     assert trace.read_text().split() == ["post-stop", "post-stop", "teardown", "t2"]
 
 
-def test_the_back_off_doubles_up_to_its_cap(tmp_path):
+def test_the_back_off_doubles_up_to_its_cap(tmp_path: Path) -> None:
     spec = sh("placement", "exit 2")
 
-    async def main():
+    async def main() -> str:
         manager = ProcessManager(tmp_path, backoff_base=0.05, backoff_cap=0.2)
         try:
             await manager.restart(spec)
@@ -380,14 +401,14 @@ def test_the_back_off_doubles_up_to_its_cap(tmp_path):
     assert delays[:5] == ["0.05 s", "0.1 s", "0.2 s", "0.2 s", "0.2 s"]
 
 
-def test_stop_ends_the_whole_process_group_and_it_stays_stopped(tmp_path):
+def test_stop_ends_the_whole_process_group_and_it_stays_stopped(tmp_path: Path) -> None:
     spec = sh("cinder", "sleep 30 & sleep 30 & wait")
 
-    async def main():
+    async def main() -> None:
         manager = ProcessManager(tmp_path, backoff_base=0.05)
         try:
             await manager.restart(spec)
-            pid = manager.pid(spec)
+            pid = pid_of(manager, spec)
             await until(lambda: len(group_members(pid)) == 3)
             await manager.stop(spec)
             assert not alive(pid) and group_members(pid) == []
@@ -402,17 +423,17 @@ def test_stop_ends_the_whole_process_group_and_it_stays_stopped(tmp_path):
     asyncio.run(main())
 
 
-def test_close_kills_every_child_even_those_that_ignore_sigterm(tmp_path):
+def test_close_kills_every_child_even_those_that_ignore_sigterm(tmp_path: Path) -> None:
     polite = sh("polite", "sleep 30 & wait")
     stubborn = sh("stubborn", "trap '' TERM; sleep 30 & wait")
 
-    async def main():
+    async def main() -> list[int]:
         manager = ProcessManager(tmp_path, stop_grace=0.3)
         await manager.restart(polite)
         await manager.restart(stubborn)
-        pids = [manager.pid(polite), manager.pid(stubborn)]
+        pids = [pid_of(manager, polite), pid_of(manager, stubborn)]
         for pid in pids:
-            await until(lambda pid=pid: len(group_members(pid)) == 2)
+            await until(functools.partial(_has_members, pid, 2))
         started = time.monotonic()
         await manager.close()
         assert 0.25 < time.monotonic() - started < 3
@@ -427,12 +448,12 @@ def test_close_kills_every_child_even_those_that_ignore_sigterm(tmp_path):
             os.kill(pid, 0)
 
 
-def test_a_missing_or_unexecutable_command_fails_naming_the_path(tmp_path):
+def test_a_missing_or_unexecutable_command_fails_naming_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "bin" / "nova-conductor"
     not_executable = tmp_path / "heat-engine"
     not_executable.write_text("#!/bin/sh\n")
 
-    async def main():
+    async def main() -> list[str]:
         manager = ProcessManager(tmp_path / "logs")
         try:
             results = []
@@ -453,7 +474,7 @@ def test_a_missing_or_unexecutable_command_fails_naming_the_path(tmp_path):
     ]
 
 
-def test_children_left_by_a_killed_daemon_are_stopped_by_the_next(tmp_path):
+def test_children_left_by_a_killed_daemon_are_stopped_by_the_next(tmp_path: Path) -> None:
     spec = sh("orphan", "sleep 30 & sleep 30 & wait")
     killed_daemon = textwrap.dedent(
         """
@@ -481,7 +502,7 @@ def test_children_left_by_a_killed_daemon_are_stopped_by_the_next(tmp_path):
     orphan = int(done.stdout)
     try:
 
-        async def main():
+        async def main() -> None:
             await until(lambda: len(group_members(orphan)) == 3)
             manager = ProcessManager(tmp_path)
             try:
@@ -498,13 +519,13 @@ def test_children_left_by_a_killed_daemon_are_stopped_by_the_next(tmp_path):
     assert "left by a previous daemon" in log_text(ProcessManager(tmp_path), spec)
 
 
-def test_a_stale_pid_file_never_kills_a_process_that_is_not_ours(tmp_path):
+def test_a_stale_pid_file_never_kills_a_process_that_is_not_ours(tmp_path: Path) -> None:
     spec = sh("nova-compute", "exec sleep 30")
     stranger = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
         (tmp_path / "nova-compute.pid").write_text(f"{stranger.pid}\n")
 
-        async def main():
+        async def main() -> None:
             manager = ProcessManager(tmp_path)
             try:
                 await manager.restart(spec)
@@ -543,31 +564,35 @@ sys.exit(answer.get("rc", 0))
 """
 
 
+#: What a fake tool answers: its "stdout", "stderr" and "rc".
+Answer = dict[str, str | int]
+
+
 class FakeTools:
-    def __init__(self, bin_dir):
+    def __init__(self, bin_dir: Path) -> None:
         self.bin_dir = bin_dir
 
-    def script(self, **answers):
+    def script(self, **answers: Answer | list[Answer]) -> None:
         """systemctl_is_active={"stdout", "stderr", "rc"} (or a list of them)
         answers `systemctl is-active`; journalctl=... answers journalctl."""
-        state = {}
+        state: dict[str, Answer | list[Answer]] = {}
         for key, answer in answers.items():
             tool, _, command = key.partition("_")
             state[f"{tool} {command.replace('_', '-')}".strip()] = answer
         (self.bin_dir / "state.json").write_text(json.dumps(state))
 
-    def calls(self):
+    def calls(self) -> list[list[str]]:
         path = self.bin_dir / "calls.jsonl"
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines()]
 
-    def remove(self, tool):
+    def remove(self, tool: str) -> None:
         (self.bin_dir / tool).unlink()
 
 
 @pytest.fixture
-def fake(tmp_path, monkeypatch):
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeTools:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("systemctl", "snapctl", "journalctl"):
@@ -580,7 +605,7 @@ def fake(tmp_path, monkeypatch):
     return tools
 
 
-def out(text, rc=0):
+def out(text: str, rc: int = 0) -> Answer:
     return {"stdout": text, "rc": rc}
 
 
@@ -605,13 +630,13 @@ SHOW = [
 ]
 
 
-def test_systemd_restart_and_stop_issue_systemctl_on_the_unit(fake):
+def test_systemd_restart_and_stop_issue_systemctl_on_the_unit(fake: FakeTools) -> None:
     fake.script(systemctl_restart=out(""), systemctl_stop=out(""))
     custom = ServiceSpec("ovn", ("/usr/bin/ovn-northd",), unit="ovn-northd@1.service")
     # Its teardown runs once it is stopped, never at a restart.
     nova = dataclasses.replace(NOVA, teardown=(("systemctl", "teardown"),))
 
-    async def main():
+    async def main() -> None:
         manager = SystemdManager()
         await manager.restart(nova)
         await manager.restart(custom)
@@ -638,14 +663,16 @@ def test_systemd_restart_and_stop_issue_systemctl_on_the_unit(fake):
         ("unknown", "stopped", 4),
     ],
 )
-def test_systemd_states_map_onto_service_states(fake, raw, state, rc):
+def test_systemd_states_map_onto_service_states(
+    fake: FakeTools, raw: str, state: str, rc: int
+) -> None:
     fake.script(systemctl_is_active=out(raw + "\n", rc))
     status = asyncio.run(SystemdManager().status(NOVA))
     assert status == ServiceRecord("nova-compute", state)
     assert fake.calls() == [["systemctl", "is-active", "nova-compute.service"]]
 
 
-def test_a_failed_unit_reports_its_exit_status_and_journal_tail(fake):
+def test_a_failed_unit_reports_its_exit_status_and_journal_tail(fake: FakeTools) -> None:
     fake.script(
         systemctl_is_active=out("failed\n", 3),
         systemctl_show=out("Result=exit-code\nExecMainCode=1\nExecMainStatus=1\n"),
@@ -665,7 +692,7 @@ def test_a_failed_unit_reports_its_exit_status_and_journal_tail(fake):
     ]
 
 
-def test_systemd_wait_ready_polls_until_active(fake):
+def test_systemd_wait_ready_polls_until_active(fake: FakeTools) -> None:
     fake.script(
         systemctl_is_active=[out("activating\n", 3), out("activating\n", 3), out("active\n")]
     )
@@ -674,7 +701,7 @@ def test_systemd_wait_ready_polls_until_active(fake):
     assert fake.calls() == [["systemctl", "is-active", "nova-compute.service"]] * 3
 
 
-def test_systemd_wait_ready_raises_with_the_journal_when_the_unit_fails(fake):
+def test_systemd_wait_ready_raises_with_the_journal_when_the_unit_fails(fake: FakeTools) -> None:
     fake.script(
         systemctl_is_active=[out("activating\n", 3), out("failed\n", 3)],
         systemctl_show=out("Result=signal\nExecMainCode=2\nExecMainStatus=9\n"),
@@ -689,7 +716,7 @@ def test_systemd_wait_ready_raises_with_the_journal_when_the_unit_fails(fake):
     assert fake.calls()[-2:] == [SHOW, SYSTEMD_JOURNAL]
 
 
-def test_systemd_wait_ready_gives_up_after_the_start_timeout(fake):
+def test_systemd_wait_ready_gives_up_after_the_start_timeout(fake: FakeTools) -> None:
     fake.script(systemctl_is_active=out("activating\n", 3), journalctl=JOURNAL)
     # Long enough for the fake systemctl to answer at least once on a loaded
     # machine (0.3 s was not, at load 30).
@@ -705,7 +732,7 @@ def test_systemd_wait_ready_gives_up_after_the_start_timeout(fake):
     assert fake.calls()[-1] == SYSTEMD_JOURNAL
 
 
-def test_a_failing_systemctl_raises_with_its_stderr(fake):
+def test_a_failing_systemctl_raises_with_its_stderr(fake: FakeTools) -> None:
     fake.script(
         systemctl_restart={
             "stderr": "Failed to restart nova-compute.service: "
@@ -721,7 +748,7 @@ def test_a_failing_systemctl_raises_with_its_stderr(fake):
     )
 
 
-def test_systemd_log_tail_reads_the_journal(fake):
+def test_systemd_log_tail_reads_the_journal(fake: FakeTools) -> None:
     fake.script(journalctl=JOURNAL)
     tail = asyncio.run(SystemdManager().log_tail(NOVA, lines=2))
     assert tail == "Traceback (most recent call last):\nboom"
@@ -746,14 +773,14 @@ SNAP_JOURNAL = [
 ]
 
 
-def test_snap_restart_stop_and_status_use_snapctl(fake):
+def test_snap_restart_stop_and_status_use_snapctl(fake: FakeTools) -> None:
     fake.script(
         snapctl_restart=out(""),
         snapctl_stop=out(""),
         snapctl_services=[out(SNAP_TABLE.format("active")), out(SNAP_TABLE.format("inactive"))],
     )
 
-    async def main():
+    async def main() -> tuple[ServiceRecord, ServiceRecord]:
         manager = SnapManager()
         await manager.restart(NOVA)
         running = await manager.status(NOVA)
@@ -773,7 +800,7 @@ def test_snap_restart_stop_and_status_use_snapctl(fake):
     ]
 
 
-def test_snap_wait_ready_fails_with_the_journal_when_the_service_died(fake):
+def test_snap_wait_ready_fails_with_the_journal_when_the_service_died(fake: FakeTools) -> None:
     fake.script(snapctl_services=out(SNAP_TABLE.format("inactive")), journalctl=JOURNAL)
     with pytest.raises(errors.ServiceFailed) as failed:
         asyncio.run(SnapManager(poll_interval=0.01).wait_ready(NOVA))
@@ -784,7 +811,7 @@ def test_snap_wait_ready_fails_with_the_journal_when_the_service_died(fake):
     assert fake.calls() == [["snapctl", "services", "microstack.nova-compute"], SNAP_JOURNAL]
 
 
-def test_snap_without_journalctl_says_no_log_is_available(fake):
+def test_snap_without_journalctl_says_no_log_is_available(fake: FakeTools) -> None:
     fake.remove("journalctl")
     fake.script(snapctl_services=out(SNAP_TABLE.format("inactive")))
     with pytest.raises(errors.ServiceFailed) as failed:
@@ -797,7 +824,7 @@ def test_snap_without_journalctl_says_no_log_is_available(fake):
     assert tail == "no log is available (journalctl is not installed)"
 
 
-def test_snap_errors_carry_snapctl_stderr(fake):
+def test_snap_errors_carry_snapctl_stderr(fake: FakeTools) -> None:
     other = ServiceSpec("nova-compute", ("/x",), snap_service="microstack.nova")
     fake.script(
         snapctl_restart={"stderr": 'error: unknown service: "microstack.nova"\n', "rc": 1},
@@ -816,7 +843,7 @@ def test_snap_errors_carry_snapctl_stderr(fake):
 # -- choosing a manager, specs ------------------------------------------------
 
 
-def test_make_manager_by_name_and_auto(tmp_path, monkeypatch):
+def test_make_manager_by_name_and_auto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert make_manager("systemd", log_dir=tmp_path).kind == "systemd"
     assert make_manager("snap", log_dir=tmp_path).kind == "snap"
     assert make_manager("process", log_dir=tmp_path).kind == "process"
@@ -832,7 +859,7 @@ def test_make_manager_by_name_and_auto(tmp_path, monkeypatch):
     assert make_manager("auto", log_dir=tmp_path).kind == "snap"
 
 
-def test_spec_defaults_and_validation():
+def test_spec_defaults_and_validation() -> None:
     spec = ServiceSpec("nova-compute", ("/usr/bin/nova-compute",))
     assert spec.unit == "microstackd-nova-compute.service"
     assert spec.snap_service == "microstack.nova-compute"
@@ -842,7 +869,7 @@ def test_spec_defaults_and_validation():
         ServiceSpec("x", ("/bin/true",), ready_pattern="(")
 
 
-def test_a_young_child_is_looked_at_often_then_at_the_poll_interval(tmp_path):
+def test_a_young_child_is_looked_at_often_then_at_the_poll_interval(tmp_path: Path) -> None:
     # wait_ready's pauses: short while a child is starting (a stand-in is
     # ready within tens of ms), the manager's poll interval afterwards.
     manager = ProcessManager(tmp_path, poll_interval=0.05)
@@ -857,12 +884,14 @@ def test_a_young_child_is_looked_at_often_then_at_the_poll_interval(tmp_path):
 
 
 @pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
-def test_service_logs_are_0640_from_their_creation_whatever_the_umask(tmp_path, umask):
+def test_service_logs_are_0640_from_their_creation_whatever_the_umask(
+    tmp_path: Path, umask: int
+) -> None:
     """The log is group-readable (the microstack group) and nothing more, from
     the first byte: the service itself sees its log (its stdout) at 0640."""
     spec = sh("web", "stat -L -c 'mode=%a' /proc/self/fd/1; exec sleep 30", ready_after=0.2)
 
-    async def main():
+    async def main() -> None:
         manager = ProcessManager(tmp_path / "logs")
         try:
             await manager.restart(spec)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,9 @@ from microstackd.store import DB_NAME, Store, write_private_file, write_private_
 from microstackd.store.schema import MIGRATIONS
 
 
-def _node(name="node-1", serial="aa", state=NodeState.PENDING):
+def _node(
+    name: str = "node-1", serial: str = "aa", state: NodeState = NodeState.PENDING
+) -> NodeRecord:
     return NodeRecord(
         name=name,
         role=Role.COMPUTE,
@@ -26,13 +29,15 @@ def _node(name="node-1", serial="aa", state=NodeState.PENDING):
     )
 
 
-def _event(step="admit", state=StepState.RUNNING, final=False):
+def _event(
+    step: str = "admit", state: StepState = StepState.RUNNING, final: bool = False
+) -> EventRecord:
     return EventRecord(
         node="node-1", seq=0, step=step, state=state, message="m", percent=0, time=1.0, final=final
     )
 
 
-def test_database_and_secrets_are_private(tmp_path):
+def test_database_and_secrets_are_private(tmp_path: Path) -> None:
     store = Store(tmp_path / "state")
     assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
     path = store.write_secret("tls/node.key", b"secret")
@@ -41,14 +46,14 @@ def test_database_and_secrets_are_private(tmp_path):
     assert store.read_file("missing") is None
 
 
-def test_atomic_write_leaves_no_temporary_files(tmp_path):
+def test_atomic_write_leaves_no_temporary_files(tmp_path: Path) -> None:
     write_private_file(tmp_path / "f", b"one")
     write_private_file(tmp_path / "f", b"two")
     assert (tmp_path / "f").read_bytes() == b"two"
     assert os.listdir(tmp_path) == ["f"]
 
 
-def test_files_written_together_are_each_replaced_atomically(tmp_path):
+def test_files_written_together_are_each_replaced_atomically(tmp_path: Path) -> None:
     write_private_file(tmp_path / "a" / "one", b"old")
     write_private_files(
         [
@@ -65,7 +70,7 @@ def test_files_written_together_are_each_replaced_atomically(tmp_path):
     assert sorted(os.listdir(tmp_path / "a")) == ["one", "two"]
 
 
-def test_files_written_together_are_all_kept_back_when_one_cannot_be(tmp_path):
+def test_files_written_together_are_all_kept_back_when_one_cannot_be(tmp_path: Path) -> None:
     write_private_file(tmp_path / "one", b"old")
     (tmp_path / "blocker").write_bytes(b"a file where a directory should be")
     with pytest.raises(errors.StorageError) as raised:
@@ -81,14 +86,14 @@ def test_files_written_together_are_all_kept_back_when_one_cannot_be(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["blocker", "one"]  # no temporary files
 
 
-def test_a_nodes_secrets_are_written_together(tmp_path):
+def test_a_nodes_secrets_are_written_together(tmp_path: Path) -> None:
     store = Store(tmp_path / "state")
     store.write_secrets({"node.key": b"k", "node.crt": b"c", "ca.crt": b"ca"})
     assert [store.read_file(n) for n in ("node.key", "node.crt", "ca.crt")] == [b"k", b"c", b"ca"]
     assert stat.S_IMODE(os.stat(tmp_path / "state" / "node.key").st_mode) == 0o600
 
 
-def test_events_get_increasing_sequence_numbers_and_update_steps(tmp_path):
+def test_events_get_increasing_sequence_numbers_and_update_steps(tmp_path: Path) -> None:
     store = Store(tmp_path)
     first = store.record_all([_event()])[0]
     second = store.record_all([_event(state=StepState.DONE, final=True)])[0]
@@ -99,7 +104,7 @@ def test_events_get_increasing_sequence_numbers_and_update_steps(tmp_path):
     assert store.last_seq("node-1") == 2
 
 
-def test_state_survives_reopening_and_migrations_run_once(tmp_path):
+def test_state_survives_reopening_and_migrations_run_once(tmp_path: Path) -> None:
     store = Store(tmp_path)
     store.put_node(_node())
     store.record_all([_event()])
@@ -109,7 +114,7 @@ def test_state_survives_reopening_and_migrations_run_once(tmp_path):
     assert again.last_seq("node-1") == 1
 
 
-def test_a_services_detail_is_kept_and_an_older_database_gains_the_column(tmp_path):
+def test_a_services_detail_is_kept_and_an_older_database_gains_the_column(tmp_path: Path) -> None:
     # A database of the schema before migration 5 (services without detail).
     old = sqlite3.connect(tmp_path / DB_NAME)
     for script in MIGRATIONS[:4]:
@@ -131,7 +136,7 @@ def test_a_services_detail_is_kept_and_an_older_database_gains_the_column(tmp_pa
     assert node.services == (ServiceRecord("nova-compute", "running", "", detail),)
 
 
-def test_replacing_a_certificate_revokes_the_old_serial_and_clears_steps(tmp_path):
+def test_replacing_a_certificate_revokes_the_old_serial_and_clears_steps(tmp_path: Path) -> None:
     store = Store(tmp_path)
     store.put_node(_node(serial="aa"))
     store.record_all([_event(state=StepState.FAILED)])
@@ -142,7 +147,7 @@ def test_replacing_a_certificate_revokes_the_old_serial_and_clears_steps(tmp_pat
     assert store.step_states("node-1") == {}
 
 
-def test_a_new_membership_drops_the_old_events_and_numbers_on(tmp_path):
+def test_a_new_membership_drops_the_old_events_and_numbers_on(tmp_path: Path) -> None:
     store = Store(tmp_path)
     store.put_node(_node(serial="aa"))
     store.record_all([_event(), _event(final=True)])
@@ -158,7 +163,7 @@ def test_a_new_membership_drops_the_old_events_and_numbers_on(tmp_path):
     assert Store(tmp_path).last_seq("node-1") == 3
 
 
-def test_control_is_listed_first(tmp_path):
+def test_control_is_listed_first(tmp_path: Path) -> None:
     store = Store(tmp_path)
     store.put_node(_node("b-node"))
     control = NodeRecord(
@@ -176,14 +181,14 @@ def test_control_is_listed_first(tmp_path):
     assert [n.name for n in store.nodes()] == ["z-ctl", "b-node"]
 
 
-def test_unwritable_state_dir_is_a_clear_error(tmp_path):
+def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(errors.StorageError, match="cannot write"):
         Store(blocker / "state")
 
 
-def test_nodes_are_read_again_after_any_write_to_them(tmp_path):
+def test_nodes_are_read_again_after_any_write_to_them(tmp_path: Path) -> None:
     """``nodes()`` is cached until the database changes: every kind of write
     that changes a node shows at once, through this connection or another."""
     import sqlite3
@@ -210,7 +215,7 @@ def test_nodes_are_read_again_after_any_write_to_them(tmp_path):
     assert len(store.nodes()) == 2
 
 
-def test_heartbeat_times_land_in_one_commit_and_never_move_back(tmp_path):
+def test_heartbeat_times_land_in_one_commit_and_never_move_back(tmp_path: Path) -> None:
     store = Store(tmp_path)
     for name in ("a", "b", "c"):
         store.put_node(_node(name))
@@ -224,7 +229,7 @@ def test_heartbeat_times_land_in_one_commit_and_never_move_back(tmp_path):
     assert store.services("a") == []
 
 
-def test_the_state_dir_lock_is_exclusive_and_names_its_holder(tmp_path):
+def test_the_state_dir_lock_is_exclusive_and_names_its_holder(tmp_path: Path) -> None:
     from microstackd.store.lock import LOCK, StateLock
 
     first = StateLock.acquire(tmp_path / "state")
@@ -235,7 +240,7 @@ def test_the_state_dir_lock_is_exclusive_and_names_its_holder(tmp_path):
     StateLock.acquire(tmp_path / "state").release()  # free again once released
 
 
-def test_identity_candidates_are_every_node_a_joiner_could_be_taken_for(tmp_path):
+def test_identity_candidates_are_every_node_a_joiner_could_be_taken_for(tmp_path: Path) -> None:
     """One query: names and hostnames compared as DNS does, the same IPv4
     address, every IPv6 node for an IPv6 joiner (its text has several forms);
     never the joiner's own name, never a removed node."""

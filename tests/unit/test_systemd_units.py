@@ -37,7 +37,7 @@ SPEC = ServiceSpec(
 
 
 @pytest.fixture
-def fake(tmp_path, monkeypatch):
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeTools:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("systemctl", "journalctl"):
@@ -166,7 +166,9 @@ def test_no_role_service_has_a_secret_in_its_unit() -> None:
 # -- the unit's life, with fake tools -----------------------------------------
 
 
-def test_restart_writes_the_unit_and_reloads_only_when_it_changed(fake, unit_dir) -> None:
+def test_restart_writes_the_unit_and_reloads_only_when_it_changed(
+    fake: FakeTools, unit_dir: Path
+) -> None:
     fake.script(
         systemctl_daemon_reload=out(""),
         systemctl_show=[show("inactive", "dead"), show("active", "running")],
@@ -175,7 +177,7 @@ def test_restart_writes_the_unit_and_reloads_only_when_it_changed(fake, unit_dir
     )
     changed = ServiceSpec(SPEC.name, SPEC.argv, env={"PATH": "/usr/bin"})
 
-    async def main():
+    async def main() -> str:
         manager = SystemdManager(unit_dir=unit_dir)
         await manager.restart(SPEC)
         first = (unit_dir / SPEC.unit).read_text()
@@ -192,7 +194,7 @@ def test_restart_writes_the_unit_and_reloads_only_when_it_changed(fake, unit_dir
     assert fake.calls() == [*reload, *start, *start, *reload, *start]
 
 
-def test_a_unit_that_gave_up_is_reset_before_it_is_started(fake, unit_dir) -> None:
+def test_a_unit_that_gave_up_is_reset_before_it_is_started(fake: FakeTools, unit_dir: Path) -> None:
     """systemd refuses to start a unit that hit its start limit until reset."""
     fake.script(
         systemctl_daemon_reload=out(""),
@@ -208,11 +210,11 @@ def test_a_unit_that_gave_up_is_reset_before_it_is_started(fake, unit_dir) -> No
     ]
 
 
-def test_stop_removes_the_unit(fake, unit_dir) -> None:
+def test_stop_removes_the_unit(fake: FakeTools, unit_dir: Path) -> None:
     fake.script(systemctl_stop=out(""), systemctl_daemon_reload=out(""))
     (unit_dir / SPEC.unit).write_text(systemd_units.render(SPEC))
 
-    async def main():
+    async def main() -> None:
         manager = SystemdManager(unit_dir=unit_dir)
         await manager.stop(SPEC)
         await manager.stop(SPEC)  # already gone: nothing to reload
@@ -223,7 +225,7 @@ def test_stop_removes_the_unit(fake, unit_dir) -> None:
     assert fake.calls() == [stop, ["systemctl", "daemon-reload"], stop]
 
 
-def test_an_unwritable_unit_directory_is_named(fake, tmp_path) -> None:
+def test_an_unwritable_unit_directory_is_named(fake: FakeTools, tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")  # even root cannot make a directory under a file
     with pytest.raises(errors.ServiceFailed, match=r"must be able to write .*file/x: ReadW"):
         asyncio.run(SystemdManager(unit_dir=tmp_path / "file" / "x").restart(SPEC))
@@ -247,7 +249,9 @@ SHOW_CALL = [
 JOURNAL_CALL = ["journalctl", "-q", "_SYSTEMD_INVOCATION_ID=abc123", "--no-pager", "-o", "cat"]
 
 
-def test_ready_once_active_and_the_pattern_is_in_this_runs_journal(fake, unit_dir) -> None:
+def test_ready_once_active_and_the_pattern_is_in_this_runs_journal(
+    fake: FakeTools, unit_dir: Path
+) -> None:
     fake.script(
         systemctl_show=[show("activating", "start"), show("active", "running")],
         journalctl=[out("starting\n"), out("starting\nnova-compute: configuration complete\n")],
@@ -257,7 +261,9 @@ def test_ready_once_active_and_the_pattern_is_in_this_runs_journal(fake, unit_di
     assert fake.calls() == [SHOW_CALL, SHOW_CALL, JOURNAL_CALL, SHOW_CALL, JOURNAL_CALL]
 
 
-def test_a_run_that_systemd_restarts_fails_the_wait_with_its_exit(fake, unit_dir) -> None:
+def test_a_run_that_systemd_restarts_fails_the_wait_with_its_exit(
+    fake: FakeTools, unit_dir: Path
+) -> None:
     fake.script(
         systemctl_show=[
             show("active", "running"),
@@ -275,7 +281,7 @@ def test_a_run_that_systemd_restarts_fails_the_wait_with_its_exit(fake, unit_dir
     )
 
 
-def test_the_wait_gives_up_naming_what_it_waited_for(fake, unit_dir) -> None:
+def test_the_wait_gives_up_naming_what_it_waited_for(fake: FakeTools, unit_dir: Path) -> None:
     fake.script(systemctl_show=show("active", "running"), journalctl=out("still starting\n"))
     # Long enough for a look or two through the fake tools on a loaded machine.
     spec = ServiceSpec(SPEC.name, SPEC.argv, ready_pattern="ready", start_timeout=2.0)
@@ -288,7 +294,9 @@ def test_the_wait_gives_up_naming_what_it_waited_for(fake, unit_dir) -> None:
     )
 
 
-def test_ready_after_counts_from_the_start_of_the_main_process(fake, unit_dir) -> None:
+def test_ready_after_counts_from_the_start_of_the_main_process(
+    fake: FakeTools, unit_dir: Path
+) -> None:
     fake.script(systemctl_show=show("active", "running", started=time.monotonic()))
     spec = ServiceSpec(SPEC.name, SPEC.argv, ready_after=30.0, start_timeout=2.0)
     manager = SystemdManager(poll_interval=0.01, unit_dir=unit_dir)
@@ -298,7 +306,7 @@ def test_ready_after_counts_from_the_start_of_the_main_process(fake, unit_dir) -
     assert asyncio.run(manager.wait_ready(spec)).state == "running"
 
 
-def test_ready_check_must_answer(fake, unit_dir) -> None:
+def test_ready_check_must_answer(fake: FakeTools, unit_dir: Path) -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     fake.script(systemctl_show=show("active", "running"))

@@ -4,6 +4,7 @@ as control.yaml sets it; and where nova-compute finds libvirt."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -11,20 +12,20 @@ from microstackd import errors
 from microstackd.node import virt
 
 
-def choose(setting, detected=None):
+def choose(setting: str, detected: virt.VirtChoice | None = None) -> virt.VirtChoice:
     return asyncio.run(virt.choose(setting, detected))
 
 
-def detect():
+def detect() -> virt.VirtChoice:
     return asyncio.run(virt.detect())
 
 
-async def _ran(ran, accel):
+async def _ran(ran: list[str], accel: str) -> tuple[bool, str]:
     ran.append(accel)
     return True, "ran"
 
 
-def test_auto_detects_and_an_explicit_choice_is_taken_as_configured():
+def test_auto_detects_and_an_explicit_choice_is_taken_as_configured() -> None:
     detected = virt.VirtChoice("qemu", "detected: no /dev/kvm")
     assert choose("auto", detected) is detected
     assert choose("", detected) is detected
@@ -36,7 +37,9 @@ def test_auto_detects_and_an_explicit_choice_is_taken_as_configured():
         choose("xen", detected)
 
 
-def test_no_device_or_no_cpu_flag_means_qemu_without_running_a_probe(tmp_path, monkeypatch):
+def test_no_device_or_no_cpu_flag_means_qemu_without_running_a_probe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ran: list[str] = []
     monkeypatch.setattr(virt, "probe", lambda accel: _ran(ran, accel))
     monkeypatch.setattr(virt, "KVM_DEVICE", tmp_path / "kvm")
@@ -55,7 +58,9 @@ def test_no_device_or_no_cpu_flag_means_qemu_without_running_a_probe(tmp_path, m
     assert ran == ["kvm"]
 
 
-def test_a_kvm_probe_that_stalls_means_qemu(tmp_path, monkeypatch):
+def test_a_kvm_probe_that_stalls_means_qemu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     device = tmp_path / "kvm"
     device.write_text("")
     cpuinfo = tmp_path / "cpuinfo"
@@ -63,21 +68,21 @@ def test_a_kvm_probe_that_stalls_means_qemu(tmp_path, monkeypatch):
     monkeypatch.setattr(virt, "KVM_DEVICE", device)
     monkeypatch.setattr(virt, "CPUINFO", cpuinfo)
 
-    async def stalls(accel):
+    async def stalls(accel: str) -> tuple[bool, str]:
         return False, "a kvm guest made no progress"
 
     monkeypatch.setattr(virt, "probe", stalls)
     assert detect() == virt.VirtChoice("qemu", "detected: a kvm guest made no progress")
 
 
-def test_the_probe_image_starts_at_the_reset_vector():
+def test_the_probe_image_starts_at_the_reset_vector() -> None:
     image = virt.probe_image()
     assert len(image) == 65536
     assert image[0xFFF0:0xFFF5] == bytes.fromhex("ea000000f0")  # ljmp f000:0000
     assert image.startswith(virt.PROBE_CODE) and virt.PROBE_CODE[0] == 0xFA  # cli
 
 
-def test_the_process_manager_uses_the_nodes_own_libvirtd():
+def test_the_process_manager_uses_the_nodes_own_libvirtd() -> None:
     assert virt.libvirt_uri("process", "/run/n1/services") == (
         "qemu+unix:///system?socket=/run/n1/services/libvirt/libvirt-sock"
     )

@@ -154,28 +154,28 @@ CRASH = (
 )
 
 
-def test_a_failed_service_ends_the_wait_with_its_own_message():
-    answers = [
+def test_a_failed_service_ends_the_wait_with_its_own_message() -> None:
+    answers: list[errors.NodeUnreachable | list[ServiceRecord]] = [
         errors.NodeUnreachable("cannot reach the agent of node-1"),  # asked again
         [ServiceRecord("ovsdb-server", "running"), ServiceRecord("nova-compute", "starting")],
         [ServiceRecord("ovsdb-server", "running"), ServiceRecord("nova-compute", "failed", CRASH)],
     ]
-    cancelled = []
+    cancelled: list[bool] = []
 
-    async def fetch():
+    async def fetch() -> list[ServiceRecord]:
         answer = answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
         return answer
 
-    async def admit():
+    async def admit() -> None:
         try:
             await asyncio.sleep(300)  # Nova never sees a crash-looping nova-compute
         except asyncio.CancelledError:
             cancelled.append(True)
             raise
 
-    async def main():
+    async def main() -> str:
         with pytest.raises(errors.ServiceFailed) as failed:
             await unless_a_service_fails(admit(), fetch, "node-1", "being admitted", interval=0.01)
         return failed.value.message
@@ -186,11 +186,11 @@ def test_a_failed_service_ends_the_wait_with_its_own_message():
     assert cancelled == [True] and answers == []
 
 
-def test_the_wait_returns_its_result_when_nothing_fails():
-    async def fetch():
+def test_the_wait_returns_its_result_when_nothing_fails() -> None:
+    async def fetch() -> list[ServiceRecord]:
         return [ServiceRecord("nova-compute", "running")]
 
-    async def admit():
+    async def admit() -> dict[str, str]:
         await asyncio.sleep(0.05)
         return {"host": "node-1"}
 
@@ -198,11 +198,11 @@ def test_the_wait_returns_its_result_when_nothing_fails():
     assert result == {"host": "node-1"}
 
 
-def test_the_waits_own_error_is_raised_unchanged():
-    async def fetch():
+def test_the_waits_own_error_is_raised_unchanged() -> None:
+    async def fetch() -> list[ServiceRecord]:
         return []
 
-    async def admit():
+    async def admit() -> None:
         raise errors.CloudError("node-1: timed out after 300 s waiting for nova-compute")
 
     with pytest.raises(errors.CloudError, match="timed out after 300 s"):
