@@ -41,9 +41,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.control_init import PASSWORD, _events
-from sandbox.netns import MICROSTACKCTL, Host, Network, join, reap
+from bench.control_init import PASSWORD, _events, init_argv
 from sandbox.netns import PREFIX as NETNS_PREFIX
+from sandbox.netns import Host, Network, join, reap
 from sandbox.openstack_env import PREFIX
 
 from microstackd.enrolment import machine as enrolment
@@ -99,14 +99,8 @@ def timeline(events: list[tuple[float, str, str, str]], started: float) -> dict[
 def bring_up_control(network: Network, password_file: Path) -> tuple[Host, float]:
     control = network.add_host("control")
     control.start_daemon("control", extra_args=["--openstack-prefix", str(PREFIX)])
-    assert control.socket is not None
     started = time.monotonic()
-    proc = control.popen(
-        [MICROSTACKCTL, "--socket", str(control.socket), "init", "--role", "control",
-         "--address", control.address, "--password-file", str(password_file),
-         "--format", "json"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = control.popen(init_argv(control, password_file), stdout=subprocess.PIPE, text=True)
     last = _events(proc, started)["last"]
     proc.wait(60)
     if last.get("state") != "done":

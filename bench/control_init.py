@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sandbox.netns import MICROSTACKCTL, Network, reap
+from sandbox.netns import MICROSTACKCTL, Host, Network, reap
 from sandbox.netns import PREFIX as NETNS_PREFIX
 from sandbox.openstack_env import PREFIX
 
@@ -54,6 +54,14 @@ def _tables(control: Any) -> dict[str, int]:
     if done.returncode != 0:
         return {"error": done.returncode}
     return {db: int(n) for db, n in (line.split("\t") for line in done.stdout.splitlines())}
+
+
+def init_argv(control: Host, password_file: Path) -> list[str]:
+    """``microstackctl init --role control`` on ``control``, its events as JSON lines."""
+    assert control.socket is not None
+    return [MICROSTACKCTL, "--socket", str(control.socket), "init", "--role", "control",
+            "--address", control.address, "--password-file", str(password_file),
+            "--format", "json"]  # fmt: skip
 
 
 def _events(proc: subprocess.Popen[str], started: float, on_running: Any = None) -> dict[str, Any]:
@@ -86,9 +94,7 @@ def killed_run(workdir: Path, step: str, after: float) -> dict[str, Any]:
         extra = ["--openstack-prefix", str(PREFIX)]
         control.start_daemon("control", extra_args=extra)
         assert control.socket is not None and control.state_dir is not None
-        argv = [MICROSTACKCTL, "--socket", str(control.socket), "init", "--role", "control",
-                "--address", control.address, "--password-file", str(password_file),
-                "--format", "json"]  # fmt: skip
+        argv = init_argv(control, password_file)
         load = os.getloadavg()
         started = time.monotonic()
         at_kill: dict[str, Any] = {}
@@ -129,28 +135,11 @@ def one_run(workdir: Path) -> dict[str, Any]:
     try:
         control = network.add_host("control")
         control.start_daemon("control", extra_args=["--openstack-prefix", str(PREFIX)])
-        assert control.socket is not None
         load = os.getloadavg()
         started = time.monotonic()
-        proc = control.popen(
-            [MICROSTACKCTL, "--socket", str(control.socket), "init", "--role", "control",
-             "--address", control.address, "--password-file", str(password_file),
-             "--format", "json"],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert proc.stdout is not None
-        began: dict[str, float] = {}
-        took: dict[str, float] = {}
-        last: dict[str, Any] = {}
-        for line in proc.stdout:
-            now = time.monotonic() - started
-            event = json.loads(line)
-            last = event
-            step, state = event["step"], event["state"]
-            if state == "running":
-                began.setdefault(step, now)
-            elif state in ("done", "skipped", "failed") and step in began:
-                took[step] = round(now - began[step], 2)
+        proc = control.popen(init_argv(control, password_file), stdout=subprocess.PIPE, text=True)
+        seen = _events(proc, started)
+        began, took, last = seen["began"], seen["took"], seen["last"]
         proc.wait(60)
         wall = round(time.monotonic() - started, 1)
         if last.get("state") != "done":
