@@ -12,17 +12,11 @@ from microstackd.node.roles.compute import LIBVIRT_URI, NEEDS
 from microstackd.node.roles.network import OVS_SOCK
 from microstackd.node.roles.parts import service_step
 
-from .test_control_order import _closure, _done_before, _position
+from .test_control_order import _closure, _position, _unmet
 
 
 def test_the_order_meets_every_need_without_relying_on_another_lane() -> None:
-    at = _position(COMPUTE)
-    broken = [
-        f"{step} needs {need}"
-        for step, needs in NEEDS.items()
-        for need in needs
-        if not _done_before(need, step, at)
-    ]
+    broken = _unmet(COMPUTE, NEEDS)
     assert not broken, broken
 
 
