@@ -212,6 +212,18 @@ async def _finish_plan(runner: Runner, actions: dict[str, StepAction]) -> None:
     await asyncio.sleep(0)
 
 
+async def _stopped_once_started(
+    runner: Runner, actions: dict[str, StepAction], started: asyncio.Event
+) -> None:
+    """Run the group plan until ``started`` is set, then stop it as the
+    daemon's stop does (its running steps cancelled)."""
+    runner.ensure_running(NODE, GROUP_PLAN, actions, together=TOGETHER)
+    await asyncio.wait_for(started.wait(), 5)
+    await asyncio.sleep(0.01)
+    runner.cancel(NODE)
+    await asyncio.sleep(0.01)
+
+
 def _done(message: str) -> StepAction:
     async def action(ctx: StepContext) -> str:
         return message
@@ -308,15 +320,8 @@ def test_an_init_interrupted_inside_a_group_resumes_each_lane_where_it_stopped(
 
         return action
 
-    async def interrupted() -> None:
-        actions = {"a1": counted("a1"), "a2": counted("a2", block=True), "b1": counted("b1")}
-        runner.ensure_running(NODE, GROUP_PLAN, actions, together=TOGETHER)
-        await asyncio.wait_for(started.wait(), 5)
-        await asyncio.sleep(0.01)
-        runner.cancel(NODE)
-        await asyncio.sleep(0.01)
-
-    asyncio.run(interrupted())
+    actions = {"a1": counted("a1"), "a2": counted("a2", block=True), "b1": counted("b1")}
+    asyncio.run(_stopped_once_started(runner, actions, started))
     states = store.step_states(NODE)
     assert states["a1"] is StepState.DONE and states["b1"] is StepState.DONE
     assert states["a2"] is StepState.RUNNING  # under way when it stopped
@@ -397,19 +402,8 @@ def test_a_step_knows_whether_an_earlier_run_left_it_unfinished(
 
         return action
 
-    async def interrupted() -> None:
-        actions = {
-            "a1": noting("a1"),
-            "a2": noting("a2", block=True),
-            "b1": noting("b1", fail=True),
-        }
-        runner.ensure_running(NODE, GROUP_PLAN, actions, together=TOGETHER)
-        await asyncio.wait_for(started.wait(), 5)
-        await asyncio.sleep(0.01)
-        runner.cancel(NODE)
-        await asyncio.sleep(0.01)
-
-    asyncio.run(interrupted())
+    actions = {"a1": noting("a1"), "a2": noting("a2", block=True), "b1": noting("b1", fail=True)}
+    asyncio.run(_stopped_once_started(runner, actions, started))
     states = store.step_states(NODE)
     assert states["a2"] is StepState.RUNNING and states["b1"] is StepState.FAILED
     again = Runner(store, bus)  # as after a restart
