@@ -41,7 +41,8 @@ import yaml
 
 from microstackd.node import testimage
 from microstackd.node.roles.control import CONTROL
-from sandbox import netns
+from sandbox import guests, netns
+from sandbox.guests import osc, osc_json
 from sandbox.netns import MICROSTACKCTL, Host, Network, clean_env, join, wait_for
 from sandbox.openstack_env import PREFIX, measure
 from tests.e2e.conftest import NETWORKS, PASSWORD
@@ -54,10 +55,6 @@ from tests.e2e.credentials import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.openstack, pytest.mark.timeout(1800)]
 
-SSH_OPTIONS = (
-    "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-    "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR",
-)  # fmt: skip
 CONTROL_SERVICES = {
     "mariadb", "epmd", "rabbitmq", "keystone", "glance", "placement", "nova-api",
     "neutron-api", "neutron-rpc-server", "nova-conductor", "nova-scheduler",
@@ -71,24 +68,6 @@ COMPUTE_SERVICES = {
 
 
 # ---------------------------------------------------------------- helpers --
-
-
-def osc(host: Host, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """``openstack --os-cloud microstack ARGS`` inside the control's namespace."""
-    assert host.state_dir is not None
-    env = {"OS_CLIENT_CONFIG_FILE": str(host.state_dir / "clouds.yaml")}
-    result = host.run(
-        [str(PREFIX / "bin" / "openstack"), "--os-cloud", "microstack", *args],
-        env=clean_env(env),
-        timeout=180,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"openstack {' '.join(args)}: {result.stdout}{result.stderr}")
-    return result
-
-
-def osc_json(host: Host, *args: str) -> Any:
-    return json.loads(osc(host, *args, "-f", "json").stdout)
 
 
 def rss_mib(pids: list[int]) -> float:
@@ -184,54 +163,19 @@ class Cloud:
 
     def ctl(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         """microstackctl on the control, as the CLI user (its HOME), unchecked."""
-        return self.control.run(
-            [MICROSTACKCTL, "--socket", str(self.control.socket), *args],
-            env=clean_env({"HOME": str(self.home)}),
-            timeout=timeout,
-        )
+        return guests.ctl(self.control, self.home, *args, timeout=timeout)
 
     def ssh(
         self, address: str, command: str, timeout: float = 30
     ) -> subprocess.CompletedProcess[str]:
-        key = self.home / ".ssh" / "id_microstack"
-        return self.control.run(
-            ["ssh", *SSH_OPTIONS, "-i", str(key), f"cirros@{address}", command], timeout=timeout
-        )
+        return guests.ssh(self.control, self.home, address, command, timeout)
 
     def login(self, address: str, command: str) -> tuple[str, float]:
-        """``ssh cirros@ADDRESS COMMAND`` from the control, once: launch
-        returned, so the line it printed works now. (Its output, seconds.)"""
-        started = time.monotonic()
-        result = self.ssh(address, command, timeout=60)
-        elapsed = time.monotonic() - started
-        assert result.returncode == 0, f"{result.stderr}\n{self.diagnose()}"
-        return result.stdout, elapsed
+        """``ssh cirros@ADDRESS COMMAND`` from the control, once (its output, seconds)."""
+        return guests.login(self.control, self.home, address, command, [*self.computes.values()])
 
     def diagnose(self) -> str:
-        """What a guest that cannot be reached needs looked at: its console,
-        the agents' errors, the bridges."""
-        parts = []
-        for name, host in self.computes.items():
-            assert host.state_dir is not None
-            for console in (host.state_dir / "services" / "nova" / "instances").glob(
-                "*/console.log"
-            ):
-                lines = console.read_text(errors="replace").splitlines()
-                parts.append(f"--- {name} {console.parent.name} console\n" + "\n".join(lines[-25:]))
-        for host in (self.control, *self.computes.values()):
-            assert host.state_dir is not None
-            for log in sorted((host.state_dir / "logs").glob("neutron-*.log")):
-                errors = [ln for ln in log.read_text(errors="replace").splitlines()
-                          if " ERROR " in ln or " WARNING " in ln][-8:]  # fmt: skip
-                if errors:
-                    parts.append(f"--- {host.name} {log.name}\n" + "\n".join(errors))
-            db = f"--db=unix:{host.socket.with_suffix('.services') / 'ovs' / 'db.sock'}"  # type: ignore[union-attr]
-            parts.append(
-                f"--- {host.name} ovs-vsctl show\n" + host.run(["ovs-vsctl", db, "show"]).stdout
-            )
-        dnsmasq = subprocess.run(["pgrep", "-a", "dnsmasq"], capture_output=True, text=True)
-        parts.append("--- dnsmasq\n" + dnsmasq.stdout)
-        return "\n".join(parts)
+        return guests.diagnose(self.control, [*self.computes.values()])
 
 
 def _start(host: Host, name: str, prefix: Path) -> None:
@@ -498,60 +442,13 @@ def test_each_compute_holds_its_own_openstack_credentials_and_no_shared_one(
 
 
 def network_diagnostics(cloud: Cloud, host: str) -> str:
-    """What a guest without network needs read: the tunnel ports, br-tun's
-    flows and the tunnel neighbours of the control and of ``host``, and the
-    last lines (no DEBUG) of the control's OVS and DHCP agents' logs."""
-    parts = []
-    for node in (cloud.control, cloud.computes[host]):
-        assert node.socket is not None and node.state_dir is not None
-        run_dir = node.socket.with_suffix(".services") / "ovs"
-        env = clean_env({"OVS_RUNDIR": str(run_dir)})
-        for argv in (
-            ["ovs-vsctl", f"--db=unix:{run_dir / 'db.sock'}", "--timeout=10", "show"],
-            ["ovs-ofctl", "dump-flows", "br-tun", "--no-stats"],
-            ["ovs-appctl", "-t", "ovs-vswitchd", "tnl/neigh/show"],
-        ):
-            try:
-                done = node.run(argv, env=env, timeout=30)
-                parts.append(f"--- {node.name}: {' '.join(argv[:3])}\n{done.stdout}{done.stderr}")
-            except (OSError, subprocess.SubprocessError) as exc:  # a diagnostic only
-                parts.append(f"--- {node.name}: {' '.join(argv[:3])} failed: {exc}")
-    for agent in ("neutron-openvswitch-agent", "neutron-dhcp-agent"):
-        try:
-            text = _service_log(cloud.control, agent)
-        except OSError as exc:
-            parts.append(f"--- control {agent}: {exc}")
-            continue
-        lines = [
-            line
-            for line in text.splitlines()
-            if " DEBUG " not in line and "privsep log" not in line and "rpc_loop" not in line
-        ]
-        parts.append(f"--- control {agent} (last 25 lines, no DEBUG)\n" + "\n".join(lines[-25:]))
-    return "\n".join(parts)
+    return guests.network_diagnostics(cloud.control, cloud.computes[host])
 
 
 def _launch(cloud: Cloud, name: str, host: str) -> tuple[dict[str, Any], float]:
-    """launch, which returns once the guest's sshd answers; then its ssh
-    line, once. (launch's JSON, seconds from launch to the login's end.)"""
-    started = time.monotonic()
-    result = cloud.ctl(
-        "launch", "cirros", "--name", name, "--availability-zone", f"nova:{host}",
-        "--format", "json",
-    )  # fmt: skip
-    if result.returncode != 0:
-        raise AssertionError(
-            result.stdout + result.stderr + cloud.control.daemon_log()
-            + "\n" + network_diagnostics(cloud, host)
-        )  # fmt: skip
-    data: dict[str, Any] = json.loads(result.stdout)
-    assert data["host"] == host and data["status"] == "ACTIVE", data
-    assert data["floating_ip"].startswith("10.20.20."), data
-    assert data["ssh"] == f"ssh -i ~/.ssh/id_microstack cirros@{data['floating_ip']}", data
-    assert data["ssh_ready"] and data["ssh_banner"].startswith("SSH-2.0-dropbear"), data
-    assert 0 < data["active_after_seconds"] < data["ssh_after_seconds"], data
-    data["login"], _ = cloud.login(data["floating_ip"], "uname -a; id -un; hostname")
-    return data, time.monotonic() - started
+    """launch on ``host``, then its ssh line once (sandbox/guests.py's ``launch``)."""
+    computes = [*cloud.computes.values()]
+    return guests.launch(cloud.control, cloud.home, name, host, cloud.computes[host], computes)
 
 
 def test_real_guests_on_each_compute_answer_ssh_and_ping_each_other(cloud: Cloud) -> None:
@@ -831,9 +728,7 @@ class Pinger:
         return round(max(b - a for a, b in zip(times, times[1:], strict=False)), 2)
 
 
-def _service_log(host: Host, service: str) -> str:
-    assert host.state_dir is not None
-    return (host.state_dir / "logs" / f"{service}.log").read_text(errors="replace")
+_service_log = guests.service_log
 
 
 def _log_count(host: Host, service: str, text: str) -> int:

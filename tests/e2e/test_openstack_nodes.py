@@ -40,6 +40,7 @@ import yaml
 
 from microstackd.node import testimage
 from sandbox import netns
+from sandbox.guests import osc_json
 from sandbox.netns import MICROSTACKCTL, Host, Network, clean_env, wait_for
 from sandbox.openstack_env import PREFIX, measure
 from tests.e2e.conftest import NETWORKS, PASSWORD
@@ -51,7 +52,6 @@ from tests.e2e.test_openstack import (
     _mariadb,
     _start,
     assert_rotated,
-    osc_json,
     qemu_pids,
     secrets_before_rotation,
 )
