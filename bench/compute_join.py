@@ -33,7 +33,6 @@ import os
 import re
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.control_init import PASSWORD, _events, init_argv
+from bench.control_init import PASSWORD, InitFailed, timed_init
 from sandbox.netns import PREFIX as NETNS_PREFIX
 from sandbox.netns import Host, Network, join, reap
 from sandbox.openstack_env import PREFIX
@@ -99,18 +98,22 @@ def timeline(events: list[tuple[float, str, str, str]], started: float) -> dict[
 def bring_up_control(network: Network, password_file: Path) -> tuple[Host, float]:
     control = network.add_host("control")
     control.start_daemon("control", extra_args=["--openstack-prefix", str(PREFIX)])
-    started = time.monotonic()
-    proc = control.popen(init_argv(control, password_file), stdout=subprocess.PIPE, text=True)
-    last = _events(proc, started)["last"]
-    proc.wait(60)
-    if last.get("state") != "done":
-        raise SystemExit(f"control init failed at {last.get('step')}: {last.get('message')}")
-    return control, round(time.monotonic() - started, 1)
+    try:
+        return control, timed_init(control, password_file)["init_s"]
+    except InitFailed as exc:
+        raise SystemExit(f"control {exc}") from None
 
 
 def one_run(
-    network: Network, control: Host, password_file: Path, index: int, at_once: int
+    network: Network,
+    control: Host,
+    password_file: Path,
+    index: int,
+    at_once: int,
+    keep: dict[str, Host] | None = None,
 ) -> list[dict[str, Any]]:
+    """``at_once`` fresh computes joining at once; stopped afterwards unless
+    ``keep`` is given (then they are put there, by node name, still running)."""
     hosts = {}
     for k in range(at_once):
         name = f"cj{index}-{k + 1}"
@@ -138,8 +141,11 @@ def one_run(
         t.start()
     for t in threads:
         t.join()
-    for host in hosts.values():
-        host.close()  # its services stop: the next run's control is as unloaded
+    if keep is not None:
+        keep.update(hosts)
+    else:
+        for host in hosts.values():
+            host.close()  # its services stop: the next run's control is as unloaded
     return [results[n] for n in hosts]
 
 

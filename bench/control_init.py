@@ -128,6 +128,30 @@ def killed_run(workdir: Path, step: str, after: float) -> dict[str, Any]:
         network.close()
 
 
+class InitFailed(RuntimeError):
+    """An init that ended in a failed step (its step and message)."""
+
+
+def timed_init(control: Host, password_file: Path) -> dict[str, Any]:
+    """A whole ``init --role control`` on ``control`` (its daemon started):
+    the wall time, each step's, the load at the start. Raises ``InitFailed``."""
+    load = os.getloadavg()
+    started = time.monotonic()
+    proc = control.popen(init_argv(control, password_file), stdout=subprocess.PIPE, text=True)
+    seen = _events(proc, started)
+    began, took, last = seen["began"], seen["took"], seen["last"]
+    proc.wait(60)
+    wall = round(time.monotonic() - started, 1)
+    if last.get("state") != "done":
+        raise InitFailed(f"init failed at {last.get('step')}: {last.get('message')}")
+    return {
+        "init_s": wall,
+        "load_1m_at_start": round(load[0], 2),
+        "steps_s": took,
+        "started_at_s": {s: round(t, 2) for s, t in began.items()},
+    }
+
+
 def one_run(workdir: Path) -> dict[str, Any]:
     password_file = workdir / "pw.txt"
     password_file.write_text(PASSWORD + "\n")
@@ -135,21 +159,9 @@ def one_run(workdir: Path) -> dict[str, Any]:
     try:
         control = network.add_host("control")
         control.start_daemon("control", extra_args=["--openstack-prefix", str(PREFIX)])
-        load = os.getloadavg()
-        started = time.monotonic()
-        proc = control.popen(init_argv(control, password_file), stdout=subprocess.PIPE, text=True)
-        seen = _events(proc, started)
-        began, took, last = seen["began"], seen["took"], seen["last"]
-        proc.wait(60)
-        wall = round(time.monotonic() - started, 1)
-        if last.get("state") != "done":
-            raise SystemExit(f"init failed at {last.get('step')}: {last.get('message')}")
-        return {
-            "init_s": wall,
-            "load_1m_at_start": round(load[0], 2),
-            "steps_s": took,
-            "started_at_s": {s: round(t, 2) for s, t in began.items()},
-        }
+        return timed_init(control, password_file)
+    except InitFailed as exc:
+        raise SystemExit(str(exc)) from None
     finally:
         network.close()
 
