@@ -1,7 +1,7 @@
 """Benchmarks of microstackd: real daemons on loopback, figures from this run only.
 
     python bench/run.py [--quick] [--out results.json] [--profile DIR] [--keep]
-                        [--parts overhead,scale,streams,cli,floor,footprint,lxd]
+                        [--parts overhead,scale,streams,cli,floor,footprint,lxd,cloud]
                         [--scale 100,1000,10000]
 
 Parts (docs/performance.md explains each):
@@ -17,7 +17,12 @@ Parts (docs/performance.md explains each):
    costs (bench/idle_memory.py);
 6. (``lxd``) LXD 5.0's token join beside ours, interleaved in one run
    (bench/lxd.py; needs root and LXD: ``apt-get install lxd``). In the full
-   run; ``--quick`` leaves it out unless ``--parts`` names it.
+   run; ``--quick`` leaves it out unless ``--parts`` names it;
+7. (``cloud``) the real cloud's clock: control init, a compute's join, launch
+   → ssh login, with the real OpenStack services in network namespaces
+   (bench/cloud.py; needs root and the OpenStack environment,
+   sandbox/openstack_env.py). In the full run; ``--quick`` leaves it out
+   unless ``--parts`` names it, and then runs fewer of each.
 
 Every daemon is stopped at the end, also on error, SIGINT, SIGTERM or
 SIGHUP. The soft RLIMIT_NOFILE is raised to the hard limit first (it is
@@ -45,6 +50,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import cloud
 import idle_memory
 import lxd
 import phases
@@ -81,6 +87,7 @@ class Plan:
     import_repeats: int
     lxd_rounds: int
     lxd_list_repeats: int
+    cloud: cloud.CloudPlan
 
 
 FULL = Plan(
@@ -103,6 +110,7 @@ FULL = Plan(
     import_repeats=5,
     lxd_rounds=10,
     lxd_list_repeats=10,
+    cloud=cloud.CloudPlan(inits=3, joins=3, warm_launches=3),
 )
 QUICK = Plan(
     reference_samples=60,
@@ -124,6 +132,7 @@ QUICK = Plan(
     import_repeats=3,
     lxd_rounds=3,
     lxd_list_repeats=5,
+    cloud=cloud.CloudPlan(inits=1, joins=2, warm_launches=2),
 )
 
 
@@ -306,6 +315,20 @@ def part_lxd(c: Context) -> None:
     )
 
 
+def part_cloud(c: Context) -> None:
+    p = c.plan.cloud
+    log(
+        f"7. the real cloud: {p.inits} control init(s), {p.joins} join(s) one at a time, "
+        f"1 cold + {p.warm_launches} warm launch(es) with their ssh login"
+    )
+    result = cloud.measure(p, log)
+    c.r["cloud"] = result
+    for figure, s in result["summary"].items():
+        if s:
+            log(f"   {figure}: min {s['min']} median {s['median']} max {s['max']} "
+                f"(load {s['load_1m']})")  # fmt: skip
+
+
 PARTS = {
     "overhead": part_overhead,
     "scale": part_scale,
@@ -314,10 +337,12 @@ PARTS = {
     "floor": part_floor,
     "footprint": part_footprint,
     "lxd": part_lxd,
+    "cloud": part_cloud,
 }
 PART_NAMES = tuple(PARTS)
-#: What --quick runs unless --parts says otherwise: not LXD (it needs LXD installed).
-QUICK_PARTS = tuple(p for p in PART_NAMES if p != "lxd")
+#: What --quick runs unless --parts says otherwise: not LXD (it needs LXD
+#: installed), not the real cloud (root, the OpenStack environment, minutes).
+QUICK_PARTS = tuple(p for p in PART_NAMES if p not in ("lxd", "cloud"))
 
 
 def run_all(
@@ -391,6 +416,20 @@ def compile_product() -> dict[str, Any]:
     }
 
 
+def choose(quick: bool, parts_arg: str = "", scale: str = "") -> tuple[Plan, list[str]]:
+    """The plan and the parts for ``--quick``, ``--parts``, ``--scale``
+    (ValueError naming an unknown part)."""
+    plan = QUICK if quick else FULL
+    if scale:
+        plan = dataclasses.replace(plan, scale=tuple(int(n) for n in scale.split(",")))
+    chosen = parts_arg or ",".join(QUICK_PARTS if quick else PART_NAMES)
+    parts = [p.strip() for p in chosen.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PART_NAMES))
+    if unknown:
+        raise ValueError(f"unknown parts {unknown}: choose from {list(PART_NAMES)}")
+    return plan, parts
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="N=100 and fewer repetitions")
@@ -417,14 +456,15 @@ def main() -> int:
         "--scale", default="", help="comma-separated N values instead of the plan's (e.g. 2000)"
     )
     args = parser.parse_args()
-    plan = QUICK if args.quick else FULL
-    if args.scale:
-        plan = dataclasses.replace(plan, scale=tuple(int(n) for n in args.scale.split(",")))
-    chosen = args.parts or ",".join(QUICK_PARTS if args.quick else PART_NAMES)
-    parts = [p.strip() for p in chosen.split(",") if p.strip()]
-    unknown = sorted(set(parts) - set(PART_NAMES))
-    if unknown:
-        parser.error(f"unknown parts {unknown}: choose from {list(PART_NAMES)}")
+    try:
+        plan, parts = choose(args.quick, args.parts, args.scale)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.parts and "cloud" in parts:  # named: say at once what it lacks
+        try:
+            cloud.check()
+        except cloud.Missing as exc:
+            parser.error(str(exc))
     if args.profile and shutil.which(phases.tool("py-spy")) is None:
         parser.error("--profile samples with py-spy: install it (.venv/bin/pip install py-spy)")
 
@@ -441,7 +481,7 @@ def main() -> int:
         "machine": phases.machine(),
         "rlimit_nofile": list(nofile),
         "bytecode": bytecode,
-        "plan": plan.__dict__,
+        "plan": dataclasses.asdict(plan),
         "parts": parts,
     }
     failure: BaseException | None = None
@@ -454,6 +494,11 @@ def main() -> int:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         log("stopping every daemon and helper this run started")
         leftovers = fleet.close()
+        if "cloud" in parts and os.geteuid() == 0:
+            try:
+                cloud.reap()  # the part's own teardown did it, unless it was cut short there
+            except Exception as exc:  # reported, the rest of the clean-up still runs
+                log(f"reaping the cloud part's namespaces failed: {exc}")
         signal.signal(signal.SIGINT, previous)
         r["cleanup"] = {
             "daemons_started": len(fleet.daemons),
