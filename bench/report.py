@@ -87,6 +87,37 @@ def _lxd_rows(lxd: dict[str, Any]) -> list[Row]:
     ]
 
 
+#: The cloud part's figures (bench/cloud.py's summary), as the table names them.
+CLOUD_FIGURES = {
+    "control_init_s": "Real cloud: control init",
+    "join_s": "Real cloud: a compute's join",
+    "launch_cold_s": "Real cloud: launch -> ssh login, cold",
+    "launch_warm_s": "Real cloud: launch -> ssh login, warm",
+}
+
+
+def _cloud_rows(summary: dict[str, Any]) -> list[Row]:
+    """min / median / max of each figure of the real cloud, with the loads."""
+    out = []
+    for key, what in CLOUD_FIGURES.items():
+        s = summary.get(key)
+        if not s:
+            continue
+        loads = "/".join(f"{x:g}" for x in s["load_1m"])
+        goal = s.get("goal_s")
+        out.append(
+            Row(
+                f"{what} median ({s['n']}, load {loads})",
+                f"{s['median']:g} s",
+                f"min {s['min']:g} s, max {s['max']:g} s",
+                "",
+                f"< {goal:g} s" if goal is not None else "",
+                _verdict(s["median_meets_goal"]) if goal is not None else "",
+            )
+        )
+    return out
+
+
 def rows(r: dict[str, Any]) -> list[Row]:
     out: list[Row] = []
     ref = r.get("reference", {})
@@ -428,6 +459,8 @@ def rows(r: dict[str, Any]) -> list[Row]:
         )
     if lxd:
         out.extend(_lxd_rows(lxd))
+    if "cloud" in r:
+        out.extend(_cloud_rows(r["cloud"]["summary"]))
     floor = r.get("cli_floor")
     if floor:
         python = f"python -c pass {_ms(floor['python_startup']['p50_ms'])}"

@@ -148,3 +148,23 @@ def test_run_py_stops_with_the_message_not_a_traceback(
     err = capsys.readouterr().err
     assert "run.py: error: the cloud part needs the OpenStack environment in" in err
     assert "Traceback" not in err
+
+
+def test_the_results_table_shows_each_cloud_figure_beside_its_goal(run: ModuleType) -> None:
+    summary = cloud.summarise(
+        {
+            "inits": [{"init_s": 95.0, "load_1m_at_start": 4.5}],
+            "joins": [{"join_s": 12.0, "ok": True, "load_1m_at_start": 1.0}],
+            "launches": [_launch(40.0, True, 2.0), _launch(25.5, False, 3.0)],
+        }
+    )
+    table = run.report.table({"cloud": {"summary": summary}}).splitlines()
+    init = next(line for line in table if "control init" in line)
+    assert "(1, load 4.5)" in init and "95 s" in init and "< 90 s" in init
+    assert init.endswith("MISS")
+    join = next(line for line in table if "join" in line)
+    assert "12 s" in join and join.endswith("pass")
+    cold = next(line for line in table if "cold" in line)
+    assert "40 s" in cold and not cold.endswith(("pass", "MISS"))  # no goal for a cold launch
+    warm = next(line for line in table if "warm" in line)
+    assert "25.5 s" in warm and "< 30 s" in warm and warm.endswith("pass")
