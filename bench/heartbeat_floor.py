@@ -228,8 +228,8 @@ def main() -> None:
         asyncio.run(serve(json.loads(sys.argv[2]), int(sys.argv[3]), [tuple(e) for e in extra]))
         return
     if sys.argv[1:2] == ["hold"]:
-        creds, port, n, keepalive, every = sys.argv[2:7]
-        asyncio.run(hold(json.loads(creds), int(port), int(n), keepalive == "1", float(every)))
+        a = sys.argv[2:7]  # creds, port, n, keepalive, every
+        asyncio.run(hold(json.loads(a[0]), int(a[1]), int(a[2]), a[3] == "1", float(a[4])))
         return
     if sys.argv[1:2] == ["--keepalive"]:
         rest = sys.argv[2:]
