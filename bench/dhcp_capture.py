@@ -52,7 +52,7 @@ def capture(cloud: Cloud, server: str, host: str) -> str:
         ofport = ofport.strip()
         flow = (
             f"udp,in_port={ofport},dl_src={mac},dl_dst=ff:ff:ff:ff:ff:ff,"
-            "nw_src=0.0.0.0,nw_dst=255.255.255.255,tp_src=68,tp_dst=67"
+            "nw_src=0.0.0.0,nw_dst=255.255.255.255,udp_src=68,udp_dst=67"
         )
         parts.append(_run(node, ["ovs-appctl", "ofproto/trace", "br-int", flow], env=env))
         parts.append(_run(node, ["timeout", "8", "tcpdump", "-lnei", tap, "-c", "20"],

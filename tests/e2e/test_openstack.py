@@ -540,7 +540,12 @@ def _dnsmasq_files(control: Host) -> list[str]:
     for path in sorted([*dhcp.glob("*/host"), *dhcp.glob("*/leases")]):
         parts.append(f"--- control {path.relative_to(dhcp)}\n{path.read_text(errors='replace')}")
     for log in sorted((control.state_dir / "logs" / "dnsmasq").glob("*/dhcp_dns_log")):
-        lines = [ln for ln in log.read_text(errors="replace").splitlines() if "dhcp" in ln]
+        # The exchanges and dnsmasq's complaints, not each option it sent.
+        lines = [
+            ln
+            for ln in log.read_text(errors="replace").splitlines()
+            if "DHCP" in ln or "no address" in ln or "ignor" in ln or "fail" in ln
+        ]
         parts.append(
             f"--- control dnsmasq log {log.parent.name} (last 40)\n" + "\n".join(lines[-40:])
         )
@@ -570,14 +575,17 @@ def network_diagnostics(cloud: Cloud, host: str) -> str:
             )
     env, db = _ovs(compute)
     for table, columns in (
-        ("Interface", "name,ofport,error,link_state,external_ids"),
+        ("Interface", "name,ofport,ifindex,error,link_state,statistics,external_ids"),
         ("Port", "name,tag"),
     ):
         argv = ["ovs-vsctl", db, "--timeout=10", f"--columns={columns}", "list", table]
         parts.append(_tried(compute, argv, env, f"{table} {columns}"))
+    # The kernel's view of the taps: an ifindex unlike the Interface's is a
+    # tap made again under its name, which Open vSwitch still reads the old of.
+    parts.append(_tried(compute, ["ip", "-o", "link", "show"], env, "ip link"))
     for tap, ofport, mac in _guest_ports(compute):
         discover = (f"udp,in_port={ofport},dl_src={mac},dl_dst=ff:ff:ff:ff:ff:ff,"
-                    "nw_src=0.0.0.0,nw_dst=255.255.255.255,tp_src=68,tp_dst=67")  # fmt: skip
+                    "nw_src=0.0.0.0,nw_dst=255.255.255.255,udp_src=68,udp_dst=67")  # fmt: skip
         parts.append(_tried(compute, ["ovs-appctl", "ofproto/trace", "br-int", discover], env,
                             f"DHCPDISCOVER from {tap} ({mac}) traced"))  # fmt: skip
     assert compute.state_dir is not None
