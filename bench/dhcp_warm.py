@@ -36,6 +36,7 @@ import importlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,14 +49,14 @@ from bench import dhcp_capture
 from sandbox.netns import Network
 from sandbox.openstack_env import PREFIX
 from tests.e2e.conftest import PASSWORD
-from tests.e2e.test_openstack import Cloud, _join_all, _start, osc
+from tests.e2e.test_openstack import Cloud, _init_killed_and_resumed, _join_all, _start, osc
 
 from microstackd.node import testimage
 
 LEASE = re.compile(r"cirros-init: eth0 (\S+)/")
 
 
-def _bring_up(work: Path, network: Network) -> Cloud:
+def _bring_up(work: Path, network: Network, kill_init: bool) -> Cloud:
     password_file = work / "pw.txt"
     password_file.write_text(PASSWORD + "\n")
     home = work / "home"
@@ -64,12 +65,15 @@ def _bring_up(work: Path, network: Network) -> Cloud:
     computes = {name: network.add_host(name.replace("-", "")) for name in ("node-1", "node-2")}
     cloud = Cloud(network, control, computes, password_file, home)
     _start(control, "control", PREFIX)
-    init = cloud.ctl(
-        "init", "--role", "control", "--address", control.address,
-        "--password-file", str(password_file), timeout=1500,
-    )  # fmt: skip
-    if init.returncode != 0:
-        raise SystemExit(f"control init failed:\n{init.stdout}{init.stderr}")
+    if kill_init:  # as the suite's fixture: SIGKILLed in the identity step, resumed
+        _init_killed_and_resumed(cloud, PREFIX)
+    else:
+        init = cloud.ctl(
+            "init", "--role", "control", "--address", control.address,
+            "--password-file", str(password_file), timeout=1500,
+        )  # fmt: skip
+        if init.returncode != 0:
+            raise SystemExit(f"control init failed:\n{init.stdout}{init.stderr}")
     for name, host in computes.items():
         _start(host, name, PREFIX)
     _join_all(cloud)
@@ -127,7 +131,16 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: N clouds in turn, each up, two resident guests, --per-cloud warm launches",
     )
     parser.add_argument("--per-cloud", type=int, default=3)
+    parser.add_argument(
+        "--kill-init",
+        action="store_true",
+        help="init as the suite's fixture does: SIGKILLed in the identity step, then resumed",
+    )
     args = parser.parse_args(argv)
+    # SIGINT and SIGTERM unwind through the teardowns (a background job
+    # starts with SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     out = args.out or Path(tempfile.mkdtemp(prefix="dhcp-warm-"))
     out.mkdir(parents=True, exist_ok=True)
     results = out / "launches.jsonl"
@@ -164,7 +177,7 @@ def _one_cloud(args: argparse.Namespace, out: Path, results: Path, prefix: str, 
     failures = 0
     try:
         started = time.monotonic()
-        cloud = _bring_up(work, network)
+        cloud = _bring_up(work, network, args.kill_init)
         print(f"dhcp_warm: cloud up in {time.monotonic() - started:.0f} s", flush=True)
         (out / f"{prefix}cloud.json").write_text(
             json.dumps(
