@@ -537,13 +537,20 @@ def _dnsmasq_files(control: Host) -> list[str]:
     assert control.state_dir is not None
     parts = []
     dhcp = control.state_dir / "services" / "neutron" / "dhcp"
+
+    def read(path: Path) -> str:
+        try:
+            return path.read_text(errors="replace")
+        except OSError as exc:  # gone meanwhile: a diagnostic only
+            return f"({exc})"
+
     for path in sorted([*dhcp.glob("*/host"), *dhcp.glob("*/leases")]):
-        parts.append(f"--- control {path.relative_to(dhcp)}\n{path.read_text(errors='replace')}")
+        parts.append(f"--- control {path.relative_to(dhcp)}\n{read(path)}")
     for log in sorted((control.state_dir / "logs" / "dnsmasq").glob("*/dhcp_dns_log")):
         # The exchanges and dnsmasq's complaints, not each option it sent.
         lines = [
             ln
-            for ln in log.read_text(errors="replace").splitlines()
+            for ln in read(log).splitlines()
             if "DHCP" in ln or "no address" in ln or "ignor" in ln or "fail" in ln
         ]
         parts.append(
@@ -594,9 +601,12 @@ def network_diagnostics(cloud: Cloud, host: str) -> str:
         parts.append(f"--- {host} {console.parent.name} console\n" + "\n".join(lines[-25:]))
     parts += _dnsmasq_files(cloud.control)
     shown = ("ID", "MAC Address", "Fixed IP Addresses", "Status", "device_owner")
-    ports = osc(cloud.control, "port", "list", "--long",
-                *(f"-c{c}" for c in shown), check=False)  # fmt: skip
-    parts.append(f"--- control: openstack port list\n{ports.stdout}{ports.stderr}")
+    try:
+        ports = osc(cloud.control, "port", "list", "--long",
+                    *(f"-c{c}" for c in shown), check=False)  # fmt: skip
+        parts.append(f"--- control: openstack port list\n{ports.stdout}{ports.stderr}")
+    except (OSError, subprocess.SubprocessError) as exc:  # a diagnostic only
+        parts.append(f"--- control: openstack port list failed: {exc}")
     for node, agent in (
         (cloud.control, "neutron-openvswitch-agent"),
         (cloud.control, "neutron-dhcp-agent"),
