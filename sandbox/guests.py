@@ -113,37 +113,133 @@ def diagnose(control: Host, computes: Sequence[Host]) -> str:
     return "\n".join(parts)
 
 
+def _ovs(node: Host) -> tuple[dict[str, str], str]:
+    """The environment and ``--db`` option that reach ``node``'s own Open vSwitch."""
+    assert node.socket is not None
+    run_dir = node.socket.with_suffix(".services") / "ovs"
+    return clean_env({"OVS_RUNDIR": str(run_dir)}), f"--db=unix:{run_dir / 'db.sock'}"
+
+
+def _tried(node: Host, argv: list[str], env: dict[str, str], label: str = "") -> str:
+    """``argv`` in ``node``'s namespace, its output under a heading (a diagnostic: never raises)."""
+    heading = f"--- {node.name}: {label or ' '.join(argv[:3])}"
+    try:
+        done = node.run(argv, env=env, timeout=30)
+        return f"{heading}\n{done.stdout}{done.stderr}"
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{heading} failed: {exc}"
+
+
+def _guest_ports(node: Host) -> list[tuple[str, str, str]]:
+    """(tap, ofport, MAC) of each guest port on ``node``'s br-int."""
+    env, db = _ovs(node)
+    argv = ["ovs-vsctl", db, "--timeout=10", "--format=json", "--columns=name,ofport,external_ids",
+            "find", "Interface", "external_ids:attached-mac!=\"\""]  # fmt: skip
+    try:
+        table = json.loads(node.run(argv, env=env, timeout=30).stdout)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return []
+    ports = []
+    for name, ofport, ids in table.get("data", []):
+        mac = dict(ids[1]).get("attached-mac", "") if ids[0] == "map" else ""
+        if mac:
+            ports.append((str(name), str(ofport), str(mac)))
+    return ports
+
+
+def _dnsmasq_files(control: Host) -> list[str]:
+    """The DHCP agent's hosts and leases files of each network, and the tail
+    of dnsmasq's own log of its DHCP exchanges (``dnsmasq_base_log_dir``)."""
+    assert control.state_dir is not None
+    parts = []
+    dhcp = control.state_dir / "services" / "neutron" / "dhcp"
+
+    def read(path: Path) -> str:
+        try:
+            return path.read_text(errors="replace")
+        except OSError as exc:  # gone meanwhile: a diagnostic only
+            return f"({exc})"
+
+    for path in sorted([*dhcp.glob("*/host"), *dhcp.glob("*/leases")]):
+        parts.append(f"--- control {path.relative_to(dhcp)}\n{read(path)}")
+    for log in sorted((control.state_dir / "logs" / "dnsmasq").glob("*/dhcp_dns_log")):
+        # The exchanges and dnsmasq's complaints, not each option it sent.
+        lines = [
+            ln
+            for ln in read(log).splitlines()
+            if "DHCP" in ln or "no address" in ln or "ignor" in ln or "fail" in ln
+        ]
+        parts.append(
+            f"--- control dnsmasq log {log.parent.name} (last 40)\n" + "\n".join(lines[-40:])
+        )
+    return parts
+
+
 def network_diagnostics(control: Host, compute: Host) -> str:
-    """What a guest without network needs read: the tunnel ports, br-tun's
-    flows and the tunnel neighbours of the control and of ``compute``, and the
-    last lines (no DEBUG) of the control's OVS and DHCP agents' logs."""
+    """What a guest without network needs read: the tunnel ports, br-int's
+    and br-tun's flows and the tunnel neighbours of the control and of
+    ``compute``; on ``compute`` each guest port's ofport, VLAN tag and the trace
+    of a DHCPDISCOVER from it through br-int and br-tun (which flow drops
+    it, if one does), and the guests' consoles; on the control dnsmasq's
+    hosts, leases and log, the Neutron ports; and the last lines (no DEBUG)
+    of the control's OVS and DHCP agents' logs and of ``compute``'s OVS agent's."""
     parts = []
     for node in (control, compute):
-        assert node.socket is not None and node.state_dir is not None
-        run_dir = node.socket.with_suffix(".services") / "ovs"
-        env = clean_env({"OVS_RUNDIR": str(run_dir)})
+        env, db = _ovs(node)
         for argv in (
-            ["ovs-vsctl", f"--db=unix:{run_dir / 'db.sock'}", "--timeout=10", "show"],
+            ["ovs-vsctl", db, "--timeout=10", "show"],
+            ["ovs-ofctl", "dump-flows", "br-int", "--no-stats"],
             ["ovs-ofctl", "dump-flows", "br-tun", "--no-stats"],
             ["ovs-appctl", "-t", "ovs-vswitchd", "tnl/neigh/show"],
         ):
-            try:
-                done = node.run(argv, env=env, timeout=30)
-                parts.append(f"--- {node.name}: {' '.join(argv[:3])}\n{done.stdout}{done.stderr}")
-            except (OSError, subprocess.SubprocessError) as exc:  # a diagnostic only
-                parts.append(f"--- {node.name}: {' '.join(argv[:3])} failed: {exc}")
-    for agent in ("neutron-openvswitch-agent", "neutron-dhcp-agent"):
+            parts.append(
+                _tried(node, argv, env, " ".join(argv[:4] if argv[1] == "dump-flows" else argv[:3]))
+            )
+    env, db = _ovs(compute)
+    for table, columns in (
+        ("Interface", "name,ofport,ifindex,error,link_state,statistics,external_ids"),
+        ("Port", "name,tag"),
+    ):
+        argv = ["ovs-vsctl", db, "--timeout=10", f"--columns={columns}", "list", table]
+        parts.append(_tried(compute, argv, env, f"{table} {columns}"))
+    # The kernel's view of the taps: an ifindex unlike the Interface's is a
+    # tap made again under its name, which Open vSwitch still reads the old of.
+    parts.append(_tried(compute, ["ip", "-o", "link", "show"], env, "ip link"))
+    for tap, ofport, mac in _guest_ports(compute):
+        discover = (f"udp,in_port={ofport},dl_src={mac},dl_dst=ff:ff:ff:ff:ff:ff,"
+                    "nw_src=0.0.0.0,nw_dst=255.255.255.255,udp_src=68,udp_dst=67")  # fmt: skip
+        parts.append(_tried(compute, ["ovs-appctl", "ofproto/trace", "br-int", discover], env,
+                            f"DHCPDISCOVER from {tap} ({mac}) traced"))  # fmt: skip
+    assert compute.state_dir is not None
+    for console in (compute.state_dir / "services" / "nova" / "instances").glob("*/console.log"):
+        lines = console.read_text(errors="replace").splitlines()
+        parts.append(f"--- {compute.name} {console.parent.name} console\n" + "\n".join(lines[-25:]))
+    parts += _dnsmasq_files(control)
+    shown = ("ID", "MAC Address", "Fixed IP Addresses", "Status", "device_owner")
+    try:
+        ports = osc(control, "port", "list", "--long",
+                    *(f"-c{c}" for c in shown), check=False)  # fmt: skip
+        parts.append(f"--- control: openstack port list\n{ports.stdout}{ports.stderr}")
+    except (OSError, subprocess.SubprocessError) as exc:  # a diagnostic only
+        parts.append(f"--- control: openstack port list failed: {exc}")
+    for node, agent in (
+        (control, "neutron-openvswitch-agent"),
+        (control, "neutron-dhcp-agent"),
+        (compute, "neutron-openvswitch-agent"),
+    ):
         try:
-            text = service_log(control, agent)
+            text = service_log(node, agent)
         except OSError as exc:
-            parts.append(f"--- control {agent}: {exc}")
+            parts.append(f"--- {node.name} {agent}: {exc}")
             continue
         lines = [
             line
             for line in text.splitlines()
             if " DEBUG " not in line and "privsep log" not in line and "rpc_loop" not in line
         ]
-        parts.append(f"--- control {agent} (last 25 lines, no DEBUG)\n" + "\n".join(lines[-25:]))
+        parts.append(
+            f"--- {node.name} {agent} (last 25 lines, no DEBUG)\n" + "\n".join(lines[-25:])
+        )
     return "\n".join(parts)
 
 

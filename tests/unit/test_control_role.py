@@ -119,6 +119,19 @@ def test_every_template_renders_and_parses(
         assert config.database_password in render.render_text(template, values)
 
 
+def test_the_dhcp_agents_dnsmasq_logs_each_exchange_in_the_nodes_log_dir(
+    tmp_path: Path, config: control_config.ControlConfig
+) -> None:
+    """A guest without a lease must leave a trace: dnsmasq's log of its
+    DHCP exchanges (syslog is absent on a node) beside the agents' logs."""
+    values = _values(tmp_path, config, CONTROL)
+    paths = render.render_role(CONTROL, values, tmp_path / "etc")
+    ini = next(p for p in paths if p.name == "dhcp_agent.ini")
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(ini.read_text())
+    assert parser["DEFAULT"]["dnsmasq_base_log_dir"] == f"{values['log_dir']}/dnsmasq"
+
+
 @pytest.mark.parametrize("role", DEFINITIONS.values(), ids=[r.value for r in DEFINITIONS])
 def test_every_step_resolves_and_every_service_is_started_once(role: RoleDefinition) -> None:
     names = role.step_names()
