@@ -20,24 +20,16 @@ import grpc
 
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
-from microstackctl.errors import EXIT_ERROR, EXIT_REJECTED, EXIT_UNREACHABLE, CommandError
+from microstackctl.daemon_errors import (
+    DEFAULT_SOCKET,
+    ERROR_METADATA,
+    call_error,
+    check_socket,
+    socket_path,
+)
+from microstackctl.errors import CommandError
 
-DEFAULT_SOCKET = "/run/microstackd/microstackd.sock"
-
-#: Trailing metadata naming the daemon's error class of a failed call
-#: (docs/api.md, "Status codes"; the daemon's ``wire.status.ERROR_METADATA``).
-#: Its absence marks a failure of the transport, not one the daemon reported.
-ERROR_METADATA = "microstackd-error"
-
-#: Error classes after which the local daemon is gone, as when it cannot be
-#: reached at all: a command that follows a stream may wait and re-attach.
-_DAEMON_GONE = frozenset({None, "ShuttingDown"})
-
-_REJECTED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
-
-
-def socket_path(explicit: str | None) -> str:
-    return explicit or os.environ.get("MICROSTACK_SOCKET") or DEFAULT_SOCKET
+__all__ = ["DEFAULT_SOCKET", "ERROR_METADATA", "Api", "command_error", "connect", "socket_path"]
 
 
 def connect(socket: str | None) -> Api:
@@ -46,61 +38,16 @@ def connect(socket: str | None) -> Api:
 
 
 def command_error(exc: grpc.RpcError, socket: str) -> CommandError:
-    """The CLI's error for a failed call to the daemon at ``socket``.
-
-    UNAVAILABLE without a daemon error class (the socket does not answer)
-    or from a daemon shutting down: the daemon is lost (exit 3); UNAVAILABLE
-    the daemon reported (it could not reach the control or a node): exit 3;
-    UNAUTHENTICATED, PERMISSION_DENIED: exit 4; anything else: exit 1, with
-    the daemon's message.
-    """
+    """The CLI's error for a failed grpcio call (``daemon_errors.call_error``)."""
     code: grpc.StatusCode = exc.code()
-    details = str(exc.details() or code.name)
     error_class = dict(exc.trailing_metadata() or ()).get(ERROR_METADATA)
-    if code is grpc.StatusCode.UNAVAILABLE and error_class in _DAEMON_GONE:
-        return CommandError(
-            f"lost microstackd at {socket}: is it running? ({details})",
-            EXIT_UNREACHABLE,
-            daemon_lost=True,
-        )
-    if code is grpc.StatusCode.UNAVAILABLE:
-        return CommandError(details, EXIT_UNREACHABLE)
-    if code in _REJECTED:
-        return CommandError(details, EXIT_REJECTED)
-    return CommandError(details, EXIT_ERROR)
-
-
-def _permission_denied(path: str) -> CommandError:
-    return CommandError(
-        f"permission denied on {path}: run as root or as a member of the 'microstack' group "
-        "(sudo usermod -aG microstack $USER, then log in again)",
-        EXIT_REJECTED,
-    )
+    return call_error(code.value[0], exc.details(), error_class, socket)
 
 
 class Api:
     def __init__(self, path: str) -> None:
         self.path = path
-        try:
-            os.stat(path)
-        except FileNotFoundError:
-            raise CommandError(
-                f"no microstackd socket at {path}: is microstackd running? "
-                "(start it, or point --socket / MICROSTACK_SOCKET at its socket)",
-                EXIT_UNREACHABLE,
-                daemon_lost=True,
-            ) from None
-        except PermissionError:
-            # The socket's directory is root:microstack 0750: others cannot even look.
-            raise _permission_denied(path) from None
-        except OSError as exc:
-            raise CommandError(
-                f"cannot reach the microstackd socket at {path}: {exc.strerror or exc}",
-                EXIT_UNREACHABLE,
-                daemon_lost=True,
-            ) from None
-        if not os.access(path, os.R_OK | os.W_OK):
-            raise _permission_denied(path)
+        check_socket(path)
         self._channel = grpc.insecure_channel(f"unix:{path}")
         self.stub = pb_grpc.AdminServiceStub(self._channel)
 

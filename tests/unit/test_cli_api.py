@@ -14,7 +14,7 @@ import pytest
 
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
-from microstackctl import api
+from microstackctl import api, daemon_errors
 from microstackctl.errors import EXIT_ERROR, EXIT_REJECTED, EXIT_UNREACHABLE, CommandError
 from microstackd.wire import status
 
@@ -44,7 +44,7 @@ def test_the_classes_that_mean_the_daemon_is_gone_are_the_daemons() -> None:
     # Only the local daemon's own ShuttingDown means it is going away: a
     # peer's (the control stopping) reaches the CLI as the daemon's
     # ControlUnreachable (peers/errors.py), which is not a lost daemon.
-    for name in api._DAEMON_GONE - {None}:
+    for name in daemon_errors._DAEMON_GONE - {None}:
         assert name is not None
         found = status.error_class(name)
         assert found is not None, name
@@ -78,10 +78,25 @@ def test_status_and_error_class_give_the_exit_code(
         assert status.status_code(found()) is code
     mapped = api.command_error(Failed(code, "what happened", error), SOCKET)
     assert (mapped.exit_code, mapped.daemon_lost) == (exit_code, lost)
+    # The grpc-free transport of ``status`` (unary.py) maps by the number.
+    again = daemon_errors.call_error(code.value[0], "what happened", error, SOCKET)
+    assert (again.message, again.exit_code, again.daemon_lost) == (
+        mapped.message,
+        exit_code,
+        lost,
+    )
     if lost:
         assert mapped.message == f"lost microstackd at {SOCKET}: is it running? (what happened)"
     else:
         assert mapped.message == "what happened"
+
+
+def test_the_code_names_are_grpcs() -> None:
+    assert daemon_errors.CODE_NAMES == tuple(
+        code.name for code in sorted(grpc.StatusCode, key=lambda c: c.value[0])
+    )
+    for name in ("UNAVAILABLE", "UNAUTHENTICATED", "PERMISSION_DENIED", "INTERNAL"):
+        assert getattr(daemon_errors, name) == grpc.StatusCode[name].value[0]
 
 
 def test_no_details_names_the_status_code() -> None:
