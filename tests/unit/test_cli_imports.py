@@ -69,15 +69,40 @@ def test_a_usage_error_imports_none_of_them_either() -> None:
 
 def test_only_the_command_that_runs_is_imported(tmp_path: Path) -> None:
     # No daemon at the socket: status stops at its first step, but by then
-    # it has loaded what it needs (grpc, protobuf) and nothing of the others.
+    # it has loaded what it needs (protobuf, its own HTTP/2 call) and
+    # nothing of the others.
     modules, code = imported(["--socket", str(tmp_path / "none.sock"), "status"])
     assert code == 3
-    assert {"grpc", "microstack_api.v1.cluster_pb2", "microstackctl.cmd_status"} <= modules
+    assert {
+        "microstack_api.v1.cluster_pb2",
+        "microstackctl.cmd_status",
+        "microstackctl.unary",
+    } <= modules
     others = {m for m in modules if m.startswith("microstackctl.cmd_")} - {
         "microstackctl.cmd_status"
     }
     assert others == set()
     assert not any(m.startswith("rich") for m in modules)
+
+
+def test_status_imports_neither_grpc_nor_asyncio_nor_ssl(tmp_path: Path) -> None:
+    # A socket that answers nothing (bound, not listening): status gets as
+    # far as connecting, so its whole transport is loaded.
+    import socket
+
+    path = tmp_path / "refused.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    try:
+        modules, code = imported(["--socket", str(path), "status", "--format", "json"])
+    finally:
+        listener.close()
+    assert code == 3
+    assert "microstackctl.unary" in modules
+    # Of the heavy modules, only protobuf and the generated messages.
+    assert [m for m in heavy(modules) if not m.startswith(("google.", "microstack_api"))] == []
+    for name in ("grpc", "asyncio", "ssl"):
+        assert not any(m == name or m.startswith(name + ".") for m in modules), name
 
 
 def test_the_status_table_for_a_pipe_is_written_without_rich_or_json() -> None:
