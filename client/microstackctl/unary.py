@@ -11,10 +11,9 @@ failure is mapped by ``daemon_errors.call_error``, as grpcio's are.
 
 from __future__ import annotations
 
-import socket as _socket
+import _socket  # not socket: its enum and selectors cost 3 ms, for nothing used here
 import struct
 import time
-from urllib.parse import unquote_to_bytes
 
 from microstackctl import hpack
 from microstackctl.daemon_errors import (
@@ -48,6 +47,21 @@ class CallFailed(Exception):
         self.code = code
         self.details = details
         self.error_class = error_class
+
+
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def percent_decode(raw: bytes) -> str:
+    """A grpc-message as gRPC percent-encodes it (an invalid escape stays as it is)."""
+    parts = raw.split(b"%")
+    out = bytearray(parts[0])
+    for part in parts[1:]:
+        if len(part) >= 2 and all(c in _HEX for c in part[:2]):
+            out += bytes([int(part[:2], 16)]) + part[2:]
+        else:
+            out += b"%" + part
+    return out.decode("utf-8", "replace")
 
 
 def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
@@ -175,7 +189,7 @@ def result(body: bytes, fields: list[tuple[bytes, bytes]]) -> bytes:
     except ValueError:
         raise CallFailed(UNKNOWN, "bad grpc-status from microstackd") from None
     if code:
-        message = unquote_to_bytes(last.get(b"grpc-message", b"")).decode("utf-8", "replace")
+        message = percent_decode(last.get(b"grpc-message", b""))
         error = last.get(ERROR_METADATA.encode())
         raise CallFailed(code, message, error.decode("utf-8", "replace") if error else None)
     if len(body) < 5 or body[0] != 0 or int.from_bytes(body[1:5], "big") != len(body) - 5:

@@ -69,6 +69,22 @@ def parse(data: bytes) -> list[tuple[int, int, int, bytes]]:
     return out
 
 
+@pytest.mark.parametrize(
+    ("raw", "text"),
+    [
+        (b"no such node: %C3%A9 100%25", "no such node: é 100%"),
+        (b"50% off", "50% off"),
+        (b"%", "%"),
+        (b"%4", "%4"),
+        (b"% 1x", "% 1x"),
+        (b"%zz%41", "%zzA"),
+        (b"plain", "plain"),
+    ],
+)
+def test_grpc_message_is_percent_decoded(raw: bytes, text: str) -> None:
+    assert unary.percent_decode(raw) == text
+
+
 def test_the_request_is_preface_settings_window_headers_and_one_data_frame() -> None:
     sent = unary.request_bytes("/microstack.cluster.v1.AdminService/Status", b"\x08\x01", 30)
     assert sent.startswith(unary.PREFACE)
