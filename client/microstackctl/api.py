@@ -3,7 +3,9 @@
 Every call goes through ``_unary`` or ``_stream``, where a gRPC failure
 becomes a ``CommandError`` (``command_error``) with the operator-facing
 message and the documented exit code (docs/cli.md): 1 error, 3
-unreachable, 4 rejected credentials.
+unreachable, 4 rejected credentials. ``status`` itself calls through
+``unary.py`` instead (no grpc import), mapped by the same
+``daemon_errors.call_error``.
 
 Imported only by the commands that talk to the daemon: it loads grpc and
 the protobuf runtime, which ``--help`` and ``--version`` never need (and
