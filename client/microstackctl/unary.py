@@ -93,12 +93,18 @@ def request_bytes(path: str, message: bytes, timeout: float) -> bytes:
 
 
 class _Reader:
-    def __init__(self, sock: _socket.socket) -> None:
+    def __init__(self, sock: _socket.socket, deadline: float | None = None) -> None:
         self.sock = sock
+        self.deadline = deadline
         self.buffer = bytearray()
 
     def exactly(self, n: int) -> bytes:
         while len(self.buffer) < n:
+            if self.deadline is not None:  # the call's deadline, not each read's
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self.sock.settimeout(left)
             chunk = self.sock.recv(max(65536, n - len(self.buffer)))
             if not chunk:
                 raise CallFailed(UNAVAILABLE, "microstackd closed the connection mid-response")
@@ -127,11 +133,14 @@ def _unpad(flags: int, payload: bytes) -> bytes:
 _RST_CODES = {7: UNAVAILABLE, 8: 1}  # REFUSED_STREAM, CANCEL
 
 
-def exchange(sock: _socket.socket, request: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    """Send ``request`` and read the response: its body and every header
-    and trailer field (the trailers last)."""
+def exchange(
+    sock: _socket.socket, request: bytes, deadline: float | None = None
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """Send ``request`` and read the response (by ``deadline``, a
+    ``time.monotonic()``): its body and every header and trailer field
+    (the trailers last)."""
     sock.sendall(request)
-    reader = _Reader(sock)
+    reader = _Reader(sock, deadline)
     decoder = hpack.Decoder()
     body = bytearray()
     fields: list[tuple[bytes, bytes]] = []
@@ -214,7 +223,7 @@ def call(path: str, method: str, message: bytes, timeout: float) -> bytes:
             raise CallFailed(UNAVAILABLE, f"connect: {exc.strerror or exc}") from None
         sock.settimeout(max(0.001, deadline - time.monotonic()))
         try:
-            return result(*exchange(sock, request_bytes(method, message, timeout)))
+            return result(*exchange(sock, request_bytes(method, message, timeout), deadline))
         except TimeoutError:
             raise CallFailed(DEADLINE_EXCEEDED, "Deadline Exceeded") from None
         except OSError as exc:

@@ -121,6 +121,7 @@ def test_settings_are_acked_and_pings_answered(
             (unary.SETTINGS, 0, 0, struct.pack(">HI", 0x3, 100)),
             (unary.PING, 0, 0, b"12345678"),
             (unary.WINDOW_UPDATE, 0, 0, struct.pack(">I", 1000)),
+            (unary.GOAWAY, 0, 0, struct.pack(">II", 1, 0)),  # graceful: stream 1 still ends
             (unary.HEADERS, unary.END_HEADERS, 1, OK_HEADERS),
             (unary.DATA, 0, 1, message(b"hi")),
             (unary.HEADERS, unary.END_HEADERS | unary.END_STREAM, 1, OK_TRAILERS),
@@ -218,6 +219,19 @@ def test_the_connection_closed_mid_response(pair: tuple[socket.socket, socket.so
     )
     with pytest.raises(unary.CallFailed, match="closed the connection mid-response"):
         respond(pair, response[:-2], close=True)
+
+
+def test_the_deadline_is_the_calls_not_each_reads(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    import time
+
+    client, server = pair
+    server.sendall(frames((unary.HEADERS, unary.END_HEADERS, 1, OK_HEADERS)))
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        unary.exchange(client, unary.request_bytes("/p.S/M", b"", 1), started + 0.3)
+    assert time.monotonic() - started < 2
 
 
 def test_a_failure_is_the_clis_error_with_grpcios_mapping(tmp_path: Path) -> None:
