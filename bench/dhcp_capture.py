@@ -5,24 +5,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-from typing import Any
 
-from sandbox.netns import Host, clean_env
+from sandbox.guests import discover_flow, ovs_env, tried
 from tests.e2e.test_openstack import Cloud, network_diagnostics, osc
-
-
-def _run(host: Host, argv: list[str], timeout: float = 30, **kw: Any) -> str:
-    try:
-        done = host.run(argv, timeout=timeout, **kw)
-        return f"$ {' '.join(argv)}\n{done.stdout}{done.stderr}"
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"$ {' '.join(argv)}\nfailed: {exc}"
-
-
-def _ovs_env(host: Host) -> tuple[dict[str, str], str]:
-    assert host.socket is not None
-    run_dir = host.socket.with_suffix(".services") / "ovs"
-    return clean_env({"OVS_RUNDIR": str(run_dir)}), f"--db=unix:{run_dir / 'db.sock'}"
 
 
 def capture(cloud: Cloud, server: str, host: str) -> str:
@@ -42,28 +27,22 @@ def capture(cloud: Cloud, server: str, host: str) -> str:
             "=== port show\n"
             + osc(control, "port", "show", port["ID"], "-f", "json", check=False).stdout
         )
-    env, db = _ovs_env(node)
+    env, db = ovs_env(node)
     for port in ports:
         tap = "tap" + port["ID"][:11]
         mac = port["MAC Address"]
-        parts.append(_run(node, ["ovs-vsctl", db, "list", "interface", tap], env=env))
-        parts.append(_run(node, ["ovs-vsctl", db, "list", "port", tap], env=env))
+        parts.append(tried(node, ["ovs-vsctl", db, "list", "interface", tap], env))
+        parts.append(tried(node, ["ovs-vsctl", db, "list", "port", tap], env))
         ofport = node.run(["ovs-vsctl", db, "get", "interface", tap, "ofport"], env=env).stdout
         ofport = ofport.strip()
-        flow = (
-            f"udp,in_port={ofport},dl_src={mac},dl_dst=ff:ff:ff:ff:ff:ff,"
-            "nw_src=0.0.0.0,nw_dst=255.255.255.255,udp_src=68,udp_dst=67"
-        )
-        parts.append(_run(node, ["ovs-appctl", "ofproto/trace", "br-int", flow], env=env))
-        parts.append(_run(node, ["timeout", "8", "tcpdump", "-lnei", tap, "-c", "20"],
-                          env=env, timeout=20))  # fmt: skip
+        flow = discover_flow(ofport, mac)
+        parts.append(tried(node, ["ovs-appctl", "ofproto/trace", "br-int", flow], env))
+        parts.append(tried(node, ["timeout", "8", "tcpdump", "-lnei", tap, "-c", "20"], env))
     for who in (control, node):
-        env, db = _ovs_env(who)
+        env, db = ovs_env(who)
         for bridge in ("br-int", "br-tun"):
-            parts.append(
-                f"=== {who.name} " + _run(who, ["ovs-ofctl", "dump-flows", bridge], env=env)
-            )
-        parts.append(_run(who, ["ovs-appctl", "dpctl/dump-flows"], env=env))
+            parts.append(f"=== {who.name} " + tried(who, ["ovs-ofctl", "dump-flows", bridge], env))
+        parts.append(tried(who, ["ovs-appctl", "dpctl/dump-flows"], env))
     # dnsmasq on the control: its hosts file, and what it hears.
     for pid_line in subprocess.run(
         ["pgrep", "-a", "dnsmasq"], capture_output=True, text=True

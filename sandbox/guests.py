@@ -113,14 +113,20 @@ def diagnose(control: Host, computes: Sequence[Host]) -> str:
     return "\n".join(parts)
 
 
-def _ovs(node: Host) -> tuple[dict[str, str], str]:
+def ovs_env(node: Host) -> tuple[dict[str, str], str]:
     """The environment and ``--db`` option that reach ``node``'s own Open vSwitch."""
     assert node.socket is not None
     run_dir = node.socket.with_suffix(".services") / "ovs"
     return clean_env({"OVS_RUNDIR": str(run_dir)}), f"--db=unix:{run_dir / 'db.sock'}"
 
 
-def _tried(node: Host, argv: list[str], env: dict[str, str], label: str = "") -> str:
+def discover_flow(ofport: str, mac: str) -> str:
+    """An ``ofproto/trace`` flow: a DHCPDISCOVER from the guest port ``ofport`` with ``mac``."""
+    return (f"udp,in_port={ofport},dl_src={mac},dl_dst=ff:ff:ff:ff:ff:ff,"
+            "nw_src=0.0.0.0,nw_dst=255.255.255.255,udp_src=68,udp_dst=67")  # fmt: skip
+
+
+def tried(node: Host, argv: list[str], env: dict[str, str], label: str = "") -> str:
     """``argv`` in ``node``'s namespace, its output under a heading (a diagnostic: never raises)."""
     heading = f"--- {node.name}: {label or ' '.join(argv[:3])}"
     try:
@@ -132,7 +138,7 @@ def _tried(node: Host, argv: list[str], env: dict[str, str], label: str = "") ->
 
 def _guest_ports(node: Host) -> list[tuple[str, str, str]]:
     """(tap, ofport, MAC) of each guest port on ``node``'s br-int."""
-    env, db = _ovs(node)
+    env, db = ovs_env(node)
     argv = ["ovs-vsctl", db, "--timeout=10", "--format=json", "--columns=name,ofport,external_ids",
             "find", "Interface", "external_ids:attached-mac!=\"\""]  # fmt: skip
     try:
@@ -185,7 +191,7 @@ def network_diagnostics(control: Host, compute: Host) -> str:
     of the control's OVS and DHCP agents' logs and of ``compute``'s OVS agent's."""
     parts = []
     for node in (control, compute):
-        env, db = _ovs(node)
+        env, db = ovs_env(node)
         for argv in (
             ["ovs-vsctl", db, "--timeout=10", "show"],
             ["ovs-ofctl", "dump-flows", "br-int", "--no-stats"],
@@ -193,22 +199,21 @@ def network_diagnostics(control: Host, compute: Host) -> str:
             ["ovs-appctl", "-t", "ovs-vswitchd", "tnl/neigh/show"],
         ):
             parts.append(
-                _tried(node, argv, env, " ".join(argv[:4] if argv[1] == "dump-flows" else argv[:3]))
+                tried(node, argv, env, " ".join(argv[:4] if argv[1] == "dump-flows" else argv[:3]))
             )
-    env, db = _ovs(compute)
+    env, db = ovs_env(compute)
     for table, columns in (
         ("Interface", "name,ofport,ifindex,error,link_state,statistics,external_ids"),
         ("Port", "name,tag"),
     ):
         argv = ["ovs-vsctl", db, "--timeout=10", f"--columns={columns}", "list", table]
-        parts.append(_tried(compute, argv, env, f"{table} {columns}"))
+        parts.append(tried(compute, argv, env, f"{table} {columns}"))
     # The kernel's view of the taps: an ifindex unlike the Interface's is a
     # tap made again under its name, which Open vSwitch still reads the old of.
-    parts.append(_tried(compute, ["ip", "-o", "link", "show"], env, "ip link"))
+    parts.append(tried(compute, ["ip", "-o", "link", "show"], env, "ip link"))
     for tap, ofport, mac in _guest_ports(compute):
-        discover = (f"udp,in_port={ofport},dl_src={mac},dl_dst=ff:ff:ff:ff:ff:ff,"
-                    "nw_src=0.0.0.0,nw_dst=255.255.255.255,udp_src=68,udp_dst=67")  # fmt: skip
-        parts.append(_tried(compute, ["ovs-appctl", "ofproto/trace", "br-int", discover], env,
+        discover = discover_flow(ofport, mac)
+        parts.append(tried(compute, ["ovs-appctl", "ofproto/trace", "br-int", discover], env,
                             f"DHCPDISCOVER from {tap} ({mac}) traced"))  # fmt: skip
     assert compute.state_dir is not None
     for console in (compute.state_dir / "services" / "nova" / "instances").glob("*/console.log"):

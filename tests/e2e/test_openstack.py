@@ -728,11 +728,8 @@ class Pinger:
         return round(max(b - a for a, b in zip(times, times[1:], strict=False)), 2)
 
 
-_service_log = guests.service_log
-
-
 def _log_count(host: Host, service: str, text: str) -> int:
-    return _service_log(host, service).count(text)
+    return guests.service_log(host, service).count(text)
 
 
 def test_a_crashed_l3_agent_comes_back_to_its_routers_and_the_floating_ip_keeps_answering(
@@ -768,7 +765,7 @@ def test_a_crashed_l3_agent_comes_back_to_its_routers_and_the_floating_ip_keeps_
         l3_agent_crash_longest_ping_gap_s=gap, l3_agent_crash_resync_s=round(synced - killed, 1)
     )
     assert _pid(control, "neutron-l3-agent") != agent
-    log = _service_log(control, "neutron-l3-agent")
+    log = guests.service_log(control, "neutron-l3-agent")
     assert gap < FLOATING_IP_GAP_S, (gap, guest["floating_ip"], log[-3000:])
     login, _ = cloud.login(guest["floating_ip"], "hostname")
     assert login.strip() == "vm-l3", login
