@@ -216,6 +216,10 @@ def network_diagnostics(control: Host, compute: Host) -> str:
         parts.append(tried(compute, ["ovs-appctl", "ofproto/trace", "br-int", discover], env,
                             f"DHCPDISCOVER from {tap} ({mac}) traced"))  # fmt: skip
     assert compute.state_dir is not None
+    # The taps the libvirt hook brought up (microstackd/node/taps.py).
+    repairs = compute.state_dir / "logs" / "tap-repairs.log"
+    parts.append(f"--- {compute.name} tap-repairs.log\n"
+                 + (repairs.read_text() if repairs.exists() else "(none)"))  # fmt: skip
     for console in (compute.state_dir / "services" / "nova" / "instances").glob("*/console.log"):
         lines = console.read_text(errors="replace").splitlines()
         parts.append(f"--- {compute.name} {console.parent.name} console\n" + "\n".join(lines[-25:]))

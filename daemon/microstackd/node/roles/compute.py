@@ -27,6 +27,8 @@ from microstackd.node.roles.parts import (
 NOVA_COMPUTE_CONF = "nova/nova.conf.d/microstackd-compute.conf"
 #: The cluster's CRL as the control issued it (libvirtd's and QEMU's).
 MIGRATION_CRL = "libvirt/pki/ca-crl.pem"
+#: libvirt's hook for QEMU guests (``microstackd.node.taps``).
+LIBVIRT_QEMU_HOOK = "libvirt/hooks/qemu"
 LIBVIRT_URI = "${libvirt_uri}"
 #: libvirtd for this node alone, on a machine that may run several nodes: in
 #: a mount and UTS namespace of its own, the node's directories over
@@ -135,6 +137,8 @@ COMPUTE = RoleDefinition(
         ConfigFile("compute/libvirtd.conf", "libvirt/libvirtd.conf"),
         ConfigFile("compute/qemu.conf", "libvirt/qemu.conf"),
         ConfigFile("compute/ca-crl.pem", MIGRATION_CRL),
+        # Read by libvirtd when it starts (taps.py: a guest's tap left down).
+        ConfigFile("compute/libvirt-qemu-hook", LIBVIRT_QEMU_HOOK, mode=0o750),
     ),
     services=(
         *ovs_services("${my_ip}"),
