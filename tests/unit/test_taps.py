@@ -93,6 +93,15 @@ def test_other_phases_touch_nothing(tmp_path: Path, phase: str) -> None:
     assert done == [] and kernel.writes == [] and not (tmp_path / "log").exists()
 
 
+def test_a_reconnected_guest_is_looked_at_once(tmp_path: Path) -> None:
+    kernel = Kernel({"tap0001": 0x1102, "tap0003": 0x1103})
+    slept: list[float] = []
+    done = taps.hook(
+        ["vm", "reconnect", "begin", "-"], DOMAIN, None, kernel.read, kernel.write, slept.append
+    )
+    assert done == ["tap0001"] and slept == []
+
+
 def test_a_healthy_guest_is_left_alone_and_nothing_is_logged(tmp_path: Path) -> None:
     kernel = Kernel({"tap0001": 0x1103, "tap0003": 0x1103})
     done = taps.hook(
@@ -166,7 +175,7 @@ def test_the_rendered_hook_brings_a_down_tap_up_in_the_nodes_namespace(tmp_path:
 
         assert is_up("tap0001")
         assert not is_up("tap0002")  # the domain wants its link down
-        assert "brought up tap0001 (left down by Open vSwitch's flags write)" in log.read_text()
+        assert "brought up tap0001 (down while the domain wants its link up)" in log.read_text()
         assert "brought up tap0001" in done.stderr
     finally:
         subprocess.run(["ip", "netns", "delete", ns], check=False)

@@ -15,8 +15,9 @@ rendered as ``CONFIG_ROOT/libvirt/hooks/qemu``) with the domain's XML on
 standard input once a guest has started, an incoming migration's included,
 and for each guest it finds running when it starts again. ``hook`` then
 brings up each of the guest's taps that is down, unless the domain asks for
-its link down (``<link state='down'/>``), looks again a moment later (OVS's
-write may still be on its way) and says what it repaired, in the file it is
+its link down (``<link state='down'/>``), looks again a moment later for a
+guest just started (OVS's write may still be on its way) and says what it
+repaired, in the file it is
 given and on standard error.
 
 Only the standard library: libvirtd waits for the hook before the guest
@@ -115,12 +116,13 @@ def hook(
     if not names:
         return []
     repaired = repair(names, read, write)
-    sleep(SECOND_LOOK)
-    repaired += repair(names, read, write)
+    if argv[1] == "started":  # a reconnected guest's taps settled long ago
+        sleep(SECOND_LOOK)
+        repaired += repair(names, read, write)
     if repaired:
         line = (
             f"{datetime.now(UTC).isoformat(timespec='milliseconds')} {argv[0]} {argv[1]}: "
-            f"brought up {', '.join(repaired)} (left down by Open vSwitch's flags write)"
+            f"brought up {', '.join(repaired)} (down while the domain wants its link up)"
         )
         print(line, file=sys.stderr)
         if log is not None:
