@@ -208,9 +208,11 @@ def network_diagnostics(control: Host, compute: Host) -> str:
     ):
         argv = ["ovs-vsctl", db, "--timeout=10", f"--columns={columns}", "list", table]
         parts.append(tried(compute, argv, env, f"{table} {columns}"))
-    # The kernel's view of the taps: an ifindex unlike the Interface's is a
-    # tap made again under its name, which Open vSwitch still reads the old of.
-    parts.append(tried(compute, ["ip", "-o", "link", "show"], env, "ip link"))
+    # The kernel's view of the taps (an ifindex unlike the Interface's is a
+    # tap made again under its name, which Open vSwitch still reads the old
+    # of), and each node's MACs, to hold against the tunnel neighbours above.
+    for node in (control, compute):
+        parts.append(tried(node, ["ip", "-o", "link", "show"], ovs_env(node)[0], "ip link"))
     for tap, ofport, mac in _guest_ports(compute):
         discover = discover_flow(ofport, mac)
         parts.append(tried(compute, ["ovs-appctl", "ofproto/trace", "br-int", discover], env,

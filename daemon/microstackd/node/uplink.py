@@ -8,6 +8,17 @@ its own interface the tunnels exist and carry nothing. So, while this runs:
   bridge ``br-phy``, its TX checksum offload off (a veth hands the userspace
   datapath frames with unfilled checksums, which the far kernel drops);
 * the address (and the routes through that interface) sit on ``br-phy``;
+* the interface answers no ARP for it (``arp_ignore=1``): Linux answers an
+  ARP request for any of its addresses on whichever interface it arrives,
+  so the interface, which still receives every frame, would answer with
+  its own MAC beside ``br-phy``. A peer that keeps that MAC reaches this
+  node's kernel still, but Open vSwitch ends a tunnel only for frames to
+  the bridge's MAC: its vxlan from that peer is dropped (a guest without
+  its DHCP lease; docs/openstack-bringup.md, pitfall 11);
+* once moved, a gratuitous ARP from the bridge tells the peers (their
+  kernels, and their Open vSwitch, which learns tunnel neighbours from ARP
+  for 15 minutes) the address's new MAC: they learned the interface's
+  while the node joined;
 * on the control, the external bridge holds the external network's gateway
   address (``--external br-ex=10.20.20.1/24``): the node reaches floating IPs.
 
@@ -28,6 +39,8 @@ import argparse
 import ipaddress
 import json
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -67,6 +80,8 @@ class Moved:
     routes: list[dict[str, Any]] = field(default_factory=list)
     #: Its TX checksum offload was on before.
     tx_was_on: bool = False
+    #: Its ``arp_ignore`` before (None: not recorded, from an older run).
+    arp_ignore_was: int | None = None
 
 
 def addresses() -> dict[str, list[tuple[str, int]]]:
@@ -116,6 +131,45 @@ def move_address(address: str, prefixlen: int, source: str, target: str) -> None
     run("ip", "addr", "replace", cidr, "dev", target)
 
 
+def _arp_ignore_path(interface: str) -> Path:
+    return Path("/proc/sys/net/ipv4/conf") / interface / "arp_ignore"
+
+
+def arp_ignore(interface: str) -> int:
+    return int(_arp_ignore_path(interface).read_text())
+
+
+def set_arp_ignore(interface: str, value: int) -> None:
+    _arp_ignore_path(interface).write_text(f"{value}\n")
+
+
+def mac_of(interface: str) -> bytes:
+    text = Path("/sys/class/net", interface, "address").read_text().strip()
+    return bytes.fromhex(text.replace(":", ""))
+
+
+def gratuitous_arp(interface: str, address: str) -> bytes:
+    """The frame that announces ``address`` at ``interface``'s MAC: a
+    broadcast ARP request whose sender and target are both the address (RFC
+    5227's announcement; Linux updates its entries from it, Open vSwitch's
+    tunnel neighbours too)."""
+    mac, ip = mac_of(interface), ipaddress.IPv4Address(address).packed
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + ip + bytes(6) + ip
+    return b"\xff" * 6 + mac + struct.pack("!H", 0x0806) + arp
+
+
+def announce(interface: str, address: str, times: int = 3, gap: float = 0.2) -> None:
+    """Send the gratuitous ARP a few times (the first may go before the far
+    ends' bridges forward)."""
+    frame = gratuitous_arp(interface, address)
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as raw:
+        raw.bind((interface, 0))
+        for k in range(times):
+            if k:
+                time.sleep(gap)
+            raw.send(frame)
+
+
 def tx_checksum_on(interface: str) -> bool:
     text = run("ethtool", "-k", interface, check=False)
     return any(line.strip() == "tx-checksumming: on" for line in text.splitlines())
@@ -161,7 +215,12 @@ class Uplink:
                     "namespace per node, see the README)"
                 )
             self.moved = Moved(
-                name, self.address, prefixlen, routes_via(name), tx_checksum_on(name)
+                name,
+                self.address,
+                prefixlen,
+                routes_via(name),
+                tx_checksum_on(name),
+                arp_ignore(name),
             )
             self._save(self.moved)
         moved = self.moved
@@ -170,12 +229,19 @@ class Uplink:
         if found is None or found[0] != self.bridge:
             self.vsctl("--may-exist", "add-port", self.bridge, moved.interface)
             run("ethtool", "-K", moved.interface, "tx", "off", check=False)
+            set_arp_ignore(moved.interface, 1)
             move_address(self.address, moved.prefixlen, moved.interface, self.bridge)
             put_routes(moved.routes, self.bridge)
+            announce(self.bridge, self.address)
             done.append(
                 f"{self.address}/{moved.prefixlen} on {self.bridge} ({moved.interface} in "
-                f"{self.bridge}, its TX checksum offload off)"
+                f"{self.bridge}, its TX checksum offload off, it answers no ARP for the "
+                f"address; announced at {self.bridge}'s MAC)"
             )
+        elif link_exists(moved.interface) and arp_ignore(moved.interface) != 1:
+            set_arp_ignore(moved.interface, 1)  # moved by a run that did not set it
+            announce(self.bridge, self.address)
+            done.append(f"{moved.interface} answers no ARP for {self.address} (announced again)")
         have = addresses()
         for bridge, cidr in self.external:
             if not link_exists(bridge):
@@ -206,6 +272,11 @@ class Uplink:
         self.vsctl("--if-exists", "del-port", self.bridge, moved.interface, check=False)
         if moved.tx_was_on:
             run("ethtool", "-K", moved.interface, "tx", "on", check=False)
+        try:
+            set_arp_ignore(moved.interface, moved.arp_ignore_was or 0)
+            announce(moved.interface, self.address)  # the peers learned the bridge's MAC
+        except OSError as exc:
+            say(f"could not announce {self.address} back on {moved.interface}: {exc}")
         say(f"{self.address}/{moved.prefixlen} back on {moved.interface}")
         self.state.unlink(missing_ok=True)
 
