@@ -36,8 +36,10 @@ BENCH = Path(__file__).resolve().parent
 
 #: Imported at their first use, not at start-up (docs/performance.md, "Idle
 #: RSS"): the YAML parser (a config file, control.yaml), libsodium (the
-#: first bootstrap), tarfile (the first backup or restore).
-DEFERRED = ("yaml", "nacl", "tarfile")
+#: first bootstrap), tarfile (the first backup or restore), cryptography
+#: (the first key, signature or verification: an idle daemon reads its
+#: certificates with trust.der).
+DEFERRED = ("yaml", "nacl", "tarfile", "cryptography")
 
 
 def imported_modules(log: str, run: int = 0) -> list[str]:

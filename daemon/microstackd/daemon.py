@@ -99,7 +99,7 @@ class Daemon:
         #: The bootstrap port's certificate as served now (it renews itself).
         self.bootstrap_cert = bootstrap_cert = BootstrapCertificate(
             x509.fingerprint(cert_pem),
-            x509.load_cert(cert_pem).not_valid_after_utc.timestamp(),
+            x509.read_cert(cert_pem).not_valid_after_utc.timestamp(),
         )
         #: What the bootstrap port presents: follows renewals without a restart.
         self._bootstrap_tls = ServerIdentity(key_pem, cert_pem)
@@ -328,7 +328,7 @@ class Daemon:
         creds = self.store.credentials()
         try:
             x509.check_pair(creds.key_pem, creds.cert_pem)
-            x509.load_bundle(creds.ca_pem)
+            x509.read_bundle(creds.ca_pem)
         except ValueError as exc:
             raise errors.MicrostackError(
                 f"this node's cluster key pair {self.config.state_dir / NODE_KEY} and "

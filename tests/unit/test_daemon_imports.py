@@ -1,6 +1,8 @@
 """What the daemon leaves out until its first use (docs/performance.md, "Idle
-RSS"): the YAML parser, libsodium and tarfile are not imported with the
-daemon's modules, and each path that needs one imports it then and works.
+RSS"): the YAML parser, libsodium, tarfile and cryptography are not imported
+with the daemon's modules, and each path that needs one imports it then and
+works; an idle daemon's certificate reads (trust.der) never import
+cryptography.
 
 Each case runs in a fresh interpreter that has imported everything the
 daemon imports at start-up (``microstackd.main`` and ``microstackd.daemon``),
@@ -11,12 +13,16 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from microstackd.model import Role
+from microstackd.trust import x509
+
 #: Imported at their first use only (bench/idle_memory.py's DEFERRED).
-DEFERRED = ("yaml", "nacl", "tarfile")
+DEFERRED = ("yaml", "nacl", "tarfile", "cryptography")
 
 _PRELUDE = """
 import sys
@@ -145,3 +151,79 @@ def test_the_first_backup_or_restore_loads_tarfile(tmp_path: Path) -> None:
     lines = out.splitlines()
     assert lines[0].startswith("refused: the archive is not a whole microstackd backup")
     assert lines[1] == "state/microstackd.db"
+
+
+def _pair_files(tmp_path: Path) -> None:
+    """A cluster CA, a node's key and certificate, and a bootstrap pair, as the
+    store keeps them, made here (cryptography) for the fresh interpreter."""
+    now = datetime.now(UTC)
+    ca = x509.create_ca("c0ffee00c0ffee00", now)
+    key = x509.generate_key()
+    cert = x509.issue_certificate(
+        ca,
+        key.public_key(),
+        node_name="node-1",
+        role=Role.COMPUTE,
+        address="10.0.0.2",
+        hostname="node-1",
+        now=now,
+    )
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem())
+    (tmp_path / "node.key").write_bytes(x509.key_to_pem(key))
+    (tmp_path / "node.pem").write_bytes(x509.cert_to_pem(cert))
+    (tmp_path / "other.key").write_bytes(x509.key_to_pem(x509.generate_key()))
+
+
+def test_an_idle_daemons_certificate_reads_need_no_cryptography(tmp_path: Path) -> None:
+    """Start-up's pair and bundle checks, every mTLS caller's identity, the
+    renewal check and the fingerprints: all read without cryptography."""
+    _pair_files(tmp_path)
+    out = run_fresh(
+        """
+        from datetime import UTC, datetime, timedelta
+        from pathlib import Path
+        from microstackd.trust import x509
+        key, cert, ca = (Path(n).read_bytes() for n in ("node.key", "node.pem", "ca.pem"))
+        x509.check_pair(key, cert)
+        try:
+            x509.check_pair(Path("other.key").read_bytes(), cert)
+        except ValueError as exc:
+            print("refused:", exc)
+        cas = x509.read_bundle(ca)
+        identity = x509.identity_of(x509.read_cert(cert))
+        now = datetime.now(UTC)
+        print(identity.name, identity.role.value, x509.ca_cluster_id(cas[0]))
+        print(x509.renewal_due(x509.read_cert(cert), now, timedelta(days=30)),
+              x509.expired(x509.read_cert(cert), now), len(x509.fingerprint(cert)))
+        print(sorted(m for m in sys.modules if m.split(".")[0] == "cryptography"))
+        """,
+        tmp_path,
+    )
+    lines = out.splitlines()
+    assert lines[0] == "refused: the key does not belong to the certificate"
+    assert lines[1] == "node-1 compute c0ffee00c0ffee00"
+    assert lines[2] == "False False 64"
+    assert lines[3] == "[]"
+
+
+def test_the_first_key_or_signature_loads_cryptography_from_any_thread(
+    tmp_path: Path,
+) -> None:
+    """Eight threads make their first keys at once (the executor's threads
+    sign and verify): each gets the whole module, none a half-made one."""
+    out = run_fresh(
+        """
+        from concurrent.futures import ThreadPoolExecutor
+        from datetime import UTC, datetime
+        from microstackd.trust import x509
+        def make(i):
+            key = x509.generate_key()
+            cert = x509.self_signed_bootstrap_certificate(key, datetime.now(UTC))
+            x509.check_pair(x509.key_to_pem(key), x509.cert_to_pem(cert))
+            return x509.fingerprint(cert) == x509.fingerprint(x509.cert_to_pem(cert))
+        with ThreadPoolExecutor(8) as pool:
+            print(all(pool.map(make, range(8))), "cryptography.x509" in sys.modules)
+        """,
+        tmp_path,
+    )
+    assert out.split() == ["True", "True"]

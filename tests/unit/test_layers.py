@@ -18,8 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "daemon" / "microstackd"
 
 #: gRPC, its generated code and protobuf.
 GRPC = frozenset({"grpc", "grpc_health", "grpc_reflection", "microstack_api", "google"})
-#: The pure core every room may use.
-BASE = frozenset({"model", "errors", "versions"})
+#: The pure core every room may use (``lazy``: a module imported at first use).
+BASE = frozenset({"model", "errors", "versions", "lazy"})
 
 #: room -> the rooms (and "grpc") it may import, besides itself.
 MAY_IMPORT: dict[str, frozenset[str]] = {
@@ -30,6 +30,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     # The skew window: pure; reads the package's __version__.
     "versions": frozenset({"", "errors", "model"}),
     "logcontext": frozenset(),
+    "lazy": frozenset(),
     "notify": frozenset(),
     "commands": frozenset(),
     "trust": BASE,

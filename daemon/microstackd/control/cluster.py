@@ -203,9 +203,8 @@ class Cluster:
         me = self.store.node(self.config.node_name)
         if key_pem is None or cert_pem is None or me is None:
             return
-        cert = x509.load_cert(cert_pem)
-        if x509.CONTROL_SERVER_NAME in x509.dns_names(cert):
-            return
+        if x509.CONTROL_SERVER_NAME in x509.dns_names(x509.read_cert(cert_pem)):
+            return  # read without cryptography (trust.der): the idle start-up path
         ca, _verifier, _params = self.secrets()
         fresh = x509.issue_certificate(
             ca,

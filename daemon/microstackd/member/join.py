@@ -176,7 +176,7 @@ class Member:
         if cert_pem is None:
             return False
         try:
-            return x509.expired(x509.load_cert(cert_pem), datetime.now(UTC))
+            return x509.expired(x509.read_cert(cert_pem), datetime.now(UTC))
         except ValueError:
             return False
 

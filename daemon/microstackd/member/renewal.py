@@ -39,7 +39,7 @@ from microstackd.model import BootstrapCertificate, ClusterRecord, NodeCredentia
 from microstackd.peers.cluster import ControlClient
 from microstackd.store import Store
 from microstackd.store.files import BOOTSTRAP_CERT, BOOTSTRAP_KEY, CA_CERT, NODE_CERT, NODE_KEY
-from microstackd.trust import x509
+from microstackd.trust import der, x509
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 SignOwn = Callable[[bytes], tuple[bytes, bytes]]
 
 
-def _when(cert: x509.Certificate) -> str:
+def _when(cert: x509.Certificate | der.Certificate) -> str:
     return cert.not_valid_after_utc.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
@@ -108,7 +108,7 @@ class Renewal:
     async def _check_cluster(self, cluster: ClusterRecord, at: datetime) -> None:
         try:
             creds = self._store.credentials()
-            cert = x509.load_cert(creds.cert_pem)
+            cert = x509.read_cert(creds.cert_pem)
         except (errors.NotInitialised, ValueError):
             return  # joining, or leaving: nothing to renew
         if not x509.renewal_due(cert, at, self._renew_before):
@@ -234,7 +234,7 @@ class Renewal:
         cert_pem = self._store.read_file(BOOTSTRAP_CERT)
         if cert_pem is None:
             return
-        cert = x509.load_cert(cert_pem)
+        cert = x509.read_cert(cert_pem)
         if not x509.renewal_due(cert, at, self._renew_before):
             return
         left = cert.not_valid_after_utc - at

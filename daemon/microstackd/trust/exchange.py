@@ -38,11 +38,9 @@ import enum
 import hmac
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography import x509 as _x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-
-from microstackd import errors
+from microstackd import errors, lazy
 from microstackd.trust import kdf as _kdf
 from microstackd.trust import names, pake
 from microstackd.trust.kdf import KdfParams
@@ -52,6 +50,13 @@ from microstackd.trust.transcript import (
     joiner_confirmation,
 )
 from microstackd.trust.x509 import identity_of, is_ca, load_cert
+
+if TYPE_CHECKING:
+    from cryptography import exceptions as crypto_errors
+    from cryptography import x509 as _x509
+else:  # imported at the first CSR (microstackd.lazy)
+    crypto_errors = lazy.module("cryptography.exceptions")
+    _x509 = lazy.module("cryptography.x509")
 
 PROTOCOL_VERSION = 1
 
@@ -305,7 +310,12 @@ class JoinerExchange(_Exchange):
             raise errors.BootstrapProtocolError("the control's CA certificate is not a CA")
         try:
             cert.verify_directly_issued_by(ca_cert)
-        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
+        except (
+            ValueError,
+            TypeError,
+            crypto_errors.InvalidSignature,
+            crypto_errors.UnsupportedAlgorithm,
+        ) as exc:
             raise errors.BootstrapProtocolError(
                 "the control's certificate for this node is not signed by the CA it sent"
             ) from exc

@@ -20,10 +20,14 @@ import json
 import secrets
 import unicodedata
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from microstackd import errors, lazy
 
-from microstackd import errors
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.kdf import scrypt
+else:  # imported at the first password derived (microstackd.lazy)
+    scrypt = lazy.module("cryptography.hazmat.primitives.kdf.scrypt")
 
 VERIFIER_BYTES = 32
 
@@ -65,7 +69,7 @@ def derive_verifier(password: str, params: KdfParams) -> bytes:
     if not password:
         raise errors.InvalidArgument("the cluster password is empty")
     secret = unicodedata.normalize("NFC", password).encode("utf-8")
-    kdf = Scrypt(
+    kdf = scrypt.Scrypt(
         salt=params.salt, length=VERIFIER_BYTES, n=1 << params.log2_n, r=params.r, p=params.p
     )
     return kdf.derive(secret)

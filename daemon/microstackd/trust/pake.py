@@ -31,9 +31,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from microstackd import lazy
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf import hkdf
+else:  # imported at the first exchange, as libsodium is (microstackd.lazy)
+    hashes = lazy.module("cryptography.hazmat.primitives.hashes")
+    hkdf = lazy.module("cryptography.hazmat.primitives.kdf.hkdf")
 
 __all__ = ["M", "MESSAGE_BYTES", "N", "PakeError", "Spake2A", "Spake2B", "password_scalar"]
 
@@ -57,7 +64,7 @@ class PakeError(ValueError):
 
 def password_scalar(password: bytes) -> bytes:
     """``w``: the password as a scalar mod L, little-endian, as libsodium takes it."""
-    oversized = HKDF(
+    oversized = hkdf.HKDF(
         algorithm=hashes.SHA256(),
         length=_PASSWORD_SCALAR_BYTES,
         salt=b"",

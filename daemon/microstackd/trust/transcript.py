@@ -10,13 +10,17 @@ import hmac
 import struct
 from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
+from microstackd import lazy
 from microstackd.trust.kdf import KdfParams
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf import hkdf
+
     from microstackd.trust.exchange import Hello
+else:  # imported at the first exchange (microstackd.lazy)
+    hashes = lazy.module("cryptography.hazmat.primitives.hashes")
+    hkdf = lazy.module("cryptography.hazmat.primitives.kdf.hkdf")
 
 # One HKDF "info" per use of the SPAKE2 session key (rule 3).
 PURPOSE_CONFIRM_JOINER = b"microstackd/v1/bootstrap/confirm-joiner"
@@ -40,7 +44,9 @@ def derive_key(secret: bytes, purpose: bytes, length: int = 32) -> bytes:
         raise ValueError("derive_key needs a purpose")
     if not 1 <= length <= 255 * 32:
         raise ValueError(f"derive_key cannot produce {length} bytes")
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=purpose).derive(secret)
+    return hkdf.HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=purpose).derive(
+        secret
+    )
 
 
 # --- keys, PEM, fingerprints ----------------------------------------------------------------------

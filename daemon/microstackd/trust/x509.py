@@ -11,8 +11,14 @@ Rules (tests/unit/test_security.py has an adversarial test for each):
    ``trust.names`` (the one identity validator). Only a control certificate
    carries ``CONTROL_SERVER_NAME``, the name members dial the control by; no
    certificate may be issued for another reserved name.
-3. Pure: no I/O, no sockets, no clock. Callers pass ``now``, which must be
+3. Pure: no files, no sockets, no clock (``check_pair`` hands OpenSSL its
+   two PEMs through in-memory files). Callers pass ``now``, which must be
    timezone-aware.
+4. An idle daemon needs no cryptography (~10 MB of RSS): the reads on its
+   idle paths (``read_cert``, ``read_bundle``, ``check_pair``,
+   ``identity_of``, ``renewal_due``, ``fingerprint``) go through
+   ``trust.der``, and cryptography is imported at the first key made, CSR
+   signed or signature verified (``microstackd.lazy``).
 
 Errors: a CSR the peer sent that is unusable raises ``BootstrapProtocolError``;
 a certificate that is not acceptable raises ``PermissionDenied``; a malformed
@@ -21,20 +27,33 @@ identity raises ``InvalidArgument``; a local programming error ``ValueError``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
+import os
+import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-from microstackd import errors
+from microstackd import errors, lazy
 from microstackd.model import Role
-from microstackd.trust import names
+from microstackd.trust import der, names
+
+if TYPE_CHECKING:
+    from cryptography import exceptions as crypto_errors
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509 import oid
+else:  # imported at the first key, signature or verification (microstackd.lazy)
+    crypto_errors = lazy.module("cryptography.exceptions")
+    x509 = lazy.module("cryptography.x509")
+    hashes = lazy.module("cryptography.hazmat.primitives.hashes")
+    serialization = lazy.module("cryptography.hazmat.primitives.serialization")
+    ec = lazy.module("cryptography.hazmat.primitives.asymmetric.ec")
+    oid = lazy.module("cryptography.x509.oid")
 
 #: Host name in the bootstrap port's self-signed certificate; the joiner sets
 #: it as grpc's ``ssl_target_name_override``.
@@ -51,9 +70,9 @@ CLOCK_SKEW = _CLOCK_SKEW = timedelta(minutes=10)
 #: Bundles of CA certificates (the trust a node holds) hold at most this many.
 MAX_BUNDLE = 8
 
-#: For callers that name the types without importing cryptography.
-Certificate = x509.Certificate
-PrivateKey = ec.EllipticCurvePrivateKey
+if TYPE_CHECKING:  # for callers' annotations, which name them without importing cryptography
+    Certificate = x509.Certificate
+    PrivateKey = ec.EllipticCurvePrivateKey
 _MAX_CSR_PEM = 16 * 1024
 
 
@@ -76,7 +95,7 @@ def load_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
     """Load a key written by :func:`key_to_pem`; anything but P-256 is refused."""
     try:
         key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+    except (ValueError, TypeError, crypto_errors.UnsupportedAlgorithm) as exc:
         raise ValueError(f"not an unencrypted PEM private key: {exc}") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValueError("the private key is not an ECDSA P-256 key")
@@ -88,14 +107,43 @@ def check_pair(key_pem: bytes, cert_pem: bytes) -> None:
     """Refuse (``ValueError``, saying which and why) a key file that is not a
     P-256 key, a certificate file that is not a certificate, or a pair whose
     halves do not belong together: before grpc reports any of them as a
-    port it failed to bind."""
-    key = load_key(key_pem)
+    port it failed to bind.
+
+    Without cryptography (a daemon checks its pairs at every start,
+    ``trust.der``): the certificate is read here, and OpenSSL, through the
+    ``ssl`` module grpc's channels already load, checks the key against it."""
+    if b"ENCRYPTED" in key_pem or b"-----BEGIN" not in key_pem or b"PRIVATE KEY" not in key_pem:
+        raise ValueError("not an unencrypted PEM private key")
     try:
-        cert = load_cert(cert_pem)
+        cert = read_cert(cert_pem)
     except ValueError as exc:
         raise ValueError(f"the certificate is not a PEM certificate: {exc}") from exc
-    if cert.public_key() != key.public_key():
-        raise ValueError("the key does not belong to the certificate")
+    if not cert.p256:
+        raise ValueError("the certificate's key is not an ECDSA P-256 key")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    with _memory_file(key_pem) as key_path, _memory_file(cert_pem) as cert_path:
+        try:  # a password callback that refuses, so OpenSSL never prompts on a terminal
+            context.load_cert_chain(cert_path, key_path, password=_no_password)
+        except ssl.SSLError as exc:
+            # NO_CERTIFICATE_ASSIGNED: a key of another type than the certificate's
+            if exc.reason in ("KEY_VALUES_MISMATCH", "NO_CERTIFICATE_ASSIGNED"):
+                raise ValueError("the key does not belong to the certificate") from None
+            raise ValueError(f"not an unencrypted PEM private key: {exc.reason}") from None
+
+
+def _no_password() -> bytes:
+    raise ValueError("not an unencrypted PEM private key (it asks for a password)")
+
+
+@contextlib.contextmanager
+def _memory_file(data: bytes) -> Iterator[str]:
+    """A path to ``data`` that never touches a disk (``ssl`` reads files only)."""
+    fd = os.memfd_create("microstackd-pem", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 def cert_to_pem(cert: x509.Certificate) -> bytes:
@@ -107,21 +155,34 @@ def load_cert(pem: bytes) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pem)
 
 
-def load_bundle(pem: bytes) -> list[x509.Certificate]:
-    """The CA certificates of a PEM bundle (one or more; ``ValueError`` for
-    none, too many, or one that is not a CA)."""
+def read_cert(pem: bytes) -> der.Certificate:
+    """One PEM certificate's fields, read without cryptography and not
+    verified (``ValueError`` if it is not one certificate): for the checks
+    below that take either kind."""
+    return der.read_pem(pem)
+
+
+def read_bundle(pem: bytes) -> list[der.Certificate]:
+    """The CA certificates of a PEM bundle, read without cryptography and not
+    verified (one or more; ``ValueError`` for none, too many, or one that is
+    not a CA)."""
     try:
-        certs = x509.load_pem_x509_certificates(pem)
+        certs = der.read_pem_bundle(pem)
     except ValueError as exc:
         raise ValueError(f"not a PEM bundle of certificates: {exc}") from exc
     if not 0 < len(certs) <= MAX_BUNDLE:
         raise ValueError(f"a trust bundle holds 1 to {MAX_BUNDLE} CA certificates")
-    if not all(is_ca(c) for c in certs):
+    if not all(c.ca for c in certs):
         raise ValueError("a certificate of the trust bundle is not a CA")
     return certs
 
 
-def fingerprint(cert: x509.Certificate | bytes | str) -> str:
+def load_bundle(pem: bytes) -> list[x509.Certificate]:
+    """The CA certificates of a PEM bundle, as :func:`read_bundle` checks them."""
+    return [x509.load_der_x509_certificate(c.der) for c in read_bundle(pem)]
+
+
+def fingerprint(cert: x509.Certificate | der.Certificate | bytes | str) -> str:
     """Lower-case hex SHA-256 of the certificate's DER encoding.
 
     ``bytes`` and ``str`` are PEM (``ssl.get_server_certificate`` returns str).
@@ -129,7 +190,9 @@ def fingerprint(cert: x509.Certificate | bytes | str) -> str:
     if isinstance(cert, str):
         cert = cert.encode("ascii")
     if isinstance(cert, bytes):
-        cert = load_cert(cert)
+        return read_cert(cert).fingerprint
+    if isinstance(cert, der.Certificate):
+        return cert.fingerprint
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
@@ -171,9 +234,9 @@ def create_ca(
     key = generate_key()
     name = x509.Name(
         [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "microstackd"),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, cluster_id),
-            x509.NameAttribute(NameOID.COMMON_NAME, "microstackd cluster CA"),
+            x509.NameAttribute(oid.NameOID.ORGANIZATION_NAME, "microstackd"),
+            x509.NameAttribute(oid.NameOID.ORGANIZATIONAL_UNIT_NAME, cluster_id),
+            x509.NameAttribute(oid.NameOID.COMMON_NAME, "microstackd cluster CA"),
         ]
     )
     cert = (
@@ -187,19 +250,20 @@ def create_ca(
     return CertificateAuthority(key=key, cert=cert)
 
 
-def ca_cluster_id(cert: x509.Certificate) -> str:
+def ca_cluster_id(cert: x509.Certificate | der.Certificate) -> str:
     """The cluster id a CA made by :func:`create_ca` carries (its OU)."""
-    units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
-    if not is_ca(cert) or len(units) != 1:
+    cert = _read(cert)
+    units = cert.subject_values(der.ORGANIZATIONAL_UNIT)
+    if not cert.ca or len(units) != 1:
         raise ValueError("not a cluster CA certificate (no single OU naming the cluster)")
-    return names.cluster_id(str(units[0].value))
+    return names.cluster_id(units[0])
 
 
 def make_csr(key: ec.EllipticCurvePrivateKey, node_name: str) -> bytes:
     """The joiner's PEM CSR. Only the subject CN is set: the control decides the rest."""
     return (
         x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_name)]))
+        .subject_name(x509.Name([x509.NameAttribute(oid.NameOID.COMMON_NAME, node_name)]))
         .sign(key, hashes.SHA256())
         .public_bytes(serialization.Encoding.PEM)
     )
@@ -250,8 +314,8 @@ def issue_certificate(
             sans.append(san)
     subject = x509.Name(
         [
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role.value),
-            x509.NameAttribute(NameOID.COMMON_NAME, node_name),
+            x509.NameAttribute(oid.NameOID.ORGANIZATIONAL_UNIT_NAME, role.value),
+            x509.NameAttribute(oid.NameOID.COMMON_NAME, node_name),
         ]
     )
     return (
@@ -266,7 +330,7 @@ def issue_certificate(
         )
         .add_extension(
             x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                [oid.ExtendedKeyUsageOID.SERVER_AUTH, oid.ExtendedKeyUsageOID.CLIENT_AUTH]
             ),
             critical=False,
         )
@@ -298,7 +362,7 @@ def sign_csr(
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
         public_key = csr.public_key()
-    except (ValueError, UnsupportedAlgorithm) as exc:
+    except (ValueError, crypto_errors.UnsupportedAlgorithm) as exc:
         raise errors.BootstrapProtocolError(f"the CSR is not a PEM CSR: {exc}") from exc
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
         public_key.curve, ec.SECP256R1
@@ -306,13 +370,13 @@ def sign_csr(
         raise errors.BootstrapProtocolError("the CSR's key is not an ECDSA P-256 key")
     try:
         signature_ok = csr.is_signature_valid
-    except (ValueError, UnsupportedAlgorithm):
+    except (ValueError, crypto_errors.UnsupportedAlgorithm):
         signature_ok = False
     if not signature_ok:
         raise errors.BootstrapProtocolError(
             "the CSR's signature does not verify: it does not prove possession of its key"
         )
-    cns = [attr.value for attr in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    cns = [attr.value for attr in csr.subject.get_attributes_for_oid(oid.NameOID.COMMON_NAME)]
     if cns != [node_name]:
         raise errors.BootstrapProtocolError(f"the CSR is for {cns!r}, not for node {node_name!r}")
     return issue_certificate(
@@ -365,12 +429,12 @@ def self_signed_bootstrap_certificate(
     Its fingerprint, not its name, is what the PAKE binds (``trust.exchange``, rule 4).
     """
     now = _utc(now)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, BOOTSTRAP_SERVER_NAME)])
+    name = x509.Name([x509.NameAttribute(oid.NameOID.COMMON_NAME, BOOTSTRAP_SERVER_NAME)])
     return (
         _builder(name, name, key.public_key(), now, now + _lifetime(days, lifetime))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(digital_signature=True, key_cert_sign=True), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
             x509.SubjectAlternativeName([x509.DNSName(BOOTSTRAP_SERVER_NAME)]), critical=False
         )
@@ -390,29 +454,32 @@ class Identity:
     not_before: datetime | None = None
 
 
-def identity_of(cert: x509.Certificate) -> Identity:
+def identity_of(cert: x509.Certificate | der.Certificate) -> Identity:
     """Read the node identity a certificate carries (one CN, one known role)."""
-    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    roles = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    cert = _read(cert)
+    cns = cert.subject_values(der.COMMON_NAME)
+    roles = cert.subject_values(der.ORGANIZATIONAL_UNIT)
     valid = {r.value for r in CERTIFICATE_ROLES}
-    if is_ca(cert) or len(cns) != 1 or len(roles) != 1 or roles[0].value not in valid:
+    if cert.ca or len(cns) != 1 or len(roles) != 1 or roles[0] not in valid:
         raise errors.PermissionDenied("the certificate does not name a cluster node")
     return Identity(
-        name=str(cns[0].value),
-        role=Role(str(roles[0].value)),
+        name=cns[0],
+        role=Role(roles[0]),
         serial=cert.serial_number,
         not_after=cert.not_valid_after_utc,
         not_before=cert.not_valid_before_utc,
     )
 
 
-def dns_names(cert: x509.Certificate) -> list[str]:
+def _read(cert: x509.Certificate | der.Certificate) -> der.Certificate:
+    if isinstance(cert, der.Certificate):
+        return cert
+    return der.read_der(cert.public_bytes(serialization.Encoding.DER))
+
+
+def dns_names(cert: x509.Certificate | der.Certificate) -> list[str]:
     """The DNS names in a certificate's SAN."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [str(n) for n in san.get_values_for_type(x509.DNSName)]
+    return list(_read(cert).dns_names)
 
 
 def verify_issued_by(ca_cert: x509.Certificate, cert: x509.Certificate, now: datetime) -> None:
@@ -423,7 +490,12 @@ def verify_issued_by(ca_cert: x509.Certificate, cert: x509.Certificate, now: dat
         raise ValueError("ca_cert is not a CA certificate")
     try:
         cert.verify_directly_issued_by(ca_cert)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
+    except (
+        ValueError,
+        TypeError,
+        crypto_errors.InvalidSignature,
+        crypto_errors.UnsupportedAlgorithm,
+    ) as exc:
         raise errors.PermissionDenied(
             "the certificate was not issued by this cluster's CA"
         ) from exc
@@ -471,12 +543,14 @@ def _lifetime(days: int, lifetime: timedelta | None) -> timedelta:
     return lifetime
 
 
-def renewal_due(cert: x509.Certificate, now: datetime, renew_before: timedelta) -> bool:
+def renewal_due(
+    cert: x509.Certificate | der.Certificate, now: datetime, renew_before: timedelta
+) -> bool:
     """Whether ``cert`` is within ``renew_before`` of its expiry (or past it)."""
     return cert.not_valid_after_utc - _utc(now) <= renew_before
 
 
-def expired(cert: x509.Certificate, now: datetime) -> bool:
+def expired(cert: x509.Certificate | der.Certificate, now: datetime) -> bool:
     return _utc(now) > cert.not_valid_after_utc
 
 
@@ -485,7 +559,9 @@ def _require_p256(key: object, error: type[Exception]) -> None:
         raise error("the key is not an ECDSA P-256 key")
 
 
-def is_ca(cert: x509.Certificate) -> bool:
+def is_ca(cert: x509.Certificate | der.Certificate) -> bool:
+    if isinstance(cert, der.Certificate):
+        return cert.ca
     try:
         return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except x509.ExtensionNotFound:
