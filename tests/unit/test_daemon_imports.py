@@ -154,8 +154,8 @@ def test_the_first_backup_or_restore_loads_tarfile(tmp_path: Path) -> None:
 
 
 def _pair_files(tmp_path: Path) -> None:
-    """A cluster CA, a node's key and certificate, and a bootstrap pair, as the
-    store keeps them, made here (cryptography) for the fresh interpreter."""
+    """A cluster CA, a node's key and certificate as the store keeps them, and
+    a key of no certificate, made here (cryptography) for the fresh interpreter."""
     now = datetime.now(UTC)
     ca = x509.create_ca("c0ffee00c0ffee00", now)
     key = x509.generate_key()
