@@ -15,6 +15,7 @@ with its own MAC."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
@@ -45,6 +46,25 @@ def test_the_announcement_is_a_broadcast_arp_request_for_the_address_itself(
     assert sha == bytes.fromhex("02aabbccddee") and tha == bytes(6)
     assert spa == tpa == bytes([10, 251, 0, 12])
     assert len(frame) == 42
+
+
+def test_where_proc_sys_or_raw_sockets_are_refused_it_warns_and_goes_on(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A read-only /proc/sys (some containers) or no CAP_NET_RAW: the
+    uplink still moves the address, as it did before, and says what it
+    could not do."""
+
+    def refused(*args: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(uplink, "set_arp_ignore", refused)
+    monkeypatch.setattr(uplink, "announce", refused)
+    args = argparse.Namespace(db="unix:x", address="10.0.0.5", bridge="br-phy",
+                              state=str(tmp_path / "s.json"), external=[])  # fmt: skip
+    up = uplink.Uplink(args)
+    assert "warning: it may answer ARP for 10.0.0.5" in up._quieten("eth0")
+    assert up._announce("br-phy").startswith("warning: not announced at br-phy's MAC")
 
 
 _NEEDS = ("ip", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovs-appctl", "ovsdb-tool", "ping")

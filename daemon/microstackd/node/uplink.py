@@ -229,19 +229,18 @@ class Uplink:
         if found is None or found[0] != self.bridge:
             self.vsctl("--may-exist", "add-port", self.bridge, moved.interface)
             run("ethtool", "-K", moved.interface, "tx", "off", check=False)
-            set_arp_ignore(moved.interface, 1)
+            quiet = self._quieten(moved.interface)
             move_address(self.address, moved.prefixlen, moved.interface, self.bridge)
             put_routes(moved.routes, self.bridge)
-            announce(self.bridge, self.address)
             done.append(
                 f"{self.address}/{moved.prefixlen} on {self.bridge} ({moved.interface} in "
-                f"{self.bridge}, its TX checksum offload off, it answers no ARP for the "
-                f"address; announced at {self.bridge}'s MAC)"
+                f"{self.bridge}, its TX checksum offload off{quiet}; "
+                f"{self._announce(self.bridge)})"
             )
         elif link_exists(moved.interface) and arp_ignore(moved.interface) != 1:
-            set_arp_ignore(moved.interface, 1)  # moved by a run that did not set it
-            announce(self.bridge, self.address)
-            done.append(f"{moved.interface} answers no ARP for {self.address} (announced again)")
+            # moved by a run that did not set it
+            quiet = self._quieten(moved.interface)
+            done.append(f"{moved.interface}{quiet}; {self._announce(self.bridge)}")
         have = addresses()
         for bridge, cidr in self.external:
             if not link_exists(bridge):
@@ -251,6 +250,25 @@ class Uplink:
                 run("ip", "addr", "replace", cidr, "dev", bridge)
                 done.append(f"{cidr} on {bridge}")
         return done
+
+    def _quieten(self, interface: str) -> str:
+        """``interface`` answers no ARP for addresses it does not hold: what
+        to say of it (where /proc/sys is read-only, a warning instead)."""
+        try:
+            set_arp_ignore(interface, 1)
+        except OSError as exc:
+            return (
+                f"; warning: it may answer ARP for {self.address} with its own MAC "
+                f"(arp_ignore not set: {exc})"
+            )
+        return f", it answers no ARP for {self.address}"
+
+    def _announce(self, interface: str) -> str:
+        try:
+            announce(interface, self.address)
+        except OSError as exc:
+            return f"warning: not announced at {interface}'s MAC ({exc})"
+        return f"announced at {interface}'s MAC"
 
     def in_place(self) -> bool:
         have = addresses()
@@ -274,9 +292,9 @@ class Uplink:
             run("ethtool", "-K", moved.interface, "tx", "on", check=False)
         try:
             set_arp_ignore(moved.interface, moved.arp_ignore_was or 0)
-            announce(moved.interface, self.address)  # the peers learned the bridge's MAC
         except OSError as exc:
-            say(f"could not announce {self.address} back on {moved.interface}: {exc}")
+            say(f"could not set {moved.interface}'s arp_ignore back: {exc}")
+        say(self._announce(moved.interface))  # the peers learned the bridge's MAC
         say(f"{self.address}/{moved.prefixlen} back on {moved.interface}")
         self.state.unlink(missing_ok=True)
 
