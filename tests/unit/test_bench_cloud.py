@@ -39,8 +39,24 @@ def run() -> Iterator[ModuleType]:
 
 def test_the_full_run_has_the_cloud_part_with_its_full_plan(run: ModuleType) -> None:
     plan, parts = run.choose(False)
-    assert parts[-1] == "cloud" and "lxd" in parts
+    assert "cloud" in parts and "lxd" in parts
     assert (plan.cloud.inits, plan.cloud.joins, plan.cloud.warm_launches) == (3, 3, 3)
+
+
+def test_the_full_run_takes_the_load_generators_bursts_last(run: ModuleType) -> None:
+    _, parts = run.choose(False)
+    assert parts[-2:] == ["streams", "scale"]
+    assert parts.index("cli") < parts.index("scale") and parts.index("cloud") < parts.index("scale")
+
+
+def test_settle_waits_for_the_load_to_fall_and_no_longer_than_it_may(run: ModuleType) -> None:
+    loads = iter([9.0, 4.0, 1.2, 0.5])
+    slept: list[float] = []
+    assert run.settle(1.5, 180.0, lambda: next(loads), slept.append) == (10.0, 1.2)
+    assert slept == [5.0, 5.0]
+    slept.clear()
+    assert run.settle(1.5, 12.0, lambda: 20.0, slept.append) == (15.0, 20.0)
+    assert run.settle(1.5, 180.0, lambda: 0.3, slept.append)[0] == 0.0
 
 
 def test_quick_leaves_the_cloud_out_unless_parts_names_it(run: ModuleType) -> None:
