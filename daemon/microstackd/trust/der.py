@@ -1,8 +1,9 @@
 """The few fields an idle node reads from a certificate, without cryptography.
 
-An idle daemon reads certificates on three paths: the identity of every
+An idle daemon reads certificates on five paths: the identity of every
 mTLS caller (``api/access.py``), the expiry of its own certificate (the
-renewal check) and, at start-up, its key pair and trust bundle. Loading
+renewal check), its key pair and trust bundle at start-up, a control's
+member-facing name at start-up, and the CAs ``status`` shows. Loading
 the ``cryptography`` package for them costs each daemon ~10 MB of RSS
 (docs/performance.md, "Idle RSS"), so those paths read the DER here and
 ``trust.x509`` loads ``cryptography`` only to make, sign or verify.
@@ -263,8 +264,7 @@ def _is_p256(spki: _Reader) -> bool:
 
 def _extensions(extensions: _Reader) -> tuple[bool, tuple[str, ...]]:
     """basicConstraints' cA and subjectAltName's DNS names; the rest skipped."""
-    ca, seen = False, set()
-    dns_names: tuple[str, ...] = ()
+    ca, dns_names, seen = False, _NO_NAMES, set()
     while extensions.peek() is not None:
         extension = extensions.next(_SEQUENCE)
         oid = _oid(extension.next(_OID).data)
