@@ -330,6 +330,11 @@ async def heartbeats(member: Member, seconds: float, start_within: float) -> tup
     await asyncio.sleep(random.uniform(0, start_within))
     end = time.monotonic() + seconds
     client = ControlClient(member.cluster, member.creds)
+    if hasattr(client, "heartbeat_session"):  # a tree with heartbeat datagrams
+        try:
+            return await _heartbeat_datagrams(member, client, end)
+        finally:
+            await client.close()
     if not hasattr(client, "heartbeats"):  # a tree before the stream
         await client.close()
         return await _heartbeat_calls(member, end), ""
@@ -352,6 +357,42 @@ async def heartbeats(member: Member, seconds: float, start_within: float) -> tup
     finally:
         await stream.close()
         await client.close()
+
+
+async def _heartbeat_datagrams(member: Member, client: Any, end: float) -> tuple[int, str]:
+    """Beat as a member does with datagrams (``member/heartbeat.py``): a call
+    that brings a key (counted as a beat), then a datagram per interval, each
+    acknowledged; a new call when one goes unanswered twice. A stream is
+    not tried: the benchmark measures what the member's first choice costs."""
+    from microstackd.peers.beats import BeatSender
+
+    sent = 0
+    unanswered = 0
+    try:
+        while time.monotonic() < end:
+            interval, session = await client.heartbeat_session(
+                BEAT_SERVICES, *_declared(client.heartbeat_session)
+            )
+            sent += 1
+            if session is None:
+                return sent, "the control offered no datagram session"
+            sender = await BeatSender.open(member.cluster.control_address, session)
+            try:
+                while time.monotonic() < end:
+                    await asyncio.sleep(min(interval or 10, max(0.0, end - time.monotonic())))
+                    if time.monotonic() >= end:
+                        break
+                    told = await sender.beat(1.0) or await sender.beat(1.0)
+                    sent += 1
+                    if told is None:
+                        unanswered += 1
+                        break
+                    interval = told
+            finally:
+                sender.close()
+        return sent, f"{unanswered} beats unanswered" if unanswered else ""
+    except Exception as exc:
+        return sent, f"{type(exc).__name__}: {exc}"
 
 
 async def _heartbeat_calls(member: Member, end: float) -> int:

@@ -495,10 +495,13 @@ def heartbeats(
     rss = ctl.rss_mb()
     answers = [w.recv() for w in pool]
     members = sum(a["members"] for a in answers)
+    active = active_computes(ctl.socket, ("active",))
     interval = 10.0  # the control's default: unreachable_after (30 s) / 3
     expected = members * seconds / interval
     return {
         "members": members,
+        # Shown active by the control after the window: their beats were taken.
+        "members_active": active,
         "window_s": round(seconds, 1),
         "interval_s": interval,
         "control_cpu_s": round(cpu, 2),
@@ -513,15 +516,15 @@ def heartbeats(
     }
 
 
-def active_computes(socket: Path) -> int:
+def active_computes(socket: Path, enrolled: tuple[str, ...] = ("active", "unreachable")) -> int:
     channel = grpc.insecure_channel(f"unix:{socket}")
     try:
         status = pb_grpc.AdminServiceStub(channel).Status(pb.StatusRequest(), timeout=60)
     finally:
         channel.close()
     # Simulated nodes send no heartbeats: status shows them "unreachable" once
-    # the control has not heard from them for a while; they are enrolled all the same.
-    enrolled = ("active", "unreachable")
+    # the control has not heard from them for a while; they are enrolled all the
+    # same (``enrolled``'s default).
     return sum(1 for n in status.nodes if n.role == pb.ROLE_COMPUTE and n.state in enrolled)
 
 

@@ -52,6 +52,9 @@ class DaemonConfig:
     #: A member not heard from for this long is shown unreachable (members
     #: are asked to send a heartbeat every third of it), seconds.
     unreachable_after: float = 30.0
+    #: (control) Members beat by UDP datagram (``control.beats``) rather
+    #: than on their mTLS streams.
+    heartbeat_datagrams: bool = True
     #: Fault-injection aid for tests: seconds to pause before running a step.
     step_delays: dict[str, float] = field(default_factory=dict)
     #: The control's cluster configuration (control.yaml); default under the state dir.

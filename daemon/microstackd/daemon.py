@@ -46,6 +46,7 @@ from microstackd.api.servicers.cluster import ClusterServicer
 from microstackd.cloud.service import Cloud
 from microstackd.config import SOCKET_GROUP, DaemonConfig, Ports
 from microstackd.control.backup import Backups
+from microstackd.control.beats import Beats
 from microstackd.control.bootstrap import Bootstrap
 from microstackd.control.certs import Certificates
 from microstackd.control.cluster import Cluster
@@ -65,13 +66,14 @@ from microstackd.member.callers import Callers
 from microstackd.member.heartbeat import Heartbeats
 from microstackd.member.join import Member
 from microstackd.member.renewal import Renewal
-from microstackd.model import BootstrapCertificate
+from microstackd.model import BootstrapCertificate, Role
 from microstackd.node.agent import Agent
 from microstackd.node.services import make_manager
 from microstackd.store import Store
 from microstackd.store.files import BOOTSTRAP_CERT, BOOTSTRAP_KEY, CA_CERT, NODE_CERT, NODE_KEY
 from microstackd.store.lock import StateLock
 from microstackd.trust import names, x509
+from microstackd.trust.x509 import Identity
 from microstackd.wire.credentials import ServerIdentity
 from microstackd.wire.options import SERVER_OPTIONS, bootstrap_server_options
 
@@ -145,6 +147,8 @@ class Daemon:
         self.bootstrap = Bootstrap(self.cluster, self.runner, bootstrap_cert)
         self.certificates = Certificates(self.cluster)
         self.rotation = Rotation(self.cluster, self.certificates, self.renewed)
+        # Members' heartbeat datagrams (the control's, on the cluster port's number).
+        self.beats = Beats(store, self._beat_taken, lambda: self.members.heartbeat_interval)
         self.backups = Backups(config, self.cluster, self.plane)
         self.restores = Restores(
             config, self.cluster, self.runner, self.plane, self.ports, self.joined,
@@ -343,7 +347,12 @@ class Daemon:
                 _API + "ClusterService": (
                     pb_grpc.add_ClusterServiceServicer_to_server,
                     ClusterServicer(
-                        self.enrolments, self.members, self.bus, self.certificates, self.rotation
+                        self.enrolments,
+                        self.members,
+                        self.bus,
+                        self.certificates,
+                        self.rotation,
+                        self.beats,
                     ),
                 ),
                 _API + "AgentService": (
@@ -362,6 +371,15 @@ class Daemon:
             self._placeholder = None
         self._bind(server, address, tls, f"the cluster port {address}")
         await server.start()
+        cluster = self.store.cluster()
+        if cluster is not None and cluster.role is Role.CONTROL and self.config.heartbeat_datagrams:
+            await self.beats.open(self.config.listen_host, self.ports.cluster)
+
+    def _beat_taken(self, identity: Identity) -> None:
+        """A member's heartbeat datagram was taken: it is alive, and if a CA
+        rotation waits for it, it moves now (as for a heartbeat call)."""
+        self.members.alive(identity)
+        self.rotation.noticed(identity)
 
     async def _serve_renewed(self) -> None:
         """This node renewed its cluster certificate: the mTLS port presents
@@ -382,6 +400,7 @@ class Daemon:
         SO_REUSEPORT: a join right after must wait for the close, not share)."""
         server, self._cluster = self._cluster, None
         self._cluster_tls = None
+        self.beats.close()
         if server is None:
             return
 
@@ -426,6 +445,7 @@ class Daemon:
             await self.gate.close()
         self.bus.shutdown()
         await self.members.end_streams()  # members' heartbeat streams (on the control)
+        self.beats.close()
         servers = [s for s in (self._bootstrap, self._cluster, self._local) if s is not None]
         await asyncio.gather(*(s.stop(grace) for s in servers))
         if self._closing is not None:

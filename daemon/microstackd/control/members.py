@@ -379,6 +379,11 @@ class Members:
             self._store.set_services(identity.name, services)
         return self.heartbeat_interval
 
+    def alive(self, identity: Identity) -> None:
+        """A heartbeat datagram of ``identity`` was taken (``control.beats``:
+        its key, its counter and its certificate were checked there)."""
+        self._saw(identity.name)
+
     def _saw(self, name: str) -> None:
         now = time.time()
         self._seen[name] = now

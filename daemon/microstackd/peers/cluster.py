@@ -24,8 +24,9 @@ from microstackd.model import (
     ServiceRecord,
     Software,
 )
+from microstackd.peers.beats import DatagramSession
 from microstackd.peers.errors import error_from_rpc
-from microstackd.trust import names
+from microstackd.trust import beat, names
 from microstackd.trust.x509 import CONTROL_SERVER_NAME
 from microstackd.wire import convert
 from microstackd.wire.options import CHANNEL_OPTIONS
@@ -79,16 +80,37 @@ class ControlClient:
     async def heartbeat(
         self, services: list[ServiceRecord], software: Software, timeout: float = 10.0
     ) -> int:
+        return (await self._heartbeat(services, software, False, timeout))[0]
+
+    async def heartbeat_session(
+        self, services: list[ServiceRecord], software: Software, timeout: float = 10.0
+    ) -> tuple[int, DatagramSession | None]:
+        """A heartbeat that asks for a datagram session: (the interval, the
+        session, or None when the control offers none)."""
+        return await self._heartbeat(services, software, True, timeout)
+
+    async def _heartbeat(
+        self, services: list[ServiceRecord], software: Software, datagrams: bool, timeout: float
+    ) -> tuple[int, DatagramSession | None]:
         request = pb.HeartbeatRequest(
             services=convert.services_to_pb(services),
             microstackd_version=software.version,
             api_version=software.api,
+            want_datagram_key=datagrams,
         )
         try:
             response = await self._stub.Heartbeat(request, timeout=timeout)
         except aio.AioRpcError as exc:
             raise self._error(exc) from exc
-        return int(response.interval_seconds)
+        session = None
+        if datagrams and response.datagram_port and len(response.datagram_key) == beat.KEY_BYTES:
+            session = DatagramSession(
+                key_id=int(response.datagram_key_id),
+                key=bytes(response.datagram_key),
+                port=int(response.datagram_port),
+                seconds=float(response.datagram_key_seconds),
+            )
+        return int(response.interval_seconds), session
 
     def heartbeats(self, software: Software) -> HeartbeatStream:
         """A heartbeat stream to the control (``ClusterService.Heartbeats``);

@@ -601,20 +601,30 @@ class GetClusterStatusResponse(_message.Message):
     def __init__(self, cluster: _Optional[_Union[ClusterInfo, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("services", "microstackd_version", "api_version")
+    __slots__ = ("services", "microstackd_version", "api_version", "want_datagram_key")
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     MICROSTACKD_VERSION_FIELD_NUMBER: _ClassVar[int]
     API_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WANT_DATAGRAM_KEY_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
     microstackd_version: str
     api_version: str
-    def __init__(self, services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., microstackd_version: _Optional[str] = ..., api_version: _Optional[str] = ...) -> None: ...
+    want_datagram_key: bool
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., microstackd_version: _Optional[str] = ..., api_version: _Optional[str] = ..., want_datagram_key: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("interval_seconds",)
+    __slots__ = ("interval_seconds", "datagram_key", "datagram_key_id", "datagram_port", "datagram_key_seconds")
     INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DATAGRAM_KEY_FIELD_NUMBER: _ClassVar[int]
+    DATAGRAM_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    DATAGRAM_PORT_FIELD_NUMBER: _ClassVar[int]
+    DATAGRAM_KEY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     interval_seconds: int
-    def __init__(self, interval_seconds: _Optional[int] = ...) -> None: ...
+    datagram_key: bytes
+    datagram_key_id: int
+    datagram_port: int
+    datagram_key_seconds: int
+    def __init__(self, interval_seconds: _Optional[int] = ..., datagram_key: _Optional[bytes] = ..., datagram_key_id: _Optional[int] = ..., datagram_port: _Optional[int] = ..., datagram_key_seconds: _Optional[int] = ...) -> None: ...
 
 class HeartbeatsRequest(_message.Message):
     __slots__ = ("services", "microstackd_version", "api_version")

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from microstack_api.v1 import cluster_pb2 as pb
 from microstack_api.v1 import cluster_pb2_grpc as pb_grpc
 from microstackd.api.servicers import Context, caller
+from microstackd.control.beats import Beats
 from microstackd.control.certs import Certificates
 from microstackd.control.enrol import Enrolments
 from microstackd.control.members import Members
@@ -25,12 +26,14 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
         bus: EventBus,
         certificates: Certificates,
         rotation: Rotation,
+        beats: Beats,
     ) -> None:
         self._enrolments = enrolments
         self._members = members
         self._bus = bus
         self._certificates = certificates
         self._rotation = rotation
+        self._beats = beats
         self._nodes = convert.NodesEncoder(pb.GetClusterStatusResponse.NODES_FIELD_NUMBER)
 
     async def Enrol(
@@ -50,7 +53,15 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
         software = Software(request.microstackd_version, request.api_version)
         interval = self._members.heartbeat(identity, services, software)
         self._rotation.noticed(identity)  # a member back during a CA rotation moves now
-        return pb.HeartbeatResponse(interval_seconds=interval)
+        response = pb.HeartbeatResponse(interval_seconds=interval)
+        session = self._beats.issue(identity) if request.want_datagram_key else None
+        if session is not None:
+            key_id, key, seconds = session
+            response.datagram_key = key
+            response.datagram_key_id = key_id
+            response.datagram_port = self._beats.port
+            response.datagram_key_seconds = int(seconds)
+        return response
 
     async def Heartbeats(
         self, request_iterator: AsyncIterator[pb.HeartbeatsRequest], context: Context
