@@ -331,10 +331,8 @@ async def heartbeats(member: Member, seconds: float, start_within: float) -> tup
     end = time.monotonic() + seconds
     client = ControlClient(member.cluster, member.creds)
     if hasattr(client, "heartbeat_session"):  # a tree with heartbeat datagrams
-        try:
-            return await _heartbeat_datagrams(member, client, end)
-        finally:
-            await client.close()
+        await client.close()
+        return await _heartbeat_datagrams(member, end)
     if not hasattr(client, "heartbeats"):  # a tree before the stream
         await client.close()
         return await _heartbeat_calls(member, end), ""
@@ -359,20 +357,19 @@ async def heartbeats(member: Member, seconds: float, start_within: float) -> tup
         await client.close()
 
 
-async def _heartbeat_datagrams(member: Member, client: Any, end: float) -> tuple[int, str]:
+async def _heartbeat_datagrams(member: Member, end: float) -> tuple[int, str]:
     """Beat as a member does with datagrams (``member/heartbeat.py``): a call
-    that brings a key (counted as a beat), then a datagram per interval, each
-    acknowledged; a new call when one goes unanswered twice. A stream is
-    not tried: the benchmark measures what the member's first choice costs."""
+    that brings a key (counted as a beat; its channel closed after it), then
+    a datagram per interval, each acknowledged; a new call when one goes
+    unanswered twice. A stream is not tried: the benchmark measures what
+    the member's first choice costs."""
     from microstackd.peers.beats import BeatSender
 
     sent = 0
     unanswered = 0
     try:
         while time.monotonic() < end:
-            interval, session = await client.heartbeat_session(
-                BEAT_SERVICES, *_declared(client.heartbeat_session)
-            )
+            interval, session = await _session_call(member, end)
             sent += 1
             if session is None:
                 return sent, "the control offered no datagram session"
@@ -393,6 +390,35 @@ async def _heartbeat_datagrams(member: Member, client: Any, end: float) -> tuple
         return sent, f"{unanswered} beats unanswered" if unanswered else ""
     except Exception as exc:
         return sent, f"{type(exc).__name__}: {exc}"
+
+
+#: Session calls of this process that failed and were made again (the
+#: worker reports it: 10,000 members starting within ``BEAT_SPREAD`` make
+#: 10,000 mTLS handshakes at once, which the control may not answer in time).
+session_calls_retried = 0
+
+
+async def _session_call(member: Member, end: float) -> tuple[int, Any]:
+    """The call that opens a datagram session, made again (after 1-3 s) while
+    it fails as unreachable and there is time: as a member's loop does,
+    sooner."""
+    global session_calls_retried
+    from microstackd import errors
+
+    while True:
+        client = ControlClient(member.cluster, member.creds)
+        try:
+            result: tuple[int, Any] = await client.heartbeat_session(
+                BEAT_SERVICES, *_declared(client.heartbeat_session), timeout=30.0
+            )
+            return result
+        except errors.ControlUnreachable:
+            if time.monotonic() >= end:
+                raise
+            session_calls_retried += 1
+        finally:
+            await client.close()
+        await asyncio.sleep(random.uniform(1.0, 3.0))
 
 
 async def _heartbeat_calls(member: Member, end: float) -> int:

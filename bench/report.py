@@ -247,10 +247,26 @@ def rows(r: dict[str, Any]) -> list[Row]:
                     f"  N={n}: heartbeats of {hb['members']} members, control CPU",
                     f"{hb['control_cpu_pct_of_one_core']:.1f} % of a core",
                     f"{hb['control_cpu_us_per_beat']:.0f} us/beat, every {hb['interval_s']:.0f} s;"
-                    f" RSS {hb['control_rss_mb']:.0f} MB; errors {hb['errors']}",
+                    f" RSS {hb['control_rss_mb']:.0f} MB; errors {hb['errors']}"
+                    + (
+                        f"; {hb['members_active']} shown active after"
+                        if "members_active" in hb
+                        else ""
+                    )
+                    + (
+                        f"; {hb['session_calls_retried']} session calls again"
+                        if hb.get("session_calls_retried")
+                        else ""
+                    ),
                     "",
                     "< 10 %" if target else "",
-                    _verdict(hb["control_cpu_pct_of_one_core"] < 10) if target else "",
+                    _verdict(
+                        hb["control_cpu_pct_of_one_core"] < 10
+                        and hb["errors"] == 0
+                        and hb.get("members_active", hb["members"]) == hb["members"]
+                    )
+                    if target
+                    else "",
                 )
             )
         st = s.get("status")

@@ -121,6 +121,7 @@ async def join_mode(job: dict[str, Any]) -> None:
                 "beats": sum(n for n, _ in outcomes),
                 "errors": len(errors),
                 "error_samples": sorted(set(errors))[:5],
+                "session_calls_retried": getattr(joiner, "session_calls_retried", 0),
             }
         )
 

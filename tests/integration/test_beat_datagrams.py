@@ -39,11 +39,11 @@ def _last_seen(control: Node, name: str) -> str:
     return str(_node(control, name).get("last_seen", ""))
 
 
-def _udp_peers(pid: int) -> list[str]:
-    """The remote ends of the UDP sockets process ``pid`` holds (``ss``; with
-    ``-a`` its first column is the state)."""
+def _peers(pid: int, protocol: str = "-u") -> list[str]:
+    """The remote ends of the UDP (``-u``) or TCP (``-t``) sockets process
+    ``pid`` holds (``ss``; with ``-a`` its first column is the state)."""
     out = subprocess.run(
-        ["ss", "-u", "-a", "-n", "-p", "-H"], capture_output=True, text=True, check=True
+        ["ss", protocol, "-a", "-n", "-p", "-H"], capture_output=True, text=True, check=True
     ).stdout
     return [line.split()[4] for line in out.splitlines() if f"pid={pid}," in line]
 
@@ -65,11 +65,16 @@ def test_a_member_beats_by_datagram_and_stays_active(
     compute.join(control, password_file)
     assert compute.proc is not None
     where = f"{control.address}:{control.cluster_port}"
-    _wait(lambda: where in _udp_peers(compute.proc.pid))  # type: ignore[union-attr]
+    pid = compute.proc.pid
+    _wait(lambda: where in _peers(pid))
+    # And no connection to the control is held meanwhile (its enrolment
+    # stream ends with the enrolment; the call that brought the key, after it).
+    _wait(lambda: where not in _peers(pid, "-t"))
     first = _last_seen(control, "node-1")
     _wait(lambda: _last_seen(control, "node-1") != first, 10)
     time.sleep(4)  # longer than unreachable-after: still seen
     assert _node(control, "node-1")["state"] == "active"
+    assert where not in _peers(pid, "-t")
     assert "heartbeat datagrams" not in compute.log.read_text()  # no fallback, no warning
 
 
@@ -218,7 +223,7 @@ def test_datagrams_off_the_member_beats_on_its_stream(
     _wait(lambda: _last_seen(control, "node-1") != first, 10)
     time.sleep(4)
     assert _node(control, "node-1")["state"] == "active"
-    assert compute.proc is not None and _udp_peers(compute.proc.pid) == []
+    assert compute.proc is not None and _peers(compute.proc.pid) == []
     assert "heartbeat datagrams to" in compute.log.read_text()  # said why, once
 
 

@@ -128,6 +128,10 @@ class Heartbeats:
                     services = bounded(await self._services())
                     told, session = await client.heartbeat_session(services, self._software)
                     interval = told or interval
+                    # No connection is held while beating by datagram: an idle
+                    # mTLS channel's keepalives alone would cost the control
+                    # more than the beats (docs/performance.md).
+                    await client.close()
                     ended = Ended.BLOCKED
                     if session is not None:
                         ended = await self._datagrams(
