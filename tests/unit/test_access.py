@@ -171,3 +171,22 @@ def test_a_request_that_is_not_the_methods_message_is_invalid_argument(
     assert context.aborted is not None
     assert context.aborted[0] is grpc.StatusCode.INVALID_ARGUMENT
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_an_answer_already_encoded_goes_out_as_it_is() -> None:
+    """A servicer may answer ``wire.convert.Encoded`` (status at 10,000 nodes:
+    its bytes are built, not a message): the wrapped handler's serialiser
+    sends those bytes; any other answer is serialised as before."""
+    from microstackd.wire import convert
+
+    async def answer(request: Any, context: Any) -> None:
+        pass
+
+    handler = _wrapped(answer)
+    assert handler.response_serializer is not None
+    message = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+    encoded = convert.Encoded(message, b"")
+    assert handler.response_serializer(encoded) == message.SerializeToString()
+    assert handler.response_serializer(message) == message.SerializeToString()
+    with pytest.raises(TypeError):  # anything else is still refused by protobuf
+        handler.response_serializer(b"raw bytes are not an answer")

@@ -74,3 +74,23 @@ def test_the_encoded_nodes_are_those_converted_afresh_across_changes() -> None:
         if rng.random() < 0.3:
             nova.clear()
     assert _encoded(encoder, [], {}) == _expected([], {})
+
+
+def test_an_encoded_answer_reads_as_the_response_with_its_nodes() -> None:
+    """What ``Encoded`` sends (the head, then the nodes' bytes) is the
+    response the servicer used to build by merging them in: the same
+    message once read, with its head's fields and every node in order."""
+    rng = random.Random(7)
+    nodes = _nodes(rng, 40)
+    head = pb.StatusResponse(local_node="ctl", local_role=pb.ROLE_CONTROL)
+    head.cluster.id = "c1"
+    head.unfinished.add(operation="rotate-secrets", message="half done")
+    encoder = convert.NodesEncoder(pb.StatusResponse.NODES_FIELD_NUMBER)
+    sent = convert.Encoded(head, encoder.encode(nodes)).data
+    merged = pb.StatusResponse()
+    merged.CopyFrom(head)
+    merged.MergeFromString(encoder.encode(nodes))
+    read = pb.StatusResponse.FromString(sent)
+    assert read == merged
+    assert [n.name for n in read.nodes] == [n.name for n in nodes]
+    assert read.cluster.id == "c1" and read.unfinished[0].operation == "rotate-secrets"

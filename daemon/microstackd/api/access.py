@@ -43,6 +43,7 @@ from grpc import aio
 from microstackd import errors, logcontext
 from microstackd.model import Access
 from microstackd.trust import x509
+from microstackd.wire import convert
 from microstackd.wire.status import error_trailers, status_code
 
 log = logging.getLogger(__name__)
@@ -244,7 +245,7 @@ class _Check:
                     await crash(context, exc)
 
             return grpc.unary_unary_rpc_method_handler(
-                unary_unary, deserialize, handler.response_serializer
+                unary_unary, deserialize, _passing(handler.response_serializer)
             )
         streaming = handler.unary_stream or handler.stream_stream
         if streaming is not None:
@@ -270,6 +271,21 @@ class _Check:
             )
             return make(stream, deserialize, handler.response_serializer)
         raise ValueError("stream-unary methods are not served")
+
+
+def _passing(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """``serialize``, except that an answer already encoded
+    (``wire.convert.Encoded``) goes out as it is."""
+    if serialize is None:
+        return None
+    inner = serialize
+
+    def serialize_or_pass(response: Any) -> bytes:
+        if type(response) is convert.Encoded:
+            return response.data
+        return inner(response)
+
+    return serialize_or_pass
 
 
 class _Undecodable:

@@ -137,7 +137,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         token = self._tokens.revoke(request.id_or_name)
         return pb.RevokeTokenResponse(token=convert.token_to_pb(token))
 
-    async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusResponse:
+    async def Status(
+        self, request: pb.StatusRequest, context: Context
+    ) -> pb.StatusResponse | convert.Encoded:
         cluster = self._store.cluster()
         response = pb.StatusResponse(
             local_node=self._node,
@@ -157,8 +159,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         else:
             record, nodes = await self._member.status()
         response.cluster.CopyFrom(convert.cluster_to_pb(record))
-        response.MergeFromString(self._nodes.encode(nodes, nova))
-        return response
+        return convert.Encoded(response, self._nodes.encode(nodes, nova))
 
     async def _progress_stream(
         self,

@@ -101,11 +101,10 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
 
     async def GetClusterStatus(
         self, request: pb.GetClusterStatusRequest, context: Context
-    ) -> pb.GetClusterStatusResponse:
+    ) -> convert.Encoded:
         cluster, nodes = self._members.status()
         response = pb.GetClusterStatusResponse(cluster=convert.cluster_to_pb(cluster))
-        response.MergeFromString(self._nodes.encode(nodes))
-        return response
+        return convert.Encoded(response, self._nodes.encode(nodes))
 
     async def RenewCertificate(
         self, request: pb.RenewCertificateRequest, context: Context
