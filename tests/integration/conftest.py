@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import itertools
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from microstackd.model import ClusterRecord, NodeCredentials
+from microstackd.store import Store
 from tests.integration.harness import Node
 
 _hosts = itertools.count(2)
@@ -42,6 +45,25 @@ def control(make_node: Callable[..., Node], password_file: Path) -> Node:
     node = make_node("ctl")
     node.init_control(password_file)
     return node
+
+
+@pytest.fixture
+def member(
+    control: Node, make_node: Callable[..., Node], password_file: Path
+) -> Iterator[tuple[ClusterRecord, NodeCredentials]]:
+    """node-1 joined, then stopped (SIGSTOP): the test calls the control, and
+    beats, with its credentials."""
+    compute = make_node("node-1")
+    compute.join(control, password_file)
+    store = Store(compute.state_dir)
+    cluster, creds = store.cluster(), store.credentials()
+    store.close()
+    assert cluster is not None and compute.proc is not None
+    compute.proc.send_signal(signal.SIGSTOP)
+    try:
+        yield cluster, creds
+    finally:
+        compute.proc.send_signal(signal.SIGCONT)
 
 
 @pytest.fixture

@@ -10,16 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import signal
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import pytest
 
 from microstackd import errors, versions
 from microstackd.model import ClusterRecord, NodeCredentials, ServiceRecord, Software
 from microstackd.peers.cluster import ControlClient, HeartbeatStream
-from microstackd.store import Store
 from microstackd.trust import x509
 from tests.integration.harness import Node
 
@@ -27,24 +21,6 @@ OURS = Software(versions.VERSION, versions.API_VERSION)
 RUNNING = [ServiceRecord("nova-compute", "running")]
 #: A member that speaks an API before the control's: outside the window.
 TOO_OLD = Software("0.0.1", "v0")
-
-
-@pytest.fixture
-def member(
-    control: Node, make_node: Callable[..., Node], password_file: Path
-) -> Iterator[tuple[ClusterRecord, NodeCredentials]]:
-    """node-1 joined, then stopped (SIGSTOP): the test beats with its credentials."""
-    compute = make_node("node-1")
-    compute.join(control, password_file)
-    store = Store(compute.state_dir)
-    cluster, creds = store.cluster(), store.credentials()
-    store.close()
-    assert cluster is not None and compute.proc is not None
-    compute.proc.send_signal(signal.SIGSTOP)
-    try:
-        yield cluster, creds
-    finally:
-        compute.proc.send_signal(signal.SIGCONT)
 
 
 async def _first_answer(stream: HeartbeatStream) -> None:

@@ -9,6 +9,7 @@ import asyncio
 import socket
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -183,6 +184,21 @@ async def _none() -> list[ServiceRecord]:
     return []
 
 
+async def _beat_changed_beat(
+    seen: asyncio.Queue[Any], services: Callable[[], Awaitable[list[ServiceRecord]]]
+) -> None:
+    """Heartbeats started: one beat arrives in ``seen``, ``beat_now`` (a
+    change), and the next arrives."""
+    beats = Heartbeats(FakeStore(), services, SOFTWARE)  # type: ignore[arg-type]
+    beats.start()
+    try:
+        await asyncio.wait_for(seen.get(), 30)
+        await beats.beat_now()
+        await asyncio.wait_for(seen.get(), 30)
+    finally:
+        await beats.stop()
+
+
 def test_without_a_change_the_next_beat_waits_for_the_interval(control: type[FakeControl]) -> None:
     async def main() -> bool:
         control.beats = asyncio.Queue()
@@ -210,14 +226,7 @@ def test_a_beat_refused_for_its_version_does_not_end_the_heartbeats(
 
     async def main() -> None:
         control.beats = asyncio.Queue()
-        beats = Heartbeats(FakeStore(), _none, SOFTWARE)  # type: ignore[arg-type]
-        beats.start()
-        try:
-            await asyncio.wait_for(control.beats.get(), 30)
-            await beats.beat_now()
-            await asyncio.wait_for(control.beats.get(), 30)
-        finally:
-            await beats.stop()
+        await _beat_changed_beat(control.beats, _none)
 
     asyncio.run(main())
     assert control.declared == [SOFTWARE, SOFTWARE]
@@ -467,16 +476,8 @@ def test_a_session_call_refused_for_its_version_is_tried_again(
     control.skew_sessions = True
 
     async def main() -> None:
-        control.beats = asyncio.Queue()
         control.sessions = asyncio.Queue()
-        beats = Heartbeats(FakeStore(), _running, SOFTWARE)  # type: ignore[arg-type]
-        beats.start()
-        try:
-            await asyncio.wait_for(control.sessions.get(), 30)
-            await beats.beat_now()
-            await asyncio.wait_for(control.sessions.get(), 30)
-        finally:
-            await beats.stop()
+        await _beat_changed_beat(control.sessions, _running)
 
     asyncio.run(main())
     assert control.streams == []
