@@ -362,3 +362,23 @@ def test_admit_takes_the_listed_hypervisor_as_the_mapping_and_discovers_when_it_
         and admitted["mapping"] == "mapped to a cell (Nova lists its hypervisor)"
     )
     service.close()
+
+
+def test_an_api_that_refuses_connections_is_a_cloud_error_and_status_still_answers(
+    fake_cloud: list[_Conn], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """nova-api restarting (its port closed): keystoneauth raises
+    ConnectFailure, which openstacksdk lets through. It is a CloudError
+    naming it, and Nova's view in ``status`` is empty rather than the whole
+    status call an internal error (seen in the rotation's kill test)."""
+    from keystoneauth1 import exceptions as auth
+
+    def refused(self: _Compute, **query: object) -> list[object]:
+        raise auth.ConnectFailure("Unable to establish connection to http://10.0.0.1:8774")
+
+    monkeypatch.setattr(_Compute, "services", refused, raising=False)
+    service = Cloud(lambda: CloudRef("c"))
+    with pytest.raises(errors.CloudError, match="ConnectFailure: Unable to establish connection"):
+        asyncio.run(service.run("view", {}))
+    assert asyncio.run(service.nova_view()) == {}
+    assert "cannot read Nova's view" in caplog.text

@@ -50,10 +50,15 @@ class Session:
             await self._progress(note)
 
 
-def sdk_error() -> type[Exception]:
+def sdk_error() -> tuple[type[Exception], ...]:
+    """What a failed OpenStack call raises: openstacksdk's errors, and
+    keystoneauth's (an API that refuses connections or times out raises
+    ``keystoneauth1.exceptions.ConnectFailure``, which openstacksdk lets
+    through: a nova-api restarting made ``status`` an internal error)."""
+    from keystoneauth1 import exceptions as auth  # loaded with openstacksdk
     from openstack import exceptions  # loaded already: a Session made a connection
 
-    return exceptions.SDKException
+    return exceptions.SDKException, auth.ClientException
 
 
 async def wait(
