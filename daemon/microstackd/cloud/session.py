@@ -56,6 +56,7 @@ def sdk_error() -> tuple[type[Exception], ...]:
     ``keystoneauth1.exceptions.ConnectFailure``, which openstacksdk lets
     through: a nova-api restarting made ``status`` an internal error)."""
     from keystoneauth1 import exceptions as auth  # loaded with openstacksdk
+
     from openstack import exceptions  # loaded already: a Session made a connection
 
     return exceptions.SDKException, auth.ClientException

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import math
@@ -145,6 +146,9 @@ class Admission:
 #: Bootstraps the control takes at once (``Admission``): enough to keep both
 #: cores busy; each is a few ms of the control's CPU.
 MAX_BOOTSTRAPS = 256
+#: Seconds a joiner refused for want of file descriptors waits before it
+#: tries again.
+FD_RETRY = 2.0
 #: Seconds an admitted exchange may wait for the joiner's response before it
 #: stops counting as one of them (it may still finish).
 STALLED_AFTER = 5.0
@@ -378,6 +382,10 @@ class Bootstrap:
             version=software.version,
             api_version=software.api,
         )
+        # The trust bundle: the signing CA first, and during a CA rotation the
+        # old one too. Read before the commit: no node is recorded with a
+        # certificate it could not be sent.
+        ca_pem = self._trust_bundle(ca.cert)
         self._committing[hello.node_name] = hello
         try:
             await self._runner.commit_node(record, existing.cert_serial if existing else None)
@@ -390,8 +398,6 @@ class Bootstrap:
             identity.serial,
         )
         cert_pem = x509.cert_to_pem(cert)
-        # The trust bundle: the signing CA first, and during a CA rotation the old one too.
-        ca_pem = self._store.read_file(CA_CERT) or x509.cert_to_pem(ca.cert)
         session.completed = True
         return BootstrapResult(
             certificate_pem=cert_pem,
@@ -402,6 +408,22 @@ class Bootstrap:
                 cert_pem, ca_pem, cluster.control_name, cluster.cluster_port
             ),
         )
+
+    def _trust_bundle(self, ca_cert: x509.Certificate) -> bytes:
+        """The CA bundle a new node is sent. Out of file descriptors (a burst of
+        thousands of joins holds a connection or two each, past the process's
+        limit) the joiner is told to come back, not that the control failed."""
+        try:
+            return self._store.read_file(CA_CERT) or x509.cert_to_pem(ca_cert)
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            log.warning("bootstrap deferred: out of file descriptors (%s)", exc.strerror)
+            raise errors.ControlBusy(
+                "the control node has no file descriptor free (too many connections at "
+                f"once): try again in {FD_RETRY:g} s",
+                retry_after=FD_RETRY,
+            ) from None
 
     def _token_verifier(self, token_id: str, name: str) -> bytes:
         found = self._store.token(token_id)
