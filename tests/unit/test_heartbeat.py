@@ -241,17 +241,23 @@ async def _running() -> list[ServiceRecord]:
     return list(RUNNING)
 
 
+async def _first_beat(control: type[FakeControl]) -> tuple[str, list[ServiceRecord]]:
+    """Heartbeats started with RUNNING: how the first beat reached the
+    control (on a stream, or by call) and what it carried."""
+    control.beats = asyncio.Queue()
+    beats = Heartbeats(FakeStore(), _running, SOFTWARE)  # type: ignore[arg-type]
+    beats.start()
+    try:
+        return await asyncio.wait_for(control.beats.get(), 30)
+    finally:
+        await beats.stop()
+
+
 def test_a_control_without_the_stream_gets_one_call_per_beat(control: type[FakeControl]) -> None:
     control.unimplemented = True
 
     async def main() -> tuple[str, list[ServiceRecord]]:
-        control.beats = asyncio.Queue()
-        beats = Heartbeats(FakeStore(), _running, SOFTWARE)  # type: ignore[arg-type]
-        beats.start()
-        try:
-            return await asyncio.wait_for(control.beats.get(), 30)
-        finally:
-            await beats.stop()
+        return await _first_beat(control)
 
     assert asyncio.run(main()) == ("call", RUNNING)
     assert control.declared == [SOFTWARE]
@@ -439,13 +445,7 @@ def test_datagrams_that_do_not_get_through_fall_back_to_the_stream(
     control.offer = staticmethod(lambda: DatagramSession(1, b"k" * 32, port, 3600))
 
     async def main() -> tuple[str, list[ServiceRecord]]:
-        control.beats = asyncio.Queue()
-        beats = Heartbeats(FakeStore(), _running, SOFTWARE)  # type: ignore[arg-type]
-        beats.start()
-        try:
-            return await asyncio.wait_for(control.beats.get(), 30)
-        finally:
-            await beats.stop()
+        return await _first_beat(control)
 
     try:
         assert asyncio.run(main()) == ("stream", RUNNING)
