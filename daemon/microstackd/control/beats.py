@@ -10,9 +10,9 @@ the member holding the key is alive now. Its services and its version come
 only with calls (``Heartbeat``), which the member makes whenever they
 change and to start each session. A key is good for ``lifetime`` seconds,
 for one certificate of one member, and never past that certificate's
-expiry; a session is gone at once when its certificate is revoked (the
-node removed, or it renewed and uses its new certificate): the next beat
-is not answered, so the member calls, and is told why."""
+expiry; a session whose certificate was revoked (the node removed, or it
+renewed and uses its new certificate) ends at its next beat, which is not
+answered, so the member calls, and is told why."""
 
 from __future__ import annotations
 
