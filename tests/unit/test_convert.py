@@ -5,6 +5,7 @@ afresh gives."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import random
 
 from microstack_api.v1 import cluster_pb2 as pb
@@ -94,3 +95,23 @@ def test_an_encoded_answer_reads_as_the_response_with_its_nodes() -> None:
     assert read == merged
     assert [n.name for n in read.nodes] == [n.name for n in nodes]
     assert read.cluster.id == "c1" and read.unfinished[0].operation == "rotate-secrets"
+
+
+def test_an_unchanged_answer_keeps_no_new_object_per_node() -> None:
+    """Nodes that did not change since the last answer are kept as they
+    were: a new entry per node per call lived until the next call, reached
+    the collector's oldest generation and set off a full collection
+    (~17 ms at 10,000 nodes) every dozen status calls."""
+    nodes = _nodes(random.Random(3), 2000)
+    encoder = convert.NodesEncoder(pb.StatusResponse.NODES_FIELD_NUMBER)
+    first = encoder.encode(nodes)
+    gc.collect()
+    gc.disable()
+    try:
+        before = gc.get_count()[0]
+        again = encoder.encode(nodes)
+        kept = gc.get_count()[0] - before
+    finally:
+        gc.enable()
+    assert again == first
+    assert kept < 20, f"{kept} objects kept by an answer of 2,000 unchanged nodes"

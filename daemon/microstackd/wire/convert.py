@@ -135,13 +135,18 @@ class NodesEncoder:
             view = nova.get(node.name) if nova and node.role is Role.COMPUTE else None
             old = kept.get(node.name)
             if old is not None and (old[0] is node or old[0] == node) and old[1] == view:
-                element = old[2]
-            else:
-                message = node_to_pb(node)
-                if view is not None:
-                    message.nova.CopyFrom(nova_host_to_pb(view))
-                body = message.SerializeToString()
-                element = self._tag + _varint(len(body)) + body
+                # The same entry, not a new tuple: 10,000 tuples made per
+                # call lived until the next and were promoted to the
+                # collector's oldest generation, which then ran a full
+                # collection (~17 ms at 10,000 nodes) every ~13 calls.
+                fresh[node.name] = old
+                parts.append(old[2])
+                continue
+            message = node_to_pb(node)
+            if view is not None:
+                message.nova.CopyFrom(nova_host_to_pb(view))
+            body = message.SerializeToString()
+            element = self._tag + _varint(len(body)) + body
             fresh[node.name] = (node, view, element)
             parts.append(element)
         self._kept = fresh  # nodes gone since are forgotten
